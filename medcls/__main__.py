@@ -1,0 +1,3 @@
+from medcls.cli import main
+
+main()

@@ -1,0 +1,44 @@
+"""Built-in backbones: every timm architecture, created headless so medcls can add its own head."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from medcls import hookimpl
+
+
+def create_timm_backbone(name: str, in_chans: int):
+    """A headless timm model (features `(B, num_features)`) with medcls's optional attributes."""
+    import timm
+    from timm.models import group_modules
+    from torch import nn
+
+    model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans)
+    cfg = model.pretrained_cfg or {}
+    mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+    model.mean, model.std = channel_stats(mean, in_chans), channel_stats(std, in_chans)
+
+    def blocks():
+        # timm's coarse group matcher is what its layer-wise LR decay uses: stem, stages, head.
+        groups = group_modules(model, model.group_matcher(coarse=True))
+        return [nn.ModuleList(model.get_submodule(n) for n in names) for _, names in sorted(groups.items())]
+
+    model.medcls_blocks = blocks
+    return model
+
+
+def channel_stats(values: tuple, in_chans: int) -> tuple:
+    """ImageNet-style per-channel statistics adapted to `in_chans` channels (greyscale: the mean)."""
+    if len(values) == in_chans:
+        return tuple(values)
+    average = sum(values) / len(values)
+    return (average,) * in_chans
+
+
+@hookimpl
+def medcls_register_backbones(register):
+    import timm
+
+    for name in timm.list_models():
+        register(name, partial(create_timm_backbone, name), description=f"timm {name}")

@@ -1,0 +1,16 @@
+"""Built-in dataset layouts: synthetic phantoms, folder per class, CSV manifest, MedMNIST npz."""
+
+from medcls import hookimpl
+from medcls.data import layouts, synthetic
+
+
+@hookimpl
+def medcls_register_datasets(register):
+    register("synthetic", synthetic.load_synthetic, detect=synthetic.is_synthetic,
+             description="Built-in MR-like brain phantoms with and without a tumour (offline demo)")
+    register("csv", layouts.load_csv, detect=layouts.is_csv,
+             description="CSV manifest: path,label[,patient_id][,split]; columns mappable")
+    register("npz", layouts.load_npz, detect=layouts.is_npz,
+             description="MedMNIST-style .npz with {train,val,test}_images and _labels")
+    register("folder", layouts.load_folder, detect=layouts.is_folder,
+             description="A folder per class, optionally under train/ val/ test/ (Keras style)")

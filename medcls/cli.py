@@ -1,0 +1,220 @@
+"""The `medcls` command: parses, calls the library, prints. Heavy imports happen inside commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from medcls import __version__
+from medcls.errors import MedclsError
+
+LIST_KINDS = ("backbones", "policies", "metrics", "datasets", "readers", "weights")
+
+
+class MedclsGroup(click.Group):
+    """Turns every MedclsError into one line on stderr with exit status 2: no traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MedclsError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+def plugin_manager():
+    from medcls.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    for error in pm.load_errors:
+        click.echo(f"warning: {error.one_line()}", err=True)
+    return pm
+
+
+def registries():
+    from medcls.registry import Registries
+
+    return Registries(plugin_manager())
+
+
+def log(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def progress_bars(enabled: bool):
+    """A tqdm bar per epoch on a terminal; nothing when output is captured (CI, logs)."""
+    if not enabled:
+        return None
+
+    def factory(stage: str, epoch: int):
+        from tqdm import tqdm
+
+        bar = tqdm(desc=f"{stage} epoch {epoch}", unit="img", leave=False, file=sys.stderr)
+
+        class Progress:
+            def __call__(self, n):
+                bar.update(n)
+
+            def close(self):
+                bar.close()
+
+        return Progress()
+
+    return factory
+
+
+@click.group(cls=MedclsGroup)
+@click.version_option(__version__, prog_name="medcls")
+def cli():
+    """medcls: fine-tune pretrained backbones on medical images and report sensitivity,
+    specificity and ROC honestly. Extend it with plugins (see `medcls plugins`)."""
+
+
+def parse_pairs(values, flag: str) -> dict:
+    pairs = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=flag)
+        pairs[key.strip()] = yaml_value(value)
+    return pairs
+
+
+def yaml_value(text: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+@cli.command()
+@click.option("--data", help="Folder (class per sub-folder), CSV manifest, .npz, or 'synthetic'.")
+@click.option("--backbone", help="Backbone name: any timm model (resnet50, efficientnet_lite0, ...) or a plugin's.")
+@click.option("--pretrained/--no-pretrained", default=None, help="Start from pretrained weights (default) or random.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Backbone weights as .safetensors.")
+@click.option("--policy", help="Augmentation policy for training batches: none, interpretable, aggressive, ...")
+@click.option("--aug", multiple=True, metavar="KEY=VALUE", help="Override a policy parameter (repeatable).")
+@click.option("--epochs", type=int, help="Stage-1 epochs (frozen backbone, new head).")
+@click.option("--finetune-epochs", type=int, help="Stage-2 epochs (top blocks unfrozen); 0 turns it off.")
+@click.option("--unfreeze-blocks", type=int, help="Blocks stage 2 unfreezes (-1: all).")
+@click.option("--lr", type=float, help="Stage-1 learning rate.")
+@click.option("--batch-size", type=int, help="Images per training step.")
+@click.option("--image-size", type=int, help="Images are resized to this many pixels square.")
+@click.option("--format", "format_", help="Dataset layout (default: detect; see `medcls list datasets`).")
+@click.option("--path-column", help="Manifest column with the image file.")
+@click.option("--label-column", help="Manifest column with the class label.")
+@click.option("--patient-column", help="Manifest column with the patient id.")
+@click.option("--image-root", help="Folder that manifest paths are relative to.")
+@click.option("--patient-from-dicom", is_flag=True, default=None, help="Group by the DICOM header's PatientID.")
+@click.option("--out", type=click.Path(file_okay=False), help="Run folder for the model, metrics and report.")
+@click.option("--seed", type=int, help="One seed for splits, initialisation, augmentation and batch order.")
+@click.option("--device", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps.")
+@click.option("--strict", is_flag=True, default=None, help="Stop at the first unreadable image instead of skipping it.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or TOML file; flags override its keys.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Set any config key (repeatable).")
+def train(config_file, settings, aug, format_, **flags):
+    """Fine-tune a backbone: frozen stage, then top blocks; print the train/val/test gap report."""
+    from medcls.config import make_config, read_config_file
+    from medcls.training import train as run_training
+
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    if format_ is not None:
+        overrides["format"] = format_
+    overrides.update(parse_pairs(settings, "--set"))
+    file_values = read_config_file(config_file) if config_file else {}
+    if aug:
+        overrides["aug"] = {**file_values.get("aug", {}), **parse_pairs(aug, "--aug")}
+    config = make_config(file_values, overrides, where=f"config file '{config_file}'")
+    summary = run_training(config, registries(), log=log, progress_factory=progress_bars(sys.stderr.isatty()))
+    print_summary(summary)
+
+
+def print_summary(summary: dict) -> None:
+    from medcls.evaluation.report import gap_table
+
+    click.echo(gap_table(summary["results"], summary["intervals"]))
+    click.echo("")
+    click.echo(f"Reading: {summary['reading']}")
+    threshold = summary["threshold"]
+    if threshold is not None:
+        click.echo(f"Operating point {threshold:.4f}, chosen on validation; test figures at that point.")
+    click.echo(f"Run folder: {summary['out']} ({summary['seconds']:.0f}s on {summary['device']})")
+
+
+@cli.command()
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--data", help="Data to evaluate on (default: the run's own data).")
+@click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default=None,
+              help="Which cases: a split of the run's own data (default test) or all (default for new data).")
+@click.option("--out", type=click.Path(file_okay=False), help="Folder for metrics.json and report.md (default RUN/evaluation).")
+def evaluate(run, data, split, out):
+    """Score a trained run at its stored operating point, with intervals."""
+    from medcls.evaluation.evaluate import evaluate_run
+
+    result = evaluate_run(run, registries(), data=data, split=split, out=out, log=log)
+    click.echo(json.dumps({k: result[k] for k in ("split", "n", "metrics", "out")}, indent=2, default=float))
+
+
+@cli.command()
+@click.argument("run", type=click.Path(file_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "-o", type=click.Path(dir_okay=False), default="-", show_default=True,
+              help="CSV file to write ('-' for standard output).")
+def predict(run, inputs, out):
+    """Write a CSV of class probabilities and decisions for image files or folders."""
+    from medcls.predict import predict_files
+
+    rows, columns = predict_files(run, inputs, registries())
+    import csv
+
+    handle = sys.stdout if out == "-" else open(out, "w", newline="")
+    try:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    finally:
+        if handle is not sys.stdout:
+            handle.close()
+    failed = sum(1 for r in rows if r["error"])
+    if failed:
+        log(f"warning: {failed} of {len(rows)} file(s) could not be read; see the error column")
+
+
+@cli.command()
+@click.option("--all", "include_builtin", is_flag=True, help="Include the built-in plugins.")
+def plugins(include_builtin):
+    """List installed plugins as JSON: name, version, hooks, error."""
+    from medcls.plugins import describe_plugins
+
+    click.echo(json.dumps(describe_plugins(plugin_manager(), include_builtin=include_builtin), indent=2))
+
+
+@cli.command(name="list")
+@click.argument("kind", type=click.Choice(LIST_KINDS))
+@click.argument("pattern", required=False)
+@click.option("--verbose", "-v", is_flag=True, help="Also print each entry's parameters and metadata.")
+def list_(kind, pattern, verbose):
+    """List registered backbones, policies, metrics, datasets, readers or weight sources."""
+    entries = registries()[kind].matching(pattern)
+    for entry in entries:
+        click.echo(f"{entry.name:32s} {entry.plugin:28s} {entry.description}")
+        if verbose and entry.metadata.get("params"):
+            for key, value in entry.metadata["params"].items():
+                click.echo(f"    {key} = {value}")
+    if not entries:
+        log(f"no {kind} match {pattern!r}")
+
+
+def main() -> None:
+    cli(prog_name="medcls")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""The typed run configuration: config files (YAML/TOML) and CLI flags fill the same object."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medcls.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    # --- data ---
+    data: str = "synthetic"  # folder, CSV/TSV manifest, .npz, or 'synthetic' (built-in phantoms)
+    format: str = "auto"  # dataset layout name (see `medcls list datasets`); auto-detected by default
+    path_column: str = "path"  # manifest column holding the image file
+    label_column: str = "label"  # manifest column holding the class
+    patient_column: str | None = None  # manifest column holding the patient id ('patient_id' if present)
+    split_column: str | None = None  # manifest column holding train/val/test ('split' if present)
+    image_root: str | None = None  # folder manifest paths are relative to (default: the manifest's folder)
+    patient_from_dicom: bool = False  # group images by the DICOM header's PatientID (never printed)
+    positive_class: str | None = None  # binary tasks: the class called positive (default: the last name)
+    val_fraction: float = 0.15  # share of patients held out for validation when the data has no split
+    test_fraction: float = 0.15  # share of patients held out for testing when the data has no split
+    strict: bool = False  # fail on the first unreadable image instead of skipping and listing it
+    # --- preprocessing ---
+    image_size: int = 224  # images are resized to image_size x image_size
+    channels: str = "auto"  # 'auto' (1 if every image is greyscale, else 3), '1' or '3'
+    # --- model ---
+    backbone: str = "resnet50"  # any registered backbone (`medcls list backbones`)
+    pretrained: bool = True  # start from pretrained weights; fails (never falls back) if unavailable
+    weights: str | None = None  # a .safetensors file with backbone weights, tried before any source
+    dropout: float = 0.3  # dropout before the new classification head
+    # --- augmentation ---
+    policy: str = "interpretable"  # augmentation policy for training batches (`medcls list policies`)
+    aug: dict = field(default_factory=dict)  # overrides of the policy's parameters, e.g. {rotate_deg: 5}
+    # --- stage 1: frozen backbone, new head ---
+    epochs: int = 10  # stage-1 epochs (head only, backbone frozen; all layers if not pretrained)
+    lr: float = 1e-3  # stage-1 learning rate
+    # --- stage 2: fine-tune the top blocks ---
+    finetune_epochs: int = 10  # stage-2 epochs; 0 turns stage 2 off
+    unfreeze_blocks: int = 2  # how many top blocks stage 2 unfreezes (-1: all)
+    finetune_lr_factor: float = 0.1  # stage-2 learning rate = lr x this
+    # --- optimisation ---
+    optimizer: str = "adamw"  # adamw, sgd (momentum, Nesterov) or rmsprop
+    momentum: float = 0.9  # for sgd and rmsprop
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # cosine, step, plateau or none (per stage)
+    batch_size: int = 32
+    class_balance: str = "weighted_loss"  # weighted_loss, sampler or none
+    monitor: str = "roc_auc"  # validation metric for early stopping and the best checkpoint
+    patience: int = 5  # epochs without improvement before a stage stops early (0: never)
+    threshold_rule: str = "youden"  # binary operating point chosen on validation: youden or fixed
+    threshold: float = 0.5  # the operating point when threshold_rule is 'fixed'
+    # --- run ---
+    seed: int = 0  # one seed for splits, initialisation, augmentation and batch order
+    deterministic: bool = False  # also ask PyTorch for deterministic kernels (slower on GPU)
+    device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps
+    workers: int = 0  # data-loader worker processes (images are decoded once and cached in memory)
+    out: str = "runs/latest"  # output folder for the model, report and metrics
+
+    def data_options(self, readers=None):
+        from medcls.data.cases import DataOptions
+
+        return DataOptions(
+            path_column=self.path_column, label_column=self.label_column,
+            patient_column=self.patient_column, split_column=self.split_column,
+            image_root=self.image_root, patient_from_dicom=self.patient_from_dicom, readers=readers,
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+CHOICES = {
+    "channels": ("auto", "1", "3"),
+    "optimizer": ("adamw", "sgd", "rmsprop"),
+    "schedule": ("cosine", "step", "plateau", "none"),
+    "class_balance": ("weighted_loss", "sampler", "none"),
+    "threshold_rule": ("youden", "fixed"),
+}
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A YAML or TOML file's keys (a top-level [train] table is accepted too)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            values = tomllib.loads(text)
+        else:
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+    except Exception as exc:
+        raise ConfigError(f"config file '{path}' cannot be parsed: {str(exc).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file '{path}' must hold key: value pairs")
+    if set(values) == {"train"} and isinstance(values["train"], dict):
+        values = values["train"]
+    return values
+
+
+def make_config(file_values: dict | None = None, overrides: dict | None = None, *, where: str = "config") -> TrainConfig:
+    """Defaults, then the config file, then flags; unknown keys and bad values are errors."""
+    values = {}
+    for source, given in ((where, file_values or {}), ("flags", overrides or {})):
+        for key, value in given.items():
+            key = key.replace("-", "_")
+            if key not in FIELDS:
+                close = difflib.get_close_matches(key, FIELDS, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"{source}: unknown key {key!r}{hint}; see `medcls train --help` for the keys")
+            values[key] = coerce(key, value, source)
+    return TrainConfig(**values)
+
+
+def coerce(key: str, value: Any, source: str) -> Any:
+    hint = str(FIELDS[key].type)  # annotations are strings here: "int", "str | None", ...
+    try:
+        if value is None:
+            if "None" not in hint:
+                raise ValueError("a value is required")
+            return None
+        if hint.startswith("bool"):
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError("expected true or false")
+                return lowered in ("true", "1", "yes")
+            return bool(value)
+        if hint.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError("expected a whole number")
+            return int(value)
+        if hint.startswith("float"):
+            return float(value)
+        if hint.startswith("dict"):
+            if not isinstance(value, dict):
+                raise ValueError("expected a table of name: value")
+            return dict(value)
+        value = str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {key} = {value!r} is invalid: {exc}") from None
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{source}: {key} = {value!r} is invalid: choose one of {', '.join(CHOICES[key])}")
+    return value
+
+
+def save_config(config: TrainConfig, path: Path) -> None:
+    import yaml
+
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,1 @@
+"""Data: readers, dataset layouts, splits and the in-memory image cache."""

@@ -1,0 +1,118 @@
+"""Cases: the labelled images a data set yields, whatever its layout, and how each is read."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medcls.errors import DataError
+
+SPLITS = ("train", "val", "test")
+SPLIT_ALIASES = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val", "dev": "val",
+    "test": "test", "testing": "test", "holdout": "test",
+}
+
+
+@dataclass
+class DataOptions:
+    """How to interpret a data source; filled from the run configuration."""
+
+    path_column: str = "path"  # CSV column with the image file (relative to image_root)
+    label_column: str = "label"  # CSV column with the class label
+    patient_column: str | None = None  # CSV column with the patient id (None: 'patient_id' if present)
+    split_column: str | None = None  # CSV column with train/val/test (None: 'split' if present)
+    image_root: str | None = None  # folder the CSV paths are relative to (None: the CSV's folder)
+    patient_from_dicom: bool = False  # take patient_id from each DICOM header's PatientID
+    synthetic_cases: int = 240  # images in the built-in synthetic set
+    synthetic_size: int = 96  # side length of the synthetic phantoms, in pixels
+    readers: "ReaderTable | None" = field(default=None, repr=False)  # set by medcls, not by users
+
+
+@dataclass
+class Case:
+    """One labelled image: a file on disk or an array in memory (npz, synthetic)."""
+
+    key: str  # unique, human-readable: a file path or 'source#split/index'
+    label: str
+    patient_id: str | None = None
+    split: str | None = None  # a split fixed by the data set itself, if any
+    path: Path | None = None
+    array: np.ndarray | None = field(default=None, repr=False)  # float32 (C, H, W) in [0, 1]
+
+    def content_hash(self) -> str:
+        """SHA-256 of the file's bytes (or the array's), to find byte-identical copies."""
+        digest = hashlib.sha256()
+        if self.path is not None:
+            with open(self.path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+        else:
+            digest.update(np.ascontiguousarray(self.array).tobytes())
+        return digest.hexdigest()
+
+
+def normalise_split(value: str, where: str) -> str:
+    split = SPLIT_ALIASES.get(str(value).strip().lower())
+    if split is None:
+        raise DataError(f"{where}: unknown split {value!r}: use one of train, val, test")
+    return split
+
+
+class ReaderTable:
+    """Chooses the registered reader for each file, by extension and then by sniffing its bytes."""
+
+    def __init__(self, readers) -> None:
+        self.readers = list(readers)
+
+    def entry_for(self, path: Path):
+        name = path.name.lower()
+        for entry in self.readers:
+            if any(name.endswith(ext) for ext in entry.metadata.get("extensions", ())):
+                return entry
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(256)
+        except OSError:
+            return None
+        for entry in self.readers:
+            sniff = entry.metadata.get("sniff")
+            if sniff is not None and sniff(head):
+                return entry
+        return None
+
+    def can_read(self, path: Path) -> bool:
+        return self.entry_for(path) is not None
+
+    def read(self, case: Case) -> np.ndarray:
+        if case.array is not None:
+            return case.array
+        entry = self.entry_for(case.path)
+        if entry is None:
+            raise DataError(f"file '{case.path}' has no reader (unknown format): convert it or remove it")
+        try:
+            image = entry.obj(case.path)
+        except DataError:
+            raise
+        except Exception as exc:  # a reader plugin's bug must not hide which file broke it
+            raise DataError(f"file '{case.path}' cannot be read by reader {entry.name!r} ({exc})") from None
+        return check_image(image, case.key)
+
+    def patient_id(self, path: Path) -> str | None:
+        entry = self.entry_for(path)
+        reader = entry.metadata.get("patient_id") if entry is not None else None
+        return reader(path) if reader is not None else None
+
+
+def check_image(image: np.ndarray, where: str) -> np.ndarray:
+    """Readers promise float32 (C, H, W) in [0, 1]; refuse anything else rather than train on it."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise DataError(f"{where}: reader returned shape {image.shape}, expected (C, H, W) with C = 1 or 3")
+    if not np.isfinite(image).all():
+        raise DataError(f"{where}: image contains NaN or infinite values: check the file")
+    return image.astype(np.float32, copy=False)

@@ -1,0 +1,138 @@
+"""Data set layouts: a folder per class (optionally under train/val/test), a CSV manifest, MedMNIST .npz."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from medcls.data.cases import SPLIT_ALIASES, Case, DataOptions, normalise_split
+from medcls.errors import DataError
+
+IGNORED_SUFFIXES = {".csv", ".txt", ".json", ".md", ".yaml", ".yml", ".toml", ".xml", ".html", ".pdf", ".zip"}
+
+
+def is_folder(source: str) -> bool:
+    return Path(source).is_dir()
+
+
+def is_csv(source: str) -> bool:
+    return source.lower().endswith((".csv", ".tsv")) and Path(source).is_file()
+
+
+def is_npz(source: str) -> bool:
+    return source.lower().endswith(".npz") and Path(source).is_file()
+
+
+def candidate_files(folder: Path, options: DataOptions) -> list[Path]:
+    """Image files below `folder`: those a reader claims, skipping hidden and side-car files."""
+    files = []
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        if path.suffix.lower() in IGNORED_SUFFIXES:
+            continue
+        if options.readers is None or options.readers.can_read(path):
+            files.append(path)
+    return files
+
+
+def class_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def load_folder(source: str, options: DataOptions) -> list[Case]:
+    """`root/<class>/*` or `root/{train,val,test}/<class>/*`, as Keras's flow_from_directory."""
+    root = Path(source)
+    subdirs = class_folders(root)
+    if not subdirs:
+        raise DataError(f"data folder '{root}' has no class sub-folders: put each class's images in root/<class>/")
+    split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_ALIASES]
+    if split_dirs and len(split_dirs) != len(subdirs):
+        others = ", ".join(d.name for d in subdirs if d not in split_dirs)
+        raise DataError(
+            f"data folder '{root}' mixes split folders ({', '.join(d.name for d in split_dirs)}) "
+            f"with other folders ({others}): use either root/<split>/<class>/ or root/<class>/"
+        )
+    cases = []
+    for split_dir in split_dirs or [root]:
+        split = normalise_split(split_dir.name, str(split_dir)) if split_dirs else None
+        classes = class_folders(split_dir)
+        if not classes:
+            raise DataError(f"split folder '{split_dir}' has no class sub-folders")
+        for class_dir in classes:
+            files = candidate_files(class_dir, options)
+            if not files:
+                raise DataError(
+                    f"class folder '{class_dir}' has no readable images: add images or remove the folder"
+                )
+            cases += [Case(key=str(f), label=class_dir.name, split=split, path=f) for f in files]
+    return cases
+
+
+def load_csv(source: str, options: DataOptions) -> list[Case]:
+    """A manifest with one row per image; column names are mappable in the configuration."""
+    manifest = Path(source)
+    with open(manifest, newline="", encoding="utf-8-sig") as fh:
+        dialect = csv.excel_tab if manifest.suffix.lower() == ".tsv" else csv.excel
+        rows = list(csv.DictReader(fh, dialect=dialect))
+    if not rows:
+        raise DataError(f"manifest '{manifest}' has no rows")
+    columns = list(rows[0].keys())
+    patient_column = options.patient_column or ("patient_id" if "patient_id" in columns else None)
+    split_column = options.split_column or ("split" if "split" in columns else None)
+    needed = [("path_column", options.path_column), ("label_column", options.label_column)]
+    needed += [("patient_column", patient_column), ("split_column", split_column)]
+    for option, column in needed:
+        if column is not None and column not in columns:
+            raise DataError(
+                f"manifest '{manifest}' has no column {column!r} (columns: {', '.join(columns)}): "
+                f"set {option} in the config or --{option.replace('_', '-')}"
+            )
+    root = Path(options.image_root) if options.image_root else manifest.parent
+    if options.image_root and not root.is_absolute() and not root.exists():
+        root = manifest.parent / options.image_root
+    cases = []
+    for number, row in enumerate(rows, start=2):  # line 1 is the header
+        where = f"manifest '{manifest}' line {number}"
+        file_name, label = (row.get(options.path_column) or "").strip(), (row.get(options.label_column) or "").strip()
+        if not file_name or not label:
+            raise DataError(f"{where}: empty {'path' if not file_name else 'label'}: fill it in or delete the row")
+        path = Path(file_name.replace("\\", "/"))
+        path = path if path.is_absolute() else root / path
+        patient = (row.get(patient_column) or "").strip() or None if patient_column else None
+        split = normalise_split(row[split_column], where) if split_column and row.get(split_column) else None
+        cases.append(Case(key=str(path), label=label, patient_id=patient, split=split, path=path))
+    return cases
+
+
+def load_npz(source: str, options: DataOptions) -> list[Case]:
+    """MedMNIST-style arrays: `{train,val,test}_images` (N, H, W[, C]) uint8 and `*_labels`."""
+    try:
+        archive = np.load(source, allow_pickle=False)
+    except Exception as exc:
+        raise DataError(f"npz file '{source}' cannot be read ({exc})") from None
+    cases = []
+    with archive:
+        for split in ("train", "val", "test"):
+            if f"{split}_images" not in archive.files:
+                continue
+            images, labels = archive[f"{split}_images"], archive.get(f"{split}_labels")
+            if labels is None or len(labels) != len(images):
+                raise DataError(f"npz file '{source}': {split}_labels is missing or has the wrong length")
+            labels = np.asarray(labels)
+            if labels.ndim == 2 and labels.shape[1] != 1:
+                raise DataError(f"npz file '{source}': {split}_labels is multi-label {labels.shape}; "
+                                "medcls trains single-label classifiers")
+            for index, (image, label) in enumerate(zip(images, labels.reshape(-1))):
+                cases.append(Case(key=f"{source}#{split}/{index}", label=str(int(label)), split=split,
+                                  array=npz_image(image)))
+    if not cases:
+        raise DataError(f"npz file '{source}' has no train_images/val_images/test_images arrays (MedMNIST layout)")
+    return cases
+
+
+def npz_image(image: np.ndarray) -> np.ndarray:
+    arr = image.astype(np.float32) / (255.0 if image.dtype == np.uint8 else max(float(image.max()), 1.0))
+    return np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))

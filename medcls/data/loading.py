@@ -1,0 +1,55 @@
+"""From `--data SOURCE` to labelled cases: pick the layout, load, attach patient ids, check classes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medcls.data.cases import Case, ReaderTable
+from medcls.errors import DataError
+
+
+def detect_format(source: str, datasets) -> str:
+    for entry in datasets:
+        detect = entry.metadata.get("detect")
+        if detect is not None and detect(source):
+            return entry.name
+    if not Path(source).exists():
+        raise DataError(f"data path '{source}' does not exist: give a folder, a CSV manifest, an .npz or 'synthetic'")
+    raise DataError(
+        f"no dataset format recognises '{source}': give a folder, a .csv manifest or an .npz, "
+        "or name the format with --format (see `medcls list datasets`)"
+    )
+
+
+def load_cases(config, registries) -> tuple[list[Case], str, ReaderTable]:
+    """The cases of `config.data` with their layout's name, and the reader table used for files."""
+    readers = ReaderTable(registries["readers"])
+    source = str(config.data)
+    name = detect_format(source, registries["datasets"]) if config.format == "auto" else config.format
+    options = config.data_options(readers)
+    cases = registries["datasets"].get(name).obj(source, options)
+    if not cases:
+        raise DataError(f"data source '{source}' holds no images")
+    if config.patient_from_dicom:
+        for case in cases:
+            if case.path is not None and case.path.exists():
+                case.patient_id = readers.patient_id(case.path) or case.patient_id
+        if all(case.patient_id is None for case in cases):
+            raise DataError(f"data source '{source}': no file has a DICOM PatientID; drop --patient-from-dicom")
+    return cases, name, readers
+
+
+def class_names(cases: list[Case], positive_class: str | None, source: str) -> list[str]:
+    """Sorted class names; for binary tasks the positive class is index 1."""
+    names = sorted({case.label for case in cases})
+    if len(names) < 2:
+        raise DataError(
+            f"data source '{source}' has only one class ({names[0]!r}): a classifier needs at least two"
+        )
+    if positive_class is not None:
+        if positive_class not in names:
+            raise DataError(f"positive_class {positive_class!r} is not a class of '{source}' ({', '.join(names)})")
+        if len(names) != 2:
+            raise DataError("positive_class applies to binary tasks only")
+        names = [n for n in names if n != positive_class] + [positive_class]
+    return names

@@ -1,0 +1,176 @@
+"""Image file readers: PNG/JPEG of any mode, DICOM and single-slice NIfTI, all to float32 (C, H, W) in [0, 1]."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medcls.errors import DataError
+
+PIL_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic")
+NIFTI_EXTENSIONS = (".nii", ".nii.gz")
+
+
+def read_pil(path: Path) -> np.ndarray:
+    """PNG/JPEG/TIFF via Pillow: L, LA, RGB, RGBA, P, 1, CMYK, 16- and 32-bit greyscale."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return pil_to_array(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"image file '{path}' cannot be decoded ({exc}): replace or remove it") from None
+
+
+def pil_to_array(img) -> np.ndarray:
+    mode = img.mode
+    if mode == "P":
+        # Palette images: expand the palette; a grey palette gives identical channels.
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA"):
+        # Composite over black: fully transparent background is "no signal", not white.
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        colour, alpha = arr[..., :-1], arr[..., -1:]
+        return np.ascontiguousarray((colour * alpha).transpose(2, 0, 1))
+    if mode in ("CMYK", "YCbCr", "HSV", "LAB"):
+        img, mode = img.convert("RGB"), "RGB"
+    if mode == "1":
+        img, mode = img.convert("L"), "L"
+    arr = np.asarray(img)
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        arr = arr.astype(np.float32) / 65535.0
+    elif mode == "I":
+        # 32-bit integer: Pillow's representation of most 16-bit PNGs.
+        top = 65535.0 if arr.max(initial=0) <= 65535 and arr.min(initial=0) >= 0 else None
+        arr = min_max(arr.astype(np.float32)) if top is None else arr.astype(np.float32) / top
+    elif mode == "F":
+        arr = min_max(arr.astype(np.float32))
+    else:
+        arr = arr.astype(np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = arr[None]
+    else:
+        arr = arr.transpose(2, 0, 1)
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def min_max(arr: np.ndarray) -> np.ndarray:
+    lo, hi = float(np.min(arr)), float(np.max(arr))
+    return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr, dtype=np.float32)
+
+
+def is_dicom(head: bytes) -> bool:
+    """DICOM Part 10 files carry 'DICM' after a 128-byte preamble."""
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
+def read_dicom(path: Path) -> np.ndarray:
+    """A single-frame DICOM image: modality LUT (rescale to e.g. Hounsfield units), then the
+    header's VOI LUT or window, MONOCHROME1 inverted so that bright means dense everywhere."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as exc:
+        raise DataError(f"DICOM file '{path}' cannot be read ({exc}): replace or remove it") from None
+    if "PixelData" not in ds:
+        raise DataError(f"DICOM file '{path}' has no pixel data (is it a report or a DICOMDIR?): remove it")
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise DataError(
+            f"DICOM file '{path}' holds {frames} frames; 2D training reads single images: "
+            "export one frame per file or use a 3D backbone"
+        )
+    pixels = decode_dicom_pixels(ds, path)
+    return dicom_to_unit_range(ds, pixels)
+
+
+def decode_dicom_pixels(ds, path: Path) -> np.ndarray:
+    try:
+        return ds.pixel_array
+    except Exception as exc:  # missing decoder plugins raise RuntimeError/NotImplementedError
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = syntax.name if syntax is not None else "unknown transfer syntax"
+        if syntax is not None and syntax.is_compressed:
+            raise DataError(
+                f"DICOM file '{path}' is {name} compressed and no working decoder is installed: "
+                'pip install "medcls[dicom]"'
+            ) from None
+        raise DataError(f"DICOM file '{path}' pixel data cannot be decoded ({exc})") from None
+
+
+def dicom_to_unit_range(ds, pixels: np.ndarray) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    if not photometric.startswith("MONOCHROME"):
+        # Colour (RGB, or YBR already converted by pydicom): scale by the stored bit depth.
+        top = float(2 ** int(getattr(ds, "BitsStored", 8)) - 1)
+        arr = pixels.astype(np.float32) / top
+        return np.ascontiguousarray(arr.transpose(2, 0, 1) if arr.ndim == 3 else arr[None])
+    values = apply_modality_lut(pixels, ds).astype(np.float64)
+    center, width = first_window(ds)
+    if center is not None:
+        lo, hi = center - width / 2.0, center + width / 2.0
+        arr = np.clip((values - lo) / (hi - lo), 0.0, 1.0)
+    elif "VOILUTSequence" in ds:
+        arr = min_max(apply_voi_lut(values, ds, index=0).astype(np.float32))
+    else:
+        arr = min_max(values.astype(np.float32))
+    if photometric == "MONOCHROME1":
+        arr = 1.0 - arr
+    return np.ascontiguousarray(arr[None], dtype=np.float32)
+
+
+def first_window(ds) -> tuple[float | None, float | None]:
+    """The header's first WindowCenter/WindowWidth pair (they are often multi-valued)."""
+    from pydicom.multival import MultiValue
+
+    def first(value):
+        return float(value[0] if isinstance(value, (MultiValue, list, tuple)) else value)
+
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return None, None
+    try:
+        center, width = first(ds.WindowCenter), first(ds.WindowWidth)
+    except (TypeError, ValueError, IndexError):
+        return None, None
+    return (center, width) if width > 1 else (None, None)
+
+
+def dicom_patient_id(path: Path) -> str | None:
+    """PatientID from the header, read without pixel data. Never print or log it."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
+    except Exception:
+        return None
+    value = str(ds.get("PatientID", "") or "").strip()
+    return value or None
+
+
+def read_nifti(path: Path) -> np.ndarray:
+    """A single-slice NIfTI image (2D, or 3D with one slice), intensities by 0.5-99.5 percentiles."""
+    import nibabel as nib
+
+    try:
+        data = np.asanyarray(nib.load(str(path)).dataobj)
+    except Exception as exc:
+        raise DataError(f"NIfTI file '{path}' cannot be read ({exc}): replace or remove it") from None
+    squeezed = np.squeeze(data)
+    if squeezed.ndim != 2:
+        raise DataError(
+            f"NIfTI file '{path}' has shape {data.shape}, not a single 2D slice: "
+            "use a 3D backbone for volumes or export one slice per file"
+        )
+    values = squeezed.astype(np.float32)
+    lo, hi = np.percentile(values, [0.5, 99.5])
+    arr = np.clip((values - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(values)
+    # NIfTI stores (x, y) with x along columns of the displayed image: transpose to (row, col).
+    return np.ascontiguousarray(arr.T[None], dtype=np.float32)

@@ -1,0 +1,108 @@
+"""Patient-grouped, stratified splits that keep every copy of an image on one side, and a leakage check."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from medcls.data.cases import Case
+from medcls.errors import DataError
+
+
+def linked_groups(cases: list[Case], hashes: list[str]) -> np.ndarray:
+    """Group index per case: cases sharing a patient or byte-identical content are linked (union-find)."""
+    parent = list(range(len(cases)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_seen: dict[tuple[str, str], int] = {}
+    for i, (case, digest) in enumerate(zip(cases, hashes)):
+        for key in (("patient", case.patient_id), ("content", digest)):
+            if key[1] is None:
+                continue
+            if key in first_seen:
+                parent[find(i)] = find(first_seen[key])
+            else:
+                first_seen[key] = i
+    roots = [find(i) for i in range(len(cases))]
+    _, group = np.unique(roots, return_inverse=True)
+    return group
+
+
+def duplicate_sets(cases: list[Case], hashes: list[str]) -> list[list[str]]:
+    """Sets of byte-identical cases (two or more keys each), largest first."""
+    by_hash: dict[str, list[str]] = defaultdict(list)
+    for case, digest in zip(cases, hashes):
+        by_hash[digest].append(case.key)
+    return sorted((keys for keys in by_hash.values() if len(keys) > 1), key=len, reverse=True)
+
+
+def holdout(indices: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int,
+            what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Split `indices` into (kept, held out ~fraction), stratified by label, whole groups only."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_splits = max(2, round(1.0 / fraction))
+    n_groups = len(np.unique(groups[indices]))
+    if n_groups < n_splits:
+        raise DataError(
+            f"only {n_groups} patients/image groups are left to hold out a {what} set of {fraction:.0%}: "
+            f"add data, give explicit splits, or lower {what}_fraction"
+        )
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    kept, held = next(folds.split(indices, labels[indices], groups[indices]))
+    return indices[kept], indices[held]
+
+
+def assign_splits(cases: list[Case], labels: np.ndarray, groups: np.ndarray, val_fraction: float,
+                  test_fraction: float, seed: int) -> np.ndarray:
+    """'train'/'val'/'test' per case: the data set's own splits where given, else grouped holdouts."""
+    splits = np.array([case.split or "" for case in cases], dtype=object)
+    given = splits != ""
+    if given.any() and not given.all():
+        raise DataError(
+            f"{int(given.sum())} cases have a split and {int((~given).sum())} do not: give every case a split or none"
+        )
+    everything = np.arange(len(cases))
+    if not given.any():
+        rest, test = holdout(everything, labels, groups, test_fraction, seed, "test")
+        splits[test] = "test"
+        splits[rest] = "train"
+    if not (splits == "val").any():
+        train = np.flatnonzero(splits == "train")
+        if not len(train):
+            raise DataError("the data set's own split has no training cases")
+        kept, val = holdout(train, labels, groups, val_fraction / max(1e-9, 1 - test_fraction), seed + 1, "val")
+        splits[val] = "val"
+    return splits.astype(str)
+
+
+def leakage_warnings(cases: list[Case], hashes: list[str], splits: np.ndarray) -> list[str]:
+    """Warnings when a patient or a byte-identical image appears in more than one split.
+
+    Patient identifiers are never named, only counted; duplicate images are named by file.
+    """
+    warnings = []
+    patient_splits: dict[str, set] = defaultdict(set)
+    content_splits: dict[str, set] = defaultdict(set)
+    content_keys: dict[str, list] = defaultdict(list)
+    for case, digest, split in zip(cases, hashes, splits):
+        if case.patient_id is not None:
+            patient_splits[case.patient_id].add(split)
+        content_splits[digest].add(split)
+        content_keys[digest].append(case.key)
+    shared_patients = sum(1 for s in patient_splits.values() if len(s) > 1)
+    if shared_patients:
+        warnings.append(f"leakage: {shared_patients} patient(s) have images in more than one split "
+                        "(identifiers withheld); results on the held-out splits are optimistic")
+    shared = [content_keys[d] for d, s in content_splits.items() if len(s) > 1]
+    if shared:
+        example = " = ".join(f"'{k}'" for k in shared[0][:2])
+        warnings.append(f"leakage: {len(shared)} byte-identical image(s) appear in more than one split, "
+                        f"e.g. {example}; remove the copies or let medcls split the data")
+    return warnings

@@ -1,0 +1,170 @@
+"""The training loop, in the shape of the PyTorch ImageNet example: train_one_epoch, evaluate, fit."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class Stage:
+    """One stage of the two-stage recipe: which blocks train, at what rate, for how long."""
+
+    name: str
+    epochs: int
+    lr: float
+    top_blocks: int  # -1 = all backbone blocks, 0 = head only
+
+
+@dataclass
+class EpochResult:
+    stage: str
+    epoch: int
+    train_loss: float
+    train_auc: float
+    val_loss: float
+    val_metrics: dict
+    lr: float
+    seconds: float
+
+
+@dataclass
+class FitResult:
+    history: list[EpochResult] = field(default_factory=list)
+    best_epoch: int = 0
+    best_score: float = -math.inf
+    stopped_early: list[str] = field(default_factory=list)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA/MPS where supported; plain fp32 on CPU (where bf16 is rarely faster)."""
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, enabled=False)
+
+
+def train_one_epoch(model, loader, loss_fn, optimizer, device, scaler=None, progress=None):
+    """One pass over augmented training batches; returns mean loss and the (augmented) scores."""
+    model.train()
+    total, count, scores, labels = torch.zeros((), device=device), 0, [], []
+    for images, targets in loader:
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with autocast(device):
+            logits = model(images)
+            loss = loss_fn(logits.float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:  # fp16 needs loss scaling; bf16 and fp32 do not
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        # Accumulate on the device; one synchronisation per epoch, not per step.
+        total += loss.detach() * len(targets)
+        count += len(targets)
+        scores.append(logits.detach().float().softmax(1))
+        labels.append(targets)
+        if progress is not None:
+            progress(len(targets))
+    return (total / max(count, 1)).item(), torch.cat(scores).cpu().numpy(), torch.cat(labels).cpu().numpy()
+
+
+@torch.no_grad()
+def predict_probs(model, cache_batches, device, batch_size: int = 64) -> np.ndarray:
+    """Class probabilities for every image, without augmentation or dropout."""
+    model.eval()
+    outputs = []
+    for images in cache_batches(batch_size):
+        with autocast(device):
+            outputs.append(model(images.to(device, non_blocking=True)).float().softmax(1))
+    return torch.cat(outputs).cpu().numpy().astype(np.float64)
+
+
+def cross_entropy(probs: np.ndarray, labels: np.ndarray, class_weights: np.ndarray | None = None) -> float:
+    """Mean (optionally class-weighted) negative log-likelihood, as the training loss computes it."""
+    picked = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
+    weights = np.ones(len(labels)) if class_weights is None else class_weights[labels]
+    return float(-(weights * np.log(picked)).sum() / weights.sum())
+
+
+def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float):
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def make_schedule(name: str, optimizer, epochs: int):
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, epochs // 3), gamma=0.1)
+    if name == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=2)
+    return None
+
+
+def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, loss_fn, device, config,
+        on_epoch=None, progress_factory=None) -> FitResult:
+    """Run each stage with early stopping on the monitored validation metric; keep the best weights.
+
+    `evaluate_val()` returns (val_loss, val_metrics); `on_epoch(EpochResult)` reports progress.
+    """
+    import time
+
+    result = FitResult()
+    best_state = copy.deepcopy(model.state_dict())
+    epoch_number = 0
+    for stage in stages:
+        if stage.epochs <= 0:
+            continue
+        model.set_trainable(stage.top_blocks)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = make_optimizer(config.optimizer, params, stage.lr, config.momentum, config.weight_decay)
+        schedule = make_schedule(config.schedule, optimizer, stage.epochs)
+        scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and not torch.cuda.is_bf16_supported() else None
+        since_best = 0
+        for _ in range(stage.epochs):
+            epoch_number += 1
+            started = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            progress = progress_factory(stage.name, epoch_number) if progress_factory else None
+            train_loss, train_scores, train_labels = train_one_epoch(
+                model, train_loader, loss_fn, optimizer, device, scaler, progress)
+            if progress is not None:
+                progress.close()
+            val_loss, val_metrics = evaluate_val()
+            score = val_metrics.get(config.monitor, float("nan"))
+            score = -val_loss if math.isnan(score) else score  # e.g. AUC undefined: fall back to loss
+            if schedule is not None:
+                schedule.step(score) if config.schedule == "plateau" else schedule.step()
+            from medcls.evaluation.metrics import roc_auc
+
+            epoch = EpochResult(stage.name, epoch_number, train_loss,
+                                roc_auc(train_labels, train_scores, None), val_loss, val_metrics, lr,
+                                time.perf_counter() - started)
+            result.history.append(epoch)
+            # Strictly better only: on ties the earlier (less fitted) weights are kept.
+            if score > result.best_score:
+                result.best_score, result.best_epoch = score, epoch_number
+                best_state = copy.deepcopy(model.state_dict())
+                since_best = 0
+            else:
+                since_best += 1
+            if on_epoch is not None:
+                on_epoch(epoch, epoch_number == result.best_epoch)
+            if config.patience and since_best >= config.patience:
+                result.stopped_early.append(stage.name)
+                break
+        # The next stage starts from the best weights so far, as does the final model.
+        model.load_state_dict(best_state)
+    return result

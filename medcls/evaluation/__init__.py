@@ -1,0 +1,1 @@
+"""Evaluation: metrics, confidence intervals, operating points and reports."""

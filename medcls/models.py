@@ -1,0 +1,137 @@
+"""The classifier medcls trains: a registered backbone, input normalisation, dropout and a new head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from medcls.errors import WeightsUnavailableError
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class Classifier(nn.Module):
+    """Takes images in [0, 1], normalises them as the backbone was trained, returns class logits."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float, in_chans: int) -> None:
+        super().__init__()
+        from medcls.builtin.backbones import channel_stats
+
+        mean = channel_stats(tuple(getattr(backbone, "mean", IMAGENET_MEAN)), in_chans)
+        std = channel_stats(tuple(getattr(backbone, "std", IMAGENET_STD)), in_chans)
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(int(backbone.num_features), num_classes))
+        # Pretrained backbones keep their batch-norm statistics while fine-tuning (the Keras
+        # transfer-learning guide's advice): small, augmented batches would otherwise overwrite them.
+        self.frozen_batchnorm = False
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone((images - self.mean) / self.std))
+
+    def blocks(self) -> list[nn.Module]:
+        """The backbone's parameter groups from input to output (stem first)."""
+        if hasattr(self.backbone, "medcls_blocks"):
+            return list(self.backbone.medcls_blocks())
+        return [m for m in self.backbone.children() if any(True for _ in m.parameters())]
+
+    def set_trainable(self, top_blocks: int) -> None:
+        """Train the head plus the top `top_blocks` backbone blocks (-1: all); freeze the rest."""
+        self.requires_grad_(False)
+        self.head.requires_grad_(True)
+        blocks = self.blocks()
+        chosen = blocks if top_blocks < 0 else blocks[len(blocks) - top_blocks:] if top_blocks else []
+        for block in chosen:
+            block.requires_grad_(True)
+
+    def train(self, mode: bool = True):
+        """Batch norm of frozen blocks (all of it, with `frozen_batchnorm`) stays in inference mode."""
+        super().train(mode)
+        if mode:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and (
+                    self.frozen_batchnorm or not any(p.requires_grad for p in module.parameters(recurse=False))
+                ):
+                    module.eval()
+        return self
+
+
+def load_backbone_weights(backbone: nn.Module, state: dict, in_chans: int, origin: str) -> None:
+    """Copy a 3-channel state dict into `backbone`, adapting the first convolution to `in_chans`."""
+    from timm.models import adapt_input_conv
+
+    own = backbone.state_dict()
+    matched, adapted = {}, []
+    for key, value in state.items():
+        if key not in own:
+            continue  # classifier weights of the source model: medcls brings its own head
+        if value.ndim == 4 and own[key].ndim == 4 and value.shape[1] != own[key].shape[1]:
+            value = adapt_input_conv(own[key].shape[1], value)
+            adapted.append(key)
+        if value.shape != own[key].shape:
+            raise WeightsUnavailableError(
+                f"weights from {origin} do not fit: {key} has shape {tuple(value.shape)}, "
+                f"the backbone expects {tuple(own[key].shape)}"
+            )
+        matched[key] = value
+    missing = [k for k in own if k not in matched and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise WeightsUnavailableError(
+            f"weights from {origin} miss {len(missing)} of the backbone's tensors (first: {missing[0]}): "
+            "they belong to a different architecture"
+        )
+    backbone.load_state_dict(matched, strict=False)
+
+
+def pretrained_state(backbone_name: str, weight_sources, weights_file: str | None) -> tuple[dict, str]:
+    """The first pretrained state dict available: the user's file, then offline sources, then network ones."""
+    tried = []
+    if weights_file:
+        return read_safetensors(weights_file), f"file '{weights_file}'"
+    ordered = sorted(weight_sources, key=lambda e: not e.metadata.get("offline", True))
+    for entry in ordered:
+        try:
+            state = entry.obj(backbone_name)
+        except WeightsUnavailableError as exc:
+            tried.append(f"{entry.name}: {exc}")
+            continue
+        if state is not None:
+            return state, f"source {entry.name!r} (plugin {entry.plugin})"
+    tried_text = "; ".join(tried) if tried else "no installed weight source serves this backbone"
+    raise WeightsUnavailableError(
+        f"no pretrained weights for {backbone_name!r} ({tried_text}). Supply a file with "
+        "--weights FILE.safetensors, install a weight plugin, or train from scratch with --no-pretrained"
+    )
+
+
+def read_safetensors(path: str) -> dict:
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise WeightsUnavailableError(f"weights file '{path}' does not exist")
+    if not str(path).endswith(".safetensors"):
+        raise WeightsUnavailableError(
+            f"weights file '{path}' is not .safetensors; medcls never unpickles weight files: "
+            "convert it with safetensors.torch.save_file"
+        )
+    try:
+        return load_file(path)
+    except Exception as exc:
+        raise WeightsUnavailableError(f"weights file '{path}' cannot be read ({exc})") from None
+
+
+def build_classifier(registries, backbone_name: str, num_classes: int, in_chans: int, dropout: float,
+                     pretrained: bool, weights_file: str | None = None) -> tuple[Classifier, str]:
+    """The backbone from the registry, pretrained if asked (never silently random), plus a new head."""
+    entry = registries["backbones"].get(backbone_name)
+    backbone = entry.obj(in_chans)
+    origin = "random initialisation"
+    if pretrained or weights_file:
+        state, origin = pretrained_state(backbone_name, registries["weights"], weights_file)
+        load_backbone_weights(backbone, state, in_chans, origin)
+    model = Classifier(backbone, num_classes, dropout, in_chans)
+    model.frozen_batchnorm = origin != "random initialisation"
+    return model, origin

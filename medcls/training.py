@@ -1,0 +1,399 @@
+"""The fine-tuning workflow end to end: data, splits, two-stage training, honest evaluation, run folder."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import random
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medcls.config import TrainConfig, save_config
+from medcls.errors import ConfigError, DataError
+
+
+@dataclass
+class PreparedData:
+    """Cases with labels, splits and content hashes, and the decoded image cache."""
+
+    cases: list
+    classes: list[str]
+    labels: np.ndarray  # class index per case
+    splits: np.ndarray  # 'train'/'val'/'test' per case ('' when not split)
+    hashes: list[str]
+    cache: object  # medcls.data.images.ImageCache
+    format_name: str
+    duplicates: list[list[str]]
+    warnings: list[str] = field(default_factory=list)
+
+    def rows(self, split: str | None = None) -> np.ndarray:
+        """Positions in the image cache of the readable cases of `split` (all when None)."""
+        kept = self.cache.kept
+        return np.flatnonzero(self.splits[kept] == split) if split else np.arange(len(kept))
+
+    def cache_labels(self, rows: np.ndarray) -> np.ndarray:
+        return self.labels[self.cache.kept[rows]]
+
+    def batches(self, rows: np.ndarray):
+        def iterate(batch_size: int):
+            for start in range(0, len(rows), batch_size):
+                yield self.cache.batch(rows[start:start + batch_size])
+        return iterate
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was asked for but no CUDA GPU is available: use --device cpu or --device auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device 'mps' was asked for but Apple MPS is not available: use --device cpu or --device auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not a device name: use auto, cpu, cuda, cuda:N or mps") from None
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+
+
+def hash_all(cases) -> list[str]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def digest(case):
+        try:
+            return case.content_hash()
+        except OSError:
+            return f"missing:{case.key}"  # unreadable: reported when decoding; unique so never linked
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(digest, cases))
+
+
+def prepare_data(config: TrainConfig, registries, *, split: bool = True) -> PreparedData:
+    """Load cases, find duplicates, split by patient/content group, decode every image once."""
+    from medcls.data.images import decode_all
+    from medcls.data.loading import class_names, load_cases
+    from medcls.data.splits import assign_splits, duplicate_sets, leakage_warnings, linked_groups
+
+    cases, format_name, readers = load_cases(config, registries)
+    classes = class_names(cases, config.positive_class, config.data)
+    labels = np.array([classes.index(c.label) for c in cases], dtype=np.int64)
+    hashes = hash_all(cases)
+    duplicates = duplicate_sets(cases, hashes)
+    splits = np.array([""] * len(cases), dtype=object)
+    warnings = []
+    if split:
+        groups = linked_groups(cases, hashes)
+        splits = assign_splits(cases, labels, groups, config.val_fraction, config.test_fraction, config.seed)
+        warnings += leakage_warnings(cases, hashes, splits)
+    cache = decode_all(cases, readers, config.image_size, config.channels, strict=config.strict)
+    if cache.failures:
+        warnings.append(f"skipped {len(cache.failures)} unreadable image(s), listed in the report; "
+                        f"first: {cache.failures[0][1]} (use --strict to stop instead)")
+    return PreparedData(cases, classes, labels, np.asarray(splits, dtype=str), hashes, cache, format_name,
+                        duplicates, warnings)
+
+
+class TrainingImages:
+    """Training split as a torch Dataset: cached image -> float -> augmentation policy."""
+
+    def __init__(self, data: PreparedData, rows: np.ndarray, transform) -> None:
+        self.data, self.rows, self.transform = data, rows, transform
+        self.labels = data.cache_labels(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        image = self.data.cache.batch(self.rows[i:i + 1])[0]
+        return self.transform(image), int(self.labels[i])
+
+
+def make_policy(config: TrainConfig, registries):
+    entry = registries["policies"].get(config.policy)
+    defaults = dict(entry.metadata.get("params", {}))
+    unknown = sorted(set(config.aug) - set(defaults))
+    if unknown:
+        raise ConfigError(
+            f"policy {config.policy!r} has no parameter {unknown[0]!r}; its parameters: "
+            f"{', '.join(defaults) or 'none'} (see `medcls list policies`)"
+        )
+    params = {**defaults, **{k: type(defaults[k])(v) for k, v in config.aug.items()}}
+    transform = entry.obj(**params)
+    if hasattr(transform, "set_random_state"):
+        transform.set_random_state(seed=config.seed)
+    return transform, params
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Inverse-frequency weights normalised to mean 1 ('balanced' in scikit-learn's sense)."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    weights = np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 0.0)
+    return weights
+
+
+def make_loader(dataset: TrainingImages, config: TrainConfig, n_classes: int):
+    import torch
+    from torch.utils.data import DataLoader, WeightedRandomSampler
+
+    generator = torch.Generator().manual_seed(config.seed)
+    sampler = None
+    if config.class_balance == "sampler":
+        weights = class_weights(dataset.labels, n_classes)[dataset.labels]
+        sampler = WeightedRandomSampler(torch.as_tensor(weights), len(weights), generator=generator)
+    return DataLoader(dataset, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
+                      generator=generator, num_workers=config.workers, drop_last=len(dataset) > config.batch_size)
+
+
+def choose_threshold(config: TrainConfig, probs: np.ndarray, labels: np.ndarray) -> float | None:
+    """The binary operating point, chosen on validation only and then frozen for test."""
+    from medcls.evaluation.metrics import youden_threshold
+
+    if probs.shape[1] != 2:
+        return None
+    if config.threshold_rule == "fixed":
+        return config.threshold
+    return youden_threshold(labels, probs[:, 1])
+
+
+def stages_for(config: TrainConfig) -> list:
+    from medcls.engine import Stage
+
+    if config.pretrained or config.weights:
+        return [Stage("frozen", config.epochs, config.lr, 0),
+                Stage("finetune", config.finetune_epochs, config.lr * config.finetune_lr_factor, config.unfreeze_blocks)]
+    # From scratch nothing is worth freezing: both stages train every block.
+    return [Stage("scratch", config.epochs, config.lr, -1),
+            Stage("finetune", config.finetune_epochs, config.lr * config.finetune_lr_factor, -1)]
+
+
+def check_names(config: TrainConfig, registries) -> None:
+    """Fail on a misspelled name before any data is read."""
+    registries["backbones"].get(config.backbone)
+    registries["policies"].get(config.policy)
+    if config.format != "auto":
+        registries["datasets"].get(config.format)
+    if config.monitor != "loss":
+        registries["metrics"].get(config.monitor)
+
+
+def train(config: TrainConfig, registries, *, log=lambda message: None, progress_factory=None) -> dict:
+    """Run the whole workflow and write the run folder; returns the summary that the CLI prints."""
+    import torch
+
+    from medcls.engine import fit, predict_probs
+    from medcls.evaluation import report
+    from medcls.models import build_classifier
+    from medcls.runs import save_model
+
+    started = time.perf_counter()
+    check_names(config, registries)
+    device = resolve_device(config.device)
+    out = Path(config.out)
+    seed_everything(config.seed, config.deterministic)
+    transform, policy_params = make_policy(config, registries)
+
+    data = prepare_data(config, registries)
+    for warning in data.warnings:
+        log(f"warning: {warning}")
+    train_rows, val_rows, test_rows = (data.rows(s) for s in ("train", "val", "test"))
+    for name, rows in (("train", train_rows), ("val", val_rows), ("test", test_rows)):
+        present = np.unique(data.cache_labels(rows))
+        if len(present) < len(data.classes):
+            log(f"warning: the {name} split ({len(rows)} images) lacks class(es) "
+                f"{', '.join(data.classes[i] for i in set(range(len(data.classes))) - set(present))}")
+    log(f"data: {len(data.cache.kept)} images ({data.format_name}), classes {data.classes}, "
+        f"train/val/test = {len(train_rows)}/{len(val_rows)}/{len(test_rows)}, channels {data.cache.channels}, "
+        f"{len(data.duplicates)} duplicate set(s) kept on one side")
+
+    model, weights_origin = build_classifier(registries, config.backbone, len(data.classes), data.cache.channels,
+                                             config.dropout, config.pretrained, config.weights)
+    model = model.to(device)
+    if device.type == "cuda" and not config.deterministic:
+        torch.backends.cudnn.benchmark = True
+    log(f"model: {config.backbone} ({weights_origin}) on {device}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
+
+    train_labels = data.cache_labels(train_rows)
+    weights = class_weights(train_labels, len(data.classes)) if config.class_balance == "weighted_loss" else None
+    loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device))
+    loader = make_loader(TrainingImages(data, train_rows, transform), config, len(data.classes))
+    metrics = list(registries["metrics"])
+    val_labels = data.cache_labels(val_rows)
+
+    def evaluate_val():
+        probs = predict_probs(model, data.batches(val_rows), device, config.batch_size)
+        values = report.split_results(probs, val_labels, None if probs.shape[1] != 2 else 0.5, metrics)
+        return values["loss"], values
+
+    def on_epoch(epoch, is_best):
+        log(f"[{epoch.stage}] epoch {epoch.epoch}: train loss {epoch.train_loss:.4f}, val loss "
+            f"{epoch.val_loss:.4f}, val {config.monitor} {epoch.val_metrics.get(config.monitor, float('nan')):.4f}, "
+            f"lr {epoch.lr:.2e}, {epoch.seconds:.1f}s{' *best' if is_best else ''}")
+
+    fitted = fit(model, stages_for(config), train_loader=loader, evaluate_val=evaluate_val, loss_fn=loss_fn,
+                 device=device, config=config, on_epoch=on_epoch, progress_factory=progress_factory)
+
+    # The gap report: every split scored the same way, without augmentation or dropout.
+    scores = {s: (predict_probs(model, data.batches(r), device, config.batch_size), data.cache_labels(r))
+              for s, r in (("train", train_rows), ("val", val_rows), ("test", test_rows))}
+    threshold = choose_threshold(config, *scores["val"])
+    results = {s: report.split_results(p, y, threshold, metrics) for s, (p, y) in scores.items()}
+    results["gap"] = report.gap(results["train"], results["test"])
+    intervals = {s: report.split_intervals(p, y, threshold) for s, (p, y) in scores.items()}
+    reading = report.read_gap(results["train"], results["val"], results["test"])
+
+    out.mkdir(parents=True, exist_ok=True)
+    info = {
+        "backbone": config.backbone, "classes": data.classes, "in_chans": data.cache.channels,
+        "image_size": config.image_size, "dropout": config.dropout, "threshold": threshold,
+        "threshold_rule": config.threshold_rule, "positive_class": data.classes[1] if len(data.classes) == 2 else None,
+        "preprocessing": "decode (readers), resize to image_size (antialiased bilinear), values in [0, 1]; "
+                         "the model normalises internally", "weights_origin": weights_origin,
+    }
+    save_model(model, info, out)
+    save_config(config, out / "config.yaml")
+    write_history(fitted.history, out / "history.csv")
+    write_splits(data, out / "splits.csv")
+    manifest = run_manifest(config, data)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    report.write_metrics_json(out / "metrics.json", results, intervals,
+                              {"threshold": threshold, "reading": reading, "best_epoch": fitted.best_epoch})
+    report.plot_learning_curves(fitted.history, out / "learning_curves.png")
+    report.plot_roc({s: (p, y, threshold) for s, (p, y) in scores.items()}, out / "roc.png")
+    report.plot_confusion(*scores["test"], threshold, data.classes, out / "confusion_matrix.png")
+    summary = {
+        "out": str(out), "results": results, "intervals": intervals, "reading": reading, "threshold": threshold,
+        "best_epoch": fitted.best_epoch, "stopped_early": fitted.stopped_early, "weights_origin": weights_origin,
+        "device": str(device), "seconds": time.perf_counter() - started, "policy_params": policy_params,
+        "warnings": data.warnings, "epochs_run": len(fitted.history),
+    }
+    write_report(out / "report.md", config, data, summary)
+    return summary
+
+
+def write_history(history, path: Path) -> None:
+    metric_names = sorted({k for h in history for k in h.val_metrics if k not in ("n", "loss", "metric_errors")})
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["epoch", "stage", "lr", "train_loss", "train_roc_auc", "val_loss",
+                         *[f"val_{m}" for m in metric_names], "seconds"])
+        for h in history:
+            writer.writerow([h.epoch, h.stage, f"{h.lr:.6g}", f"{h.train_loss:.6f}", f"{h.train_auc:.6f}",
+                             f"{h.val_loss:.6f}", *[f"{h.val_metrics.get(m, float('nan')):.6f}" for m in metric_names],
+                             f"{h.seconds:.2f}"])
+
+
+def write_splits(data: PreparedData, path: Path) -> None:
+    """Which split each image went to, with its content hash; patient identifiers are not written."""
+    readable = set(data.cache.kept.tolist())
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["key", "label", "split", "sha256", "status"])
+        for i, case in enumerate(data.cases):
+            writer.writerow([case.key, case.label, data.splits[i], data.hashes[i],
+                             "used" if i in readable else "skipped"])
+
+
+def run_manifest(config: TrainConfig, data: PreparedData) -> dict:
+    """Versions, commit, seed and data hashes: enough to tell whether two runs used the same data."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("medcls", "torch", "torchvision", "timm", "monai", "pydicom", "nibabel", "numpy",
+                    "scikit-learn", "pylibjpeg", "safetensors"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+
+    def membership(split: str | None) -> str:
+        chosen = sorted(h for h, s in zip(data.hashes, data.splits) if split is None or s == split)
+        return hashlib.sha256("\n".join(chosen).encode()).hexdigest()
+
+    return {
+        "versions": versions, "medcls_commit": git_commit(), "seed": config.seed,
+        "deterministic": config.deterministic, "data": config.data, "format": data.format_name,
+        "data_sha256": membership(None),
+        "split_sha256": {s: membership(s) for s in ("train", "val", "test")},
+        "images": len(data.cases), "skipped": [key for key, _ in data.cache.failures],
+    }
+
+
+def git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        result = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def write_report(path: Path, config: TrainConfig, data: PreparedData, summary: dict) -> None:
+    from medcls.evaluation.report import gap_table
+
+    counts = []
+    for split in ("train", "val", "test"):
+        labels = data.cache_labels(data.rows(split))
+        per_class = ", ".join(f"{name} {int((labels == i).sum())}" for i, name in enumerate(data.classes))
+        counts.append(f"| {split} | {len(labels)} | {per_class} |")
+    patients = len({c.patient_id for c in data.cases if c.patient_id is not None})
+    lines = [
+        f"# medcls run: {config.backbone} on {config.data}",
+        "",
+        "## Data",
+        f"- Layout: {data.format_name}; {len(data.cases)} images, {len(data.cache.kept)} used, "
+        f"{len(data.cache.failures)} skipped; {patients or 'no'} patient ids (never shown).",
+        f"- {len(data.duplicates)} set(s) of byte-identical images; every copy is kept on one side of the split.",
+        "",
+        "| split | images | per class |", "|---|---|---|", *counts, "",
+    ]
+    if data.cache.failures:
+        lines += ["Skipped (unreadable) images:", ""]
+        lines += [f"- `{key}`: {reason}" for key, reason in data.cache.failures] + [""]
+    if data.warnings:
+        lines += ["Warnings:", ""] + [f"- {w}" for w in data.warnings] + [""]
+    threshold = summary["threshold"]
+    lines += [
+        "## Model and training",
+        f"- Backbone `{config.backbone}`, weights: {summary['weights_origin']}; input {data.cache.channels} channel(s) "
+        f"at {config.image_size} px; dropout {config.dropout} before the head.",
+        f"- Policy `{config.policy}` on training batches only: {summary['policy_params']}.",
+        f"- Stage 1 (frozen backbone) up to {config.epochs} epochs at lr {config.lr:g}; stage 2 (top "
+        f"{config.unfreeze_blocks} blocks) up to {config.finetune_epochs} epochs at lr {config.lr * config.finetune_lr_factor:g}; "
+        f"{summary['epochs_run']} epochs run, best epoch {summary['best_epoch']} by validation {config.monitor}.",
+        f"- Operating point: {'n/a (multi-class: most probable class)' if threshold is None else f'{threshold:.4f}'}"
+        f"{'' if threshold is None else f' chosen on validation by {config.threshold_rule}, applied unchanged to test'}.",
+        "",
+        "## Train, validation and test side by side",
+        "",
+        "Values with 95% intervals (Wilson for proportions, DeLong for ROC AUC). Train is scored "
+        "without augmentation or dropout.",
+        "",
+        gap_table(summary["results"], summary["intervals"]),
+        "",
+        f"**Reading:** {summary['reading']}",
+        "",
+        "![learning curves](learning_curves.png)", "", "![ROC](roc.png)", "", "![confusion matrix](confusion_matrix.png)", "",
+    ]
+    path.write_text("\n".join(lines), encoding="utf-8")

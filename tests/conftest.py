@@ -1,0 +1,71 @@
+"""Shared fixtures: a fresh plugin manager per test, fake installed distributions, image folders."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medcls.plugins import get_plugin_manager
+from medcls.registry import Registries
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def pm():
+    return get_plugin_manager()
+
+
+@pytest.fixture
+def registries(pm):
+    return Registries(pm)
+
+
+@pytest.fixture
+def make_distribution(tmp_path, monkeypatch):
+    """Install a fake distribution (dist-info + module) that importlib.metadata really finds."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+
+    def make(dist_name: str, module: str, source: str, entry_point: str | None = None, version: str = "1.0"):
+        (site / f"{module}.py").write_text(textwrap.dedent(source))
+        info = site / f"{dist_name.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: {version}\n")
+        (info / "entry_points.txt").write_text(f"[medcls]\n{entry_point or module} = {module}\n")
+        import importlib
+
+        importlib.invalidate_caches()
+        return site
+
+    yield make
+    import sys
+
+    for name in [m for m in sys.modules if m.startswith("fake_")]:
+        del sys.modules[name]
+
+
+def save_png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array, mode=mode).save(path)
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """A folder-per-class data set of 2 x 12 small greyscale PNGs: bright square = 'yes'."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    for label in ("no", "yes"):
+        for i in range(12):
+            image = (rng.random((40, 40)) * 60).astype(np.uint8)
+            if label == "yes":
+                image[10:25, 12:28] = 220
+            save_png(root / label / f"{label}{i}.png", image)
+    return root

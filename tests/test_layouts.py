@@ -1,0 +1,107 @@
+"""Dataset layouts: folder per class (with and without split folders), CSV manifests, MedMNIST npz."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from medcls.config import make_config
+from medcls.data.loading import class_names, load_cases
+from medcls.errors import DataError
+from tests.conftest import save_png
+
+
+def load(registries, **values):
+    cases, name, _ = load_cases(make_config(values), registries)
+    return cases, name
+
+
+def test_folder_per_class(registries, image_folder):
+    (image_folder / "yes" / "notes.txt").write_text("not an image")
+    cases, name = load(registries, data=str(image_folder))
+    assert name == "folder" and len(cases) == 24
+    assert {c.label for c in cases} == {"no", "yes"} and all(c.split is None for c in cases)
+
+
+def test_split_folders(registries, tmp_path):
+    for split in ("train", "valid", "test"):
+        for label in ("a", "b"):
+            save_png(tmp_path / split / label / "x.png", np.zeros((8, 8), np.uint8))
+    cases, _ = load(registries, data=str(tmp_path))
+    assert sorted({c.split for c in cases}) == ["test", "train", "val"]
+
+
+def test_empty_class_folder(registries, image_folder):
+    (image_folder / "maybe").mkdir()
+    with pytest.raises(DataError, match="class folder .*maybe' has no readable images"):
+        load(registries, data=str(image_folder))
+
+
+def test_missing_and_empty_paths(registries, tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load(registries, data=str(tmp_path / "nope"))
+    with pytest.raises(DataError, match="no class sub-folders"):
+        load(registries, data=str(tmp_path))
+
+
+def test_one_class_only(registries, image_folder):
+    shutil.rmtree(image_folder / "no")
+    cases, _ = load(registries, data=str(image_folder))
+    with pytest.raises(DataError, match="only one class"):
+        class_names(cases, None, str(image_folder))
+
+
+def test_positive_class_reorders(registries, image_folder):
+    cases, _ = load(registries, data=str(image_folder))
+    assert class_names(cases, None, "x") == ["no", "yes"]
+    assert class_names(cases, "no", "x") == ["yes", "no"]
+
+
+def test_csv_with_mapped_columns(registries, image_folder, tmp_path):
+    manifest = tmp_path / "m.csv"
+    rows = ["file,finding,subject,fold"]
+    for i, path in enumerate(sorted(image_folder.rglob("*.png"))):
+        rows.append(f"{path.relative_to(image_folder)},{path.parent.name},p{i // 2},{'test' if i % 5 == 0 else 'train'}")
+    manifest.write_text("\n".join(rows) + "\n")
+    cases, name = load(registries, data=str(manifest), path_column="file", label_column="finding",
+                       patient_column="subject", split_column="fold", image_root=str(image_folder))
+    assert name == "csv" and len(cases) == 24
+    assert cases[0].patient_id == "p0" and cases[0].split == "test" and cases[0].path.exists()
+
+
+def test_csv_missing_column_names_the_fix(registries, tmp_path):
+    (tmp_path / "m.csv").write_text("dicom_name,Contrast\na.dcm,True\n")
+    with pytest.raises(DataError, match=r"no column 'path' \(columns: dicom_name, Contrast\): set path_column"):
+        load(registries, data=str(tmp_path / "m.csv"))
+
+
+def test_csv_empty_label(registries, tmp_path):
+    (tmp_path / "m.csv").write_text("path,label\na.png,\n")
+    with pytest.raises(DataError, match="line 2: empty label"):
+        load(registries, data=str(tmp_path / "m.csv"))
+
+
+def test_npz_medmnist(registries, tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 10), ("val", 4), ("test", 4)):
+        arrays[f"{split}_images"] = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 2).reshape(-1, 1)
+    np.savez(tmp_path / "pneumonia.npz", **arrays)
+    cases, name = load(registries, data=str(tmp_path / "pneumonia.npz"))
+    assert name == "npz" and len(cases) == 18 and cases[0].array.shape == (1, 28, 28)
+    assert {c.split for c in cases} == {"train", "val", "test"}
+
+
+def test_npz_multilabel_refused(registries, tmp_path):
+    np.savez(tmp_path / "x.npz", train_images=np.zeros((2, 4, 4), np.uint8), train_labels=np.zeros((2, 3)))
+    with pytest.raises(DataError, match="multi-label"):
+        load(registries, data=str(tmp_path / "x.npz"))
+
+
+def test_synthetic_is_deterministic(registries):
+    first, name = load(registries, data="synthetic")
+    second, _ = load(registries, data="synthetic")
+    assert name == "synthetic" and len(first) == 240
+    assert all(np.array_equal(a.array, b.array) for a, b in zip(first, second))
+    assert len({c.patient_id for c in first}) == 120

@@ -1,0 +1,79 @@
+"""Metrics against scikit-learn and textbook values; DeLong against an independent O(n^2) version."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+from medcls.evaluation import metrics as m
+from medcls.evaluation.intervals import delong_auc_variance, delong_interval, wilson
+
+
+@pytest.fixture
+def binary():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    p1 = np.clip(0.3 * y + rng.random(200) * 0.7, 0, 1)
+    return y, np.stack([1 - p1, p1], 1)
+
+
+def test_against_sklearn(binary):
+    y, probs = binary
+    assert m.roc_auc(y, probs, None) == pytest.approx(roc_auc_score(y, probs[:, 1]))
+    assert m.pr_auc(y, probs, None) == pytest.approx(average_precision_score(y, probs[:, 1]))
+    assert m.brier(y, probs, None) == pytest.approx(brier_score_loss(y, probs[:, 1]))
+
+
+def test_thresholded_metrics_on_a_known_table():
+    # TP 8, FN 2, TN 6, FP 4
+    y = np.array([1] * 10 + [0] * 10)
+    yhat = np.array([1] * 8 + [0] * 2 + [0] * 6 + [1] * 4)
+    probs = np.zeros((20, 2))
+    assert m.sensitivity(y, probs, yhat) == 0.8
+    assert m.specificity(y, probs, yhat) == 0.6
+    assert m.ppv(y, probs, yhat) == pytest.approx(8 / 12)
+    assert m.npv(y, probs, yhat) == pytest.approx(6 / 8)
+    assert m.balanced_accuracy(y, probs, yhat) == pytest.approx(0.7)
+
+
+def test_single_class_gives_nan_not_a_crash():
+    y = np.zeros(5, dtype=int)
+    probs = np.tile([0.7, 0.3], (5, 1))
+    assert np.isnan(m.roc_auc(y, probs, None)) and np.isnan(m.sensitivity(y, probs, np.zeros(5, int)))
+
+
+def test_multiclass_macro_auc():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 90)
+    probs = rng.dirichlet([1, 1, 1], 90)
+    assert m.roc_auc(y, probs, None) == pytest.approx(roc_auc_score(y, probs, multi_class="ovr"))
+
+
+def test_wilson_textbook_value():
+    # Newcombe (1998), Statistics in Medicine 17:857, table I: 81/263 -> 0.2553 to 0.3662.
+    low, high = wilson(81, 263)
+    assert (round(low, 4), round(high, 4)) == (0.2553, 0.3662)
+
+
+def delong_reference(y, s):
+    """Straight from DeLong et al. (1988): placement values by all pairwise comparisons."""
+    pos, neg = s[y == 1], s[y == 0]
+    psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    v10, v01 = psi.mean(1), psi.mean(0)
+    return psi.mean(), v10.var(ddof=1) / len(pos) + v01.var(ddof=1) / len(neg)
+
+
+def test_delong_matches_pairwise_definition(binary):
+    y, probs = binary
+    scores = np.round(probs[:, 1], 2)  # ties exercise the midranks
+    auc, variance = delong_auc_variance(y, scores)
+    ref_auc, ref_variance = delong_reference(y, scores)
+    assert auc == pytest.approx(ref_auc) and variance == pytest.approx(ref_variance)
+    low, high = delong_interval(y, scores)
+    assert low < auc < high
+
+
+def test_youden_threshold_separates_perfectly():
+    y = np.array([0, 0, 0, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.9])
+    threshold = m.youden_threshold(y, scores)
+    assert 0.3 < threshold <= 0.6

@@ -1,0 +1,117 @@
+"""Plugin loading through real entry points of fake distributions: good, broken, typo, duplicate."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from medcls.cli import cli
+from medcls.errors import PluginError
+from medcls.plugins import DEFAULT_PLUGINS, describe_plugins, get_plugin_manager
+from medcls.registry import Registries
+
+GOOD = """
+import medcls
+
+@medcls.hookimpl
+def medcls_register_metrics(register):
+    register("fake_metric", lambda y, p, yhat: 0.5, description="A fake metric", needs_threshold=False)
+"""
+BROKEN = "import medcls\nraise ImportError('needs libfoo 2.0')\n"
+TYPO = """
+import medcls
+
+@medcls.hookimpl
+def medcls_register_metric(register):
+    pass
+"""
+DUPLICATE = """
+import medcls
+
+@medcls.hookimpl
+def medcls_register_metrics(register):
+    register("roc_auc", lambda y, p, yhat: 1.0, needs_threshold=False)
+"""
+
+
+def test_builtins_register_through_the_same_hooks(pm):
+    names = [name for name, _ in pm.list_name_plugin()]
+    assert set(DEFAULT_PLUGINS) <= set(names)
+    assert Registries(pm)["metrics"].get("roc_auc").plugin == "medcls.builtin.metrics"
+
+
+def test_good_plugin_is_loaded_and_attributed(make_distribution):
+    make_distribution("fake-good", "fake_good", GOOD)
+    pm = get_plugin_manager()
+    assert Registries(pm)["metrics"].get("fake_metric").plugin == "fake_good"
+    rows = {row["name"]: row for row in describe_plugins(pm)}
+    assert rows["fake_good"] == {"name": "fake_good", "distribution": "fake-good", "version": "1.0",
+                                 "hooks": ["medcls_register_metrics"], "error": None}
+
+
+def test_broken_plugin_is_reported_and_the_rest_works(make_distribution, monkeypatch):
+    monkeypatch.delenv("MEDCLS_STRICT_PLUGINS", raising=False)
+    make_distribution("fake-broken", "fake_broken", BROKEN)
+    make_distribution("fake-good", "fake_good", GOOD)
+    pm = get_plugin_manager()
+    assert [e.entry_point for e in pm.load_errors] == ["fake_broken"]
+    assert "needs libfoo 2.0" in pm.load_errors[0].one_line()
+    assert "fake-broken" in pm.load_errors[0].one_line()
+    assert "fake_metric" in Registries(pm)["metrics"]
+
+    result = CliRunner().invoke(cli, ["plugins"])
+    assert result.exit_code == 0
+    warning_lines = [line for line in result.stderr.splitlines() if "fake_broken" in line]
+    assert len(warning_lines) == 1 and "failed to load" in warning_lines[0]
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["fake_broken"]["error"] == "ImportError: needs libfoo 2.0"
+
+
+def test_strict_mode_makes_a_broken_plugin_fatal(make_distribution, monkeypatch):
+    make_distribution("fake-broken", "fake_broken", BROKEN)
+    monkeypatch.setenv("MEDCLS_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginError, match="MEDCLS_STRICT_PLUGINS"):
+        get_plugin_manager()
+    result = CliRunner().invoke(cli, ["list", "metrics"])
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and "fake_broken" in result.stderr
+
+
+def test_misspelled_hook_is_an_error(make_distribution, monkeypatch):
+    monkeypatch.delenv("MEDCLS_STRICT_PLUGINS", raising=False)
+    make_distribution("fake-typo", "fake_typo", TYPO)
+    pm = get_plugin_manager()
+    assert len(pm.load_errors) == 1
+    assert "medcls_register_metric" in pm.load_errors[0].error
+    assert "unknown hook" in pm.load_errors[0].error
+    assert "fake_typo" not in dict(pm.list_name_plugin())
+
+
+def test_duplicate_name_names_both_plugins(make_distribution):
+    make_distribution("fake-dup", "fake_dup", DUPLICATE)
+    with pytest.raises(PluginError) as excinfo:
+        Registries(get_plugin_manager())["metrics"]
+    message = str(excinfo.value)
+    assert "'roc_auc'" in message and "medcls.builtin.metrics" in message and "fake_dup" in message
+
+
+def test_duplicate_is_a_one_line_cli_error(make_distribution):
+    make_distribution("fake-dup", "fake_dup", DUPLICATE)
+    result = CliRunner().invoke(cli, ["list", "metrics"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: metric 'roc_auc' is registered by both")
+    assert "Traceback" not in result.output
+
+
+def test_plugins_all_includes_builtins():
+    result = CliRunner().invoke(cli, ["plugins", "--all"])
+    names = {row["name"] for row in json.loads(result.stdout)}
+    assert set(DEFAULT_PLUGINS) <= names
+
+
+def test_example_plugin_installed_from_folder_is_listed():
+    """plugins/medcls-example is pip-installed by the dev install and by CI."""
+    pytest.importorskip("medcls_example", reason="plugins/medcls-example is not installed")
+    rows = {row["name"]: row for row in json.loads(CliRunner().invoke(cli, ["plugins"]).stdout)}
+    assert rows["example"]["distribution"] == "medcls-example"
+    assert rows["example"]["hooks"] == ["medcls_register_backbones", "medcls_register_metrics"]

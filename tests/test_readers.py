@@ -1,0 +1,170 @@
+"""Readers: PNG/JPEG of every mode, DICOM (real files from pydicom-data and files written here), NIfTI."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medcls.data.readers import read_dicom, read_nifti, read_pil
+from medcls.errors import DataError
+from tests.conftest import save_png
+
+
+def data_store_file(name: str) -> Path:
+    """A pydicom-data file looked up on disk, without pydicom's network fetch."""
+    data_store = pytest.importorskip("data_store", reason="pydicom-data is not installed")
+    path = Path(data_store.__file__).parent / "data" / name
+    if not path.exists():
+        pytest.skip(f"pydicom-data has no {name}")
+    return path
+
+
+@pytest.mark.parametrize("mode, channels", [("L", 1), ("RGB", 3), ("RGBA", 3), ("P", 3), ("LA", 1), ("1", 1),
+                                            ("I;16", 1), ("I", 1)])
+def test_png_modes(tmp_path, mode, channels):
+    from PIL import Image
+
+    base = Image.fromarray((np.arange(64 * 64).reshape(64, 64) % 256).astype(np.uint8))
+    if mode in ("I;16", "I"):  # 16-bit data, as uint16 or as Pillow's 32-bit integer mode
+        wide = np.arange(64 * 64).reshape(64, 64) * 16
+        image = Image.fromarray(wide.astype(np.uint16 if mode == "I;16" else np.int32))
+    else:
+        image = base.convert(mode)
+    path = tmp_path / ("x.tif" if mode == "I" else "x.png")  # Pillow writes 32-bit integer as TIFF only
+    image.save(path)
+    array = read_pil(path)
+    assert array.shape == (channels, 64, 64) and array.dtype == np.float32
+    assert 0.0 <= array.min() and array.max() <= 1.0 and array.max() > 0.5
+
+
+def test_sixteen_bit_keeps_full_range(tmp_path):
+    from PIL import Image
+
+    values = np.array([[0, 1000], [40000, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "x.png")
+    np.testing.assert_allclose(read_pil(tmp_path / "x.png")[0], values / 65535.0, atol=1e-6)
+
+
+def test_rgba_transparent_background_is_black(tmp_path):
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba[..., :3] = 255  # white, but fully transparent except one pixel
+    rgba[0, 0, 3] = 255
+    save_png(tmp_path / "x.png", rgba, mode="RGBA")
+    array = read_pil(tmp_path / "x.png")
+    assert array[:, 0, 0].tolist() == [1.0, 1.0, 1.0] and array[:, 1, 1].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_jpeg(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.full((20, 30, 3), 128, dtype=np.uint8)).save(tmp_path / "x.JPG")
+    assert read_pil(tmp_path / "x.JPG").shape == (3, 20, 30)
+
+
+def test_corrupt_image_is_a_one_line_error(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError, match="bad.png' cannot be decoded"):
+        read_pil(tmp_path / "bad.png")
+
+
+def write_ct(path: Path, stored: np.ndarray, slope=1.0, intercept=-1024.0, window=(40.0, 400.0),
+             photometric="MONOCHROME2", patient="PAT-123"):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.PatientID, ds.Modality = patient, "CT"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = [window[0], 500.0], [window[1], 1500.0]  # multi-valued, as in the wild
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_dicom_rescale_and_first_window(tmp_path):
+    # Stored 1024 -> 0 HU (water); window 40/400 maps [-160, 240] HU onto [0, 1].
+    stored = np.array([[0, 1024], [1064, 2048]])
+    image = read_dicom(write_ct(tmp_path / "ct.dcm", stored))
+    hu = stored - 1024.0
+    np.testing.assert_allclose(image[0], np.clip((hu + 160) / 400, 0, 1), atol=1e-6)
+
+
+def test_dicom_without_window_uses_full_range(tmp_path):
+    image = read_dicom(write_ct(tmp_path / "ct.dcm", np.array([[0, 100], [200, 400]]), window=None))
+    assert image.min() == 0.0 and image.max() == 1.0
+
+
+def test_monochrome1_is_inverted(tmp_path):
+    stored = np.array([[0, 1024], [1064, 2048]])
+    normal = read_dicom(write_ct(tmp_path / "a.dcm", stored))
+    inverted = read_dicom(write_ct(tmp_path / "b.dcm", stored, photometric="MONOCHROME1"))
+    np.testing.assert_allclose(inverted, 1.0 - normal, atol=1e-6)
+
+
+def test_real_monochrome1_radiograph():
+    image = read_dicom(data_store_file("MR-SIEMENS-DICOM-WithOverlays.dcm"))
+    assert image.shape[0] == 1 and 0 <= image.min() < image.max() <= 1
+    import pydicom
+
+    for name in ("RG1_UNCR.dcm", "RG1_UNCI.dcm"):
+        try:
+            path = data_store_file(name)
+        except pytest.skip.Exception:
+            continue
+        assert pydicom.dcmread(path, stop_before_pixels=True).PhotometricInterpretation == "MONOCHROME1"
+        radiograph = read_dicom(path)
+        assert radiograph.shape[0] == 1 and 0 <= radiograph.min() < radiograph.max() <= 1
+        return
+    pytest.skip("pydicom-data has no MONOCHROME1 radiograph")
+
+
+@pytest.mark.parametrize("compressed, reference", [("MR2_J2KR.dcm", "MR2_UNCR.dcm"),
+                                                   ("693_J2KR.dcm", "693_UNCR.dcm")])
+def test_real_lossless_jpeg2000_matches_uncompressed(compressed, reference):
+    np.testing.assert_allclose(read_dicom(data_store_file(compressed)), read_dicom(data_store_file(reference)), atol=1e-6)
+
+
+def test_real_jpeg_lossless():
+    image = read_dicom(data_store_file("JPGLosslessP14SV1_1s_1f_8b.dcm"))
+    assert image.ndim == 3 and image.max() > image.min()
+
+
+def test_multiframe_dicom_is_refused():
+    import pydicom
+    import data_store  # noqa: F401  (skips below when absent)
+
+    folder = Path(pytest.importorskip("data_store").__file__).parent / "data"
+    for path in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 and "PixelData" in pydicom.dcmread(path):
+            with pytest.raises(DataError, match="frames"):
+                read_dicom(path)
+            return
+    pytest.skip("no multi-frame file in pydicom-data")
+
+
+def test_not_dicom_is_a_clear_error(tmp_path):
+    (tmp_path / "x.dcm").write_bytes(b"nonsense" * 20)
+    with pytest.raises(DataError, match="x.dcm' cannot be read"):
+        read_dicom(tmp_path / "x.dcm")
+
+
+def test_nifti_single_slice_and_volume_refused(tmp_path):
+    import nibabel as nib
+
+    slice_ = np.arange(12, dtype=np.int16).reshape(3, 4)  # (x, y)
+    nib.save(nib.Nifti1Image(slice_[:, :, None], np.eye(4)), tmp_path / "a.nii.gz")
+    image = read_nifti(tmp_path / "a.nii.gz")
+    assert image.shape == (1, 4, 3)  # (C, rows=y, cols=x)
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 5), np.float32), np.eye(4)), tmp_path / "v.nii")
+    with pytest.raises(DataError, match="not a single 2D slice"):
+        read_nifti(tmp_path / "v.nii")

@@ -1,0 +1,63 @@
+"""Splits: stratified, grouped by patient, byte-identical copies on one side; leakage is reported."""
+
+import numpy as np
+
+from medcls.data.cases import Case
+from medcls.data.splits import assign_splits, duplicate_sets, leakage_warnings, linked_groups
+
+
+def make_cases(n=100, patients=None):
+    return [Case(key=f"c{i}", label="ab"[i % 2], patient_id=None if patients is None else f"p{patients[i]}",
+                 array=np.zeros((1, 2, 2), np.float32)) for i in range(n)]
+
+
+def test_duplicates_and_patients_are_linked():
+    cases = make_cases(5, patients=[0, 0, 1, 2, 3])
+    hashes = ["h0", "h1", "h2", "h2", "h4"]  # c2 and c3 are byte-identical copies
+    groups = linked_groups(cases, hashes)
+    assert groups[0] == groups[1] and groups[2] == groups[3] and len(set(groups)) == 3
+    assert duplicate_sets(cases, hashes) == [["c2", "c3"]]
+
+
+def test_split_keeps_groups_together_and_stratifies():
+    rng = np.random.default_rng(1)
+    patients = rng.integers(0, 60, 300)
+    cases = make_cases(300, patients=patients)
+    labels = np.array([i % 2 for i in range(300)])
+    hashes = [f"h{i}" for i in range(300)]
+    hashes[5] = hashes[200]  # a copy across two patients links them
+    groups = linked_groups(cases, hashes)
+    splits = assign_splits(cases, labels, groups, 0.15, 0.15, seed=0)
+    for group in np.unique(groups):
+        assert len(set(splits[groups == group])) == 1
+    for split in ("train", "val", "test"):
+        share = (splits == split).mean()
+        assert 0.05 < share < 0.8
+        assert 0.3 < labels[splits == split].mean() < 0.7
+    assert leakage_warnings(cases, hashes, splits) == []
+
+
+def test_split_is_seeded():
+    cases, labels = make_cases(80), np.array([i % 2 for i in range(80)])
+    groups = linked_groups(cases, [f"h{i}" for i in range(80)])
+    a = assign_splits(cases, labels, groups, 0.15, 0.15, seed=3)
+    assert (a == assign_splits(cases, labels, groups, 0.15, 0.15, seed=3)).all()
+    assert (a != assign_splits(cases, labels, groups, 0.15, 0.15, seed=4)).any()
+
+
+def test_given_splits_are_kept_and_val_is_carved_from_train():
+    cases = make_cases(60)
+    for i, case in enumerate(cases):
+        case.split = "test" if i < 10 else "train"
+    labels = np.array([i % 2 for i in range(60)])
+    splits = assign_splits(cases, labels, linked_groups(cases, [f"h{i}" for i in range(60)]), 0.15, 0.15, 0)
+    assert (splits[:10] == "test").all() and (splits[10:] != "test").all() and (splits == "val").any()
+
+
+def test_leakage_warning_counts_patients_without_naming_them():
+    cases = make_cases(4, patients=[7, 7, 8, 9])
+    hashes = ["a", "b", "c", "c"]
+    warnings = leakage_warnings(cases, hashes, np.array(["train", "test", "train", "test"]))
+    assert any("1 patient(s)" in w for w in warnings)
+    assert any("'c2' = 'c3'" in w for w in warnings)
+    assert not any("p7" in w for w in warnings)
