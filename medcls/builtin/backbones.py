@@ -18,6 +18,9 @@ def create_timm_backbone(name: str, in_chans: int):
     mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
     model.mean, model.std = channel_stats(mean, in_chans), channel_stats(std, in_chans)
+    # Headless models with a pre-logits layer (MobileNetV3's conv_head) output head_hidden_size
+    # features, not num_features: medcls's head must fit what forward() returns.
+    model.num_features = getattr(model, "head_hidden_size", None) or model.num_features
 
     def blocks():
         # timm's coarse group matcher is what its layer-wise LR decay uses: stem, stages, head.

@@ -1,0 +1,50 @@
+"""Backbones: a smoke test per plugin-registered backbone and a representative timm family each,
+greyscale and colour; fine-tuning unfreezes exactly the top blocks."""
+
+import pytest
+import torch
+
+from medcls.models import build_classifier
+from medcls.plugins import get_plugin_manager
+from medcls.registry import Registries
+
+REGISTRY = Registries(get_plugin_manager())["backbones"]
+# timm registers ~1,300 architectures; one per family keeps this suite fast while covering every
+# way a backbone can be built (CNN, depthwise, dense, transformer, hybrid).
+TIMM_FAMILIES = ["resnet18", "resnet50", "efficientnet_lite0", "densenet121", "mobilenetv3_small_100",
+                 "convnext_atto", "vit_tiny_patch16_224", "test_efficientnet", "test_vit"]
+NON_TIMM = sorted(e.name for e in REGISTRY if e.plugin != "medcls.builtin.backbones")
+
+
+@pytest.mark.parametrize("name", TIMM_FAMILIES + NON_TIMM)
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_backbone_smoke(registries, name, in_chans):
+    model, _ = build_classifier(registries, name, num_classes=2, in_chans=in_chans, dropout=0.2, pretrained=False)
+    model.eval()
+    size = 224 if "vit" in name and "test" not in name else 64
+    with torch.no_grad():
+        out = model(torch.rand(2, in_chans, size, size))
+    assert out.shape == (2, 2) and torch.isfinite(out).all()
+    assert len(model.blocks()) >= 2
+
+
+def test_set_trainable_unfreezes_only_top_blocks(registries):
+    model, _ = build_classifier(registries, "resnet18", num_classes=2, in_chans=1, dropout=0.0, pretrained=False)
+    blocks = model.blocks()
+    model.set_trainable(0)
+    assert all(p.requires_grad for p in model.head.parameters())
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    model.set_trainable(2)
+    trainable = [any(p.requires_grad for p in b.parameters()) for b in blocks]
+    assert trainable == [False] * (len(blocks) - 2) + [True, True]
+    model.set_trainable(-1)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_frozen_batchnorm_stays_in_inference_mode(registries):
+    model, _ = build_classifier(registries, "resnet18", num_classes=2, in_chans=1, dropout=0.0, pretrained=False)
+    model.frozen_batchnorm = True
+    model.set_trainable(-1)
+    model.train()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns) and model.head.training

@@ -1,0 +1,97 @@
+"""The CLI: fast help without heavy imports, listing, and a one-line error for every kind of bad input."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from medcls.cli import cli
+
+
+def run(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_help_and_plugins_do_not_import_torch():
+    code = ("import sys; from medcls.cli import cli\n"
+            "try:\n    cli(['plugins'], standalone_mode=False)\nexcept SystemExit: pass\n"
+            "heavy = [m for m in ('torch', 'timm', 'monai') if m in sys.modules]\n"
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_list_with_pattern():
+    result = run("list", "backbones", "resnet5*")
+    assert result.exit_code == 0 and "resnet50 " in result.stdout and "resnet18 " not in result.stdout
+    assert "sensitivity" in run("list", "metrics").stdout
+    verbose = run("list", "policies", "aggressive", "--verbose").stdout
+    assert "shear = 0.2" in verbose and "rotate_deg = 40.0" in verbose
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ")
+    for fragment in fragments:
+        assert fragment in lines[-1], (fragment, lines[-1])
+
+
+def test_missing_data_path(tmp_path):
+    assert_one_line_error(run("train", "--data", str(tmp_path / "nope")), "does not exist")
+
+
+def test_unknown_backbone_suggests_close_names():
+    assert_one_line_error(run("train", "--backbone", "resnet5"), "unknown backbone 'resnet5'", "did you mean", "resnet50")
+
+
+def test_unknown_policy_and_metric():
+    assert_one_line_error(run("train", "--policy", "agressive"), "unknown policy", "'aggressive'")
+    assert_one_line_error(run("train", "--set", "monitor=auroc"), "unknown metric 'auroc'")
+
+
+def test_unknown_config_key(tmp_path):
+    (tmp_path / "c.yaml").write_text("backbone: resnet18\nlearning_rate: 0.1\n")
+    assert_one_line_error(run("train", "--config", str(tmp_path / "c.yaml")), "unknown key 'learning_rate'", "c.yaml")
+
+
+def test_one_class_and_empty_class(image_folder):
+    (image_folder / "empty").mkdir()
+    assert_one_line_error(run("train", "--data", str(image_folder), "--no-pretrained"), "has no readable images")
+    (image_folder / "empty").rmdir()
+    shutil.rmtree(image_folder / "no")
+    assert_one_line_error(run("train", "--data", str(image_folder), "--backbone", "test_resnet", "--no-pretrained"),
+                          "only one class")
+
+
+def test_csv_without_needed_columns(tmp_path):
+    (tmp_path / "m.csv").write_text("file,finding\na.png,x\n")
+    assert_one_line_error(run("train", "--data", str(tmp_path / "m.csv"), "--no-pretrained"),
+                          "no column 'path'", "path_column")
+
+
+def test_cuda_asked_for_but_absent():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert_one_line_error(run("train", "--device", "cuda", "--no-pretrained", "--backbone", "test_resnet"),
+                          "no CUDA GPU is available", "--device cpu")
+
+
+def test_pretrained_unreachable_offline_names_sources_and_fix(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a machine without network
+    result = run("train", "--backbone", "test_resnet", "--pretrained", "--epochs", "1")
+    assert_one_line_error(result, "no pretrained weights for 'test_resnet'", "timm-hub", "--weights", "--no-pretrained")
+
+
+def test_weights_file_must_be_safetensors(tmp_path):
+    (tmp_path / "w.pth").write_bytes(b"pickle")
+    assert_one_line_error(run("train", "--backbone", "test_resnet", "--weights", str(tmp_path / "w.pth")),
+                          "never unpickles")
+
+
+def test_bad_run_folder(tmp_path):
+    assert_one_line_error(run("evaluate", str(tmp_path)), "has no model.safetensors")

@@ -1,0 +1,80 @@
+"""Augmentation policies: every registered one keeps shape and dtype, is repeatable under a seed;
+`interpretable` never shears or flips vertically (checked on an asymmetric marker)."""
+
+import numpy as np
+import pytest
+import torch
+
+from medcls.config import make_config
+from medcls.errors import ConfigError
+from medcls.plugins import get_plugin_manager
+from medcls.registry import Registries
+from medcls.training import make_policy
+
+POLICIES = sorted(e.name for e in Registries(get_plugin_manager())["policies"])
+
+
+def policy(registries, name, seed=0, **aug):
+    transform, _ = make_policy(make_config({"policy": name, "seed": seed, "aug": aug}), registries)
+    return transform
+
+
+@pytest.mark.parametrize("name", POLICIES)
+@pytest.mark.parametrize("shape", [(1, 48, 48), (3, 40, 56), (1, 12, 24, 24)])
+def test_policy_keeps_shape_dtype_range_and_is_seeded(registries, name, shape):
+    image = torch.rand(shape)
+    first = [policy(registries, name, seed=5)(image) for _ in range(1)][0]
+    again = policy(registries, name, seed=5)(image)
+    assert first.shape == image.shape and first.dtype == torch.float32
+    assert float(first.min()) >= 0.0 and float(first.max()) <= 1.0
+    assert torch.equal(first, again)
+
+
+def l_marker(size=64):
+    """An asymmetric L: a vertical bar on the left, a foot to the right at the bottom."""
+    image = torch.zeros(1, size, size)
+    image[0, 12:52, 16:24] = 1.0  # vertical stroke
+    image[0, 44:52, 16:44] = 1.0  # foot
+    return image
+
+
+def centroid(mask: torch.Tensor) -> tuple[float, float]:
+    rows, cols = torch.nonzero(mask, as_tuple=True)
+    return float(rows.float().mean()), float(cols.float().mean())
+
+
+def test_interpretable_never_flips_vertically_or_shears(registries):
+    transform = policy(registries, "interpretable", seed=0, brightness=0.0, gamma=0.0, noise_std=0.0)
+    marker = l_marker()
+    for _ in range(40):
+        out = transform(marker)[0] > 0.5
+        stroke_row, stroke_col = centroid(out[:, :30] if out[:, :30].any() else out)
+        foot = out[40:60]
+        # The foot stays at the bottom (no vertical flip) and to the right of the stroke (no LR flip).
+        assert foot.sum() > 0.5 * (8 * 28)
+        _, foot_col = centroid(foot)
+        assert foot_col > stroke_col
+        # Area is preserved within the zoom bound (no shear squashing the shape).
+        assert 0.85 < out.sum().item() / (marker[0] > 0.5).sum().item() < 1.15
+
+
+def test_aggressive_does_flip_and_shear(registries):
+    transform = policy(registries, "aggressive", seed=0, brightness=0.0)
+    marker = l_marker()
+    flipped = 0
+    for _ in range(40):
+        out = transform(marker)[0] > 0.5
+        if out.any() and centroid(out)[0] < 32 - 4:  # most mass moved to the top half
+            flipped += 1
+    assert flipped >= 5
+
+
+def test_unknown_policy_parameter(registries):
+    with pytest.raises(ConfigError, match="has no parameter 'rotation'.*rotate_deg"):
+        policy(registries, "interpretable", rotation=5)
+
+
+def test_parameter_override_takes_effect(registries):
+    marker = l_marker()
+    still = policy(registries, "interpretable", rotate_deg=0, shift=0, zoom=0, brightness=0, gamma=0, noise_std=0)
+    assert torch.equal(still(marker), marker)

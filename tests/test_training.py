@@ -1,0 +1,97 @@
+"""End to end on the built-in synthetic data with a tiny model: run folder, gap report, repeatability,
+then evaluate and predict on the saved run."""
+
+import csv
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from medcls.cli import cli
+
+FAST = ["--backbone", "test_resnet", "--no-pretrained", "--epochs", "2", "--finetune-epochs", "1",
+        "--image-size", "48", "--batch-size", "32", "--set", "patience=0"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = CliRunner().invoke(cli, ["train", *FAST, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_run_folder_holds_everything(run_dir):
+    out, _ = run_dir
+    for name in ("config.yaml", "model.safetensors", "model.json", "history.csv", "metrics.json", "report.md",
+                 "learning_curves.png", "roc.png", "confusion_matrix.png", "manifest.json", "splits.csv"):
+        assert (out / name).is_file(), name
+    info = json.loads((out / "model.json").read_text())
+    assert info["classes"] == ["normal", "tumour"] and info["in_chans"] == 1 and 0 <= info["threshold"] <= 1
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == 0 and set(manifest["split_sha256"]) == {"train", "val", "test"}
+    assert manifest["versions"]["torch"]
+    assert len(list(csv.DictReader(open(out / "history.csv")))) == 3
+
+
+def test_metrics_json_has_the_gap_report(run_dir):
+    metrics = json.loads((run_dir[0] / "metrics.json").read_text())
+    for split in ("train", "val", "test", "gap"):
+        for name in ("loss", "accuracy", "roc_auc", "sensitivity", "specificity"):
+            assert name in metrics[split], (split, name)
+    assert metrics["gap"]["roc_auc"] == pytest.approx(metrics["train"]["roc_auc"] - metrics["test"]["roc_auc"])
+    assert metrics["intervals"]["test"]["sensitivity"]["method"] == "Wilson"
+    assert metrics["intervals"]["test"]["roc_auc"]["method"] == "DeLong"
+
+
+def test_cli_prints_the_side_by_side_table_and_a_reading(run_dir):
+    output = run_dir[1].stdout
+    assert "| metric | train | val | test | train-test gap |" in output
+    assert "Reading:" in output and "Run folder:" in output
+
+
+def test_same_seed_same_results(run_dir, tmp_path):
+    result = CliRunner().invoke(cli, ["train", *FAST, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    first = json.loads((run_dir[0] / "metrics.json").read_text())
+    second = json.loads((tmp_path / "metrics.json").read_text())
+    assert first["test"] == second["test"] and first["train"] == second["train"]
+
+
+def test_evaluate_reuses_the_stored_test_split(run_dir):
+    out, _ = run_dir
+    result = CliRunner().invoke(cli, ["evaluate", str(out)])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    trained = json.loads((out / "metrics.json").read_text())["test"]
+    assert payload["split"] == "test" and payload["n"] == trained["n"]
+    assert payload["metrics"]["roc_auc"] == pytest.approx(trained["roc_auc"])
+    assert (out / "evaluation" / "metrics.json").is_file()
+
+
+def test_predict_writes_probabilities_and_an_error_column(run_dir, image_folder, tmp_path):
+    out, _ = run_dir
+    (image_folder / "no" / "broken.png").write_bytes(b"not a png")
+    csv_path = tmp_path / "p.csv"
+    result = CliRunner().invoke(cli, ["predict", str(out), str(image_folder), "-o", str(csv_path)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(csv_path)))
+    assert len(rows) == 25
+    good = [r for r in rows if not r["error"]]
+    assert len(good) == 24 and all(r["predicted"] in ("normal", "tumour") for r in good)
+    assert abs(float(good[0]["prob_normal"]) + float(good[0]["prob_tumour"]) - 1) < 1e-5
+    assert [r for r in rows if r["error"]][0]["file"].endswith("broken.png")
+    assert "1 of 25 file(s) could not be read" in result.stderr
+
+
+def test_corrupt_image_is_skipped_and_listed_or_fatal_with_strict(image_folder, tmp_path):
+    (image_folder / "yes" / "corrupt.png").write_bytes(b"\x89PNG broken")
+    args = ["train", "--data", str(image_folder), "--backbone", "test_resnet", "--no-pretrained", "--epochs", "1",
+            "--finetune-epochs", "0", "--image-size", "32", "--set", "val_fraction=0.25", "--set", "test_fraction=0.25"]
+    result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 unreadable image" in result.stderr
+    assert "corrupt.png" in (tmp_path / "a" / "report.md").read_text()
+    strict = CliRunner().invoke(cli, [*args, "--strict", "--out", str(tmp_path / "b")])
+    assert strict.exit_code == 2 and "corrupt.png' cannot be decoded" in strict.stderr
+    assert "Traceback" not in strict.output
