@@ -28,6 +28,7 @@ class TrainConfig:
     test_fraction: float = 0.15  # share of patients held out for testing when the data has no split
     strict: bool = False  # fail on the first unreadable image instead of skipping and listing it
     # --- preprocessing ---
+    window: str = "header"  # DICOM intensity window: header, a preset (brain, lung, soft_tissue, ...) or 'centre,width'
     image_size: int = 224  # images are resized to image_size x image_size
     channels: str = "auto"  # 'auto' (1 if every image is greyscale, else 3), '1' or '3'
     # --- model ---
@@ -61,7 +62,8 @@ class TrainConfig:
     deterministic: bool = False  # also ask PyTorch for deterministic kernels (slower on GPU)
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps
     workers: int = 0  # data-loader worker processes (images are decoded once and cached in memory)
-    out: str = "runs/latest"  # output folder for the model, report and metrics
+    out: str | None = None  # run folder (default runs/<backbone>-<date>-<time>); an existing run is never overwritten
+    overwrite: bool = False  # allow --out to name a folder that already holds a run
 
     def data_options(self, readers=None):
         from medcls.data.cases import DataOptions

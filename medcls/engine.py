@@ -117,7 +117,8 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
         on_epoch=None, progress_factory=None) -> FitResult:
     """Run each stage with early stopping on the monitored validation metric; keep the best weights.
 
-    `evaluate_val()` returns (val_loss, val_metrics); `on_epoch(EpochResult)` reports progress.
+    `evaluate_val()` returns (val_loss, val_metrics, score) where a higher score is better;
+    `on_epoch(EpochResult, is_best)` reports progress.
     """
     import time
 
@@ -142,8 +143,7 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
                 model, train_loader, loss_fn, optimizer, device, scaler, progress)
             if progress is not None:
                 progress.close()
-            val_loss, val_metrics = evaluate_val()
-            score = val_metrics.get(config.monitor, float("nan"))
+            val_loss, val_metrics, score = evaluate_val()
             score = -val_loss if math.isnan(score) else score  # e.g. AUC undefined: fall back to loss
             if schedule is not None:
                 schedule.step(score) if config.schedule == "plateau" else schedule.step()

@@ -125,14 +125,16 @@ def medcls_register_readers(register):
     """Register image file readers.
 
     ``register(name, read, description="...", extensions=(".png",), sniff=None,
-    patient_id=None)`` where
+    patient_id=None, settings=())`` where
 
-    - ``read(path: pathlib.Path)`` returns a ``float32`` ``numpy`` array ``(C, H, W)`` with
+    - ``read(path: pathlib.Path, **settings)`` returns a ``float32`` ``numpy`` array ``(C, H, W)`` with
       values in ``[0, 1]`` (C = 1 for greyscale, 3 for colour) and raises
       ``medcls.DataError`` with a one-line message for unreadable files;
     - ``extensions`` are lower-case file name endings this reader handles;
     - ``sniff(head: bytes)`` optionally recognises files by their first 256 bytes (DICOM files
       often have no extension);
+    - ``settings`` names the run settings the reader accepts as keyword arguments (the DICOM
+      reader takes ``window``: ``'lung'``, ``'40,400'``, ...); others are never passed;
     - ``patient_id(path)`` optionally reads a patient identifier from the file's header. It is
       used only to group images in splits and is never printed or written in clear.
 

@@ -196,6 +196,9 @@ def check_names(config: TrainConfig, registries) -> None:
         registries["datasets"].get(config.format)
     if config.monitor != "loss":
         registries["metrics"].get(config.monitor)
+    from medcls.data.readers import parse_window
+
+    parse_window(config.window)
 
 
 def train(config: TrainConfig, registries, *, log=lambda message: None, progress_factory=None) -> dict:
@@ -210,7 +213,7 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
     started = time.perf_counter()
     check_names(config, registries)
     device = resolve_device(config.device)
-    out = Path(config.out)
+    out = run_folder(config)
     seed_everything(config.seed, config.deterministic)
     transform, policy_params = make_policy(config, registries)
 
@@ -241,10 +244,15 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
     metrics = list(registries["metrics"])
     val_labels = data.cache_labels(val_rows)
 
+    # Early stopping and the best checkpoint maximise the score: lower-is-better metrics are negated.
+    lower_is_better = config.monitor == "loss" or not registries["metrics"].get(config.monitor).metadata.get(
+        "higher_is_better", True)
+    monitor_sign = -1.0 if lower_is_better else 1.0
+
     def evaluate_val():
         probs = predict_probs(model, data.batches(val_rows), device, config.batch_size)
         values = report.split_results(probs, val_labels, None if probs.shape[1] != 2 else 0.5, metrics)
-        return values["loss"], values
+        return values["loss"], values, monitor_sign * values[config.monitor]
 
     def on_epoch(epoch, is_best):
         log(f"[{epoch.stage}] epoch {epoch.epoch}: train loss {epoch.train_loss:.4f}, val loss "
@@ -267,7 +275,7 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
     info = {
         "backbone": config.backbone, "classes": data.classes, "in_chans": data.cache.channels,
         "image_size": config.image_size, "dropout": config.dropout, "threshold": threshold,
-        "threshold_rule": config.threshold_rule, "positive_class": data.classes[1] if len(data.classes) == 2 else None,
+        "threshold_rule": config.threshold_rule, "window": config.window, "positive_class": data.classes[1] if len(data.classes) == 2 else None,
         "preprocessing": "decode (readers), resize to image_size (antialiased bilinear), values in [0, 1]; "
                          "the model normalises internally", "weights_origin": weights_origin,
     }
@@ -290,6 +298,18 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
     }
     write_report(out / "report.md", config, data, summary)
     return summary
+
+
+def run_folder(config: TrainConfig) -> Path:
+    """The --out folder, checked before any work so that a finished run is never overwritten."""
+    if config.out is None:
+        return Path("runs") / f"{config.backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' is a file: give a folder")
+    if (out / "model.safetensors").exists() and not config.overwrite:
+        raise ConfigError(f"run folder '{out}' already holds a run: choose another --out or pass --set overwrite=true")
+    return out
 
 
 def write_history(history, path: Path) -> None:

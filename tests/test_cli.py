@@ -95,3 +95,10 @@ def test_weights_file_must_be_safetensors(tmp_path):
 
 def test_bad_run_folder(tmp_path):
     assert_one_line_error(run("evaluate", str(tmp_path)), "has no model.safetensors")
+
+
+def test_existing_run_is_never_overwritten(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"previous run")
+    result = run("train", "--backbone", "test_resnet", "--no-pretrained", "--out", str(tmp_path))
+    assert_one_line_error(result, "already holds a run", "--set overwrite=true")
+    assert (tmp_path / "model.safetensors").read_bytes() == b"previous run"

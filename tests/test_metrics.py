@@ -77,3 +77,28 @@ def test_youden_threshold_separates_perfectly():
     scores = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.9])
     threshold = m.youden_threshold(y, scores)
     assert 0.3 < threshold <= 0.6
+
+
+def test_every_registered_metric_on_binary_and_multiclass(registries):
+    rng = np.random.default_rng(2)
+    for n_classes in (2, 3):
+        y = np.arange(60) % n_classes
+        probs = rng.dirichlet(np.ones(n_classes), 60)
+        y_pred = probs.argmax(1)
+        for entry in registries["metrics"]:
+            value = entry.obj(y, probs, y_pred)
+            assert isinstance(value, float) and np.isfinite(value), (entry.name, n_classes)
+            assert isinstance(entry.metadata.get("needs_threshold"), bool), entry.name
+
+
+@pytest.mark.parametrize("train, val, test, expected", [
+    (0.70, 0.68, 0.69, "Under-fitting"),
+    (0.99, 0.80, 0.82, "Over-fitting"),
+    (0.93, 0.92, 0.91, "Fine"),
+    (0.99, 0.55, 0.99, "Validation and test disagree"),
+])
+def test_gap_reading(train, val, test, expected):
+    from medcls.evaluation.report import read_gap
+
+    split = lambda auc, n: {"roc_auc": auc, "accuracy": auc, "loss": 0.3, "n": n}  # noqa: E731
+    assert expected in read_gap(split(train, 100), split(val, 40), split(test, 40))

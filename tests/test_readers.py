@@ -168,3 +168,28 @@ def test_nifti_single_slice_and_volume_refused(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 5), np.float32), np.eye(4)), tmp_path / "v.nii")
     with pytest.raises(DataError, match="not a single 2D slice"):
         read_nifti(tmp_path / "v.nii")
+
+
+def test_window_preset_and_explicit_window_override_the_header(tmp_path):
+    stored = np.array([[0, 1024], [1424, 2048]])  # -1024, 0, 400, 1024 HU
+    path = write_ct(tmp_path / "ct.dcm", stored)
+    hu = stored - 1024.0
+    np.testing.assert_allclose(read_dicom(path, window="lung")[0], np.clip((hu + 1350) / 1500, 0, 1), atol=1e-6)
+    np.testing.assert_allclose(read_dicom(path, window="0,2048")[0], np.clip((hu + 1024) / 2048, 0, 1), atol=1e-6)
+
+
+def test_bad_window_is_a_clear_error(tmp_path):
+    path = write_ct(tmp_path / "ct.dcm", np.zeros((2, 2)))
+    with pytest.raises(DataError, match="not 'header', a preset"):
+        read_dicom(path, window="lungs")
+
+
+def test_reader_table_passes_only_declared_settings(registries, tmp_path):
+    from medcls.data.cases import Case, ReaderTable
+
+    save_png(tmp_path / "a.png", np.zeros((4, 4), np.uint8))
+    write_ct(tmp_path / "b.dcm", np.array([[0, 1024], [1424, 2048]]))
+    table = ReaderTable(registries["readers"], {"window": "bone"})
+    assert table.read(Case(key="a", label="x", path=tmp_path / "a.png")).shape == (1, 4, 4)  # PIL gets no window
+    bone = table.read(Case(key="b", label="x", path=tmp_path / "b.dcm"))
+    np.testing.assert_allclose(bone[0, 1, 1], (1024 - 400 + 900) / 1800, atol=1e-6)

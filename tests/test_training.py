@@ -95,3 +95,40 @@ def test_corrupt_image_is_skipped_and_listed_or_fatal_with_strict(image_folder, 
     strict = CliRunner().invoke(cli, [*args, "--strict", "--out", str(tmp_path / "b")])
     assert strict.exit_code == 2 and "corrupt.png' cannot be decoded" in strict.stderr
     assert "Traceback" not in strict.output
+
+
+def test_plugin_backbone_trains(tmp_path):
+    """The template plugin, pip-installed from plugins/medcls-example, trains end to end."""
+    pytest.importorskip("medcls_example", reason="plugins/medcls-example is not installed")
+    result = CliRunner().invoke(cli, ["train", "--backbone", "example_tiny_cnn", "--no-pretrained", "--epochs", "1",
+                                      "--finetune-epochs", "0", "--image-size", "32", "--out", str(tmp_path),
+                                      "--set", "monitor=youden_index"])
+    assert result.exit_code == 0, result.output
+    assert "youden_index" in json.loads((tmp_path / "metrics.json").read_text())["test"]
+
+
+def test_monitoring_a_lower_is_better_metric_keeps_the_lowest(tmp_path):
+    result = CliRunner().invoke(cli, ["train", *FAST, "--set", "monitor=brier", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    history = list(csv.DictReader(open(tmp_path / "history.csv")))
+    best = json.loads((tmp_path / "metrics.json").read_text())["best_epoch"]
+    assert float(history[best - 1]["val_brier"]) == min(float(h["val_brier"]) for h in history)
+
+
+def test_multiclass_npz_trains_and_reports_macro_metrics(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 60), ("val", 24), ("test", 24)):
+        labels = np.arange(n) % 3
+        images = rng.integers(0, 60, (n, 24, 24)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            images[i, 4 + 6 * label:10 + 6 * label, 4:20] = 250  # class = where the bar is
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels.reshape(-1, 1)
+    np.savez(tmp_path / "bars.npz", **arrays)
+    result = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "bars.npz"), *FAST, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["threshold"] is None and metrics["test"]["n"] == 24
+    assert 0 <= metrics["test"]["roc_auc"] <= 1 and 0 <= metrics["test"]["sensitivity"] <= 1

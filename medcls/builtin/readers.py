@@ -10,6 +10,7 @@ def medcls_register_readers(register):
              extensions=r.PIL_EXTENSIONS)
     register("dicom", r.read_dicom,
              description="DICOM: rescale to HU, header window or VOI LUT, MONOCHROME1 inverted",
-             extensions=r.DICOM_EXTENSIONS, sniff=r.is_dicom, patient_id=r.dicom_patient_id)
+             extensions=r.DICOM_EXTENSIONS, sniff=r.is_dicom, patient_id=r.dicom_patient_id,
+             settings=("window",))
     register("nifti", r.read_nifti, description="Single-slice NIfTI via nibabel",
              extensions=r.NIFTI_EXTENSIONS)

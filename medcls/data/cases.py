@@ -66,8 +66,9 @@ def normalise_split(value: str, where: str) -> str:
 class ReaderTable:
     """Chooses the registered reader for each file, by extension and then by sniffing its bytes."""
 
-    def __init__(self, readers) -> None:
+    def __init__(self, readers, settings: dict | None = None) -> None:
         self.readers = list(readers)
+        self.settings = settings or {}  # e.g. {"window": "lung"}, passed to readers that declare them
 
     def entry_for(self, path: Path):
         name = path.name.lower()
@@ -94,8 +95,9 @@ class ReaderTable:
         entry = self.entry_for(case.path)
         if entry is None:
             raise DataError(f"file '{case.path}' has no reader (unknown format): convert it or remove it")
+        wanted = {k: self.settings[k] for k in entry.metadata.get("settings", ()) if self.settings.get(k) is not None}
         try:
-            image = entry.obj(case.path)
+            image = entry.obj(case.path, **wanted)
         except DataError:
             raise
         except Exception as exc:  # a reader plugin's bug must not hide which file broke it

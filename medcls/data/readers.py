@@ -68,9 +68,40 @@ def is_dicom(head: bytes) -> bool:
     return len(head) >= 132 and head[128:132] == b"DICM"
 
 
-def read_dicom(path: Path) -> np.ndarray:
+# Common CT windows as (centre, width) in Hounsfield units.
+WINDOW_PRESETS = {
+    "brain": (40.0, 80.0),
+    "subdural": (75.0, 215.0),
+    "soft_tissue": (40.0, 400.0),
+    "mediastinum": (50.0, 350.0),
+    "abdomen": (60.0, 400.0),
+    "liver": (80.0, 150.0),
+    "lung": (-600.0, 1500.0),
+    "bone": (400.0, 1800.0),
+}
+
+
+def parse_window(window: str | None) -> tuple[float, float] | None:
+    """None or 'header' (use the file's own), a preset name, or 'centre,width'."""
+    if window in (None, "", "header"):
+        return None
+    if window in WINDOW_PRESETS:
+        return WINDOW_PRESETS[window]
+    try:
+        center, width = (float(v) for v in str(window).split(","))
+    except ValueError:
+        raise DataError(
+            f"window {window!r} is not 'header', a preset ({', '.join(WINDOW_PRESETS)}) or 'centre,width'"
+        ) from None
+    if width <= 0:
+        raise DataError(f"window {window!r} has a width <= 0")
+    return center, width
+
+
+def read_dicom(path: Path, window: str | None = None) -> np.ndarray:
     """A single-frame DICOM image: modality LUT (rescale to e.g. Hounsfield units), then the
-    header's VOI LUT or window, MONOCHROME1 inverted so that bright means dense everywhere."""
+    window asked for or else the header's VOI LUT or first window, MONOCHROME1 inverted so that
+    bright means dense everywhere."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -87,7 +118,7 @@ def read_dicom(path: Path) -> np.ndarray:
             "export one frame per file or use a 3D backbone"
         )
     pixels = decode_dicom_pixels(ds, path)
-    return dicom_to_unit_range(ds, pixels)
+    return dicom_to_unit_range(ds, pixels, parse_window(window))
 
 
 def decode_dicom_pixels(ds, path: Path) -> np.ndarray:
@@ -104,7 +135,7 @@ def decode_dicom_pixels(ds, path: Path) -> np.ndarray:
         raise DataError(f"DICOM file '{path}' pixel data cannot be decoded ({exc})") from None
 
 
-def dicom_to_unit_range(ds, pixels: np.ndarray) -> np.ndarray:
+def dicom_to_unit_range(ds, pixels: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
@@ -114,7 +145,7 @@ def dicom_to_unit_range(ds, pixels: np.ndarray) -> np.ndarray:
         arr = pixels.astype(np.float32) / top
         return np.ascontiguousarray(arr.transpose(2, 0, 1) if arr.ndim == 3 else arr[None])
     values = apply_modality_lut(pixels, ds).astype(np.float64)
-    center, width = first_window(ds)
+    center, width = window if window is not None else first_window(ds)
     if center is not None:
         lo, hi = center - width / 2.0, center + width / 2.0
         arr = np.clip((values - lo) / (hi - lo), 0.0, 1.0)

@@ -57,23 +57,29 @@ def gap(train: dict, test: dict) -> dict:
 
 def read_gap(train: dict, val: dict, test: dict) -> str:
     """A plain-language reading of the gap between training and held-out results, with what to try."""
-    auc_train, auc_test = train.get("roc_auc", math.nan), test.get("roc_auc", math.nan)
-    acc_train, acc_test = train.get("accuracy", math.nan), test.get("accuracy", math.nan)
-    key, high, low = ("ROC AUC", auc_train, auc_test) if not math.isnan(auc_train) else ("accuracy", acc_train, acc_test)
+    key = "roc_auc" if not math.isnan(train.get("roc_auc", math.nan)) else "accuracy"
+    label = "ROC AUC" if key == "roc_auc" else "accuracy"
+    high, low, middle = train.get(key, math.nan), test.get(key, math.nan), val.get(key, math.nan)
     if math.isnan(high) or math.isnan(low):
         return "Not enough classes in a split to read the gap."
     difference = high - low
     if high < 0.8:
-        return (f"Under-fitting: the model does not fit even its training images ({key} {high:.3f}). "
-                "Try more epochs, unfreezing more blocks (--set unfreeze_blocks=-1), a higher learning "
-                "rate, larger images, or a larger backbone; check the labels.")
-    if difference > 0.05 or (train["loss"] < 0.5 * test["loss"] and difference > 0.02):
-        return (f"Over-fitting: {key} is {high:.3f} on training images but {low:.3f} on test images "
-                f"(gap {difference:+.3f}). Try more (or more interpretable) augmentation, more dropout, "
-                "fewer unfrozen blocks, earlier stopping, more patients, or an ensemble. With a small "
-                f"test set (n = {test['n']}) part of the gap is chance: compare the intervals.")
-    return (f"Fine: training and test {key} agree within 0.05 ({high:.3f} vs {low:.3f}); "
-            "the test figure is a fair estimate within its confidence interval.")
+        reading = (f"Under-fitting: the model does not fit even its training images ({label} {high:.3f}). "
+                   "Try more epochs, unfreezing more blocks (--set unfreeze_blocks=-1), a higher learning "
+                   "rate, larger images, or a larger backbone; check the labels.")
+    elif difference > 0.05 or (train["loss"] < 0.5 * test["loss"] and difference > 0.02):
+        reading = (f"Over-fitting: {label} is {high:.3f} on training images but {low:.3f} on test images "
+                   f"(gap {difference:+.3f}). Try more (or more interpretable) augmentation, more dropout, "
+                   "fewer unfrozen blocks, earlier stopping, more patients, or an ensemble.")
+    else:
+        reading = f"Fine: training and test {label} agree within 0.05 ({high:.3f} vs {low:.3f})."
+    if not math.isnan(middle) and abs(middle - low) > 0.1:
+        reading += (f" Validation and test disagree ({middle:.3f} vs {low:.3f}): held-out sets of "
+                    f"{val['n']} and {test['n']} images are too small for a stable estimate, so the "
+                    "operating point and the early stop are uncertain; use more patients or cross-validation.")
+    elif test["n"] < 100:
+        reading += f" With {test['n']} test images, read the figures with their intervals."
+    return reading
 
 
 def format_value(value, interval=None) -> str:
