@@ -127,10 +127,21 @@ def test_real_monochrome1_radiograph():
     pytest.skip("pydicom-data has no MONOCHROME1 radiograph")
 
 
-@pytest.mark.parametrize("compressed, reference", [("MR2_J2KR.dcm", "MR2_UNCR.dcm"),
-                                                   ("693_J2KR.dcm", "693_UNCR.dcm")])
-def test_real_lossless_jpeg2000_matches_uncompressed(compressed, reference):
+@pytest.mark.parametrize("compressed, reference", [
+    ("MR2_J2KR.dcm", "MR2_UNCR.dcm"),  # JPEG 2000 lossless, MR
+    ("693_J2KR.dcm", "693_UNCR.dcm"),  # JPEG 2000 lossless, CT
+    ("RG1_J2KR.dcm", "RG1_UNCR.dcm"),  # JPEG 2000 lossless, MONOCHROME1 radiograph
+    ("US1_J2KR.dcm", "US1_UNCR.dcm"),  # JPEG 2000 lossless, colour ultrasound
+    ("OBXXXX1A_rle.dcm", "OBXXXX1A.dcm"),  # RLE
+    ("OBXXXX1A_expb.dcm", "OBXXXX1A.dcm"),  # explicit VR big endian
+])
+def test_real_compressed_and_big_endian_match_uncompressed(compressed, reference):
     np.testing.assert_allclose(read_dicom(data_store_file(compressed)), read_dicom(data_store_file(reference)), atol=1e-6)
+
+
+def test_real_colour_dicom_has_three_channels():
+    image = read_dicom(data_store_file("SC_rgb.dcm"))
+    assert image.shape[0] == 3 and 0 <= image.min() and image.max() <= 1
 
 
 def test_real_jpeg_lossless():
