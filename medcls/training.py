@@ -10,6 +10,7 @@ import random
 import subprocess
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +154,16 @@ def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return weights
 
 
+def seed_worker(worker_id: int, seed: int) -> None:
+    """Each loader worker gets its own augmentation stream (a copied transform would repeat)."""
+    import torch
+
+    info = torch.utils.data.get_worker_info()
+    transform = info.dataset.transform
+    if hasattr(transform, "set_random_state"):
+        transform.set_random_state(seed=seed + 1000 * (worker_id + 1))
+
+
 def make_loader(dataset: TrainingImages, config: TrainConfig, n_classes: int):
     import torch
     from torch.utils.data import DataLoader, WeightedRandomSampler
@@ -163,7 +174,8 @@ def make_loader(dataset: TrainingImages, config: TrainConfig, n_classes: int):
         weights = class_weights(dataset.labels, n_classes)[dataset.labels]
         sampler = WeightedRandomSampler(torch.as_tensor(weights), len(weights), generator=generator)
     return DataLoader(dataset, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
-                      generator=generator, num_workers=config.workers, drop_last=len(dataset) > config.batch_size)
+                      generator=generator, num_workers=config.workers, drop_last=len(dataset) > config.batch_size,
+                      worker_init_fn=partial(seed_worker, seed=config.seed) if config.workers else None)
 
 
 def choose_threshold(config: TrainConfig, probs: np.ndarray, labels: np.ndarray) -> float | None:
@@ -288,7 +300,7 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
     report.write_metrics_json(out / "metrics.json", results, intervals,
                               {"threshold": threshold, "reading": reading, "best_epoch": fitted.best_epoch})
     report.plot_learning_curves(fitted.history, out / "learning_curves.png")
-    report.plot_roc({s: (p, y, threshold) for s, (p, y) in scores.items()}, out / "roc.png")
+    report.plot_roc({s: (p, y, threshold) for s, (p, y) in scores.items()}, data.classes, out / "roc.png")
     report.plot_confusion(*scores["test"], threshold, data.classes, out / "confusion_matrix.png")
     summary = {
         "out": str(out), "results": results, "intervals": intervals, "reading": reading, "threshold": threshold,

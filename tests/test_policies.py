@@ -78,3 +78,27 @@ def test_parameter_override_takes_effect(registries):
     marker = l_marker()
     still = policy(registries, "interpretable", rotate_deg=0, shift=0, zoom=0, brightness=0, gamma=0, noise_std=0)
     assert torch.equal(still(marker), marker)
+
+
+class ConstantImages(torch.utils.data.Dataset):
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return self.transform(torch.full((1, 8, 8), 0.5))
+
+
+def test_loader_workers_get_different_augmentation_streams(registries):
+    from functools import partial
+
+    from medcls.training import seed_worker
+
+    transform = policy(registries, "aggressive", seed=0, rotate_deg=0, shift=0, shear=0, zoom=0, lr_flip=0,
+                       ud_flip=0, brightness=0.5)
+    loader = torch.utils.data.DataLoader(ConstantImages(transform), batch_size=2, num_workers=2,
+                                         worker_init_fn=partial(seed_worker, seed=0))
+    first, second = list(loader)  # one batch from each worker
+    assert not torch.equal(first, second)

@@ -136,8 +136,8 @@ def plot_learning_curves(history, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_roc(split_scores: dict, path: Path) -> None:
-    """ROC curves of the binary task per split, with the chosen operating point marked on test."""
+def plot_roc(split_scores: dict, classes: list[str], path: Path) -> None:
+    """Binary: ROC per split with the test operating point. Multi-class: one-vs-rest ROC per class on test."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,19 +145,26 @@ def plot_roc(split_scores: dict, path: Path) -> None:
     from sklearn.metrics import roc_curve
 
     fig, ax = plt.subplots(figsize=(5, 5))
+    curves = []
     for split, (probs, labels, threshold) in split_scores.items():
-        if probs.shape[1] != 2 or len(np.unique(labels)) < 2:
-            continue
-        fpr, tpr, _ = roc_curve(labels, probs[:, 1])
-        ax.plot(fpr, tpr, label=split)
-        if split == "test" and threshold is not None:
-            tp, fp, tn, fn = confusion_counts(labels, decisions(probs, threshold), 1)
-            ax.plot(fp / max(fp + tn, 1), tp / max(tp + fn, 1), "k*", markersize=12, label="operating point")
+        if probs.shape[1] == 2:
+            curves.append((split, labels == 1, probs[:, 1]))
+        elif split == "test":
+            curves += [(f"test: {name}", labels == c, probs[:, c]) for c, name in enumerate(classes)]
+    for label, truth, scores in curves:
+        if truth.any() and not truth.all():
+            fpr, tpr, _ = roc_curve(truth, scores)
+            ax.plot(fpr, tpr, label=label)
+    probs, labels, threshold = split_scores["test"]
+    if probs.shape[1] == 2 and threshold is not None and len(np.unique(labels)) == 2:
+        tp, fp, tn, fn = confusion_counts(labels, decisions(probs, threshold), 1)
+        ax.plot(fp / (fp + tn), tp / (tp + fn), "k*", markersize=12, label="test operating point")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
     ax.set_title("ROC")
-    ax.legend(loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
