@@ -114,6 +114,10 @@ def yaml_value(text: str):
 @click.option("--patient-column", help="Manifest column with the patient id.")
 @click.option("--image-root", help="Folder that manifest paths are relative to.")
 @click.option("--patient-from-dicom", is_flag=True, default=None, help="Group by the DICOM header's PatientID.")
+@click.option("--threshold-rule", type=click.Choice(["youden", "target_sensitivity", "target_specificity", "fixed"]),
+              help="How validation picks the operating point.")
+@click.option("--target", type=float, help="Sensitivity or specificity the target_* rules must reach (e.g. 0.95).")
+@click.option("--by", help="Manifest column for a subgroup table of the test split.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder for the model, metrics and report.")
 @click.option("--seed", type=int, help="One seed for splits, initialisation, augmentation and batch order.")
 @click.option("--device", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps.")

@@ -55,8 +55,15 @@ class TrainConfig:
     class_balance: str = "weighted_loss"  # weighted_loss, sampler or none
     monitor: str = "roc_auc"  # validation metric for early stopping and the best checkpoint
     patience: int = 5  # epochs without improvement before a stage stops early (0: never)
-    threshold_rule: str = "youden"  # binary operating point chosen on validation: youden or fixed
+    threshold_rule: str = "youden"  # operating point chosen on validation: youden, target_sensitivity, target_specificity, fixed
+    target: float = 0.95  # the sensitivity or specificity that target_* rules must reach on validation
     threshold: float = 0.5  # the operating point when threshold_rule is 'fixed'
+    calibration: str = "none"  # none, or temperature (scaling fitted on validation, stored with the model)
+    # --- reporting ---
+    prevalence: float | None = None  # also report PPV and NPV at this deployment prevalence
+    patient_level: str | None = None  # also score per patient: mean or max of a patient's image scores
+    by: str | None = None  # manifest column for a subgroup table (site, sex, scanner, ...)
+    bootstrap: int = 2000  # bootstrap resamples for intervals (seeded by `seed`)
     # --- run ---
     seed: int = 0  # one seed for splits, initialisation, augmentation and batch order
     deterministic: bool = False  # also ask PyTorch for deterministic kernels (slower on GPU)
@@ -84,7 +91,9 @@ CHOICES = {
     "optimizer": ("adamw", "sgd", "rmsprop"),
     "schedule": ("cosine", "step", "plateau", "none"),
     "class_balance": ("weighted_loss", "sampler", "none"),
-    "threshold_rule": ("youden", "fixed"),
+    "threshold_rule": ("youden", "target_sensitivity", "target_specificity", "fixed"),
+    "calibration": ("none", "temperature"),
+    "patient_level": ("mean", "max"),
 }
 
 

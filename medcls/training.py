@@ -41,6 +41,21 @@ class PreparedData:
     def cache_labels(self, rows: np.ndarray) -> np.ndarray:
         return self.labels[self.cache.kept[rows]]
 
+    def patients(self, rows: np.ndarray) -> np.ndarray | None:
+        """Patient id per image (an image without one is its own patient); None when no case has one."""
+        cases = [self.cases[i] for i in self.cache.kept[rows]]
+        if all(c.patient_id is None for c in cases):
+            return None
+        return np.array([c.patient_id if c.patient_id is not None else f"image:{c.key}" for c in cases], dtype=object)
+
+    def column(self, rows: np.ndarray, name: str) -> np.ndarray:
+        """A manifest column's value per image, for subgroup tables."""
+        available = sorted({k for c in self.cases for k in c.attributes})
+        if name not in available:
+            raise DataError(f"--by column {name!r} does not exist in the data (available: "
+                            f"{', '.join(available) or 'none: only CSV manifests carry columns'})")
+        return np.array([self.cases[i].attributes.get(name, "") for i in self.cache.kept[rows]], dtype=object)
+
     def batches(self, rows: np.ndarray):
         def iterate(batch_size: int):
             for start in range(0, len(rows), batch_size):
@@ -178,17 +193,6 @@ def make_loader(dataset: TrainingImages, config: TrainConfig, n_classes: int):
                       worker_init_fn=partial(seed_worker, seed=config.seed) if config.workers else None)
 
 
-def choose_threshold(config: TrainConfig, probs: np.ndarray, labels: np.ndarray) -> float | None:
-    """The binary operating point, chosen on validation only and then frozen for test."""
-    from medcls.evaluation.metrics import youden_threshold
-
-    if probs.shape[1] != 2:
-        return None
-    if config.threshold_rule == "fixed":
-        return config.threshold
-    return youden_threshold(labels, probs[:, 1])
-
-
 def stages_for(config: TrainConfig) -> list:
     from medcls.engine import Stage
 
@@ -218,7 +222,8 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
     import torch
 
     from medcls.engine import fit, predict_probs
-    from medcls.evaluation import report
+    from medcls.evaluation import plots, report
+    from medcls.evaluation.assess import split_results
     from medcls.models import build_classifier
     from medcls.runs import save_model
 
@@ -263,7 +268,7 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
 
     def evaluate_val():
         probs = predict_probs(model, data.batches(val_rows), device, config.batch_size)
-        values = report.split_results(probs, val_labels, None if probs.shape[1] != 2 else 0.5, metrics)
+        values = split_results(probs, val_labels, None if probs.shape[1] != 2 else 0.5, metrics)
         return values["loss"], values, monitor_sign * values[config.monitor]
 
     def on_epoch(epoch, is_best):
@@ -275,19 +280,19 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
                  device=device, config=config, on_epoch=on_epoch, progress_factory=progress_factory)
 
     # The gap report: every split scored the same way, without augmentation or dropout.
+    rows = {"train": train_rows, "val": val_rows, "test": test_rows}
     scores = {s: (predict_probs(model, data.batches(r), device, config.batch_size), data.cache_labels(r))
-              for s, r in (("train", train_rows), ("val", val_rows), ("test", test_rows))}
-    threshold = choose_threshold(config, *scores["val"])
-    results = {s: report.split_results(p, y, threshold, metrics) for s, (p, y) in scores.items()}
-    results["gap"] = report.gap(results["train"], results["test"])
-    intervals = {s: report.split_intervals(p, y, threshold) for s, (p, y) in scores.items()}
-    reading = report.read_gap(results["train"], results["val"], results["test"])
+              for s, r in rows.items()}
+    scoring = score_splits(config, registries, data, rows, scores, log)
+    results, threshold = scoring["results"], scoring["threshold"]
 
     out.mkdir(parents=True, exist_ok=True)
     info = {
         "backbone": config.backbone, "classes": data.classes, "in_chans": data.cache.channels,
         "image_size": config.image_size, "dropout": config.dropout, "threshold": threshold,
-        "threshold_rule": config.threshold_rule, "window": config.window, "positive_class": data.classes[1] if len(data.classes) == 2 else None,
+        "threshold_rule": config.threshold_rule, "target": config.target, "window": config.window,
+        "temperature": scoring["temperature"],
+        "positive_class": data.classes[1] if len(data.classes) == 2 else None,
         "preprocessing": "decode (readers), resize to image_size (antialiased bilinear), values in [0, 1]; "
                          "the model normalises internally", "weights_origin": weights_origin,
     }
@@ -297,19 +302,83 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
     write_splits(data, out / "splits.csv")
     manifest = run_manifest(config, data)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    report.write_metrics_json(out / "metrics.json", results, intervals,
-                              {"threshold": threshold, "reading": reading, "best_epoch": fitted.best_epoch})
-    report.plot_learning_curves(fitted.history, out / "learning_curves.png")
-    report.plot_roc({s: (p, y, threshold) for s, (p, y) in scores.items()}, data.classes, out / "roc.png")
-    report.plot_confusion(*scores["test"], threshold, data.classes, out / "confusion_matrix.png")
+    report.write_metrics_json(out / "metrics.json", {
+        **results, "intervals": scoring["intervals"], "threshold": threshold, "reading": scoring["reading"],
+        "best_epoch": fitted.best_epoch, "temperature": scoring["temperature"],
+        "operating": {s: a["operating"] for s, a in scoring["assessed"].items()},
+        "calibration": scoring["calibration"], "level": {s: a["level"] for s, a in scoring["assessed"].items()},
+        "patient_level": scoring["patient_level"], "subgroups": scoring["subgroups"],
+        "notes": {s: a["notes"] for s, a in scoring["assessed"].items()},
+    })
+    plots.plot_learning_curves(fitted.history, out / "learning_curves.png")
+    draw_split_figures(scoring, data.classes, out)
     summary = {
-        "out": str(out), "results": results, "intervals": intervals, "reading": reading, "threshold": threshold,
-        "best_epoch": fitted.best_epoch, "stopped_early": fitted.stopped_early, "weights_origin": weights_origin,
-        "device": str(device), "seconds": time.perf_counter() - started, "policy_params": policy_params,
-        "warnings": data.warnings, "epochs_run": len(fitted.history),
+        "out": str(out), "results": results, "intervals": scoring["intervals"], "reading": scoring["reading"],
+        "threshold": threshold, "best_epoch": fitted.best_epoch, "stopped_early": fitted.stopped_early,
+        "weights_origin": weights_origin, "device": str(device), "seconds": time.perf_counter() - started,
+        "policy_params": policy_params, "warnings": data.warnings, "epochs_run": len(fitted.history),
     }
-    write_report(out / "report.md", config, data, summary)
+    training_document(config, data, summary, scoring).write(out)
     return summary
+
+
+def score_splits(config: TrainConfig, registries, data: PreparedData, rows: dict, scores: dict, log) -> dict:
+    """Calibrate and pick the operating point on validation, then assess every split the same way."""
+    from medcls.evaluation import report
+    from medcls.evaluation.assess import assess
+    from medcls.evaluation.calibration import apply_temperature, calibration_slope_intercept, fit_temperature
+    from medcls.evaluation.operating_points import choose_threshold
+
+    metrics = list(registries["metrics"])
+    temperature = None
+    if config.calibration == "temperature":
+        temperature = fit_temperature(*scores["val"])
+        scores = {s: (apply_temperature(p, temperature), y) for s, (p, y) in scores.items()}
+        log(f"calibration: temperature {temperature:.3f} fitted on validation")
+    threshold = None
+    if len(data.classes) == 2:
+        probs, labels = scores["val"]
+        threshold = choose_threshold(config.threshold_rule, labels, probs[:, 1], target=config.target,
+                                     fixed=config.threshold)
+    options = dict(prevalence=config.prevalence, n_resamples=config.bootstrap, seed=config.seed)
+    assessed = {s: assess(p, y, threshold, metrics, patients=data.patients(rows[s]), where=f"{s} split", **options)
+                for s, (p, y) in scores.items()}
+    results = {s: a["values"] for s, a in assessed.items()}
+    results["gap"] = report.gap(results["train"], results["test"])
+    patient_level = None
+    if config.patient_level:
+        patient_level = {s: assess(p, y, threshold, metrics, patients=data.patients(rows[s]), where=f"{s} split",
+                                   patient_level=config.patient_level, **options) for s, (p, y) in scores.items()}
+    subgroups = {}
+    if config.by:
+        probs, labels = scores["test"]
+        column = data.column(rows["test"], config.by)
+        for value in sorted(set(column)):
+            members = column == value
+            subgroups[str(value)] = assess(probs[members], labels[members], threshold, metrics,
+                                           patients=None if data.patients(rows["test"]) is None
+                                           else data.patients(rows["test"])[members],
+                                           where=f"test subgroup {config.by}={value}", **options)
+    calibration = {s: calibration_slope_intercept(y, p[:, 1]) for s, (p, y) in scores.items() if p.shape[1] == 2}
+    return {"scores": scores, "threshold": threshold, "temperature": temperature, "assessed": assessed,
+            "results": results, "intervals": {s: a["intervals"] for s, a in assessed.items()},
+            "reading": report.read_gap(results["train"], results["val"], results["test"]),
+            "patient_level": patient_level, "subgroups": subgroups, "calibration": calibration,
+            "groups": data.patients(rows["test"])}
+
+
+def draw_split_figures(scoring: dict, classes: list[str], out: Path) -> None:
+    from medcls.evaluation import plots
+
+    threshold = scoring["threshold"]
+    scores = scoring["scores"]
+    plots.plot_roc({s: (p, y, threshold) for s, (p, y) in scores.items()}, classes, out / "roc.png",
+                   groups=scoring["groups"])
+    plots.plot_confusion(*scores["test"], threshold, classes, out / "confusion_matrix.png")
+    if len(classes) == 2:
+        plots.plot_pr(*scores["test"], out / "pr.png")
+        plots.plot_calibration(*scores["test"], out / "calibration.png")
+        plots.plot_decision_curve(*scores["test"], out / "decision_curve.png")
 
 
 def run_folder(config: TrainConfig) -> Path:
@@ -381,51 +450,87 @@ def git_commit() -> str | None:
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 
-def write_report(path: Path, config: TrainConfig, data: PreparedData, summary: dict) -> None:
-    from medcls.evaluation.report import gap_table
-
-    counts = []
-    for split in ("train", "val", "test"):
-        labels = data.cache_labels(data.rows(split))
-        per_class = ", ".join(f"{name} {int((labels == i).sum())}" for i, name in enumerate(data.classes))
-        counts.append(f"| {split} | {len(labels)} | {per_class} |")
-    patients = len({c.patient_id for c in data.cases if c.patient_id is not None})
+def case_flow(data: PreparedData, rows_by_split: dict | None = None) -> tuple[list[str], list[list[str]]]:
+    """Images and patients found, used and excluded (with reasons), and per split and class."""
+    patients = {c.patient_id for c in data.cases if c.patient_id is not None}
     lines = [
-        f"# medcls run: {config.backbone} on {config.data}",
-        "",
-        "## Data",
-        f"- Layout: {data.format_name}; {len(data.cases)} images, {len(data.cache.kept)} used, "
-        f"{len(data.cache.failures)} skipped; {patients or 'no'} patient ids (never shown).",
-        f"- {len(data.duplicates)} set(s) of byte-identical images; every copy is kept on one side of the split.",
-        "",
-        "| split | images | per class |", "|---|---|---|", *counts, "",
+        f"Layout `{data.format_name}`: {len(data.cases)} images found, {len(data.cache.kept)} used, "
+        f"{len(data.cache.failures)} excluded as unreadable.",
+        f"{len(patients) or 'No'} patient ids (used for grouping only, never shown).",
+        f"{len(data.duplicates)} set(s) of byte-identical images "
+        f"({sum(len(d) - 1 for d in data.duplicates)} surplus copies); every copy is kept on one side of the split.",
     ]
-    if data.cache.failures:
-        lines += ["Skipped (unreadable) images:", ""]
-        lines += [f"- `{key}`: {reason}" for key, reason in data.cache.failures] + [""]
+    lines += [f"Excluded `{key}`: {reason}" for key, reason in data.cache.failures]
+    rows = []
+    for split, split_rows in (rows_by_split or {s: data.rows(s) for s in ("train", "val", "test")}).items():
+        labels = data.cache_labels(split_rows)
+        split_patients = data.patients(split_rows)
+        rows.append([split, str(len(labels)), "-" if split_patients is None else str(len(set(split_patients))),
+                     ", ".join(f"{name} {int((labels == i).sum())}" for i, name in enumerate(data.classes))])
+    return lines, rows
+
+
+def subgroup_rows(subgroups: dict) -> list[list[str]]:
+    from medcls.evaluation.report import format_value
+
+    rows = []
+    for value, assessed in subgroups.items():
+        values, intervals = assessed["values"], assessed["intervals"]
+        rows.append([value, str(values["n"]), *[format_value(values.get(m), intervals.get(m))
+                                                  for m in ("roc_auc", "sensitivity", "specificity")]])
+    return rows
+
+
+def training_document(config: TrainConfig, data: PreparedData, summary: dict, scoring: dict):
+    from medcls.evaluation.report import GAP_HEADER, Document, add_assessment, format_value, gap_rows
+
+    doc = Document(f"medcls run: {config.backbone} on {config.data}")
+    doc.heading("Case flow")
+    lines, rows = case_flow(data)
+    doc.bullets(lines)
+    doc.table(["split", "images", "patients", "per class"], rows)
     if data.warnings:
-        lines += ["Warnings:", ""] + [f"- {w}" for w in data.warnings] + [""]
+        doc.bullets(f"Warning: {w}" for w in data.warnings)
+    doc.heading("Model and training")
     threshold = summary["threshold"]
-    lines += [
-        "## Model and training",
-        f"- Backbone `{config.backbone}`, weights: {summary['weights_origin']}; input {data.cache.channels} channel(s) "
-        f"at {config.image_size} px; dropout {config.dropout} before the head.",
-        f"- Policy `{config.policy}` on training batches only: {summary['policy_params']}.",
-        f"- Stage 1 (frozen backbone) up to {config.epochs} epochs at lr {config.lr:g}; stage 2 (top "
-        f"{config.unfreeze_blocks} blocks) up to {config.finetune_epochs} epochs at lr {config.lr * config.finetune_lr_factor:g}; "
-        f"{summary['epochs_run']} epochs run, best epoch {summary['best_epoch']} by validation {config.monitor}.",
-        f"- Operating point: {'n/a (multi-class: most probable class)' if threshold is None else f'{threshold:.4f}'}"
-        f"{'' if threshold is None else f' chosen on validation by {config.threshold_rule}, applied unchanged to test'}.",
-        "",
-        "## Train, validation and test side by side",
-        "",
-        "Values with 95% intervals (Wilson for proportions, DeLong for ROC AUC). Train is scored "
-        "without augmentation or dropout.",
-        "",
-        gap_table(summary["results"], summary["intervals"]),
-        "",
-        f"**Reading:** {summary['reading']}",
-        "",
-        "![learning curves](learning_curves.png)", "", "![ROC](roc.png)", "", "![confusion matrix](confusion_matrix.png)", "",
-    ]
-    path.write_text("\n".join(lines), encoding="utf-8")
+    doc.bullets([
+        f"Backbone `{config.backbone}`, weights: {summary['weights_origin']}; input {data.cache.channels} "
+        f"channel(s) at {config.image_size} px; dropout {config.dropout} before the head.",
+        f"Policy `{config.policy}` on training batches only: {summary['policy_params']}.",
+        f"Stage 1 (frozen backbone) up to {config.epochs} epochs at lr {config.lr:g}; stage 2 (top "
+        f"{config.unfreeze_blocks} blocks) up to {config.finetune_epochs} epochs at lr "
+        f"{config.lr * config.finetune_lr_factor:g}; {summary['epochs_run']} epochs run, best epoch "
+        f"{summary['best_epoch']} by validation {config.monitor}.",
+        "Operating point: " + ("most probable class (multi-class)" if threshold is None else
+                               f"{threshold:.4f}, chosen on validation by `{config.threshold_rule}`"
+                               + (f" (target {config.target})" if config.threshold_rule.startswith("target") else "")
+                               + ", applied unchanged to test."),
+        f"Calibration: {'temperature ' + format(scoring['temperature'], '.3f') if scoring['temperature'] else 'none'}; "
+        f"intervals: {config.bootstrap} bootstrap resamples where bootstrapped, seed {config.seed}.",
+    ])
+    doc.heading("Train, validation and test side by side")
+    doc.paragraph("Image level. Train is scored without augmentation or dropout. Intervals at 95%: "
+                  "the method of each is in the split tables below.")
+    doc.table(GAP_HEADER, gap_rows(summary["results"], summary["intervals"]))
+    doc.paragraph(f"**Reading:** {summary['reading']}")
+    doc.image(Path(summary["out"]) / "learning_curves.png", "Learning curves")
+    for split in ("test", "val", "train"):
+        doc.heading(f"{split.capitalize()} split")
+        add_assessment(doc, scoring["assessed"][split], data.classes, f"{split} split")
+        if split == "test":
+            for name, caption in (("roc.png", "ROC with 95% band"), ("pr.png", "Precision-recall"),
+                                  ("calibration.png", "Calibration"), ("decision_curve.png", "Decision curve"),
+                                  ("confusion_matrix.png", "Confusion matrix")):
+                doc.image(Path(summary["out"]) / name, caption)
+    if scoring["calibration"]:
+        doc.heading("Calibration")
+        doc.table(["split", "slope (ideal 1)", "intercept (ideal 0)", "ECE"],
+                  [[s, format_value(c["slope"]), format_value(c["intercept"]),
+                    format_value(summary["results"][s].get("ece"))] for s, c in scoring["calibration"].items()])
+    if scoring["patient_level"]:
+        doc.heading(f"Patient level ({config.patient_level} of image scores)")
+        add_assessment(doc, scoring["patient_level"]["test"], data.classes, "test split")
+    if scoring["subgroups"]:
+        doc.heading(f"Subgroups of the test split by `{config.by}`")
+        doc.table([config.by, "n", "roc_auc", "sensitivity", "specificity"], subgroup_rows(scoring["subgroups"]))
+    return doc

@@ -92,7 +92,7 @@ class MetricPlugin:
 
 
 def test_medcls_register_metrics_appear_in_results():
-    from medcls.evaluation.report import split_results
+    from medcls.evaluation.assess import split_results
 
     metrics = list(registries_with(MetricPlugin)["metrics"])
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])

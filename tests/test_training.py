@@ -24,7 +24,8 @@ def run_dir(tmp_path_factory):
 def test_run_folder_holds_everything(run_dir):
     out, _ = run_dir
     for name in ("config.yaml", "model.safetensors", "model.json", "history.csv", "metrics.json", "report.md",
-                 "learning_curves.png", "roc.png", "confusion_matrix.png", "manifest.json", "splits.csv"):
+                 "report.html", "learning_curves.png", "roc.png", "pr.png", "calibration.png", "decision_curve.png",
+                 "confusion_matrix.png", "manifest.json", "splits.csv"):
         assert (out / name).is_file(), name
     info = json.loads((out / "model.json").read_text())
     assert info["classes"] == ["normal", "tumour"] and info["in_chans"] == 1 and 0 <= info["threshold"] <= 1
@@ -40,8 +41,10 @@ def test_metrics_json_has_the_gap_report(run_dir):
         for name in ("loss", "accuracy", "roc_auc", "sensitivity", "specificity"):
             assert name in metrics[split], (split, name)
     assert metrics["gap"]["roc_auc"] == pytest.approx(metrics["train"]["roc_auc"] - metrics["test"]["roc_auc"])
-    assert metrics["intervals"]["test"]["sensitivity"]["method"] == "Wilson"
-    assert metrics["intervals"]["test"]["roc_auc"]["method"] == "DeLong"
+    # Synthetic patients have two slices each: intervals resample patients, not images.
+    assert metrics["intervals"]["test"]["sensitivity"]["method"] == "cluster bootstrap (patients)"
+    assert metrics["intervals"]["test"]["roc_auc"]["method"] == "cluster bootstrap (patients)"
+    assert set(metrics["operating"]["test"]["table"]) == {"tp", "fp", "tn", "fn"}
 
 
 def test_cli_prints_the_side_by_side_table_and_a_reading(run_dir):

@@ -1,21 +1,29 @@
-"""Built-in metrics: sensitivity, specificity and ROC AUC first, then the rest."""
+"""Built-in metrics: sensitivity, specificity and ROC AUC first, then the rest.
+
+Each binary metric also registers its vectorised bootstrap form (`vectorised`), which computes the
+metric for a whole block of resamples at once; see `medcls.evaluation.bootstrap`.
+"""
 
 from medcls import hookimpl
 from medcls.evaluation import metrics as m
+from medcls.evaluation.bootstrap import WeightedBinary as W
 
 
 @hookimpl
 def medcls_register_metrics(register):
-    register("roc_auc", m.roc_auc, description="Area under the ROC curve", needs_threshold=False)
-    register("sensitivity", m.sensitivity, description="True-positive rate (recall)", needs_threshold=True)
-    register("specificity", m.specificity, description="True-negative rate", needs_threshold=True)
-    register("ppv", m.ppv, description="Positive predictive value (precision)", needs_threshold=True)
-    register("npv", m.npv, description="Negative predictive value", needs_threshold=True)
-    register("accuracy", m.accuracy, description="Fraction of correct decisions", needs_threshold=True)
-    register("balanced_accuracy", m.balanced_accuracy, description="Mean per-class recall",
-             needs_threshold=True)
-    register("f1", m.f1, description="Harmonic mean of PPV and sensitivity", needs_threshold=True)
-    register("pr_auc", m.pr_auc, description="Average precision (area under the PR curve)",
-             needs_threshold=False)
-    register("brier", m.brier, description="Brier score: mean squared probability error",
-             needs_threshold=False, higher_is_better=False)
+    def add(name, fn, description, needs_threshold, higher_is_better=True):
+        register(name, fn, description=description, needs_threshold=needs_threshold,
+                 higher_is_better=higher_is_better, vectorised=getattr(W, name))
+
+    add("roc_auc", m.roc_auc, "Area under the ROC curve", False)
+    add("sensitivity", m.sensitivity, "True-positive rate (recall)", True)
+    add("specificity", m.specificity, "True-negative rate", True)
+    add("ppv", m.ppv, "Positive predictive value (precision)", True)
+    add("npv", m.npv, "Negative predictive value", True)
+    add("accuracy", m.accuracy, "Fraction of correct decisions", True)
+    add("balanced_accuracy", m.balanced_accuracy, "Mean per-class recall", True)
+    add("f1", m.f1, "Harmonic mean of PPV and sensitivity", True)
+    add("mcc", m.mcc, "Matthews correlation coefficient", True)
+    add("pr_auc", m.pr_auc, "Average precision (area under the PR curve)", False)
+    add("brier", m.brier, "Brier score: mean squared probability error", False, higher_is_better=False)
+    add("ece", m.ece, "Expected calibration error (15 bins)", False, higher_is_better=False)

@@ -43,6 +43,7 @@ class Case:
     split: str | None = None  # a split fixed by the data set itself, if any
     path: Path | None = None
     array: np.ndarray | None = field(default=None, repr=False)  # float32 (C, H, W) in [0, 1]
+    attributes: dict = field(default_factory=dict, repr=False)  # other manifest columns (site, sex, ...)
 
     def content_hash(self) -> str:
         """SHA-256 of the file's bytes (or the array's), to find byte-identical copies."""

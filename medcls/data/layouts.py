@@ -103,7 +103,10 @@ def load_csv(source: str, options: DataOptions) -> list[Case]:
         path = path if path.is_absolute() else root / path
         patient = (row.get(patient_column) or "").strip() or None if patient_column else None
         split = normalise_split(row[split_column], where) if split_column and row.get(split_column) else None
-        cases.append(Case(key=str(path), label=label, patient_id=patient, split=split, path=path))
+        used = {options.path_column, options.label_column, patient_column, split_column}
+        attributes = {k: (v or "").strip() for k, v in row.items() if k not in used and k is not None}
+        cases.append(Case(key=str(path), label=label, patient_id=patient, split=split, path=path,
+                          attributes=attributes))
     return cases
 
 

@@ -19,10 +19,12 @@ def stored_splits(run: Path) -> dict[str, str]:
         return {row["key"]: row["split"] for row in csv.DictReader(fh)}
 
 
-def evaluate_run(run, registries, *, data: str | None = None, split: str | None = None, out=None, log=print) -> dict:
+def run_predictions(run, registries, *, data: str | None = None, split: str | None = None, log=print):
+    """The run's model applied to `data` (default: its own), restricted to `split` when the data
+    is the run's own: (prepared data, cache rows, probabilities, labels, model info, split name)."""
     from medcls.config import make_config, read_config_file
     from medcls.engine import predict_probs
-    from medcls.evaluation import report
+    from medcls.evaluation.calibration import apply_temperature
     from medcls.runs import load_model
     from medcls.training import prepare_data, resolve_device
 
@@ -38,33 +40,97 @@ def evaluate_run(run, registries, *, data: str | None = None, split: str | None 
     unknown = sorted(set(c.label for c in prepared.cases) - set(info["classes"]))
     if unknown:
         raise DataError(f"data '{config.data}' has classes {unknown} that run '{run}' was not trained on ({info['classes']})")
-    labels = np.array([info["classes"].index(c.label) for c in prepared.cases])
+    prepared.labels = np.array([info["classes"].index(c.label) for c in prepared.cases])
+    prepared.classes = info["classes"]
     rows = prepared.rows()
     if split != "all":
         membership = stored_splits(run)
         missing = [c.key for c in prepared.cases if c.key not in membership]
         if missing:
             raise DataError(f"'{missing[0]}' is not in run '{run}' splits.csv: evaluate new data with --split all")
-        wanted = np.array([membership[prepared.cases[i].key] == split for i in prepared.cache.kept])
-        rows = rows[wanted]
+        prepared.splits = np.array([membership[c.key] for c in prepared.cases])
+        rows = prepared.rows(split)
     if not len(rows):
         raise DataError(f"no readable images in split {split!r} of '{config.data}'")
-    device = resolve_device("auto")
-    model = model.to(device)
-    probs = predict_probs(model, prepared.batches(rows), device)
-    y = labels[prepared.cache.kept[rows]]
-    threshold = info.get("threshold")
-    metrics = report.split_results(probs, y, threshold, list(registries["metrics"]))
-    intervals = report.split_intervals(probs, y, threshold)
-    out = Path(out) if out else run / "evaluation"
-    out.mkdir(parents=True, exist_ok=True)
-    report.write_metrics_json(out / "metrics.json", {split: metrics}, {split: intervals},
-                              {"threshold": threshold, "data": config.data})
-    lines = [f"# Evaluation of {run} on {config.data} ({split}, n = {len(y)})", "",
-             f"Operating point {threshold} (stored with the model).", "", "| metric | value (95% CI) |", "|---|---|"]
-    lines += [f"| {k} | {report.format_value(v, intervals.get(k))} |" for k, v in metrics.items()
-              if isinstance(v, float)]
-    (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     for warning in prepared.warnings:
         log(f"warning: {warning}")
-    return {"split": split, "n": int(len(y)), "metrics": metrics, "intervals": intervals, "out": str(out)}
+    device = resolve_device("auto")
+    probs = predict_probs(model.to(device), prepared.batches(rows), device)
+    if info.get("temperature"):
+        probs = apply_temperature(probs, info["temperature"])
+    return prepared, rows, probs, prepared.cache_labels(rows), info, split, config
+
+
+def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, patient_level=None,
+                 prevalence=None, n_resamples=2000, log=print) -> dict:
+    from medcls.evaluation import plots
+    from medcls.evaluation.assess import assess
+    from medcls.evaluation.calibration import calibration_slope_intercept
+    from medcls.evaluation.report import (GAP_HEADER, Document, add_assessment, gap_rows, write_metrics_json)
+    from medcls.training import case_flow, subgroup_rows
+
+    run = Path(run)
+    prepared, rows, probs, labels, info, split, config = run_predictions(run, registries, data=data, split=split, log=log)
+    metrics = list(registries["metrics"])
+    threshold = info.get("threshold")
+    patients = prepared.patients(rows)
+    options = dict(prevalence=prevalence, n_resamples=n_resamples, seed=config.seed)
+    assessed = assess(probs, labels, threshold, metrics, patients=patients, where=f"{split} cases", **options)
+    per_patient = (assess(probs, labels, threshold, metrics, patients=patients, patient_level=patient_level,
+                          where=f"{split} cases", **options) if patient_level else None)
+    subgroups = {}
+    if by:
+        column = prepared.column(rows, by)
+        for value in sorted(set(column)):
+            members = column == value
+            subgroups[str(value)] = assess(probs[members], labels[members], threshold, metrics,
+                                           patients=None if patients is None else patients[members],
+                                           where=f"subgroup {by}={value}", **options)
+    calibration = calibration_slope_intercept(labels, probs[:, 1]) if probs.shape[1] == 2 else None
+
+    out = Path(out) if out else run / "evaluation"
+    out.mkdir(parents=True, exist_ok=True)
+    classes = info["classes"]
+    plots.plot_roc({split: (probs, labels, threshold)}, classes, out / "roc.png", groups=patients, highlight=split)
+    plots.plot_confusion(probs, labels, threshold, classes, out / "confusion_matrix.png")
+    if len(classes) == 2:
+        plots.plot_pr(probs, labels, out / "pr.png")
+        plots.plot_calibration(probs, labels, out / "calibration.png")
+        plots.plot_decision_curve(probs, labels, out / "decision_curve.png")
+    write_metrics_json(out / "metrics.json", {
+        split: assessed["values"], "intervals": {split: assessed["intervals"]},
+        "operating": {split: assessed["operating"]}, "level": {split: assessed["level"]},
+        "threshold": threshold, "data": config.data, "calibration": {split: calibration},
+        "patient_level": None if per_patient is None else {split: per_patient}, "subgroups": subgroups,
+        "notes": {split: assessed["notes"]},
+    })
+
+    doc = Document(f"Evaluation of {run} on {config.data} ({split})")
+    doc.heading("Case flow")
+    lines, flow_rows = case_flow(prepared, {split: rows})
+    doc.bullets(lines)
+    doc.table(["cases", "images", "patients", "per class"], flow_rows)
+    doc.heading("Results")
+    add_assessment(doc, assessed, classes, f"{split} cases")
+    if calibration:
+        doc.paragraph(f"Calibration slope {calibration['slope']:.3f} (ideal 1), intercept "
+                      f"{calibration['intercept']:.3f} (ideal 0).")
+    for name, caption in (("roc.png", "ROC with 95% band"), ("pr.png", "Precision-recall"),
+                          ("calibration.png", "Calibration"), ("decision_curve.png", "Decision curve"),
+                          ("confusion_matrix.png", "Confusion matrix")):
+        doc.image(out / name, caption)
+    if per_patient:
+        doc.heading(f"Patient level ({patient_level} of image scores)")
+        add_assessment(doc, per_patient, classes, f"{split} cases")
+    if subgroups:
+        doc.heading(f"Subgroups by `{by}`")
+        doc.table([by, "n", "roc_auc", "sensitivity", "specificity"], subgroup_rows(subgroups))
+    trained = run / "metrics.json"
+    if trained.is_file():
+        saved = json.loads(trained.read_text())
+        if all(k in saved for k in ("train", "val", "test", "gap")):
+            doc.heading("The run's train/validation/test gap (from training)")
+            doc.table(GAP_HEADER, gap_rows(saved, saved.get("intervals", {})))
+    doc.write(out)
+    return {"split": split, "n": int(len(labels)), "metrics": assessed["values"], "intervals": assessed["intervals"],
+            "out": str(out)}

@@ -110,3 +110,29 @@ def youden_threshold(y_true: np.ndarray, positive_scores: np.ndarray) -> float:
     fpr, tpr, thresholds = roc_curve(y_true, positive_scores)
     best = int(np.argmax(tpr - fpr))
     return float(min(thresholds[best], 1.0))
+
+
+def mcc(y_true, probs, y_pred) -> float:
+    """Matthews correlation coefficient: one number for the whole 2x2 (or K x K) table."""
+    from sklearn.metrics import matthews_corrcoef
+
+    if present_classes(y_true) < 2 and present_classes(y_pred) < 2:
+        return float("nan")
+    return float(matthews_corrcoef(y_true, y_pred))
+
+
+ECE_BINS = 15
+
+
+def ece(y_true, probs, y_pred) -> float:
+    """Expected calibration error over 15 equal-width bins: of P(positive) for binary tasks, of
+    the top-class confidence for multi-class ones (Guo et al. 2017). Lower is better."""
+    if not len(y_true):
+        return float("nan")
+    if probs.shape[1] == 2:
+        confidence, correct = probs[:, 1], (y_true == 1).astype(np.float64)
+    else:
+        confidence, correct = probs.max(1), (probs.argmax(1) == y_true).astype(np.float64)
+    bins = np.minimum((confidence * ECE_BINS).astype(int), ECE_BINS - 1)
+    gaps = np.bincount(bins, weights=correct - confidence, minlength=ECE_BINS)
+    return float(np.abs(gaps).sum() / len(y_true))

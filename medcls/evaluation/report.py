@@ -1,54 +1,18 @@
-"""Per-split results, the train/validation/test gap and its plain-language reading, plots and report.md."""
+"""Reports: the train/validation/test gap and its reading, metric tables with intervals, and one
+document model written both as report.md and as a self-contained report.html."""
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 
-from medcls.engine import cross_entropy
-from medcls.evaluation.intervals import delong_interval, wilson
-from medcls.evaluation.metrics import confusion_counts
-
 GAP_METRICS = ("loss", "accuracy", "roc_auc", "sensitivity", "specificity")
-LEVEL = 0.95
-
-
-def decisions(probs: np.ndarray, threshold: float | None) -> np.ndarray:
-    """Binary: positive when P(positive) >= threshold. Multi-class: the most probable class."""
-    if probs.shape[1] == 2 and threshold is not None:
-        return (probs[:, 1] >= threshold).astype(np.int64)
-    return probs.argmax(1).astype(np.int64)
-
-
-def split_results(probs: np.ndarray, labels: np.ndarray, threshold: float | None, metrics) -> dict:
-    """Every registered metric on one whole split (never averaged over batches), plus loss and n."""
-    y_pred = decisions(probs, threshold)
-    values = {"n": int(len(labels)), "loss": cross_entropy(probs, labels)}
-    for entry in metrics:
-        try:
-            values[entry.name] = float(entry.obj(labels, probs, y_pred))
-        except Exception as exc:  # a metric plugin's failure is reported, not fatal
-            values[entry.name] = float("nan")
-            values.setdefault("metric_errors", {})[entry.name] = f"{type(exc).__name__}: {exc}"
-    return values
-
-
-def split_intervals(probs: np.ndarray, labels: np.ndarray, threshold: float | None) -> dict:
-    """95% intervals for the binary headline metrics: Wilson for proportions, DeLong for ROC AUC."""
-    if probs.shape[1] != 2:
-        return {}
-    y_pred = decisions(probs, threshold)
-    tp, fp, tn, fn = confusion_counts(labels, y_pred, 1)
-    proportions = {"sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp), "ppv": (tp, tp + fp),
-                   "npv": (tn, tn + fn), "accuracy": (tp + tn, len(labels))}
-    out = {name: {"low": lo, "high": hi, "method": "Wilson", "level": LEVEL, "count": f"{k}/{n}"}
-           for name, (k, n) in proportions.items() for lo, hi in [wilson(k, n, LEVEL)]}
-    lo, hi = delong_interval(labels, probs[:, 1], LEVEL)
-    out["roc_auc"] = {"low": lo, "high": hi, "method": "DeLong", "level": LEVEL}
-    return out
 
 
 def gap(train: dict, test: dict) -> dict:
@@ -61,7 +25,7 @@ def read_gap(train: dict, val: dict, test: dict) -> str:
     label = "ROC AUC" if key == "roc_auc" else "accuracy"
     high, low, middle = train.get(key, math.nan), test.get(key, math.nan), val.get(key, math.nan)
     if math.isnan(high) or math.isnan(low):
-        return "Not enough classes in a split to read the gap."
+        return "Not computable: a split has only one class, so the gap cannot be read."
     difference = high - low
     if high < 0.8:
         reading = (f"Under-fitting: the model does not fit even its training images ({label} {high:.3f}). "
@@ -86,108 +50,170 @@ def format_value(value, interval=None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     text = f"{value:.3f}"
-    if interval and not math.isnan(interval["low"]):
+    if interval and not math.isnan(interval.get("low", math.nan)):
         text += f" ({interval['low']:.3f}-{interval['high']:.3f})"
     return text
 
 
-def gap_table(results: dict, intervals: dict) -> str:
-    """The side-by-side table, Markdown, as printed at the end of `medcls train`."""
-    lines = ["| metric | train | val | test | train-test gap |", "|---|---|---|---|---|"]
+def gap_rows(results: dict, intervals: dict) -> list[list[str]]:
+    rows = []
     for name in GAP_METRICS:
         cells = [format_value(results[s].get(name), intervals.get(s, {}).get(name)) for s in ("train", "val", "test")]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {format_value(results['gap'].get(name))} |")
-    return "\n".join(lines)
+        rows.append([name, *cells, format_value(results["gap"].get(name))])
+    return rows
 
 
-def write_metrics_json(path: Path, results: dict, intervals: dict, extra: dict) -> None:
-    payload = {**results, "intervals": intervals, **extra}
-    path.write_text(json.dumps(payload, indent=2, default=_json_default, allow_nan=True), encoding="utf-8")
+GAP_HEADER = ["metric", "train", "val", "test", "train-test gap"]
 
 
-def _json_default(value):
+def gap_table(results: dict, intervals: dict) -> str:
+    """The side-by-side table, Markdown, as printed at the end of `medcls train`."""
+    return markdown_table(GAP_HEADER, gap_rows(results, intervals))
+
+
+def metric_rows(assessed: dict) -> list[list[str]]:
+    """Every metric of one split with its interval and how the interval was computed."""
+    rows = []
+    for name, value in assessed["values"].items():
+        if not isinstance(value, float):
+            continue
+        interval = assessed["intervals"].get(name)
+        method = f"{interval['method']}, {interval['level']:.0%}" if interval else "-"
+        why = " (not computable)" if math.isnan(value) else ""
+        rows.append([name, format_value(value, interval) + why, method])
+    return rows
+
+
+def operating_rows(operating: dict) -> list[list[str]]:
+    return [[name.replace("_", " "), format_value(v["value"], v), f"{v['method']}, {v['level']:.0%}"]
+            for name, v in operating.get("values", {}).items()]
+
+
+def two_by_two(operating: dict, classes: list[str]) -> tuple[list[str], list[list[str]]]:
+    t = operating["table"]
+    header = ["", f"truly {classes[1]}", f"truly {classes[0]}"]
+    return header, [[f"flagged {classes[1]}", f"{t['tp']} (TP)", f"{t['fp']} (FP)"],
+                    [f"cleared ({classes[0]})", f"{t['fn']} (FN)", f"{t['tn']} (TN)"]]
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def add_assessment(doc: "Document", assessed: dict, classes: list[str], where: str) -> None:
+    """The metric table with intervals, the 2x2 table and the operating figures of one split."""
+    level = assessed["level"]
+    patients = f", {assessed['patients']} patients" if assessed.get("patients") else ""
+    doc.paragraph(f"{where}: n = {assessed['values']['n']} ({level} level{patients}).")
+    for note in assessed["notes"]:
+        doc.paragraph(f"**Not computable:** {note}.")
+    doc.table(["metric", "value (interval)", "interval method"], metric_rows(assessed))
+    operating = assessed["operating"]
+    if operating:
+        threshold = operating["threshold"]
+        doc.paragraph(f"2x2 table at the operating point {threshold:.4f} (chosen on validation, applied unchanged):")
+        doc.table(*two_by_two(operating, classes))
+        if operating.get("values"):
+            doc.table(["figure", "value (interval)", "interval method"], operating_rows(operating))
+        if operating.get("not_computable"):
+            doc.paragraph(f"**Not computable:** {operating['not_computable']}.")
+
+
+class Document:
+    """A report as a list of blocks, rendered to Markdown or to self-contained HTML."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.blocks: list[tuple] = []
+
+    def heading(self, text: str):
+        self.blocks.append(("h2", text))
+
+    def paragraph(self, text: str):
+        self.blocks.append(("p", text))
+
+    def bullets(self, items):
+        self.blocks.append(("ul", list(items)))
+
+    def table(self, header, rows):
+        self.blocks.append(("table", header, rows))
+
+    def image(self, path: Path, caption: str):
+        self.blocks.append(("img", Path(path), caption))
+
+    def markdown(self) -> str:
+        out = [f"# {self.title}", ""]
+        for block in self.blocks:
+            kind = block[0]
+            if kind == "h2":
+                out += [f"## {block[1]}", ""]
+            elif kind == "p":
+                out += [block[1], ""]
+            elif kind == "ul":
+                out += [f"- {item}" for item in block[1]] + [""]
+            elif kind == "table":
+                out += [markdown_table(block[1], block[2]), ""]
+            elif kind == "img":
+                out += [f"![{block[2]}]({block[1].name})", ""]
+        return "\n".join(out)
+
+    def html(self) -> str:
+        parts = []
+        for block in self.blocks:
+            kind = block[0]
+            if kind == "h2":
+                parts.append(f"<h2>{inline(block[1])}</h2>")
+            elif kind == "p":
+                parts.append(f"<p>{inline(block[1])}</p>")
+            elif kind == "ul":
+                parts.append("<ul>" + "".join(f"<li>{inline(i)}</li>" for i in block[1]) + "</ul>")
+            elif kind == "table":
+                head = "".join(f"<th>{inline(c)}</th>" for c in block[1])
+                body = "".join("<tr>" + "".join(f"<td>{inline(str(c))}</td>" for c in row) + "</tr>" for row in block[2])
+                parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            elif kind == "img" and block[1].is_file():
+                data = base64.b64encode(block[1].read_bytes()).decode("ascii")
+                parts.append(f'<figure><img alt="{html.escape(block[2])}" src="data:image/png;base64,{data}">'
+                             f"<figcaption>{html.escape(block[2])}</figcaption></figure>")
+        return HTML_PAGE.format(title=html.escape(self.title), body="\n".join(parts))
+
+    def write(self, folder: Path, stem: str = "report") -> None:
+        (folder / f"{stem}.md").write_text(self.markdown(), encoding="utf-8")
+        (folder / f"{stem}.html").write_text(self.html(), encoding="utf-8")
+
+
+def inline(text: str) -> str:
+    """Escape, then render `code` and **bold** as in the Markdown version."""
+    escaped = html.escape(text)
+    escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", escaped)
+
+
+HTML_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222; }}
+table {{ border-collapse: collapse; margin: 1rem 0; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: left; }}
+th {{ background: #f3f3f3; }}
+figure {{ display: inline-block; margin: 0.5rem; }}
+img {{ max-width: 100%; }}
+code {{ background: #f3f3f3; padding: 0 0.2rem; }}
+</style></head>
+<body><h1>{title}</h1>
+{body}
+</body></html>
+"""
+
+
+def write_metrics_json(path: Path, payload: dict) -> None:
+    path.write_text(json.dumps(payload, indent=2, default=json_default, allow_nan=True), encoding="utf-8")
+
+
+def json_default(value):
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
     raise TypeError(f"cannot serialise {type(value)}")
-
-
-def plot_learning_curves(history, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h.epoch for h in history]
-    fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [h.train_loss for h in history], "o-", label="train (augmented)")
-    ax_loss.plot(epochs, [h.val_loss for h in history], "o-", label="validation")
-    ax_auc.plot(epochs, [h.train_auc for h in history], "o-", label="train (augmented)")
-    ax_auc.plot(epochs, [h.val_metrics.get("roc_auc", math.nan) for h in history], "o-", label="validation")
-    stage_starts = [h.epoch for i, h in enumerate(history) if i and history[i - 1].stage != h.stage]
-    for ax, title in ((ax_loss, "Loss"), (ax_auc, "ROC AUC")):
-        for start in stage_starts:
-            ax.axvline(start - 0.5, color="grey", linestyle="--", linewidth=1)
-        ax.set_xlabel("epoch")
-        ax.set_title(title + (" (dashed: fine-tuning starts)" if stage_starts else ""))
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_roc(split_scores: dict, classes: list[str], path: Path) -> None:
-    """Binary: ROC per split with the test operating point. Multi-class: one-vs-rest ROC per class on test."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
-
-    fig, ax = plt.subplots(figsize=(5, 5))
-    curves = []
-    for split, (probs, labels, threshold) in split_scores.items():
-        if probs.shape[1] == 2:
-            curves.append((split, labels == 1, probs[:, 1]))
-        elif split == "test":
-            curves += [(f"test: {name}", labels == c, probs[:, c]) for c, name in enumerate(classes)]
-    for label, truth, scores in curves:
-        if truth.any() and not truth.all():
-            fpr, tpr, _ = roc_curve(truth, scores)
-            ax.plot(fpr, tpr, label=label)
-    probs, labels, threshold = split_scores["test"]
-    if probs.shape[1] == 2 and threshold is not None and len(np.unique(labels)) == 2:
-        tp, fp, tn, fn = confusion_counts(labels, decisions(probs, threshold), 1)
-        ax.plot(fp / (fp + tn), tp / (tp + fn), "k*", markersize=12, label="test operating point")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    ax.set_xlabel("1 - specificity")
-    ax.set_ylabel("sensitivity")
-    ax.set_title("ROC")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_confusion(probs: np.ndarray, labels: np.ndarray, threshold, classes: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import confusion_matrix
-
-    matrix = confusion_matrix(labels, decisions(probs, threshold), labels=list(range(len(classes))))
-    fig, ax = plt.subplots(figsize=(4 + 0.4 * len(classes), 4 + 0.4 * len(classes)))
-    ax.imshow(matrix, cmap="Blues")
-    for (i, j), count in np.ndenumerate(matrix):
-        ax.text(j, i, str(count), ha="center", va="center",
-                color="white" if count > matrix.max() / 2 else "black")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("Test confusion matrix")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -1,0 +1,175 @@
+"""Score one split: every metric on the whole split, an interval for each (method and level named),
+the 2x2 table at the operating point, and the figures a clinical paper reports beside them."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from medcls.errors import DataError
+
+LEVEL = 0.95
+PROPORTIONS = ("sensitivity", "specificity", "ppv", "npv", "accuracy")
+FIXED_POINTS = (0.90, 0.95)
+
+
+def check_probabilities(probs: np.ndarray, where: str) -> None:
+    """Refuse NaN, infinite or out-of-range probabilities rather than report numbers from them."""
+    if probs.ndim != 2 or probs.shape[1] < 2:
+        raise DataError(f"{where}: probabilities must be an (N, classes) array, got shape {probs.shape}")
+    if not np.isfinite(probs).all():
+        bad = int((~np.isfinite(probs)).any(1).sum())
+        raise DataError(f"{where}: {bad} prediction(s) are NaN or infinite (did training diverge? lower the learning rate)")
+    if probs.min() < 0 or probs.max() > 1:
+        raise DataError(f"{where}: probabilities outside [0, 1] (min {probs.min():.3g}, max {probs.max():.3g}): "
+                        "pass softmax outputs, not logits")
+    if np.abs(probs.sum(1) - 1).max() > 1e-3:
+        raise DataError(f"{where}: class probabilities do not sum to 1: pass softmax outputs")
+
+
+def decisions(probs: np.ndarray, threshold: float | None) -> np.ndarray:
+    """Binary: positive when P(positive) >= threshold. Multi-class: the most probable class."""
+    if probs.shape[1] == 2 and threshold is not None:
+        return (probs[:, 1] >= threshold).astype(np.int64)
+    return probs.argmax(1).astype(np.int64)
+
+
+def split_results(probs: np.ndarray, labels: np.ndarray, threshold: float | None, metrics) -> dict:
+    """Every registered metric on one whole split (never averaged over batches), plus loss and n."""
+    from medcls.engine import cross_entropy
+
+    y_pred = decisions(probs, threshold)
+    values = {"n": int(len(labels)), "loss": cross_entropy(probs, labels)}
+    for entry in metrics:
+        try:
+            values[entry.name] = float(entry.obj(labels, probs, y_pred))
+        except Exception as exc:  # a metric plugin's failure is reported, not fatal
+            values[entry.name] = float("nan")
+            values.setdefault("metric_errors", {})[entry.name] = f"{type(exc).__name__}: {exc}"
+    return values
+
+
+def aggregate_patients(probs: np.ndarray, labels: np.ndarray, patients: np.ndarray, how: str):
+    """One prediction per patient (mean or max of the images' probabilities); a patient is
+    positive when any image is."""
+    if how not in ("mean", "max"):
+        raise DataError(f"patient aggregation {how!r} is unknown: use mean or max")
+    ids, index = np.unique(patients, return_inverse=True)
+    label = np.zeros(len(ids), dtype=np.int64)
+    np.maximum.at(label, index, labels)
+    if how == "max":
+        p1 = np.zeros(len(ids))
+        np.maximum.at(p1, index, probs[:, 1])
+    else:
+        p1 = np.bincount(index, weights=probs[:, 1]) / np.bincount(index)
+    return np.stack([1 - p1, p1], 1), label
+
+
+def intervals(probs, labels, threshold, metrics, *, groups=None, level=LEVEL, n_resamples=2000, seed=0) -> dict:
+    """An interval for every metric. Independent cases: Wilson for proportions, DeLong for ROC AUC,
+    stratified bootstrap for the rest. Several images per patient: a patient-level (cluster)
+    bootstrap for everything, since image-level formulas would be too narrow."""
+    from medcls.evaluation.bootstrap import bootstrap_binary, bootstrap_loop
+    from medcls.evaluation.intervals import delong_interval, wilson
+    from medcls.evaluation.metrics import confusion_counts
+
+    y_pred = decisions(probs, threshold)
+    clustered = groups is not None and len(np.unique(groups)) < len(groups)
+    boot_name = "cluster bootstrap (patients)" if clustered else "stratified bootstrap"
+    binary = probs.shape[1] == 2
+    out, vectorised, looped = {}, {}, {}
+    tp, fp, tn, fn = confusion_counts(labels, y_pred, 1) if binary else (0, 0, 0, 0)
+    counts = {"sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp), "ppv": (tp, tp + fp),
+              "npv": (tn, tn + fn), "accuracy": (tp + tn, len(labels))}
+    for entry in metrics:
+        if binary and not clustered and entry.name in PROPORTIONS:
+            k, n = counts[entry.name]
+            low, high = wilson(k, n, level)
+            out[entry.name] = {"low": low, "high": high, "method": "Wilson", "level": level, "count": f"{k}/{n}"}
+        elif binary and not clustered and entry.name == "roc_auc":
+            low, high = delong_interval(labels, probs[:, 1], level)
+            out[entry.name] = {"low": low, "high": high, "method": "DeLong", "level": level}
+        elif binary and entry.metadata.get("vectorised") is not None:
+            vectorised[entry.name] = entry.metadata["vectorised"]
+        else:
+            looped[entry.name] = entry.obj
+    options = dict(groups=groups if clustered else None, n_resamples=n_resamples, level=level, seed=seed)
+    found = {}
+    if vectorised:
+        found.update(bootstrap_binary(labels, probs[:, 1], y_pred, vectorised, **options))
+    if looped:
+        found.update(bootstrap_loop(labels, probs, y_pred, looped, **options))
+    for name, (low, high) in found.items():
+        out[name] = {"low": low, "high": high, "method": boot_name, "level": level, "resamples": n_resamples}
+    return out
+
+
+def operating_figures(probs, labels, threshold, *, groups=None, prevalence=None, level=LEVEL,
+                      n_resamples=2000, seed=0) -> dict:
+    """The 2x2 table at the operating point, sensitivity at fixed specificity and the reverse,
+    and PPV/NPV at a deployment prevalence, each with a bootstrap interval (binary tasks)."""
+    from medcls.evaluation.bootstrap import WeightedBinary, bootstrap_binary
+    from medcls.evaluation.metrics import confusion_counts
+    from medcls.evaluation.operating_points import predictive_values
+
+    if probs.shape[1] != 2:
+        return {}
+    y_pred = decisions(probs, threshold)
+    tp, fp, tn, fn = confusion_counts(labels, y_pred, 1)
+    figures = {"threshold": threshold, "table": {"tp": tp, "fp": fp, "tn": tn, "fn": fn}, "values": {}}
+    statistics = {}
+    for target in FIXED_POINTS:
+        statistics[f"sensitivity_at_specificity_{target:.2f}"] = (
+            lambda s, t=target: WeightedBinary.sensitivity_at_specificity(s, t))
+        statistics[f"specificity_at_sensitivity_{target:.2f}"] = (
+            lambda s, t=target: WeightedBinary.specificity_at_sensitivity(s, t))
+    if prevalence is not None:
+        statistics[f"ppv_at_prevalence_{prevalence:g}"] = (
+            lambda s: predictive_values(s.sensitivity(), s.specificity(), prevalence)[0])
+        statistics[f"npv_at_prevalence_{prevalence:g}"] = (
+            lambda s: predictive_values(s.sensitivity(), s.specificity(), prevalence)[1])
+    if len(np.unique(labels)) < 2:
+        figures["not_computable"] = "the split has only one class, so ROC-based figures are undefined"
+        return figures
+    point = WeightedBinary.build(np.ones((1, len(labels)), np.float32), labels, probs[:, 1], y_pred)
+    clustered = groups is not None and len(np.unique(groups)) < len(groups)
+    bounds = bootstrap_binary(labels, probs[:, 1], y_pred, statistics, groups=groups if clustered else None,
+                              n_resamples=n_resamples, level=level, seed=seed)
+    method = "cluster bootstrap (patients)" if clustered else "stratified bootstrap"
+    for name, fn in statistics.items():
+        low, high = bounds[name]
+        figures["values"][name] = {"value": float(np.asarray(fn(point))[0]), "low": low, "high": high,
+                                   "method": method, "level": level}
+    return figures
+
+
+def assess(probs, labels, threshold, metrics, *, patients=None, patient_level=None, prevalence=None,
+           n_resamples=2000, seed=0, where="split") -> dict:
+    """Everything reported for one split, at image level or (patient_level = mean/max) per patient."""
+    check_probabilities(probs, where)
+    level_name = "image"
+    groups = patients
+    if patient_level:
+        if patients is None:
+            raise DataError(f"{where}: patient-level scores need patient ids (a patient_id column or --patient-from-dicom)")
+        probs, labels = aggregate_patients(probs, labels, patients, patient_level)
+        groups, level_name = None, f"patient ({patient_level} of image scores)"
+    values = split_results(probs, labels, threshold, metrics)
+    notes = []
+    if len(np.unique(labels)) < 2:
+        notes.append(f"ROC AUC, PR AUC and one of sensitivity/specificity are not computable: "
+                     f"the {where} split has only one class")
+    return {
+        "level": level_name,
+        "values": values,
+        "intervals": intervals(probs, labels, threshold, metrics, groups=groups, n_resamples=n_resamples, seed=seed),
+        "operating": operating_figures(probs, labels, threshold, groups=groups, prevalence=prevalence,
+                                       n_resamples=n_resamples, seed=seed),
+        "notes": notes,
+        "patients": None if patients is None else int(len(np.unique(patients))),
+    }
+
+
+def is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))

@@ -1,0 +1,69 @@
+"""Calibration: reliability curve, calibration slope and intercept, temperature scaling."""
+
+from __future__ import annotations
+
+import numpy as np
+
+EPS = 1e-7
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, EPS, 1 - EPS)
+    return np.log(p / (1 - p))
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, offset: np.ndarray | None = None, slope: bool = True):
+    """Maximum-likelihood (intercept, slope) of y ~ intercept + slope * x (+ offset), by Newton."""
+    offset = np.zeros_like(x) if offset is None else offset
+    design = np.column_stack([np.ones_like(x), x]) if slope else np.ones((len(x), 1))
+    beta = np.zeros(design.shape[1])
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-(design @ beta + offset)))
+        gradient = design.T @ (y - p)
+        hessian = design.T @ (design * (p * (1 - p))[:, None]) + 1e-9 * np.eye(len(beta))
+        step = np.linalg.solve(hessian, gradient)
+        beta += step
+        if np.abs(step).max() < 1e-8:
+            break
+    return beta
+
+
+def calibration_slope_intercept(y: np.ndarray, p1: np.ndarray) -> dict:
+    """Slope (1 is ideal; < 1 means over-confident) and calibration-in-the-large intercept
+    (0 is ideal), as recommended by Van Calster et al. (2019) for clinical prediction models."""
+    if len(np.unique(y)) < 2:
+        return {"slope": float("nan"), "intercept": float("nan")}
+    z = logit(p1)
+    (_, slope) = fit_logistic(z, y.astype(np.float64))
+    (intercept,) = fit_logistic(np.zeros_like(z), y.astype(np.float64), offset=z, slope=False)
+    return {"slope": float(slope), "intercept": float(intercept)}
+
+
+def reliability_curve(y: np.ndarray, p1: np.ndarray, bins: int = 10) -> dict:
+    """Mean predicted probability and observed frequency per equal-width bin (empty bins dropped)."""
+    index = np.minimum((p1 * bins).astype(int), bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    keep = counts > 0
+    predicted = np.bincount(index, weights=p1, minlength=bins)[keep] / counts[keep]
+    observed = np.bincount(index, weights=(y == 1).astype(float), minlength=bins)[keep] / counts[keep]
+    return {"predicted": predicted, "observed": observed, "count": counts[keep]}
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Soften (T > 1) or sharpen (T < 1) probabilities: softmax(log p / T)."""
+    scaled = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
+    scaled -= scaled.max(1, keepdims=True)
+    exp = np.exp(scaled)
+    return exp / exp.sum(1, keepdims=True)
+
+
+def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature minimising validation negative log-likelihood (Guo et al. 2017)."""
+    from scipy.optimize import minimize_scalar
+
+    def nll(log_t):
+        p = apply_temperature(probs, float(np.exp(log_t)))
+        return -np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, 1)).mean()
+
+    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(result.x))

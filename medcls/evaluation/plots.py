@@ -1,0 +1,180 @@
+"""Figures for the reports: learning curves, ROC with a bootstrap band, PR, calibration, decision
+curve and the confusion matrix. Each function writes one PNG and closes its figure."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from medcls.evaluation.assess import decisions
+from medcls.evaluation.metrics import confusion_counts
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_learning_curves(history, path: Path) -> None:
+    plt = pyplot()
+
+    epochs = [h.epoch for h in history]
+    fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [h.train_loss for h in history], "o-", label="train (augmented)")
+    ax_loss.plot(epochs, [h.val_loss for h in history], "o-", label="validation")
+    ax_auc.plot(epochs, [h.train_auc for h in history], "o-", label="train (augmented)")
+    ax_auc.plot(epochs, [h.val_metrics.get("roc_auc", math.nan) for h in history], "o-", label="validation")
+    stage_starts = [h.epoch for i, h in enumerate(history) if i and history[i - 1].stage != h.stage]
+    for ax, title in ((ax_loss, "Loss"), (ax_auc, "ROC AUC")):
+        for start in stage_starts:
+            ax.axvline(start - 0.5, color="grey", linestyle="--", linewidth=1)
+        ax.set_xlabel("epoch")
+        ax.set_title(title + (" (dashed: fine-tuning starts)" if stage_starts else ""))
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def roc_band(y: np.ndarray, p1: np.ndarray, groups=None, n_resamples: int = 500, level: float = 0.95, seed: int = 0):
+    """Pointwise bootstrap band of sensitivity over a grid of 1 - specificity."""
+    from medcls.evaluation.bootstrap import WeightedBinary, resample_weights
+
+    grid = np.linspace(0, 1, 51)
+    samples = []
+    for W in resample_weights(y, groups, n_resamples, seed):
+        tpr, fpr = WeightedBinary.build(W, y, p1, np.zeros_like(y)).roc_points()
+        samples.append(np.stack([np.where(fpr <= g + 1e-12, tpr, 0.0).max(1) for g in grid], 1))
+    stacked = np.concatenate(samples)
+    low, high = np.nanpercentile(stacked, [50 * (1 - level), 50 * (1 + level)], axis=0)
+    return grid, low, high
+
+
+def plot_roc(split_scores: dict, classes: list[str], path: Path, groups=None, highlight: str = "test") -> None:
+    """Binary: ROC per split, a 95% bootstrap band and the operating point on test.
+    Multi-class: one-vs-rest ROC per class on test."""
+    plt = pyplot()
+    from sklearn.metrics import roc_curve
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    curves = []
+    for split, (probs, labels, threshold) in split_scores.items():
+        if probs.shape[1] == 2:
+            curves.append((split, labels == 1, probs[:, 1]))
+        elif split == highlight:
+            curves += [(f"{highlight}: {name}", labels == c, probs[:, c]) for c, name in enumerate(classes)]
+    for label, truth, scores in curves:
+        if truth.any() and not truth.all():
+            fpr, tpr, _ = roc_curve(truth, scores)
+            ax.plot(fpr, tpr, label=label)
+    probs, labels, threshold = split_scores[highlight]
+    if probs.shape[1] == 2 and len(np.unique(labels)) == 2:
+        grid, low, high = roc_band(labels, probs[:, 1], groups)
+        ax.fill_between(grid, low, high, step="post", alpha=0.2, color=f"C{list(split_scores).index(highlight)}",
+                        label=f"{highlight} 95% band (bootstrap)")
+    if probs.shape[1] == 2 and threshold is not None and len(np.unique(labels)) == 2:
+        tp, fp, tn, fn = confusion_counts(labels, decisions(probs, threshold), 1)
+        ax.plot(fp / (fp + tn), tp / (tp + fn), "k*", markersize=12, label="operating point")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title("ROC")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion(probs: np.ndarray, labels: np.ndarray, threshold, classes: list[str], path: Path) -> None:
+    plt = pyplot()
+    from sklearn.metrics import confusion_matrix
+
+    matrix = confusion_matrix(labels, decisions(probs, threshold), labels=list(range(len(classes))))
+    fig, ax = plt.subplots(figsize=(4 + 0.4 * len(classes), 4 + 0.4 * len(classes)))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center",
+                color="white" if count > matrix.max() / 2 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Test confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_pr(probs: np.ndarray, labels: np.ndarray, path: Path) -> None:
+    """Precision-recall curve of the positive class, with the prevalence as the no-skill line."""
+    from sklearn.metrics import precision_recall_curve
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if probs.shape[1] == 2 and len(np.unique(labels)) == 2:
+        precision, recall, _ = precision_recall_curve(labels, probs[:, 1])
+        ax.step(recall, precision, where="post", label="model")
+        ax.axhline((labels == 1).mean(), color="grey", linestyle=":", label="prevalence")
+        ax.legend(loc="lower left")
+    else:
+        ax.text(0.5, 0.5, "not computable: needs both classes", ha="center")
+    ax.set_xlabel("sensitivity (recall)")
+    ax.set_ylabel("PPV (precision)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Precision-recall")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_calibration(probs: np.ndarray, labels: np.ndarray, path: Path) -> None:
+    """Reliability diagram: observed frequency against mean predicted probability, with counts."""
+    from medcls.evaluation.calibration import reliability_curve
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    if probs.shape[1] == 2:
+        curve = reliability_curve(labels, probs[:, 1])
+        ax.plot(curve["predicted"], curve["observed"], "o-", label="model")
+        for x, y, n in zip(curve["predicted"], curve["observed"], curve["count"]):
+            ax.annotate(str(int(n)), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    ax.set_xlabel("mean predicted probability")
+    ax.set_ylabel("observed frequency")
+    ax.set_title("Calibration (numbers: cases per bin)")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_decision_curve(probs: np.ndarray, labels: np.ndarray, path: Path) -> dict:
+    """Net benefit of the model, of treating all and of treating none (decision-curve analysis)."""
+    from medcls.evaluation.operating_points import net_benefit
+
+    thresholds = np.linspace(0.01, 0.99, 99)
+    curve = net_benefit(labels, probs[:, 1], thresholds)
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(thresholds, curve["model"], label="model")
+    ax.plot(thresholds, curve["treat_all"], label="treat all")
+    ax.plot(thresholds, curve["treat_none"], label="treat none", color="grey")
+    top = max(0.05, float(np.max(curve["model"])) * 1.1)
+    ax.set_ylim(-0.05, top)
+    ax.set_xlabel("threshold probability")
+    ax.set_ylabel("net benefit")
+    ax.set_title("Decision curve")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return curve
