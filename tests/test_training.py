@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from medcls.cli import cli
 
 FAST = ["--backbone", "test_resnet", "--no-pretrained", "--epochs", "2", "--finetune-epochs", "1",
-        "--image-size", "48", "--batch-size", "32", "--set", "patience=0"]
+        "--image-size", "48", "--batch-size", "32", "--set", "patience=0", "--set", "bootstrap=200"]
 
 
 @pytest.fixture(scope="module")

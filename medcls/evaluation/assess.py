@@ -12,6 +12,7 @@ from medcls.errors import DataError
 LEVEL = 0.95
 PROPORTIONS = ("sensitivity", "specificity", "ppv", "npv", "accuracy")
 FIXED_POINTS = (0.90, 0.95)
+LOOP_RESAMPLES = 1000  # for metrics without a vectorised form
 
 
 def check_probabilities(probs: np.ndarray, where: str) -> None:
@@ -70,7 +71,7 @@ def intervals(probs, labels, threshold, metrics, *, groups=None, level=LEVEL, n_
     """An interval for every metric. Independent cases: Wilson for proportions, DeLong for ROC AUC,
     stratified bootstrap for the rest. Several images per patient: a patient-level (cluster)
     bootstrap for everything, since image-level formulas would be too narrow."""
-    from medcls.evaluation.bootstrap import bootstrap_binary, bootstrap_loop
+    from medcls.evaluation.bootstrap import bootstrap_binary, bootstrap_loop, bootstrap_multiclass
     from medcls.evaluation.intervals import delong_interval, wilson
     from medcls.evaluation.metrics import confusion_counts
 
@@ -78,7 +79,7 @@ def intervals(probs, labels, threshold, metrics, *, groups=None, level=LEVEL, n_
     clustered = groups is not None and len(np.unique(groups)) < len(groups)
     boot_name = "cluster bootstrap (patients)" if clustered else "stratified bootstrap"
     binary = probs.shape[1] == 2
-    out, vectorised, looped = {}, {}, {}
+    out, vectorised, one_vs_rest, looped = {}, {}, {}, {}
     tp, fp, tn, fn = confusion_counts(labels, y_pred, 1) if binary else (0, 0, 0, 0)
     counts = {"sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp), "ppv": (tp, tp + fp),
               "npv": (tn, tn + fn), "accuracy": (tp + tn, len(labels))}
@@ -92,16 +93,24 @@ def intervals(probs, labels, threshold, metrics, *, groups=None, level=LEVEL, n_
             out[entry.name] = {"low": low, "high": high, "method": "DeLong", "level": level}
         elif binary and entry.metadata.get("vectorised") is not None:
             vectorised[entry.name] = entry.metadata["vectorised"]
+        elif entry.metadata.get("vectorised") is not None and entry.metadata.get("multiclass") in ("macro", "sum"):
+            one_vs_rest[entry.name] = (entry.metadata["vectorised"], entry.metadata["multiclass"])
         else:
             looped[entry.name] = entry.obj
     options = dict(groups=groups if clustered else None, n_resamples=n_resamples, level=level, seed=seed)
     found = {}
     if vectorised:
         found.update(bootstrap_binary(labels, probs[:, 1], y_pred, vectorised, **options))
-    if looped:
-        found.update(bootstrap_loop(labels, probs, y_pred, looped, **options))
+    if one_vs_rest:
+        found.update(bootstrap_multiclass(labels, probs, y_pred, one_vs_rest, **options))
     for name, (low, high) in found.items():
         out[name] = {"low": low, "high": high, "method": boot_name, "level": level, "resamples": n_resamples}
+    if looped:
+        # One Python call per resample: capped, and the count used is recorded beside the interval.
+        options["n_resamples"] = min(n_resamples, LOOP_RESAMPLES)
+        for name, (low, high) in bootstrap_loop(labels, probs, y_pred, looped, **options).items():
+            out[name] = {"low": low, "high": high, "method": boot_name, "level": level,
+                         "resamples": options["n_resamples"]}
     return out
 
 

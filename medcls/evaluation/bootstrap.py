@@ -173,3 +173,19 @@ def bootstrap_loop(y, probs, yhat, functions: dict, *, groups=None, n_resamples=
                 except Exception:  # a resample where the metric is undefined
                     collected[name].append(float("nan"))
     return {name: percentile_interval(np.asarray(values), level) for name, values in collected.items()}
+
+
+def bootstrap_multiclass(y, probs, yhat, statistics: dict, *, groups=None, n_resamples=DEFAULT_RESAMPLES,
+                         level=0.95, seed=0) -> dict[str, tuple[float, float]]:
+    """Intervals of one-vs-rest metrics of a K-class task: `statistics` maps a name to
+    (fn(WeightedBinary) -> (b,), 'macro' or 'sum'), combined over the K binary problems."""
+    collected = {name: [] for name in statistics}
+    classes = range(probs.shape[1])
+    for W in resample_weights(y, groups, n_resamples, seed):
+        per_class = [WeightedBinary.build(W, (y == c).astype(np.int64), probs[:, c], (yhat == c).astype(np.int64))
+                     for c in classes]
+        for name, (fn, combine) in statistics.items():
+            values = np.stack([np.asarray(fn(stats), dtype=np.float64) for stats in per_class])
+            with np.errstate(invalid="ignore"):
+                collected[name].append(np.nanmean(values, 0) if combine == "macro" else values.sum(0))
+    return {name: percentile_interval(np.concatenate(values), level) for name, values in collected.items()}

@@ -1,0 +1,182 @@
+"""Evaluation machinery: bootstrap (vectorised = loop, patients kept whole, stratified), interval
+methods, operating-point rules, calibration, decision curves, and bad input."""
+
+import numpy as np
+import pytest
+
+from medcls.errors import ConfigError, DataError
+from medcls.evaluation.assess import aggregate_patients, assess, check_probabilities
+from medcls.evaluation.bootstrap import (bootstrap_binary, bootstrap_loop, bootstrap_multiclass,
+                                         resample_weights)
+from medcls.evaluation.calibration import apply_temperature, calibration_slope_intercept, fit_temperature
+from medcls.evaluation.intervals import delong_auc_variance
+from medcls.evaluation.operating_points import choose_threshold, net_benefit, predictive_values
+
+
+def binary_data(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    p1 = np.round(np.clip(0.3 * y + 0.7 * rng.random(n), 0, 1), 2)
+    return y, np.stack([1 - p1, p1], 1)
+
+
+def test_vectorised_bootstrap_equals_the_loop(registries):
+    y, probs = binary_data()
+    yhat = (probs[:, 1] >= 0.5).astype(int)
+    metrics = [e for e in registries["metrics"] if e.metadata.get("vectorised")]
+    fast = bootstrap_binary(y, probs[:, 1], yhat, {e.name: e.metadata["vectorised"] for e in metrics},
+                            n_resamples=60, seed=3)
+    slow = bootstrap_loop(y, probs, yhat, {e.name: e.obj for e in metrics}, n_resamples=60, seed=3)
+    for name in fast:
+        np.testing.assert_allclose(fast[name], slow[name], atol=1e-5, err_msg=name)
+
+
+def test_vectorised_multiclass_equals_the_loop(registries):
+    rng = np.random.default_rng(1)
+    y = np.arange(90) % 3
+    probs = rng.dirichlet([1, 1, 1], 90)
+    probs[np.arange(90), y] += 0.5
+    probs /= probs.sum(1, keepdims=True)
+    yhat = probs.argmax(1)
+    chosen = [e for e in registries["metrics"] if e.metadata.get("multiclass")]
+    assert {e.name for e in chosen} >= {"roc_auc", "sensitivity", "specificity", "brier"}
+    fast = bootstrap_multiclass(y, probs, yhat, {e.name: (e.metadata["vectorised"], e.metadata["multiclass"])
+                                                 for e in chosen}, n_resamples=40, seed=2)
+    slow = bootstrap_loop(y, probs, yhat, {e.name: e.obj for e in chosen}, n_resamples=40, seed=2)
+    for name in fast:
+        np.testing.assert_allclose(fast[name], slow[name], atol=1e-5, err_msg=name)
+
+
+def test_resampling_is_stratified_and_keeps_patients_whole():
+    labels = np.array([0, 0, 0, 1, 1, 0, 1, 1])
+    patients = np.array(["a", "a", "b", "c", "c", "d", "e", "e"])
+    for W in resample_weights(labels, None, 50, seed=0):
+        assert (W[:, labels == 1].sum(1) == 4).all()  # as many positives as in the data
+    for W in resample_weights(labels, patients, 50, seed=0):
+        for patient in set(patients):
+            members = W[:, patients == patient]
+            assert (members == members[:, :1]).all()  # a patient's images are drawn together
+
+
+def test_interval_methods_follow_the_data(registries):
+    y, probs = binary_data(200)
+    metrics = list(registries["metrics"])
+    independent = assess(probs, y, 0.5, metrics, n_resamples=200)
+    methods = {k: v["method"] for k, v in independent["intervals"].items()}
+    assert methods["sensitivity"] == "Wilson" and methods["roc_auc"] == "DeLong"
+    assert methods["f1"] == "stratified bootstrap" and methods["brier"] == "stratified bootstrap"
+    patients = np.repeat(np.arange(100), 2)
+    clustered = assess(probs, y, 0.5, metrics, patients=patients, n_resamples=200)
+    assert {v["method"] for v in clustered["intervals"].values()} == {"cluster bootstrap (patients)"}
+    # Resampling patients (pairs of correlated images) is not narrower than pretending independence.
+    width = lambda a, m: a["intervals"][m]["high"] - a["intervals"][m]["low"]  # noqa: E731
+    assert width(clustered, "roc_auc") > 0.5 * width(independent, "roc_auc")
+    for name, value in independent["values"].items():
+        if isinstance(value, float) and name in independent["intervals"] and name != "loss":
+            interval = independent["intervals"][name]
+            assert interval["low"] - 1e-9 <= value <= interval["high"] + 1e-9 or name == "ece", name
+
+
+def test_patient_level_aggregation():
+    probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.8, 0.2], [0.6, 0.4]])
+    labels = np.array([0, 1, 0, 0])
+    patients = np.array(["p", "p", "q", "q"])
+    mean, y = aggregate_patients(probs, labels, patients, "mean")
+    np.testing.assert_allclose(mean[:, 1], [0.4, 0.3])
+    assert y.tolist() == [1, 0]
+    maximum, _ = aggregate_patients(probs, labels, patients, "max")
+    np.testing.assert_allclose(maximum[:, 1], [0.7, 0.4])
+
+
+def test_operating_figures_and_prevalence(registries):
+    y, probs = binary_data(300)
+    result = assess(probs, y, 0.5, list(registries["metrics"]), prevalence=0.05, n_resamples=200)
+    figures = result["operating"]
+    table = figures["table"]
+    assert sum(table.values()) == 300
+    values = figures["values"]
+    assert {"sensitivity_at_specificity_0.90", "specificity_at_sensitivity_0.95", "ppv_at_prevalence_0.05"} <= set(values)
+    sens, spec = result["values"]["sensitivity"], result["values"]["specificity"]
+    assert values["ppv_at_prevalence_0.05"]["value"] == pytest.approx(predictive_values(sens, spec, 0.05)[0])
+
+
+def test_predictive_values_textbook():
+    ppv, npv = predictive_values(0.9, 0.8, 0.1)
+    assert ppv == pytest.approx(0.09 / (0.09 + 0.18)) and npv == pytest.approx(0.72 / 0.73)
+
+
+@pytest.mark.parametrize("rule, target", [("target_sensitivity", 0.95), ("target_sensitivity", 0.8),
+                                          ("target_specificity", 0.9), ("target_specificity", 0.5)])
+def test_target_rules_reach_the_target_as_tightly_as_possible(rule, target):
+    y, probs = binary_data(400, seed=4)
+    p1 = probs[:, 1]
+    t = choose_threshold(rule, y, p1, target=target)
+    sens = lambda th: ((p1 >= th) & (y == 1)).sum() / (y == 1).sum()  # noqa: E731
+    spec = lambda th: ((p1 < th) & (y == 0)).sum() / (y == 0).sum()  # noqa: E731
+    if rule == "target_sensitivity":
+        assert sens(t) >= target
+        assert sens(np.nextafter(t, 1)) < target  # any higher threshold would miss the target
+    else:
+        assert spec(t) >= target
+        assert spec(np.nextafter(t, 0)) < target
+
+
+def test_unreachable_or_uncomputable_targets():
+    y, probs = binary_data(50)
+    with pytest.raises(ConfigError, match="unreachable"):
+        choose_threshold("target_sensitivity", y, probs[:, 1], target=1.2)
+    with pytest.raises(DataError, match="no positive cases"):
+        choose_threshold("target_sensitivity", np.zeros(5, int), np.linspace(0, 1, 5), target=0.9)
+    with pytest.raises(DataError, match="only one class"):
+        choose_threshold("youden", np.ones(5, int), np.linspace(0, 1, 5))
+
+
+@pytest.mark.parametrize("probs, message", [
+    (np.array([[0.5, np.nan]]), "NaN or infinite"),
+    (np.array([[np.inf, 0.0]]), "NaN or infinite"),
+    (np.array([[-2.0, 3.0]]), "outside \\[0, 1\\]"),
+    (np.array([[0.6, 0.6]]), "do not sum to 1"),
+])
+def test_bad_probabilities_are_refused(probs, message):
+    with pytest.raises(DataError, match=message):
+        check_probabilities(probs, "test split")
+
+
+def test_single_class_split_says_not_computable(registries):
+    probs = np.tile([[0.7, 0.3]], (10, 1))
+    result = assess(probs, np.zeros(10, int), 0.5, list(registries["metrics"]), n_resamples=100)
+    assert np.isnan(result["values"]["roc_auc"]) and result["values"]["specificity"] == 1.0
+    assert any("not computable" in note for note in result["notes"])
+    assert "not_computable" in result["operating"]
+
+
+def test_hanley_mcneil_worked_example():
+    """Hanley & McNeil (1982), Radiology 143:29, table 1: 5-point ratings of 58 normal and 51
+    abnormal CT images; published area 0.893 (their approximate SE 0.032)."""
+    normal, abnormal = [33, 6, 6, 11, 2], [3, 2, 2, 11, 33]
+    scores = np.r_[np.repeat(np.arange(1, 6), normal), np.repeat(np.arange(1, 6), abnormal)].astype(float)
+    y = np.r_[np.zeros(58), np.ones(51)].astype(int)
+    auc, variance = delong_auc_variance(y, scores)
+    assert round(auc, 3) == 0.893
+    assert 0.028 < np.sqrt(variance) < 0.034
+
+
+def test_calibration_slope_and_temperature():
+    rng = np.random.default_rng(0)
+    true_p = rng.uniform(0.02, 0.98, 4000)
+    y = (rng.random(4000) < true_p).astype(int)
+    probs = np.stack([1 - true_p, true_p], 1)
+    fit = calibration_slope_intercept(y, true_p)
+    assert abs(fit["slope"] - 1) < 0.1 and abs(fit["intercept"]) < 0.1
+    overconfident = apply_temperature(probs, 0.5)  # sharpened: slope well below 1
+    assert calibration_slope_intercept(y, overconfident[:, 1])["slope"] < 0.7
+    assert fit_temperature(overconfident, y) == pytest.approx(2.0, rel=0.1)
+
+
+def test_net_benefit():
+    y = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0])
+    p1 = np.array([0.9, 0.6, 0.7, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
+    curve = net_benefit(y, p1, np.array([0.2, 0.5]))
+    # threshold 0.5: TP 2, FP 1 -> 2/10 - 1/10 * 1 = 0.1; treat all: 0.2 - 0.8 = -0.6
+    assert curve["model"][1] == pytest.approx(0.1) and curve["treat_all"][1] == pytest.approx(-0.6)
+    assert curve["treat_all"][0] == pytest.approx(0.2 - 0.8 * 0.25)
