@@ -158,13 +158,46 @@ def print_summary(summary: dict) -> None:
 @click.option("--data", help="Data to evaluate on (default: the run's own data).")
 @click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default=None,
               help="Which cases: a split of the run's own data (default test) or all (default for new data).")
-@click.option("--out", type=click.Path(file_okay=False), help="Folder for metrics.json and report.md (default RUN/evaluation).")
-def evaluate(run, data, split, out):
-    """Score a trained run at its stored operating point, with intervals."""
+@click.option("--out", "-o", type=click.Path(file_okay=False),
+              help="Folder for metrics.json, report.md and report.html (default RUN/evaluation).")
+@click.option("--by", help="Manifest column for a subgroup table (site, sex, scanner, ...).")
+@click.option("--patient-level", type=click.Choice(["mean", "max"]), help="Also score per patient.")
+@click.option("--prevalence", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Also report PPV and NPV at this deployment prevalence.")
+@click.option("--bootstrap", type=click.IntRange(100), default=2000, show_default=True, help="Bootstrap resamples.")
+def evaluate(run, data, split, out, by, patient_level, prevalence, bootstrap):
+    """Score a trained run at its stored operating point, with intervals; writes metrics.json,
+    report.md and a self-contained report.html."""
     from medcls.evaluation.evaluate import evaluate_run
 
-    result = evaluate_run(run, registries(), data=data, split=split, out=out, log=log)
+    result = evaluate_run(run, registries(), data=data, split=split, out=out, by=by, patient_level=patient_level,
+                          prevalence=prevalence, n_resamples=bootstrap, log=log)
     click.echo(json.dumps({k: result[k] for k in ("split", "n", "metrics", "out")}, indent=2, default=float))
+
+
+@cli.command()
+@click.argument("run_a", type=click.Path(file_okay=False))
+@click.argument("run_b", type=click.Path(file_okay=False))
+@click.option("--data", help="Data both runs are scored on (default: the runs' own data).")
+@click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default=None,
+              help="Which cases (default: test of the runs' own data, all of new data).")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), help="Also write the result as JSON here.")
+def compare(run_a, run_b, data, split, out):
+    """Compare two runs on the same cases: paired DeLong (ROC AUC), McNemar (sensitivity, specificity)."""
+    from medcls.evaluation.compare import compare_runs
+
+    result = compare_runs(run_a, run_b, registries(), data=data, split=split, log=log)
+    text = json.dumps(result, indent=2, default=float)
+    if out:
+        with open(out, "w") as fh:
+            fh.write(text)
+    auc, sens, spec = result["auc"], result["sensitivity"], result["specificity"]
+    click.echo(f"cases: {result['n']} ({result['split']})")
+    click.echo(f"ROC AUC      A {auc['auc_a']:.3f}  B {auc['auc_b']:.3f}  difference {auc['difference']:+.3f} "
+               f"(95% CI {auc['low']:+.3f} to {auc['high']:+.3f}), p = {auc['p_value']:.4f} ({auc['method']})")
+    for name, row in (("sensitivity", sens), ("specificity", spec)):
+        click.echo(f"{name:12s} A {row['a']:.3f}  B {row['b']:.3f}  discordant {row['a_only_correct']}/"
+                   f"{row['b_only_correct']}, p = {row['p_value']:.4f} ({row['method']})")
 
 
 @cli.command()

@@ -135,3 +135,24 @@ def test_multiclass_npz_trains_and_reports_macro_metrics(tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["threshold"] is None and metrics["test"]["n"] == 24
     assert 0 <= metrics["test"]["roc_auc"] <= 1 and 0 <= metrics["test"]["sensitivity"] <= 1
+
+
+def test_evaluate_writes_html_subgroups_patient_level_and_refuses_missing_column(run_dir, image_folder, tmp_path):
+    out, _ = run_dir
+    manifest = tmp_path / "m.csv"
+    rows = ["path,label,patient_id,site"]
+    for i, path in enumerate(sorted(image_folder.rglob("*.png"))):
+        rows.append(f"{path},{'tumour' if path.parent.name == 'yes' else 'normal'},p{i // 2},site{i % 2}")
+    manifest.write_text("\n".join(rows) + "\n")
+    args = ["evaluate", str(out), "--data", str(manifest), "--bootstrap", "200", "--out", str(tmp_path / "e")]
+    result = CliRunner().invoke(cli, [*args, "--by", "site", "--patient-level", "max", "--prevalence", "0.1"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert set(metrics["subgroups"]) == {"site0", "site1"}
+    assert metrics["patient_level"]["all"]["values"]["n"] == 12
+    assert "ppv_at_prevalence_0.1" in metrics["operating"]["all"]["values"]
+    page = (tmp_path / "e" / "report.html").read_text()
+    assert page.startswith("<!doctype html>") and page.count("data:image/png;base64,") >= 4
+    assert "Subgroups by <code>site</code>" in page
+    missing = CliRunner().invoke(cli, [*args, "--by", "scanner"])
+    assert missing.exit_code == 2 and "--by column 'scanner' does not exist in the data (available: site)" in missing.stderr

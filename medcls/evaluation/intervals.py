@@ -19,20 +19,30 @@ def wilson(successes: int, total: int, level: float = 0.95) -> tuple[float, floa
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def delong_auc_variance(y_true: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """ROC AUC and its DeLong variance via midranks, O(n log n) (Sun & Xu 2014)."""
+def delong_components(y_true: np.ndarray, scores: np.ndarray):
+    """ROC AUC and DeLong's structural components of the positives and of the negatives, via
+    midranks in O(n log n) (Sun & Xu 2014); None when a class is missing."""
     positives, negatives = scores[y_true == 1], scores[y_true != 1]
     m, n = len(positives), len(negatives)
     if m == 0 or n == 0:
-        return float("nan"), float("nan")
+        return None
     all_ranks = rankdata(np.concatenate([positives, negatives]))
     pos_ranks, neg_ranks = rankdata(positives), rankdata(negatives)
     auc = (all_ranks[:m].sum() - m * (m + 1) / 2) / (m * n)
-    v01 = (all_ranks[:m] - pos_ranks) / n  # structural components of the positives
-    v10 = 1.0 - (all_ranks[m:] - neg_ranks) / m  # and of the negatives
-    s01 = v01.var(ddof=1) if m > 1 else 0.0
-    s10 = v10.var(ddof=1) if n > 1 else 0.0
-    return float(auc), float(s01 / m + s10 / n)
+    v_pos = (all_ranks[:m] - pos_ranks) / n
+    v_neg = 1.0 - (all_ranks[m:] - neg_ranks) / m
+    return float(auc), v_pos, v_neg
+
+
+def delong_auc_variance(y_true: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """ROC AUC and its DeLong variance."""
+    parts = delong_components(y_true, scores)
+    if parts is None:
+        return float("nan"), float("nan")
+    auc, v_pos, v_neg = parts
+    s_pos = v_pos.var(ddof=1) if len(v_pos) > 1 else 0.0
+    s_neg = v_neg.var(ddof=1) if len(v_neg) > 1 else 0.0
+    return auc, float(s_pos / len(v_pos) + s_neg / len(v_neg))
 
 
 def delong_interval(y_true: np.ndarray, scores: np.ndarray, level: float = 0.95) -> tuple[float, float]:
