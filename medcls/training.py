@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -229,6 +230,9 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
 
     started = time.perf_counter()
     check_names(config, registries)
+    if Path(config.data).exists():
+        # Absolute, so that `medcls evaluate RUN` finds the data (and its split) from any folder.
+        config = dataclasses.replace(config, data=str(Path(config.data).resolve()))
     device = resolve_device(config.device)
     out = run_folder(config)
     seed_everything(config.seed, config.deterministic)

@@ -156,3 +156,15 @@ def test_evaluate_writes_html_subgroups_patient_level_and_refuses_missing_column
     assert "Subgroups by <code>site</code>" in page
     missing = CliRunner().invoke(cli, [*args, "--by", "scanner"])
     assert missing.exit_code == 2 and "--by column 'scanner' does not exist in the data (available: site)" in missing.stderr
+
+
+def test_evaluate_works_from_another_folder(image_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(image_folder.parent)
+    out = tmp_path / "run"
+    trained = CliRunner().invoke(cli, ["train", "--data", "images", *FAST, "--epochs", "1", "--finetune-epochs", "0",
+                                       "--set", "val_fraction=0.25", "--set", "test_fraction=0.25", "--out", str(out)])
+    assert trained.exit_code == 0, trained.output
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["evaluate", str(out), "--bootstrap", "100"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["split"] == "test"

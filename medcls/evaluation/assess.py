@@ -169,6 +169,9 @@ def assess(probs, labels, threshold, metrics, *, patients=None, patient_level=No
     if len(np.unique(labels)) < 2:
         notes.append(f"ROC AUC, PR AUC and one of sensitivity/specificity are not computable: "
                      f"the {where} split has only one class")
+    elif probs.shape[1] == 2 and values.get("roc_auc") in (0.0, 1.0):
+        notes.append(f"the scores separate the classes perfectly on {len(labels)} cases: bootstrap intervals "
+                     "collapse to a point there, so read the Wilson and DeLong intervals (and the sample size)")
     return {
         "level": level_name,
         "values": values,

@@ -32,7 +32,11 @@ def calibration_slope_intercept(y: np.ndarray, p1: np.ndarray) -> dict:
     """Slope (1 is ideal; < 1 means over-confident) and calibration-in-the-large intercept
     (0 is ideal), as recommended by Van Calster et al. (2019) for clinical prediction models."""
     if len(np.unique(y)) < 2:
-        return {"slope": float("nan"), "intercept": float("nan")}
+        return {"slope": float("nan"), "intercept": float("nan"), "not_computable": "only one class"}
+    if p1[y == 1].min() > p1[y != 1].max():
+        # Perfect separation: the logistic slope has no finite maximum-likelihood estimate.
+        return {"slope": float("nan"), "intercept": float("nan"),
+                "not_computable": "the scores separate the classes perfectly, so the slope is unbounded"}
     z = logit(p1)
     (_, slope) = fit_logistic(z, y.astype(np.float64))
     (intercept,) = fit_logistic(np.zeros_like(z), y.astype(np.float64), offset=z, slope=False)

@@ -112,7 +112,9 @@ def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, p
     doc.table(["cases", "images", "patients", "per class"], flow_rows)
     doc.heading("Results")
     add_assessment(doc, assessed, classes, f"{split} cases")
-    if calibration:
+    if calibration and calibration.get("not_computable"):
+        doc.paragraph(f"Calibration slope and intercept: not computable, because {calibration['not_computable']}.")
+    elif calibration:
         doc.paragraph(f"Calibration slope {calibration['slope']:.3f} (ideal 1), intercept "
                       f"{calibration['intercept']:.3f} (ideal 0).")
     for name, caption in (("roc.png", "ROC with 95% band"), ("pr.png", "Precision-recall"),

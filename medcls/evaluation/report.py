@@ -107,7 +107,7 @@ def add_assessment(doc: "Document", assessed: dict, classes: list[str], where: s
     patients = f", {assessed['patients']} patients" if assessed.get("patients") else ""
     doc.paragraph(f"{where}: n = {assessed['values']['n']} ({level} level{patients}).")
     for note in assessed["notes"]:
-        doc.paragraph(f"**Not computable:** {note}.")
+        doc.paragraph(f"**Note:** {note}.")
     doc.table(["metric", "value (interval)", "interval method"], metric_rows(assessed))
     operating = assessed["operating"]
     if operating:
