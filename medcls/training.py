@@ -310,6 +310,7 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
         **results, "intervals": scoring["intervals"], "threshold": threshold, "reading": scoring["reading"],
         "best_epoch": fitted.best_epoch, "temperature": scoring["temperature"],
         "operating": {s: a["operating"] for s, a in scoring["assessed"].items()},
+        "per_class": {s: a["per_class"] for s, a in scoring["assessed"].items()},
         "calibration": scoring["calibration"], "level": {s: a["level"] for s, a in scoring["assessed"].items()},
         "patient_level": scoring["patient_level"], "subgroups": scoring["subgroups"],
         "notes": {s: a["notes"] for s, a in scoring["assessed"].items()},

@@ -134,6 +134,9 @@ def test_multiclass_npz_trains_and_reports_macro_metrics(tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["threshold"] is None and metrics["test"]["n"] == 24
+    per_class = metrics["per_class"]["test"]
+    assert len(per_class["classes"]) == 3 and 0 <= per_class["micro_roc_auc"] <= 1
+    assert "one-vs-rest per class" in (tmp_path / "run" / "report.md").read_text().lower()
     assert 0 <= metrics["test"]["roc_auc"] <= 1 and 0 <= metrics["test"]["sensitivity"] <= 1
 
 
@@ -168,3 +171,13 @@ def test_evaluate_works_from_another_folder(image_folder, tmp_path, monkeypatch)
     result = CliRunner().invoke(cli, ["evaluate", str(out), "--bootstrap", "100"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["split"] == "test"
+
+
+def test_temperature_calibration_is_fitted_on_validation_and_stored(tmp_path):
+    result = CliRunner().invoke(cli, ["train", *FAST, "--set", "calibration=temperature", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "model.json").read_text())
+    assert info["temperature"] > 0 and "temperature" in result.stderr
+    evaluated = CliRunner().invoke(cli, ["evaluate", str(tmp_path), "--bootstrap", "100"])
+    trained = json.loads((tmp_path / "metrics.json").read_text())["test"]
+    assert json.loads(evaluated.stdout)["metrics"]["brier"] == pytest.approx(trained["brier"])

@@ -174,6 +174,7 @@ def assess(probs, labels, threshold, metrics, *, patients=None, patient_level=No
                      "collapse to a point there, so read the Wilson and DeLong intervals (and the sample size)")
     return {
         "level": level_name,
+        "per_class": per_class_figures(probs, labels, threshold),
         "values": values,
         "intervals": intervals(probs, labels, threshold, metrics, groups=groups, n_resamples=n_resamples, seed=seed),
         "operating": operating_figures(probs, labels, threshold, groups=groups, prevalence=prevalence,
@@ -181,6 +182,33 @@ def assess(probs, labels, threshold, metrics, *, patients=None, patient_level=No
         "notes": notes,
         "patients": None if patients is None else int(len(np.unique(patients))),
     }
+
+
+def per_class_figures(probs: np.ndarray, labels: np.ndarray, threshold) -> dict:
+    """Multi-class tasks: one-vs-rest values per class (Wilson / DeLong intervals) and the
+    micro-averaged ROC AUC beside the macro averages of the main table."""
+    from sklearn.metrics import roc_auc_score
+
+    from medcls.evaluation.intervals import delong_interval, wilson
+    from medcls.evaluation.metrics import confusion_counts
+
+    if probs.shape[1] == 2:
+        return {}
+    y_pred = decisions(probs, threshold)
+    rows = {}
+    for c in range(probs.shape[1]):
+        tp, fp, tn, fn = confusion_counts(labels, y_pred, c)
+        truth = (labels == c).astype(np.int64)
+        auc = float(roc_auc_score(truth, probs[:, c])) if 0 < truth.sum() < len(truth) else float("nan")
+        rows[c] = {
+            "n": int(truth.sum()),
+            "sensitivity": {"value": tp / (tp + fn) if tp + fn else float("nan"), **dict(zip(("low", "high"), wilson(tp, tp + fn)))},
+            "specificity": {"value": tn / (tn + fp) if tn + fp else float("nan"), **dict(zip(("low", "high"), wilson(tn, tn + fp)))},
+            "roc_auc": {"value": auc, **dict(zip(("low", "high"), delong_interval(truth, probs[:, c])))},
+        }
+    onehot = np.eye(probs.shape[1])[labels]
+    micro = float(roc_auc_score(onehot, probs, average="micro")) if len(np.unique(labels)) > 1 else float("nan")
+    return {"classes": rows, "micro_roc_auc": micro, "methods": "Wilson (sensitivity, specificity), DeLong (ROC AUC), 95%"}
 
 
 def is_missing(value) -> bool:

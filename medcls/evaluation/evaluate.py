@@ -100,6 +100,7 @@ def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, p
     write_metrics_json(out / "metrics.json", {
         split: assessed["values"], "intervals": {split: assessed["intervals"]},
         "operating": {split: assessed["operating"]}, "level": {split: assessed["level"]},
+        "per_class": {split: assessed["per_class"]},
         "threshold": threshold, "data": config.data, "calibration": {split: calibration},
         "patient_level": None if per_patient is None else {split: per_patient}, "subgroups": subgroups,
         "notes": {split: assessed["notes"]},

@@ -109,6 +109,14 @@ def add_assessment(doc: "Document", assessed: dict, classes: list[str], where: s
     for note in assessed["notes"]:
         doc.paragraph(f"**Note:** {note}.")
     doc.table(["metric", "value (interval)", "interval method"], metric_rows(assessed))
+    per_class = assessed.get("per_class")
+    if per_class:
+        doc.paragraph(f"One-vs-rest per class ({per_class['methods']}); micro-averaged ROC AUC "
+                      f"{format_value(per_class['micro_roc_auc'])}.")
+        doc.table(["class", "n", "sensitivity", "specificity", "roc_auc"],
+                  [[classes[c], str(row["n"]), *[format_value(row[m]["value"], row[m]) for m in
+                                                 ("sensitivity", "specificity", "roc_auc")]]
+                   for c, row in per_class["classes"].items()])
     operating = assessed["operating"]
     if operating:
         threshold = operating["threshold"]
