@@ -110,7 +110,10 @@ def medcls_register_metrics(register):
       tasks, ``probs[:, 1] >= threshold``).
 
     ``needs_threshold=True`` says the metric uses ``y_pred``; threshold-free metrics (ROC AUC)
-    use only ``probs``. The positive class of a binary task is index 1. A metric that is
+    use only ``probs``. Optional metadata: ``vectorised=fn(stats)`` computes the metric for a block
+    of bootstrap resamples at once from a ``medcls.evaluation.bootstrap.WeightedBinary`` (else
+    intervals come from one call per resample, capped at 1,000), and ``multiclass="macro"`` or
+    ``"sum"`` says how its one-vs-rest binary values combine for more than two classes. The positive class of a binary task is index 1. A metric that is
     undefined for the input (one class only) returns ``float('nan')``.
 
     Example::
