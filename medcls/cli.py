@@ -141,6 +141,50 @@ def train(config_file, settings, aug, format_, **flags):
     print_summary(summary)
 
 
+@cli.command()
+@click.option("--vary", required=True, metavar="KEY=V1,V2,...",
+              help="The one setting to vary: any config key, or finetune=scratch,frozen,top,all.")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Training seeds per value (the split stays fixed).")
+@click.option("--data", help="Data, as for train.")
+@click.option("--backbone", help="Backbone, as for train.")
+@click.option("--out", type=click.Path(file_okay=False), default="runs/experiment", show_default=True,
+              help="Folder for the runs, experiment.csv, experiment.md and experiment.png.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or TOML file with the fixed settings.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Set any config key (repeatable).")
+def experiment(vary, seeds, data, backbone, out, config_file, settings):
+    """Vary one setting with everything else fixed, repeat over seeds, and tabulate test results,
+    e.g. --vary policy=none,interpretable,aggressive or --vary finetune=scratch,frozen,top,all."""
+    from pathlib import Path
+
+    from medcls.config import make_config, read_config_file
+    from medcls.experiment import parse_vary, run_experiment
+
+    key, values = parse_vary(vary)
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{seeds!r} is not a comma-separated list of integers", param_hint="--seeds") from None
+    overrides = {k: v for k, v in (("data", data), ("backbone", backbone)) if v is not None}
+    overrides.update(parse_pairs(settings, "--set"))
+    config = make_config(read_config_file(config_file) if config_file else {}, overrides,
+                         where=f"config file '{config_file}'")
+    result = run_experiment(config, key, values, seed_list, registries(), out=Path(out), log=log)
+    click.echo((Path(result["out"]) / "experiment.md").read_text().split("\n\nPer run")[0])
+
+
+@cli.command(name="compare-policies")
+@click.option("--seeds", default="0,1,2", show_default=True)
+@click.option("--data", help="Data, as for train.")
+@click.option("--backbone", help="Backbone, as for train.")
+@click.option("--out", type=click.Path(file_okay=False), default="runs/compare-policies", show_default=True)
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE")
+@click.pass_context
+def compare_policies(ctx, seeds, data, backbone, out, settings):
+    """Shortcut: experiment --vary policy=none,interpretable,aggressive."""
+    ctx.invoke(experiment, vary="policy=none,interpretable,aggressive", seeds=seeds, data=data, backbone=backbone,
+               out=out, config_file=None, settings=settings)
+
+
 def print_summary(summary: dict) -> None:
     from medcls.evaluation.report import gap_table
 

@@ -66,6 +66,7 @@ class TrainConfig:
     bootstrap: int = 2000  # bootstrap resamples for intervals (seeded by `seed`)
     # --- run ---
     seed: int = 0  # one seed for splits, initialisation, augmentation and batch order
+    split_seed: int | None = None  # a separate seed for the split only (experiments hold the split fixed)
     deterministic: bool = False  # also ask PyTorch for deterministic kernels (slower on GPU)
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps
     workers: int = 0  # data-loader worker processes (images are decoded once and cached in memory)

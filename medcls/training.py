@@ -122,7 +122,8 @@ def prepare_data(config: TrainConfig, registries, *, split: bool = True) -> Prep
     warnings = []
     if split:
         groups = linked_groups(cases, hashes)
-        splits = assign_splits(cases, labels, groups, config.val_fraction, config.test_fraction, config.seed)
+        split_seed = config.seed if config.split_seed is None else config.split_seed
+        splits = assign_splits(cases, labels, groups, config.val_fraction, config.test_fraction, split_seed)
         warnings += leakage_warnings(cases, hashes, splits)
     cache = decode_all(cases, readers, config.image_size, config.channels, strict=config.strict)
     if cache.failures:

@@ -1,0 +1,152 @@
+"""One-factor experiments: vary one setting across values, everything else fixed (same split, same
+seeds), repeat over seeds, and say which differences exceed the seed-to-seed spread."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medcls.config import FIELDS, TrainConfig, coerce
+from medcls.errors import ConfigError
+
+# Virtual settings: one name standing for a combination of real keys.
+FINETUNE = {
+    "scratch": {"pretrained": False},  # random initialisation, every block trained
+    "frozen": {"pretrained": True, "finetune_epochs": 0},  # pretrained backbone frozen, new head only
+    "top": {"pretrained": True},  # then the top `unfreeze_blocks` blocks at a lower rate
+    "all": {"pretrained": True, "unfreeze_blocks": -1},  # then every block at a lower rate
+}
+VIRTUAL = {"finetune": FINETUNE}
+TABLE_METRICS = ("roc_auc", "sensitivity", "specificity")
+
+
+def parse_vary(text: str) -> tuple[str, list[str]]:
+    key, sep, values = text.partition("=")
+    key = key.strip().replace("-", "_")
+    options = [v.strip() for v in values.split(",") if v.strip()]
+    if not sep or len(options) < 2:
+        raise ConfigError(f"--vary {text!r}: give KEY=VALUE1,VALUE2[,...] with at least two values")
+    if key not in FIELDS and key not in VIRTUAL:
+        raise ConfigError(f"--vary {key!r} is not a configuration key (nor one of {', '.join(VIRTUAL)})")
+    if key in VIRTUAL:
+        unknown = [v for v in options if v not in VIRTUAL[key]]
+        if unknown:
+            raise ConfigError(f"--vary {key}: unknown value {unknown[0]!r}; use {', '.join(VIRTUAL[key])}")
+    return key, options
+
+
+def settings_for(key: str, value: str) -> dict:
+    if key in VIRTUAL:
+        return dict(VIRTUAL[key][value])
+    return {key: coerce(key, value, "--vary")}
+
+
+def exceeds_spread(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two settings' mean results differ by more than twice the standard error of the
+    difference estimated from the seed-to-seed spread (about a 95% criterion)."""
+    if len(a) < 2 or len(b) < 2:
+        return False
+    se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+    difference = abs(a.mean() - b.mean())
+    return difference > 2 * se if se > 0 else difference > 0
+
+
+def run_experiment(base: TrainConfig, key: str, values: list[str], seeds: list[int], registries, *, out: Path,
+                   log=lambda message: None) -> dict:
+    """Train every (value, seed) with the split fixed by the base seed; tabulate and plot test results."""
+    from medcls.training import train
+
+    out.mkdir(parents=True, exist_ok=True)
+    split_seed = base.split_seed if base.split_seed is not None else base.seed
+    rows = []
+    for value in values:
+        for seed in seeds:
+            config = dataclasses.replace(base, **settings_for(key, value), seed=seed, split_seed=split_seed,
+                                         out=str(out / f"{key}={value}" / f"seed{seed}"))
+            log(f"experiment: {key}={value}, seed {seed}")
+            started = time.perf_counter()
+            summary = train(config, registries, log=lambda message: None)
+            test, gap_ = summary["results"]["test"], summary["results"]["gap"]
+            row = {"value": value, "seed": seed, "seconds": round(time.perf_counter() - started, 1),
+                   "epochs": summary["epochs_run"], "train_test_gap_roc_auc": gap_.get("roc_auc")}
+            for metric in TABLE_METRICS:
+                interval = summary["intervals"]["test"].get(metric, {})
+                row[f"test_{metric}"] = test.get(metric)
+                row[f"test_{metric}_low"], row[f"test_{metric}_high"] = interval.get("low"), interval.get("high")
+            rows.append(row)
+            log(f"  test ROC AUC {row['test_roc_auc']:.3f}, gap {row['train_test_gap_roc_auc']:+.3f}, "
+                f"{row['seconds']:.0f}s")
+    summary = summarise(rows, values)
+    write_outputs(rows, summary, key, values, out)
+    return {"rows": rows, "summary": summary, "out": str(out)}
+
+
+def summarise(rows: list[dict], values: list[str]) -> dict:
+    baseline = np.array([r["test_roc_auc"] for r in rows if r["value"] == values[0]], dtype=float)
+    summary = {}
+    for value in values:
+        chosen = [r for r in rows if r["value"] == value]
+        auc = np.array([r["test_roc_auc"] for r in chosen], dtype=float)
+        summary[value] = {
+            "runs": len(chosen),
+            **{f"{m}_mean": float(np.nanmean([r[f"test_{m}"] for r in chosen])) for m in TABLE_METRICS},
+            "roc_auc_sd": float(np.std(auc, ddof=1)) if len(auc) > 1 else float("nan"),
+            "gap_mean": float(np.nanmean([r["train_test_gap_roc_auc"] for r in chosen])),
+            "seconds_mean": float(np.mean([r["seconds"] for r in chosen])),
+            "vs_baseline_exceeds_spread": None if value == values[0] else exceeds_spread(auc, baseline),
+        }
+    return summary
+
+
+def write_outputs(rows, summary, key, values, out: Path) -> None:
+    with open(out / "experiment.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [f"# Experiment: {key} = {', '.join(values)}", "",
+             f"Test split fixed; {summary[values[0]]['runs']} seed(s) per value. Means over seeds; "
+             "'beyond spread' compares each value with the first: |difference| > 2 x its standard error "
+             "from the seed-to-seed spread.", "",
+             "| value | test ROC AUC (sd) | sensitivity | specificity | train-test gap | s/run | beyond spread vs "
+             f"{values[0]} |", "|---|---|---|---|---|---|---|"]
+    for value in values:
+        s = summary[value]
+        verdict = "-" if s["vs_baseline_exceeds_spread"] is None else ("yes" if s["vs_baseline_exceeds_spread"] else "no")
+        lines.append(f"| {value} | {s['roc_auc_mean']:.3f} ({s['roc_auc_sd']:.3f}) | {s['sensitivity_mean']:.3f} | "
+                     f"{s['specificity_mean']:.3f} | {s['gap_mean']:+.3f} | {s['seconds_mean']:.0f} | {verdict} |")
+    lines += ["", "Per run (test values with 95% intervals):", "",
+              "| value | seed | ROC AUC | sensitivity | specificity | gap | epochs | seconds |",
+              "|---|---|---|---|---|---|---|---|"]
+    fmt = lambda r, m: f"{r[f'test_{m}']:.3f} ({r[f'test_{m}_low']:.3f}-{r[f'test_{m}_high']:.3f})"  # noqa: E731
+    for r in rows:
+        lines.append(f"| {r['value']} | {r['seed']} | {fmt(r, 'roc_auc')} | {fmt(r, 'sensitivity')} | "
+                     f"{fmt(r, 'specificity')} | {r['train_test_gap_roc_auc']:+.3f} | {r['epochs']} | {r['seconds']} |")
+    lines += ["", "![experiment](experiment.png)", ""]
+    (out / "experiment.md").write_text("\n".join(lines), encoding="utf-8")
+    plot(rows, values, key, out / "experiment.png")
+
+
+def plot(rows, values, key, path: Path) -> None:
+    from medcls.evaluation.plots import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(1.8 * len(values) + 2, 4))
+    for i, value in enumerate(values):
+        chosen = [r for r in rows if r["value"] == value]
+        offsets = np.linspace(-0.15, 0.15, len(chosen)) if len(chosen) > 1 else [0.0]
+        for offset, r in zip(offsets, chosen):
+            low, high = r["test_roc_auc_low"], r["test_roc_auc_high"]
+            ax.errorbar(i + offset, r["test_roc_auc"], yerr=[[r["test_roc_auc"] - low], [high - r["test_roc_auc"]]],
+                        fmt="o", color=f"C{i}", capsize=3)
+    ax.set_xticks(range(len(values)), values)
+    ax.set_xlabel(key)
+    ax.set_ylabel("test ROC AUC (95% CI), one point per seed")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
