@@ -81,3 +81,38 @@ def build_policy(*, rotate_deg, shift, shear, zoom, lr_flip, ud_flip, brightness
         steps.append(RandGaussianNoise(prob=0.5, std=noise_std))
     steps.append(to_unit_float)
     return Compose(steps)
+
+
+def middle_slice(image: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) as it is; (C, D, H, W) volumes by their middle slice, for display."""
+    return image[:, image.shape[1] // 2] if image.ndim == 4 else image
+
+
+def preview_grid(images: list[torch.Tensor], transform, views: int, path, titles: list[str] | None = None) -> tuple:
+    """A PNG grid: one row per image, the original first, then `views` augmented versions.
+    Returns the (width, height) of the written image in pixels."""
+    from medcls.evaluation.plots import pyplot
+
+    plt = pyplot()
+    rows, cols = len(images), views + 1
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows), squeeze=False)
+    for r, image in enumerate(images):
+        shown = [image] + [transform(image) for _ in range(views)]
+        for c, view in enumerate(shown):
+            ax = axes[r][c]
+            picture = middle_slice(view).float()
+            if picture.shape[0] == 1:
+                ax.imshow(picture[0].numpy(), cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(picture.permute(1, 2, 0).clamp(0, 1).numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title("original" if c == 0 else f"view {c}", fontsize=8)
+        if titles:
+            axes[r][0].set_ylabel(titles[r], fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    size = tuple(int(v) for v in fig.get_size_inches() * 100)
+    plt.close(fig)
+    return size

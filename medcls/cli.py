@@ -269,6 +269,40 @@ def predict(run, inputs, out):
         log(f"warning: {failed} of {len(rows)} file(s) could not be read; see the error column")
 
 
+@cli.group()
+def augment():
+    """Look at augmentation policies."""
+
+
+@augment.command()
+@click.option("--policy", required=True, help="Policy name (see `medcls list policies -v`).")
+@click.option("--data", default="synthetic", show_default=True, help="Data, as for train.")
+@click.option("-n", "count", type=click.IntRange(1, 64), default=8, show_default=True, help="Images (rows).")
+@click.option("-k", "views", type=click.IntRange(1, 16), default=6, show_default=True, help="Augmented views per image.")
+@click.option("--aug", multiple=True, metavar="KEY=VALUE", help="Override a policy parameter (repeatable).")
+@click.option("--image-size", type=int, default=224, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Set any config key (repeatable).")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), default="augment-preview.png", show_default=True)
+def preview(policy, data, count, views, aug, image_size, seed, settings, out):
+    """Write a PNG grid: each row a real image, then K augmented views of it."""
+    from medcls.augment import preview_grid
+    from medcls.config import make_config
+    from medcls.training import make_policy, prepare_data
+
+    overrides = {"policy": policy, "data": data, "image_size": image_size, "seed": seed, **parse_pairs(settings, "--set")}
+    config = make_config(overrides={**overrides, "aug": parse_pairs(aug, "--aug")})
+    chosen = registries()
+    transform, _ = make_policy(config, chosen)
+    prepared = prepare_data(config, chosen, split=False)
+    rng = __import__("numpy").random.default_rng(seed)
+    rows = sorted(rng.choice(len(prepared.cache.kept), size=min(count, len(prepared.cache.kept)), replace=False))
+    images = [prepared.cache.batch([r])[0] for r in rows]
+    titles = [prepared.cases[prepared.cache.kept[r]].label for r in rows]
+    width, height = preview_grid(images, transform, views, out, titles)
+    click.echo(f"wrote {out} ({width}x{height} px): {len(images)} images x {views} views of policy {policy!r}")
+
+
 @cli.command()
 @click.option("--all", "include_builtin", is_flag=True, help="Include the built-in plugins.")
 def plugins(include_builtin):

@@ -39,6 +39,8 @@ class TrainConfig:
     # --- augmentation ---
     policy: str = "interpretable"  # augmentation policy for training batches (`medcls list policies`)
     aug: dict = field(default_factory=dict)  # overrides of the policy's parameters, e.g. {rotate_deg: 5}
+    laterality_sensitive: bool = False  # left and right differ (chest X-ray): policies that flip left-right are refused
+    allow_lr_flip: bool = False  # override that refusal, knowingly
     # --- stage 1: frozen backbone, new head ---
     epochs: int = 10  # stage-1 epochs (head only, backbone frozen; all layers if not pretrained)
     lr: float = 1e-3  # stage-1 learning rate

@@ -62,6 +62,8 @@ class Registry:
         except KeyError:
             close = difflib.get_close_matches(name, self.entries, n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            if len(self.entries) <= 20:
+                hint += f"; known: {', '.join(self.entries)}"
             raise UnknownNameError(
                 f"unknown {SINGULAR[self.kind]} {name!r}{hint} "
                 f"(see `medcls list {self.kind}`)"

@@ -158,6 +158,11 @@ def make_policy(config: TrainConfig, registries):
             f"{', '.join(defaults) or 'none'} (see `medcls list policies`)"
         )
     params = {**defaults, **{k: type(defaults[k])(v) for k, v in config.aug.items()}}
+    if config.laterality_sensitive and params.get("lr_flip", 0) > 0 and not config.allow_lr_flip:
+        raise ConfigError(
+            f"policy {config.policy!r} flips images left-right (lr_flip={params['lr_flip']}) but the data set is "
+            "marked laterality-sensitive: use --aug lr_flip=0 or another policy, or --set allow_lr_flip=true"
+        )
     transform = entry.obj(**params)
     if hasattr(transform, "set_random_state"):
         transform.set_random_state(seed=config.seed)

@@ -102,3 +102,9 @@ def test_existing_run_is_never_overwritten(tmp_path):
     result = run("train", "--backbone", "test_resnet", "--no-pretrained", "--out", str(tmp_path))
     assert_one_line_error(result, "already holds a run", "--set overwrite=true")
     assert (tmp_path / "model.safetensors").read_bytes() == b"previous run"
+
+
+def test_experiment_rejects_bad_vary():
+    assert_one_line_error(run("experiment", "--vary", "policy=none"), "at least two values")
+    assert_one_line_error(run("experiment", "--vary", "colour=red,blue"), "not a configuration key")
+    assert_one_line_error(run("experiment", "--vary", "finetune=scratch,half"), "unknown value 'half'")

@@ -102,3 +102,47 @@ def test_loader_workers_get_different_augmentation_streams(registries):
                                          worker_init_fn=partial(seed_worker, seed=0))
     first, second = list(loader)  # one batch from each worker
     assert not torch.equal(first, second)
+
+
+def test_laterality_sensitive_data_refuses_left_right_flips(registries):
+    config = make_config({"policy": "aggressive", "laterality_sensitive": True})
+    with pytest.raises(ConfigError, match="laterality-sensitive.*--aug lr_flip=0"):
+        make_policy(config, registries)
+    make_policy(make_config({"policy": "interpretable", "laterality_sensitive": True}), registries)
+    make_policy(make_config({"policy": "aggressive", "laterality_sensitive": True, "aug": {"lr_flip": 0}}), registries)
+    make_policy(make_config({"policy": "aggressive", "laterality_sensitive": True, "allow_lr_flip": True}), registries)
+    with pytest.raises(ConfigError, match="laterality-sensitive"):
+        make_policy(make_config({"policy": "interpretable", "laterality_sensitive": True, "aug": {"lr_flip": 0.5}}),
+                    registries)
+
+
+def test_unknown_policy_lists_the_known_ones(registries):
+    from medcls.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="known: none, interpretable, aggressive"):
+        make_policy(make_config({"policy": "wild"}), registries)
+
+
+def test_preview_png(tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from medcls.cli import cli
+
+    out = tmp_path / "grid.png"
+    result = CliRunner().invoke(cli, ["augment", "preview", "--policy", "aggressive", "-n", "3", "-k", "4",
+                                      "--image-size", "48", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as image:
+        image.verify()
+    with Image.open(out) as image:
+        assert image.size == (int(1.6 * 5 * 100), int(1.6 * 3 * 100))  # (views + 1) columns, n rows
+    assert "3 images x 4 views" in result.stdout
+
+
+def test_preview_of_a_volume_shows_the_middle_slice():
+    from medcls.augment import middle_slice
+
+    volume = torch.zeros(1, 9, 8, 8)
+    volume[:, 4] = 1.0
+    assert torch.equal(middle_slice(volume), torch.ones(1, 8, 8))
