@@ -197,7 +197,8 @@ def make_loader(dataset: TrainingImages, config: TrainConfig, n_classes: int):
         sampler = WeightedRandomSampler(torch.as_tensor(weights), len(weights), generator=generator)
     return DataLoader(dataset, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
                       generator=generator, num_workers=config.workers, drop_last=len(dataset) > config.batch_size,
-                      worker_init_fn=partial(seed_worker, seed=config.seed) if config.workers else None)
+                      worker_init_fn=partial(seed_worker, seed=config.seed) if config.workers else None,
+                      persistent_workers=config.workers > 0, pin_memory=torch.cuda.is_available())
 
 
 def stages_for(config: TrainConfig) -> list:

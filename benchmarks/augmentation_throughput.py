@@ -1,0 +1,85 @@
+"""Is augmentation ever the training bottleneck? Images per second of each policy (per image, as
+the data loader applies it) against the model's own training throughput on in-memory tensors,
+measured in interleaved rounds in one process; the ratio is what matters (> 1: augmentation
+keeps up with one loader process; the loader can also use several worker processes).
+
+    .venv/bin/python benchmarks/augmentation_throughput.py [--backbone efficientnet_lite0] [--size 224]
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+
+def images_per_second(fn, images: int, rounds: int) -> list[float]:
+    rates = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        rates.append(images / (time.perf_counter() - start))
+    return rates
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--channels", type=int, default=1)
+    args = parser.parse_args()
+
+    from medcls.config import make_config
+    from medcls.models import build_classifier
+    from medcls.plugins import get_plugin_manager
+    from medcls.registry import Registries
+    from medcls.training import make_policy
+
+    registries = Registries(get_plugin_manager())
+    batch = torch.rand(args.batch, args.channels, args.size, args.size)
+    labels = torch.randint(0, 2, (args.batch,))
+    model, _ = build_classifier(registries, args.backbone, 2, args.channels, 0.3, pretrained=False)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def train_step(top_blocks):
+        model.set_trainable(top_blocks)
+        model.train()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+        def step():
+            optimizer.zero_grad()
+            loss_fn(model(batch), labels).backward()
+            optimizer.step()
+        return step
+
+    policies = {name: make_policy(make_config({"policy": name}), registries)[0]
+                for name in ("interpretable", "aggressive")}
+    workloads = {
+        "train step, frozen backbone (stage 1)": train_step(0),
+        "train step, top 2 blocks (stage 2)": train_step(2),
+        **{f"policy {name}, per image": (lambda t=t: [t(image) for image in batch]) for name, t in policies.items()},
+    }
+    for fn in workloads.values():  # warm-up
+        fn()
+    rates = {name: [] for name in workloads}
+    for _ in range(args.rounds):  # interleaved rounds: machine noise hits every workload alike
+        for name, fn in workloads.items():
+            rates[name] += images_per_second(fn, args.batch, 1)
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    slowest_model = min(v for k, v in medians.items() if k.startswith("train"))
+    fastest_model = max(v for k, v in medians.items() if k.startswith("train"))
+    ratios = {name: {"vs_stage1": v / fastest_model, "vs_stage2": v / slowest_model}
+              for name, v in medians.items() if name.startswith("policy")}
+    print(json.dumps({"settings": vars(args), "threads": torch.get_num_threads(), "images_per_second": medians,
+                      "ratios": ratios}, indent=2))
+    for name, value in medians.items():
+        print(f"{name:40s} {value:8.1f} img/s")
+    for name, ratio in ratios.items():
+        print(f"{name:40s} {ratio['vs_stage1']:.2f}x stage-1 step, {ratio['vs_stage2']:.2f}x stage-2 step")
+
+
+if __name__ == "__main__":
+    main()
