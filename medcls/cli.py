@@ -288,7 +288,8 @@ def preview(policy, data, count, views, aug, image_size, seed, settings, out):
     """Write a PNG grid: each row a real image, then K augmented views of it."""
     from medcls.augment import preview_grid
     from medcls.config import make_config
-    from medcls.training import make_policy, prepare_data
+    from medcls.data.prepared import prepare_data
+    from medcls.training import make_policy
 
     overrides = {"policy": policy, "data": data, "image_size": image_size, "seed": seed, **parse_pairs(settings, "--set")}
     config = make_config(overrides={**overrides, "aug": parse_pairs(aug, "--aug")})

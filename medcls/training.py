@@ -2,66 +2,19 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import hashlib
 import json
 import os
 import random
-import subprocess
 import time
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from medcls.config import TrainConfig, save_config
-from medcls.errors import ConfigError, DataError
-
-
-@dataclass
-class PreparedData:
-    """Cases with labels, splits and content hashes, and the decoded image cache."""
-
-    cases: list
-    classes: list[str]
-    labels: np.ndarray  # class index per case
-    splits: np.ndarray  # 'train'/'val'/'test' per case ('' when not split)
-    hashes: list[str]
-    cache: object  # medcls.data.images.ImageCache
-    format_name: str
-    duplicates: list[list[str]]
-    warnings: list[str] = field(default_factory=list)
-
-    def rows(self, split: str | None = None) -> np.ndarray:
-        """Positions in the image cache of the readable cases of `split` (all when None)."""
-        kept = self.cache.kept
-        return np.flatnonzero(self.splits[kept] == split) if split else np.arange(len(kept))
-
-    def cache_labels(self, rows: np.ndarray) -> np.ndarray:
-        return self.labels[self.cache.kept[rows]]
-
-    def patients(self, rows: np.ndarray) -> np.ndarray | None:
-        """Patient id per image (an image without one is its own patient); None when no case has one."""
-        cases = [self.cases[i] for i in self.cache.kept[rows]]
-        if all(c.patient_id is None for c in cases):
-            return None
-        return np.array([c.patient_id if c.patient_id is not None else f"image:{c.key}" for c in cases], dtype=object)
-
-    def column(self, rows: np.ndarray, name: str) -> np.ndarray:
-        """A manifest column's value per image, for subgroup tables."""
-        available = sorted({k for c in self.cases for k in c.attributes})
-        if name not in available:
-            raise DataError(f"--by column {name!r} does not exist in the data (available: "
-                            f"{', '.join(available) or 'none: only CSV manifests carry columns'})")
-        return np.array([self.cases[i].attributes.get(name, "") for i in self.cache.kept[rows]], dtype=object)
-
-    def batches(self, rows: np.ndarray):
-        def iterate(batch_size: int):
-            for start in range(0, len(rows), batch_size):
-                yield self.cache.batch(rows[start:start + batch_size])
-        return iterate
+from medcls.data.prepared import PreparedData, prepare_data
+from medcls.errors import ConfigError
 
 
 def resolve_device(name: str):
@@ -92,45 +45,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
-
-
-def hash_all(cases) -> list[str]:
-    from concurrent.futures import ThreadPoolExecutor
-
-    def digest(case):
-        try:
-            return case.content_hash()
-        except OSError:
-            return f"missing:{case.key}"  # unreadable: reported when decoding; unique so never linked
-
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        return list(pool.map(digest, cases))
-
-
-def prepare_data(config: TrainConfig, registries, *, split: bool = True) -> PreparedData:
-    """Load cases, find duplicates, split by patient/content group, decode every image once."""
-    from medcls.data.images import decode_all
-    from medcls.data.loading import class_names, load_cases
-    from medcls.data.splits import assign_splits, duplicate_sets, leakage_warnings, linked_groups
-
-    cases, format_name, readers = load_cases(config, registries)
-    classes = class_names(cases, config.positive_class, config.data)
-    labels = np.array([classes.index(c.label) for c in cases], dtype=np.int64)
-    hashes = hash_all(cases)
-    duplicates = duplicate_sets(cases, hashes)
-    splits = np.array([""] * len(cases), dtype=object)
-    warnings = []
-    if split:
-        groups = linked_groups(cases, hashes)
-        split_seed = config.seed if config.split_seed is None else config.split_seed
-        splits = assign_splits(cases, labels, groups, config.val_fraction, config.test_fraction, split_seed)
-        warnings += leakage_warnings(cases, hashes, splits)
-    cache = decode_all(cases, readers, config.image_size, config.channels, strict=config.strict)
-    if cache.failures:
-        warnings.append(f"skipped {len(cache.failures)} unreadable image(s), listed in the report; "
-                        f"first: {cache.failures[0][1]} (use --strict to stop instead)")
-    return PreparedData(cases, classes, labels, np.asarray(splits, dtype=str), hashes, cache, format_name,
-                        duplicates, warnings)
 
 
 class TrainingImages:
@@ -233,7 +147,8 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
     from medcls.evaluation import plots, report
     from medcls.evaluation.assess import split_results
     from medcls.models import build_classifier
-    from medcls.runs import save_model
+    from medcls.evaluation.documents import training_document
+    from medcls.runs import run_manifest, save_model, write_history, write_splits
 
     started = time.perf_counter()
     check_names(config, registries)
@@ -405,144 +320,3 @@ def run_folder(config: TrainConfig) -> Path:
     return out
 
 
-def write_history(history, path: Path) -> None:
-    metric_names = sorted({k for h in history for k in h.val_metrics if k not in ("n", "loss", "metric_errors")})
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["epoch", "stage", "lr", "train_loss", "train_roc_auc", "val_loss",
-                         *[f"val_{m}" for m in metric_names], "seconds"])
-        for h in history:
-            writer.writerow([h.epoch, h.stage, f"{h.lr:.6g}", f"{h.train_loss:.6f}", f"{h.train_auc:.6f}",
-                             f"{h.val_loss:.6f}", *[f"{h.val_metrics.get(m, float('nan')):.6f}" for m in metric_names],
-                             f"{h.seconds:.2f}"])
-
-
-def write_splits(data: PreparedData, path: Path) -> None:
-    """Which split each image went to, with its content hash; patient identifiers are not written."""
-    readable = set(data.cache.kept.tolist())
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["key", "label", "split", "sha256", "status"])
-        for i, case in enumerate(data.cases):
-            writer.writerow([case.key, case.label, data.splits[i], data.hashes[i],
-                             "used" if i in readable else "skipped"])
-
-
-def run_manifest(config: TrainConfig, data: PreparedData) -> dict:
-    """Versions, commit, seed and data hashes: enough to tell whether two runs used the same data."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {}
-    for package in ("medcls", "torch", "torchvision", "timm", "monai", "pydicom", "nibabel", "numpy",
-                    "scikit-learn", "pylibjpeg", "safetensors"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-
-    def membership(split: str | None) -> str:
-        chosen = sorted(h for h, s in zip(data.hashes, data.splits) if split is None or s == split)
-        return hashlib.sha256("\n".join(chosen).encode()).hexdigest()
-
-    return {
-        "versions": versions, "medcls_commit": git_commit(), "seed": config.seed,
-        "deterministic": config.deterministic, "data": config.data, "format": data.format_name,
-        "data_sha256": membership(None),
-        "split_sha256": {s: membership(s) for s in ("train", "val", "test")},
-        "images": len(data.cases), "skipped": [key for key, _ in data.cache.failures],
-    }
-
-
-def git_commit() -> str | None:
-    here = Path(__file__).resolve().parent
-    try:
-        result = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
-
-
-def case_flow(data: PreparedData, rows_by_split: dict | None = None) -> tuple[list[str], list[list[str]]]:
-    """Images and patients found, used and excluded (with reasons), and per split and class."""
-    patients = {c.patient_id for c in data.cases if c.patient_id is not None}
-    lines = [
-        f"Layout `{data.format_name}`: {len(data.cases)} images found, {len(data.cache.kept)} used, "
-        f"{len(data.cache.failures)} excluded as unreadable.",
-        f"{len(patients) or 'No'} patient ids (used for grouping only, never shown).",
-        f"{len(data.duplicates)} set(s) of byte-identical images "
-        f"({sum(len(d) - 1 for d in data.duplicates)} surplus copies); every copy is kept on one side of the split.",
-    ]
-    lines += [f"Excluded `{key}`: {reason}" for key, reason in data.cache.failures]
-    rows = []
-    for split, split_rows in (rows_by_split or {s: data.rows(s) for s in ("train", "val", "test")}).items():
-        labels = data.cache_labels(split_rows)
-        split_patients = data.patients(split_rows)
-        rows.append([split, str(len(labels)), "-" if split_patients is None else str(len(set(split_patients))),
-                     ", ".join(f"{name} {int((labels == i).sum())}" for i, name in enumerate(data.classes))])
-    return lines, rows
-
-
-def subgroup_rows(subgroups: dict) -> list[list[str]]:
-    from medcls.evaluation.report import format_value
-
-    rows = []
-    for value, assessed in subgroups.items():
-        values, intervals = assessed["values"], assessed["intervals"]
-        rows.append([value, str(values["n"]), *[format_value(values.get(m), intervals.get(m))
-                                                  for m in ("roc_auc", "sensitivity", "specificity")]])
-    return rows
-
-
-def training_document(config: TrainConfig, data: PreparedData, summary: dict, scoring: dict):
-    from medcls.evaluation.report import GAP_HEADER, Document, add_assessment, format_value, gap_rows
-
-    doc = Document(f"medcls run: {config.backbone} on {config.data}")
-    doc.heading("Case flow")
-    lines, rows = case_flow(data)
-    doc.bullets(lines)
-    doc.table(["split", "images", "patients", "per class"], rows)
-    if data.warnings:
-        doc.bullets(f"Warning: {w}" for w in data.warnings)
-    doc.heading("Model and training")
-    threshold = summary["threshold"]
-    doc.bullets([
-        f"Backbone `{config.backbone}`, weights: {summary['weights_origin']}; input {data.cache.channels} "
-        f"channel(s) at {config.image_size} px; dropout {config.dropout} before the head.",
-        f"Policy `{config.policy}` on training batches only: {summary['policy_params']}.",
-        f"Stage 1 (frozen backbone) up to {config.epochs} epochs at lr {config.lr:g}; stage 2 (top "
-        f"{config.unfreeze_blocks} blocks) up to {config.finetune_epochs} epochs at lr "
-        f"{config.lr * config.finetune_lr_factor:g}; {summary['epochs_run']} epochs run, best epoch "
-        f"{summary['best_epoch']} by validation {config.monitor}.",
-        "Operating point: " + ("most probable class (multi-class)" if threshold is None else
-                               f"{threshold:.4f}, chosen on validation by `{config.threshold_rule}`"
-                               + (f" (target {config.target})" if config.threshold_rule.startswith("target") else "")
-                               + ", applied unchanged to test."),
-        f"Calibration: {'temperature ' + format(scoring['temperature'], '.3f') if scoring['temperature'] else 'none'}; "
-        f"intervals: {config.bootstrap} bootstrap resamples where bootstrapped, seed {config.seed}.",
-    ])
-    doc.heading("Train, validation and test side by side")
-    doc.paragraph("Image level. Train is scored without augmentation or dropout. Intervals at 95%: "
-                  "the method of each is in the split tables below.")
-    doc.table(GAP_HEADER, gap_rows(summary["results"], summary["intervals"]))
-    doc.paragraph(f"**Reading:** {summary['reading']}")
-    doc.image(Path(summary["out"]) / "learning_curves.png", "Learning curves")
-    for split in ("test", "val", "train"):
-        doc.heading(f"{split.capitalize()} split")
-        add_assessment(doc, scoring["assessed"][split], data.classes, f"{split} split")
-        if split == "test":
-            for name, caption in (("roc.png", "ROC with 95% band"), ("pr.png", "Precision-recall"),
-                                  ("calibration.png", "Calibration"), ("decision_curve.png", "Decision curve"),
-                                  ("confusion_matrix.png", "Confusion matrix")):
-                doc.image(Path(summary["out"]) / name, caption)
-    if scoring["calibration"]:
-        doc.heading("Calibration")
-        doc.table(["split", "slope (ideal 1)", "intercept (ideal 0)", "ECE"],
-                  [[s, format_value(c["slope"]), format_value(c["intercept"]),
-                    format_value(summary["results"][s].get("ece"))] for s, c in scoring["calibration"].items()])
-    if scoring["patient_level"]:
-        doc.heading(f"Patient level ({config.patient_level} of image scores)")
-        add_assessment(doc, scoring["patient_level"]["test"], data.classes, "test split")
-    if scoring["subgroups"]:
-        doc.heading(f"Subgroups of the test split by `{config.by}`")
-        doc.table([config.by, "n", "roc_auc", "sensitivity", "specificity"], subgroup_rows(scoring["subgroups"]))
-    return doc

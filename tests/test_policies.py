@@ -1,7 +1,6 @@
 """Augmentation policies: every registered one keeps shape and dtype, is repeatable under a seed;
 `interpretable` never shears or flips vertically (checked on an asymmetric marker)."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -151,9 +151,8 @@ def test_real_jpeg_lossless():
 
 def test_multiframe_dicom_is_refused():
     import pydicom
-    import data_store  # noqa: F401  (skips below when absent)
 
-    folder = Path(pytest.importorskip("data_store").__file__).parent / "data"
+    folder = Path(pytest.importorskip("data_store", reason="pydicom-data is not installed").__file__).parent / "data"
     for path in sorted(folder.glob("*.dcm")):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 and "PixelData" in pydicom.dcmread(path):

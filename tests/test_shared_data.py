@@ -10,7 +10,7 @@ from medcls.data.cases import ReaderTable
 from medcls.data.images import decode_all
 from medcls.data.loading import load_cases
 from medcls.data.splits import assign_splits, duplicate_sets, leakage_warnings, linked_groups
-from medcls.training import hash_all
+from medcls.data.prepared import hash_all
 from tests.conftest import SHARED_DATA
 
 BRAIN = SHARED_DATA / "brain-tumour-mri"

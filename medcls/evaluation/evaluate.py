@@ -26,7 +26,8 @@ def run_predictions(run, registries, *, data: str | None = None, split: str | No
     from medcls.engine import predict_probs
     from medcls.evaluation.calibration import apply_temperature
     from medcls.runs import load_model
-    from medcls.training import prepare_data, resolve_device
+    from medcls.data.prepared import prepare_data
+    from medcls.training import resolve_device
 
     run = Path(run)
     model, info = load_model(run, registries)
@@ -67,7 +68,7 @@ def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, p
     from medcls.evaluation.assess import assess
     from medcls.evaluation.calibration import calibration_slope_intercept
     from medcls.evaluation.report import (GAP_HEADER, Document, add_assessment, gap_rows, write_metrics_json)
-    from medcls.training import case_flow, subgroup_rows
+    from medcls.evaluation.documents import case_flow, subgroup_rows
 
     run = Path(run)
     prepared, rows, probs, labels, info, split, config = run_predictions(run, registries, data=data, split=split, log=log)

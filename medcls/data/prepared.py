@@ -1,0 +1,97 @@
+"""Data made ready for a run: cases, labels, patient-grouped splits, duplicates and the decoded images."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from medcls.errors import DataError
+
+if TYPE_CHECKING:
+    from medcls.config import TrainConfig
+
+
+@dataclass
+class PreparedData:
+    """Cases with labels, splits and content hashes, and the decoded image cache."""
+
+    cases: list
+    classes: list[str]
+    labels: np.ndarray  # class index per case
+    splits: np.ndarray  # 'train'/'val'/'test' per case ('' when not split)
+    hashes: list[str]
+    cache: object  # medcls.data.images.ImageCache
+    format_name: str
+    duplicates: list[list[str]]
+    warnings: list[str] = field(default_factory=list)
+
+    def rows(self, split: str | None = None) -> np.ndarray:
+        """Positions in the image cache of the readable cases of `split` (all when None)."""
+        kept = self.cache.kept
+        return np.flatnonzero(self.splits[kept] == split) if split else np.arange(len(kept))
+
+    def cache_labels(self, rows: np.ndarray) -> np.ndarray:
+        return self.labels[self.cache.kept[rows]]
+
+    def patients(self, rows: np.ndarray) -> np.ndarray | None:
+        """Patient id per image (an image without one is its own patient); None when no case has one."""
+        cases = [self.cases[i] for i in self.cache.kept[rows]]
+        if all(c.patient_id is None for c in cases):
+            return None
+        return np.array([c.patient_id if c.patient_id is not None else f"image:{c.key}" for c in cases], dtype=object)
+
+    def column(self, rows: np.ndarray, name: str) -> np.ndarray:
+        """A manifest column's value per image, for subgroup tables."""
+        available = sorted({k for c in self.cases for k in c.attributes})
+        if name not in available:
+            raise DataError(f"--by column {name!r} does not exist in the data (available: "
+                            f"{', '.join(available) or 'none: only CSV manifests carry columns'})")
+        return np.array([self.cases[i].attributes.get(name, "") for i in self.cache.kept[rows]], dtype=object)
+
+    def batches(self, rows: np.ndarray):
+        def iterate(batch_size: int):
+            for start in range(0, len(rows), batch_size):
+                yield self.cache.batch(rows[start:start + batch_size])
+        return iterate
+
+
+def hash_all(cases) -> list[str]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def digest(case):
+        try:
+            return case.content_hash()
+        except OSError:
+            return f"missing:{case.key}"  # unreadable: reported when decoding; unique so never linked
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(digest, cases))
+
+
+def prepare_data(config: TrainConfig, registries, *, split: bool = True) -> PreparedData:
+    """Load cases, find duplicates, split by patient/content group, decode every image once."""
+    from medcls.data.images import decode_all
+    from medcls.data.loading import class_names, load_cases
+    from medcls.data.splits import assign_splits, duplicate_sets, leakage_warnings, linked_groups
+
+    cases, format_name, readers = load_cases(config, registries)
+    classes = class_names(cases, config.positive_class, config.data)
+    labels = np.array([classes.index(c.label) for c in cases], dtype=np.int64)
+    hashes = hash_all(cases)
+    duplicates = duplicate_sets(cases, hashes)
+    splits = np.array([""] * len(cases), dtype=object)
+    warnings = []
+    if split:
+        groups = linked_groups(cases, hashes)
+        split_seed = config.seed if config.split_seed is None else config.split_seed
+        splits = assign_splits(cases, labels, groups, config.val_fraction, config.test_fraction, split_seed)
+        warnings += leakage_warnings(cases, hashes, splits)
+    cache = decode_all(cases, readers, config.image_size, config.channels, strict=config.strict)
+    if cache.failures:
+        warnings.append(f"skipped {len(cache.failures)} unreadable image(s), listed in the report; "
+                        f"first: {cache.failures[0][1]} (use --strict to stop instead)")
+    return PreparedData(cases, classes, labels, np.asarray(splits, dtype=str), hashes, cache, format_name,
+                        duplicates, warnings)
