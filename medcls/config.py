@@ -71,7 +71,7 @@ class TrainConfig:
     split_seed: int | None = None  # a separate seed for the split only (experiments hold the split fixed)
     deterministic: bool = False  # also ask PyTorch for deterministic kernels (slower on GPU)
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps
-    workers: int = 1  # loader processes that augment (one thread each: tiny per-image ops are slow multi-threaded)
+    workers: int = -1  # loader processes; -1: none for batched policies (augmented on the device), else one
     out: str | None = None  # run folder (default runs/<backbone>-<date>-<time>); an existing run is never overwritten
     overwrite: bool = False  # allow --out to name a folder that already holds a run
 

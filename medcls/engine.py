@@ -49,13 +49,15 @@ def autocast(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, device, scaler=None, progress=None):
+def train_one_epoch(model, loader, loss_fn, optimizer, device, scaler=None, progress=None, augment=None):
     """One pass over augmented training batches; returns mean loss and the (augmented) scores."""
     model.train()
     total, count, scores, labels = torch.zeros((), device=device), 0, [], []
     for images, targets in loader:
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
+        if augment is not None:  # batched, on the device: one resample for the whole batch
+            images = augment(images)
         with autocast(device):
             logits = model(images)
             loss = loss_fn(logits.float(), targets)
@@ -114,7 +116,7 @@ def make_schedule(name: str, optimizer, epochs: int):
 
 
 def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, loss_fn, device, config,
-        on_epoch=None, progress_factory=None) -> FitResult:
+        on_epoch=None, progress_factory=None, augment=None) -> FitResult:
     """Run each stage with early stopping on the monitored validation metric; keep the best weights.
 
     `evaluate_val()` returns (val_loss, val_metrics, score) where a higher score is better;
@@ -140,7 +142,7 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
             lr = optimizer.param_groups[0]["lr"]
             progress = progress_factory(stage.name, epoch_number) if progress_factory else None
             train_loss, train_scores, train_labels = train_one_epoch(
-                model, train_loader, loss_fn, optimizer, device, scaler, progress)
+                model, train_loader, loss_fn, optimizer, device, scaler, progress, augment)
             if progress is not None:
                 progress.close()
             val_loss, val_metrics, score = evaluate_val()

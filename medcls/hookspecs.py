@@ -88,7 +88,9 @@ def medcls_register_policies(register):
     a ``torch.Tensor`` image ``(C, H, W)`` (or ``(C, D, H, W)``), float32 in ``[0, 1]``, and
     returns an augmented tensor of the same shape and dtype. It is applied to training images
     only. Returned objects with a ``set_random_state(seed=...)`` method (every MONAI
-    randomizable transform has one) are seeded by medcls.
+    randomizable transform has one) are seeded by medcls. An object that also has
+    ``batch(images)`` for ``(B, C, ...)`` tensors is applied to whole batches on the training
+    device (GPU when present); otherwise medcls applies it per image in a loader worker.
 
     Example::
 

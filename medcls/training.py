@@ -48,10 +48,12 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 class TrainingImages:
-    """Training split as a torch Dataset: cached image -> float -> augmentation policy."""
+    """Training split as a torch Dataset: cached image -> float (-> per-image policy, when the
+    policy cannot augment whole batches on the device)."""
 
     def __init__(self, data: PreparedData, rows: np.ndarray, transform) -> None:
-        self.data, self.rows, self.transform = data, rows, transform
+        self.data, self.rows = data, rows
+        self.transform = None if is_batched(transform) else transform
         self.labels = data.cache_labels(rows)
 
     def __len__(self) -> int:
@@ -59,7 +61,19 @@ class TrainingImages:
 
     def __getitem__(self, i: int):
         image = self.data.cache.batch(self.rows[i:i + 1])[0]
-        return self.transform(image), int(self.labels[i])
+        return (image if self.transform is None else self.transform(image)), int(self.labels[i])
+
+
+def is_batched(transform) -> bool:
+    return callable(getattr(transform, "batch", None))
+
+
+def loader_workers(config: TrainConfig, transform) -> int:
+    """Batched policies run in the training loop (no workers needed); per-image ones in one
+    single-threaded worker, where their small tensor operations are fast."""
+    if config.workers >= 0:
+        return config.workers
+    return 0 if is_batched(transform) else 1
 
 
 def make_policy(config: TrainConfig, registries):
@@ -96,11 +110,11 @@ def seed_worker(worker_id: int, seed: int) -> None:
 
     info = torch.utils.data.get_worker_info()
     transform = info.dataset.transform
-    if hasattr(transform, "set_random_state"):
+    if transform is not None and hasattr(transform, "set_random_state"):
         transform.set_random_state(seed=seed + 1000 * (worker_id + 1))
 
 
-def make_loader(dataset: TrainingImages, config: TrainConfig, n_classes: int):
+def make_loader(dataset: TrainingImages, config: TrainConfig, n_classes: int, workers: int):
     import torch
     from torch.utils.data import DataLoader, WeightedRandomSampler
 
@@ -110,9 +124,9 @@ def make_loader(dataset: TrainingImages, config: TrainConfig, n_classes: int):
         weights = class_weights(dataset.labels, n_classes)[dataset.labels]
         sampler = WeightedRandomSampler(torch.as_tensor(weights), len(weights), generator=generator)
     return DataLoader(dataset, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
-                      generator=generator, num_workers=config.workers, drop_last=len(dataset) > config.batch_size,
-                      worker_init_fn=partial(seed_worker, seed=config.seed) if config.workers else None,
-                      persistent_workers=config.workers > 0, pin_memory=torch.cuda.is_available())
+                      generator=generator, num_workers=workers, drop_last=len(dataset) > config.batch_size,
+                      worker_init_fn=partial(seed_worker, seed=config.seed) if workers else None,
+                      persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
 
 def stages_for(config: TrainConfig) -> list:
@@ -183,7 +197,8 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
     train_labels = data.cache_labels(train_rows)
     weights = class_weights(train_labels, len(data.classes)) if config.class_balance == "weighted_loss" else None
     loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device))
-    loader = make_loader(TrainingImages(data, train_rows, transform), config, len(data.classes))
+    loader = make_loader(TrainingImages(data, train_rows, transform), config, len(data.classes),
+                         loader_workers(config, transform))
     metrics = list(registries["metrics"])
     val_labels = data.cache_labels(val_rows)
 
@@ -203,7 +218,8 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
             f"lr {epoch.lr:.2e}, {epoch.seconds:.1f}s{' *best' if is_best else ''}")
 
     fitted = fit(model, stages_for(config), train_loader=loader, evaluate_val=evaluate_val, loss_fn=loss_fn,
-                 device=device, config=config, on_epoch=on_epoch, progress_factory=progress_factory)
+                 device=device, config=config, on_epoch=on_epoch, progress_factory=progress_factory,
+                 augment=transform.batch if is_batched(transform) else None)
 
     # The gap report: every split scored the same way, without augmentation or dropout.
     rows = {"train": train_rows, "val": val_rows, "test": test_rows}

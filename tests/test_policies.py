@@ -145,3 +145,29 @@ def test_preview_of_a_volume_shows_the_middle_slice():
     volume = torch.zeros(1, 9, 8, 8)
     volume[:, 4] = 1.0
     assert torch.equal(middle_slice(volume), torch.ones(1, 8, 8))
+
+
+def test_built_in_policies_augment_whole_batches_repeatably(registries):
+    transform = policy(registries, "aggressive", seed=3)
+    images = torch.rand(6, 1, 32, 32)
+    first = transform.batch(images)
+    transform.set_random_state(seed=3)
+    assert torch.equal(first, transform.batch(images))
+    assert first.shape == images.shape and not torch.equal(first[0], first[1])  # drawn per image
+
+
+def test_batched_policies_run_in_the_loop_and_per_image_ones_in_a_worker(registries):
+    from medcls.data.prepared import prepare_data
+    from medcls.training import TrainingImages, loader_workers
+
+    config = make_config({"image_size": 32, "policy": "aggressive"})
+    data = prepare_data(config, registries)
+    rows = data.rows("train")
+    batched, _ = make_policy(config, registries)
+    dataset = TrainingImages(data, rows, batched)
+    assert torch.equal(dataset[0][0], data.cache.batch(rows[:1])[0])  # not augmented here
+    assert loader_workers(config, batched) == 0
+    per_image = lambda image: 1 - image  # noqa: E731  (a third-party policy without batch())
+    assert torch.equal(TrainingImages(data, rows, per_image)[0][0], 1 - data.cache.batch(rows[:1])[0])
+    assert loader_workers(config, per_image) == 1
+    assert loader_workers(make_config({"workers": 3}), per_image) == 3

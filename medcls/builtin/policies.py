@@ -12,9 +12,9 @@ AGGRESSIVE = dict(rotate_deg=40.0, shift=0.2, shear=0.2, zoom=0.2, lr_flip=0.5, 
 
 
 def create_none():
-    from medcls.augment import to_unit_float
+    from medcls.augment import NoAugmentation
 
-    return to_unit_float
+    return NoAugmentation()
 
 
 def create_policy(**params):
