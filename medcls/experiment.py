@@ -46,14 +46,17 @@ def settings_for(key: str, value: str) -> dict:
     return {key: coerce(key, value, "--vary")}
 
 
-def exceeds_spread(a: np.ndarray, b: np.ndarray) -> bool:
+def exceeds_spread(a: np.ndarray, b: np.ndarray) -> bool | None:
     """Whether two settings' mean results differ by more than twice the standard error of the
-    difference estimated from the seed-to-seed spread (about a 95% criterion)."""
+    difference estimated from the seed-to-seed spread (about a 95% criterion); None when there is
+    no spread to judge by (one seed, or identical results across seeds)."""
     if len(a) < 2 or len(b) < 2:
-        return False
+        return None
     se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
     difference = abs(a.mean() - b.mean())
-    return difference > 2 * se if se > 0 else difference > 0
+    if se < 1e-9:  # identical results across seeds (floating-point noise aside)
+        return False if difference < 1e-9 else None
+    return bool(difference > 2 * se)
 
 
 def run_experiment(base: TrainConfig, key: str, values: list[str], seeds: list[int], registries, *, out: Path,
@@ -87,7 +90,11 @@ def run_experiment(base: TrainConfig, key: str, values: list[str], seeds: list[i
 
 
 def summarise(rows: list[dict], values: list[str]) -> dict:
-    baseline = np.array([r["test_roc_auc"] for r in rows if r["value"] == values[0]], dtype=float)
+    baseline_rows = [r for r in rows if r["value"] == values[0]]
+    baseline = np.array([r["test_roc_auc"] for r in baseline_rows], dtype=float)
+    # The test set's own sampling uncertainty: the baseline's mean 95% interval for ROC AUC.
+    base_low = float(np.nanmean([r["test_roc_auc_low"] for r in baseline_rows]))
+    base_high = float(np.nanmean([r["test_roc_auc_high"] for r in baseline_rows]))
     summary = {}
     for value in values:
         chosen = [r for r in rows if r["value"] == value]
@@ -99,6 +106,7 @@ def summarise(rows: list[dict], values: list[str]) -> dict:
             "gap_mean": float(np.nanmean([r["train_test_gap_roc_auc"] for r in chosen])),
             "seconds_mean": float(np.mean([r["seconds"] for r in chosen])),
             "vs_baseline_exceeds_spread": None if value == values[0] else exceeds_spread(auc, baseline),
+            "within_baseline_interval": None if value == values[0] else bool(base_low <= np.nanmean(auc) <= base_high),
         }
     return summary
 
@@ -109,16 +117,22 @@ def write_outputs(rows, summary, key, values, out: Path) -> None:
         writer.writeheader()
         writer.writerows(rows)
     lines = [f"# Experiment: {key} = {', '.join(values)}", "",
-             f"Test split fixed; {summary[values[0]]['runs']} seed(s) per value. Means over seeds; "
-             "'beyond spread' compares each value with the first: |difference| > 2 x its standard error "
-             "from the seed-to-seed spread.", "",
-             "| value | test ROC AUC (sd) | sensitivity | specificity | train-test gap | s/run | beyond spread vs "
-             f"{values[0]} |", "|---|---|---|---|---|---|---|"]
+             f"Test split fixed; {summary[values[0]]['runs']} seed(s) per value. Means over seeds. "
+             "'Beyond seed spread' compares each value with the first: |difference| > 2 x its standard "
+             "error from the seed-to-seed spread (n/a: no spread to judge by). 'Inside test CI' says "
+             f"whether the mean ROC AUC lies inside {values[0]}'s mean 95% interval, i.e. whether the "
+             "test set itself could tell the two apart.", "",
+             "| value | test ROC AUC (sd) | sensitivity | specificity | train-test gap | s/run | beyond seed spread | "
+             f"inside {values[0]}'s test CI |", "|---|---|---|---|---|---|---|---|"]
     for value in values:
         s = summary[value]
-        verdict = "-" if s["vs_baseline_exceeds_spread"] is None else ("yes" if s["vs_baseline_exceeds_spread"] else "no")
+        spread = s["vs_baseline_exceeds_spread"]
+        inside = s["within_baseline_interval"]
+        spread_text = "-" if value == values[0] else "n/a" if spread is None else "yes" if spread else "no"
+        inside_text = "-" if inside is None else "yes" if inside else "no"
         lines.append(f"| {value} | {s['roc_auc_mean']:.3f} ({s['roc_auc_sd']:.3f}) | {s['sensitivity_mean']:.3f} | "
-                     f"{s['specificity_mean']:.3f} | {s['gap_mean']:+.3f} | {s['seconds_mean']:.0f} | {verdict} |")
+                     f"{s['specificity_mean']:.3f} | {s['gap_mean']:+.3f} | {s['seconds_mean']:.0f} | {spread_text} | "
+                     f"{inside_text} |")
     lines += ["", "Per run (test values with 95% intervals):", "",
               "| value | seed | ROC AUC | sensitivity | specificity | gap | epochs | seconds |",
               "|---|---|---|---|---|---|---|---|"]
@@ -150,3 +164,14 @@ def plot(rows, values, key, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def rewrite_from_csv(out: Path, key: str) -> dict:
+    """Re-tabulate a finished experiment from its experiment.csv (e.g. after changing the summary)."""
+    with open(out / "experiment.csv", newline="") as fh:
+        rows = [{k: (v if k == "value" else float(v) if v not in ("", "None") else float("nan")) for k, v in r.items()}
+                for r in csv.DictReader(fh)]
+    values = list(dict.fromkeys(r["value"] for r in rows))
+    summary = summarise(rows, values)
+    write_outputs(rows, summary, key, values, out)
+    return summary

@@ -20,6 +20,8 @@ def test_finetune_settings():
 def test_exceeds_spread():
     assert exceeds_spread(np.array([0.90, 0.91, 0.92]), np.array([0.70, 0.71, 0.72]))
     assert not exceeds_spread(np.array([0.90, 0.70, 0.80]), np.array([0.82, 0.78, 0.75]))
+    assert exceeds_spread(np.array([0.99, 0.99]), np.array([1.0, 1.0])) is None  # no spread to judge by
+    assert exceeds_spread(np.array([0.9]), np.array([0.8])) is None
 
 
 def test_experiment_holds_the_split_fixed(tmp_path):
@@ -33,5 +35,5 @@ def test_experiment_holds_the_split_fixed(tmp_path):
     assert [(r["value"], r["seed"]) for r in rows] == [("none", "0"), ("none", "1"), ("aggressive", "0"), ("aggressive", "1")]
     split_files = [(out / f"policy={r['value']}" / f"seed{r['seed']}" / "splits.csv").read_text() for r in rows]
     assert len(set(split_files)) == 1  # every run saw the same train/val/test cases
-    assert (out / "experiment.png").is_file() and "beyond spread" in (out / "experiment.md").read_text()
+    assert (out / "experiment.png").is_file() and "beyond seed spread" in (out / "experiment.md").read_text()
     assert "| aggressive |" in result.stdout
