@@ -46,10 +46,11 @@ def main():
 
     def train_step(top_blocks):
         model.set_trainable(top_blocks)
-        model.train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
         def step():
+            model.set_trainable(top_blocks)  # the workloads share one model
+            model.train()
             optimizer.zero_grad()
             loss_fn(model(batch), labels).backward()
             optimizer.step()
