@@ -189,6 +189,7 @@ def print_summary(summary: dict) -> None:
     from medcls.evaluation.report import gap_table
 
     click.echo(gap_table(summary["results"], summary["intervals"]))
+    click.echo("95% intervals; how each was computed (Wilson, DeLong, bootstrap) is in report.md.")
     click.echo("")
     click.echo(f"Reading: {summary['reading']}")
     threshold = summary["threshold"]
