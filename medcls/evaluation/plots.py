@@ -21,6 +21,18 @@ def pyplot():
     return plt
 
 
+def label_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+
+
+def save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    pyplot().close(fig)
+
+
 def plot_learning_curves(history, path: Path) -> None:
     plt = pyplot()
 
@@ -38,9 +50,7 @@ def plot_learning_curves(history, path: Path) -> None:
         ax.set_title(title + (" (dashed: fine-tuning starts)" if stage_starts else ""))
         ax.legend()
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 def roc_band(y: np.ndarray, p1: np.ndarray, groups=None, n_resamples: int = 500, level: float = 0.95, seed: int = 0):
@@ -88,9 +98,7 @@ def plot_roc(split_scores: dict, classes: list[str], path: Path, groups=None, hi
     ax.set_title("ROC")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_confusion(probs: np.ndarray, labels: np.ndarray, threshold, classes: list[str], path: Path) -> None:
@@ -105,12 +113,8 @@ def plot_confusion(probs: np.ndarray, labels: np.ndarray, threshold, classes: li
                 color="white" if count > matrix.max() / 2 else "black")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("Test confusion matrix")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    label_axes(ax, "predicted", "true", "Test confusion matrix")
+    save(fig, path)
 
 
 def plot_pr(probs: np.ndarray, labels: np.ndarray, path: Path) -> None:
@@ -126,14 +130,10 @@ def plot_pr(probs: np.ndarray, labels: np.ndarray, path: Path) -> None:
         ax.legend(loc="lower left")
     else:
         ax.text(0.5, 0.5, "not computable: needs both classes", ha="center")
-    ax.set_xlabel("sensitivity (recall)")
-    ax.set_ylabel("PPV (precision)")
+    label_axes(ax, "sensitivity (recall)", "PPV (precision)", "Precision-recall")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
-    ax.set_title("Precision-recall")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_calibration(probs: np.ndarray, labels: np.ndarray, path: Path) -> None:
@@ -148,13 +148,9 @@ def plot_calibration(probs: np.ndarray, labels: np.ndarray, path: Path) -> None:
         ax.plot(curve["predicted"], curve["observed"], "o-", label="model")
         for x, y, n in zip(curve["predicted"], curve["observed"], curve["count"]):
             ax.annotate(str(int(n)), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
-    ax.set_xlabel("mean predicted probability")
-    ax.set_ylabel("observed frequency")
-    ax.set_title("Calibration (numbers: cases per bin)")
+    label_axes(ax, "mean predicted probability", "observed frequency", "Calibration (numbers: cases per bin)")
     ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_decision_curve(probs: np.ndarray, labels: np.ndarray, path: Path) -> dict:
@@ -170,11 +166,7 @@ def plot_decision_curve(probs: np.ndarray, labels: np.ndarray, path: Path) -> di
     ax.plot(thresholds, curve["treat_none"], label="treat none", color="grey")
     top = max(0.05, float(np.max(curve["model"])) * 1.1)
     ax.set_ylim(-0.05, top)
-    ax.set_xlabel("threshold probability")
-    ax.set_ylabel("net benefit")
-    ax.set_title("Decision curve")
+    label_axes(ax, "threshold probability", "net benefit", "Decision curve")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
     return curve
