@@ -57,9 +57,6 @@ class GeometryIntensityPolicy(RandomizableTransform):
             images = images + noisy * self.noise_std * noise
         return images.clamp(0.0, 1.0)
 
-    def randomize(self, data=None) -> None:  # parameters are drawn per image in batch()
-        pass
-
     @staticmethod
     def per_image(values: torch.Tensor, dims: int, device) -> torch.Tensor:
         return values.view(-1, *([1] * (dims + 1))).to(device)

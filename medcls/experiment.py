@@ -168,9 +168,15 @@ def plot(rows, values, key, path: Path) -> None:
 
 def rewrite_from_csv(out: Path, key: str) -> dict:
     """Re-tabulate a finished experiment from its experiment.csv (e.g. after changing the summary)."""
+    def parse(column: str, text: str):
+        if column == "value":
+            return text
+        if column in ("seed", "epochs"):
+            return int(float(text))
+        return float(text) if text not in ("", "None") else float("nan")
+
     with open(out / "experiment.csv", newline="") as fh:
-        rows = [{k: (v if k == "value" else float(v) if v not in ("", "None") else float("nan")) for k, v in r.items()}
-                for r in csv.DictReader(fh)]
+        rows = [{k: parse(k, v) for k, v in r.items()} for r in csv.DictReader(fh)]
     values = list(dict.fromkeys(r["value"] for r in rows))
     summary = summarise(rows, values)
     write_outputs(rows, summary, key, values, out)

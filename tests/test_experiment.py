@@ -37,3 +37,9 @@ def test_experiment_holds_the_split_fixed(tmp_path):
     assert len(set(split_files)) == 1  # every run saw the same train/val/test cases
     assert (out / "experiment.png").is_file() and "beyond seed spread" in (out / "experiment.md").read_text()
     assert "| aggressive |" in result.stdout
+    from medcls.experiment import rewrite_from_csv
+
+    table = (out / "experiment.md").read_text()
+    (out / "experiment.md").unlink()
+    assert set(rewrite_from_csv(out, "policy")) == {"none", "aggressive"}
+    assert (out / "experiment.md").read_text() == table

@@ -10,7 +10,6 @@ import numpy as np
 
 from medcls.errors import DataError
 
-SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {
     "train": "train", "training": "train",
     "val": "val", "valid": "val", "validation": "val", "dev": "val",

@@ -3,7 +3,6 @@ the 2x2 table at the operating point, and the figures a clinical paper reports b
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
@@ -210,6 +209,3 @@ def per_class_figures(probs: np.ndarray, labels: np.ndarray, threshold) -> dict:
     micro = float(roc_auc_score(onehot, probs, average="micro")) if len(np.unique(labels)) > 1 else float("nan")
     return {"classes": rows, "micro_roc_auc": micro, "methods": "Wilson (sensitivity, specificity), DeLong (ROC AUC), 95%"}
 
-
-def is_missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
