@@ -82,6 +82,8 @@ def to_unit_float(img) -> torch.Tensor:
 class NoAugmentation:
     """The `none` policy: images pass unchanged, one at a time or as a batch."""
 
+    identity = True  # lets stage 1 train on features computed once
+
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         return to_unit_float(image)
 

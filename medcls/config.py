@@ -44,6 +44,7 @@ class TrainConfig:
     # --- stage 1: frozen backbone, new head ---
     epochs: int = 10  # stage-1 epochs (head only, backbone frozen; all layers if not pretrained)
     lr: float = 1e-3  # stage-1 learning rate
+    feature_cache: bool = True  # without augmentation, stage 1 trains the head on backbone features computed once
     # --- stage 2: fine-tune the top blocks ---
     finetune_epochs: int = 10  # stage-2 epochs; 0 turns stage 2 off
     unfreeze_blocks: int = 2  # how many top blocks stage 2 unfreezes (-1: all)

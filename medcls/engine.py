@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,6 +20,16 @@ class Stage:
     epochs: int
     lr: float
     top_blocks: int  # -1 = all backbone blocks, 0 = head only
+
+
+@dataclass
+class FrozenFeatures:
+    """Stage 1 without augmentation: the frozen backbone's features computed once (the classic
+    "bottleneck features"), so each epoch trains only the head. The loader yields the same
+    batches in the same order as the image loader, so results match training on images."""
+
+    train_loader: object  # (features, labels) batches
+    evaluate_val: Callable[[], tuple]
 
 
 @dataclass
@@ -116,7 +127,7 @@ def make_schedule(name: str, optimizer, epochs: int):
 
 
 def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, loss_fn, device, config,
-        on_epoch=None, progress_factory=None, augment=None) -> FitResult:
+        on_epoch=None, progress_factory=None, augment=None, frozen: FrozenFeatures | None = None) -> FitResult:
     """Run each stage with early stopping on the monitored validation metric; keep the best weights.
 
     `evaluate_val()` returns (val_loss, val_metrics, score) where a higher score is better;
@@ -136,16 +147,19 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
         schedule = make_schedule(config.schedule, optimizer, stage.epochs)
         scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and not torch.cuda.is_bf16_supported() else None
         since_best = 0
+        on_features = frozen is not None and stage.top_blocks == 0
+        step_model, loader, evaluate = ((model.head, frozen.train_loader, frozen.evaluate_val) if on_features
+                                        else (model, train_loader, evaluate_val))
         for _ in range(stage.epochs):
             epoch_number += 1
             started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             progress = progress_factory(stage.name, epoch_number) if progress_factory else None
             train_loss, train_scores, train_labels = train_one_epoch(
-                model, train_loader, loss_fn, optimizer, device, scaler, progress, augment)
+                step_model, loader, loss_fn, optimizer, device, scaler, progress, None if on_features else augment)
             if progress is not None:
                 progress.close()
-            val_loss, val_metrics, score = evaluate_val()
+            val_loss, val_metrics, score = evaluate()
             score = -val_loss if math.isnan(score) else score  # e.g. AUC undefined: fall back to loss
             if schedule is not None:
                 schedule.step(score) if config.schedule == "plateau" else schedule.step()

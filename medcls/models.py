@@ -30,7 +30,21 @@ class Classifier(nn.Module):
         self.frozen_batchnorm = False
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone((images - self.mean) / self.std))
+        return self.head(self.features(images))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's features of images in [0, 1]: what the head sees."""
+        return self.backbone((images - self.mean) / self.std)
+
+    def stochastic_backbone(self) -> bool:
+        """Whether the backbone has dropout-like layers active in training (then its features
+        differ from pass to pass and cannot be computed once)."""
+        for module in self.backbone.modules():
+            rate = getattr(module, "p", None) if isinstance(module, nn.modules.dropout._DropoutNd) else \
+                getattr(module, "drop_prob", None)
+            if rate:
+                return True
+        return False
 
     def blocks(self) -> list[nn.Module]:
         """The backbone's parameter groups from input to output (stem first)."""

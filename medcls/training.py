@@ -114,19 +114,54 @@ def seed_worker(worker_id: int, seed: int) -> None:
         transform.set_random_state(seed=seed + 1000 * (worker_id + 1))
 
 
-def make_loader(dataset: TrainingImages, config: TrainConfig, n_classes: int, workers: int):
+def make_loader(dataset, labels: np.ndarray, config: TrainConfig, n_classes: int, workers: int, generator):
+    """Training batches: shuffled (or class-balanced by a sampler) from `generator`, so that two
+    loaders sharing one generator, one on images and one on features, draw the same batches."""
     import torch
     from torch.utils.data import DataLoader, WeightedRandomSampler
 
-    generator = torch.Generator().manual_seed(config.seed)
     sampler = None
     if config.class_balance == "sampler":
-        weights = class_weights(dataset.labels, n_classes)[dataset.labels]
+        weights = class_weights(labels, n_classes)[labels]
         sampler = WeightedRandomSampler(torch.as_tensor(weights), len(weights), generator=generator)
     return DataLoader(dataset, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
                       generator=generator, num_workers=workers, drop_last=len(dataset) > config.batch_size,
                       worker_init_fn=partial(seed_worker, seed=config.seed) if workers else None,
                       persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+
+
+def can_cache_features(config: TrainConfig, model, transform) -> bool:
+    """Stage 1 can train on features computed once when the backbone is frozen (pretrained), no
+    augmentation changes the images and the backbone has no dropout of its own."""
+    return (config.feature_cache and (config.pretrained or bool(config.weights)) and config.epochs > 0
+            and getattr(transform, "identity", False) and not model.stochastic_backbone())
+
+
+def frozen_features(model, data: PreparedData, train_rows, val_rows, train_labels, config: TrainConfig, device,
+                    generator, score_val):
+    """The frozen backbone's features of the training and validation images, and a loader over
+    them that shares the image loader's generator (same batches, same order)."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from medcls.engine import FrozenFeatures
+
+    @torch.no_grad()
+    def features(rows):
+        model.set_trainable(0)
+        model.train()  # as in stage 1: frozen batch norm in inference mode, nothing stochastic
+        return torch.cat([model.features(batch.to(device)) for batch in data.batches(rows)(config.batch_size)])
+
+    train_features, val_features = features(train_rows), features(val_rows)
+    dataset = TensorDataset(train_features.cpu(), torch.as_tensor(train_labels))
+    loader = make_loader(dataset, train_labels, config, len(data.classes), 0, generator)
+
+    @torch.no_grad()
+    def evaluate_val():
+        model.eval()
+        return score_val(model.head(val_features).float().softmax(1).cpu().numpy().astype(np.float64))
+
+    return FrozenFeatures(loader, evaluate_val)
 
 
 def stages_for(config: TrainConfig) -> list:
@@ -197,8 +232,9 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
     train_labels = data.cache_labels(train_rows)
     weights = class_weights(train_labels, len(data.classes)) if config.class_balance == "weighted_loss" else None
     loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device))
-    loader = make_loader(TrainingImages(data, train_rows, transform), config, len(data.classes),
-                         loader_workers(config, transform))
+    generator = torch.Generator().manual_seed(config.seed)
+    loader = make_loader(TrainingImages(data, train_rows, transform), train_labels, config, len(data.classes),
+                         loader_workers(config, transform), generator)
     metrics = list(registries["metrics"])
     val_labels = data.cache_labels(val_rows)
 
@@ -207,10 +243,17 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
         "higher_is_better", True)
     monitor_sign = -1.0 if lower_is_better else 1.0
 
-    def evaluate_val():
-        probs = predict_probs(model, data.batches(val_rows), device, config.batch_size)
+    def score_val(probs):
         values = split_results(probs, val_labels, None if probs.shape[1] != 2 else 0.5, metrics)
         return values["loss"], values, monitor_sign * values[config.monitor]
+
+    def evaluate_val():
+        return score_val(predict_probs(model, data.batches(val_rows), device, config.batch_size))
+
+    frozen = None
+    if can_cache_features(config, model, transform):
+        frozen = frozen_features(model, data, train_rows, val_rows, train_labels, config, device, generator, score_val)
+        log("stage 1: backbone features computed once (no augmentation, frozen backbone)")
 
     def on_epoch(epoch, is_best):
         log(f"[{epoch.stage}] epoch {epoch.epoch}: train loss {epoch.train_loss:.4f}, val loss "
@@ -219,7 +262,7 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
 
     fitted = fit(model, stages_for(config), train_loader=loader, evaluate_val=evaluate_val, loss_fn=loss_fn,
                  device=device, config=config, on_epoch=on_epoch, progress_factory=progress_factory,
-                 augment=transform.batch if is_batched(transform) else None)
+                 augment=transform.batch if is_batched(transform) else None, frozen=frozen)
 
     # The gap report: every split scored the same way, without augmentation or dropout.
     rows = {"train": train_rows, "val": val_rows, "test": test_rows}

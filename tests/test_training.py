@@ -181,3 +181,44 @@ def test_temperature_calibration_is_fitted_on_validation_and_stored(tmp_path):
     evaluated = CliRunner().invoke(cli, ["evaluate", str(tmp_path), "--bootstrap", "100"])
     trained = json.loads((tmp_path / "metrics.json").read_text())["test"]
     assert json.loads(evaluated.stdout)["metrics"]["brier"] == pytest.approx(trained["brier"])
+
+
+def test_stage_one_on_cached_features_gives_the_same_results(tmp_path):
+    """Without augmentation the frozen backbone's features are computed once; every epoch, and
+    stage 2 after it, must come out as when the backbone runs on every batch."""
+    pytest.importorskip("medcls_efficientnet_lite", reason="plugins/medcls-efficientnet-lite is not installed")
+    runs = {}
+    for cache in ("true", "false"):
+        out = tmp_path / cache
+        result = CliRunner().invoke(cli, ["train", "--backbone", "efficientnet_lite0", "--policy", "none",
+                                          "--epochs", "3", "--finetune-epochs", "1", "--image-size", "48",
+                                          "--set", "bootstrap=100", "--set", f"feature_cache={cache}",
+                                          "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert ("features computed once" in result.stderr) == (cache == "true")
+        runs[cache] = ([{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(open(out / "history.csv"))],
+                       json.loads((out / "metrics.json").read_text())["test"])
+    (history_a, test_a), (history_b, test_b) = runs["true"], runs["false"]
+    for row_a, row_b in zip(history_a, history_b):
+        for key in row_a:
+            if key not in ("stage",):
+                assert float(row_a[key]) == pytest.approx(float(row_b[key]), abs=1e-5), key
+    for key, value in test_a.items():
+        if isinstance(value, float):
+            assert value == pytest.approx(test_b[key], abs=1e-5), key
+
+
+def test_features_are_not_cached_when_augmenting_or_stochastic(registries):
+    from medcls.config import make_config
+    from medcls.models import build_classifier
+    from medcls.training import can_cache_features, make_policy
+
+    model, _ = build_classifier(registries, "resnet18", 2, 1, 0.3, pretrained=False)
+    none, _ = make_policy(make_config({"policy": "none"}), registries)
+    augmenting, _ = make_policy(make_config({"policy": "interpretable"}), registries)
+    assert can_cache_features(make_config({"policy": "none"}), model, none)
+    assert not can_cache_features(make_config(), model, augmenting)
+    assert not can_cache_features(make_config({"pretrained": False}), model, none)
+    assert not can_cache_features(make_config({"feature_cache": False}), model, none)
+    model.backbone.add_module("extra_dropout", __import__("torch").nn.Dropout(0.2))
+    assert not can_cache_features(make_config({"policy": "none"}), model, none)

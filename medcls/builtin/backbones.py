@@ -13,7 +13,11 @@ def create_timm_backbone(name: str, in_chans: int):
     from timm.models import group_modules
     from torch import nn
 
-    model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans)
+    try:
+        # medcls puts its own dropout before its head: no second, hidden one in timm's pooling.
+        model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, drop_rate=0.0)
+    except TypeError:  # the few architectures without a drop_rate argument
+        model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans)
     cfg = model.pretrained_cfg or {}
     mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
