@@ -311,7 +311,7 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
 def score_splits(config: TrainConfig, registries, data: PreparedData, rows: dict, scores: dict, log) -> dict:
     """Calibrate and pick the operating point on validation, then assess every split the same way."""
     from medcls.evaluation import report
-    from medcls.evaluation.assess import assess
+    from medcls.evaluation.assess import assess, assess_subgroups
     from medcls.evaluation.calibration import apply_temperature, calibration_slope_intercept, fit_temperature
     from medcls.evaluation.operating_points import choose_threshold
 
@@ -327,30 +327,25 @@ def score_splits(config: TrainConfig, registries, data: PreparedData, rows: dict
         threshold = choose_threshold(config.threshold_rule, labels, probs[:, 1], target=config.target,
                                      fixed=config.threshold)
     options = dict(prevalence=config.prevalence, n_resamples=config.bootstrap, seed=config.seed)
-    assessed = {s: assess(p, y, threshold, metrics, patients=data.patients(rows[s]), where=f"{s} split", **options)
+    patients = {s: data.patients(r) for s, r in rows.items()}
+    assessed = {s: assess(p, y, threshold, metrics, patients=patients[s], where=f"{s} split", **options)
                 for s, (p, y) in scores.items()}
     results = {s: a["values"] for s, a in assessed.items()}
     results["gap"] = report.gap(results["train"], results["test"])
     patient_level = None
     if config.patient_level:
-        patient_level = {s: assess(p, y, threshold, metrics, patients=data.patients(rows[s]), where=f"{s} split",
+        patient_level = {s: assess(p, y, threshold, metrics, patients=patients[s], where=f"{s} split",
                                    patient_level=config.patient_level, **options) for s, (p, y) in scores.items()}
     subgroups = {}
     if config.by:
-        probs, labels = scores["test"]
-        column = data.column(rows["test"], config.by)
-        for value in sorted(set(column)):
-            members = column == value
-            subgroups[str(value)] = assess(probs[members], labels[members], threshold, metrics,
-                                           patients=None if data.patients(rows["test"]) is None
-                                           else data.patients(rows["test"])[members],
-                                           where=f"test subgroup {config.by}={value}", **options)
+        subgroups = assess_subgroups(*scores["test"], threshold, metrics, data.column(rows["test"], config.by),
+                                     config.by, patients=patients["test"], where="test ", **options)
     calibration = {s: calibration_slope_intercept(y, p[:, 1]) for s, (p, y) in scores.items() if p.shape[1] == 2}
     return {"scores": scores, "threshold": threshold, "temperature": temperature, "assessed": assessed,
             "results": results, "intervals": {s: a["intervals"] for s, a in assessed.items()},
             "reading": report.read_gap(results["train"], results["val"], results["test"]),
             "patient_level": patient_level, "subgroups": subgroups, "calibration": calibration,
-            "groups": data.patients(rows["test"])}
+            "groups": patients["test"]}
 
 
 def draw_split_figures(scoring: dict, classes: list[str], out: Path) -> None:

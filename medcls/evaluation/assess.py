@@ -183,6 +183,18 @@ def assess(probs, labels, threshold, metrics, *, patients=None, patient_level=No
     }
 
 
+def assess_subgroups(probs, labels, threshold, metrics, column: np.ndarray, name: str, *, patients=None,
+                     where: str = "", **options) -> dict:
+    """`assess` for each value of a manifest column (site, sex, scanner, ...)."""
+    subgroups = {}
+    for value in sorted(set(column)):
+        members = column == value
+        subgroups[str(value)] = assess(probs[members], labels[members], threshold, metrics,
+                                       patients=None if patients is None else patients[members],
+                                       where=f"{where}subgroup {name}={value}", **options)
+    return subgroups
+
+
 def per_class_figures(probs: np.ndarray, labels: np.ndarray, threshold) -> dict:
     """Multi-class tasks: one-vs-rest values per class (Wilson / DeLong intervals) and the
     micro-averaged ROC AUC beside the macro averages of the main table."""

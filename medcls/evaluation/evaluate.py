@@ -65,7 +65,7 @@ def run_predictions(run, registries, *, data: str | None = None, split: str | No
 def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, patient_level=None,
                  prevalence=None, n_resamples=2000, log=print) -> dict:
     from medcls.evaluation import plots
-    from medcls.evaluation.assess import assess
+    from medcls.evaluation.assess import assess, assess_subgroups
     from medcls.evaluation.calibration import calibration_slope_intercept
     from medcls.evaluation.report import (GAP_HEADER, Document, add_assessment, gap_rows, write_metrics_json)
     from medcls.evaluation.documents import case_flow, subgroup_rows
@@ -81,12 +81,8 @@ def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, p
                           where=f"{split} cases", **options) if patient_level else None)
     subgroups = {}
     if by:
-        column = prepared.column(rows, by)
-        for value in sorted(set(column)):
-            members = column == value
-            subgroups[str(value)] = assess(probs[members], labels[members], threshold, metrics,
-                                           patients=None if patients is None else patients[members],
-                                           where=f"subgroup {by}={value}", **options)
+        subgroups = assess_subgroups(probs, labels, threshold, metrics, prepared.column(rows, by), by,
+                                     patients=patients, **options)
     calibration = calibration_slope_intercept(labels, probs[:, 1]) if probs.shape[1] == 2 else None
 
     out = Path(out) if out else run / "evaluation"
