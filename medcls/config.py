@@ -72,6 +72,10 @@ class TrainConfig:
     split_seed: int | None = None  # a separate seed for the split only (experiments hold the split fixed)
     deterministic: bool = False  # also ask PyTorch for deterministic kernels (slower on GPU)
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps
+    precision: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16 unless depthwise-heavy), fp32, bf16, fp16
+    channels_last: bool | None = None  # None: on for 2D convolutional models on CUDA and CPU
+    cache: str = "disk"  # disk: decoded images also kept on disk by content (later runs skip decoding); memory
+    cache_dir: str | None = None  # the disk cache (default $MEDCLS_CACHE_DIR or ~/.cache/medcls); safe to share
     workers: int = -1  # loader processes; -1: none for batched policies (augmented on the device), else one
     out: str | None = None  # run folder (default runs/<backbone>-<date>-<time>); an existing run is never overwritten
     overwrite: bool = False  # allow --out to name a folder that already holds a run
@@ -98,6 +102,8 @@ CHOICES = {
     "threshold_rule": ("youden", "target_sensitivity", "target_specificity", "fixed"),
     "calibration": ("none", "temperature"),
     "patient_level": ("mean", "max"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+    "cache": ("disk", "memory"),
 }
 
 

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from medcls.execution import Execution
+
 
 @dataclass
 class Stage:
@@ -52,24 +54,19 @@ class FitResult:
     stopped_early: list[str] = field(default_factory=list)
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA/MPS where supported; plain fp32 on CPU (where bf16 is rarely faster)."""
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast(device.type, enabled=False)
-
-
-def train_one_epoch(model, loader, loss_fn, optimizer, device, scaler=None, progress=None, augment=None):
+def train_one_epoch(model, loader, loss_fn, optimizer, execution: Execution, scaler=None, progress=None,
+                    augment=None):
     """One pass over augmented training batches; returns mean loss and the (augmented) scores."""
     model.train()
+    device = execution.device
     total, count, scores, labels = torch.zeros((), device=device), 0, [], []
     for images, targets in loader:
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         if augment is not None:  # batched, on the device: one resample for the whole batch
             images = augment(images)
-        with autocast(device):
+        images = execution.inputs(images)
+        with execution.autocast():
             logits = model(images)
             loss = loss_fn(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
@@ -91,13 +88,13 @@ def train_one_epoch(model, loader, loss_fn, optimizer, device, scaler=None, prog
 
 
 @torch.no_grad()
-def predict_probs(model, cache_batches, device, batch_size: int = 64) -> np.ndarray:
+def predict_probs(model, cache_batches, execution: Execution, batch_size: int = 64) -> np.ndarray:
     """Class probabilities for every image, without augmentation or dropout."""
     model.eval()
     outputs = []
     for images in cache_batches(batch_size):
-        with autocast(device):
-            outputs.append(model(images.to(device, non_blocking=True)).float().softmax(1))
+        with execution.autocast():
+            outputs.append(model(execution.inputs(images)).float().softmax(1))
     return torch.cat(outputs).cpu().numpy().astype(np.float64)
 
 
@@ -126,7 +123,7 @@ def make_schedule(name: str, optimizer, epochs: int):
     return None
 
 
-def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, loss_fn, device, config,
+def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, loss_fn, execution: Execution, config,
         on_epoch=None, progress_factory=None, augment=None, frozen: FrozenFeatures | None = None) -> FitResult:
     """Run each stage with early stopping on the monitored validation metric; keep the best weights.
 
@@ -145,7 +142,7 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(config.optimizer, params, stage.lr, config.momentum, config.weight_decay)
         schedule = make_schedule(config.schedule, optimizer, stage.epochs)
-        scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and not torch.cuda.is_bf16_supported() else None
+        scaler = execution.grad_scaler()
         since_best = 0
         on_features = frozen is not None and stage.top_blocks == 0
         step_model, loader, evaluate = ((model.head, frozen.train_loader, frozen.evaluate_val) if on_features
@@ -156,7 +153,7 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
             lr = optimizer.param_groups[0]["lr"]
             progress = progress_factory(stage.name, epoch_number) if progress_factory else None
             train_loss, train_scores, train_labels = train_one_epoch(
-                step_model, loader, loss_fn, optimizer, device, scaler, progress, None if on_features else augment)
+                step_model, loader, loss_fn, optimizer, execution, scaler, progress, None if on_features else augment)
             if progress is not None:
                 progress.close()
             val_loss, val_metrics, score = evaluate()

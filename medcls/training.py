@@ -137,8 +137,8 @@ def can_cache_features(config: TrainConfig, model, transform) -> bool:
             and getattr(transform, "identity", False) and not model.stochastic_backbone())
 
 
-def frozen_features(model, data: PreparedData, train_rows, val_rows, train_labels, config: TrainConfig, device,
-                    generator, score_val):
+def frozen_features(model, data: PreparedData, train_rows, val_rows, train_labels, config: TrainConfig,
+                    execution, generator, score_val):
     """The frozen backbone's features of the training and validation images, and a loader over
     them that shares the image loader's generator (same batches, same order)."""
     import torch
@@ -150,7 +150,9 @@ def frozen_features(model, data: PreparedData, train_rows, val_rows, train_label
     def features(rows):
         model.set_trainable(0)
         model.train()  # as in stage 1: frozen batch norm in inference mode, nothing stochastic
-        return torch.cat([model.features(batch.to(device)) for batch in data.batches(rows)(config.batch_size)])
+        with execution.autocast():
+            return torch.cat([model.features(execution.inputs(batch)).float()
+                              for batch in data.batches(rows)(config.batch_size)])
 
     train_features, val_features = features(train_rows), features(val_rows)
     dataset = TensorDataset(train_features.cpu(), torch.as_tensor(train_labels))
@@ -193,6 +195,7 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
     import torch
 
     from medcls.engine import fit, predict_probs
+    from medcls.execution import choose_execution, tune_process
     from medcls.evaluation import plots, report
     from medcls.evaluation.assess import split_results
     from medcls.models import build_classifier
@@ -224,17 +227,21 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
 
     model, weights_origin = build_classifier(registries, config.backbone, len(data.classes), data.cache.channels,
                                              config.dropout, config.pretrained, config.weights)
-    model = model.to(device)
+    workers = loader_workers(config, transform)
+    tune_process(workers)
+    execution = choose_execution(device, model, config.precision, config.channels_last)
+    model = execution.prepare(model)
     if device.type == "cuda" and not config.deterministic:
         torch.backends.cudnn.benchmark = True
-    log(f"model: {config.backbone} ({weights_origin}) on {device}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
+    log(f"model: {config.backbone} ({weights_origin}), {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
+        f"parameters, on {execution.describe()}")
 
     train_labels = data.cache_labels(train_rows)
     weights = class_weights(train_labels, len(data.classes)) if config.class_balance == "weighted_loss" else None
     loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device))
     generator = torch.Generator().manual_seed(config.seed)
     loader = make_loader(TrainingImages(data, train_rows, transform), train_labels, config, len(data.classes),
-                         loader_workers(config, transform), generator)
+                         workers, generator)
     metrics = list(registries["metrics"])
     val_labels = data.cache_labels(val_rows)
 
@@ -248,11 +255,12 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
         return values["loss"], values, monitor_sign * values[config.monitor]
 
     def evaluate_val():
-        return score_val(predict_probs(model, data.batches(val_rows), device, config.batch_size))
+        return score_val(predict_probs(model, data.batches(val_rows), execution, config.batch_size))
 
     frozen = None
     if can_cache_features(config, model, transform):
-        frozen = frozen_features(model, data, train_rows, val_rows, train_labels, config, device, generator, score_val)
+        frozen = frozen_features(model, data, train_rows, val_rows, train_labels, config, execution, generator,
+                                 score_val)
         log("stage 1: backbone features computed once (no augmentation, frozen backbone)")
 
     def on_epoch(epoch, is_best):
@@ -261,12 +269,12 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
             f"lr {epoch.lr:.2e}, {epoch.seconds:.1f}s{' *best' if is_best else ''}")
 
     fitted = fit(model, stages_for(config), train_loader=loader, evaluate_val=evaluate_val, loss_fn=loss_fn,
-                 device=device, config=config, on_epoch=on_epoch, progress_factory=progress_factory,
+                 execution=execution, config=config, on_epoch=on_epoch, progress_factory=progress_factory,
                  augment=transform.batch if is_batched(transform) else None, frozen=frozen)
 
     # The gap report: every split scored the same way, without augmentation or dropout.
     rows = {"train": train_rows, "val": val_rows, "test": test_rows}
-    scores = {s: (predict_probs(model, data.batches(r), device, config.batch_size), data.cache_labels(r))
+    scores = {s: (predict_probs(model, data.batches(r), execution, config.batch_size), data.cache_labels(r))
               for s, r in rows.items()}
     scoring = score_splits(config, registries, data, rows, scores, log)
     results, threshold = scoring["results"], scoring["threshold"]

@@ -14,6 +14,14 @@ from medcls.registry import Registries
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def image_store_in_tmp(tmp_path_factory):
+    """Runs keep decoded images in a disk store; tests (and the CLI they start) use a temporary one."""
+    import os
+
+    os.environ["MEDCLS_CACHE_DIR"] = str(tmp_path_factory.mktemp("medcls-cache"))
+
+
 @pytest.fixture
 def pm():
     return get_plugin_manager()

@@ -1,10 +1,15 @@
-"""Decode every image once, resize it and keep it in memory as uint16, so epochs never decode again."""
+"""Decode every image once, resize it and keep it as uint16: in RAM when it fits, else in a
+memory-mapped file; each decoded image is also kept in a disk store keyed by file content and
+preprocessing settings, so later runs (and other runs on the same files) never decode again."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,19 +21,66 @@ SCALE = 65535.0  # uint16 keeps 16-bit radiographs and windowed CT without visib
 # Mean distance of the colour channels from their average below which an RGB file is greyscale
 # content (JPEG chroma noise, a tinted scan, a small coloured annotation); H&E patches are ~0.1.
 GREY_TOLERANCE = 0.02
+STORE_FORMAT = "medcls-images-1"  # bump when decoding or resizing changes what is stored
 
 
 @dataclass
 class ImageCache:
-    """Preprocessed images `(N, C, S, S)` uint16 for the readable cases, plus what was skipped."""
+    """Preprocessed images `(N, C, S, S)` uint16, one slot per case (unreadable ones stay empty),
+    in RAM or in a memory-mapped file, plus what was skipped and why."""
 
     images: torch.Tensor
-    kept: np.ndarray  # indices into the case list of the images held here
+    kept: np.ndarray  # indices into the case list of the readable images
     failures: list[tuple[str, str]]  # (case key, one-line reason) for skipped cases
     channels: int
+    decoded: int = 0  # images decoded by the readers (the rest came from the disk store)
 
     def batch(self, rows) -> torch.Tensor:
-        return self.images[rows].float().div_(SCALE)
+        """Float images in [0, 1] for positions `rows` of the readable images."""
+        return self.images[torch.from_numpy(self.kept[np.asarray(rows)])].float().div_(SCALE)
+
+
+class ImageStore:
+    """Decoded, resized images on disk, one `.npy` per file content and preprocessing setting.
+    Writes go to a temporary file renamed into place, so concurrent runs can share a store."""
+
+    def __init__(self, root: str | Path, settings: dict) -> None:
+        key = hashlib.sha256(repr((STORE_FORMAT, sorted(settings.items()))).encode()).hexdigest()[:16]
+        self.root = Path(root).expanduser() / key
+
+    def path(self, content_hash: str) -> Path:
+        return self.root / content_hash[:2] / f"{content_hash}.npy"
+
+    def get(self, content_hash: str) -> np.ndarray | None:
+        try:
+            return np.load(self.path(content_hash), allow_pickle=False)
+        except (OSError, ValueError):  # absent, or a half-written file from a killed run
+            return None
+
+    def put(self, content_hash: str, image: np.ndarray) -> None:
+        target = self.path(content_hash)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+            with os.fdopen(handle, "wb") as fh:
+                np.save(fh, image, allow_pickle=False)
+            os.replace(temporary, target)
+        except OSError:
+            pass  # a full or read-only disk only costs decoding again next time
+
+
+def default_store_root() -> Path:
+    """$MEDCLS_CACHE_DIR, else $XDG_CACHE_HOME/medcls, else ~/.cache/medcls."""
+    if os.environ.get("MEDCLS_CACHE_DIR"):
+        return Path(os.environ["MEDCLS_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "medcls"
+
+
+def available_memory() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
 
 
 def resize(image: np.ndarray, size: int) -> torch.Tensor:
@@ -38,6 +90,10 @@ def resize(image: np.ndarray, size: int) -> torch.Tensor:
         tensor = torch.nn.functional.interpolate(tensor, size=(size, size), mode="bilinear",
                                                  antialias=True, align_corners=False)
     return tensor[0].clamp_(0.0, 1.0)
+
+
+def to_uint16(image: torch.Tensor) -> np.ndarray:
+    return (image * SCALE).round_().to(torch.int32).numpy().astype(np.uint16)
 
 
 def is_grey(image: torch.Tensor) -> bool:
@@ -50,26 +106,67 @@ def to_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
     return image.mean(0, keepdim=True) if channels == 1 else image.expand(channels, -1, -1)
 
 
-def decode_all(cases: list[Case], readers: ReaderTable, size: int, channels: str = "auto",
-               strict: bool = False, threads: int | None = None) -> ImageCache:
-    """Read and resize every case (in threads: decoders release the GIL), skipping unreadable ones."""
+def allocate(shape: tuple, memory_budget: int | None, spill_dir: Path | None) -> torch.Tensor:
+    """A uint16 tensor in RAM, or backed by a memory-mapped file when it would not fit."""
+    size = int(np.prod(shape)) * 2
+    budget = available_memory() // 2 if memory_budget is None else memory_budget
+    if size <= budget or spill_dir is None:
+        return torch.zeros(shape, dtype=torch.uint16)
+    spill_dir.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(dir=spill_dir, suffix=".u16")
+    os.close(handle)
+    array = np.lib.format.open_memmap(name, mode="w+", dtype=np.uint16, shape=shape)
+    os.unlink(name)  # the mapping lives until the process ends; nothing is left behind
+    return torch.from_numpy(array)
 
-    def load(case: Case):
-        try:
-            return resize(readers.read(case), size), None
-        except DataError as exc:
-            if strict:
-                raise
-            return None, str(exc)
+
+def decode_all(cases: list[Case], readers: ReaderTable, size: int, channels: str = "auto",
+               strict: bool = False, threads: int | None = None, hashes: list[str] | None = None,
+               store: ImageStore | None = None, memory_budget: int | None = None) -> ImageCache:
+    """Read and resize every case (in threads: decoders release the GIL), skipping unreadable
+    ones; images already in `store` (by content hash) are loaded instead of decoded."""
+    width = 1 if channels == "1" else 3
+    spill = store.root / "spill" if store is not None else None
+    storage = allocate((len(cases), width, size, size), memory_budget, spill)
+    grey = np.zeros(len(cases), dtype=bool)
+    errors: list[str | None] = [None] * len(cases)
+    decoded = np.zeros(len(cases), dtype=bool)
+    use_store = store is not None and hashes is not None
+
+    def load(i: int) -> None:
+        keep = use_store and cases[i].path is not None  # in-memory arrays need no store
+        stored = store.get(hashes[i]) if keep else None
+        if stored is None:
+            try:
+                stored = to_uint16(resize(readers.read(cases[i]), size))
+            except DataError as exc:
+                if strict:
+                    raise
+                errors[i] = str(exc)
+                return
+            decoded[i] = True
+            if keep:
+                store.put(hashes[i], stored)
+        image = torch.from_numpy(stored.astype(np.float32) / SCALE)
+        grey[i] = is_grey(image)
+        storage[i] = torch.from_numpy(to_uint16(to_channels(image, width)))
 
     threads = threads or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        results = list(pool.map(load, cases))
-    failures = [(case.key, error) for case, (_, error) in zip(cases, results) if error is not None]
-    kept = np.array([i for i, (image, _) in enumerate(results) if image is not None], dtype=np.int64)
-    images = [results[i][0] for i in kept]
-    if not images:
+        list(pool.map(load, range(len(cases))))
+    failures = [(case.key, error) for case, error in zip(cases, errors) if error is not None]
+    kept = np.array([i for i, error in enumerate(errors) if error is None], dtype=np.int64)
+    if not len(kept):
         raise DataError(f"none of the {len(cases)} images could be read; first problem: {failures[0][1]}")
-    n_channels = int(channels) if channels != "auto" else (1 if all(is_grey(im) for im in images) else 3)
-    stacked = torch.stack([to_channels(im, n_channels) for im in images])
-    return ImageCache((stacked * SCALE).round_().to(torch.int32).to(torch.uint16), kept, failures, n_channels)
+    n_channels = int(channels) if channels != "auto" else (1 if grey[kept].all() else 3)
+    if n_channels != width:  # greyscale content throughout: keep one channel
+        storage = mean_channel(storage, memory_budget, spill)
+    return ImageCache(storage, kept, failures, n_channels, int(decoded.sum()))
+
+
+def mean_channel(storage: torch.Tensor, memory_budget: int | None, spill: Path | None) -> torch.Tensor:
+    single = allocate((storage.shape[0], 1, *storage.shape[2:]), memory_budget, spill)
+    for start in range(0, storage.shape[0], 256):
+        chunk = storage[start:start + 256].float().mean(1, keepdim=True)
+        single[start:start + 256] = chunk.round_().to(torch.int32).to(torch.uint16)
+    return single

@@ -24,6 +24,7 @@ def run_predictions(run, registries, *, data: str | None = None, split: str | No
     is the run's own: (prepared data, cache rows, probabilities, labels, model info, split name)."""
     from medcls.config import make_config, read_config_file
     from medcls.engine import predict_probs
+    from medcls.execution import choose_execution
     from medcls.evaluation.calibration import apply_temperature
     from medcls.runs import load_model
     from medcls.data.prepared import prepare_data
@@ -55,8 +56,9 @@ def run_predictions(run, registries, *, data: str | None = None, split: str | No
         raise DataError(f"no readable images in split {split!r} of '{config.data}'")
     for warning in prepared.warnings:
         log(f"warning: {warning}")
-    device = resolve_device("auto")
-    probs = predict_probs(model.to(device), prepared.batches(rows), device)
+    # Scored as in training: the run's precision and memory format on this machine's device.
+    execution = choose_execution(resolve_device("auto"), model, config.precision, config.channels_last)
+    probs = predict_probs(execution.prepare(model), prepared.batches(rows), execution)
     if info.get("temperature"):
         probs = apply_temperature(probs, info["temperature"])
     return prepared, rows, probs, prepared.cache_labels(rows), info, split, config

@@ -1,0 +1,118 @@
+"""How a model runs fast on its device: memory format, mixed precision, CPU threads and allocator.
+
+Defaults follow measurements (`medcls bench`, docs/benchmarks.md): channels_last for 2D
+convolutions everywhere; bf16 autocast on CUDA GPUs that support it and on CPUs with native bf16
+instructions, except for depthwise-heavy networks, where bf16 is not faster on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from medcls.errors import ConfigError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Where and how the model runs; every forward pass of training and scoring goes through it."""
+
+    device: torch.device
+    dtype: torch.dtype | None = None  # autocast dtype; None runs in fp32
+    channels_last: bool = False
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch on the device, in the model's memory format."""
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def grad_scaler(self):
+        """fp16 needs loss scaling; bf16 and fp32 do not."""
+        return torch.amp.GradScaler("cuda") if self.dtype == torch.float16 and self.device.type == "cuda" else None
+
+    def describe(self) -> str:
+        precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[self.dtype]
+        return f"{self.device}, {precision}, {'channels_last' if self.channels_last else 'NCHW'}"
+
+
+def has_depthwise_convolutions(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d | nn.Conv3d) and m.groups > 1 and m.groups == m.in_channels
+               for m in model.modules())
+
+
+def has_2d_convolutions(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 arithmetic (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def choose_execution(device: torch.device, model: nn.Module, precision: str = "auto",
+                     channels_last: bool | None = None) -> Execution:
+    """The execution settings for `model` on `device`; `precision` auto picks what measured faster."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if channels_last is None:
+        channels_last = device.type in ("cuda", "cpu") and has_2d_convolutions(model)
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if precision == "auto":
+        if device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        elif device.type == "cpu" and cpu_has_bf16() and not has_depthwise_convolutions(model):
+            dtype = torch.bfloat16
+    if dtype == torch.float16 and device.type == "cpu":
+        raise ConfigError("precision 'fp16' is for CUDA GPUs; on CPU use bf16 or fp32")
+    return Execution(device, dtype, channels_last)
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+_TUNED = False
+
+
+def tune_process(loader_workers: int) -> None:
+    """Once per process: intra-op threads = cores - loader workers (oversubscription makes
+    threads spin), and glibc keeps freed activation memory instead of unmapping it after every
+    step (page faults showed up as a third of CPU time in system mode)."""
+    global _TUNED
+    if _TUNED:
+        return
+    _TUNED = True
+    torch.set_num_threads(max(1, available_cores() - loader_workers))
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+        except OSError:  # musl or another libc: leave the allocator alone
+            return
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, 1 << 30)
+        libc.mallopt(m_trim_threshold, (1 << 31) - 1)

@@ -1,0 +1,64 @@
+"""Execution defaults: memory format and precision per device and model, and bad settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from medcls.errors import ConfigError
+from medcls.execution import Execution, choose_execution, has_depthwise_convolutions
+
+CPU = torch.device("cpu")
+
+
+def plain_cnn():
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+
+
+def depthwise_cnn():
+    return nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, groups=8), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 2))
+
+
+def test_2d_convolutional_models_run_channels_last_on_cpu():
+    execution = choose_execution(CPU, plain_cnn())
+    assert execution.channels_last
+    model = execution.prepare(plain_cnn())
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert execution.inputs(torch.rand(2, 3, 8, 8)).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_models_without_2d_convolutions_keep_their_layout():
+    assert not choose_execution(CPU, nn.Linear(4, 2)).channels_last
+
+
+def test_bf16_on_cpu_only_with_native_support_and_never_for_depthwise_models(monkeypatch):
+    import medcls.execution as execution
+
+    monkeypatch.setattr(execution, "cpu_has_bf16", lambda: True)
+    assert choose_execution(CPU, plain_cnn()).dtype == torch.bfloat16
+    assert has_depthwise_convolutions(depthwise_cnn())
+    assert choose_execution(CPU, depthwise_cnn()).dtype is None
+    monkeypatch.setattr(execution, "cpu_has_bf16", lambda: False)
+    assert choose_execution(CPU, plain_cnn()).dtype is None
+
+
+def test_fp32_is_honoured_and_fp16_on_cpu_is_refused():
+    assert choose_execution(CPU, plain_cnn(), "fp32").dtype is None
+    with pytest.raises(ConfigError, match="fp16.*CUDA"):
+        choose_execution(CPU, plain_cnn(), "fp16")
+    with pytest.raises(ConfigError, match="precision 'half'"):
+        choose_execution(CPU, plain_cnn(), "half")
+
+
+def test_a_bf16_channels_last_step_trains_like_fp32():
+    torch.manual_seed(0)
+    x, y = torch.rand(8, 3, 12, 12), torch.tensor([0, 1] * 4)
+    losses = {}
+    for name, execution in {"fp32": Execution(CPU), "fast": Execution(CPU, torch.bfloat16, True)}.items():
+        torch.manual_seed(0)
+        model = execution.prepare(plain_cnn())
+        with execution.autocast():
+            losses[name] = nn.functional.cross_entropy(model(execution.inputs(x)).float(), y).item()
+    assert losses["fast"] == pytest.approx(losses["fp32"], abs=2e-2)

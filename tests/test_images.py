@@ -1,0 +1,87 @@
+"""The decoded-image cache: RAM or memory-mapped storage, and the disk store shared between runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medcls.data.cases import Case, ReaderTable
+from medcls.data.images import ImageStore, decode_all
+from medcls.data.prepared import hash_all
+from tests.conftest import save_png
+
+
+@pytest.fixture
+def cases(tmp_path):
+    rng = np.random.default_rng(1)
+    made = []
+    for i in range(6):
+        image = (rng.random((30, 40, 3)) * 255).astype(np.uint8)  # colour content
+        made.append(Case(key=f"c{i}.png", label="yes" if i % 2 else "no", path=save_png(tmp_path / f"c{i}.png", image)))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    made.insert(2, Case(key="broken.png", label="no", path=tmp_path / "broken.png"))
+    return made
+
+
+@pytest.fixture
+def readers(registries):
+    return ReaderTable(registries["readers"])
+
+
+def test_a_second_run_loads_every_image_from_the_store_with_identical_pixels(cases, readers, tmp_path):
+    hashes = hash_all(cases)
+    store = ImageStore(tmp_path / "store", {"size": 16})
+    first = decode_all(cases, readers, 16, hashes=hashes, store=store)
+    second = decode_all(cases, readers, 16, hashes=hashes, store=store)
+    assert first.decoded == 6 and second.decoded == 0
+    assert torch.equal(first.images, second.images) and first.channels == 3
+    uncached = decode_all(cases, readers, 16)
+    assert torch.equal(uncached.batch(np.arange(6)), second.batch(np.arange(6)))
+
+
+def test_other_preprocessing_settings_never_reuse_stored_images(cases, readers, tmp_path):
+    hashes = hash_all(cases)
+    decode_all(cases, readers, 16, hashes=hashes, store=ImageStore(tmp_path / "store", {"size": 16}))
+    other = decode_all(cases, readers, 16, hashes=hashes, store=ImageStore(tmp_path / "store", {"size": 16, "window": "lung"}))
+    assert other.decoded == 6
+
+
+def test_a_half_written_store_entry_is_decoded_again(cases, readers, tmp_path):
+    hashes = hash_all(cases)
+    store = ImageStore(tmp_path / "store", {"size": 16})
+    decode_all(cases, readers, 16, hashes=hashes, store=store)
+    store.path(hashes[0]).write_bytes(b"\x93NUMPY truncated")
+    again = decode_all(cases, readers, 16, hashes=hashes, store=store)
+    assert again.decoded == 1
+
+
+def test_unreadable_images_are_skipped_and_rows_map_to_the_readable_ones(cases, readers):
+    cache = decode_all(cases, readers, 16)
+    assert cache.kept.tolist() == [0, 1, 3, 4, 5, 6]
+    assert cache.failures[0][0] == "broken.png" and "cannot be decoded" in cache.failures[0][1]
+    direct = decode_all([cases[3]], readers, 16)
+    assert torch.equal(cache.batch([2]), direct.batch([0]))
+
+
+def test_images_larger_than_the_memory_budget_live_in_a_memory_mapped_file(cases, readers, tmp_path, monkeypatch):
+    mapped = []
+    original = np.lib.format.open_memmap
+
+    def spy(*args, **kwargs):
+        mapped.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", spy)
+    store = ImageStore(tmp_path / "store", {"size": 16})
+    on_disk = decode_all(cases, readers, 16, hashes=hash_all(cases), store=store, memory_budget=0)
+    in_ram = decode_all(cases, readers, 16)
+    assert mapped and not any(p.exists() for p in map(__import__("pathlib").Path, mapped))  # unlinked once mapped
+    assert torch.equal(on_disk.batch(np.arange(6)), in_ram.batch(np.arange(6)))
+
+
+def test_greyscale_content_is_stored_with_one_channel(readers, tmp_path):
+    grey = np.tile((np.arange(40, dtype=np.uint8) * 6)[None, :, None], (30, 1, 3))
+    cases = [Case(key="g.png", label="a", path=save_png(tmp_path / "g.png", grey))]
+    cache = decode_all(cases, readers, 16)
+    assert cache.channels == 1 and cache.images.shape == (1, 1, 16, 16)
