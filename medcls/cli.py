@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -303,6 +304,30 @@ def preview(policy, data, count, views, aug, image_size, seed, settings, out):
     titles = [prepared.cases[prepared.cache.kept[r]].label for r in rows]
     width, height = preview_grid(images, transform, views, out, titles)
     click.echo(f"wrote {out} ({width}x{height} px): {len(images)} images x {views} views of policy {policy!r}")
+
+
+@cli.command()
+@click.option("--data", help="Files to read, as for train (default: synthetic phantoms, written as PNG).")
+@click.option("--config", type=click.Path(dir_okay=False), help="A train config file for the data keys (columns, window).")
+@click.option("--backbone", default="efficientnet_lite0", show_default=True)
+@click.option("--image-size", type=int, default=224, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--rounds", type=click.IntRange(1, 50), default=3, show_default=True, help="Interleaved repetitions.")
+@click.option("--steps", type=click.IntRange(1, 100), default=3, show_default=True, help="Training steps per measurement.")
+@click.option("--limit", type=click.IntRange(1), default=256, show_default=True, help="At most this many files.")
+@click.option("--compress", type=click.Choice(["jpeg2000", "rle"]), help="Re-encode DICOM inputs first (in a temporary folder).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write every figure to this JSON file.")
+def bench(json_out, **options):
+    """Measure the pipeline against the model alone, raw decoders and naive MONAI, side by side."""
+    from medcls.bench import BenchSettings, run_bench, table
+
+    results = run_bench(BenchSettings(**options), registries(), log=log)
+    for line in table(results):
+        click.echo(line)
+    if json_out:
+        Path(json_out).write_text(json.dumps(results, indent=2), encoding="utf-8")
+        click.echo(f"wrote {json_out}")
 
 
 @cli.command()

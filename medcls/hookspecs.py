@@ -139,7 +139,9 @@ def medcls_register_readers(register):
     - ``sniff(head: bytes)`` optionally recognises files by their first 256 bytes (DICOM files
       often have no extension);
     - ``settings`` names the run settings the reader accepts as keyword arguments (the DICOM
-      reader takes ``window``: ``'lung'``, ``'40,400'``, ...); others are never passed;
+      reader takes ``window``: ``'lung'``, ``'40,400'``, ...; ``size``, the training resolution,
+      lets a reader decode a large file at reduced scale, never below twice ``size``); others
+      are never passed;
     - ``patient_id(path)`` optionally reads a patient identifier from the file's header. It is
       used only to group images in splits and is never printed or written in clear.
 

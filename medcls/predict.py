@@ -30,7 +30,7 @@ def predict_files(run, inputs, registries, batch_size: int = 32) -> tuple[list[d
     from medcls.runs import load_model
 
     model, info = load_model(run, registries)
-    readers = ReaderTable(registries["readers"], {"window": info.get("window")})
+    readers = ReaderTable(registries["readers"], {"window": info.get("window"), "size": info["image_size"]})
     classes, threshold = info["classes"], info.get("threshold")
     columns = ["file", *[f"prob_{c}" for c in classes], "predicted", "error"]
     rows, images, positions = [], [], []

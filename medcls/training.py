@@ -48,20 +48,32 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 class TrainingImages:
-    """Training split as a torch Dataset: cached image -> float (-> per-image policy, when the
-    policy cannot augment whole batches on the device)."""
+    """Training images as a torch Dataset that fetches whole batches from the image cache in one
+    indexing operation (a per-image policy, one without batch(), is applied image by image)."""
 
-    def __init__(self, data: PreparedData, rows: np.ndarray, transform) -> None:
-        self.data, self.rows = data, rows
+    def __init__(self, cache, rows: np.ndarray, labels: np.ndarray, transform) -> None:
+        self.cache, self.rows, self.labels = cache, rows, labels
         self.transform = None if is_batched(transform) else transform
-        self.labels = data.cache_labels(rows)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int):
-        image = self.data.cache.batch(self.rows[i:i + 1])[0]
-        return (image if self.transform is None else self.transform(image)), int(self.labels[i])
+        images, labels = self.__getitems__([i])
+        return images[0], int(labels[0])
+
+    def __getitems__(self, indices: list[int]):
+        """The DataLoader's batched fetch: (images (B, C, H, W), labels (B,)), already collated."""
+        import torch
+
+        images = self.cache.batch(self.rows[indices])
+        if self.transform is not None:
+            images = torch.stack([self.transform(image) for image in images])
+        return images, torch.as_tensor(self.labels[indices])
+
+    @staticmethod
+    def collate(batch):
+        return batch
 
 
 def is_batched(transform) -> bool:
@@ -125,6 +137,7 @@ def make_loader(dataset, labels: np.ndarray, config: TrainConfig, n_classes: int
         weights = class_weights(labels, n_classes)[labels]
         sampler = WeightedRandomSampler(torch.as_tensor(weights), len(weights), generator=generator)
     return DataLoader(dataset, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
+                      collate_fn=getattr(dataset, "collate", None),
                       generator=generator, num_workers=workers, drop_last=len(dataset) > config.batch_size,
                       worker_init_fn=partial(seed_worker, seed=config.seed) if workers else None,
                       persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
@@ -240,7 +253,7 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
     weights = class_weights(train_labels, len(data.classes)) if config.class_balance == "weighted_loss" else None
     loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device))
     generator = torch.Generator().manual_seed(config.seed)
-    loader = make_loader(TrainingImages(data, train_rows, transform), train_labels, config, len(data.classes),
+    loader = make_loader(TrainingImages(data.cache, train_rows, train_labels, transform), train_labels, config, len(data.classes),
                          workers, generator)
     metrics = list(registries["metrics"])
     val_labels = data.cache_labels(val_rows)

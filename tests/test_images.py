@@ -85,3 +85,30 @@ def test_greyscale_content_is_stored_with_one_channel(readers, tmp_path):
     cases = [Case(key="g.png", label="a", path=save_png(tmp_path / "g.png", grey))]
     cache = decode_all(cases, readers, 16)
     assert cache.channels == 1 and cache.images.shape == (1, 1, 16, 16)
+
+
+def test_compressed_dicom_decodes_in_worker_processes_like_in_threads(readers, tmp_path, monkeypatch):
+    import multiprocessing
+
+    import pydicom
+    from pydicom.uid import RLELossless
+
+    from medcls.data import images
+    from tests.test_readers import write_ct
+
+    rng = np.random.default_rng(2)
+    cases = []
+    for i in range(17):
+        path = write_ct(tmp_path / f"{i}.dcm", rng.integers(0, 2048, (24, 24)))
+        ds = pydicom.dcmread(path)
+        ds.compress(RLELossless)
+        ds.save_as(path)
+        cases.append(Case(key=path.name, label="a", path=path))
+    (tmp_path / "16.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 10)  # truncated: unreadable
+    assert images.compressed_dicom(cases[0].path)
+    pooled = decode_all(cases, readers, 16, threads=2)
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: [])
+    threaded = decode_all(cases, readers, 16, threads=2)
+    assert pooled.kept.tolist() == threaded.kept.tolist() == list(range(16))
+    assert pooled.failures[0][0] == "16.dcm" and "no pixel data" in pooled.failures[0][1]
+    assert torch.equal(pooled.images, threaded.images)

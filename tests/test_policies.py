@@ -164,10 +164,10 @@ def test_batched_policies_run_in_the_loop_and_per_image_ones_in_a_worker(registr
     data = prepare_data(config, registries)
     rows = data.rows("train")
     batched, _ = make_policy(config, registries)
-    dataset = TrainingImages(data, rows, batched)
+    dataset = TrainingImages(data.cache, rows, data.cache_labels(rows), batched)
     assert torch.equal(dataset[0][0], data.cache.batch(rows[:1])[0])  # not augmented here
     assert loader_workers(config, batched) == 0
     per_image = lambda image: 1 - image  # noqa: E731  (a third-party policy without batch())
-    assert torch.equal(TrainingImages(data, rows, per_image)[0][0], 1 - data.cache.batch(rows[:1])[0])
+    assert torch.equal(TrainingImages(data.cache, rows, data.cache_labels(rows), per_image)[0][0], 1 - data.cache.batch(rows[:1])[0])
     assert loader_workers(config, per_image) == 1
     assert loader_workers(make_config({"workers": 3}), per_image) == 3

@@ -203,3 +203,32 @@ def test_reader_table_passes_only_declared_settings(registries, tmp_path):
     assert table.read(Case(key="a", label="x", path=tmp_path / "a.png")).shape == (1, 4, 4)  # PIL gets no window
     bone = table.read(Case(key="b", label="x", path=tmp_path / "b.dcm"))
     np.testing.assert_allclose(bone[0, 1, 1], (1024 - 400 + 900) / 1800, atol=1e-6)
+
+
+def test_fused_rescale_and_window_equals_the_modality_lut_path(tmp_path):
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    stored = np.random.default_rng(0).integers(0, 4096, (64, 64))
+    path = write_ct(tmp_path / "ct.dcm", stored, slope=0.5, intercept=-1000.0)
+    ds = pydicom.dcmread(path)
+    hu = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+    expected = np.clip((hu - (40 - 200)) / 400, 0, 1)
+    np.testing.assert_allclose(read_dicom(path)[0], expected, atol=1e-6)
+
+
+def test_large_jpeg_decodes_at_reduced_scale_but_never_below_twice_the_size(tmp_path):
+    import torch
+
+    from medcls.data.images import resize
+
+    y, x = np.mgrid[:1600, :1200]
+    array = ((np.sin(x / 40.0) + np.cos(y / 55.0) + 2) * 60).astype(np.uint8)
+    path = tmp_path / "big.jpg"
+    from PIL import Image
+
+    Image.fromarray(array).save(path, quality=95)
+    full, reduced = read_pil(path), read_pil(path, size=128)
+    assert full.shape == (1, 1600, 1200) and min(reduced.shape[1:]) >= 256 and reduced.shape[1] < 1600
+    difference = (resize(full, 128) - resize(reduced, 128)).abs()
+    assert float(difference.mean()) < 0.01 and isinstance(difference, torch.Tensor)

@@ -23,7 +23,7 @@ def detect_format(source: str, datasets) -> str:
 
 def load_cases(config, registries) -> tuple[list[Case], str, ReaderTable]:
     """The cases of `config.data` with their layout's name, and the reader table used for files."""
-    readers = ReaderTable(registries["readers"], {"window": config.window})
+    readers = ReaderTable(registries["readers"], {"window": config.window, "size": config.image_size})
     source = str(config.data)
     name = detect_format(source, registries["datasets"]) if config.format == "auto" else config.format
     options = config.data_options(readers)

@@ -13,12 +13,16 @@ DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic")
 NIFTI_EXTENSIONS = (".nii", ".nii.gz")
 
 
-def read_pil(path: Path) -> np.ndarray:
-    """PNG/JPEG/TIFF via Pillow: L, LA, RGB, RGBA, P, 1, CMYK, 16- and 32-bit greyscale."""
+def read_pil(path: Path, size: int | None = None) -> np.ndarray:
+    """PNG/JPEG/TIFF via Pillow: L, LA, RGB, RGBA, P, 1, CMYK, 16- and 32-bit greyscale. With
+    `size` (the training resolution), a large JPEG is decoded at a reduced DCT scale that stays at
+    least twice `size` on each side, so the antialiased resize that follows still sets the pixels."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
+            if size and img.format == "JPEG":
+                img.draft(img.mode, (2 * size, 2 * size))
             img.load()
             return pil_to_array(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -144,8 +148,19 @@ def dicom_to_unit_range(ds, pixels: np.ndarray, window: tuple[float, float] | No
         top = float(2 ** int(getattr(ds, "BitsStored", 8)) - 1)
         arr = pixels.astype(np.float32) / top
         return np.ascontiguousarray(arr.transpose(2, 0, 1) if arr.ndim == 3 else arr[None])
-    values = apply_modality_lut(pixels, ds).astype(np.float64)
     center, width = window if window is not None else first_window(ds)
+    if center is not None and "ModalityLUTSequence" not in ds:
+        # Linear rescale and window fused into one float32 multiply-add: the same numbers as
+        # apply_modality_lut followed by the window, at the cost of one pass over the pixels.
+        slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+        arr = pixels.astype(np.float32)
+        arr *= np.float32(slope / width)
+        arr += np.float32((intercept - (center - width / 2.0)) / width)
+        np.clip(arr, 0.0, 1.0, out=arr)
+        if photometric == "MONOCHROME1":
+            np.subtract(1.0, arr, out=arr)
+        return arr[None]
+    values = apply_modality_lut(pixels, ds).astype(np.float64)
     if center is not None:
         lo, hi = center - width / 2.0, center + width / 2.0
         arr = np.clip((values - lo) / (hi - lo), 0.0, 1.0)

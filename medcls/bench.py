@@ -1,0 +1,361 @@
+"""`medcls bench`: the data pipeline and training step against the model alone, the raw decoder
+calls and a naive MONAI per-item pipeline, on the same files in one process. Rounds interleave
+the things compared (machine noise hits both alike) and ratios are medians of per-round ratios."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medcls.errors import DataError
+
+
+@dataclass
+class BenchSettings:
+    data: str | None = None  # default: the config file's data, else the synthetic phantoms
+    config: str | None = None  # a train config file: data, columns, window as for `medcls train`
+    backbone: str = "efficientnet_lite0"
+    image_size: int = 224
+    batch_size: int = 32
+    rounds: int = 3  # interleaved repetitions of every comparison
+    steps: int = 3  # training steps per measurement
+    limit: int = 256  # at most this many files
+    compress: str | None = None  # re-encode DICOM inputs first: jpeg2000 or rle
+    device: str = "auto"
+
+
+def median(values) -> float:
+    return float(statistics.median(values))
+
+
+@contextmanager
+def stopwatch(times: list):
+    started = time.perf_counter()
+    yield
+    times.append(time.perf_counter() - started)
+
+
+def files_for(settings: BenchSettings, registries, workdir: Path):
+    """The cases to read, as files on disk: synthetic phantoms are written as PNG first, DICOM is
+    re-encoded when `compress` asks for it."""
+    from medcls.config import make_config, read_config_file
+    from medcls.data.loading import load_cases
+
+    given = read_config_file(settings.config) if settings.config else {}
+    flags = {"image_size": settings.image_size, **({"data": settings.data} if settings.data else {})}
+    config = make_config(given, flags, where=f"config file '{settings.config}'")
+    cases, _, readers = load_cases(config, registries)
+    cases = cases[:settings.limit]
+    if cases[0].path is None:
+        from PIL import Image
+
+        for i, case in enumerate(cases):
+            case.path = workdir / f"{i:05d}.png"
+            Image.fromarray((case.array[0] * 255).round().astype(np.uint8)).save(case.path)
+            case.array = None
+    if settings.compress:
+        cases = [compressed_copy(case, settings.compress, workdir) for case in cases]
+    return cases, readers
+
+
+def compressed_copy(case, syntax: str, workdir: Path):
+    import pydicom
+    from pydicom.uid import JPEG2000Lossless, RLELossless
+
+    uid = {"jpeg2000": JPEG2000Lossless, "rle": RLELossless}.get(syntax)
+    if uid is None:
+        raise DataError(f"--compress {syntax!r}: choose jpeg2000 or rle")
+    if case.path.suffix.lower() != ".dcm":
+        raise DataError(f"--compress applies to DICOM inputs; '{case.path}' is not one")
+    ds = pydicom.dcmread(case.path)
+    ds.compress(uid)
+    target = workdir / f"{syntax}-{case.path.name}"
+    ds.save_as(target)
+    case.path = target
+    return case
+
+
+def raw_read(path: Path):
+    """The library call a reader wraps, and nothing else."""
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        return np.asanyarray(nib.load(str(path)).dataobj)
+    if name.endswith(".dcm"):
+        import pydicom
+
+        return pydicom.dcmread(path).pixel_array
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img)
+
+
+def reader_overhead(cases, readers, rounds: int) -> dict:
+    """Per file: our reader (decode, modality LUT, window, to float) over the raw decoder call."""
+    ratios, ours, raw = [], [], []
+    for case in cases[:40]:
+        a, b = [], []
+        for _ in range(rounds):
+            with stopwatch(a):
+                raw_read(case.path)
+            with stopwatch(b):
+                readers.read(case)
+        raw.append(median(a))
+        ours.append(median(b))
+        ratios.append(ours[-1] / raw[-1])
+    return {"files": len(ratios), "raw_ms": 1000 * median(raw), "medcls_ms": 1000 * median(ours),
+            "ratio": median(ratios), "target": "<= 1.10"}
+
+
+def naive_monai_epoch(paths: list[Path], size: int, batch_size: int, workers: int) -> float:
+    """MONAI's documented per-item pipeline: LoadImaged + intensity scaling + resize in workers."""
+    from monai.data import DataLoader, Dataset
+    from monai.transforms import Compose, EnsureChannelFirstd, Lambdad, LoadImaged, Resized, ScaleIntensityd
+
+    transform = Compose([
+        LoadImaged(keys="image", image_only=True),
+        EnsureChannelFirstd(keys="image"),
+        Lambdad(keys="image", func=first_channel),  # mixed grey/RGB/RGBA files must stack
+        ScaleIntensityd(keys="image"),
+        Resized(keys="image", spatial_size=(size, size)),
+    ])
+    loader = DataLoader(Dataset([{"image": str(p)} for p in paths], transform), batch_size=batch_size,
+                        num_workers=workers, shuffle=True)
+    started = time.perf_counter()
+    for _ in loader:
+        pass
+    return len(paths) / (time.perf_counter() - started)
+
+
+def first_channel(image):
+    return image[:1]
+
+
+def loader_figures(cases, readers, settings: BenchSettings, workers: int) -> dict:
+    """Images/s: our first epoch (hash + decode into a cold store), a later run (warm store),
+    cached epochs (the training loader), against naive MONAI epochs."""
+    import torch
+
+    from medcls.data.images import ImageStore, decode_all
+    from medcls.data.prepared import hash_all
+
+    first, warm, cached, naive = [], [], [], []
+    paths = [c.path for c in cases]
+    for round_ in range(settings.rounds):
+        with tempfile.TemporaryDirectory() as root:
+            store = ImageStore(root, {"size": settings.image_size})
+            started = time.perf_counter()
+            cache = decode_all(cases, readers, settings.image_size, hashes=hash_all(cases), store=store)
+            first.append(len(cases) / (time.perf_counter() - started))
+            started = time.perf_counter()
+            decode_all(cases, readers, settings.image_size, hashes=hash_all(cases), store=store)
+            warm.append(len(cases) / (time.perf_counter() - started))
+        rows = torch.randperm(len(cache.kept)).numpy()
+        started = time.perf_counter()
+        for start in range(0, len(rows), settings.batch_size):
+            cache.batch(rows[start:start + settings.batch_size])
+        cached.append(len(rows) / (time.perf_counter() - started))
+        naive.append(naive_monai_epoch(paths, settings.image_size, settings.batch_size, workers))
+    return {
+        "images": len(cases), "monai_workers": workers,
+        "first_epoch_img_s": median(first), "warm_store_img_s": median(warm),
+        "cached_epoch_img_s": median(cached), "naive_monai_img_s": median(naive),
+        "cached_vs_naive": median(c / n for c, n in zip(cached, naive)),
+        "first_vs_naive": median(f / n for f, n in zip(first, naive)),
+        "cached_vs_first": median(c / f for c, f in zip(cached, first)),
+        "targets": {"cached_vs_naive": ">= 10", "first_vs_naive": ">= 1.0",
+                    "cached_vs_first": ">= 5 (compressed 2D DICOM)"},
+    }
+
+
+def training_step(model, optimizer, execution, images, labels, augment=None):
+    import torch
+
+    images = execution.inputs(augment(images) if augment is not None else images)
+    with execution.autocast():
+        loss = torch.nn.functional.cross_entropy(model(images).float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def model_figures(settings: BenchSettings, registries, data_cache, device) -> dict:
+    """Model-only training in three configurations, inference, end-to-end training from our
+    loader with batched augmentation, and stage 1 on cached features: interleaved rounds."""
+    import torch
+
+    from medcls.config import make_config
+    from medcls.execution import Execution, choose_execution
+    from medcls.models import build_classifier
+    from medcls.training import TrainingImages, make_loader, make_policy
+
+    channels, size, batch = data_cache.channels, settings.image_size, settings.batch_size
+    model, _ = build_classifier(registries, settings.backbone, 2, channels, 0.2, False, None)
+    default = choose_execution(device, model)
+    executions = {"fp32_nchw": Execution(device), "fp32_channels_last": Execution(device, None, True),
+                  "default": default}
+    x = torch.rand(batch, channels, size, size, device=device)
+    y = torch.randint(0, 2, (batch,), device=device)
+    # End to end: the training loader and batched policy exactly as `medcls train` uses them.
+    config = make_config({"policy": "interpretable", "batch_size": batch})
+    policy, _ = make_policy(config, registries)
+    rows = np.arange(len(data_cache.kept))
+    labels = rows % 2
+    loader = make_loader(TrainingImages(data_cache, rows, labels, policy), labels, config, 2, 0,
+                         torch.Generator().manual_seed(0))
+    batches = endless(loader)
+    times: dict[str, list] = {}
+    models = {}
+    for name, execution in executions.items():
+        m, _ = build_classifier(registries, settings.backbone, 2, channels, 0.2, False, None)
+        models[name] = (execution.prepare(m), torch.optim.AdamW(m.parameters(), lr=1e-4))
+        training_step(*models[name], execution, x, y)  # warm up kernels and allocator
+
+    def timed(name, fn, images):
+        started = time.perf_counter()
+        for _ in range(settings.steps):
+            fn()
+        synchronise(device)
+        times.setdefault(name, []).append(images * settings.steps / (time.perf_counter() - started))
+
+    waits = []
+    for _ in range(settings.rounds):
+        for name, execution in executions.items():
+            m, opt = models[name]
+            timed(name, lambda: training_step(m, opt, execution, x, y), batch)
+        m, opt = models["default"]
+
+        def from_loader():
+            started = time.perf_counter()
+            images, targets = next(batches)
+            images, targets = policy.batch(images.to(device, non_blocking=True)), targets.to(device)
+            waits.append(time.perf_counter() - started)
+            training_step(m, opt, default, images, targets)
+
+        timed("end_to_end", from_loader, batch)
+        with torch.no_grad():
+            m.eval()
+            timed("inference", lambda: m(default.inputs(x)), batch)
+            m.train()
+        stage1_round(m, default, x, y, timed)
+    step_seconds = batch / median(times["end_to_end"])
+    figures = {name: median(v) for name, v in times.items()}
+    return {
+        "execution_default": default.describe(), "img_s": figures,
+        "default_vs_fp32_nchw": median(a / b for a, b in zip(times["default"], times["fp32_nchw"])),
+        "default_vs_fp32_channels_last": median(a / b for a, b in zip(times["default"], times["fp32_channels_last"])),
+        "end_to_end_vs_model": median(a / b for a, b in zip(times["end_to_end"], times["default"])),
+        "data_wait_fraction": median(waits) / step_seconds,
+        "stage1_features_vs_backbone": median(a / b for a, b in zip(times["stage1_features"], times["stage1_backbone"])),
+        "targets": {"default_vs_fp32_nchw": ">= 1.3", "default_vs_fp32_channels_last": ">= 1.0",
+                    "end_to_end_vs_model": ">= 0.95", "stage1_features_vs_backbone": ">= 10"},
+    }
+
+
+def endless(loader):
+    while True:
+        yield from loader
+
+
+def stage1_round(model, execution, x, y, timed) -> None:
+    """Frozen backbone each step against the head on features computed once."""
+    import torch
+
+    model.set_trainable(0)
+    head_optimizer = torch.optim.AdamW(model.head.parameters(), lr=1e-3)
+    with torch.no_grad(), execution.autocast():
+        features = model.features(execution.inputs(x)).float()
+
+    def backbone_step():
+        with torch.no_grad(), execution.autocast():
+            f = model.features(execution.inputs(x)).float()
+        head_step(f)
+
+    def head_step(f):
+        loss = torch.nn.functional.cross_entropy(model.head(f), y)
+        head_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        head_optimizer.step()
+
+    timed("stage1_backbone", backbone_step, len(x))
+    timed("stage1_features", lambda: head_step(features), len(x))
+    model.set_trainable(-1)
+
+
+def synchronise(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_bench(settings: BenchSettings, registries, log=lambda message: None) -> dict:
+    import torch
+
+    from medcls.data.images import decode_all
+    from medcls.execution import available_cores, tune_process
+    from medcls.training import resolve_device
+
+    device = resolve_device(settings.device)
+    tune_process(0)
+    with tempfile.TemporaryDirectory() as workdir:
+        cases, readers = files_for(settings, registries, Path(workdir))
+        log(f"bench: {len(cases)} files, {settings.backbone} at {settings.image_size} px, "
+            f"batch {settings.batch_size}, {settings.rounds} interleaved rounds, on {device}")
+        results = {"settings": asdict(settings), "machine": machine(device)}
+        results["reader"] = reader_overhead(cases, readers, settings.rounds)
+        log(f"reader: {results['reader']['ratio']:.2f}x the raw decoder call")
+        results["loader"] = loader_figures(cases, readers, settings, workers=available_cores())
+        log(f"loader: cached epochs {results['loader']['cached_vs_naive']:.1f}x naive MONAI")
+        cache = decode_all(cases, readers, settings.image_size)
+        torch.manual_seed(0)
+        results["model"] = model_figures(settings, registries, cache, device)
+    return results
+
+
+def machine(device) -> dict:
+    import monai
+    import timm
+    import torch
+
+    from medcls import __version__
+    from medcls.execution import available_cores
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cores": available_cores(), "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "torch": torch.__version__, "timm": timm.__version__, "monai": monai.__version__,
+            "medcls": __version__}
+
+
+def table(results: dict) -> list[str]:
+    """The figures a reader checks against the targets, one line each."""
+    loader, model, reader = results["loader"], results["model"], results["reader"]
+    rows = [
+        ("reader / raw decoder call", reader["ratio"], "<= 1.10"),
+        ("loader cached epoch / naive MONAI", loader["cached_vs_naive"], ">= 10"),
+        ("loader first epoch / naive MONAI", loader["first_vs_naive"], ">= 1.0"),
+        ("loader cached / first epoch", loader["cached_vs_first"], ">= 5 (compressed DICOM)"),
+        ("end-to-end training / model only", model["end_to_end_vs_model"], ">= 0.95"),
+        ("data wait, fraction of a step", model["data_wait_fraction"], "<= 0.05"),
+        ("stage 1 cached features / frozen backbone", model["stage1_features_vs_backbone"], ">= 10"),
+        (f"default ({model['execution_default']}) / fp32 NCHW", model["default_vs_fp32_nchw"], ">= 1.3"),
+        ("default / fp32 channels_last", model["default_vs_fp32_channels_last"], ">= 1.0"),
+    ]
+    lines = [f"{'measure':<48} {'median':>9}  target"]
+    lines += [f"{name:<48} {value:>9.2f}  {target}" for name, value, target in rows]
+    speeds = ", ".join(f"{k} {v:.1f}" for k, v in model["img_s"].items())
+    lines.append(f"img/s: {speeds}; loader first {loader['first_epoch_img_s']:.0f}, warm store "
+                 f"{loader['warm_store_img_s']:.0f}, cached {loader['cached_epoch_img_s']:.0f}, naive MONAI "
+                 f"{loader['naive_monai_img_s']:.0f}")
+    return lines
