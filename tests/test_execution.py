@@ -62,3 +62,18 @@ def test_a_bf16_channels_last_step_trains_like_fp32():
         with execution.autocast():
             losses[name] = nn.functional.cross_entropy(model(execution.inputs(x)).float(), y).item()
     assert losses["fast"] == pytest.approx(losses["fp32"], abs=2e-2)
+
+
+def test_tune_process_leaves_a_core_per_loader_worker(monkeypatch):
+    import medcls.execution as execution
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(execution, "_TUNED", False)
+    monkeypatch.setattr(execution, "available_cores", lambda: 4)
+    try:
+        execution.tune_process(loader_workers=1)
+        assert torch.get_num_threads() == 3
+        execution.tune_process(loader_workers=3)  # once per process: later calls change nothing
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

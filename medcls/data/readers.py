@@ -153,8 +153,7 @@ def dicom_to_unit_range(ds, pixels: np.ndarray, window: tuple[float, float] | No
         # Linear rescale and window fused into one float32 multiply-add: the same numbers as
         # apply_modality_lut followed by the window, at the cost of one pass over the pixels.
         slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
-        arr = pixels.astype(np.float32)
-        arr *= np.float32(slope / width)
+        arr = np.multiply(pixels, np.float32(slope / width), dtype=np.float32)
         arr += np.float32((intercept - (center - width / 2.0)) / width)
         np.clip(arr, 0.0, 1.0, out=arr)
         if photometric == "MONOCHROME1":
