@@ -30,10 +30,12 @@ class TrainConfig:
     # --- preprocessing ---
     window: str = "header"  # DICOM intensity window: header, a preset (brain, lung, soft_tissue, ...) or 'centre,width'
     image_size: int = 224  # images are resized to image_size x image_size
+    volume_size: str = "64"  # 3D backbones: the training grid in voxels, one number (a cube) or z,y,x
+    volume_spacing: str | None = None  # 3D: resample to this spacing in mm (one number or z,y,x), then centre-crop/pad; None: resize the whole volume
     channels: str = "auto"  # 'auto' (1 if every image is greyscale, else 3), '1' or '3'
     # --- model ---
     backbone: str = "resnet50"  # any registered backbone (`medcls list backbones`)
-    pretrained: bool = True  # start from pretrained weights; fails (never falls back) if unavailable
+    pretrained: bool | None = None  # None: pretrained when the backbone has weights (timm: yes, MONAI 3D: none exist); True fails, never falls back, if they are unavailable
     weights: str | None = None  # a .safetensors file with backbone weights, tried before any source
     dropout: float = 0.3  # dropout before the new classification head
     # --- augmentation ---

@@ -51,7 +51,7 @@ class Execution:
 
     def describe(self) -> str:
         precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[self.dtype]
-        return f"{self.device}, {precision}, {'channels_last' if self.channels_last else 'NCHW'}"
+        return f"{self.device}, {precision}, {'channels_last' if self.channels_last else 'contiguous'}"
 
 
 def has_depthwise_convolutions(model: nn.Module) -> bool:

@@ -21,8 +21,9 @@ class Classifier(nn.Module):
 
         mean = channel_stats(tuple(getattr(backbone, "mean", IMAGENET_MEAN)), in_chans)
         std = channel_stats(tuple(getattr(backbone, "std", IMAGENET_STD)), in_chans)
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        shape = (1, -1) + (1,) * int(getattr(backbone, "spatial_dims", 2))  # (B, C, H, W) or (B, C, D, H, W)
+        self.register_buffer("mean", torch.tensor(mean).view(shape))
+        self.register_buffer("std", torch.tensor(std).view(shape))
         self.backbone = backbone
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(int(backbone.num_features), num_classes))
         # Pretrained backbones keep their batch-norm statistics while fine-tuning (the Keras

@@ -11,11 +11,15 @@ from medcls.errors import DataError
 
 
 def expand_inputs(inputs, readers: ReaderTable) -> list[Path]:
+    """Files as given; folders searched for readable files (and, for volume models, series folders)."""
+    from medcls.data.cases import DataOptions
+    from medcls.data.layouts import candidate_files
+
     files = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
-            files += [p for p in sorted(path.rglob("*")) if p.is_file() and readers.can_read(p)]
+        if path.is_dir() and not readers.can_read(path):
+            files += candidate_files(path, DataOptions(readers=readers))
         else:
             files.append(path)
     if not files:
@@ -26,11 +30,15 @@ def expand_inputs(inputs, readers: ReaderTable) -> list[Path]:
 def predict_files(run, inputs, registries, batch_size: int = 32) -> tuple[list[dict], list[str]]:
     import torch
 
-    from medcls.data.images import resize, to_channels
+    from medcls.data.images import prepare_one, to_channels
+    from medcls.data.volumes import make_grid
     from medcls.runs import load_model
 
     model, info = load_model(run, registries)
-    readers = ReaderTable(registries["readers"], {"window": info.get("window"), "size": info["image_size"]})
+    dims = int(info.get("spatial_dims", 2))
+    readers = ReaderTable(registries["readers"], {"window": info.get("window"), "size": info["image_size"]}, dims=dims)
+    grid = info["image_size"] if dims == 2 else make_grid(info["volume_size"], info.get("volume_spacing"),
+                                                          info.get("window"))
     classes, threshold = info["classes"], info.get("threshold")
     columns = ["file", *[f"prob_{c}" for c in classes], "predicted", "error"]
     rows, images, positions = [], [], []
@@ -39,7 +47,7 @@ def predict_files(run, inputs, registries, batch_size: int = 32) -> tuple[list[d
         try:
             if not path.exists():
                 raise DataError(f"file '{path}' does not exist")
-            image = resize(readers.read(Case(key=str(path), label="", path=path)), info["image_size"])
+            image = prepare_one(readers.read(Case(key=str(path), label="", path=path)), grid)
             images.append(to_channels(image, info["in_chans"]))
             positions.append(len(rows))
         except DataError as exc:

@@ -190,6 +190,17 @@ def stages_for(config: TrainConfig) -> list:
             Stage("finetune", config.finetune_epochs, config.lr * config.finetune_lr_factor, -1)]
 
 
+def resolve_pretrained(config: TrainConfig, registries) -> bool:
+    """`pretrained` unset means: from pretrained weights when the backbone has any."""
+    has_weights = registries["backbones"].get(config.backbone).metadata.get("pretrained", True)
+    if config.pretrained is None:
+        return bool(has_weights or config.weights)
+    if config.pretrained and not has_weights and not config.weights:
+        raise ConfigError(f"backbone {config.backbone!r} has no pretrained weights: train it from scratch "
+                          "(--no-pretrained) or give --weights FILE.safetensors")
+    return config.pretrained
+
+
 def check_names(config: TrainConfig, registries) -> None:
     """Fail on a misspelled name before any data is read."""
     registries["backbones"].get(config.backbone)
@@ -217,6 +228,7 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
 
     started = time.perf_counter()
     check_names(config, registries)
+    config = dataclasses.replace(config, pretrained=resolve_pretrained(config, registries))
     if Path(config.data).exists():
         # Absolute, so that `medcls evaluate RUN` finds the data (and its split) from any folder.
         config = dataclasses.replace(config, data=str(Path(config.data).resolve()))
@@ -295,11 +307,13 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
     out.mkdir(parents=True, exist_ok=True)
     info = {
         "backbone": config.backbone, "classes": data.classes, "in_chans": data.cache.channels,
-        "image_size": config.image_size, "dropout": config.dropout, "threshold": threshold,
+        "image_size": config.image_size, "spatial_dims": getattr(model.backbone, "spatial_dims", 2),
+        "volume_size": config.volume_size, "volume_spacing": config.volume_spacing, "dropout": config.dropout, "threshold": threshold,
         "threshold_rule": config.threshold_rule, "target": config.target, "window": config.window,
         "temperature": scoring["temperature"],
         "positive_class": data.classes[1] if len(data.classes) == 2 else None,
-        "preprocessing": "decode (readers), resize to image_size (antialiased bilinear), values in [0, 1]; "
+        "preprocessing": "decode (readers), resize to image_size (antialiased bilinear) or, for volumes, reorient "
+                         "to RAS, crop/resample to volume_size (trilinear), window or percentiles; values in [0, 1]; "
                          "the model normalises internally", "weights_origin": weights_origin,
     }
     save_model(model, info, out)

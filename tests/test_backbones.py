@@ -22,8 +22,9 @@ def test_backbone_smoke(registries, name, in_chans):
     model, _ = build_classifier(registries, name, num_classes=2, in_chans=in_chans, dropout=0.2, pretrained=False)
     model.eval()
     size = 224 if "vit" in name and "test" not in name else 64
+    dims = REGISTRY.get(name).metadata.get("spatial_dims", 2)
     with torch.no_grad():
-        out = model(torch.rand(2, in_chans, size, size))
+        out = model(torch.rand(2, in_chans, *([size] * 2 if dims == 2 else [32] * 3)))
     assert out.shape == (2, 2) and torch.isfinite(out).all()
     assert len(model.blocks()) >= 2
 

@@ -8,6 +8,8 @@ from medcls.data import layouts, synthetic
 def medcls_register_datasets(register):
     register("synthetic", synthetic.load_synthetic, detect=synthetic.is_synthetic,
              description="Built-in MR-like brain phantoms with and without a tumour (offline demo)")
+    register("synthetic3d", synthetic.load_synthetic_volumes, detect=synthetic.is_synthetic_volumes,
+             description="Built-in 3D head volumes with and without a lesion (for 3D backbones)")
     register("csv", layouts.load_csv, detect=layouts.is_csv,
              description="CSV manifest: path,label[,patient_id][,split]; columns mappable")
     register("npz", layouts.load_npz, detect=layouts.is_npz,

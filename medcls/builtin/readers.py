@@ -2,6 +2,7 @@
 
 from medcls import hookimpl
 from medcls.data import readers as r
+from medcls.data import volumes as v
 
 
 @hookimpl
@@ -14,3 +15,7 @@ def medcls_register_readers(register):
              settings=("window",))
     register("nifti", r.read_nifti, description="Single-slice NIfTI via nibabel",
              extensions=r.NIFTI_EXTENSIONS)
+    register("nifti_volume", v.read_nifti_volume, dims=3, extensions=r.NIFTI_EXTENSIONS,
+             description="3D NIfTI volume via nibabel, reoriented to RAS, with voxel spacing")
+    register("dicom_series", v.read_dicom_series, dims=3, folders=v.is_series_folder, settings=("series_uid",),
+             description="DICOM series folder: slices sorted along the normal, rescaled, spacing derived")

@@ -40,17 +40,22 @@ class Case:
     label: str
     patient_id: str | None = None
     split: str | None = None  # a split fixed by the data set itself, if any
-    path: Path | None = None
-    array: np.ndarray | None = field(default=None, repr=False)  # float32 (C, H, W) in [0, 1]
+    path: Path | None = None  # an image file, a volume file or a DICOM series folder
+    array: object = field(default=None, repr=False)  # float32 (C, H, W) in [0, 1], or a volumes.Volume
     attributes: dict = field(default_factory=dict, repr=False)  # other manifest columns (site, sex, ...)
 
     def content_hash(self) -> str:
         """SHA-256 of the file's bytes (or the array's), to find byte-identical copies."""
         digest = hashlib.sha256()
         if self.path is not None:
-            with open(self.path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
+            # A DICOM series folder: every file's bytes, in name order.
+            files = sorted(p for p in self.path.iterdir() if p.is_file()) if self.path.is_dir() else [self.path]
+            for file in files:
+                with open(file, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        digest.update(chunk)
+        elif hasattr(self.array, "voxels"):  # an in-memory volume
+            digest.update(np.ascontiguousarray(self.array.voxels).tobytes())
         else:
             digest.update(np.ascontiguousarray(self.array).tobytes())
         return digest.hexdigest()
@@ -63,14 +68,21 @@ def normalise_split(value: str, where: str) -> str:
     return split
 
 
+CASE_SETTINGS = ("series_uid",)
+
+
 class ReaderTable:
     """Chooses the registered reader for each file, by extension and then by sniffing its bytes."""
 
-    def __init__(self, readers, settings: dict | None = None) -> None:
-        self.readers = list(readers)
+    def __init__(self, readers, settings: dict | None = None, dims: int = 2) -> None:
+        # Readers of 2D images or of 3D volumes (metadata dims=3), as the backbone needs.
+        self.readers = [r for r in readers if r.metadata.get("dims", 2) == dims]
+        self.dims = dims
         self.settings = settings or {}  # e.g. {"window": "lung"}, passed to readers that declare them
 
     def entry_for(self, path: Path):
+        if path.is_dir():
+            return next((e for e in self.readers if e.metadata.get("folders") and e.metadata["folders"](path)), None)
         name = path.name.lower()
         for entry in self.readers:
             if any(name.endswith(ext) for ext in entry.metadata.get("extensions", ())):
@@ -95,14 +107,16 @@ class ReaderTable:
         entry = self.entry_for(case.path)
         if entry is None:
             raise DataError(f"file '{case.path}' has no reader (unknown format): convert it or remove it")
-        wanted = {k: self.settings[k] for k in entry.metadata.get("settings", ()) if self.settings.get(k) is not None}
+        # Per-case reader arguments: a manifest's series_uid column picks one series of a folder.
+        given = {**self.settings, **{k: case.attributes[k] for k in CASE_SETTINGS if k in case.attributes}}
+        wanted = {k: given[k] for k in entry.metadata.get("settings", ()) if given.get(k) not in (None, "")}
         try:
             image = entry.obj(case.path, **wanted)
         except DataError:
             raise
         except Exception as exc:  # a reader plugin's bug must not hide which file broke it
             raise DataError(f"file '{case.path}' cannot be read by reader {entry.name!r} ({exc})") from None
-        return check_image(image, case.key)
+        return image if self.dims == 3 else check_image(image, case.key)
 
     def patient_id(self, path: Path) -> str | None:
         entry = self.entry_for(path)

@@ -92,6 +92,20 @@ def resize(image: np.ndarray, size: int) -> torch.Tensor:
     return tensor[0].clamp_(0.0, 1.0)
 
 
+def prepare_one(image, size) -> torch.Tensor:
+    """A reader's output on the training grid: a 2D image resized to `size` pixels square, or a
+    volume (`size` a volumes.VolumeGrid) cropped, resampled and scaled to its grid."""
+    if isinstance(size, int):
+        return resize(image, size)
+    from medcls.data.volumes import to_grid
+
+    return to_grid(image, size)
+
+
+def spatial_shape(size) -> tuple:
+    return (size, size) if isinstance(size, int) else tuple(size.shape)
+
+
 def to_uint16(image: torch.Tensor) -> np.ndarray:
     return (image * SCALE).round_().to(torch.int32).numpy().astype(np.uint16)
 
@@ -120,15 +134,15 @@ def allocate(shape: tuple, memory_budget: int | None, spill_dir: Path | None) ->
     return torch.from_numpy(array)
 
 
-def decode_all(cases: list[Case], readers: ReaderTable, size: int, channels: str = "auto",
+def decode_all(cases: list[Case], readers: ReaderTable, size, channels: str = "auto",
                strict: bool = False, threads: int | None = None, hashes: list[str] | None = None,
                store: ImageStore | None = None, memory_budget: int | None = None) -> ImageCache:
     """Read and resize every case, skipping unreadable ones; images already in `store` (by
     content hash) are loaded instead. Files are decoded in worker processes (several decoders,
     OpenJPEG among them, hold the GIL), in-memory arrays in threads."""
-    width = 1 if channels == "1" else 3
+    width = 1 if channels == "1" or not isinstance(size, int) else 3
     spill = store.root / "spill" if store is not None else None
-    storage = allocate((len(cases), width, size, size), memory_budget, spill)
+    storage = allocate((len(cases), width, *spatial_shape(size)), memory_budget, spill)
     grey = np.zeros(len(cases), dtype=bool)
     errors: list[str | None] = [None] * len(cases)
     use_store = store is not None and hashes is not None
@@ -174,7 +188,7 @@ _JOB: tuple | None = None  # (cases, readers, size) for forked decoding workers
 def decode_one(i: int, job: tuple | None = None):
     cases, readers, size = job or _JOB
     try:
-        return i, to_uint16(resize(readers.read(cases[i]), size)), None
+        return i, to_uint16(prepare_one(readers.read(cases[i]), size)), None
     except DataError as exc:
         return i, None, str(exc)
 

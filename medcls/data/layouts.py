@@ -26,10 +26,18 @@ def is_npz(source: str) -> bool:
 
 
 def candidate_files(folder: Path, options: DataOptions) -> list[Path]:
-    """Image files below `folder`: those a reader claims, skipping hidden and side-car files."""
-    files = []
+    """Image files below `folder` (for volumes also DICOM series folders): those a reader claims,
+    skipping hidden and side-car files."""
+    files, series_folders = [], set()
+    volumes = options.readers is not None and options.readers.dims == 3
     for path in sorted(folder.rglob("*")):
-        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(folder).parts):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        if volumes and path.is_dir() and options.readers.can_read(path):
+            files.append(path)
+            series_folders.add(path)
+            continue
+        if not path.is_file() or (series_folders and not series_folders.isdisjoint(path.parents)):
             continue
         if path.suffix.lower() in IGNORED_SUFFIXES:
             continue

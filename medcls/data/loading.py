@@ -21,9 +21,24 @@ def detect_format(source: str, datasets) -> str:
     )
 
 
+def spatial_dims(config, registries) -> int:
+    """2 for image backbones, 3 for volume backbones (registered with spatial_dims=3)."""
+    return int(registries["backbones"].get(config.backbone).metadata.get("spatial_dims", 2))
+
+
+def training_grid(config, registries):
+    """What every case is brought to: `image_size` pixels square, or a volume grid."""
+    if spatial_dims(config, registries) == 2:
+        return config.image_size
+    from medcls.data.volumes import make_grid
+
+    return make_grid(config.volume_size, config.volume_spacing, config.window)
+
+
 def load_cases(config, registries) -> tuple[list[Case], str, ReaderTable]:
     """The cases of `config.data` with their layout's name, and the reader table used for files."""
-    readers = ReaderTable(registries["readers"], {"window": config.window, "size": config.image_size})
+    readers = ReaderTable(registries["readers"], {"window": config.window, "size": config.image_size},
+                          dims=spatial_dims(config, registries))
     source = str(config.data)
     name = detect_format(source, registries["datasets"]) if config.format == "auto" else config.format
     options = config.data_options(readers)

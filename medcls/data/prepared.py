@@ -71,11 +71,13 @@ def hash_all(cases) -> list[str]:
         return list(pool.map(digest, cases))
 
 
-def image_store(config: TrainConfig, readers):
+def image_store(config: TrainConfig, readers, registries):
     """The disk store for this preprocessing: what changes the decoded pixels is in the key."""
     from medcls.data.images import ImageStore, default_store_root
 
-    settings = {"size": config.image_size, **{k: str(v) for k, v in readers.settings.items()},
+    from medcls.data.loading import training_grid
+
+    settings = {"size": repr(training_grid(config, registries)), **{k: str(v) for k, v in readers.settings.items()},
                 "readers": ",".join(sorted(entry.name for entry in readers.readers))}
     return ImageStore(config.cache_dir or default_store_root(), settings)
 
@@ -83,7 +85,7 @@ def image_store(config: TrainConfig, readers):
 def prepare_data(config: TrainConfig, registries, *, split: bool = True) -> PreparedData:
     """Load cases, find duplicates, split by patient/content group, decode every image once."""
     from medcls.data.images import decode_all
-    from medcls.data.loading import class_names, load_cases
+    from medcls.data.loading import class_names, load_cases, training_grid
     from medcls.data.splits import assign_splits, duplicate_sets, leakage_warnings, linked_groups
 
     cases, format_name, readers = load_cases(config, registries)
@@ -98,9 +100,9 @@ def prepare_data(config: TrainConfig, registries, *, split: bool = True) -> Prep
         split_seed = config.seed if config.split_seed is None else config.split_seed
         splits = assign_splits(cases, labels, groups, config.val_fraction, config.test_fraction, split_seed)
         warnings += leakage_warnings(cases, hashes, splits)
-    store = image_store(config, readers) if config.cache == "disk" else None
-    cache = decode_all(cases, readers, config.image_size, config.channels, strict=config.strict, hashes=hashes,
-                       store=store)
+    store = image_store(config, readers, registries) if config.cache == "disk" else None
+    cache = decode_all(cases, readers, training_grid(config, registries), config.channels, strict=config.strict,
+                       hashes=hashes, store=store)
     if cache.failures:
         warnings.append(f"skipped {len(cache.failures)} unreadable image(s), listed in the report; "
                         f"first: {cache.failures[0][1]} (use --strict to stop instead)")

@@ -78,3 +78,116 @@ def is_synthetic(source: str) -> bool:
 
 def load_synthetic(source: str, options: DataOptions) -> list[Case]:
     return synthetic_cases(options.synthetic_cases, options.synthetic_size)
+
+
+# --- 3D: whole synthetic head volumes, for 3D backbones, tests and the volume demo ---
+
+VOLUME_SPACING = (3.0, 2.0, 2.0)  # mm along (z, y, x): thicker slices than pixels, as in many MR series
+
+
+def phantom_volume(rng: np.random.Generator, size: int, lesion: bool) -> np.ndarray:
+    """A (size/2, size, size) head, z-y-x in RAS order: scalp, skull, brain, ventricles, optional
+    lesion; intensities as int16 MR-like signal (0-1000)."""
+    depth = max(8, size // 2)
+    z, y, x = np.mgrid[-1:1:depth * 1j, -1:1:size * 1j, -1:1:size * 1j]
+    a, b, c = rng.uniform(0.68, 0.78), rng.uniform(0.80, 0.90), rng.uniform(0.80, 0.92)
+    r = np.sqrt((x / a) ** 2 + (y / b) ** 2 + (z / c) ** 2)
+    volume = np.zeros(z.shape)
+    volume[r < 1.08] = 0.35
+    volume[r < 1.0] = 0.08
+    brain = r < 0.93
+    volume[brain] = 0.55
+    for side in (-1, 1):
+        volume[((x - side * 0.12) / 0.07) ** 2 + ((y + 0.05) / 0.22) ** 2 + (z / 0.3) ** 2 < 1] = 0.9
+    if lesion:
+        centre = rng.uniform(-0.4, 0.4, 3) * np.array([a, b, c])
+        radius = rng.uniform(0.12, 0.2)
+        d = np.sqrt((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + ((z - centre[2]) * 1.0) ** 2) / radius
+        volume[(d < 1.6) & brain] += 0.12
+        volume[(d < 1.0) & brain] = 0.8
+    volume += 0.03 * rng.standard_normal(volume.shape)
+    return (np.clip(volume, 0, 1) * 1000).astype(np.int16)
+
+
+def synthetic_volume_cases(n_cases: int, size: int, seed: int = 0) -> list[Case]:
+    """`n_cases` head volumes, half with a lesion, one per patient."""
+    from medcls.data.volumes import Volume
+
+    cases = []
+    for patient in range(max(2, n_cases)):
+        has_lesion = patient % 2 == 1
+        voxels = phantom_volume(np.random.default_rng([seed, patient, 3]), size, has_lesion)
+        cases.append(Case(key=f"synthetic3d#patient{patient:04d}", label=CLASSES[has_lesion],
+                          patient_id=f"synthetic3d-{patient:04d}",
+                          array=Volume(voxels, VOLUME_SPACING, modality="MR", source=f"synthetic3d#{patient}")))
+    return cases
+
+
+def is_synthetic_volumes(source: str) -> bool:
+    return source == "synthetic3d"
+
+
+def load_synthetic_volumes(source: str, options: DataOptions) -> list[Case]:
+    return synthetic_volume_cases(options.synthetic_cases // 2, max(16, options.synthetic_size // 3))
+
+
+def write_synthetic_volumes(root, n_cases: int = 24, size: int = 32, fmt: str = "nifti", seed: int = 0):
+    """Write the synthetic volumes as a folder per class: `.nii.gz` files, or DICOM series (one
+    folder of shuffled, randomly named slice files per volume). Returns the root folder."""
+    from pathlib import Path
+
+    root = Path(root)
+    for case in synthetic_volume_cases(n_cases, size, seed):
+        name = case.key.split("#")[1]
+        target = root / case.label / name
+        if fmt == "nifti":
+            write_nifti(case.array.voxels, case.array.spacing, target.with_suffix(".nii.gz"))
+        elif fmt == "dicom":
+            write_dicom_series(case.array.voxels, case.array.spacing, target, patient_id=case.patient_id,
+                               seed=seed)
+        else:
+            raise ValueError(f"fmt must be 'nifti' or 'dicom', not {fmt!r}")
+    return root
+
+
+def write_nifti(voxels_zyx: np.ndarray, spacing_zyx, path) -> None:
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    affine = np.diag([spacing_zyx[2], spacing_zyx[1], spacing_zyx[0], 1.0])  # RAS, x fastest
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(voxels_zyx.transpose(2, 1, 0)), affine), str(path))
+
+
+def write_dicom_series(voxels_zyx: np.ndarray, spacing_zyx, folder, patient_id: str = "synthetic",
+                       seed: int = 0, skip: tuple = (), modality: str = "MR") -> None:
+    """One axial DICOM file per z slice, in a shuffled order with random names (as archives hand
+    them out). Patient LPS axes: columns run to the patient's left, rows to posterior."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    series, study = generate_uid(), generate_uid()
+    order = np.random.default_rng(seed).permutation(voxels_zyx.shape[0])
+    for k in order:
+        if k in skip:
+            continue
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.SeriesInstanceUID, ds.StudyInstanceUID = series, study
+        ds.PatientID, ds.Modality = patient_id, modality
+        ds.InstanceNumber = int(k) + 1
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [0.0, 0.0, float(k) * spacing_zyx[0]]
+        ds.PixelSpacing = [spacing_zyx[1], spacing_zyx[2]]
+        ds.SliceThickness = spacing_zyx[0]
+        pixels = voxels_zyx[k, ::-1, ::-1]  # RAS (y, x) -> LPS rows (posterior), columns (left)
+        ds.Rows, ds.Columns = pixels.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+        ds.PixelData = np.ascontiguousarray(pixels, dtype=np.int16).tobytes()
+        ds.save_as(folder / f"{generate_uid()[-12:]}.dcm", enforce_file_format=True)

@@ -13,6 +13,18 @@ def tiny_cnn(in_chans: int):
     return model
 
 
+def tiny_cnn3d(in_chans: int):
+    """The same for volumes (B, C, D, H, W); registered with spatial_dims=3."""
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv3d(in_chans, 8, 3, stride=2, padding=1), nn.BatchNorm3d(8), nn.ReLU(),
+                          nn.Conv3d(8, 16, 3, stride=2, padding=1), nn.BatchNorm3d(16), nn.ReLU(),
+                          nn.AdaptiveAvgPool3d(1), nn.Flatten())
+    model.num_features, model.spatial_dims = 16, 3
+    model.mean, model.std = (0.5,) * in_chans, (0.5,) * in_chans
+    return model
+
+
 def youden_index(y_true, probs, y_pred):
     """Sensitivity + specificity - 1 at the operating point (binary tasks)."""
     positive, negative = y_true == 1, y_true == 0
@@ -24,6 +36,8 @@ def youden_index(y_true, probs, y_pred):
 @medcls.hookimpl
 def medcls_register_backbones(register):
     register("example_tiny_cnn", tiny_cnn, description="Two-layer CNN: the plugin template's backbone")
+    register("example_tiny_cnn3d", tiny_cnn3d, description="Two-layer 3D CNN for volumes", spatial_dims=3,
+             pretrained=False)
 
 
 @medcls.hookimpl

@@ -1,0 +1,83 @@
+"""MONAI networks as medcls backbones for volumes: `medcls train --backbone monai:densenet121 --data DIR`.
+
+Each is created headless in 3D (features `(B, F)` from `(B, C, D, H, W)`), with its blocks listed
+from stem to top so the two-stage recipe can unfreeze the top ones. MONAI ships no pretrained 3D
+weights for these, so they register `pretrained=False` and train from scratch unless the user
+gives `--weights FILE.safetensors`.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from medcls import hookimpl
+
+# Volumes in [0, 1] are mapped to [-1, 1]: no ImageNet statistics apply to CT or MR voxels.
+MEAN, STD = (0.5,), (0.5,)
+
+
+def densenet(depth: int, in_chans: int):
+    from monai.networks import nets
+    from torch import nn
+
+    model = {121: nets.DenseNet121, 169: nets.DenseNet169, 201: nets.DenseNet201}[depth](
+        spatial_dims=3, in_channels=in_chans, out_channels=1)
+    num_features = model.class_layers.out.in_features
+    model.class_layers.out = nn.Identity()  # medcls adds dropout and its own head
+    blocks = [nn.ModuleList([model.features.conv0, model.features.norm0])]
+    blocks += [module for name, module in model.features.named_children()
+               if name.startswith(("denseblock", "transition"))]
+    blocks.append(model.features.norm5)
+    return finish(model, num_features, blocks)
+
+
+def resnet(depth: int, in_chans: int):
+    from monai.networks import nets
+    from torch import nn
+
+    model = getattr(nets, f"resnet{depth}")(spatial_dims=3, n_input_channels=in_chans, feed_forward=False,
+                                            shortcut_type="A" if depth < 50 else "B", bias_downsample=depth < 50)
+    num_features = model.layer4[-1].conv2.out_channels if depth < 50 else model.layer4[-1].conv3.out_channels
+    blocks = [nn.ModuleList([model.conv1, model.bn1]), model.layer1, model.layer2, model.layer3, model.layer4]
+    return finish(model, num_features, blocks)
+
+
+def efficientnet(variant: str, in_chans: int):
+    from monai.networks import nets
+    from torch import nn
+
+    model = nets.EfficientNetBN(f"efficientnet-{variant}", pretrained=False, spatial_dims=3, in_channels=in_chans,
+                                num_classes=1)
+    num_features = model._fc.in_features
+    model._fc = nn.Identity()
+    model._dropout = nn.Identity()  # medcls's dropout sits before its head
+    blocks = [nn.ModuleList([model._conv_stem, model._bn0]), *model._blocks, nn.ModuleList([model._conv_head, model._bn1])]
+    return finish(model, num_features, blocks)
+
+
+def finish(model, num_features: int, blocks: list):
+    model.num_features, model.spatial_dims = int(num_features), 3
+    model.medcls_blocks = lambda: blocks
+    return model
+
+
+def channel_stats(model, in_chans: int):
+    model.mean, model.std = MEAN * in_chans, STD * in_chans
+    return model
+
+
+BACKBONES = {
+    **{f"monai:densenet{d}": (partial(densenet, d), f"MONAI DenseNet-{d}, 3D") for d in (121, 169, 201)},
+    **{f"monai:resnet{d}": (partial(resnet, d), f"MONAI ResNet-{d} (MedicalNet layout), 3D") for d in (10, 18, 34, 50)},
+    **{f"monai:efficientnet-{v}": (partial(efficientnet, v), f"MONAI EfficientNet-{v.upper()}, 3D") for v in ("b0", "b1", "b2")},
+}
+
+
+def create(factory, in_chans: int):
+    return channel_stats(factory(in_chans), in_chans)
+
+
+@hookimpl
+def medcls_register_backbones(register):
+    for name, (factory, description) in BACKBONES.items():
+        register(name, partial(create, factory), description=description, spatial_dims=3, pretrained=False)
