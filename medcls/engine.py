@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medcls.errors import TrainingDiverged
 from medcls.execution import Execution
 
 
@@ -156,6 +157,10 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
                 step_model, loader, loss_fn, optimizer, execution, scaler, progress, None if on_features else augment)
             if progress is not None:
                 progress.close()
+            if not math.isfinite(train_loss):
+                raise TrainingDiverged(
+                    f"training diverged: the loss is {train_loss} in epoch {epoch_number} ({stage.name}); "
+                    f"lower the learning rate (now {lr:.1e}) or train in fp32 (--set precision=fp32)")
             val_loss, val_metrics, score = evaluate()
             score = -val_loss if math.isnan(score) else score  # e.g. AUC undefined: fall back to loss
             if schedule is not None:

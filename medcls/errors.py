@@ -23,3 +23,7 @@ class UnknownNameError(MedclsError):
 
 class WeightsUnavailableError(MedclsError):
     """Pretrained weights were asked for but no source could provide them."""
+
+
+class TrainingDiverged(MedclsError):
+    """The training loss became NaN or infinite."""

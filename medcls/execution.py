@@ -2,7 +2,8 @@
 
 Defaults follow measurements (`medcls bench`, docs/benchmarks.md): channels_last for 2D
 convolutions everywhere; bf16 autocast on CUDA GPUs that support it and on CPUs with native bf16
-instructions, except for depthwise-heavy networks, where bf16 is not faster on CPU.
+instructions, for 2D convolutional networks without depthwise convolutions (bf16 is not faster for those on
+CPU, and 3D networks diverged under CPU bf16 autocast).
 """
 
 from __future__ import annotations
@@ -82,7 +83,9 @@ def choose_execution(device: torch.device, model: nn.Module, precision: str = "a
     if precision == "auto":
         if device.type == "cuda":
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        elif device.type == "cpu" and cpu_has_bf16() and not has_depthwise_convolutions(model):
+        elif (device.type == "cpu" and cpu_has_bf16() and has_2d_convolutions(model)
+              and not has_depthwise_convolutions(model)):
+            # Measured for 2D CNNs only; a 3D DenseNet diverged to NaN under CPU bf16 autocast.
             dtype = torch.bfloat16
     if dtype == torch.float16 and device.type == "cpu":
         raise ConfigError("precision 'fp16' is for CUDA GPUs; on CPU use bf16 or fp32")

@@ -41,12 +41,16 @@ def medcls_register_backbones(register):
     ``torch.nn.Module`` that
 
     - maps a float32 batch ``(B, in_chans, H, W)`` (values already normalised) to features
-      ``(B, F)``;
+      ``(B, F)``; a volume backbone, registered with ``spatial_dims=3``, maps
+      ``(B, in_chans, D, H, W)`` and sets ``spatial_dims = 3`` on the module too;
     - has an ``int`` attribute ``num_features`` equal to ``F``;
     - optionally has ``mean`` and ``std`` tuples (per input channel, for ``[0, 1]`` images;
       defaults to ImageNet's) and a method ``medcls_blocks()`` returning its parameter groups
       as a list of modules ordered from input to output; fine-tuning unfreezes the last ones.
       Without it medcls uses the module's top-level children in order.
+
+    Register ``pretrained=False`` when no pretrained weights exist (then ``pretrained`` defaults
+    to off for it and asking for it is an error unless a weights file is given).
 
     Example::
 
@@ -130,7 +134,7 @@ def medcls_register_readers(register):
     """Register image file readers.
 
     ``register(name, read, description="...", extensions=(".png",), sniff=None,
-    patient_id=None, settings=())`` where
+    patient_id=None, settings=(), dims=2, folders=None)`` where
 
     - ``read(path: pathlib.Path, **settings)`` returns a ``float32`` ``numpy`` array ``(C, H, W)`` with
       values in ``[0, 1]`` (C = 1 for greyscale, 3 for colour) and raises
@@ -142,6 +146,11 @@ def medcls_register_readers(register):
       reader takes ``window``: ``'lung'``, ``'40,400'``, ...; ``size``, the training resolution,
       lets a reader decode a large file at reduced scale, never below twice ``size``); others
       are never passed;
+    - ``dims=3`` marks a volume reader (used with 3D backbones): ``read`` returns a
+      ``medcls.data.volumes.Volume`` (voxels ``(z, y, x)`` in RAS order, in the file's dtype or
+      rescaled, spacing in mm, modality) instead of an image; ``folders(path)`` optionally claims
+      folders, e.g. a DICOM series, and a manifest's ``series_uid`` column reaches readers that
+      list it in ``settings``;
     - ``patient_id(path)`` optionally reads a patient identifier from the file's header. It is
       used only to group images in splits and is never printed or written in clear.
 

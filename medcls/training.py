@@ -246,7 +246,8 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
         if len(present) < len(data.classes):
             log(f"warning: the {name} split ({len(rows)} images) lacks class(es) "
                 f"{', '.join(data.classes[i] for i in set(range(len(data.classes))) - set(present))}")
-    log(f"data: {len(data.cache.kept)} images ({data.format_name}), classes {data.classes}, "
+    unit = "volumes" if data.cache.images.dim() == 5 else "images"
+    log(f"data: {len(data.cache.kept)} {unit} ({data.format_name}), classes {data.classes}, "
         f"train/val/test = {len(train_rows)}/{len(val_rows)}/{len(test_rows)}, channels {data.cache.channels}, "
         f"{len(data.duplicates)} duplicate set(s) kept on one side")
 

@@ -40,6 +40,8 @@ def test_bf16_on_cpu_only_with_native_support_and_never_for_depthwise_models(mon
     assert choose_execution(CPU, plain_cnn()).dtype == torch.bfloat16
     assert has_depthwise_convolutions(depthwise_cnn())
     assert choose_execution(CPU, depthwise_cnn()).dtype is None
+    volume_cnn = nn.Sequential(nn.Conv3d(1, 4, 3), nn.AdaptiveAvgPool3d(1), nn.Flatten())
+    assert choose_execution(CPU, volume_cnn).dtype is None  # 3D networks diverged under CPU bf16
     monkeypatch.setattr(execution, "cpu_has_bf16", lambda: False)
     assert choose_execution(CPU, plain_cnn()).dtype is None
 
@@ -77,3 +79,25 @@ def test_tune_process_leaves_a_core_per_loader_worker(monkeypatch):
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_diverging_loss_stops_training_with_the_fix():
+    from medcls.config import make_config
+    from medcls.engine import Stage, fit
+    from medcls.errors import TrainingDiverged
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone, self.head = nn.Identity(), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(x)
+
+        def set_trainable(self, top_blocks):
+            pass
+
+    loader = [(torch.rand(4, 4), torch.tensor([0, 1, 0, 1]))]
+    with pytest.raises(TrainingDiverged, match=r"loss is nan in epoch 1 \(scratch\); lower the learning rate"):
+        fit(Model(), [Stage("scratch", 2, 1e-3, -1)], train_loader=loader, evaluate_val=lambda: (0.0, {}, 0.0),
+            loss_fn=lambda logits, y: logits.sum() * float("nan"), execution=Execution(CPU), config=make_config())

@@ -61,3 +61,15 @@ def test_leakage_warning_counts_patients_without_naming_them():
     assert any("1 patient(s)" in w for w in warnings)
     assert any("'c2' = 'c3'" in w for w in warnings)
     assert not any("p7" in w for w in warnings)
+
+
+def test_too_few_groups_in_a_class_is_a_clear_error():
+    import pytest
+
+    from medcls.errors import DataError
+
+    # 12 cases, 9 of one class and 3 of the other: a 1-in-7 stratified holdout cannot be made.
+    cases = make_cases(12)
+    labels = np.array([0] * 9 + [1] * 3)
+    with pytest.raises(DataError, match="a class has only 3 patients/image groups left.*test set of 15%"):
+        assign_splits(cases, labels, np.arange(12), 0.15, 0.15, seed=0)

@@ -54,6 +54,13 @@ def holdout(indices: np.ndarray, labels: np.ndarray, groups: np.ndarray, fractio
             f"only {n_groups} patients/image groups are left to hold out a {what} set of {fraction:.0%}: "
             f"add data, give explicit splits, or lower {what}_fraction"
         )
+    for label in np.unique(labels[indices]):
+        in_class = len(np.unique(groups[indices][labels[indices] == label]))
+        if in_class < n_splits:
+            raise DataError(
+                f"a class has only {in_class} patients/image groups left, too few to hold out a stratified {what} "
+                f"set of {fraction:.0%}: add data or give explicit splits (a larger {what}_fraction needs fewer groups)"
+            )
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     kept, held = next(folds.split(indices, labels[indices], groups[indices]))
     return indices[kept], indices[held]

@@ -159,7 +159,7 @@ def write_nifti(voxels_zyx: np.ndarray, spacing_zyx, path) -> None:
 
 
 def write_dicom_series(voxels_zyx: np.ndarray, spacing_zyx, folder, patient_id: str = "synthetic",
-                       seed: int = 0, skip: tuple = (), modality: str = "MR") -> None:
+                       seed: int = 0, skip: tuple = (), modality: str = "MR", rescale=(1.0, 0.0)) -> None:
     """One axial DICOM file per z slice, in a shuffled order with random names (as archives hand
     them out). Patient LPS axes: columns run to the patient's left, rows to posterior."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -184,10 +184,11 @@ def write_dicom_series(voxels_zyx: np.ndarray, spacing_zyx, folder, patient_id: 
         ds.ImagePositionPatient = [0.0, 0.0, float(k) * spacing_zyx[0]]
         ds.PixelSpacing = [spacing_zyx[1], spacing_zyx[2]]
         ds.SliceThickness = spacing_zyx[0]
-        pixels = voxels_zyx[k, ::-1, ::-1]  # RAS (y, x) -> LPS rows (posterior), columns (left)
+        # RAS (y, x) -> LPS rows (posterior), columns (left); stored = (value - intercept) / slope.
+        pixels = np.round((voxels_zyx[k, ::-1, ::-1] - rescale[1]) / rescale[0])
         ds.Rows, ds.Columns = pixels.shape
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
         ds.PixelData = np.ascontiguousarray(pixels, dtype=np.int16).tobytes()
         ds.save_as(folder / f"{generate_uid()[-12:]}.dcm", enforce_file_format=True)

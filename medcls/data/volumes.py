@@ -25,6 +25,7 @@ class Volume:
     voxels: np.ndarray
     spacing: tuple[float, float, float]
     modality: str | None = None  # 'CT' selects HU windows; anything else percentiles
+    rescale: tuple[float, float] = (1.0, 0.0)  # slope, intercept to physical units, applied after cropping
     window: tuple[float, float] | None = None  # the header's (centre, width), when it has one
     source: str = ""  # the file or folder, for messages
 
@@ -69,22 +70,20 @@ def read_nifti_volume(path: Path) -> Volume:
     return Volume(zyx, spacing, modality=None, source=str(path))
 
 
-def dicom_series(folder: Path) -> dict[str, list[Path]]:
-    """DICOM files of `folder` (not below it) by SeriesInstanceUID, read header-only."""
+def dicom_series(folder: Path) -> dict[str, list]:
+    """The DICOM datasets directly in `folder` (pixel data read, not decoded), by SeriesInstanceUID."""
     import pydicom
+    from pydicom.errors import InvalidDicomError
 
-    from medcls.data.readers import is_dicom
-
-    series: dict[str, list[Path]] = {}
+    series: dict[str, list] = {}
     for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-        with open(path, "rb") as fh:
-            if not is_dicom(fh.read(132)):
-                continue
         try:
-            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+            ds = pydicom.dcmread(path)  # a file without the DICM marker raises: not part of the series
+        except InvalidDicomError:
+            continue
         except Exception as exc:
             raise DataError(f"DICOM file '{path}' cannot be read ({exc}): replace or remove it") from None
-        series.setdefault(str(header.get("SeriesInstanceUID", "")), []).append(path)
+        series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(ds)
     return series
 
 
@@ -107,7 +106,6 @@ def is_series_folder(path: Path) -> bool:
 def read_dicom_series(folder: Path, series_uid: str | None = None) -> Volume:
     """A folder of single-slice DICOM files (one series, or the one named by `series_uid`) as a
     volume: slices sorted by position along the slice normal, modality LUT applied per slice."""
-    import pydicom
     from pydicom.pixels import apply_modality_lut
 
     folder = Path(folder)
@@ -123,8 +121,7 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> Volume:
         )
     if series_uid is not None and series_uid not in found:
         raise DataError(f"DICOM folder '{folder}' has no series {series_uid!r}")
-    paths = found[series_uid] if series_uid is not None else next(iter(found.values()))
-    slices = [pydicom.dcmread(p) for p in paths]
+    slices = found[series_uid] if series_uid is not None else next(iter(found.values()))
     where = f"DICOM series '{folder}'"
     if len(slices) < 2:
         raise DataError(f"{where} has a single slice: read it as a 2D image with a 2D backbone")
@@ -155,8 +152,13 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> Volume:
     shapes = {(int(s.Rows), int(s.Columns)) for s in slices}
     if len(shapes) > 1:
         raise DataError(f"{where} mixes slice sizes {sorted(shapes)}: it is not one stack")
+    rescales = {(float(s.get("RescaleSlope", 1) or 1), float(s.get("RescaleIntercept", 0) or 0)) for s in slices}
+    linear = len(rescales) == 1 and not any("ModalityLUTSequence" in s for s in slices)
     try:
-        stack = np.stack([apply_modality_lut(s.pixel_array, s) for s in slices]).astype(np.float32)
+        if linear:  # one rescale for the series: keep stored values, rescale after cropping
+            stack, rescale = np.stack([s.pixel_array for s in slices]), next(iter(rescales))
+        else:
+            stack, rescale = np.stack([apply_modality_lut(s.pixel_array, s) for s in slices]).astype(np.float32), (1.0, 0.0)
     except Exception as exc:
         raise DataError(f"{where} pixel data cannot be decoded ({exc}): pip install \"medcls[dicom]\"") from None
     row_spacing, column_spacing = (float(v) for v in slices[0].get("PixelSpacing", [1.0, 1.0]))
@@ -172,7 +174,7 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> Volume:
 
     centre, width = first_window(slices[0])
     return Volume(zyx, spacing, modality=str(slices[0].get("Modality", "")) or None,
-                  window=None if centre is None else (centre, width), source=str(folder))
+                  window=None if centre is None else (centre, width), source=str(folder), rescale=rescale)
 
 
 @dataclass(frozen=True)
@@ -226,7 +228,10 @@ def to_grid(volume: Volume, grid: VolumeGrid):
             f"resampled at once, over the limit of {grid.max_voxels} voxels: choose a coarser volume_spacing "
             "or a smaller volume_size, or raise max_voxels"
         )
-    values = scale_intensity(np.asarray(cut, dtype=np.float32), volume, grid.window).astype(np.float32, copy=False)
+    values = np.asarray(cut, dtype=np.float32)
+    if volume.rescale != (1.0, 0.0):
+        values = values * np.float32(volume.rescale[0]) + np.float32(volume.rescale[1])
+    values = scale_intensity(values, volume, grid.window).astype(np.float32, copy=False)
     tensor = torch.from_numpy(np.ascontiguousarray(values))[None, None]
     target = tuple(int(t) for t in target)
     if tuple(tensor.shape[2:]) != target:
