@@ -31,6 +31,8 @@ class TrainConfig:
     window: str = "header"  # DICOM intensity window: header, a preset (brain, lung, soft_tissue, ...) or 'centre,width'
     image_size: int = 224  # images are resized to image_size x image_size
     volume_size: str = "64"  # 3D backbones: the training grid in voxels, one number (a cube) or z,y,x
+    slices: int = 0  # 2.5D: a 2D backbone reads volumes slice by slice with this many adjacent slices as channels (odd, e.g. 3); 0: off
+    slice_pooling: str = "mean"  # 2.5D: per-slice features to one per volume: mean, max or attention
     volume_spacing: str | None = None  # 3D: resample to this spacing in mm (one number or z,y,x), then centre-crop/pad; None: resize the whole volume
     channels: str = "auto"  # 'auto' (1 if every image is greyscale, else 3), '1' or '3'
     # --- model ---
@@ -106,6 +108,7 @@ CHOICES = {
     "patient_level": ("mean", "max"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "cache": ("disk", "memory"),
+    "slice_pooling": ("mean", "max", "attention"),
 }
 
 

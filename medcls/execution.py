@@ -78,7 +78,9 @@ def choose_execution(device: torch.device, model: nn.Module, precision: str = "a
     if precision not in PRECISIONS:
         raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if channels_last is None:
-        channels_last = device.type in ("cuda", "cpu") and has_2d_convolutions(model)
+        # Inputs must be 4D: volumes, also those a 2D backbone reads slice by slice, stay contiguous.
+        takes_images = getattr(getattr(model, "backbone", model), "spatial_dims", 2) == 2
+        channels_last = device.type in ("cuda", "cpu") and takes_images and has_2d_convolutions(model)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     if precision == "auto":
         if device.type == "cuda":

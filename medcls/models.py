@@ -61,6 +61,12 @@ class Classifier(nn.Module):
         chosen = blocks if top_blocks < 0 else blocks[len(blocks) - top_blocks:] if top_blocks else []
         for block in chosen:
             block.requires_grad_(True)
+        for module in self.head_modules():
+            module.requires_grad_(True)
+
+    def head_modules(self) -> list[nn.Module]:
+        """Backbone modules that are as new as the head (2.5D attention pooling)."""
+        return list(getattr(self.backbone, "medcls_head_modules", lambda: [])())
 
     def train(self, mode: bool = True):
         """Batch norm of frozen blocks (all of it, with `frozen_batchnorm`) stays in inference mode."""
@@ -72,6 +78,47 @@ class Classifier(nn.Module):
                 ):
                     module.eval()
         return self
+
+
+class SliceBackbone(nn.Module):
+    """2.5D: a 2D backbone applied to every axial slice of a volume, with `slices` adjacent slices
+    as its input channels (3 fits an ImageNet stem exactly), and the per-slice features pooled
+    into one per volume by mean, max or attention (Ilse et al., ICML 2018)."""
+
+    spatial_dims = 3
+
+    def __init__(self, backbone: nn.Module, slices: int, pooling: str, in_chans: int) -> None:
+        super().__init__()
+        from medcls.builtin.backbones import channel_stats
+
+        self.backbone, self.slices, self.pooling = backbone, slices, pooling
+        self.num_features = int(backbone.num_features)
+        # One intensity scale for every slice: the 2D backbone's statistics averaged.
+        self.mean = channel_stats(tuple(getattr(backbone, "mean", IMAGENET_MEAN)), 1) * in_chans
+        self.std = channel_stats(tuple(getattr(backbone, "std", IMAGENET_STD)), 1) * in_chans
+        self.attention = nn.Sequential(nn.Linear(self.num_features, 128), nn.Tanh(), nn.Linear(128, 1)) \
+            if pooling == "attention" else None
+
+    def forward(self, volumes: torch.Tensor) -> torch.Tensor:
+        batch, channels, depth, height, width = volumes.shape
+        half = self.slices // 2
+        padded = nn.functional.pad(volumes, (0, 0, 0, 0, half, half), mode="replicate")
+        stacks = padded.unfold(2, self.slices, 1)  # (B, C, D, H, W, K): K neighbours of each slice
+        stacks = stacks.permute(0, 2, 1, 5, 3, 4).reshape(batch * depth, channels * self.slices, height, width)
+        features = self.backbone(stacks.contiguous()).view(batch, depth, -1)
+        if self.attention is not None:
+            weights = self.attention(features.float()).softmax(dim=1)
+            return (weights * features).sum(1)
+        return features.amax(1) if self.pooling == "max" else features.mean(1)
+
+    def medcls_blocks(self):
+        inner = self.backbone.medcls_blocks() if hasattr(self.backbone, "medcls_blocks") else \
+            [m for m in self.backbone.children() if any(True for _ in m.parameters())]
+        return list(inner)
+
+    def medcls_head_modules(self):
+        """New, untrained pooling weights: they train with the head in every stage."""
+        return [self.attention] if self.attention is not None else []
 
 
 def load_backbone_weights(backbone: nn.Module, state: dict, in_chans: int, origin: str) -> None:
@@ -139,14 +186,26 @@ def read_safetensors(path: str) -> dict:
 
 
 def build_classifier(registries, backbone_name: str, num_classes: int, in_chans: int, dropout: float,
-                     pretrained: bool, weights_file: str | None = None) -> tuple[Classifier, str]:
-    """The backbone from the registry, pretrained if asked (never silently random), plus a new head."""
+                     pretrained: bool, weights_file: str | None = None, slices: int = 0,
+                     slice_pooling: str = "mean") -> tuple[Classifier, str]:
+    """The backbone from the registry, pretrained if asked (never silently random), plus a new
+    head; with `slices` a 2D backbone reads volumes slice by slice (2.5D)."""
+    from medcls.errors import ConfigError
+
     entry = registries["backbones"].get(backbone_name)
-    backbone = entry.obj(in_chans)
+    if slices and (entry.metadata.get("spatial_dims", 2) != 2 or slices % 2 == 0 or slices < 1):
+        raise ConfigError(f"slices={slices} needs a 2D backbone and an odd number of slices (1, 3, 5, ...); "
+                          f"{backbone_name!r} is {entry.metadata.get('spatial_dims', 2)}D")
+    if slice_pooling not in ("mean", "max", "attention"):
+        raise ConfigError(f"slice_pooling {slice_pooling!r} is not one of mean, max, attention")
+    stem_chans = in_chans * slices if slices else in_chans
+    backbone = entry.obj(stem_chans)
     origin = "random initialisation"
     if pretrained or weights_file:
         state, origin = pretrained_state(backbone_name, registries["weights"], weights_file)
-        load_backbone_weights(backbone, state, in_chans, origin)
+        load_backbone_weights(backbone, state, stem_chans, origin)
+    if slices:
+        backbone = SliceBackbone(backbone, slices, slice_pooling, in_chans)
     model = Classifier(backbone, num_classes, dropout, in_chans)
     model.frozen_batchnorm = origin != "random initialisation"
     return model, origin

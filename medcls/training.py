@@ -147,7 +147,7 @@ def can_cache_features(config: TrainConfig, model, transform) -> bool:
     """Stage 1 can train on features computed once when the backbone is frozen (pretrained), no
     augmentation changes the images and the backbone has no dropout of its own."""
     return (config.feature_cache and (config.pretrained or bool(config.weights)) and config.epochs > 0
-            and getattr(transform, "identity", False) and not model.stochastic_backbone())
+            and getattr(transform, "identity", False) and not model.stochastic_backbone() and not model.head_modules())
 
 
 def frozen_features(model, data: PreparedData, train_rows, val_rows, train_labels, config: TrainConfig,
@@ -252,7 +252,8 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
         f"{len(data.duplicates)} duplicate set(s) kept on one side")
 
     model, weights_origin = build_classifier(registries, config.backbone, len(data.classes), data.cache.channels,
-                                             config.dropout, config.pretrained, config.weights)
+                                             config.dropout, config.pretrained, config.weights, config.slices,
+                                             config.slice_pooling)
     workers = loader_workers(config, transform)
     tune_process(workers)
     execution = choose_execution(device, model, config.precision, config.channels_last)
@@ -309,7 +310,8 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
     info = {
         "backbone": config.backbone, "classes": data.classes, "in_chans": data.cache.channels,
         "image_size": config.image_size, "spatial_dims": getattr(model.backbone, "spatial_dims", 2),
-        "volume_size": config.volume_size, "volume_spacing": config.volume_spacing, "dropout": config.dropout, "threshold": threshold,
+        "volume_size": config.volume_size, "volume_spacing": config.volume_spacing, "slices": config.slices,
+        "slice_pooling": config.slice_pooling, "dropout": config.dropout, "threshold": threshold,
         "threshold_rule": config.threshold_rule, "target": config.target, "window": config.window,
         "temperature": scoring["temperature"],
         "positive_class": data.classes[1] if len(data.classes) == 2 else None,

@@ -225,3 +225,48 @@ def test_ct_series_is_rescaled_to_hounsfield_units_after_cropping(tmp_path):
     grid = to_grid(volume, VolumeGrid((6, 8, 8), window="40,400"))
     expected = np.clip((((hu + 1024) / 2).round() * 2 - 1024 + 160) / 400, 0, 1)
     np.testing.assert_allclose(grid[0].numpy(), expected, atol=1e-6)
+
+
+def test_2d_backbone_reads_volumes_slice_by_slice(registries):
+    from medcls.models import build_classifier
+
+    model, _ = build_classifier(registries, "test_resnet", 2, 1, 0.0, False, slices=3, slice_pooling="attention")
+    assert model.backbone.spatial_dims == 3 and model.mean.shape == (1, 1, 1, 1, 1)
+    volumes = torch.rand(2, 1, 5, 32, 32)
+    assert model(volumes).shape == (2, 2)
+    # One volume's score does not depend on the other volumes of its batch.
+    model.eval()
+    torch.testing.assert_close(model(volumes[:1]), model(volumes)[:1])
+    model.set_trainable(0)  # stage 1: the attention pooling is as new as the head and trains with it
+    assert all(p.requires_grad for p in model.backbone.attention.parameters())
+    assert not any(p.requires_grad for p in model.backbone.backbone.parameters())
+
+
+@pytest.mark.parametrize("backbone, slices, message", [
+    ("test_resnet", 2, "odd number of slices"), ("example_tiny_cnn3d", 3, "needs a 2D backbone"),
+])
+def test_bad_slice_settings_are_refused(registries, backbone, slices, message):
+    from medcls.errors import ConfigError
+    from medcls.models import build_classifier
+
+    with pytest.raises(ConfigError, match=message):
+        build_classifier(registries, backbone, 2, 1, 0.0, False, slices=slices)
+
+
+def test_2_5d_training_and_prediction_end_to_end(tmp_path):
+    import csv
+
+    from click.testing import CliRunner
+
+    from medcls.cli import cli
+
+    data = write_synthetic_volumes(tmp_path / "nifti", 24, 16, fmt="nifti")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", "--data", str(data), "--backbone", "test_resnet", "--no-pretrained",
+                                      "--epochs", "1", "--finetune-epochs", "1", "--out", str(run), "--set", "slices=3",
+                                      "--set", "slice_pooling=max", "--set", "volume_size=8,32,32",
+                                      "--set", "bootstrap=100"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "pred.csv"
+    assert CliRunner().invoke(cli, ["predict", str(run), str(data / "normal"), "-o", str(out)]).exit_code == 0
+    assert len(list(csv.DictReader(out.open()))) == 12
