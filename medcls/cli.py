@@ -307,6 +307,19 @@ def preview(policy, data, count, views, aug, image_size, seed, settings, out):
 
 
 @cli.command()
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default="onnx", show_default=True)
+@click.option("-o", "--out", type=click.Path(file_okay=False), help="Folder (default RUN/export).")
+def export(run, fmt, out):
+    """Export a run's model (preprocessed images in, probabilities out) with its threshold and preprocessing."""
+    from medcls.export import export_run
+
+    result = export_run(run, registries(), fmt, out)
+    click.echo(f"wrote {result['path']} and {result['json']} (max difference from PyTorch "
+               f"{result['max_abs_difference']:.1e})")
+
+
+@cli.command()
 @click.option("--data", help="Files to read, as for train (default: synthetic phantoms, written as PNG).")
 @click.option("--config", type=click.Path(dir_okay=False), help="A train config file for the data keys (columns, window).")
 @click.option("--backbone", default="efficientnet_lite0", show_default=True)

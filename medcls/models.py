@@ -103,8 +103,9 @@ class SliceBackbone(nn.Module):
         batch, channels, depth, height, width = volumes.shape
         half = self.slices // 2
         padded = nn.functional.pad(volumes, (0, 0, 0, 0, half, half), mode="replicate")
-        stacks = padded.unfold(2, self.slices, 1)  # (B, C, D, H, W, K): K neighbours of each slice
-        stacks = stacks.permute(0, 2, 1, 5, 3, 4).reshape(batch * depth, channels * self.slices, height, width)
+        # (B, C, K, D, H, W): the K neighbours of each slice (shifted views; exports to ONNX as slices)
+        stacks = torch.stack([padded[:, :, i:i + depth] for i in range(self.slices)], dim=2)
+        stacks = stacks.permute(0, 3, 1, 2, 4, 5).reshape(batch * depth, channels * self.slices, height, width)
         features = self.backbone(stacks.contiguous()).view(batch, depth, -1)
         if self.attention is not None:
             weights = self.attention(features.float()).softmax(dim=1)
