@@ -211,13 +211,15 @@ def print_summary(summary: dict) -> None:
 @click.option("--prevalence", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Also report PPV and NPV at this deployment prevalence.")
 @click.option("--bootstrap", type=click.IntRange(100), default=2000, show_default=True, help="Bootstrap resamples.")
-def evaluate(run, data, split, out, by, patient_level, prevalence, bootstrap):
+@click.option("--tta", type=click.Choice(["none", "flip", "crops"]), default="none", show_default=True,
+              help="Test-time augmentation: flip (image + mirror) or crops (10-crop); reported beside single-view.")
+def evaluate(run, data, split, out, by, patient_level, prevalence, bootstrap, tta):
     """Score a trained run at its stored operating point, with intervals; writes metrics.json,
     report.md and a self-contained report.html."""
     from medcls.evaluation.evaluate import evaluate_run
 
     result = evaluate_run(run, registries(), data=data, split=split, out=out, by=by, patient_level=patient_level,
-                          prevalence=prevalence, n_resamples=bootstrap, log=log)
+                          prevalence=prevalence, n_resamples=bootstrap, tta=tta, log=log)
     click.echo(json.dumps({k: result[k] for k in ("split", "n", "metrics", "out")}, indent=2, default=float))
 
 

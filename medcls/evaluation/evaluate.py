@@ -19,9 +19,11 @@ def stored_splits(run: Path) -> dict[str, str]:
         return {row["key"]: row["split"] for row in csv.DictReader(fh)}
 
 
-def run_predictions(run, registries, *, data: str | None = None, split: str | None = None, log=print):
+def run_predictions(run, registries, *, data: str | None = None, split: str | None = None, log=print,
+                    tta: str = "none"):
     """The run's model applied to `data` (default: its own), restricted to `split` when the data
-    is the run's own: (prepared data, cache rows, probabilities, labels, model info, split name)."""
+    is the run's own: (prepared data, cache rows, probabilities, labels, model info, split name,
+    config, probabilities without test-time augmentation or None when `tta` is none)."""
     from medcls.config import make_config, read_config_file
     from medcls.engine import predict_probs
     from medcls.execution import choose_execution
@@ -58,14 +60,42 @@ def run_predictions(run, registries, *, data: str | None = None, split: str | No
         log(f"warning: {warning}")
     # Scored as in training: the run's precision and memory format on this machine's device.
     execution = choose_execution(resolve_device("auto"), model, config.precision, config.channels_last)
-    probs = predict_probs(execution.prepare(model), prepared.batches(rows), execution)
+    model = execution.prepare(model)
+    probs = predict_probs(model, prepared.batches(rows), execution)
+    plain = None
+    if tta != "none":
+        from medcls.tta import predict_probs_tta
+
+        mirrors = not config.laterality_sensitive or config.allow_lr_flip
+        plain, probs = probs, predict_probs_tta(model, prepared.batches(rows), execution, tta, mirrors)
     if info.get("temperature"):
         probs = apply_temperature(probs, info["temperature"])
-    return prepared, rows, probs, prepared.cache_labels(rows), info, split, config
+        plain = None if plain is None else apply_temperature(plain, info["temperature"])
+    return prepared, rows, probs, prepared.cache_labels(rows), info, split, config, plain
+
+
+def add_tta_comparison(doc, tta, labels, plain, probs, without, with_tta) -> None:
+    """The same cases scored without and with test-time augmentation, and whether AUC differs."""
+    from medcls.evaluation.compare import paired_delong
+    from medcls.evaluation.report import format_value
+
+    doc.heading("Test-time augmentation: without and with")
+    names = ("roc_auc", "sensitivity", "specificity", "accuracy")
+
+    def cell(assessed, name):
+        value = assessed["values"].get(name)
+        return "-" if value is None else format_value(value, assessed["intervals"].get(name))
+
+    doc.table(["scoring", *names], [["single view", *(cell(without, n) for n in names)],
+                                    [f"{tta} views averaged", *(cell(with_tta, n) for n in names)]])
+    if probs.shape[1] == 2 and len(np.unique(labels)) == 2:
+        test = paired_delong(labels, probs[:, 1], plain[:, 1])  # with minus without
+        doc.paragraph(f"ROC AUC with minus without test-time augmentation: {test['difference']:+.3f} "
+                      f"({test['low']:+.3f} to {test['high']:+.3f}), paired DeLong p = {test['p_value']:.3f}.")
 
 
 def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, patient_level=None,
-                 prevalence=None, n_resamples=2000, log=print) -> dict:
+                 prevalence=None, n_resamples=2000, tta="none", log=print) -> dict:
     from medcls.evaluation import plots
     from medcls.evaluation.assess import assess, assess_subgroups
     from medcls.evaluation.calibration import calibration_slope_intercept
@@ -73,7 +103,8 @@ def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, p
     from medcls.evaluation.documents import case_flow, subgroup_rows
 
     run = Path(run)
-    prepared, rows, probs, labels, info, split, config = run_predictions(run, registries, data=data, split=split, log=log)
+    prepared, rows, probs, labels, info, split, config, plain = run_predictions(run, registries, data=data, split=split,
+                                                                                log=log, tta=tta)
     metrics = list(registries["metrics"])
     threshold = info.get("threshold")
     patients = prepared.patients(rows)
@@ -86,6 +117,8 @@ def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, p
         subgroups = assess_subgroups(probs, labels, threshold, metrics, prepared.column(rows, by), by,
                                      patients=patients, **options)
     calibration = calibration_slope_intercept(labels, probs[:, 1]) if probs.shape[1] == 2 else None
+    without_tta = None if plain is None else assess(plain, labels, threshold, metrics, patients=patients,
+                                                    where=f"{split} cases", **options)
 
     out = Path(out) if out else run / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
@@ -102,7 +135,9 @@ def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, p
         "per_class": {split: assessed["per_class"]},
         "threshold": threshold, "data": config.data, "calibration": {split: calibration},
         "patient_level": None if per_patient is None else {split: per_patient}, "subgroups": subgroups,
-        "notes": {split: assessed["notes"]},
+        "notes": {split: assessed["notes"]}, "tta": tta,
+        "without_tta": None if without_tta is None else {split: without_tta["values"],
+                                                         "intervals": without_tta["intervals"]},
     })
 
     doc = Document(f"Evaluation of {run} on {config.data} ({split})")
@@ -110,8 +145,10 @@ def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, p
     lines, flow_rows = case_flow(prepared, {split: rows})
     doc.bullets(lines)
     doc.table(["cases", "images", "patients", "per class"], flow_rows)
-    doc.heading("Results")
+    doc.heading("Results" + ("" if tta == "none" else f" with test-time augmentation ({tta})"))
     add_assessment(doc, assessed, classes, f"{split} cases")
+    if without_tta is not None:
+        add_tta_comparison(doc, tta, labels, plain, probs, without_tta, assessed)
     if calibration and calibration.get("not_computable"):
         doc.paragraph(f"Calibration slope and intercept: not computable, because {calibration['not_computable']}.")
     elif calibration:
