@@ -255,10 +255,15 @@ def compare(run_a, run_b, data, split, out):
               help="CSV file to write ('-' for standard output).")
 def predict(run, inputs, out):
     """Write a CSV of class probabilities and decisions for image files or folders."""
+    import csv
+
     from medcls.predict import predict_files
 
-    rows, columns = predict_files(run, inputs, registries())
-    import csv
+    bar = progress_bars(sys.stderr.isatty())
+    progress = bar("reading", 0) if bar else None
+    rows, columns = predict_files(run, inputs, registries(), progress=progress)
+    if progress is not None:
+        progress.close()
 
     handle = sys.stdout if out == "-" else open(out, "w", newline="")
     try:
@@ -271,6 +276,22 @@ def predict(run, inputs, out):
     failed = sum(1 for r in rows if r["error"])
     if failed:
         log(f"warning: {failed} of {len(rows)} file(s) could not be read; see the error column")
+
+
+@cli.command()
+@click.argument("run", type=click.Path(file_okay=False))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--out", type=click.Path(file_okay=False), required=True, help="Folder for the PNGs.")
+@click.option("--class", "target_class", help="Explain this class (default: the positive class, or the decision).")
+def explain(run, inputs, out, target_class):
+    """Grad-CAM heatmaps over images (volumes: middle slice): a PNG per input and a grid."""
+    from medcls.explain import explain_inputs
+
+    result = explain_inputs(run, inputs, registries(), out, target_class)
+    failed = [r for r in result["rows"] if r["error"]]
+    for row in failed:
+        log(f"warning: {row['error']}")
+    click.echo(f"wrote {len(result['rows']) - len(failed)} heatmap(s) and {result['grid']} (layer {result['layer']})")
 
 
 @cli.group()
