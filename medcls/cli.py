@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from medcls import __version__
-from medcls.errors import MedclsError
+from medcls.errors import ConfigError, MedclsError
 
 LIST_KINDS = ("backbones", "policies", "metrics", "datasets", "readers", "weights")
 
@@ -125,12 +125,21 @@ def yaml_value(text: str):
 @click.option("--strict", is_flag=True, default=None, help="Stop at the first unreadable image instead of skipping it.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or TOML file; flags override its keys.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Set any config key (repeatable).")
-def train(config_file, settings, aug, format_, **flags):
+@click.option("--resume", "resume_run", type=click.Path(file_okay=False),
+              help="Continue an interrupted run (its folder) from its last checkpoint, with its own settings.")
+def train(config_file, settings, aug, format_, resume_run, **flags):
     """Fine-tune a backbone: frozen stage, then top blocks; print the train/val/test gap report."""
     from medcls.config import make_config, read_config_file
     from medcls.training import train as run_training
 
     overrides = {k: v for k, v in flags.items() if v is not None}
+    if resume_run is not None:
+        if overrides or settings or aug or config_file or format_:
+            raise ConfigError("--resume continues a run with the settings in its config.yaml: give no other options")
+        saved = Path(resume_run) / "config.yaml"
+        config = make_config(read_config_file(saved), {"out": resume_run, "resume": True}, where=f"run config '{saved}'")
+        print_summary(run_training(config, registries(), log=log, progress_factory=progress_bars(sys.stderr.isatty())))
+        return
     if format_ is not None:
         overrides["format"] = format_
     overrides.update(parse_pairs(settings, "--set"))

@@ -83,6 +83,7 @@ class TrainConfig:
     workers: int = -1  # loader processes; -1: none for batched policies (augmented on the device), else one
     out: str | None = None  # run folder (default runs/<backbone>-<date>-<time>); an existing run is never overwritten
     overwrite: bool = False  # allow --out to name a folder that already holds a run
+    resume: bool = False  # continue the interrupted run in `out` from its last checkpoint (set by --resume)
 
     def data_options(self, readers=None):
         from medcls.data.cases import DataOptions

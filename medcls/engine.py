@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -125,30 +126,49 @@ def make_schedule(name: str, optimizer, epochs: int):
 
 
 def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, loss_fn, execution: Execution, config,
-        on_epoch=None, progress_factory=None, augment=None, frozen: FrozenFeatures | None = None) -> FitResult:
+        on_epoch=None, progress_factory=None, augment=None, frozen: FrozenFeatures | None = None,
+        checkpoint=None, resume=None) -> FitResult:
     """Run each stage with early stopping on the monitored validation metric; keep the best weights.
 
     `evaluate_val()` returns (val_loss, val_metrics, score) where a higher score is better;
-    `on_epoch(EpochResult, is_best)` reports progress.
+    `on_epoch(EpochResult, is_best)` reports progress; `checkpoint(FitState)` is called after
+    every epoch, and `resume` (a FitState) continues from one.
     """
     import time
 
+    from medcls.checkpoint import FitState
+
     result = FitResult()
     best_state = copy.deepcopy(model.state_dict())
-    epoch_number = 0
-    for stage in stages:
-        if stage.epochs <= 0:
+    epoch_number, first_stage = 0, 0
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        best_state = resume.best_model
+        result.history = [EpochResult(**h) for h in resume.history]
+        result.best_score, result.best_epoch = resume.best_score, resume.best_epoch
+        result.stopped_early = list(resume.stopped_early)
+        epoch_number = resume.epoch_number
+        first_stage = resume.stage_index + 1 if resume.stage_finished else resume.stage_index
+        if resume.stage_finished:
+            model.load_state_dict(best_state)
+    for stage_index, stage in enumerate(stages):
+        if stage.epochs <= 0 or stage_index < first_stage:
             continue
         model.set_trainable(stage.top_blocks)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(config.optimizer, params, stage.lr, config.momentum, config.weight_decay)
         schedule = make_schedule(config.schedule, optimizer, stage.epochs)
         scaler = execution.grad_scaler()
-        since_best = 0
+        since_best, done = 0, 0
+        if resume is not None and stage_index == resume.stage_index and not resume.stage_finished:
+            optimizer.load_state_dict(resume.optimizer)
+            if schedule is not None and resume.schedule is not None:
+                schedule.load_state_dict(resume.schedule)
+            since_best, done = resume.since_best, resume.stage_epoch
         on_features = frozen is not None and stage.top_blocks == 0
         step_model, loader, evaluate = ((model.head, frozen.train_loader, frozen.evaluate_val) if on_features
                                         else (model, train_loader, evaluate_val))
-        for _ in range(stage.epochs):
+        for stage_epoch in range(done, stage.epochs):
             epoch_number += 1
             started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
@@ -180,8 +200,16 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
                 since_best += 1
             if on_epoch is not None:
                 on_epoch(epoch, epoch_number == result.best_epoch)
-            if config.patience and since_best >= config.patience:
+            stops = bool(config.patience and since_best >= config.patience)
+            if stops:
                 result.stopped_early.append(stage.name)
+            if checkpoint is not None:
+                checkpoint(FitState(
+                    stage_index, stage_epoch + 1, stops or stage_epoch + 1 == stage.epochs, epoch_number, since_best,
+                    result.best_score, result.best_epoch, [dataclasses.asdict(h) for h in result.history],
+                    list(result.stopped_early), model.state_dict(), best_state, optimizer.state_dict(),
+                    None if schedule is None else schedule.state_dict()))
+            if stops:
                 break
         # The next stage starts from the best weights so far, as does the final model.
         model.load_state_dict(best_state)

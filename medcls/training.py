@@ -295,9 +295,23 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
             f"{epoch.val_loss:.4f}, val {config.monitor} {epoch.val_metrics.get(config.monitor, float('nan')):.4f}, "
             f"lr {epoch.lr:.2e}, {epoch.seconds:.1f}s{' *best' if is_best else ''}")
 
+    # The run folder and its config exist from the first epoch on, so that a killed run can resume.
+    from medcls.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(dataclasses.replace(config, resume=False), out / "config.yaml")
+    resumed = load_checkpoint(out / CHECKPOINT, generator, transform) if config.resume else None
+    if resumed is not None:
+        log(f"resuming after epoch {resumed.epoch_number} from {out / CHECKPOINT}")
+        for epoch in resumed.history:
+            log(f"[{epoch['stage']}] epoch {epoch['epoch']}: (restored) val {config.monitor} "
+                f"{epoch['val_metrics'].get(config.monitor, float('nan')):.4f}")
+
     fitted = fit(model, stages_for(config), train_loader=loader, evaluate_val=evaluate_val, loss_fn=loss_fn,
                  execution=execution, config=config, on_epoch=on_epoch, progress_factory=progress_factory,
-                 augment=transform.batch if is_batched(transform) else None, frozen=frozen)
+                 augment=transform.batch if is_batched(transform) else None, frozen=frozen,
+                 checkpoint=lambda state: save_checkpoint(out / CHECKPOINT, state, generator, transform),
+                 resume=resumed)
 
     # The gap report: every split scored the same way, without augmentation or dropout.
     rows = {"train": train_rows, "val": val_rows, "test": test_rows}
@@ -320,7 +334,6 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
                          "the model normalises internally", "weights_origin": weights_origin,
     }
     save_model(model, info, out)
-    save_config(config, out / "config.yaml")
     write_history(fitted.history, out / "history.csv")
     write_splits(data, out / "splits.csv")
     manifest = run_manifest(config, data)
@@ -343,6 +356,7 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
         "policy_params": policy_params, "warnings": data.warnings, "epochs_run": len(fitted.history),
     }
     training_document(config, data, summary, scoring).write(out)
+    (out / CHECKPOINT).unlink(missing_ok=True)  # the run is complete: model.safetensors holds it
     return summary
 
 
@@ -407,6 +421,10 @@ def run_folder(config: TrainConfig) -> Path:
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out '{out}' is a file: give a folder")
+    if config.resume:
+        if not out.is_dir():
+            raise ConfigError(f"--resume: run folder '{out}' does not exist")
+        return out
     if (out / "model.safetensors").exists() and not config.overwrite:
         raise ConfigError(f"run folder '{out}' already holds a run: choose another --out or pass --set overwrite=true")
     return out
