@@ -121,6 +121,7 @@ def yaml_value(text: str):
 @click.option("--by", help="Manifest column for a subgroup table of the test split.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder for the model, metrics and report.")
 @click.option("--seed", type=int, help="One seed for splits, initialisation, augmentation and batch order.")
+@click.option("--folds", type=int, help="Cross-validate: K folds grouped by patient, pooled out-of-fold metrics.")
 @click.option("--device", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps.")
 @click.option("--strict", is_flag=True, default=None, help="Stop at the first unreadable image instead of skipping it.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or TOML file; flags override its keys.")
@@ -147,6 +148,12 @@ def train(config_file, settings, aug, format_, resume_run, **flags):
     if aug:
         overrides["aug"] = {**file_values.get("aug", {}), **parse_pairs(aug, "--aug")}
     config = make_config(file_values, overrides, where=f"config file '{config_file}'")
+    if config.folds:
+        from medcls.crossval import cross_validate
+
+        result = cross_validate(config, registries(), log=log, progress_factory=progress_bars(sys.stderr.isatty()))
+        click.echo((Path(result["out"]) / "report.md").read_text(encoding="utf-8"))
+        return
     summary = run_training(config, registries(), log=log, progress_factory=progress_bars(sys.stderr.isatty()))
     print_summary(summary)
 

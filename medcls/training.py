@@ -214,8 +214,11 @@ def check_names(config: TrainConfig, registries) -> None:
     parse_window(config.window)
 
 
-def train(config: TrainConfig, registries, *, log=lambda message: None, progress_factory=None) -> dict:
-    """Run the whole workflow and write the run folder; returns the summary that the CLI prints."""
+def train(config: TrainConfig, registries, *, log=lambda message: None, progress_factory=None,
+          data: PreparedData | None = None, train_rows=None) -> dict:
+    """Run the whole workflow and write the run folder; returns the summary that the CLI prints.
+    Cross-validation and ensembles pass `data` already prepared (with their splits) and, for
+    bagging, `train_rows` (a resample of the training rows)."""
     import torch
 
     from medcls.engine import fit, predict_probs
@@ -237,10 +240,12 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
     seed_everything(config.seed, config.deterministic)
     transform, policy_params = make_policy(config, registries)
 
-    data = prepare_data(config, registries)
-    for warning in data.warnings:
-        log(f"warning: {warning}")
-    train_rows, val_rows, test_rows = (data.rows(s) for s in ("train", "val", "test"))
+    if data is None:
+        data = prepare_data(config, registries)
+        for warning in data.warnings:
+            log(f"warning: {warning}")
+    val_rows, test_rows = data.rows("val"), data.rows("test")
+    train_rows = data.rows("train") if train_rows is None else train_rows
     for name, rows in (("train", train_rows), ("val", val_rows), ("test", test_rows)):
         present = np.unique(data.cache_labels(rows))
         if len(present) < len(data.classes):
@@ -354,6 +359,7 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
         "threshold": threshold, "best_epoch": fitted.best_epoch, "stopped_early": fitted.stopped_early,
         "weights_origin": weights_origin, "device": str(device), "seconds": time.perf_counter() - started,
         "policy_params": policy_params, "warnings": data.warnings, "epochs_run": len(fitted.history),
+        "scores": scores,  # (probabilities, labels) per split, for cross-validation and ensembles
     }
     training_document(config, data, summary, scoring).write(out)
     (out / CHECKPOINT).unlink(missing_ok=True)  # the run is complete: model.safetensors holds it
