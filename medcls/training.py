@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import random
 import time
@@ -222,12 +221,9 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
     import torch
 
     from medcls.engine import fit, predict_probs
-    from medcls.execution import choose_execution, tune_process
-    from medcls.evaluation import plots, report
     from medcls.evaluation.assess import split_results
+    from medcls.execution import choose_execution, tune_process
     from medcls.models import build_classifier
-    from medcls.evaluation.documents import training_document
-    from medcls.runs import run_manifest, save_model, write_history, write_splits
 
     started = time.perf_counter()
     check_names(config, registries)
@@ -318,8 +314,24 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
                  checkpoint=lambda state: save_checkpoint(out / CHECKPOINT, state, generator, transform),
                  resume=resumed)
 
-    # The gap report: every split scored the same way, without augmentation or dropout.
-    rows = {"train": train_rows, "val": val_rows, "test": test_rows}
+    return finish_run(config, registries, data, model, execution, fitted, out,
+                      rows={"train": train_rows, "val": val_rows, "test": test_rows}, log=log,
+                      facts={"weights_origin": weights_origin, "device": str(device), "started": started,
+                             "policy_params": policy_params})
+
+
+def finish_run(config: TrainConfig, registries, data: PreparedData, model, execution, fitted, out: Path, *,
+               rows: dict, log, facts: dict, extra_info: dict | None = None) -> dict:
+    """Score every split the same way (no augmentation or dropout), pick the operating point on
+    validation, and write the run folder: model, metrics, figures, report. Returns the summary."""
+    import json
+
+    from medcls.checkpoint import CHECKPOINT
+    from medcls.engine import predict_probs
+    from medcls.evaluation import plots, report
+    from medcls.evaluation.documents import training_document
+    from medcls.runs import run_manifest, save_model, write_history, write_splits
+
     scores = {s: (predict_probs(model, data.batches(r), execution, config.batch_size), data.cache_labels(r))
               for s, r in rows.items()}
     scoring = score_splits(config, registries, data, rows, scores, log)
@@ -328,7 +340,7 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
     out.mkdir(parents=True, exist_ok=True)
     info = {
         "backbone": config.backbone, "classes": data.classes, "in_chans": data.cache.channels,
-        "image_size": config.image_size, "spatial_dims": getattr(model.backbone, "spatial_dims", 2),
+        "image_size": config.image_size, "spatial_dims": int(data.cache.images.dim()) - 2,
         "volume_size": config.volume_size, "volume_spacing": config.volume_spacing, "slices": config.slices,
         "slice_pooling": config.slice_pooling, "dropout": config.dropout, "threshold": threshold,
         "threshold_rule": config.threshold_rule, "target": config.target, "window": config.window,
@@ -336,7 +348,8 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
         "positive_class": data.classes[1] if len(data.classes) == 2 else None,
         "preprocessing": "decode (readers), resize to image_size (antialiased bilinear) or, for volumes, reorient "
                          "to RAS, crop/resample to volume_size (trilinear), window or percentiles; values in [0, 1]; "
-                         "the model normalises internally", "weights_origin": weights_origin,
+                         "the model normalises internally", "weights_origin": facts["weights_origin"],
+        **(extra_info or {}),
     }
     save_model(model, info, out)
     write_history(fitted.history, out / "history.csv")
@@ -352,13 +365,15 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
         "patient_level": scoring["patient_level"], "subgroups": scoring["subgroups"],
         "notes": {s: a["notes"] for s, a in scoring["assessed"].items()},
     })
-    plots.plot_learning_curves(fitted.history, out / "learning_curves.png")
+    if fitted.history:
+        plots.plot_learning_curves(fitted.history, out / "learning_curves.png")
     draw_split_figures(scoring, data.classes, out)
     summary = {
         "out": str(out), "results": results, "intervals": scoring["intervals"], "reading": scoring["reading"],
         "threshold": threshold, "best_epoch": fitted.best_epoch, "stopped_early": fitted.stopped_early,
-        "weights_origin": weights_origin, "device": str(device), "seconds": time.perf_counter() - started,
-        "policy_params": policy_params, "warnings": data.warnings, "epochs_run": len(fitted.history),
+        "weights_origin": facts["weights_origin"], "device": facts["device"],
+        "seconds": time.perf_counter() - facts["started"], "policy_params": facts["policy_params"],
+        "warnings": data.warnings, "epochs_run": len(fitted.history),
         "scores": scores,  # (probabilities, labels) per split, for cross-validation and ensembles
     }
     training_document(config, data, summary, scoring).write(out)
