@@ -122,6 +122,7 @@ def yaml_value(text: str):
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder for the model, metrics and report.")
 @click.option("--seed", type=int, help="One seed for splits, initialisation, augmentation and batch order.")
 @click.option("--folds", type=int, help="Cross-validate: K folds grouped by patient, pooled out-of-fold metrics.")
+@click.option("--ensemble", type=int, help="Train N bagged members and report their average beside them.")
 @click.option("--device", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps.")
 @click.option("--strict", is_flag=True, default=None, help="Stop at the first unreadable image instead of skipping it.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or TOML file; flags override its keys.")
@@ -148,6 +149,15 @@ def train(config_file, settings, aug, format_, resume_run, **flags):
     if aug:
         overrides["aug"] = {**file_values.get("aug", {}), **parse_pairs(aug, "--aug")}
     config = make_config(file_values, overrides, where=f"config file '{config_file}'")
+    if config.ensemble:
+        from medcls.ensemble import train_ensemble
+
+        summary = train_ensemble(config, registries(), log=log, progress_factory=progress_bars(sys.stderr.isatty()))
+        print_summary(summary)
+        click.echo(f"Members' test ROC AUC: {summary['spread'].get('roc_auc', {}).get('mean', float('nan')):.3f} "
+                   f"± {summary['spread'].get('roc_auc', {}).get('sd', float('nan')):.3f} (mean ± sd); "
+                   f"the ensemble: {summary['results']['test'].get('roc_auc', float('nan')):.3f}")
+        return
     if config.folds:
         from medcls.crossval import cross_validate
 

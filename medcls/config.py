@@ -72,6 +72,8 @@ class TrainConfig:
     by: str | None = None  # manifest column for a subgroup table (site, sex, scanner, ...)
     bootstrap: int = 2000  # bootstrap resamples for intervals (seeded by `seed`)
     # --- run ---
+    ensemble: int = 0  # train N members (bagging) and report their averaged probabilities beside them; 0: one model
+    bagging: bool = True  # ensemble members train on bootstrap resamples of the training patients (else all of them)
     folds: int = 0  # cross-validation: K folds by patient, a run per fold and pooled out-of-fold metrics; 0: one split
     seed: int = 0  # one seed for splits, initialisation, augmentation and batch order
     split_seed: int | None = None  # a separate seed for the split only (experiments hold the split fixed)

@@ -48,6 +48,7 @@ def decisions(probs: np.ndarray, threshold) -> np.ndarray:
 
 def cross_validate(config, registries, *, log=lambda message: None, progress_factory=None) -> dict:
     """Train one run per fold under `out/fold-N`, then pool the out-of-fold predictions."""
+    from medcls.config import save_config
     from medcls.data.prepared import prepare_data
     from medcls.evaluation.assess import assess
     from medcls.evaluation.intervals import wilson
@@ -57,6 +58,8 @@ def cross_validate(config, registries, *, log=lambda message: None, progress_fac
     if Path(config.data).exists():
         config = dataclasses.replace(config, data=str(Path(config.data).resolve()))
     out = run_folder(config)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
     data = prepare_data(config, registries, split=False)
     for warning in data.warnings:
         log(f"warning: {warning}")

@@ -321,7 +321,7 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
 
 
 def finish_run(config: TrainConfig, registries, data: PreparedData, model, execution, fitted, out: Path, *,
-               rows: dict, log, facts: dict, extra_info: dict | None = None) -> dict:
+               rows: dict, log, facts: dict, extra_info: dict | None = None, extend=None) -> dict:
     """Score every split the same way (no augmentation or dropout), pick the operating point on
     validation, and write the run folder: model, metrics, figures, report. Returns the summary."""
     import json
@@ -376,7 +376,10 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
         "warnings": data.warnings, "epochs_run": len(fitted.history),
         "scores": scores,  # (probabilities, labels) per split, for cross-validation and ensembles
     }
-    training_document(config, data, summary, scoring).write(out)
+    document = training_document(config, data, summary, scoring)
+    if extend is not None:
+        extend(document)
+    document.write(out)
     (out / CHECKPOINT).unlink(missing_ok=True)  # the run is complete: model.safetensors holds it
     return summary
 

@@ -1,0 +1,114 @@
+"""Ensembles (`medcls train --ensemble N`): N members trained on bootstrap resamples of the training
+patients (bagging) with their own seeds, on one fixed split; the ensemble averages their
+probabilities and is scored, saved, exported and reported like a single model, beside its members."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class Ensemble(nn.Module):
+    """The members' class probabilities averaged. forward() returns the log of the average, so
+    that softmax (what every caller applies to a model's output) gives the average back."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    @property
+    def backbone(self):
+        return self.members[-1].backbone
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([member(images).float().softmax(1) for member in self.members]).mean(0)
+        return probs.clamp_min(1e-12).log()
+
+
+def bootstrap_rows(rows: np.ndarray, patients: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    """A bagging resample: whole patients drawn with replacement (images of one patient stay together)."""
+    groups = np.asarray(patients if patients is not None else rows.astype(str), dtype=object)
+    unique = np.unique(groups)
+    drawn = rng.choice(len(unique), size=len(unique), replace=True)
+    members = {g: rows[groups == g] for g in unique}
+    return np.concatenate([members[unique[i]] for i in drawn])
+
+
+def train_ensemble(config, registries, *, log=lambda message: None, progress_factory=None) -> dict:
+    from medcls.config import save_config
+    from medcls.data.prepared import prepare_data
+    from medcls.engine import FitResult
+    from medcls.execution import choose_execution
+    from medcls.runs import load_model
+    from medcls.training import check_names, finish_run, resolve_device, run_folder, train
+
+    started = time.perf_counter()
+    check_names(config, registries)
+    if Path(config.data).exists():
+        config = dataclasses.replace(config, data=str(Path(config.data).resolve()))
+    split_seed = config.seed if config.split_seed is None else config.split_seed
+    config = dataclasses.replace(config, split_seed=split_seed)
+    out = run_folder(config)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    data = prepare_data(config, registries)
+    for warning in data.warnings:
+        log(f"warning: {warning}")
+    train_rows = data.rows("train")
+    members, member_results = [], []
+    for index in range(config.ensemble):
+        rng = np.random.default_rng([config.seed, index])
+        rows = bootstrap_rows(train_rows, data.patients(train_rows), rng) if config.bagging else train_rows
+        log(f"member {index + 1} of {config.ensemble}: seed {config.seed + index}, "
+            f"{len(rows)} training images{' (bootstrap resample of patients)' if config.bagging else ''}")
+        member_config = dataclasses.replace(config, ensemble=0, seed=config.seed + index,
+                                            out=str(out / f"member-{index + 1}"))
+        summary = train(member_config, registries, log=log, progress_factory=progress_factory, data=data,
+                        train_rows=rows)
+        member_results.append({"member": index + 1, "test": summary["results"]["test"],
+                               "intervals": summary["intervals"]["test"]})
+        members.append(load_model(out / f"member-{index + 1}", registries)[0])
+    device = resolve_device(config.device)
+    ensemble = Ensemble(members).eval()
+    execution = choose_execution(device, members[0], config.precision, config.channels_last)
+    ensemble = execution.prepare(ensemble)
+    summary = finish_run(config, registries, data, ensemble, execution, FitResult(), out,
+                         rows={"train": train_rows, "val": data.rows("val"), "test": data.rows("test")}, log=log,
+                         facts={"weights_origin": "ensemble of the members' runs", "device": str(device),
+                                "started": started, "policy_params": {}},
+                         extra_info={"ensemble": {"members": config.ensemble, "bagging": config.bagging}},
+                         extend=lambda doc: members_section(doc, member_results, summary_test=None))
+    summary["members"] = member_results
+    summary["spread"] = member_spread(member_results)
+    return summary
+
+
+def member_spread(member_results: list[dict]) -> dict:
+    figures = {}
+    for key in ("roc_auc", "sensitivity", "specificity"):
+        values = np.array([m["test"].get(key, np.nan) for m in member_results], dtype=float)
+        values = values[~np.isnan(values)]
+        if len(values):
+            figures[key] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+    return figures
+
+
+def members_section(doc, member_results: list[dict], summary_test=None) -> None:
+    """Each member's test figures beside the ensemble's (given in the report above)."""
+    from medcls.evaluation.report import format_value
+
+    doc.heading("Ensemble members (test split)")
+    names = ("roc_auc", "sensitivity", "specificity", "accuracy")
+    rows = [[f"member {m['member']}", *(format_value(m["test"].get(n), m["intervals"].get(n)) for n in names)]
+            for m in member_results]
+    spread = member_spread(member_results)
+    rows.append(["members mean ± sd", *(f"{spread[n]['mean']:.3f} ± {spread[n]['sd']:.3f}" if n in spread else "-"
+                                       for n in names)])
+    doc.table(["model", *names], rows)
+    doc.paragraph("The ensemble averages the members' probabilities; its figures are the report's main table. "
+                  "An ensemble reduces variance when it beats the members' mean and their spread is wide.")
