@@ -123,17 +123,30 @@ def yaml_value(text: str):
 @click.option("--seed", type=int, help="One seed for splits, initialisation, augmentation and batch order.")
 @click.option("--folds", type=int, help="Cross-validate: K folds grouped by patient, pooled out-of-fold metrics.")
 @click.option("--ensemble", type=int, help="Train N bagged members and report their average beside them.")
+@click.option("--devices", type=int, help="Train with DDP on N processes (GPUs, or CPU processes), launched by torchrun.")
 @click.option("--device", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps.")
 @click.option("--strict", is_flag=True, default=None, help="Stop at the first unreadable image instead of skipping it.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or TOML file; flags override its keys.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Set any config key (repeatable).")
 @click.option("--resume", "resume_run", type=click.Path(file_okay=False),
               help="Continue an interrupted run (its folder) from its last checkpoint, with its own settings.")
-def train(config_file, settings, aug, format_, resume_run, **flags):
+def train(config_file, settings, aug, format_, resume_run, devices, **flags):
     """Fine-tune a backbone: frozen stage, then top blocks; print the train/val/test gap report."""
     from medcls.config import make_config, read_config_file
     from medcls.training import train as run_training
 
+    if devices:
+        from medcls.distributed import launch
+
+        argv, skip = [], False
+        for arg in sys.argv[1:]:  # the same command, less --devices N
+            if skip or arg.startswith("--devices="):
+                skip = False
+                continue
+            skip = arg == "--devices"
+            if not skip:
+                argv.append(arg)
+        sys.exit(launch(devices, argv))
     overrides = {k: v for k, v in flags.items() if v is not None}
     if resume_run is not None:
         if overrides or settings or aug or config_file or format_:
@@ -215,6 +228,8 @@ def compare_policies(ctx, seeds, data, backbone, out, settings):
 def print_summary(summary: dict) -> None:
     from medcls.evaluation.report import gap_table
 
+    if "results" not in summary:  # a DDP rank other than 0: rank 0 reports
+        return
     click.echo(gap_table(summary["results"], summary["intervals"]))
     click.echo("95% intervals; how each was computed (Wilson, DeLong, bootstrap) is in report.md.")
     click.echo("")

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medcls.distributed import SINGLE, gather, wrap
 from medcls.errors import TrainingDiverged
 from medcls.execution import Execution
 
@@ -57,7 +58,7 @@ class FitResult:
 
 
 def train_one_epoch(model, loader, loss_fn, optimizer, execution: Execution, scaler=None, progress=None,
-                    augment=None):
+                    augment=None, distributed=SINGLE):
     """One pass over augmented training batches; returns mean loss and the (augmented) scores."""
     model.train()
     device = execution.device
@@ -86,7 +87,12 @@ def train_one_epoch(model, loader, loss_fn, optimizer, execution: Execution, sca
         labels.append(targets)
         if progress is not None:
             progress(len(targets))
-    return (total / max(count, 1)).item(), torch.cat(scores).cpu().numpy(), torch.cat(labels).cpu().numpy()
+    scores, labels = torch.cat(scores).cpu(), torch.cat(labels).cpu()
+    if distributed.active:  # every rank's share of the epoch: one loss and one AUC for all of it
+        totals = gather(torch.stack([total.detach().cpu(), torch.tensor(float(count))])[None], distributed)
+        total, count = totals[:, 0].sum(), int(totals[:, 1].sum())
+        scores, labels = gather(scores, distributed), gather(labels, distributed)
+    return (total / max(count, 1)).item(), scores.numpy(), labels.numpy()
 
 
 @torch.no_grad()
@@ -127,7 +133,7 @@ def make_schedule(name: str, optimizer, epochs: int):
 
 def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, loss_fn, execution: Execution, config,
         on_epoch=None, progress_factory=None, augment=None, frozen: FrozenFeatures | None = None,
-        checkpoint=None, resume=None) -> FitResult:
+        checkpoint=None, resume=None, distributed=SINGLE) -> FitResult:
     """Run each stage with early stopping on the monitored validation metric; keep the best weights.
 
     `evaluate_val()` returns (val_loss, val_metrics, score) where a higher score is better;
@@ -168,13 +174,18 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
         on_features = frozen is not None and stage.top_blocks == 0
         step_model, loader, evaluate = ((model.head, frozen.train_loader, frozen.evaluate_val) if on_features
                                         else (model, train_loader, evaluate_val))
+        # DDP is built over the parameters that train now, so it is wrapped again for every stage.
+        step_model = wrap(step_model, distributed, execution.device)
         for stage_epoch in range(done, stage.epochs):
             epoch_number += 1
+            if hasattr(getattr(loader, "sampler", None), "set_epoch"):
+                loader.sampler.set_epoch(epoch_number)  # a new shuffle of the shards every epoch
             started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             progress = progress_factory(stage.name, epoch_number) if progress_factory else None
             train_loss, train_scores, train_labels = train_one_epoch(
-                step_model, loader, loss_fn, optimizer, execution, scaler, progress, None if on_features else augment)
+                step_model, loader, loss_fn, optimizer, execution, scaler, progress, None if on_features else augment,
+                distributed)
             if progress is not None:
                 progress.close()
             if not math.isfinite(train_loss):

@@ -125,19 +125,27 @@ def seed_worker(worker_id: int, seed: int) -> None:
         transform.set_random_state(seed=seed + 1000 * (worker_id + 1))
 
 
-def make_loader(dataset, labels: np.ndarray, config: TrainConfig, n_classes: int, workers: int, generator):
+def make_loader(dataset, labels: np.ndarray, config: TrainConfig, n_classes: int, workers: int, generator,
+                distributed=None):
     """Training batches: shuffled (or class-balanced by a sampler) from `generator`, so that two
-    loaders sharing one generator, one on images and one on features, draw the same batches."""
+    loaders sharing one generator, one on images and one on features, draw the same batches;
+    under DDP each process gets its shard (DistributedSampler, reshuffled every epoch)."""
     import torch
     from torch.utils.data import DataLoader, WeightedRandomSampler
 
     sampler = None
-    if config.class_balance == "sampler":
+    if distributed is not None and distributed.active:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(dataset, num_replicas=distributed.world, rank=distributed.rank, shuffle=True,
+                                     seed=config.seed)
+    elif config.class_balance == "sampler":
         weights = class_weights(labels, n_classes)[labels]
         sampler = WeightedRandomSampler(torch.as_tensor(weights), len(weights), generator=generator)
     return DataLoader(dataset, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
                       collate_fn=getattr(dataset, "collate", None),
-                      generator=generator, num_workers=workers, drop_last=len(dataset) > config.batch_size,
+                      generator=generator, num_workers=workers,
+                      drop_last=len(dataset) > config.batch_size * (distributed.world if distributed else 1),
                       worker_init_fn=partial(seed_worker, seed=config.seed) if workers else None,
                       persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
@@ -231,7 +239,14 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
     if Path(config.data).exists():
         # Absolute, so that `medcls evaluate RUN` finds the data (and its split) from any folder.
         config = dataclasses.replace(config, data=str(Path(config.data).resolve()))
-    device = resolve_device(config.device)
+    from medcls.distributed import check_config, device_for, from_environment
+
+    distributed = from_environment(config.device)  # torchrun's process group, if launched by it
+    check_config(config, distributed)
+    if not distributed.writes:
+        log = lambda message: None  # noqa: E731  (rank 0 speaks for all)
+        progress_factory = None
+    device = device_for(distributed, resolve_device(config.device))
     out = run_folder(config)
     seed_everything(config.seed, config.deterministic)
     transform, policy_params = make_policy(config, registries)
@@ -256,8 +271,10 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
                                              config.dropout, config.pretrained, config.weights, config.slices,
                                              config.slice_pooling)
     workers = loader_workers(config, transform)
-    tune_process(workers)
+    tune_process(workers, processes_per_machine=distributed.world)
     execution = choose_execution(device, model, config.precision, config.channels_last)
+    if distributed.active and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # statistics over the global batch
     model = execution.prepare(model)
     if device.type == "cuda" and not config.deterministic:
         torch.backends.cudnn.benchmark = True
@@ -268,8 +285,8 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
     weights = class_weights(train_labels, len(data.classes)) if config.class_balance == "weighted_loss" else None
     loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device))
     generator = torch.Generator().manual_seed(config.seed)
-    loader = make_loader(TrainingImages(data.cache, train_rows, train_labels, transform), train_labels, config, len(data.classes),
-                         workers, generator)
+    loader = make_loader(TrainingImages(data.cache, train_rows, train_labels, transform), train_labels, config,
+                         len(data.classes), workers, generator, distributed)
     metrics = list(registries["metrics"])
     val_labels = data.cache_labels(val_rows)
 
@@ -286,7 +303,7 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
         return score_val(predict_probs(model, data.batches(val_rows), execution, config.batch_size))
 
     frozen = None
-    if can_cache_features(config, model, transform):
+    if can_cache_features(config, model, transform) and not distributed.active:
         frozen = frozen_features(model, data, train_rows, val_rows, train_labels, config, execution, generator,
                                  score_val)
         log("stage 1: backbone features computed once (no augmentation, frozen backbone)")
@@ -299,8 +316,9 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
     # The run folder and its config exist from the first epoch on, so that a killed run can resume.
     from medcls.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(dataclasses.replace(config, resume=False), out / "config.yaml")
+    if distributed.writes:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(dataclasses.replace(config, resume=False), out / "config.yaml")
     resumed = load_checkpoint(out / CHECKPOINT, generator, transform) if config.resume else None
     if resumed is not None:
         log(f"resuming after epoch {resumed.epoch_number} from {out / CHECKPOINT}")
@@ -311,8 +329,10 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
     fitted = fit(model, stages_for(config), train_loader=loader, evaluate_val=evaluate_val, loss_fn=loss_fn,
                  execution=execution, config=config, on_epoch=on_epoch, progress_factory=progress_factory,
                  augment=transform.batch if is_batched(transform) else None, frozen=frozen,
-                 checkpoint=lambda state: save_checkpoint(out / CHECKPOINT, state, generator, transform),
-                 resume=resumed)
+                 checkpoint=(lambda state: save_checkpoint(out / CHECKPOINT, state, generator, transform))
+                 if distributed.writes else None, resume=resumed, distributed=distributed)
+    if not distributed.writes:
+        return {"rank": distributed.rank}  # rank 0 scores and writes the run
 
     return finish_run(config, registries, data, model, execution, fitted, out,
                       rows={"train": train_rows, "val": val_rows, "test": test_rows}, log=log,
