@@ -74,6 +74,7 @@ class TrainConfig:
     # --- run ---
     ensemble: int = 0  # train N members (bagging) and report their averaged probabilities beside them; 0: one model
     bagging: bool = True  # ensemble members train on bootstrap resamples of the training patients (else all of them)
+    ensemble_backbones: str | None = None  # comma-separated backbones the members cycle through (default: backbone)
     folds: int = 0  # cross-validation: K folds by patient, a run per fold and pooled out-of-fold metrics; 0: one split
     seed: int = 0  # one seed for splits, initialisation, augmentation and batch order
     split_seed: int | None = None  # a separate seed for the split only (experiments hold the split fixed)

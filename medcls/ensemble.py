@@ -60,17 +60,22 @@ def train_ensemble(config, registries, *, log=lambda message: None, progress_fac
     for warning in data.warnings:
         log(f"warning: {warning}")
     train_rows = data.rows("train")
-    members, member_results = [], []
+    backbones = [b.strip() for b in (config.ensemble_backbones or config.backbone).split(",") if b.strip()]
+    for name in backbones:
+        registries["backbones"].get(name)  # a misspelled member fails before any training
+    members, member_results, member_backbones = [], [], []
     for index in range(config.ensemble):
+        backbone = backbones[index % len(backbones)]
         rng = np.random.default_rng([config.seed, index])
         rows = bootstrap_rows(train_rows, data.patients(train_rows), rng) if config.bagging else train_rows
-        log(f"member {index + 1} of {config.ensemble}: seed {config.seed + index}, "
+        log(f"member {index + 1} of {config.ensemble}: {backbone}, seed {config.seed + index}, "
             f"{len(rows)} training images{' (bootstrap resample of patients)' if config.bagging else ''}")
-        member_config = dataclasses.replace(config, ensemble=0, seed=config.seed + index,
+        member_config = dataclasses.replace(config, ensemble=0, seed=config.seed + index, backbone=backbone,
                                             out=str(out / f"member-{index + 1}"))
         summary = train(member_config, registries, log=log, progress_factory=progress_factory, data=data,
                         train_rows=rows)
-        member_results.append({"member": index + 1, "test": summary["results"]["test"],
+        member_backbones.append(backbone)
+        member_results.append({"member": index + 1, "backbone": backbone, "test": summary["results"]["test"],
                                "intervals": summary["intervals"]["test"]})
         members.append(load_model(out / f"member-{index + 1}", registries)[0])
     device = resolve_device(config.device)
@@ -81,8 +86,9 @@ def train_ensemble(config, registries, *, log=lambda message: None, progress_fac
                          rows={"train": train_rows, "val": data.rows("val"), "test": data.rows("test")}, log=log,
                          facts={"weights_origin": "ensemble of the members' runs", "device": str(device),
                                 "started": started, "policy_params": {}},
-                         extra_info={"ensemble": {"members": config.ensemble, "bagging": config.bagging}},
-                         extend=lambda doc: members_section(doc, member_results, summary_test=None))
+                         extra_info={"ensemble": {"members": config.ensemble, "bagging": config.bagging,
+                                                  "backbones": member_backbones}},
+                         extend=lambda doc: members_section(doc, member_results))
     summary["members"] = member_results
     summary["spread"] = member_spread(member_results)
     return summary
@@ -98,13 +104,13 @@ def member_spread(member_results: list[dict]) -> dict:
     return figures
 
 
-def members_section(doc, member_results: list[dict], summary_test=None) -> None:
+def members_section(doc, member_results: list[dict]) -> None:
     """Each member's test figures beside the ensemble's (given in the report above)."""
     from medcls.evaluation.report import format_value
 
     doc.heading("Ensemble members (test split)")
     names = ("roc_auc", "sensitivity", "specificity", "accuracy")
-    rows = [[f"member {m['member']}", *(format_value(m["test"].get(n), m["intervals"].get(n)) for n in names)]
+    rows = [[f"member {m['member']} ({m.get('backbone', '')})", *(format_value(m["test"].get(n), m["intervals"].get(n)) for n in names)]
             for m in member_results]
     spread = member_spread(member_results)
     rows.append(["members mean ± sd", *(f"{spread[n]['mean']:.3f} ± {spread[n]['sd']:.3f}" if n in spread else "-"

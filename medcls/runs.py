@@ -35,15 +35,16 @@ def load_model(run: str | Path, registries, device="cpu"):
     if not (run / MODEL_FILE).is_file() or not (run / MODEL_INFO).is_file():
         raise DataError(f"run folder '{run}' has no {MODEL_FILE} and {MODEL_INFO}: give the --out folder of `medcls train`")
     info = json.loads((run / MODEL_INFO).read_text(encoding="utf-8"))
-    def classifier():
-        return build_classifier(registries, info["backbone"], len(info["classes"]), info["in_chans"],
+    def classifier(backbone=info["backbone"]):
+        return build_classifier(registries, backbone, len(info["classes"]), info["in_chans"],
                                 info["dropout"], pretrained=False, slices=info.get("slices", 0),
                                 slice_pooling=info.get("slice_pooling", "mean"))[0]
 
     if info.get("ensemble"):
         from medcls.ensemble import Ensemble
 
-        model = Ensemble([classifier() for _ in range(info["ensemble"]["members"])])
+        backbones = info["ensemble"].get("backbones") or [info["backbone"]] * info["ensemble"]["members"]
+        model = Ensemble([classifier(name) for name in backbones])
     else:
         model = classifier()
     load_safetensors(model, str(run / MODEL_FILE), device=str(device))
