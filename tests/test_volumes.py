@@ -270,3 +270,24 @@ def test_2_5d_training_and_prediction_end_to_end(tmp_path):
     out = tmp_path / "pred.csv"
     assert CliRunner().invoke(cli, ["predict", str(run), str(data / "normal"), "-o", str(out)]).exit_code == 0
     assert len(list(csv.DictReader(out.open()))) == 12
+
+
+def test_a_csv_manifest_carries_volumes_and_picks_series(registries, head, tmp_path):
+    import pydicom
+
+    from medcls.config import make_config
+    from medcls.data.cases import ReaderTable
+    from medcls.data.loading import load_cases
+
+    write_nifti(head.voxels, head.spacing, tmp_path / "a.nii.gz")
+    write_dicom_series(head.voxels, head.spacing, tmp_path / "mixed")
+    write_dicom_series(head.voxels[:4], head.spacing, tmp_path / "other")
+    for other in (tmp_path / "other").iterdir():
+        other.rename(tmp_path / "mixed" / f"other-{other.name}")
+    uid = str(pydicom.dcmread(next((tmp_path / "mixed").glob("other-*"))).SeriesInstanceUID)
+    (tmp_path / "cases.csv").write_text(f"path,label,series_uid\na.nii.gz,yes,\nmixed,no,{uid}\n")
+    cases, layout, readers = load_cases(make_config({"data": str(tmp_path / "cases.csv"),
+                                                     "backbone": "example_tiny_cnn3d"}), registries)
+    assert layout == "csv" and isinstance(readers, ReaderTable) and readers.dims == 3
+    assert readers.read(cases[0]).voxels.shape == (16, 32, 32)
+    assert readers.read(cases[1]).voxels.shape[0] == 4  # the series the manifest names
