@@ -69,15 +69,11 @@ def test_corrupt_image_is_a_one_line_error(tmp_path):
 
 def write_ct(path: Path, stored: np.ndarray, slope=1.0, intercept=-1024.0, window=(40.0, 400.0),
              photometric="MONOCHROME2", patient="PAT-123"):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import CTImageStorage
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    from medcls.data.synthetic import new_dicom
+
+    ds = new_dicom(CTImageStorage)
     ds.PatientID, ds.Modality = patient, "CT"
     ds.Rows, ds.Columns = stored.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric

@@ -158,12 +158,25 @@ def write_nifti(voxels_zyx: np.ndarray, spacing_zyx, path) -> None:
     nib.save(nib.Nifti1Image(np.ascontiguousarray(voxels_zyx.transpose(2, 1, 0)), affine), str(path))
 
 
+def new_dicom(sop_class):
+    """An empty DICOM Part 10 dataset of `sop_class` with its file meta (explicit VR little endian)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    return ds
+
+
 def write_dicom_series(voxels_zyx: np.ndarray, spacing_zyx, folder, patient_id: str = "synthetic",
                        seed: int = 0, skip: tuple = (), modality: str = "MR", rescale=(1.0, 0.0)) -> None:
     """One axial DICOM file per z slice, in a shuffled order with random names (as archives hand
     them out). Patient LPS axes: columns run to the patient's left, rows to posterior."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+    from pydicom.uid import MRImageStorage, generate_uid
 
     folder.mkdir(parents=True, exist_ok=True)
     series, study = generate_uid(), generate_uid()
@@ -171,12 +184,7 @@ def write_dicom_series(voxels_zyx: np.ndarray, spacing_zyx, folder, patient_id: 
     for k in order:
         if k in skip:
             continue
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds = new_dicom(MRImageStorage)
         ds.SeriesInstanceUID, ds.StudyInstanceUID = series, study
         ds.PatientID, ds.Modality = patient_id, modality
         ds.InstanceNumber = int(k) + 1
