@@ -133,27 +133,19 @@ def yaml_value(text: str):
 def train(config_file, settings, aug, format_, resume_run, devices, **flags):
     """Fine-tune a backbone: frozen stage, then top blocks; print the train/val/test gap report."""
     from medcls.config import make_config, read_config_file
+    from medcls.training import resume_config
     from medcls.training import train as run_training
 
     if devices:
-        from medcls.distributed import launch
+        from medcls.distributed import launch, without_option
 
-        argv, skip = [], False
-        for arg in sys.argv[1:]:  # the same command, less --devices N
-            if skip or arg.startswith("--devices="):
-                skip = False
-                continue
-            skip = arg == "--devices"
-            if not skip:
-                argv.append(arg)
-        sys.exit(launch(devices, argv))
+        sys.exit(launch(devices, without_option(sys.argv[1:], "--devices")))
     overrides = {k: v for k, v in flags.items() if v is not None}
+    options = dict(log=log, progress_factory=progress_bars(sys.stderr.isatty()))
     if resume_run is not None:
         if overrides or settings or aug or config_file or format_:
             raise ConfigError("--resume continues a run with the settings in its config.yaml: give no other options")
-        saved = Path(resume_run) / "config.yaml"
-        config = make_config(read_config_file(saved), {"out": resume_run, "resume": True}, where=f"run config '{saved}'")
-        print_summary(run_training(config, registries(), log=log, progress_factory=progress_bars(sys.stderr.isatty())))
+        print_summary(run_training(resume_config(resume_run), registries(), **options))
         return
     if format_ is not None:
         overrides["format"] = format_
@@ -165,20 +157,17 @@ def train(config_file, settings, aug, format_, resume_run, devices, **flags):
     if config.ensemble:
         from medcls.ensemble import train_ensemble
 
-        summary = train_ensemble(config, registries(), log=log, progress_factory=progress_bars(sys.stderr.isatty()))
+        summary = train_ensemble(config, registries(), **options)
         print_summary(summary)
-        click.echo(f"Members' test ROC AUC: {summary['spread'].get('roc_auc', {}).get('mean', float('nan')):.3f} "
-                   f"± {summary['spread'].get('roc_auc', {}).get('sd', float('nan')):.3f} (mean ± sd); "
-                   f"the ensemble: {summary['results']['test'].get('roc_auc', float('nan')):.3f}")
-        return
-    if config.folds:
+        spread = summary["spread"].get("roc_auc", {})
+        click.echo(f"Members' test ROC AUC: {spread.get('mean', float('nan')):.3f} ± {spread.get('sd', float('nan')):.3f}"
+                   f" (mean ± sd); the ensemble: {summary['results']['test'].get('roc_auc', float('nan')):.3f}")
+    elif config.folds:
         from medcls.crossval import cross_validate
 
-        result = cross_validate(config, registries(), log=log, progress_factory=progress_bars(sys.stderr.isatty()))
-        click.echo((Path(result["out"]) / "report.md").read_text(encoding="utf-8"))
-        return
-    summary = run_training(config, registries(), log=log, progress_factory=progress_bars(sys.stderr.isatty()))
-    print_summary(summary)
+        click.echo((Path(cross_validate(config, registries(), **options)["out"]) / "report.md").read_text("utf-8"))
+    else:
+        print_summary(run_training(config, registries(), **options))
 
 
 @cli.command()

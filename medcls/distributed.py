@@ -91,6 +91,19 @@ def gather(tensor: torch.Tensor, state: Distributed) -> torch.Tensor:
     return torch.cat(pieces)
 
 
+def without_option(argv: list[str], option: str) -> list[str]:
+    """`argv` less `option VALUE` and `option=VALUE`."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(f"{option}="):
+            kept.append(arg)
+    return kept
+
+
 def launch(devices: int, argv: list[str]) -> int:
     """`medcls train --devices N ...`: re-run the same command under torchrun with N processes."""
     import subprocess

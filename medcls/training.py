@@ -458,6 +458,16 @@ def draw_split_figures(scoring: dict, classes: list[str], out: Path) -> None:
         plots.plot_decision_curve(*scores["test"], out / "decision_curve.png")
 
 
+def resume_config(run) -> TrainConfig:
+    """The configuration an interrupted run was started with, set to continue it."""
+    from medcls.config import make_config, read_config_file
+
+    saved = Path(run) / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"--resume: '{run}' has no config.yaml: give the --out folder of an interrupted `medcls train`")
+    return make_config(read_config_file(saved), {"out": str(run), "resume": True}, where=f"run config '{saved}'")
+
+
 def run_folder(config: TrainConfig) -> Path:
     """The --out folder, checked before any work so that a finished run is never overwritten."""
     if config.out is None:

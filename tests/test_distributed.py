@@ -41,3 +41,10 @@ def test_options_that_cannot_shard_are_refused():
     with pytest.raises(ConfigError, match="--folds and --ensemble run one process per model"):
         check_config(make_config({"folds": 3}), two)
     check_config(make_config({"class_balance": "sampler"}), Distributed())  # one process: anything goes
+
+
+def test_devices_is_removed_from_the_command_torchrun_runs():
+    from medcls.distributed import without_option
+
+    argv = ["train", "--devices", "2", "--data", "x", "--devices=4", "--epochs", "1"]
+    assert without_option(argv, "--devices") == ["train", "--data", "x", "--epochs", "1"]
