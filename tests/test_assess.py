@@ -180,3 +180,15 @@ def test_net_benefit():
     # threshold 0.5: TP 2, FP 1 -> 2/10 - 1/10 * 1 = 0.1; treat all: 0.2 - 0.8 = -0.6
     assert curve["model"][1] == pytest.approx(0.1) and curve["treat_all"][1] == pytest.approx(-0.6)
     assert curve["treat_all"][0] == pytest.approx(0.2 - 0.8 * 0.25)
+
+
+def test_perfect_separation_with_patient_clusters_never_claims_certainty(registries):
+    # 10 patients with 2 images each; the scores separate the classes perfectly.
+    labels = np.repeat([0, 1] * 5, 2)
+    probs = np.stack([1 - (0.2 + 0.6 * labels), 0.2 + 0.6 * labels], 1)
+    patients = np.repeat([f"p{i}" for i in range(10)], 2)
+    result = assess(probs, labels, 0.5, list(registries["metrics"]), patients=patients, n_resamples=200)
+    auc, sensitivity = result["intervals"]["roc_auc"], result["intervals"]["sensitivity"]
+    assert result["values"]["roc_auc"] == 1.0 and auc["high"] == 1.0 and auc["low"] < 0.9
+    assert auc["method"] == "Wilson over 5 patients (the bootstrap collapsed to a point)"
+    assert sensitivity["low"] < 0.9 and "5 patients" in sensitivity["method"]

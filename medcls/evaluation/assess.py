@@ -110,7 +110,38 @@ def intervals(probs, labels, threshold, metrics, *, groups=None, level=LEVEL, n_
         for name, (low, high) in bootstrap_loop(labels, probs, y_pred, looped, **options).items():
             out[name] = {"low": low, "high": high, "method": boot_name, "level": level,
                          "resamples": options["n_resamples"]}
+    if binary and clustered:
+        bound_collapsed(out, labels, y_pred, groups, probs[:, 1], level)
     return out
+
+
+def bound_collapsed(out: dict, labels, y_pred, groups, p1, level) -> None:
+    """A bootstrap interval collapses to a point when a figure is 0 or 1 in every resample (perfect
+    separation, no false negatives): that would claim certainty. Bound it instead by Wilson over
+    the independent units, the patients (for ROC AUC, those of the smaller class)."""
+    from medcls.evaluation.intervals import wilson
+    from medcls.evaluation.metrics import roc_auc
+
+    def patients(mask) -> int:
+        return len(np.unique(groups[mask]))
+
+    units = {"sensitivity": labels == 1, "specificity": labels == 0, "ppv": y_pred == 1, "npv": y_pred == 0,
+             "accuracy": np.ones(len(labels), dtype=bool)}
+    for name, interval in out.items():
+        if interval.get("low") != interval.get("high") or interval.get("low") not in (0.0, 1.0):
+            continue
+        if name == "roc_auc":
+            trials = min(patients(labels == 1), patients(labels == 0))
+            auc = roc_auc(labels, np.stack([1 - p1, p1], 1), None)
+            k = round(auc * trials)
+        elif name in units:
+            trials = patients(units[name])
+            k = trials if interval["low"] == 1.0 else 0
+        else:
+            continue
+        low, high = wilson(k, trials, level)
+        out[name] = {"low": low, "high": high, "level": level,
+                     "method": f"Wilson over {trials} patients (the bootstrap collapsed to a point)"}
 
 
 def operating_figures(probs, labels, threshold, *, groups=None, prevalence=None, level=LEVEL,
@@ -170,7 +201,8 @@ def assess(probs, labels, threshold, metrics, *, patients=None, patient_level=No
                      f"the {where} split has only one class")
     elif probs.shape[1] == 2 and values.get("roc_auc") in (0.0, 1.0):
         notes.append(f"the scores separate the classes perfectly on {len(labels)} cases: bootstrap intervals "
-                     "collapse to a point there, so read the Wilson and DeLong intervals (and the sample size)")
+                     "would collapse to a point, so those figures carry Wilson or DeLong bounds over the "
+                     "independent cases or patients instead; read them with the sample size")
     return {
         "level": level_name,
         "per_class": per_class_figures(probs, labels, threshold),
