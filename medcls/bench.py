@@ -156,6 +156,7 @@ def loader_figures(cases, readers, settings: BenchSettings, workers: int) -> dic
             started = time.perf_counter()
             cache = decode_all(cases, readers, settings.image_size, hashes=hash_all(cases), store=store)
             first.append(len(cases) / (time.perf_counter() - started))
+            store.flush()  # in a run these writes overlap training; a later run finds them all
             started = time.perf_counter()
             decode_all(cases, readers, settings.image_size, hashes=hash_all(cases), store=store)
             warm.append(len(cases) / (time.perf_counter() - started))

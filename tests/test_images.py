@@ -40,6 +40,17 @@ def test_a_second_run_loads_every_image_from_the_store_with_identical_pixels(cas
     assert torch.equal(uncached.batch(np.arange(6)), second.batch(np.arange(6)))
 
 
+def test_the_store_fills_in_the_background_and_a_new_run_waits_for_nothing(cases, readers, tmp_path):
+    hashes = hash_all(cases)
+    store = ImageStore(tmp_path / "store", {"size": 16})
+    decode_all(cases, readers, 16, hashes=hashes, store=store)
+    assert store.writer is not None  # returned before the writes finished
+    store.flush()
+    assert all(store.path(h).exists() for i, h in enumerate(hashes) if i != 2)  # all but the broken file
+    other_run = ImageStore(tmp_path / "store", {"size": 16})
+    assert decode_all(cases, readers, 16, hashes=hashes, store=other_run).decoded == 0
+
+
 def test_other_preprocessing_settings_never_reuse_stored_images(cases, readers, tmp_path):
     hashes = hash_all(cases)
     decode_all(cases, readers, 16, hashes=hashes, store=ImageStore(tmp_path / "store", {"size": 16}))
@@ -51,6 +62,7 @@ def test_a_half_written_store_entry_is_decoded_again(cases, readers, tmp_path):
     hashes = hash_all(cases)
     store = ImageStore(tmp_path / "store", {"size": 16})
     decode_all(cases, readers, 16, hashes=hashes, store=store)
+    store.flush()  # the store fills in the background, overlapped with training
     store.path(hashes[0]).write_bytes(b"\x93NUMPY truncated")
     again = decode_all(cases, readers, 16, hashes=hashes, store=store)
     assert again.decoded == 1

@@ -47,6 +47,22 @@ class ImageStore:
     def __init__(self, root: str | Path, settings: dict) -> None:
         key = hashlib.sha256(repr((STORE_FORMAT, sorted(settings.items()))).encode()).hexdigest()[:16]
         self.root = Path(root).expanduser() / key
+        self.writer = None  # the thread writing the last decode's images, overlapped with training
+
+    def put_later(self, entries: list[tuple[str, np.ndarray]]) -> None:
+        """Write in a background thread: training starts while the store fills. The process waits
+        for it at exit (not a daemon); a killed run only leaves images to decode again."""
+        import threading
+
+        self.flush()
+        self.writer = threading.Thread(target=lambda: [self.put(h, image) for h, image in entries],
+                                       name="medcls-image-store")
+        self.writer.start()
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.join()
+            self.writer = None
 
     def path(self, content_hash: str) -> Path:
         return self.root / content_hash[:2] / f"{content_hash}.npy"
@@ -146,6 +162,8 @@ def decode_all(cases: list[Case], readers: ReaderTable, size, channels: str = "a
     grey = np.zeros(len(cases), dtype=bool)
     errors: list[str | None] = [None] * len(cases)
     use_store = store is not None and hashes is not None
+    if use_store:
+        store.flush()  # images an earlier decode is still writing are found, not decoded again
     workers = threads or min(8, os.cpu_count() or 1)
 
     def place(i: int, stored: np.ndarray) -> None:
@@ -161,7 +179,7 @@ def decode_all(cases: list[Case], readers: ReaderTable, size, channels: str = "a
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         missing = [i for i, found in zip(range(len(cases)), pool.map(from_store, range(len(cases)))) if not found]
-    decoded = 0
+    decoded, to_store = 0, []
     for i, stored, error in decoded_images(cases, missing, readers, size, workers):
         if error is not None:
             if strict:
@@ -171,7 +189,9 @@ def decode_all(cases: list[Case], readers: ReaderTable, size, channels: str = "a
         place(i, stored)
         decoded += 1
         if use_store and cases[i].path is not None:
-            store.put(hashes[i], stored)
+            to_store.append((hashes[i], stored))
+    if to_store:
+        store.put_later(to_store)
     failures = [(case.key, error) for case, error in zip(cases, errors) if error is not None]
     kept = np.array([i for i, error in enumerate(errors) if error is None], dtype=np.int64)
     if not len(kept):
