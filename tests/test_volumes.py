@@ -291,3 +291,29 @@ def test_a_csv_manifest_carries_volumes_and_picks_series(registries, head, tmp_p
     assert layout == "csv" and isinstance(readers, ReaderTable) and readers.dims == 3
     assert readers.read(cases[0]).voxels.shape == (16, 32, 32)
     assert readers.read(cases[1]).voxels.shape[0] == 4  # the series the manifest names
+
+
+@pytest.mark.parametrize("data, backbone, message", [
+    ("synthetic3d", "test_resnet", "is a volume and the backbone reads 2D images: choose a 3D backbone"),
+    ("synthetic", "example_tiny_cnn3d", "is a 2D image and the backbone reads volumes"),
+])
+def test_volumes_and_images_given_to_the_wrong_backbone_are_one_line_errors(tmp_path, data, backbone, message):
+    from click.testing import CliRunner
+
+    from medcls.cli import cli
+    from tests.test_cli import assert_one_line_error
+
+    result = CliRunner().invoke(cli, ["train", "--data", data, "--backbone", backbone, "--no-pretrained",
+                                      "--out", str(tmp_path / "run")])
+    assert_one_line_error(result, message)
+
+
+def test_a_3d_backbone_on_a_folder_of_2d_images_says_why(image_folder, tmp_path):
+    from click.testing import CliRunner
+
+    from medcls.cli import cli
+    from tests.test_cli import assert_one_line_error
+
+    result = CliRunner().invoke(cli, ["train", "--data", str(image_folder), "--backbone", "example_tiny_cnn3d",
+                                      "--out", str(tmp_path / "run")])
+    assert_one_line_error(result, "has no readable volumes (NIfTI files or DICOM series folders): the backbone is 3D")

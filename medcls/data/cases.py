@@ -103,6 +103,12 @@ class ReaderTable:
 
     def read(self, case: Case) -> np.ndarray:
         if case.array is not None:
+            if hasattr(case.array, "voxels") != (self.dims == 3):
+                raise DataError(
+                    f"'{case.key}' is a volume and the backbone reads 2D images: choose a 3D backbone "
+                    "(medcls list backbones 'monai:*') or read slices with --set slices=3"
+                    if self.dims == 2 else
+                    f"'{case.key}' is a 2D image and the backbone reads volumes: choose a 2D backbone")
             return case.array
         entry = self.entry_for(case.path)
         if entry is None:

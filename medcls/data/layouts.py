@@ -72,7 +72,10 @@ def load_folder(source: str, options: DataOptions) -> list[Case]:
         for class_dir in classes:
             files = candidate_files(class_dir, options)
             if not files:
+                volumes = options.readers is not None and options.readers.dims == 3
                 raise DataError(
+                    f"class folder '{class_dir}' has no readable volumes (NIfTI files or DICOM series folders): "
+                    "the backbone is 3D; for 2D images choose a 2D backbone" if volumes else
                     f"class folder '{class_dir}' has no readable images: add images or remove the folder"
                 )
             cases += [Case(key=str(f), label=class_dir.name, split=split, path=f) for f in files]
