@@ -54,7 +54,11 @@ def pil_to_array(img) -> np.ndarray:
     elif mode == "F":
         arr = min_max(arr.astype(np.float32))
     else:
-        arr = arr.astype(np.float32) / 255.0
+        # 8-bit: scale and move channels first in one pass into a C-ordered array.
+        shape = (1, *arr.shape) if arr.ndim == 2 else (arr.shape[2], *arr.shape[:2])
+        out = np.empty(shape, dtype=np.float32)
+        np.multiply(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1), np.float32(1 / 255), out=out)
+        return out
     if arr.ndim == 2:
         arr = arr[None]
     else:
