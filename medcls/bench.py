@@ -201,8 +201,12 @@ def model_figures(settings: BenchSettings, registries, data_cache, device) -> di
     from medcls.training import TrainingImages, make_loader, make_policy
 
     channels, size, batch = data_cache.channels, settings.image_size, settings.batch_size
-    model, _ = build_classifier(registries, settings.backbone, 2, channels, 0.2, False, None)
-    default = choose_execution(device, model)
+
+    def fresh_model():
+        return build_classifier(registries, settings.backbone, 2, channels, 0.2, False, None)[0]
+
+    first = fresh_model()
+    default = choose_execution(device, first)
     executions = {"fp32_nchw": Execution(device), "fp32_channels_last": Execution(device, None, True),
                   "default": default}
     x = torch.rand(batch, channels, size, size, device=device)
@@ -218,7 +222,7 @@ def model_figures(settings: BenchSettings, registries, data_cache, device) -> di
     times: dict[str, list] = {}
     models = {}
     for name, execution in executions.items():
-        m, _ = build_classifier(registries, settings.backbone, 2, channels, 0.2, False, None)
+        m = first if name == "fp32_nchw" else fresh_model()  # the model that chose the default is used too
         models[name] = (execution.prepare(m), torch.optim.AdamW(m.parameters(), lr=1e-4))
         training_step(*models[name], execution, x, y)  # warm up kernels and allocator
 

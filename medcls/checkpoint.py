@@ -38,28 +38,35 @@ class FitState:
     schedule: dict | None = None
 
 
+def numpy_state_json(state: tuple) -> list:
+    """A numpy RandomState's state (kind, uint32 keys, position, gauss flag, gauss) as JSON."""
+    kind, keys, *rest = state
+    return [kind, keys.tolist(), *rest]
+
+
+def numpy_state(values: list) -> tuple:
+    kind, keys, *rest = values
+    return (kind, np.array(keys, dtype=np.uint32), *rest)
+
+
 def random_streams(generator: torch.Generator, transform) -> tuple[dict, dict]:
     """(tensors, JSON) of the torch, numpy, python, loader and augmentation random states."""
     tensors = {"rng.torch": torch.get_rng_state(), "rng.loader": generator.get_state()}
-    numpy_state = np.random.get_state()
-    values = {"numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
-              "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
+    version, internal, gauss = random.getstate()
+    values = {"numpy": numpy_state_json(np.random.get_state()), "python": [version, list(internal), gauss]}
     if hasattr(transform, "R"):
-        policy = transform.R.get_state()
-        values["policy"] = [policy[0], policy[1].tolist(), *policy[2:]]
+        values["policy"] = numpy_state_json(transform.R.get_state())
     return tensors, values
 
 
 def restore_random_streams(tensors: dict, values: dict, generator: torch.Generator, transform) -> None:
     torch.set_rng_state(tensors["rng.torch"])
     generator.set_state(tensors["rng.loader"])
-    kind, keys, *rest = values["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+    np.random.set_state(numpy_state(values["numpy"]))
     version, internal, gauss = values["python"]
     random.setstate((version, tuple(internal), gauss))
     if "policy" in values and hasattr(transform, "R"):
-        kind, keys, *rest = values["policy"]
-        transform.R.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+        transform.R.set_state(numpy_state(values["policy"]))
 
 
 def flatten_optimizer(state: dict) -> tuple[dict, dict]:

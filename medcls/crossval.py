@@ -48,21 +48,12 @@ def decisions(probs: np.ndarray, threshold) -> np.ndarray:
 
 def cross_validate(config, registries, *, log=lambda message: None, progress_factory=None) -> dict:
     """Train one run per fold under `out/fold-N`, then pool the out-of-fold predictions."""
-    from medcls.config import save_config
-    from medcls.data.prepared import prepare_data
     from medcls.evaluation.assess import assess
     from medcls.evaluation.intervals import wilson
-    from medcls.training import check_names, run_folder, train
+    from medcls.evaluation.report import spread
+    from medcls.training import open_run, train
 
-    check_names(config, registries)
-    if Path(config.data).exists():
-        config = dataclasses.replace(config, data=str(Path(config.data).resolve()))
-    out = run_folder(config)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml")
-    data = prepare_data(config, registries, split=False)
-    for warning in data.warnings:
-        log(f"warning: {warning}")
+    config, out, data = open_run(config, registries, log, split=False)
     if any(case.split for case in data.cases):
         log("warning: cross-validation re-splits every case; the data set's own train/val/test split is not used")
     split_seed = config.seed if config.split_seed is None else config.split_seed
@@ -113,17 +104,6 @@ def cross_validate(config, registries, *, log=lambda message: None, progress_fac
     cv_document(config, result).write(out)
     result["out"] = str(out)
     return result
-
-
-def spread(per_fold: list[dict]) -> dict:
-    """Mean and standard deviation over folds: how much the estimate moves with the split."""
-    figures = {}
-    for key in ("roc_auc", "sensitivity", "specificity", "accuracy"):
-        values = np.array([f[key] for f in per_fold if f.get(key) is not None], dtype=float)
-        values = values[~np.isnan(values)]
-        if len(values):
-            figures[key] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
-    return figures
 
 
 def write_oof(path: Path, data, scored: np.ndarray, probs: np.ndarray, folds: np.ndarray, decided: np.ndarray) -> None:

@@ -216,10 +216,12 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
                 result.stopped_early.append(stage.name)
             if checkpoint is not None:
                 checkpoint(FitState(
-                    stage_index, stage_epoch + 1, stops or stage_epoch + 1 == stage.epochs, epoch_number, since_best,
-                    result.best_score, result.best_epoch, [dataclasses.asdict(h) for h in result.history],
-                    list(result.stopped_early), model.state_dict(), best_state, optimizer.state_dict(),
-                    None if schedule is None else schedule.state_dict()))
+                    stage_index=stage_index, stage_epoch=stage_epoch + 1,
+                    stage_finished=stops or stage_epoch + 1 == stage.epochs, epoch_number=epoch_number,
+                    since_best=since_best, best_score=result.best_score, best_epoch=result.best_epoch,
+                    history=[dataclasses.asdict(h) for h in result.history], stopped_early=list(result.stopped_early),
+                    model=model.state_dict(), best_model=best_state, optimizer=optimizer.state_dict(),
+                    schedule=None if schedule is None else schedule.state_dict()))
             if stops:
                 break
         # The next stage starts from the best weights so far, as does the final model.

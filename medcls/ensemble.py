@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,29 +39,20 @@ def bootstrap_rows(rows: np.ndarray, patients: np.ndarray | None, rng: np.random
 
 
 def train_ensemble(config, registries, *, log=lambda message: None, progress_factory=None) -> dict:
-    from medcls.config import save_config
-    from medcls.data.prepared import prepare_data
     from medcls.engine import FitResult
     from medcls.execution import choose_execution
     from medcls.runs import load_model
-    from medcls.training import check_names, finish_run, resolve_device, run_folder, train
+    from medcls.evaluation.report import spread
+    from medcls.training import finish_run, open_run, resolve_device, train
 
     started = time.perf_counter()
-    check_names(config, registries)
-    if Path(config.data).exists():
-        config = dataclasses.replace(config, data=str(Path(config.data).resolve()))
-    split_seed = config.seed if config.split_seed is None else config.split_seed
-    config = dataclasses.replace(config, split_seed=split_seed)
-    out = run_folder(config)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml")
-    data = prepare_data(config, registries)
-    for warning in data.warnings:
-        log(f"warning: {warning}")
-    train_rows = data.rows("train")
     backbones = [b.strip() for b in (config.ensemble_backbones or config.backbone).split(",") if b.strip()]
     for name in backbones:
-        registries["backbones"].get(name)  # a misspelled member fails before any training
+        registries["backbones"].get(name)  # a misspelled member fails before any data is read
+    # One split for every member: the members differ by their seeds, not by their test sets.
+    config = dataclasses.replace(config, split_seed=config.seed if config.split_seed is None else config.split_seed)
+    config, out, data = open_run(config, registries, log, split=True)
+    train_rows = data.rows("train")
     members, member_results, member_backbones = [], [], []
     for index in range(config.ensemble):
         backbone = backbones[index % len(backbones)]
@@ -90,30 +80,20 @@ def train_ensemble(config, registries, *, log=lambda message: None, progress_fac
                                                   "backbones": member_backbones}},
                          extend=lambda doc: members_section(doc, member_results))
     summary["members"] = member_results
-    summary["spread"] = member_spread(member_results)
+    summary["spread"] = spread([m["test"] for m in member_results])
     return summary
-
-
-def member_spread(member_results: list[dict]) -> dict:
-    figures = {}
-    for key in ("roc_auc", "sensitivity", "specificity"):
-        values = np.array([m["test"].get(key, np.nan) for m in member_results], dtype=float)
-        values = values[~np.isnan(values)]
-        if len(values):
-            figures[key] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
-    return figures
 
 
 def members_section(doc, member_results: list[dict]) -> None:
     """Each member's test figures beside the ensemble's (given in the report above)."""
-    from medcls.evaluation.report import format_value
+    from medcls.evaluation.report import format_value, spread
 
     doc.heading("Ensemble members (test split)")
     names = ("roc_auc", "sensitivity", "specificity", "accuracy")
     rows = [[f"member {m['member']} ({m.get('backbone', '')})", *(format_value(m["test"].get(n), m["intervals"].get(n)) for n in names)]
             for m in member_results]
-    spread = member_spread(member_results)
-    rows.append(["members mean ± sd", *(f"{spread[n]['mean']:.3f} ± {spread[n]['sd']:.3f}" if n in spread else "-"
+    figures = spread([m["test"] for m in member_results], names)
+    rows.append(["members mean ± sd", *(f"{figures[n]['mean']:.3f} ± {figures[n]['sd']:.3f}" if n in figures else "-"
                                        for n in names)])
     doc.table(["model", *names], rows)
     doc.paragraph("The ensemble averages the members' probabilities; its figures are the report's main table. "

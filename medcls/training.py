@@ -234,11 +234,8 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
     from medcls.models import build_classifier
 
     started = time.perf_counter()
-    check_names(config, registries)
-    config = dataclasses.replace(config, pretrained=resolve_pretrained(config, registries))
-    if Path(config.data).exists():
-        # Absolute, so that `medcls evaluate RUN` finds the data (and its split) from any folder.
-        config = dataclasses.replace(config, data=str(Path(config.data).resolve()))
+    config = dataclasses.replace(checked_config(config, registries),
+                                 pretrained=resolve_pretrained(config, registries))
     from medcls.distributed import check_config, device_for, from_environment
 
     distributed = from_environment(config.device)  # torchrun's process group, if launched by it
@@ -456,6 +453,28 @@ def draw_split_figures(scoring: dict, classes: list[str], out: Path) -> None:
         plots.plot_pr(*scores["test"], out / "pr.png")
         plots.plot_calibration(*scores["test"], out / "calibration.png")
         plots.plot_decision_curve(*scores["test"], out / "decision_curve.png")
+
+
+def checked_config(config: TrainConfig, registries) -> TrainConfig:
+    """Names checked before any data is read, and the data path made absolute, so that
+    `medcls evaluate RUN` finds the data (and its split) from any folder."""
+    check_names(config, registries)
+    if Path(config.data).exists():
+        config = dataclasses.replace(config, data=str(Path(config.data).resolve()))
+    return config
+
+
+def open_run(config: TrainConfig, registries, log, *, split: bool) -> tuple[TrainConfig, Path, PreparedData]:
+    """The start that cross-validation and ensembles share: checked config, the run folder with
+    its config.yaml, and the data prepared once for every run inside it."""
+    config = checked_config(config, registries)
+    out = run_folder(config)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    data = prepare_data(config, registries, split=split)
+    for warning in data.warnings:
+        log(f"warning: {warning}")
+    return config, out, data
 
 
 def resume_config(run) -> TrainConfig:

@@ -39,17 +39,21 @@ def views(images: torch.Tensor, scheme: str, mirrors: bool) -> list[torch.Tensor
 
 
 @torch.no_grad()
-def predict_probs_tta(model, cache_batches, execution, scheme: str, mirrors: bool, batch_size: int = 64) -> np.ndarray:
-    """Like engine.predict_probs, averaging the probabilities of every view."""
+def predict_probs_tta(model, cache_batches, execution, scheme: str, mirrors: bool,
+                      batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities averaged over the scheme's views, probabilities of the images themselves);
+    the image itself is scored once, also when it is one of the views (flip)."""
     model.eval()
-    outputs = []
+
+    def probabilities(images):
+        with execution.autocast():
+            return model(execution.inputs(images)).float().softmax(1)
+
+    averaged, single = [], []
     for images in cache_batches(batch_size):
         images = images.to(execution.device)
-        total = None
         batch_views = views(images, scheme, mirrors)
-        for view in batch_views:
-            with execution.autocast():
-                probs = model(execution.inputs(view)).float().softmax(1)
-            total = probs if total is None else total + probs
-        outputs.append(total / len(batch_views))
-    return torch.cat(outputs).cpu().numpy().astype(np.float64)
+        scored = [probabilities(view) for view in batch_views]
+        averaged.append(torch.stack(scored).mean(0))
+        single.append(scored[0] if batch_views[0] is images else probabilities(images))
+    return tuple(torch.cat(p).cpu().numpy().astype(np.float64) for p in (averaged, single))

@@ -167,18 +167,22 @@ def decode_all(cases: list[Case], readers: ReaderTable, size, channels: str = "a
     workers = threads or min(8, os.cpu_count() or 1)
 
     def place(i: int, stored: np.ndarray) -> None:
-        image = torch.from_numpy(stored.astype(np.float32) / SCALE)
-        grey[i] = is_grey(image)
-        storage[i] = torch.from_numpy(to_uint16(to_channels(image, width)))
+        image = torch.from_numpy(stored)
+        grey[i] = image.shape[0] == 1 or is_grey(image.float() / SCALE)
+        if image.shape[0] != width:  # grey into a colour slot is a copy; colour into a grey slot the mean
+            image = torch.from_numpy(to_uint16(to_channels(image.float() / SCALE, width)))
+        storage[i] = image
 
     def from_store(i: int) -> bool:
-        stored = store.get(hashes[i]) if use_store and cases[i].path is not None else None
+        stored = store.get(hashes[i]) if cases[i].path is not None else None
         if stored is not None:
             place(i, stored)
         return stored is not None
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        missing = [i for i, found in zip(range(len(cases)), pool.map(from_store, range(len(cases)))) if not found]
+    missing = list(range(len(cases)))
+    if use_store:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            missing = [i for i, found in zip(missing, pool.map(from_store, missing)) if not found]
     decoded, to_store = 0, []
     for i, stored, error in decoded_images(cases, missing, readers, size, workers):
         if error is not None:

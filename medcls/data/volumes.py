@@ -103,12 +103,8 @@ def is_series_folder(path: Path) -> bool:
     return False
 
 
-def read_dicom_series(folder: Path, series_uid: str | None = None) -> Volume:
-    """A folder of single-slice DICOM files (one series, or the one named by `series_uid`) as a
-    volume: slices sorted by position along the slice normal, modality LUT applied per slice."""
-    from pydicom.pixels import apply_modality_lut
-
-    folder = Path(folder)
+def pick_series(folder: Path, series_uid: str | None) -> list:
+    """The datasets of the folder's one series, or of the series named by `series_uid`."""
     if not folder.is_dir():
         raise DataError(f"DICOM series '{folder}' is not a folder of slices")
     found = dicom_series(folder)
@@ -117,19 +113,22 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> Volume:
     if series_uid is None and len(found) > 1:
         raise DataError(
             f"DICOM folder '{folder}' mixes {len(found)} series: move each into its own folder, or name one in "
-            "a 'series_uid' manifest column (uids are listed by `medcls inspect` in the folder's headers)"
+            "a 'series_uid' manifest column (the SeriesInstanceUID in its files' headers)"
         )
     if series_uid is not None and series_uid not in found:
         raise DataError(f"DICOM folder '{folder}' has no series {series_uid!r}")
-    slices = found[series_uid] if series_uid is not None else next(iter(found.values()))
-    where = f"DICOM series '{folder}'"
-    if len(slices) < 2:
-        raise DataError(f"{where} has a single slice: read it as a 2D image with a 2D backbone")
+    return found[series_uid] if series_uid is not None else next(iter(found.values()))
+
+
+def sorted_slices(slices: list, where: str):
+    """Slices in order along their normal, with the even step between them and the row and column
+    direction cosines; one stack or an error (mixed orientations, duplicates, gaps)."""
     orientations = {tuple(np.round(np.asarray(s.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), float), 4))
                     for s in slices}
     if len(orientations) > 1:
         raise DataError(f"{where} mixes {len(orientations)} slice orientations: it is not one stack; split it")
-    row_cosine, column_cosine = np.array(next(iter(orientations))[:3]), np.array(next(iter(orientations))[3:])
+    orientation = next(iter(orientations))
+    row_cosine, column_cosine = np.array(orientation[:3]), np.array(orientation[3:])
     normal = np.cross(row_cosine, column_cosine)
     if all("ImagePositionPatient" in s for s in slices):
         positions = np.array([np.dot(normal, np.asarray(s.ImagePositionPatient, float)) for s in slices])
@@ -149,6 +148,23 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> Volume:
             f"{where} has {kind} (a gap of {worst:.2f} mm where slices are {step:.2f} mm apart): "
             "export the complete series"
         )
+    return slices, step, row_cosine, column_cosine
+
+
+def read_dicom_series(folder: Path, series_uid: str | None = None) -> Volume:
+    """A folder of single-slice DICOM files (one series, or the one named by `series_uid`) as a
+    volume: slices sorted by position along the slice normal, stored values kept with the
+    series' rescale (applied after cropping) or, when slices differ, the modality LUT per slice."""
+    from pydicom.pixels import apply_modality_lut
+
+    from medcls.data.readers import first_window
+
+    folder = Path(folder)
+    where = f"DICOM series '{folder}'"
+    slices = pick_series(folder, series_uid)
+    if len(slices) < 2:
+        raise DataError(f"{where} has a single slice: read it as a 2D image with a 2D backbone")
+    slices, step, row_cosine, column_cosine = sorted_slices(slices, where)
     shapes = {(int(s.Rows), int(s.Columns)) for s in slices}
     if len(shapes) > 1:
         raise DataError(f"{where} mixes slice sizes {sorted(shapes)}: it is not one stack")
@@ -166,12 +182,10 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> Volume:
     affine = np.eye(4)
     affine[:3, 0] = row_cosine * column_spacing
     affine[:3, 1] = column_cosine * row_spacing
-    affine[:3, 2] = normal * step
+    affine[:3, 2] = np.cross(row_cosine, column_cosine) * step
     affine[:3, 3] = np.asarray(slices[0].get("ImagePositionPatient", [0, 0, 0]), float)
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
     zyx, spacing = canonical(stack.transpose(2, 1, 0), affine)
-    from medcls.data.readers import first_window
-
     centre, width = first_window(slices[0])
     return Volume(zyx, spacing, modality=str(slices[0].get("Modality", "")) or None,
                   window=None if centre is None else (centre, width), source=str(folder), rescale=rescale)

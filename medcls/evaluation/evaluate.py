@@ -61,13 +61,14 @@ def run_predictions(run, registries, *, data: str | None = None, split: str | No
     # Scored as in training: the run's precision and memory format on this machine's device.
     execution = choose_execution(resolve_device("auto"), model, config.precision, config.channels_last)
     model = execution.prepare(model)
-    probs = predict_probs(model, prepared.batches(rows), execution)
     plain = None
-    if tta != "none":
+    if tta == "none":
+        probs = predict_probs(model, prepared.batches(rows), execution)
+    else:
         from medcls.tta import predict_probs_tta
 
         mirrors = not config.laterality_sensitive or config.allow_lr_flip
-        plain, probs = probs, predict_probs_tta(model, prepared.batches(rows), execution, tta, mirrors)
+        probs, plain = predict_probs_tta(model, prepared.batches(rows), execution, tta, mirrors)
     if info.get("temperature"):
         probs = apply_temperature(probs, info["temperature"])
         plain = None if plain is None else apply_temperature(plain, info["temperature"])

@@ -46,6 +46,21 @@ def read_gap(train: dict, val: dict, test: dict) -> str:
     return reading
 
 
+SPREAD_METRICS = ("roc_auc", "sensitivity", "specificity", "accuracy")
+
+
+def spread(runs: list[dict], names=SPREAD_METRICS) -> dict:
+    """Mean and standard deviation of each metric over runs (folds, ensemble members), ignoring
+    runs where it is missing or not computable."""
+    figures = {}
+    for name in names:
+        values = np.array([r.get(name) for r in runs if r.get(name) is not None], dtype=float)
+        values = values[~np.isnan(values)]
+        if len(values):
+            figures[name] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+    return figures
+
+
 def format_value(value, interval=None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
