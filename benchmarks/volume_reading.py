@@ -49,7 +49,7 @@ def main():
     shape = tuple(int(v) for v in args.shape.split(","))
 
     from medcls.data.cases import Case, ReaderTable
-    from medcls.data.images import decode_all
+    from medcls.data.decoding import decode_all
     from medcls.data.synthetic import write_dicom_series, write_nifti
     from medcls.data.volumes import VolumeGrid, read_dicom_series, read_nifti_volume
     from medcls.plugins import get_plugin_manager

@@ -145,7 +145,8 @@ def loader_figures(cases, readers, settings: BenchSettings, workers: int) -> dic
     cached epochs (the training loader), against naive MONAI epochs."""
     import torch
 
-    from medcls.data.images import ImageStore, decode_all
+    from medcls.data.decoding import decode_all
+    from medcls.data.images import ImageStore
     from medcls.data.prepared import hash_all
 
     first, warm, cached, naive = [], [], [], []
@@ -331,7 +332,7 @@ def synchronise(device) -> None:
 def run_bench(settings: BenchSettings, registries, log=lambda message: None) -> dict:
     import torch
 
-    from medcls.data.images import decode_all
+    from medcls.data.decoding import decode_all
     from medcls.execution import available_cores, tune_process
     from medcls.training import resolve_device
 

@@ -134,7 +134,7 @@ def medcls_register_readers(register):
     """Register image file readers.
 
     ``register(name, read, description="...", extensions=(".png",), sniff=None,
-    patient_id=None, settings=(), dims=2, folders=None)`` where
+    patient_id=None, settings=(), dims=2, folders=None, greyscale=None)`` where
 
     - ``read(path: pathlib.Path, **settings)`` returns a ``float32`` ``numpy`` array ``(C, H, W)`` with
       values in ``[0, 1]`` (C = 1 for greyscale, 3 for colour) and raises
@@ -152,7 +152,10 @@ def medcls_register_readers(register):
       folders, e.g. a DICOM series, and a manifest's ``series_uid`` column reaches readers that
       list it in ``settings``;
     - ``patient_id(path)`` optionally reads a patient identifier from the file's header. It is
-      used only to group images in splits and is never printed or written in clear.
+      used only to group images in splits and is never printed or written in clear;
+    - ``greyscale(path)`` optionally says from the header alone (no pixels decoded) that ``read``
+      will return one channel: training then starts before such files are decoded. Return False
+      when unsure; a file it calls greyscale that decodes in colour stops the run.
 
     Example::
 

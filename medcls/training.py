@@ -70,9 +70,29 @@ class TrainingImages:
             images = torch.stack([self.transform(image) for image in images])
         return images, torch.as_tensor(self.labels[indices])
 
+    def prioritise(self, indices) -> None:
+        """An epoch's order: images still decoding in the background are decoded in it."""
+        self.cache.prioritise(self.rows[np.asarray(indices)])
+
     @staticmethod
     def collate(batch):
         return batch
+
+
+class AnnouncedOrder:
+    """A sampler that draws its epoch's order up front (the same draws, in the same order, from
+    the same generator) and announces it, so that images still decoding follow training's order."""
+
+    def __init__(self, sampler, announce) -> None:
+        self.sampler, self.announce = sampler, announce
+
+    def __iter__(self):
+        order = list(self.sampler)
+        self.announce(order)
+        return iter(order)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 def is_batched(transform) -> bool:
@@ -131,18 +151,21 @@ def make_loader(dataset, labels: np.ndarray, config: TrainConfig, n_classes: int
     loaders sharing one generator, one on images and one on features, draw the same batches;
     under DDP each process gets its shard (DistributedSampler, reshuffled every epoch)."""
     import torch
-    from torch.utils.data import DataLoader, WeightedRandomSampler
+    from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
+    from torch.utils.data.distributed import DistributedSampler
 
     sampler = None
     if distributed is not None and distributed.active:
-        from torch.utils.data.distributed import DistributedSampler
-
         sampler = DistributedSampler(dataset, num_replicas=distributed.world, rank=distributed.rank, shuffle=True,
                                      seed=config.seed)
     elif config.class_balance == "sampler":
         weights = class_weights(labels, n_classes)[labels]
         sampler = WeightedRandomSampler(torch.as_tensor(weights), len(weights), generator=generator)
-    return DataLoader(dataset, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
+    if sampler is None:
+        sampler = RandomSampler(dataset, generator=generator)  # what shuffle=True builds
+    if hasattr(dataset, "prioritise") and not isinstance(sampler, DistributedSampler):
+        sampler = AnnouncedOrder(sampler, dataset.prioritise)
+    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
                       collate_fn=getattr(dataset, "collate", None),
                       generator=generator, num_workers=workers,
                       drop_last=len(dataset) > config.batch_size * (distributed.world if distributed else 1),
@@ -221,11 +244,60 @@ def check_names(config: TrainConfig, registries) -> None:
     parse_window(config.window)
 
 
+@dataclasses.dataclass
+class RunStart:
+    """What every attempt at training one run shares: the checked config, where it runs, where it writes."""
+
+    config: TrainConfig
+    registries: dict
+    out: Path
+    device: object
+    distributed: object
+    log: object
+    progress_factory: object
+    started: float
+
+
 def train(config: TrainConfig, registries, *, log=lambda message: None, progress_factory=None,
           data: PreparedData | None = None, train_rows=None) -> dict:
     """Run the whole workflow and write the run folder; returns the summary that the CLI prints.
     Cross-validation and ensembles pass `data` already prepared (with their splits) and, for
     bagging, `train_rows` (a resample of the training rows)."""
+    from medcls.data.decoding import UnreadableImage
+    from medcls.distributed import check_config, device_for, from_environment
+
+    started = time.perf_counter()
+    config = dataclasses.replace(checked_config(config, registries),
+                                 pretrained=resolve_pretrained(config, registries))
+    distributed = from_environment(config.device)  # torchrun's process group, if launched by it
+    check_config(config, distributed)
+    if not distributed.writes:
+        log = lambda message: None  # noqa: E731  (rank 0 speaks for all)
+        progress_factory = None
+    start = RunStart(config, registries, run_folder(config), device_for(distributed, resolve_device(config.device)),
+                     distributed, log, progress_factory, started)
+    if data is None:
+        transform, _ = make_policy(config, registries)  # a bad policy setting stops before any data is read
+        # Training starts once the images of its first batches are decoded and the rest decode
+        # meanwhile; not for loader workers or DDP processes, which would each need a filled cache.
+        background = (config.decode_while_training and loader_workers(config, transform) == 0
+                      and not distributed.active)
+        data = prepare_data(config, registries, background=background)
+        for warning in data.warnings:
+            log(f"warning: {warning}")
+    try:
+        return train_on(start, data, train_rows)
+    except UnreadableImage as exc:
+        # An image training needed turned out unreadable while decoding in the background: start
+        # again without it, exactly as if every image had been decoded before training.
+        log(f"warning: {exc}; training starts again without it")
+        for warning in data.complete():
+            log(f"warning: {warning}")
+        return train_on(start, data, train_rows)
+
+
+def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
+    """Build the model, fit it in two stages and write the run (one attempt of `train`)."""
     import torch
 
     from medcls.engine import fit, predict_probs
@@ -233,25 +305,10 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
     from medcls.execution import choose_execution, tune_process
     from medcls.models import build_classifier
 
-    started = time.perf_counter()
-    config = dataclasses.replace(checked_config(config, registries),
-                                 pretrained=resolve_pretrained(config, registries))
-    from medcls.distributed import check_config, device_for, from_environment
-
-    distributed = from_environment(config.device)  # torchrun's process group, if launched by it
-    check_config(config, distributed)
-    if not distributed.writes:
-        log = lambda message: None  # noqa: E731  (rank 0 speaks for all)
-        progress_factory = None
-    device = device_for(distributed, resolve_device(config.device))
-    out = run_folder(config)
+    config, registries, log, distributed, device, out = (start.config, start.registries, start.log,
+                                                          start.distributed, start.device, start.out)
     seed_everything(config.seed, config.deterministic)
     transform, policy_params = make_policy(config, registries)
-
-    if data is None:
-        data = prepare_data(config, registries)
-        for warning in data.warnings:
-            log(f"warning: {warning}")
     val_rows, test_rows = data.rows("val"), data.rows("test")
     train_rows = data.rows("train") if train_rows is None else train_rows
     for name, rows in (("train", train_rows), ("val", val_rows), ("test", test_rows)):
@@ -324,17 +381,36 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
                 f"{epoch['val_metrics'].get(config.monitor, float('nan')):.4f}")
 
     fitted = fit(model, stages_for(config), train_loader=loader, evaluate_val=evaluate_val, loss_fn=loss_fn,
-                 execution=execution, config=config, on_epoch=on_epoch, progress_factory=progress_factory,
+                 execution=execution, config=config, on_epoch=on_epoch, progress_factory=start.progress_factory,
                  augment=transform.batch if is_batched(transform) else None, frozen=frozen,
                  checkpoint=(lambda state: save_checkpoint(out / CHECKPOINT, state, generator, transform))
                  if distributed.writes else None, resume=resumed, distributed=distributed)
     if not distributed.writes:
         return {"rank": distributed.rank}  # rank 0 scores and writes the run
+    if data.cache.filling is not None:
+        train_rows, val_rows, test_rows = completed_rows(data, train_rows, val_rows, log)
 
     return finish_run(config, registries, data, model, execution, fitted, out,
                       rows={"train": train_rows, "val": val_rows, "test": test_rows}, log=log,
-                      facts={"weights_origin": weights_origin, "device": str(device), "started": started,
+                      facts={"weights_origin": weights_origin, "device": str(device), "started": start.started,
                              "policy_params": policy_params})
+
+
+def completed_rows(data: PreparedData, train_rows, val_rows, log) -> tuple:
+    """After training on images decoded in the background: wait for the rest (test images may
+    still be decoding) and give every split's rows again, since unreadable images leave them.
+    One among the training or validation images (one that the dropped last partial batch hid
+    from every epoch) means starting again without it."""
+    from medcls.data.decoding import UnreadableImage
+
+    provisional = data.cache.kept  # every case, until complete()
+    for warning in data.complete():
+        log(f"warning: {warning}")
+    unreadable = set(provisional.tolist()) - set(data.cache.kept.tolist())
+    used = unreadable & set(provisional[np.concatenate([train_rows, val_rows])].tolist())
+    if used:
+        raise UnreadableImage(f"image '{data.cases[min(used)].key}' turned out unreadable")
+    return data.rows("train"), data.rows("val"), data.rows("test")
 
 
 def finish_run(config: TrainConfig, registries, data: PreparedData, model, execution, fitted, out: Path, *,

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from medcls.data.cases import Case, ReaderTable
-from medcls.data.images import ImageStore, decode_all
+from medcls.data.decoding import decode_all
+from medcls.data.images import ImageStore
 from medcls.data.prepared import hash_all
 from tests.conftest import save_png
 
@@ -105,7 +106,7 @@ def test_compressed_dicom_decodes_in_worker_processes_like_in_threads(readers, t
     import pydicom
     from pydicom.uid import RLELossless
 
-    from medcls.data import images
+    from medcls.data import decoding
     from tests.test_readers import write_ct
 
     rng = np.random.default_rng(2)
@@ -117,7 +118,7 @@ def test_compressed_dicom_decodes_in_worker_processes_like_in_threads(readers, t
         ds.save_as(path)
         cases.append(Case(key=path.name, label="a", path=path))
     (tmp_path / "16.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 10)  # truncated: unreadable
-    assert images.compressed_dicom(cases[0].path)
+    assert decoding.compressed_dicom(cases[0].path)
     pooled = decode_all(cases, readers, 16, threads=2)
     monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: [])
     threaded = decode_all(cases, readers, 16, threads=2)

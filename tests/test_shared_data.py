@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from medcls.cli import cli
 from medcls.config import make_config
 from medcls.data.cases import ReaderTable
-from medcls.data.images import decode_all
+from medcls.data.decoding import decode_all
 from medcls.data.loading import load_cases
 from medcls.data.splits import assign_splits, duplicate_sets, leakage_warnings, linked_groups
 from medcls.data.prepared import hash_all

@@ -124,6 +124,19 @@ class ReaderTable:
             raise DataError(f"file '{case.path}' cannot be read by reader {entry.name!r} ({exc})") from None
         return image if self.dims == 3 else check_image(image, case.key)
 
+    def header_greyscale(self, case: Case) -> bool:
+        """True when `case` will read as one channel, known without decoding: an in-memory
+        array's shape, or the reader's `greyscale(path)` header check; False when only the
+        decoded content can tell."""
+        if case.array is not None:
+            return hasattr(case.array, "voxels") or np.shape(case.array)[0] == 1
+        entry = self.entry_for(case.path) if case.path.exists() else None
+        probe = entry.metadata.get("greyscale") if entry is not None else None
+        try:
+            return bool(probe(case.path)) if probe is not None else False
+        except Exception:  # a plugin's probe failing only means decoding decides
+            return False
+
     def patient_id(self, path: Path) -> str | None:
         entry = self.entry_for(path)
         reader = entry.metadata.get("patient_id") if entry is not None else None

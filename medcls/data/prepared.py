@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from medcls.config import TrainConfig
 
 
+SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}  # the order training needs images in
+
+
 @dataclass
 class PreparedData:
     """Cases with labels, splits and content hashes, and the decoded image cache."""
@@ -53,9 +56,27 @@ class PreparedData:
 
     def batches(self, rows: np.ndarray):
         def iterate(batch_size: int):
+            self.cache.prioritise(rows)
             for start in range(0, len(rows), batch_size):
                 yield self.cache.batch(rows[start:start + batch_size])
         return iterate
+
+
+    def complete(self) -> list[str]:
+        """Wait for images still decoding in the background; returns the new warnings. Unreadable
+        images leave the splits, so `rows()` must be asked again afterwards."""
+        before = len(self.cache.failures)
+        self.cache.complete()
+        if len(self.cache.failures) == before:
+            return []
+        warning = skipped_warning(self.cache.failures)
+        self.warnings.append(warning)
+        return [warning]
+
+
+def skipped_warning(failures) -> str:
+    return (f"skipped {len(failures)} unreadable image(s), listed in the report; "
+            f"first: {failures[0][1]} (use --strict to stop instead)")
 
 
 def hash_all(cases) -> list[str]:
@@ -82,9 +103,10 @@ def image_store(config: TrainConfig, readers, registries):
     return ImageStore(config.cache_dir or default_store_root(), settings)
 
 
-def prepare_data(config: TrainConfig, registries, *, split: bool = True) -> PreparedData:
-    """Load cases, find duplicates, split by patient/content group, decode every image once."""
-    from medcls.data.images import decode_all
+def prepare_data(config: TrainConfig, registries, *, split: bool = True, background: bool = False) -> PreparedData:
+    """Load cases, find duplicates, split by patient/content group, decode every image once
+    (with `background`, training images first, while the caller trains: see decode_all)."""
+    from medcls.data.decoding import decode_all
     from medcls.data.loading import class_names, load_cases, training_grid
     from medcls.data.splits import assign_splits, duplicate_sets, leakage_warnings, linked_groups
 
@@ -101,10 +123,10 @@ def prepare_data(config: TrainConfig, registries, *, split: bool = True) -> Prep
         splits = assign_splits(cases, labels, groups, config.val_fraction, config.test_fraction, split_seed)
         warnings += leakage_warnings(cases, hashes, splits)
     store = image_store(config, readers, registries) if config.cache == "disk" else None
+    order = sorted(range(len(cases)), key=lambda i: SPLIT_ORDER.get(splits[i], 3))
     cache = decode_all(cases, readers, training_grid(config, registries), config.channels, strict=config.strict,
-                       hashes=hashes, store=store)
+                       hashes=hashes, store=store, background=background, order=order)
     if cache.failures:
-        warnings.append(f"skipped {len(cache.failures)} unreadable image(s), listed in the report; "
-                        f"first: {cache.failures[0][1]} (use --strict to stop instead)")
+        warnings.append(skipped_warning(cache.failures))
     return PreparedData(cases, classes, labels, np.asarray(splits, dtype=str), hashes, cache, format_name,
                         duplicates, warnings)

@@ -29,6 +29,20 @@ def read_pil(path: Path, size: int | None = None) -> np.ndarray:
         raise DataError(f"image file '{path}' cannot be decoded ({exc}): replace or remove it") from None
 
 
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def pil_greyscale(path: Path) -> bool:
+    """True when the file's header says one channel (Pillow opens lazily: no pixels decoded)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.mode in GREY_MODES
+    except Exception:  # unreadable files are reported when they are decoded
+        return False
+
+
 def pil_to_array(img) -> np.ndarray:
     mode = img.mode
     if mode == "P":
@@ -190,6 +204,17 @@ def first_window(ds) -> tuple[float | None, float | None]:
     except (TypeError, ValueError, IndexError):
         return None, None
     return (center, width) if width > 1 else (None, None)
+
+
+def dicom_greyscale(path: Path) -> bool:
+    """True when the header says one sample per pixel (MONOCHROME1/2), read without pixel data."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SamplesPerPixel"])
+        return int(ds.get("SamplesPerPixel", 1)) == 1
+    except Exception:
+        return False
 
 
 def dicom_patient_id(path: Path) -> str | None:
