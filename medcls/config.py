@@ -82,7 +82,10 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps
     precision: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16 unless depthwise-heavy), fp32, bf16, fp16
     channels_last: bool | None = None  # None: on for 2D convolutional models on CUDA and CPU
-    decode_while_training: bool = True  # training starts once its first batches are decoded; the rest decode meanwhile
+    # Training starts once its first batches are decoded and the rest decode meanwhile. None: on when
+    # training on a GPU (the CPU is free while it computes), off on CPU (decoder and model share the
+    # cores: overlapping them only added contention, 0.90x on 100 CT slices).
+    decode_while_training: bool | None = None
     cache: str = "disk"  # disk: decoded images also kept on disk by content (later runs skip decoding); memory
     cache_dir: str | None = None  # the disk cache (default $MEDCLS_CACHE_DIR or ~/.cache/medcls); safe to share
     workers: int = -1  # loader processes; -1: none for batched policies (augmented on the device), else one

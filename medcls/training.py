@@ -279,9 +279,10 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
     if data is None:
         transform, _ = make_policy(config, registries)  # a bad policy setting stops before any data is read
         # Training starts once the images of its first batches are decoded and the rest decode
-        # meanwhile; not for loader workers or DDP processes, which would each need a filled cache.
-        background = (config.decode_while_training and loader_workers(config, transform) == 0
-                      and not distributed.active)
+        # meanwhile (see the config's comment); not for loader workers or DDP processes, which
+        # would each need a filled cache.
+        overlap = start.device.type != "cpu" if config.decode_while_training is None else config.decode_while_training
+        background = overlap and loader_workers(config, transform) == 0 and not distributed.active
         data = prepare_data(config, registries, background=background)
         for warning in data.warnings:
             log(f"warning: {warning}")

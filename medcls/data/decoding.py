@@ -38,7 +38,7 @@ def decode_all(cases: list[Case], readers: ReaderTable, size, channels: str = "a
     workers = threads or min(8, os.cpu_count() or 1)
     filling.load_stored(workers)
     todo = [i for i in (range(len(cases)) if order is None else order) if not filling.done[i]]
-    filling.probe_channels(todo, workers)
+    filling.probe_channels(todo, workers, headers=background)  # only worth reading headers to start early
     filling.start(todo, workers)
     filling.wait_for_channels()
     cache = ImageCache(filling.storage, np.arange(len(cases)), [], filling.channels, filling=filling)
@@ -85,22 +85,25 @@ class Filling:
         def load(i: int) -> None:
             stored = self.store.get(self.hashes[i]) if self.cases[i].path is not None else None
             if stored is not None:
-                self.place(i, stored)
+                self.place(i, stored, stored_grey(stored))
                 self.done[i] = True
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(load, range(len(self.cases))))
 
-    def probe_channels(self, todo: list[int], workers: int) -> None:
-        """With channels 'auto', the images whose header cannot say "one channel" decide the count
-        and are decoded first; one in colour decides 3, all of them grey decide 1."""
+    def probe_channels(self, todo: list[int], workers: int, headers: bool) -> None:
+        """With channels 'auto', the images whose header cannot say "one channel" (all of them
+        without `headers`) decide the count and are decoded first; one in colour decides 3, all
+        of them grey decide 1."""
         if self.channels is not None:
             return
         if (self.done & ~self.grey).any():
             self.decide(3)
             return
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            single = list(pool.map(lambda i: self.readers.header_greyscale(self.cases[i]), todo))
+        single = [False] * len(todo)
+        if headers:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                single = list(pool.map(lambda i: self.readers.header_greyscale(self.cases[i]), todo))
         self.header_grey[todo] = single
         self.undecided = [i for i, one in zip(todo, single) if not one]
         self.undecided_left = len(self.undecided)
@@ -178,7 +181,7 @@ class Filling:
                 self.fatal = exc
                 self.condition.notify_all()
 
-    def deliver(self, i: int, stored: np.ndarray | None, error: str | None):
+    def deliver(self, i: int, stored: np.ndarray | None, error: str | None, grey: bool):
         """Put one decoded image in its slot; returns what the disk store should keep of it."""
         with self.condition:
             if error is not None:
@@ -186,7 +189,7 @@ class Filling:
                 if self.strict:
                     self.fatal = DataError(error)
             else:
-                self.place(i, stored)
+                self.place(i, stored, grey)
                 self.decoded += 1
                 if self.channels is None and not self.grey[i]:
                     self.decide(3)
@@ -201,10 +204,9 @@ class Filling:
             return self.hashes[i], stored
         return None, None
 
-    def place(self, i: int, stored: np.ndarray) -> None:
-        image = torch.from_numpy(stored)
-        self.grey[i] = image.shape[0] == 1 or is_grey(image.float() / SCALE)
-        self.storage[i] = fit_width(image, self.storage.shape[1])
+    def place(self, i: int, stored: np.ndarray, grey: bool) -> None:
+        self.grey[i] = grey
+        self.storage[i] = fit_width(torch.from_numpy(stored), self.storage.shape[1])
 
     def decide(self, channels: int) -> None:
         """The channel count is known: greyscale content throughout keeps one channel."""
@@ -273,11 +275,17 @@ _JOB: tuple | None = None  # (cases, readers, size) for forked decoding workers
 
 
 def decode_one(i: int, job: tuple | None = None):
+    """(i, uint16 image, None, greyscale content?) or (i, None, one-line error, False), in a worker."""
     cases, readers, size = job or _JOB
     try:
-        return i, to_uint16(prepare_one(readers.read(cases[i]), size)), None
+        stored = to_uint16(prepare_one(readers.read(cases[i]), size))
     except DataError as exc:
-        return i, None, str(exc)
+        return i, None, str(exc), False
+    return i, stored, None, stored_grey(stored)
+
+
+def stored_grey(stored: np.ndarray) -> bool:
+    return stored.shape[0] == 1 or is_grey(torch.from_numpy(stored).float() / SCALE)
 
 
 def single_threaded_worker() -> None:

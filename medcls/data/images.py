@@ -166,8 +166,10 @@ def fit_width(image: torch.Tensor, width: int) -> torch.Tensor:
 
 def grey_average(images: torch.Tensor) -> torch.Tensor:
     """(N, 3, ...) uint16 -> (N, 1, ...): elementwise, so one image and a whole cache round alike."""
-    red, green, blue = images.float().unbind(1)
-    return ((red + green + blue) / 3).round_().to(torch.int32).to(torch.uint16)[:, None]
+    total = images[:, 0].float()
+    total += images[:, 1]
+    total += images[:, 2]
+    return total.div_(3).round_().to(torch.uint16)[:, None]
 
 
 def mean_channel(storage: torch.Tensor, memory_budget: int | None, spill: Path | None) -> torch.Tensor:
