@@ -105,7 +105,8 @@ def available_memory() -> int:
 
 def resize(image: np.ndarray, size: int) -> torch.Tensor:
     """(C, H, W) float32 -> (C, size, size), antialiased so large radiographs do not alias."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image))[None]
+    # Channels-first views of (H, W, C) pixels are read in place: the same numbers as a copy.
+    tensor = torch.from_numpy(image if min(image.strides) >= 0 else np.ascontiguousarray(image))[None]
     if tensor.shape[-2:] != (size, size):
         tensor = torch.nn.functional.interpolate(tensor, size=(size, size), mode="bilinear",
                                                  antialias=True, align_corners=False)

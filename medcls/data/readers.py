@@ -21,7 +21,7 @@ def read_pil(path: Path, size: int | None = None) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
-            if size and img.format == "JPEG":
+            if size and img.format == "JPEG" and min(img.size) >= 4 * size:  # else no smaller scale fits
                 img.draft(img.mode, (2 * size, 2 * size))
             img.load()
             return pil_to_array(img)
@@ -68,11 +68,10 @@ def pil_to_array(img) -> np.ndarray:
     elif mode == "F":
         arr = min_max(arr.astype(np.float32))
     else:
-        # 8-bit: scale and move channels first in one pass into a C-ordered array.
-        shape = (1, *arr.shape) if arr.ndim == 2 else (arr.shape[2], *arr.shape[:2])
-        out = np.empty(shape, dtype=np.float32)
-        np.multiply(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1), np.float32(1 / 255), out=out)
-        return out
+        # 8-bit: scaled in Pillow's (H, W, C) order, one contiguous pass; channels first as a view
+        # (the resize reads it in that layout, no copy).
+        out = np.multiply(arr, np.float32(1 / 255), dtype=np.float32)
+        return out[None] if out.ndim == 2 else out.transpose(2, 0, 1)
     if arr.ndim == 2:
         arr = arr[None]
     else:
