@@ -4,6 +4,7 @@ training starts as soon as the images of its first batch are ready."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 from collections import deque
@@ -117,11 +118,19 @@ class Filling:
             return
         pool, decode = self.worker_pool(todo, workers)
         in_flight = self.submit_more(pool, decode, {}, 2 * workers)  # forks process workers here, from this thread
+        # A daemon, so that an interrupted run exits at once; a run that got to decode everything
+        # still finishes writing the store at exit.
         thread = threading.Thread(target=self.run, args=(pool, decode, in_flight, 2 * workers),
-                                  name="medcls-decoding")
+                                  name="medcls-decoding", daemon=True)
         if self.store is not None:
             self.store.writer = thread  # the store's flush() waits for its writes
+        self.thread = thread
+        atexit.register(self.finish_writes)
         thread.start()
+
+    def finish_writes(self) -> None:
+        if self.remaining == 0:
+            self.thread.join()
 
     def worker_pool(self, todo: list[int], workers: int):
         """Threads decode Pillow and uncompressed DICOM in parallel (they release the GIL) and start
@@ -163,23 +172,28 @@ class Filling:
     def run(self, pool, decode, in_flight: dict, limit: int) -> None:
         global _JOB
         try:
+            to_store = []
             with pool:
                 _JOB = None  # the process workers were forked with it
                 while in_flight:
                     finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                    written = [self.deliver(in_flight.pop(future), *future.result()[1:]) for future in finished]
+                    to_store += [self.deliver(in_flight.pop(future), *future.result()[1:]) for future in finished]
                     self.submit_more(pool, decode, in_flight, limit)
-                    for content_hash, stored in written:  # after delivering: training need not wait for the disk
-                        if content_hash is not None:
-                            self.store.put(content_hash, stored)
                     if self.fatal is not None:
                         for future in in_flight:
                             future.cancel()
-                        break
+                        return
+            # The disk store is written once everything is decoded, while the caller trains.
+            while to_store:
+                content_hash, stored = to_store.pop()
+                if content_hash is not None:
+                    self.store.put(content_hash, stored)
         except BaseException as exc:  # a reader plugin's bug, a worker killed: raised where training waits
             with self.condition:
                 self.fatal = exc
                 self.condition.notify_all()
+        finally:
+            atexit.unregister(self.finish_writes)
 
     def deliver(self, i: int, stored: np.ndarray | None, error: str | None, grey: bool):
         """Put one decoded image in its slot; returns what the disk store should keep of it."""
