@@ -163,3 +163,43 @@ def test_decoding_while_training_trains_exactly_as_decoding_first(tmp_path, brok
         history = [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(open(out / "history.csv"))]
         runs[overlap] = (history, json.loads((out / "metrics.json").read_text()), (out / "splits.csv").read_text())
     assert runs["true"] == runs["false"]
+
+
+def test_the_announced_epoch_order_is_the_one_shuffling_would_draw():
+    """Drawing the epoch's order up front to announce it changes neither the batches nor the
+    generator's state: runs and resumed runs stay the same."""
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from medcls.training import AnnouncedOrder
+
+    items = list(range(50))
+    plain_generator, generator = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    plain = DataLoader(items, batch_size=8, shuffle=True, generator=plain_generator)
+    announced = []
+    ours = DataLoader(items, batch_size=8, generator=generator,
+                      sampler=AnnouncedOrder(RandomSampler(items, generator=generator), announced.append))
+    for epoch in range(2):
+        batches = [b.tolist() for b in ours]
+        assert [b.tolist() for b in plain] == batches
+        assert announced[epoch] == [i for b in batches for i in b]
+    assert torch.equal(plain_generator.get_state(), generator.get_state())
+
+
+@pytest.mark.parametrize("setting, expected", [(None, False), ("true", True), ("false", False)])
+def test_decoding_while_training_is_off_by_default_on_cpu(monkeypatch, tmp_path, setting, expected):
+    """On CPU decoder and model share the cores (measured: overlapping them is slower)."""
+    import medcls.training
+
+    asked = []
+    prepare = medcls.training.prepare_data
+
+    def recording(config, registries, **options):
+        asked.append(options.get("background"))
+        return prepare(config, registries, **options)
+
+    monkeypatch.setattr(medcls.training, "prepare_data", recording)
+    args = ["train", "--backbone", "test_resnet", "--no-pretrained", "--epochs", "1", "--finetune-epochs", "0",
+            "--image-size", "32", "--device", "cpu", "--set", "bootstrap=50", "--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(cli, args + (["--set", f"decode_while_training={setting}"] if setting else []))
+    assert result.exit_code == 0, result.output
+    assert asked == [expected]
