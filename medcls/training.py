@@ -263,7 +263,7 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
     """Run the whole workflow and write the run folder; returns the summary that the CLI prints.
     Cross-validation and ensembles pass `data` already prepared (with their splits) and, for
     bagging, `train_rows` (a resample of the training rows)."""
-    from medcls.data.decoding import UnreadableImage
+    from medcls.data.decoding import StartAgain
     from medcls.distributed import check_config, device_for, from_environment
 
     started = time.perf_counter()
@@ -288,10 +288,10 @@ def train(config: TrainConfig, registries, *, log=lambda message: None, progress
             log(f"warning: {warning}")
     try:
         return train_on(start, data, train_rows)
-    except UnreadableImage as exc:
-        # An image training needed turned out unreadable while decoding in the background: start
-        # again without it, exactly as if every image had been decoded before training.
-        log(f"warning: {exc}; training starts again without it")
+    except StartAgain as exc:
+        # Decoding in the background found an unreadable image that training needed, or colour
+        # where the first images were grey: start again, as if every image had been decoded first.
+        log(f"warning: {exc}")
         for warning in data.complete():
             log(f"warning: {warning}")
         return train_on(start, data, train_rows)
@@ -401,16 +401,19 @@ def completed_rows(data: PreparedData, train_rows, val_rows, log) -> tuple:
     """After training on images decoded in the background: wait for the rest (test images may
     still be decoding) and give every split's rows again, since unreadable images leave them.
     One among the training or validation images (one that the dropped last partial batch hid
-    from every epoch) means starting again without it."""
-    from medcls.data.decoding import UnreadableImage
+    from every epoch), or a colour image among the last, means starting again."""
+    from medcls.data.decoding import StartAgain
 
-    provisional = data.cache.kept  # every case, until complete()
+    provisional, channels = data.cache.kept, data.cache.channels  # every case, the count trained with
     for warning in data.complete():
         log(f"warning: {warning}")
     unreadable = set(provisional.tolist()) - set(data.cache.kept.tolist())
     used = unreadable & set(provisional[np.concatenate([train_rows, val_rows])].tolist())
     if used:
-        raise UnreadableImage(f"image '{data.cases[min(used)].key}' turned out unreadable")
+        raise StartAgain(f"image '{data.cases[min(used)].key}' turned out unreadable; training starts again without it")
+    if data.cache.channels != channels:
+        raise StartAgain(f"the images have {data.cache.channels} channels, not the {channels} the first ones "
+                         f"suggested: training starts again with {data.cache.channels} channels")
     return data.rows("train"), data.rows("val"), data.rows("test")
 
 

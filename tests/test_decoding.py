@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from medcls.cli import cli
 from medcls.data.cases import Case, ReaderTable
-from medcls.data.decoding import UnreadableImage, decode_all
+from medcls.data.decoding import StartAgain, decode_all
 from medcls.errors import DataError
 from tests.conftest import save_png
 
@@ -24,9 +24,9 @@ def readers(registries):
     return ReaderTable(registries["readers"])
 
 
-def grey_files(tmp_path, n: int, mode: str = "L") -> list[Case]:
+def grey_files(tmp_path, n: int, mode: str = "L", seed: int = 3) -> list[Case]:
     """PNGs of greyscale content, stored as mode L (the header says grey) or RGB (only the pixels do)."""
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed)
     cases = []
     for i in range(n):
         grey = (rng.random((20, 24)) * 255).astype(np.uint8)
@@ -87,7 +87,7 @@ def test_an_unreadable_image_raises_when_asked_for_and_leaves_kept(readers, tmp_
     cases.append(Case(key="broken.png", label="a", path=tmp_path / "broken.png"))
     cache = decode_all(cases, readers, 16, background=True)
     cache.batch([0, 1])
-    with pytest.raises(UnreadableImage, match="broken.png"):
+    with pytest.raises(StartAgain, match="broken.png"):
         cache.batch([3, 4])
     assert cache.complete()[0][0] == "broken.png" and cache.kept.tolist() == [0, 1, 2, 3]
 
@@ -203,3 +203,73 @@ def test_decoding_while_training_is_off_by_default_on_cpu(monkeypatch, tmp_path,
     result = CliRunner().invoke(cli, args + (["--set", f"decode_while_training={setting}"] if setting else []))
     assert result.exit_code == 0, result.output
     assert asked == [expected]
+
+
+def colour_png(path):
+    return save_png(path, (np.random.default_rng(0).random((20, 24, 3)) * 255).astype(np.uint8))
+
+
+def test_greyscale_content_in_colour_files_is_guessed_then_confirmed(readers, tmp_path, monkeypatch):
+    """RGB files of grey content (only their pixels can tell): training starts once the first
+    GUESS_AFTER of them are grey, and the cache comes out as decoding everything first gives."""
+    from medcls.data import decoding
+
+    monkeypatch.setattr(decoding, "GUESS_AFTER", 4)
+    cases = grey_files(tmp_path, 12, mode="RGB")
+    release, read = threading.Event(), readers.read
+    monkeypatch.setattr(readers, "read", lambda case: read(case) if case.key != "11.png" or release.wait(5) else None)
+    cache = decode_all(cases, readers, 16, threads=2, background=True)
+    assert cache.channels == 1 and not cache.filling.done[11]  # guessed before the last file was read
+    release.set()
+    assert cache.batch([11, 0]).shape == (2, 1, 16, 16)
+    cache.complete()
+    first = decode_all(cases, readers, 16)
+    assert cache.channels == first.channels == 1 and torch.equal(cache.images, first.images)
+
+
+def test_a_colour_image_after_the_guess_starts_training_again(readers, tmp_path, monkeypatch):
+    from medcls.data import decoding
+
+    monkeypatch.setattr(decoding, "GUESS_AFTER", 4)
+    cases = grey_files(tmp_path, 8, mode="RGB")
+    cases.append(Case(key="colour.png", label="a", path=colour_png(tmp_path / "colour.png")))
+    release, read = threading.Event(), readers.read
+    monkeypatch.setattr(readers, "read", lambda case: read(case) if case.key != "colour.png" or release.wait(5) else None)
+    cache = decode_all(cases, readers, 16, threads=2, background=True)
+    assert cache.channels == 1
+    release.set()
+    with pytest.raises(StartAgain, match="colour.png' is in colour though the first 4 images checked were greyscale"):
+        cache.batch([8])
+    cache.complete()
+    first = decode_all(cases, readers, 16)
+    assert cache.channels == first.channels == 3 and torch.equal(cache.images, first.images)
+
+
+def test_training_on_a_wrong_channel_guess_starts_again_and_ends_as_decoding_first(tmp_path, monkeypatch):
+    from medcls.data import decoding
+
+    monkeypatch.setattr(decoding, "GUESS_AFTER", 4)
+    grey_files(tmp_path / "data" / "a", 10, mode="RGB", seed=1)
+    grey_files(tmp_path / "data" / "b", 10, mode="RGB", seed=2)
+    colour_png(tmp_path / "data" / "b" / "colour.png")
+    read = ReaderTable.read
+
+    def slow_colour(self, case):  # decoded after training has started on the guess
+        if case.path is not None and case.path.name == "colour.png":
+            threading.Event().wait(1.0)
+        return read(self, case)
+
+    monkeypatch.setattr(ReaderTable, "read", slow_colour)
+    runs = {}
+    for overlap in ("true", "false"):
+        out = tmp_path / overlap
+        result = CliRunner().invoke(cli, [
+            "train", "--data", str(tmp_path / "data"), "--backbone", "test_resnet", "--no-pretrained", "--epochs", "2",
+            "--finetune-epochs", "0", "--image-size", "32", "--batch-size", "4", "--set", "bootstrap=50",
+            "--set", f"decode_while_training={overlap}", "--set", "cache=memory", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert ("training starts again with 3 channels" in result.stderr) == (overlap == "true")
+        history = [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(open(out / "history.csv"))]
+        runs[overlap] = (history, json.loads((out / "metrics.json").read_text()),
+                         json.loads((out / "model.json").read_text())["in_chans"])
+    assert runs["true"] == runs["false"] and runs["true"][2] == 3

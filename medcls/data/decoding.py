@@ -14,13 +14,20 @@ import numpy as np
 import torch
 
 from medcls.data.cases import Case, ReaderTable
-from medcls.data.images import (SCALE, ImageCache, ImageStore, allocate, fit_width, is_grey, prepare_one,
-                                spatial_shape, to_uint16)
+from medcls.data.images import (SCALE, ImageCache, ImageStore, allocate, fit_width, grey_average, is_grey,
+                                prepare_one, spatial_shape, to_uint16)
 from medcls.errors import DataError
 
 
-class UnreadableImage(DataError):
-    """An image training asked for turned out unreadable while decoding in the background."""
+# With channels 'auto', decoding in the background guesses greyscale once this many of the images
+# that only their content can decide are grey, so that training starts; the rest check the guess.
+GUESS_AFTER = 32
+
+
+class StartAgain(DataError):
+    """Decoding in the background found what training could not know when it started (an image
+    it needs is unreadable, colour where the first images were grey): training starts again,
+    exactly as if every image had been decoded first."""
 
 
 def decode_all(cases: list[Case], readers: ReaderTable, size, channels: str = "auto", strict: bool = False,
@@ -30,12 +37,13 @@ def decode_all(cases: list[Case], readers: ReaderTable, size, channels: str = "a
     """Read and resize every case, skipping unreadable ones (listed in the cache's failures);
     images already in `store` (by content hash) are loaded instead of decoded.
 
-    With `background`, this returns once the channel count is known and the rest decode while
-    the caller trains: the cache's `kept` is provisional (every case), `batch()` waits for the
-    rows it is asked for and raises UnreadableImage for one that failed, and `complete()` waits
-    for the rest and drops the unreadable ones. `order` is the order to decode in (training
+    With `background`, this returns once the channel count is known, or guessed from the first
+    images, and the rest decode while the caller trains: the cache's `kept` is provisional
+    (every case), `batch()` waits for the rows it is asked for and raises StartAgain for one that
+    failed or when the guess proves wrong, and `complete()` waits for the rest, drops the
+    unreadable ones and settles the channel count. `order` is the order to decode in (training
     images first); `ImageCache.prioritise` moves rows to the front."""
-    filling = Filling(cases, readers, size, channels, strict, hashes, store, memory_budget)
+    filling = Filling(cases, readers, size, channels, strict, hashes, store, memory_budget, guess=background)
     workers = threads or min(8, os.cpu_count() or 1)
     filling.load_stored(workers)
     todo = [i for i in (range(len(cases)) if order is None else order) if not filling.done[i]]
@@ -54,7 +62,7 @@ class Filling:
     that callers reorder (`prioritise`) and delivers each image into its slot; callers `wait_for`
     the slots they need."""
 
-    def __init__(self, cases, readers, size, channels, strict, hashes, store, memory_budget) -> None:
+    def __init__(self, cases, readers, size, channels, strict, hashes, store, memory_budget, guess=False) -> None:
         self.cases, self.readers, self.size, self.strict = cases, readers, size, strict
         self.store = store if store is not None and hashes is not None else None
         self.hashes = hashes
@@ -64,6 +72,9 @@ class Filling:
         self.storage = allocate((len(cases), width, *spatial_shape(size)), memory_budget, self.spill)
         # Volumes and explicit settings fix the channel count; 'auto' 2D needs the images' content.
         self.channels = int(channels) if channels != "auto" else (None if isinstance(size, int) else 1)
+        self.guess = guess  # may say 1 channel before every image is checked
+        self.guessed = False  # channels is that guess: storage keeps 3 until the last image agrees
+        self.changed: str | None = None  # why the guess was wrong
         self.grey = np.zeros(len(cases), dtype=bool)
         self.header_grey = np.zeros(len(cases), dtype=bool)  # a header said one channel, before decoding
         self.errors: list[str | None] = [None] * len(cases)
@@ -106,7 +117,9 @@ class Filling:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 single = list(pool.map(lambda i: self.readers.header_greyscale(self.cases[i]), todo))
         self.header_grey[todo] = single
-        self.undecided = [i for i, one in zip(todo, single) if not one]
+        # Spread over the data set (layouts list images class by class), so that a guess sees a sample.
+        undecided = [i for i, one in zip(todo, single) if not one]
+        self.undecided = [undecided[j] for j in np.random.default_rng(0).permutation(len(undecided))]
         self.undecided_left = len(self.undecided)
         if not self.undecided:
             self.decide(1)
@@ -205,14 +218,11 @@ class Filling:
             else:
                 self.place(i, stored, grey)
                 self.decoded += 1
-                if self.channels is None and not self.grey[i]:
-                    self.decide(3)
             self.done[i] = True
             self.remaining -= 1
-            if self.channels is None and not self.header_grey[i]:
+            if (self.channels is None or self.guessed) and not self.header_grey[i]:
                 self.undecided_left -= 1
-                if self.undecided_left == 0:
-                    self.decide(1)  # every image whose content could be colour is grey
+                self.settle_channels(i, error is None and not grey)
             self.condition.notify_all()
         if error is None and self.store is not None and self.cases[i].path is not None:
             return self.hashes[i], stored
@@ -222,9 +232,23 @@ class Filling:
         self.grey[i] = grey
         self.storage[i] = fit_width(torch.from_numpy(stored), self.storage.shape[1])
 
+    def settle_channels(self, i: int, colour: bool) -> None:
+        """After image `i`, one whose content decides: colour decides 3 (and proves a guess of 1
+        wrong); the last of them grey decides 1; enough of them grey, while decoding in the
+        background, lets training start on a guess of 1."""
+        if colour:
+            if self.guessed:
+                self.changed = (f"'{self.cases[i].key}' is in colour though the first {GUESS_AFTER} images checked were "
+                                "greyscale: training starts again with 3 channels")
+            self.decide(3)
+        elif self.undecided_left == 0:
+            self.decide(1)  # every image whose content could be colour is grey
+        elif self.guess and self.channels is None and len(self.undecided) - self.undecided_left >= GUESS_AFTER:
+            self.channels, self.guessed = 1, True
+
     def decide(self, channels: int) -> None:
         """The channel count is known: greyscale content throughout keeps one channel."""
-        self.channels = channels
+        self.channels, self.guessed = channels, False
         if channels == 1 and self.storage.shape[1] != 1:
             from medcls.data.images import mean_channel
 
@@ -240,8 +264,18 @@ class Filling:
             if self.channels is None:
                 self.queue.extendleft(reversed([i for i in self.undecided if not self.scheduled[i]]))
 
+    def batch(self, indices: np.ndarray, channels: int) -> torch.Tensor:
+        """uint16 images of these slots with `channels` channels, once they are filled; raises
+        StartAgain for an unreadable one or a channel count that changed."""
+        self.wait_for(indices)
+        if self.changed is not None or channels != self.channels:
+            raise StartAgain(self.changed or f"the channel count is {self.channels}, not {channels}")
+        with self.condition:  # the storage is replaced when a guess of one channel is confirmed
+            images = self.storage[torch.from_numpy(indices)]
+        return grey_average(images) if images.shape[1] != channels else images
+
     def wait_for(self, indices: np.ndarray) -> None:
-        """Block until these slots are filled; an unreadable one raises UnreadableImage."""
+        """Block until these slots are filled; an unreadable one raises StartAgain."""
         indices = np.asarray(indices)
         if not self.done[indices].all():
             self.prioritise(indices)
@@ -250,7 +284,7 @@ class Filling:
         self.raise_fatal()
         failed = [i for i in indices.tolist() if self.errors[i] is not None]
         if failed:
-            raise UnreadableImage(self.errors[failed[0]])
+            raise StartAgain(f"{self.errors[failed[0]]}; training starts again without it")
 
     def wait_for_channels(self) -> None:
         with self.condition:

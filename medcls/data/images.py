@@ -38,7 +38,7 @@ class ImageCache:
         """Float images in [0, 1] for positions `rows` of the readable images."""
         index = self.kept[np.asarray(rows)]
         if self.filling is not None:
-            self.filling.wait_for(index)
+            return self.filling.batch(index, self.channels).float().div_(SCALE)
         return self.images[torch.from_numpy(index)].float().div_(SCALE)
 
     def prioritise(self, rows) -> None:
@@ -50,6 +50,7 @@ class ImageCache:
         """Wait for the images still decoding; unreadable ones leave `kept`. Returns the failures."""
         if self.filling is not None:
             self.kept, self.failures = self.filling.results()
+            self.images, self.channels = self.filling.storage, self.filling.channels
             self.decoded, self.filling = self.filling.decoded, None
         return self.failures
 
