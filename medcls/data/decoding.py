@@ -15,7 +15,7 @@ import torch
 
 from medcls.data.cases import Case, ReaderTable
 from medcls.data.images import (SCALE, ImageCache, ImageStore, allocate, fit_width, grey_average, is_grey,
-                                prepare_one, spatial_shape, to_uint16)
+                                mean_channel, prepare_one, spatial_shape, to_uint16)
 from medcls.errors import DataError
 
 
@@ -250,8 +250,6 @@ class Filling:
         """The channel count is known: greyscale content throughout keeps one channel."""
         self.channels, self.guessed = channels, False
         if channels == 1 and self.storage.shape[1] != 1:
-            from medcls.data.images import mean_channel
-
             self.storage = mean_channel(self.storage, self.memory_budget, self.spill)
 
     # -- what callers use ---------------------------------------------------------------------
