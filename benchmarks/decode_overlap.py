@@ -18,7 +18,7 @@ import numpy as np
 def first_epoch(cases, readers, config, policy, background: bool, step_seconds: float) -> dict:
     import torch
 
-    from medcls.data.decoding import decode_all
+    from medcls.data.decoding import StartAgain, decode_all
     from medcls.training import TrainingImages, make_loader
 
     started = time.perf_counter()
@@ -31,8 +31,13 @@ def first_epoch(cases, readers, config, policy, background: bool, step_seconds: 
     waited, batches = 0.0, iter(loader)
     while True:
         asked = time.perf_counter()
-        if next(batches, None) is None:
-            break
+        try:
+            if next(batches, None) is None:
+                break
+        except StartAgain:  # colour after a guess of greyscale: medcls train starts the epoch again
+            cache.complete()
+            batches = iter(loader)
+            continue
         waited += time.perf_counter() - asked
         time.sleep(step_seconds)  # the host waits for the device's step
     seconds = time.perf_counter() - started

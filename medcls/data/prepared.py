@@ -61,7 +61,6 @@ class PreparedData:
                 yield self.cache.batch(rows[start:start + batch_size])
         return iterate
 
-
     def complete(self) -> list[str]:
         """Wait for images still decoding in the background; returns the new warnings. Unreadable
         images leave the splits, so `rows()` must be asked again afterwards."""
