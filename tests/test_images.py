@@ -120,6 +120,10 @@ def test_compressed_dicom_decodes_in_worker_processes_like_in_threads(readers, t
     (tmp_path / "16.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 10)  # truncated: unreadable
     assert decoding.compressed_dicom(cases[0].path)
     pooled = decode_all(cases, readers, 16, threads=2)
+    background = decode_all(cases, readers, 16, threads=2, background=True)  # processes forked before it returns
+    assert torch.equal(background.batch([3, 0]), pooled.batch([3, 0]))
+    background.complete()
+    assert torch.equal(background.images, pooled.images) and background.failures == pooled.failures
     monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: [])
     threaded = decode_all(cases, readers, 16, threads=2)
     assert pooled.kept.tolist() == threaded.kept.tolist() == list(range(16))
