@@ -12,22 +12,15 @@ import json
 import statistics
 import time
 
-import numpy as np
-
 
 def first_epoch(cases, readers, config, policy, background: bool, step_seconds: float) -> dict:
-    import torch
-
+    from medcls.bench import training_loader
     from medcls.data.decoding import StartAgain, decode_all
-    from medcls.training import TrainingImages, make_loader
 
     started = time.perf_counter()
     cache = decode_all(cases, readers, config.image_size, config.channels, background=background)
     ready = time.perf_counter() - started
-    rows = np.arange(len(cache.kept))
-    labels = rows % 2
-    loader = make_loader(TrainingImages(cache, rows, labels, policy), labels, config, 2, 0,
-                         torch.Generator().manual_seed(0))
+    loader = training_loader(cache, policy, config)
     waited, batches = 0.0, iter(loader)
     while True:
         asked = time.perf_counter()

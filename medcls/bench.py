@@ -183,6 +183,18 @@ def loader_figures(cases, readers, settings: BenchSettings, workers: int) -> dic
     }
 
 
+def training_loader(cache, policy, config):
+    """The training loader `medcls train` builds, over every image of `cache` (labels alternate)."""
+    import torch
+
+    from medcls.training import TrainingImages, make_loader
+
+    rows = np.arange(len(cache.kept))
+    labels = rows % 2
+    return make_loader(TrainingImages(cache, rows, labels, policy), labels, config, 2, 0,
+                       torch.Generator().manual_seed(0))
+
+
 def first_epoch_figures(cases, readers, settings: BenchSettings, registries, device, workers: int,
                         channels: int) -> dict:
     """Seconds from nothing decoded (no store) to the end of the first training epoch: decoding
@@ -195,7 +207,7 @@ def first_epoch_figures(cases, readers, settings: BenchSettings, registries, dev
     from medcls.data.decoding import StartAgain, decode_all
     from medcls.execution import choose_execution
     from medcls.models import build_classifier
-    from medcls.training import TrainingImages, make_loader, make_policy
+    from medcls.training import make_policy
 
     config = make_config({"policy": "interpretable", "batch_size": settings.batch_size})
     policy, _ = make_policy(config, registries)
@@ -205,11 +217,7 @@ def first_epoch_figures(cases, readers, settings: BenchSettings, registries, dev
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def epoch(cache) -> None:
-        rows = np.arange(len(cache.kept))
-        labels = rows % 2
-        loader = make_loader(TrainingImages(cache, rows, labels, policy), labels, config, 2, 0,
-                             torch.Generator().manual_seed(0))
-        for images, targets in loader:
+        for images, targets in training_loader(cache, policy, config):
             training_step(model, optimizer, execution, policy.batch(images.to(device)), targets.to(device))
 
     def ours(background: bool) -> float:
@@ -274,7 +282,7 @@ def model_figures(settings: BenchSettings, registries, data_cache, device) -> di
     from medcls.config import make_config
     from medcls.execution import Execution, choose_execution
     from medcls.models import build_classifier
-    from medcls.training import TrainingImages, make_loader, make_policy
+    from medcls.training import make_policy
 
     channels, size, batch = data_cache.channels, settings.image_size, settings.batch_size
 
@@ -290,11 +298,7 @@ def model_figures(settings: BenchSettings, registries, data_cache, device) -> di
     # End to end: the training loader and batched policy exactly as `medcls train` uses them.
     config = make_config({"policy": "interpretable", "batch_size": batch})
     policy, _ = make_policy(config, registries)
-    rows = np.arange(len(data_cache.kept))
-    labels = rows % 2
-    loader = make_loader(TrainingImages(data_cache, rows, labels, policy), labels, config, 2, 0,
-                         torch.Generator().manual_seed(0))
-    batches = endless(loader)
+    batches = endless(training_loader(data_cache, policy, config))
     times: dict[str, list] = {}
     models = {}
     for name, execution in executions.items():

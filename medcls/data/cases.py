@@ -130,7 +130,7 @@ class ReaderTable:
         decoded content can tell."""
         if case.array is not None:
             return hasattr(case.array, "voxels") or np.shape(case.array)[0] == 1
-        entry = self.entry_for(case.path) if case.path.exists() else None
+        entry = self.entry_for(case.path)
         probe = entry.metadata.get("greyscale") if entry is not None else None
         try:
             return bool(probe(case.path)) if probe is not None else False

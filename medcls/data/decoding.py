@@ -262,15 +262,15 @@ class Filling:
             if self.channels is None:
                 self.queue.extendleft(reversed([i for i in self.undecided if not self.scheduled[i]]))
 
-    def batch(self, indices: np.ndarray, channels: int) -> torch.Tensor:
-        """uint16 images of these slots with `channels` channels, once they are filled; raises
-        StartAgain for an unreadable one or a channel count that changed."""
+    def batch(self, indices: np.ndarray) -> torch.Tensor:
+        """uint16 images of these slots, once they are filled, with the channel count training
+        started with; raises StartAgain for an unreadable one or a guess proved wrong."""
         self.wait_for(indices)
-        if self.changed is not None or channels != self.channels:
-            raise StartAgain(self.changed or f"the channel count is {self.channels}, not {channels}")
+        if self.changed is not None:
+            raise StartAgain(self.changed)
         with self.condition:  # the storage is replaced when a guess of one channel is confirmed
             images = self.storage[torch.from_numpy(indices)]
-        return grey_average(images) if images.shape[1] != channels else images
+        return grey_average(images) if images.shape[1] != self.channels else images
 
     def wait_for(self, indices: np.ndarray) -> None:
         """Block until these slots are filled; an unreadable one raises StartAgain."""

@@ -38,7 +38,7 @@ class ImageCache:
         """Float images in [0, 1] for positions `rows` of the readable images."""
         index = self.kept[np.asarray(rows)]
         if self.filling is not None:
-            return self.filling.batch(index, self.channels).float().div_(SCALE)
+            return self.filling.batch(index).float().div_(SCALE)
         return self.images[torch.from_numpy(index)].float().div_(SCALE)
 
     def prioritise(self, rows) -> None:
