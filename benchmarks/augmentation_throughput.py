@@ -33,10 +33,10 @@ def main():
     args = parser.parse_args()
 
     from medcls.config import make_config
-    from medcls.models import build_classifier
-    from medcls.plugins import get_plugin_manager
-    from medcls.registry import Registries
-    from medcls.training import make_policy
+    from medcls.core.models import build_classifier
+    from medcls.plugins.manager import get_plugin_manager
+    from medcls.plugins.registry import Registries
+    from medcls.core.augment import make_policy
 
     registries = Registries(get_plugin_manager())
     batch = torch.rand(args.batch, args.channels, args.size, args.size)

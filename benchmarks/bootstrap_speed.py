@@ -31,10 +31,10 @@ def main():
 
     from sklearn.metrics import roc_auc_score
 
-    from medcls.evaluation.bootstrap import WeightedBinary, bootstrap_binary, resample_weights
-    from medcls.evaluation.intervals import delong_interval
-    from medcls.plugins import get_plugin_manager
-    from medcls.registry import Registries
+    from medcls.stats.bootstrap import WeightedBinary, bootstrap_binary, resample_weights
+    from medcls.stats.intervals import delong_interval
+    from medcls.plugins.manager import get_plugin_manager
+    from medcls.plugins.registry import Registries
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, args.n)

@@ -7,6 +7,11 @@ real thing). Nothing is read from or written to the disk store: every round deco
     .venv/bin/python benchmarks/decode_overlap.py --data ../shared/data/brain-tumour-mri [--channels 1]
 """
 
+import sys
+from pathlib import Path as _Path
+
+sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))  # `benchmarks` as a package, run from anywhere
+
 import argparse
 import json
 import statistics
@@ -14,7 +19,7 @@ import time
 
 
 def first_epoch(cases, readers, config, policy, background: bool, step_seconds: float) -> dict:
-    from medcls.bench import training_loader
+    from benchmarks.harness import training_loader
     from medcls.data.decoding import StartAgain, decode_all
 
     started = time.perf_counter()
@@ -42,10 +47,10 @@ def main():
     import tempfile
     from pathlib import Path
 
-    from medcls.bench import BenchSettings, files_for
+    from benchmarks.harness import BenchSettings, files_for
     from medcls.cli import registries as all_registries
     from medcls.config import make_config, read_config_file
-    from medcls.training import make_policy
+    from medcls.core.augment import make_policy
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", help="a train config file (data, columns, window)")

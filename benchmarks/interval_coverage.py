@@ -14,8 +14,8 @@ from scipy.stats import norm
 
 
 def simulate(repetitions, positives, negatives, delta, threshold, bootstrap_resamples, seed=0):
-    from medcls.evaluation.bootstrap import WeightedBinary, bootstrap_binary
-    from medcls.evaluation.intervals import delong_interval, wilson
+    from medcls.stats.bootstrap import WeightedBinary, bootstrap_binary
+    from medcls.stats.intervals import delong_interval, wilson
 
     rng = np.random.default_rng(seed)
     true_auc = norm.cdf(delta / np.sqrt(2))

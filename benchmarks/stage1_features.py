@@ -22,9 +22,9 @@ def main():
     args = parser.parse_args()
 
     from medcls.config import make_config
-    from medcls.plugins import get_plugin_manager
-    from medcls.registry import Registries
-    from medcls.training import train
+    from medcls.plugins.manager import get_plugin_manager
+    from medcls.plugins.registry import Registries
+    from medcls.workflows.train import train
 
     registries = Registries(get_plugin_manager())
     results, epoch_seconds = {}, {}

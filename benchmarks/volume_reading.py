@@ -52,8 +52,8 @@ def main():
     from medcls.data.decoding import decode_all
     from medcls.data.synthetic import write_dicom_series, write_nifti
     from medcls.data.volumes import VolumeGrid, read_dicom_series, read_nifti_volume
-    from medcls.plugins import get_plugin_manager
-    from medcls.registry import Registries
+    from medcls.plugins.manager import get_plugin_manager
+    from medcls.plugins.registry import Registries
 
     rng = np.random.default_rng(0)
     results = {"settings": vars(args)}

@@ -1,15 +1,17 @@
-"""The `medcls` command: parses, calls the library, prints. Heavy imports happen inside commands."""
+"""The `medcls` command: parses flags, calls the public Python API (medcls.api), prints. Nothing else:
+everything a command does, a notebook can do with the same call. Heavy imports happen inside commands."""
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
 import click
 
-from medcls import __version__
 from medcls.errors import ConfigError, MedclsError
+from medcls.version import __version__
 
 LIST_KINDS = ("backbones", "policies", "metrics", "datasets", "readers", "weights")
 
@@ -28,23 +30,36 @@ class MedclsGroup(click.Group):
             ctx.exit(130)
 
 
-def plugin_manager():
-    from medcls.plugins import get_plugin_manager
-
-    pm = get_plugin_manager()
-    for error in pm.load_errors:
-        click.echo(f"warning: {error.one_line()}", err=True)
-    return pm
-
-
-def registries():
-    from medcls.registry import Registries
-
-    return Registries(plugin_manager())
-
-
 def log(message: str) -> None:
     click.echo(message, err=True)
+
+
+class EchoHandler(logging.Handler):
+    """The library's log records on stderr, one line each; warnings marked as such and each said
+    once per command (a broken plugin is reported by every plugin manager the command makes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.warned: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            if message in self.warned:
+                return
+            self.warned.add(message)
+            message = f"warning: {message}"
+        click.echo(message, err=True)
+
+
+def attach_log_handler() -> None:
+    """Route the library's logger to stderr for this command (a fresh handler per command)."""
+    logger = logging.getLogger("medcls")
+    for handler in [h for h in logger.handlers if isinstance(h, EchoHandler)]:
+        logger.removeHandler(handler)
+    logger.addHandler(EchoHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def progress_bars(enabled: bool):
@@ -74,6 +89,7 @@ def progress_bars(enabled: bool):
 def cli():
     """medcls: fine-tune pretrained backbones on medical images and report sensitivity,
     specificity and ROC honestly. Extend it with plugins (see `medcls plugins`)."""
+    attach_log_handler()
 
 
 def parse_pairs(values, flag: str) -> dict:
@@ -132,42 +148,36 @@ def yaml_value(text: str):
               help="Continue an interrupted run (its folder) from its last checkpoint, with its own settings.")
 def train(config_file, settings, aug, format_, resume_run, devices, **flags):
     """Fine-tune a backbone: frozen stage, then top blocks; print the train/val/test gap report."""
-    from medcls.config import make_config, read_config_file
-    from medcls.training import resume_config
-    from medcls.training import train as run_training
+    from medcls import api
 
     if devices:
-        from medcls.distributed import launch, without_option
+        from medcls.core.distributed import launch, without_option
 
         sys.exit(launch(devices, without_option(sys.argv[1:], "--devices")))
     overrides = {k: v for k, v in flags.items() if v is not None}
-    options = dict(log=log, progress_factory=progress_bars(sys.stderr.isatty()))
+    progress = progress_bars(sys.stderr.isatty())
     if resume_run is not None:
         if overrides or settings or aug or config_file or format_:
             raise ConfigError("--resume continues a run with the settings in its config.yaml: give no other options")
-        print_summary(run_training(resume_config(resume_run), registries(), **options))
+        print_run(api.resume(resume_run, progress=progress))
         return
     if format_ is not None:
         overrides["format"] = format_
     overrides.update(parse_pairs(settings, "--set"))
-    file_values = read_config_file(config_file) if config_file else {}
+    file_values = api.read_config_file(config_file) if config_file else {}
     if aug:
         overrides["aug"] = {**file_values.get("aug", {}), **parse_pairs(aug, "--aug")}
-    config = make_config(file_values, overrides, where=f"config file '{config_file}'")
-    if config.ensemble:
-        from medcls.ensemble import train_ensemble
-
-        summary = train_ensemble(config, registries(), **options)
-        print_summary(summary)
-        spread = summary["spread"].get("roc_auc", {})
+    config = api.make_config(file_values, overrides, where=f"config file '{config_file}'")
+    if config.folds:
+        result = api.cross_validate(config=config, progress=progress)
+        click.echo((Path(result["out"]) / "report.md").read_text("utf-8"))
+        return
+    run = api.train(config=config, progress=progress)
+    print_run(run)
+    if run is not None and config.ensemble:
+        spread = run.metrics_json.get("members", {}).get("spread", {}).get("roc_auc", {})
         click.echo(f"Members' test ROC AUC: {spread.get('mean', float('nan')):.3f} ± {spread.get('sd', float('nan')):.3f}"
-                   f" (mean ± sd); the ensemble: {summary['results']['test'].get('roc_auc', float('nan')):.3f}")
-    elif config.folds:
-        from medcls.crossval import cross_validate
-
-        click.echo((Path(cross_validate(config, registries(), **options)["out"]) / "report.md").read_text("utf-8"))
-    else:
-        print_summary(run_training(config, registries(), **options))
+                   f" (mean ± sd); the ensemble: {run.metrics.test['roc_auc']:.3f}")
 
 
 @cli.command()
@@ -183,21 +193,15 @@ def train(config_file, settings, aug, format_, resume_run, devices, **flags):
 def experiment(vary, seeds, data, backbone, out, config_file, settings):
     """Vary one setting with everything else fixed, repeat over seeds, and tabulate test results,
     e.g. --vary policy=none,interpretable,aggressive or --vary finetune=scratch,frozen,top,all."""
-    from pathlib import Path
+    from medcls import api
 
-    from medcls.config import make_config, read_config_file
-    from medcls.experiment import parse_vary, run_experiment
-
-    key, values = parse_vary(vary)
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         raise click.BadParameter(f"{seeds!r} is not a comma-separated list of integers", param_hint="--seeds") from None
     overrides = {k: v for k, v in (("data", data), ("backbone", backbone)) if v is not None}
     overrides.update(parse_pairs(settings, "--set"))
-    config = make_config(read_config_file(config_file) if config_file else {}, overrides,
-                         where=f"config file '{config_file}'")
-    result = run_experiment(config, key, values, seed_list, registries(), out=Path(out), log=log)
+    result = api.experiment(vary, seed_list, out=out, config=config_file, **overrides)
     click.echo((Path(result["out"]) / "experiment.md").read_text().split("\n\nPer run")[0])
 
 
@@ -214,19 +218,10 @@ def compare_policies(ctx, seeds, data, backbone, out, settings):
                out=out, config_file=None, settings=settings)
 
 
-def print_summary(summary: dict) -> None:
-    from medcls.evaluation.report import gap_table
-
-    if "results" not in summary:  # a DDP rank other than 0: rank 0 reports
+def print_run(run) -> None:
+    if run is None:  # a DDP process other than rank 0: rank 0 reports
         return
-    click.echo(gap_table(summary["results"], summary["intervals"]))
-    click.echo("95% intervals; how each was computed (Wilson, DeLong, bootstrap) is in report.md.")
-    click.echo("")
-    click.echo(f"Reading: {summary['reading']}")
-    threshold = summary["threshold"]
-    if threshold is not None:
-        click.echo(f"Operating point {threshold:.4f}, chosen on validation; test figures at that point.")
-    click.echo(f"Run folder: {summary['out']} ({summary['seconds']:.0f}s on {summary['device']})")
+    click.echo(run.gap_report())
 
 
 @cli.command()
@@ -246,11 +241,13 @@ def print_summary(summary: dict) -> None:
 def evaluate(run, data, split, out, by, patient_level, prevalence, bootstrap, tta):
     """Score a trained run at its stored operating point, with intervals; writes metrics.json,
     report.md and a self-contained report.html."""
-    from medcls.evaluation.evaluate import evaluate_run
+    from medcls import api
 
-    result = evaluate_run(run, registries(), data=data, split=split, out=out, by=by, patient_level=patient_level,
-                          prevalence=prevalence, n_resamples=bootstrap, tta=tta, log=log)
-    click.echo(json.dumps({k: result[k] for k in ("split", "n", "metrics", "out")}, indent=2, default=float))
+    result = api.load_run(run).evaluate(data, split=split, out=out, by=by, patient_level=patient_level,
+                                        prevalence=prevalence, bootstrap=bootstrap, tta=tta)
+    click.echo(json.dumps({"split": result.split, "n": result.n,
+                           "metrics": {name: e.value for name, e in result.metrics.items()},
+                           "out": str(result.path)}, indent=2, default=float))
 
 
 @cli.command()
@@ -262,9 +259,9 @@ def evaluate(run, data, split, out, by, patient_level, prevalence, bootstrap, tt
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Also write the result as JSON here.")
 def compare(run_a, run_b, data, split, out):
     """Compare two runs on the same cases: paired DeLong (ROC AUC), McNemar (sensitivity, specificity)."""
-    from medcls.evaluation.compare import compare_runs
+    from medcls import api
 
-    result = compare_runs(run_a, run_b, registries(), data=data, split=split, log=log)
+    result = api.compare(run_a, run_b, data=data, split=split)
     text = json.dumps(result, indent=2, default=float)
     if out:
         with open(out, "w") as fh:
@@ -284,28 +281,29 @@ def compare(run_a, run_b, data, split, out):
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default="-", show_default=True,
               help="CSV file to write ('-' for standard output).")
 def predict(run, inputs, out):
-    """Write a CSV of class probabilities and decisions for image files or folders."""
+    """Write a CSV of calibrated class probabilities and decisions for image files or folders."""
     import csv
 
-    from medcls.predict import predict_files
+    from medcls import api
 
     bar = progress_bars(sys.stderr.isatty())
     progress = bar("reading", 0) if bar else None
-    rows, columns = predict_files(run, inputs, registries(), progress=progress)
-    if progress is not None:
-        progress.close()
-
+    try:
+        predictions = api.load_run(run).predictions(list(inputs), progress=progress)
+    finally:
+        if progress is not None:
+            progress.close()
     handle = sys.stdout if out == "-" else open(out, "w", newline="")
     try:
-        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer = csv.DictWriter(handle, fieldnames=predictions.columns)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(predictions.rows())
     finally:
         if handle is not sys.stdout:
             handle.close()
-    failed = sum(1 for r in rows if r["error"])
-    if failed:
-        log(f"warning: {failed} of {len(rows)} file(s) could not be read; see the error column")
+    if predictions.failed:
+        log(f"warning: {predictions.failed} of {len(predictions.inputs)} file(s) could not be read; "
+            "see the error column")
 
 
 @cli.command()
@@ -315,13 +313,13 @@ def predict(run, inputs, out):
 @click.option("--class", "target_class", help="Explain this class (default: the positive class, or the decision).")
 def explain(run, inputs, out, target_class):
     """Grad-CAM heatmaps over images (volumes: middle slice): a PNG per input and a grid."""
-    from medcls.explain import explain_inputs
+    from medcls import api
 
-    result = explain_inputs(run, inputs, registries(), out, target_class)
-    failed = [r for r in result["rows"] if r["error"]]
+    result = api.load_run(run).explain(list(inputs), out, target_class)
+    failed = [r for r in result.rows if r["error"]]
     for row in failed:
         log(f"warning: {row['error']}")
-    click.echo(f"wrote {len(result['rows']) - len(failed)} heatmap(s) and {result['grid']} (layer {result['layer']})")
+    click.echo(f"wrote {len(result.rows) - len(failed)} heatmap(s) and {result.grid} (layer {result.layer})")
 
 
 @cli.group()
@@ -341,22 +339,11 @@ def augment():
 @click.option("-o", "--out", type=click.Path(dir_okay=False), default="augment-preview.png", show_default=True)
 def preview(policy, data, count, views, aug, image_size, seed, settings, out):
     """Write a PNG grid: each row a real image, then K augmented views of it."""
-    from medcls.augment import preview_grid
-    from medcls.config import make_config
-    from medcls.data.prepared import prepare_data
-    from medcls.training import make_policy
+    from medcls import api
 
-    overrides = {"policy": policy, "data": data, "image_size": image_size, "seed": seed, **parse_pairs(settings, "--set")}
-    config = make_config(overrides={**overrides, "aug": parse_pairs(aug, "--aug")})
-    chosen = registries()
-    transform, _ = make_policy(config, chosen)
-    prepared = prepare_data(config, chosen, split=False)
-    rng = __import__("numpy").random.default_rng(seed)
-    rows = sorted(rng.choice(len(prepared.cache.kept), size=min(count, len(prepared.cache.kept)), replace=False))
-    images = [prepared.cache.batch([r])[0] for r in rows]
-    titles = [prepared.cases[prepared.cache.kept[r]].label for r in rows]
-    width, height = preview_grid(images, transform, views, out, titles)
-    click.echo(f"wrote {out} ({width}x{height} px): {len(images)} images x {views} views of policy {policy!r}")
+    keys = {"image_size": image_size, "seed": seed, **parse_pairs(settings, "--set"), "aug": parse_pairs(aug, "--aug")}
+    width, height = api.preview_policy(policy, out, data=data, count=count, views=views, **keys)
+    click.echo(f"wrote {out} ({width}x{height} px): {min(count, 10**9)} images x {views} views of policy {policy!r}")
 
 
 @cli.command()
@@ -365,44 +352,20 @@ def preview(policy, data, count, views, aug, image_size, seed, settings, out):
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="Folder (default RUN/export).")
 def export(run, fmt, out):
     """Export a run's model (preprocessed images in, probabilities out) with its threshold and preprocessing."""
-    from medcls.export import export_run
+    from medcls import api
 
-    result = export_run(run, registries(), fmt, out)
-    click.echo(f"wrote {result['path']} and {result['json']} (max difference from PyTorch "
-               f"{result['max_abs_difference']:.1e})")
-
-
-@cli.command()
-@click.option("--data", help="Files to read, as for train (default: synthetic phantoms, written as PNG).")
-@click.option("--config", type=click.Path(dir_okay=False), help="A train config file for the data keys (columns, window).")
-@click.option("--backbone", default="efficientnet_lite0", show_default=True)
-@click.option("--image-size", type=int, default=224, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--rounds", type=click.IntRange(1, 50), default=3, show_default=True, help="Interleaved repetitions.")
-@click.option("--steps", type=click.IntRange(1, 100), default=3, show_default=True, help="Training steps per measurement.")
-@click.option("--limit", type=click.IntRange(1), default=256, show_default=True, help="At most this many files.")
-@click.option("--compress", type=click.Choice(["jpeg2000", "rle"]), help="Re-encode DICOM inputs first (in a temporary folder).")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write every figure to this JSON file.")
-def bench(json_out, **options):
-    """Measure the pipeline against the model alone, raw decoders and naive MONAI, side by side."""
-    from medcls.bench import BenchSettings, run_bench, table
-
-    results = run_bench(BenchSettings(**options), registries(), log=log)
-    for line in table(results):
-        click.echo(line)
-    if json_out:
-        Path(json_out).write_text(json.dumps(results, indent=2), encoding="utf-8")
-        click.echo(f"wrote {json_out}")
+    result = api.load_run(run).export(fmt, out)
+    click.echo(f"wrote {result.path} and {result.json} (max difference from medcls's own probabilities "
+               f"{result.max_abs_difference:.1e})")
 
 
 @cli.command()
 @click.option("--all", "include_builtin", is_flag=True, help="Include the built-in plugins.")
 def plugins(include_builtin):
     """List installed plugins as JSON: name, version, hooks, error."""
-    from medcls.plugins import describe_plugins
+    from medcls import api
 
-    click.echo(json.dumps(describe_plugins(plugin_manager(), include_builtin=include_builtin), indent=2))
+    click.echo(json.dumps(api.plugins(include_builtin), indent=2))
 
 
 @cli.command(name="list")
@@ -411,7 +374,9 @@ def plugins(include_builtin):
 @click.option("--verbose", "-v", is_flag=True, help="Also print each entry's parameters and metadata.")
 def list_(kind, pattern, verbose):
     """List registered backbones, policies, metrics, datasets, readers or weight sources."""
-    entries = registries()[kind].matching(pattern)
+    from medcls import api
+
+    entries = api.registered(kind, pattern)
     for entry in entries:
         click.echo(f"{entry.name:32s} {entry.plugin:28s} {entry.description}")
         if verbose and entry.metadata.get("params"):
@@ -419,6 +384,25 @@ def list_(kind, pattern, verbose):
                 click.echo(f"    {key} = {value}")
     if not entries:
         log(f"no {kind} match {pattern!r}")
+
+
+@cli.command(name="config")
+@click.argument("pattern", required=False)
+def config_(pattern):
+    """List every config key (for --set, config files and medcls.train) with its default and meaning."""
+    import fnmatch
+
+    from medcls import api
+
+    section = None
+    for row in api.config_keys():
+        if pattern and not fnmatch.fnmatchcase(row["key"], pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"):
+            continue
+        if row["section"] != section:
+            section = row["section"]
+            click.echo(f"\n[{section}]")
+        choices = f" ({'|'.join(row['choices'])})" if row["choices"] else ""
+        click.echo(f"  {row['key']} = {row['default']!r}{choices}\n      {row['help']}")
 
 
 def main() -> None:

@@ -1,114 +1,132 @@
-"""The typed run configuration: config files (YAML/TOML) and CLI flags fill the same object."""
+"""The typed run configuration: config files (YAML/TOML), CLI flags and the Python API's keywords fill
+the same object, and the object checks itself however it is built: every choice, type, range and
+cross-field rule fails with a ConfigError naming the key, never by falling back to a default.
+
+The keys are flat (`lr`, `policy`, ...) as on the command line, and grouped into six sections a
+reader can hold in their head: data, model, augmentation, optimisation, evaluation and run
+(`config.section("optimisation")`, `medcls config`). Config files may use either form.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from medcls.errors import ConfigError
 
+SECTIONS = ("data", "model", "augmentation", "optimisation", "evaluation", "run")
+
+
+def option(default, help: str, section: str, *, factory=None):
+    """A config field with its one-line meaning and its section (shown by `medcls config`)."""
+    metadata = {"help": help, "section": section}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
 
 @dataclass
 class TrainConfig:
-    # --- data ---
-    data: str = "synthetic"  # folder, CSV/TSV manifest, .npz, or 'synthetic' (built-in phantoms)
-    format: str = "auto"  # dataset layout name (see `medcls list datasets`); auto-detected by default
-    path_column: str = "path"  # manifest column holding the image file
-    label_column: str = "label"  # manifest column holding the class
-    patient_column: str | None = None  # manifest column holding the patient id ('patient_id' if present)
-    split_column: str | None = None  # manifest column holding train/val/test ('split' if present)
-    image_root: str | None = None  # folder manifest paths are relative to (default: the manifest's folder)
-    patient_from_dicom: bool = False  # group images by the DICOM header's PatientID (never printed)
-    positive_class: str | None = None  # binary tasks: the class called positive (default: the last name)
-    val_fraction: float = 0.15  # share of patients held out for validation when the data has no split
-    test_fraction: float = 0.15  # share of patients held out for testing when the data has no split
-    strict: bool = False  # fail on the first unreadable image instead of skipping and listing it
-    # --- preprocessing ---
-    window: str = "header"  # DICOM intensity window: header, a preset (brain, lung, soft_tissue, ...) or 'centre,width'
-    image_size: int = 224  # images are resized to image_size x image_size
-    volume_size: str = "64"  # 3D backbones: the training grid in voxels, one number (a cube) or z,y,x
-    slices: int = 0  # 2.5D: a 2D backbone reads volumes slice by slice with this many adjacent slices as channels (odd, e.g. 3); 0: off
-    slice_pooling: str = "mean"  # 2.5D: per-slice features to one per volume: mean, max or attention
-    volume_spacing: str | None = None  # 3D: resample to this spacing in mm (one number or z,y,x), then centre-crop/pad; None: resize the whole volume
-    channels: str = "auto"  # 'auto' (1 if every image is greyscale, else 3), '1' or '3'
-    # --- model ---
-    backbone: str = "resnet50"  # any registered backbone (`medcls list backbones`)
-    pretrained: bool | None = None  # None: pretrained when the backbone has weights (timm: yes, MONAI 3D: none exist); True fails, never falls back, if they are unavailable
-    weights: str | None = None  # a .safetensors file with backbone weights, tried before any source
-    dropout: float = 0.3  # dropout before the new classification head
-    # --- augmentation ---
-    policy: str = "interpretable"  # augmentation policy for training batches (`medcls list policies`)
-    aug: dict = field(default_factory=dict)  # overrides of the policy's parameters, e.g. {rotate_deg: 5}
-    laterality_sensitive: bool = False  # left and right differ (chest X-ray): policies that flip left-right are refused
-    allow_lr_flip: bool = False  # override that refusal, knowingly
-    # --- stage 1: frozen backbone, new head ---
-    epochs: int = 10  # stage-1 epochs (head only, backbone frozen; all layers if not pretrained)
-    lr: float = 1e-3  # stage-1 learning rate
-    feature_cache: bool = True  # without augmentation, stage 1 trains the head on backbone features computed once
-    # --- stage 2: fine-tune the top blocks ---
-    finetune_epochs: int = 10  # stage-2 epochs; 0 turns stage 2 off
-    unfreeze_blocks: int = 2  # how many top blocks stage 2 unfreezes (-1: all)
-    finetune_lr_factor: float = 0.1  # stage-2 learning rate = lr x this
-    # --- optimisation ---
-    optimizer: str = "adamw"  # adamw, sgd (momentum, Nesterov) or rmsprop
-    momentum: float = 0.9  # for sgd and rmsprop
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"  # cosine, step, plateau or none (per stage)
-    batch_size: int = 32
-    class_balance: str = "weighted_loss"  # weighted_loss, sampler or none
-    monitor: str = "roc_auc"  # validation metric for early stopping and the best checkpoint
-    patience: int = 5  # epochs without improvement before a stage stops early (0: never)
-    threshold_rule: str = "youden"  # operating point chosen on validation: youden, target_sensitivity, target_specificity, fixed
-    target: float = 0.95  # the sensitivity or specificity that target_* rules must reach on validation
-    threshold: float = 0.5  # the operating point when threshold_rule is 'fixed'
-    calibration: str = "none"  # none, or temperature (scaling fitted on validation, stored with the model)
-    # --- reporting ---
-    prevalence: float | None = None  # also report PPV and NPV at this deployment prevalence
-    patient_level: str | None = None  # also score per patient: mean or max of a patient's image scores
-    by: str | None = None  # manifest column for a subgroup table (site, sex, scanner, ...)
-    bootstrap: int = 2000  # bootstrap resamples for intervals (seeded by `seed`)
-    # --- run ---
-    ensemble: int = 0  # train N members (bagging) and report their averaged probabilities beside them; 0: one model
-    bagging: bool = True  # ensemble members train on bootstrap resamples of the training patients (else all of them)
-    ensemble_backbones: str | None = None  # comma-separated backbones the members cycle through (default: backbone)
-    folds: int = 0  # cross-validation: K folds by patient, a run per fold and pooled out-of-fold metrics; 0: one split
-    seed: int = 0  # one seed for splits, initialisation, augmentation and batch order
-    split_seed: int | None = None  # a separate seed for the split only (experiments hold the split fixed)
-    deterministic: bool = False  # also ask PyTorch for deterministic kernels (slower on GPU)
-    device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps
-    precision: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16 unless depthwise-heavy), fp32, bf16, fp16
-    channels_last: bool | None = None  # None: on for 2D convolutional models on CUDA and CPU
-    # Training starts once its first batches are decoded and the rest decode meanwhile. None: on when
-    # training on a GPU (the CPU is free while it computes), off on CPU (decoder and model share the
-    # cores: overlapping them only added contention, 0.90x on 100 CT slices).
-    decode_while_training: bool | None = None
-    cache: str = "disk"  # disk: decoded images also kept on disk by content (later runs skip decoding); memory
-    cache_dir: str | None = None  # the disk cache (default $MEDCLS_CACHE_DIR or ~/.cache/medcls); safe to share
-    workers: int = -1  # loader processes; -1: none for batched policies (augmented on the device), else one
-    out: str | None = None  # run folder (default runs/<backbone>-<date>-<time>); an existing run is never overwritten
-    overwrite: bool = False  # allow --out to name a folder that already holds a run
-    resume: bool = False  # continue the interrupted run in `out` from its last checkpoint (set by --resume)
+    """Everything a run needs, with a commented default per key. Built directly, by `make_config`
+    (files and flags) or by `medcls.train(**keys)`; invalid values raise ConfigError at once."""
 
-    def data_options(self, readers=None):
-        from medcls.data.cases import DataOptions
+    # --- data: what is read, how it is split and preprocessed ---
+    data: str = option("synthetic", "folder, CSV/TSV manifest, .npz, or 'synthetic' (built-in phantoms)", 'data')
+    format: str = option("auto", 'dataset layout name (see `medcls list datasets`); auto-detected by default', 'data')
+    path_column: str = option("path", 'manifest column holding the image file', 'data')
+    label_column: str = option("label", 'manifest column holding the class', 'data')
+    patient_column: str | None = option(None, "manifest column holding the patient id ('patient_id' if present)", 'data')
+    split_column: str | None = option(None, "manifest column holding train/val/test ('split' if present)", 'data')
+    image_root: str | None = option(None, "folder manifest paths are relative to (default: the manifest's folder)", 'data')
+    patient_from_dicom: bool = option(False, "group images by the DICOM header's PatientID (never printed)", 'data')
+    positive_class: str | None = option(None, 'binary tasks: the class called positive (default: the last name)', 'data')
+    val_fraction: float = option(0.15, 'share of patients held out for validation when the data has no split', 'data')
+    test_fraction: float = option(0.15, 'share of patients held out for testing when the data has no split', 'data')
+    strict: bool = option(False, 'fail on the first unreadable image instead of skipping and listing it', 'data')
+    window: str = option("header", "DICOM intensity window: header, a preset (brain, lung, soft_tissue, ...) or 'centre,width'", 'data')
+    image_size: int = option(224, 'images are resized to image_size x image_size', 'data')
+    volume_size: str = option("64", '3D backbones: the training grid in voxels, one number (a cube) or z,y,x', 'data')
+    slices: int = option(0, '2.5D: a 2D backbone reads volumes slice by slice with this many adjacent slices as channels (odd, e.g. 3); 0: off', 'data')
+    slice_pooling: str = option("mean", '2.5D: per-slice features to one per volume: mean, max or attention', 'data')
+    volume_spacing: str | None = option(None, '3D: resample to this spacing in mm (one number or z,y,x), then centre-crop/pad; None: resize the whole volume', 'data')
+    channels: str = option("auto", "'auto' (1 if every image is greyscale, else 3), '1' or '3'", 'data')
+    # --- model: the backbone and its new head ---
+    backbone: str = option("resnet50", 'any registered backbone (`medcls list backbones`)', 'model')
+    pretrained: bool | None = option(None, 'None: pretrained when the backbone has weights (timm: yes, MONAI 3D: none exist); True fails, never falls back, if they are unavailable', 'model')
+    weights: str | None = option(None, 'a .safetensors file with backbone weights, tried before any source', 'model')
+    dropout: float = option(0.3, 'dropout before the new classification head', 'model')
+    # --- augmentation: what training batches look like ---
+    policy: str = option("interpretable", 'augmentation policy for training batches (`medcls list policies`)', 'augmentation')
+    aug: dict = option(None, "overrides of the policy's parameters, e.g. {rotate_deg: 5}", 'augmentation', factory=dict)
+    laterality_sensitive: bool = option(False, 'left and right differ (chest X-ray): policies that flip left-right are refused', 'augmentation')
+    allow_lr_flip: bool = option(False, 'override that refusal, knowingly', 'augmentation')
+    # --- optimisation: the two-stage recipe and its optimiser ---
+    epochs: int = option(10, 'stage-1 epochs (head only, backbone frozen; all layers if not pretrained)', 'optimisation')
+    lr: float = option(1e-3, 'stage-1 learning rate', 'optimisation')
+    feature_cache: bool = option(True, 'without augmentation, stage 1 trains the head on backbone features computed once', 'optimisation')
+    finetune_epochs: int = option(10, 'stage-2 epochs; 0 turns stage 2 off', 'optimisation')
+    unfreeze_blocks: int = option(2, 'how many top blocks stage 2 unfreezes (-1: all)', 'optimisation')
+    finetune_lr_factor: float = option(0.1, 'stage-2 learning rate = lr x this', 'optimisation')
+    optimizer: str = option("adamw", 'adamw, sgd (momentum, Nesterov) or rmsprop', 'optimisation')
+    momentum: float = option(0.9, 'for sgd and rmsprop', 'optimisation')
+    weight_decay: float = option(1e-4, 'AdamW/SGD/RMSprop weight decay', 'optimisation')
+    schedule: str = option("cosine", 'cosine, step, plateau or none (per stage)', 'optimisation')
+    batch_size: int = option(32, 'images per training step', 'optimisation')
+    class_balance: str = option("weighted_loss", 'weighted_loss, sampler or none', 'optimisation')
+    patience: int = option(5, 'epochs without improvement before a stage stops early (0: never)', 'optimisation')
+    # --- evaluation: early stopping, the operating point, calibration and reporting ---
+    monitor: str = option("roc_auc", 'validation metric for early stopping and the best checkpoint', 'evaluation')
+    threshold_rule: str = option("youden", 'operating point chosen on validation: youden, target_sensitivity, target_specificity, fixed', 'evaluation')
+    target: float = option(0.95, 'the sensitivity or specificity that target_* rules must reach on validation', 'evaluation')
+    threshold: float = option(0.5, "the operating point when threshold_rule is 'fixed'", 'evaluation')
+    calibration: str = option("none", 'none, or temperature (scaling fitted on validation, stored with the model)', 'evaluation')
+    prevalence: float | None = option(None, 'also report PPV and NPV at this deployment prevalence', 'evaluation')
+    patient_level: str | None = option(None, "also score per patient: mean or max of a patient's image scores", 'evaluation')
+    by: str | None = option(None, 'manifest column for a subgroup table (site, sex, scanner, ...)', 'evaluation')
+    bootstrap: int = option(2000, 'bootstrap resamples for intervals (seeded by `seed`)', 'evaluation')
+    # --- run: seeds, devices, caching, ensembles, cross-validation and the run folder ---
+    ensemble: int = option(0, 'train N members (bagging) and report their averaged probabilities beside them; 0: one model', 'run')
+    bagging: bool = option(True, 'ensemble members train on bootstrap resamples of the training patients (else all of them)', 'run')
+    ensemble_backbones: str | None = option(None, 'comma-separated backbones the members cycle through (default: backbone)', 'run')
+    folds: int = option(0, 'cross-validation: K folds by patient, a run per fold and pooled out-of-fold metrics; 0: one split', 'run')
+    seed: int = option(0, 'one seed for splits, initialisation, augmentation and batch order', 'run')
+    split_seed: int | None = option(None, 'a separate seed for the split only (experiments hold the split fixed)', 'run')
+    deterministic: bool = option(False, 'also ask PyTorch for deterministic kernels (slower on GPU)', 'run')
+    device: str = option("auto", 'auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps', 'run')
+    precision: str = option("auto", 'auto (bf16 on CUDA and on CPUs with native bf16 unless depthwise-heavy), fp32, bf16, fp16', 'run')
+    channels_last: bool | None = option(None, 'None: on for 2D convolutional models on CUDA and CPU', 'run')
+    decode_while_training: bool | None = option(None, 'Training starts once its first batches are decoded and the rest decode meanwhile. None: on when training on a GPU (the CPU is free while it computes), off on CPU (decoder and model share the cores: overlapping them only added contention, 0.90x on 100 CT slices).', 'run')
+    cache: str = option("disk", 'disk: decoded images also kept on disk by content (later runs skip decoding); memory', 'run')
+    cache_dir: str | None = option(None, 'the disk cache (default $MEDCLS_CACHE_DIR or ~/.cache/medcls); safe to share', 'run')
+    workers: int = option(-1, 'loader processes; -1: none for batched policies (augmented on the device), else one', 'run')
+    out: str | None = option(None, 'run folder (default runs/<backbone>-<date>-<time>); an existing run is never overwritten', 'run')
+    overwrite: bool = option(False, 'allow --out to name a folder that already holds a run', 'run')
+    resume: bool = option(False, 'continue the interrupted run in `out` from its last checkpoint (set by --resume)', 'run')
 
-        return DataOptions(
-            path_column=self.path_column, label_column=self.label_column,
-            patient_column=self.patient_column, split_column=self.split_column,
-            image_root=self.image_root, patient_from_dicom=self.patient_from_dicom, readers=readers,
-        )
+    def __post_init__(self) -> None:
+        validate(self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def section(self, name: str) -> MappingProxyType:
+        """The keys of one section and their values (read-only), for the layer that needs only them."""
+        if name not in SECTIONS:
+            raise ConfigError(f"unknown config section {name!r}: choose one of {', '.join(SECTIONS)}")
+        return MappingProxyType({k: getattr(self, k) for k, f in FIELDS.items() if f.metadata["section"] == name})
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 CHOICES = {
     "channels": ("auto", "1", "3"),
+    "slice_pooling": ("mean", "max", "attention"),
     "optimizer": ("adamw", "sgd", "rmsprop"),
     "schedule": ("cosine", "step", "plateau", "none"),
     "class_balance": ("weighted_loss", "sampler", "none"),
@@ -117,16 +135,120 @@ CHOICES = {
     "patient_level": ("mean", "max"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "cache": ("disk", "memory"),
-    "slice_pooling": ("mean", "max", "attention"),
 }
+# (low, high, low inclusive, high inclusive); None: unbounded on that side.
+RANGES = {
+    "val_fraction": (0.0, 1.0, True, False),
+    "test_fraction": (0.0, 1.0, True, False),
+    "image_size": (8, 4096, True, True),
+    "slices": (0, 63, True, True),
+    "dropout": (0.0, 1.0, True, False),
+    "epochs": (0, None, True, True),
+    "lr": (0.0, 10.0, False, True),
+    "finetune_epochs": (0, None, True, True),
+    "unfreeze_blocks": (-1, None, True, True),
+    "finetune_lr_factor": (0.0, 100.0, False, True),
+    "momentum": (0.0, 1.0, True, False),
+    "weight_decay": (0.0, 10.0, True, True),
+    "batch_size": (1, 65536, True, True),
+    "patience": (0, None, True, True),
+    "target": (0.0, 1.0, False, False),
+    "threshold": (0.0, 1.0, True, True),
+    "prevalence": (0.0, 1.0, False, False),
+    "bootstrap": (20, 1_000_000, True, True),  # tests use few; reports want 2,000
+    "ensemble": (0, 1000, True, True),
+    "folds": (0, 1000, True, True),
+    "seed": (0, 2**63 - 1, True, True),
+    "split_seed": (0, 2**63 - 1, True, True),
+    "workers": (-1, 1024, True, True),
+}
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def type_error(key: str, value: Any) -> str | None:
+    """Why `value` does not fit the type of `key`, or None."""
+    hint = str(FIELDS[key].type)  # annotations are strings here: "int", "str | None", ...
+    if value is None:
+        return None if "None" in hint else "a value is required"
+    if hint.startswith("bool"):
+        return None if isinstance(value, bool) else "expected true or false"
+    if hint.startswith("int"):
+        return None if isinstance(value, int) and not isinstance(value, bool) else "expected a whole number"
+    if hint.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "expected a number"
+        return None if math.isfinite(value) else "expected a finite number"
+    if hint.startswith("dict"):
+        return None if isinstance(value, dict) else "expected a table of name: value"
+    return None if isinstance(value, str) else "expected text"
+
+
+def validate(config: TrainConfig, where: str = "config") -> None:
+    """Every key's type, choice and range, then the rules that tie keys together."""
+    def fail(key, value, why):
+        raise ConfigError(f"{where}: {key} = {value!r} is invalid: {why}")
+
+    for key in FIELDS:
+        value = getattr(config, key)
+        why = type_error(key, value)
+        if why:
+            fail(key, value, why)
+        if isinstance(value, int) and not isinstance(value, bool) and str(FIELDS[key].type).startswith("float"):
+            setattr(config, key, float(value))
+        if value is None:
+            continue
+        if key in CHOICES and value not in CHOICES[key]:
+            fail(key, value, f"choose one of {', '.join(CHOICES[key])}")
+        if key in RANGES:
+            low, high, low_in, high_in = RANGES[key]
+            if (low is not None and (value < low or (value == low and not low_in))) or \
+                    (high is not None and (value > high or (value == high and not high_in))):
+                fail(key, value, f"must be {'at least' if low_in else 'above'} {low}"
+                     + ("" if high is None else f" and {'at most' if high_in else 'below'} {high}"))
+    if config.val_fraction + config.test_fraction >= 1:
+        raise ConfigError(f"{where}: val_fraction + test_fraction = {config.val_fraction + config.test_fraction:g} "
+                          "leaves no training data: keep their sum below 1")
+    if config.epochs == 0 and config.finetune_epochs == 0:
+        raise ConfigError(f"{where}: epochs = 0 and finetune_epochs = 0 train nothing: give at least one epoch")
+    if config.slices and config.slices % 2 == 0:
+        fail("slices", config.slices, "the number of adjacent slices must be odd (1, 3, 5, ...), or 0 for off")
+    if config.folds == 1:
+        fail("folds", config.folds, "cross-validation needs at least 2 folds (0 turns it off)")
+    if config.ensemble == 1:
+        fail("ensemble", config.ensemble, "an ensemble needs at least 2 members (0 turns it off)")
+    if config.folds and config.ensemble:
+        raise ConfigError(f"{where}: folds and ensemble cannot be combined: choose one")
+    if not DEVICE.match(config.device):
+        fail("device", config.device, "use auto, cpu, cuda, cuda:N or mps")
+    for key in ("volume_size", "volume_spacing"):
+        value = getattr(config, key)
+        if value is None:
+            continue
+        parts = [p.strip() for p in str(value).split(",")]
+        try:
+            numbers = [float(p) for p in parts]
+        except ValueError:
+            numbers = []
+        if len(parts) not in (1, 3) or len(numbers) != len(parts) or not all(math.isfinite(n) and n > 0 for n in numbers):
+            fail(key, value, "give one positive number or three (z,y,x), e.g. 64 or 32,128,128")
+        if key == "volume_size" and not all(n.is_integer() for n in numbers):
+            fail(key, value, "voxel counts are whole numbers")
+    for key, value in config.aug.items():
+        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            raise ConfigError(f"{where}: aug {key} = {value!r} is invalid: policy parameters are numbers "
+                              "(see `medcls list policies -v`)")
 
 
 def read_config_file(path: str | Path) -> dict:
-    """A YAML or TOML file's keys (a top-level [train] table is accepted too)."""
+    """A YAML or TOML file's keys, flat or in sections (a top-level [train] table is accepted too)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text: save it as UTF-8") from None
     try:
         if path.suffix.lower() == ".toml":
             values = tomllib.loads(text)
@@ -140,7 +262,23 @@ def read_config_file(path: str | Path) -> dict:
         raise ConfigError(f"config file '{path}' must hold key: value pairs")
     if set(values) == {"train"} and isinstance(values["train"], dict):
         values = values["train"]
-    return values
+    return flatten_sections(values, f"config file '{path}'")
+
+
+def flatten_sections(values: dict, where: str) -> dict:
+    """`optimisation: {lr: 0.01}` read as `lr: 0.01`; a key in the wrong section is an error."""
+    flat = {}
+    for key, value in values.items():
+        if key in SECTIONS and key not in FIELDS and isinstance(value, dict):
+            for inner, inner_value in value.items():
+                name = str(inner).replace("-", "_")
+                if name in FIELDS and FIELDS[name].metadata["section"] != key:
+                    raise ConfigError(f"{where}: {name!r} belongs to section {FIELDS[name].metadata['section']!r}, "
+                                      f"not {key!r}")
+                flat[inner] = inner_value
+        else:
+            flat[key] = value
+    return flat
 
 
 def make_config(file_values: dict | None = None, overrides: dict | None = None, *, where: str = "config") -> TrainConfig:
@@ -148,19 +286,21 @@ def make_config(file_values: dict | None = None, overrides: dict | None = None, 
     values = {}
     for source, given in ((where, file_values or {}), ("flags", overrides or {})):
         for key, value in given.items():
-            key = key.replace("-", "_")
+            key = str(key).replace("-", "_")
             if key not in FIELDS:
                 close = difflib.get_close_matches(key, FIELDS, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ConfigError(f"{source}: unknown key {key!r}{hint}; see `medcls train --help` for the keys")
+                raise ConfigError(f"{source}: unknown key {key!r}{hint}; `medcls config` lists the keys")
             values[key] = coerce(key, value, source)
     return TrainConfig(**values)
 
 
 def coerce(key: str, value: Any, source: str) -> Any:
-    hint = str(FIELDS[key].type)  # annotations are strings here: "int", "str | None", ...
+    """A value from a file or a flag (text, YAML scalars) in the key's type, with a clear error."""
+    hint = str(FIELDS[key].type)
     try:
-        if value is None:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~")
+                             and "None" in hint):
             if "None" not in hint:
                 raise ValueError("a value is required")
             return None
@@ -170,23 +310,44 @@ def coerce(key: str, value: Any, source: str) -> Any:
                 if lowered not in ("true", "false", "1", "0", "yes", "no"):
                     raise ValueError("expected true or false")
                 return lowered in ("true", "1", "yes")
-            return bool(value)
+            if isinstance(value, bool) or value in (0, 1):
+                return bool(value)
+            raise ValueError("expected true or false")
         if hint.startswith("int"):
+            if isinstance(value, bool):
+                raise ValueError("expected a whole number")
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError("expected a whole number")
             return int(value)
         if hint.startswith("float"):
-            return float(value)
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError("expected a finite number")
+            return number
         if hint.startswith("dict"):
             if not isinstance(value, dict):
                 raise ValueError("expected a table of name: value")
             return dict(value)
+        if isinstance(value, (dict, list)):
+            raise ValueError("expected text")
         value = str(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ConfigError(f"{source}: {key} = {value!r} is invalid: {exc}") from None
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"{source}: {key} = {value!r} is invalid: choose one of {', '.join(CHOICES[key])}")
     return value
+
+
+def describe_keys() -> list[dict]:
+    """Every key with its section, type, default and meaning (`medcls config` prints them)."""
+    rows = []
+    for name, f in FIELDS.items():
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        rows.append({"key": name, "section": f.metadata["section"], "type": str(f.type), "default": default,
+                     "help": f.metadata["help"], "choices": CHOICES.get(name)})
+    return rows
 
 
 def save_config(config: TrainConfig, path: Path) -> None:

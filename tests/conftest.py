@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medcls.plugins import get_plugin_manager
-from medcls.registry import Registries
+from medcls.plugins.manager import get_plugin_manager
+from medcls.plugins.registry import Registries
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 
 from medcls.errors import ConfigError, DataError
-from medcls.evaluation.assess import aggregate_patients, assess, check_probabilities
-from medcls.evaluation.bootstrap import (bootstrap_binary, bootstrap_loop, bootstrap_multiclass,
+from medcls.stats.assess import aggregate_patients, assess, check_probabilities
+from medcls.stats.bootstrap import (bootstrap_binary, bootstrap_loop, bootstrap_multiclass,
                                          resample_weights)
-from medcls.evaluation.calibration import apply_temperature, calibration_slope_intercept, fit_temperature
-from medcls.evaluation.intervals import delong_auc_variance
-from medcls.evaluation.operating_points import choose_threshold, net_benefit, predictive_values
+from medcls.stats.calibration import apply_temperature, calibration_slope_intercept, fit_temperature
+from medcls.stats.intervals import delong_auc_variance
+from medcls.stats.operating_points import choose_threshold, net_benefit, predictive_values
 
 
 def binary_data(n=300, seed=0):

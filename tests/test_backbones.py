@@ -4,16 +4,16 @@ greyscale and colour; fine-tuning unfreezes exactly the top blocks."""
 import pytest
 import torch
 
-from medcls.models import build_classifier
-from medcls.plugins import get_plugin_manager
-from medcls.registry import Registries
+from medcls.core.models import build_classifier
+from medcls.plugins.manager import get_plugin_manager
+from medcls.plugins.registry import Registries
 
 REGISTRY = Registries(get_plugin_manager())["backbones"]
 # timm registers ~1,300 architectures; one per family keeps this suite fast while covering every
 # way a backbone can be built (CNN, depthwise, dense, transformer, hybrid).
 TIMM_FAMILIES = ["resnet18", "resnet50", "efficientnet_lite0", "densenet121", "mobilenetv3_small_100",
                  "convnext_atto", "vit_tiny_patch16_224", "test_efficientnet", "test_vit"]
-NON_TIMM = sorted(e.name for e in REGISTRY if e.plugin != "medcls.builtin.backbones")
+NON_TIMM = sorted(e.name for e in REGISTRY if e.plugin != "medcls.plugins.builtin.backbones")
 
 
 @pytest.mark.parametrize("name", TIMM_FAMILIES + NON_TIMM)

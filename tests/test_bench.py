@@ -1,13 +1,21 @@
-"""`medcls bench` runs every comparison end to end (tiny settings) and refuses bad input in one line."""
+"""The benchmark harness (benchmarks/harness.py) runs every comparison end to end (tiny settings)
+and refuses bad input in one line."""
 
 import json
 
-from tests.test_cli import assert_one_line_error, run
+from click.testing import CliRunner
+
+from benchmarks.harness import bench
+from tests.test_cli import assert_one_line_error
+
+
+def run(*args):
+    return CliRunner().invoke(bench, list(args))
 
 
 def test_bench_writes_every_figure_and_the_table(tmp_path):
     out = tmp_path / "bench.json"
-    result = run("bench", "--limit", "16", "--image-size", "32", "--batch-size", "8", "--rounds", "1",
+    result = run("--limit", "16", "--image-size", "32", "--batch-size", "8", "--rounds", "1",
                  "--steps", "1", "--json", str(out))
     assert result.exit_code == 0, result.output
     figures = json.loads(out.read_text())
@@ -19,4 +27,4 @@ def test_bench_writes_every_figure_and_the_table(tmp_path):
 
 
 def test_bench_compresses_only_dicom(tmp_path):
-    assert_one_line_error(run("bench", "--limit", "2", "--compress", "rle"), "--compress applies to DICOM")
+    assert_one_line_error(run("--limit", "2", "--compress", "rle"), "--compress applies to DICOM")

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from medcls.cli import cli
-from medcls.evaluation.compare import mcnemar, paired_delong
+from medcls.stats.intervals import mcnemar, paired_delong
 from tests.test_training import FAST
 
 

@@ -170,7 +170,7 @@ def test_the_announced_epoch_order_is_the_one_shuffling_would_draw():
     generator's state: runs and resumed runs stay the same."""
     from torch.utils.data import DataLoader, RandomSampler
 
-    from medcls.training import AnnouncedOrder
+    from medcls.core.loader import AnnouncedOrder
 
     items = list(range(50))
     plain_generator, generator = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
@@ -188,16 +188,16 @@ def test_the_announced_epoch_order_is_the_one_shuffling_would_draw():
 @pytest.mark.parametrize("setting, expected", [(None, False), ("true", True), ("false", False)])
 def test_decoding_while_training_is_off_by_default_on_cpu(monkeypatch, tmp_path, setting, expected):
     """On CPU decoder and model share the cores (measured: overlapping them is slower)."""
-    import medcls.training
+    import medcls.workflows.train
 
     asked = []
-    prepare = medcls.training.prepare_data
+    prepare = medcls.workflows.train.prepare_data
 
     def recording(config, registries, **options):
         asked.append(options.get("background"))
         return prepare(config, registries, **options)
 
-    monkeypatch.setattr(medcls.training, "prepare_data", recording)
+    monkeypatch.setattr(medcls.workflows.train, "prepare_data", recording)
     args = ["train", "--backbone", "test_resnet", "--no-pretrained", "--epochs", "1", "--finetune-epochs", "0",
             "--image-size", "32", "--device", "cpu", "--set", "bootstrap=50", "--out", str(tmp_path / "run")]
     result = CliRunner().invoke(cli, args + (["--set", f"decode_while_training={setting}"] if setting else []))

@@ -32,7 +32,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 
 def test_options_that_cannot_shard_are_refused():
     from medcls.config import make_config
-    from medcls.distributed import Distributed, check_config
+    from medcls.core.distributed import Distributed, check_config
     from medcls.errors import ConfigError
 
     two = Distributed(rank=0, world=2)
@@ -44,7 +44,7 @@ def test_options_that_cannot_shard_are_refused():
 
 
 def test_devices_is_removed_from_the_command_torchrun_runs():
-    from medcls.distributed import without_option
+    from medcls.core.distributed import without_option
 
     argv = ["train", "--devices", "2", "--data", "x", "--devices=4", "--epochs", "1"]
     assert without_option(argv, "--devices") == ["train", "--data", "x", "--epochs", "1"]

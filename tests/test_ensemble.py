@@ -9,7 +9,8 @@ from click.testing import CliRunner
 from torch import nn
 
 from medcls.cli import cli
-from medcls.ensemble import Ensemble, bootstrap_rows
+from medcls.core.models import Ensemble
+from medcls.workflows.ensemble import bootstrap_rows
 
 
 def test_bagging_draws_whole_patients_with_replacement():

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from medcls.errors import ConfigError
-from medcls.execution import Execution, choose_execution, has_depthwise_convolutions
+from medcls.core.execution import Execution, choose_execution, has_depthwise_convolutions
 
 CPU = torch.device("cpu")
 
@@ -34,7 +34,7 @@ def test_models_without_2d_convolutions_keep_their_layout():
 
 
 def test_bf16_on_cpu_only_with_native_support_and_never_for_depthwise_models(monkeypatch):
-    import medcls.execution as execution
+    import medcls.core.execution as execution
 
     monkeypatch.setattr(execution, "cpu_has_bf16", lambda: True)
     assert choose_execution(CPU, plain_cnn()).dtype == torch.bfloat16
@@ -67,7 +67,7 @@ def test_a_bf16_channels_last_step_trains_like_fp32():
 
 
 def test_tune_process_leaves_a_core_per_loader_worker(monkeypatch):
-    import medcls.execution as execution
+    import medcls.core.execution as execution
 
     before = torch.get_num_threads()
     monkeypatch.setattr(execution, "_TUNED", False)
@@ -83,7 +83,7 @@ def test_tune_process_leaves_a_core_per_loader_worker(monkeypatch):
 
 def test_a_diverging_loss_stops_training_with_the_fix():
     from medcls.config import make_config
-    from medcls.engine import Stage, fit
+    from medcls.core.engine import Stage, fit
     from medcls.errors import TrainingDiverged
 
     class Model(nn.Module):
@@ -100,4 +100,5 @@ def test_a_diverging_loss_stops_training_with_the_fix():
     loader = [(torch.rand(4, 4), torch.tensor([0, 1, 0, 1]))]
     with pytest.raises(TrainingDiverged, match=r"loss is nan in epoch 1 \(scratch\); lower the learning rate"):
         fit(Model(), [Stage("scratch", 2, 1e-3, -1)], train_loader=loader, evaluate_val=lambda: (0.0, {}, 0.0),
-            loss_fn=lambda logits, y: logits.sum() * float("nan"), execution=Execution(CPU), config=make_config())
+            loss_fn=lambda logits, y: logits.sum() * float("nan"), execution=Execution(CPU),
+            optimisation=make_config().section("optimisation"))

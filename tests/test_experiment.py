@@ -6,7 +6,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from medcls.cli import cli
-from medcls.experiment import FINETUNE, exceeds_spread, settings_for
+from medcls.workflows.experiment import FINETUNE, exceeds_spread, settings_for
 
 
 def test_finetune_settings():
@@ -37,7 +37,7 @@ def test_experiment_holds_the_split_fixed(tmp_path):
     assert len(set(split_files)) == 1  # every run saw the same train/val/test cases
     assert (out / "experiment.png").is_file() and "beyond seed spread" in (out / "experiment.md").read_text()
     assert "| aggressive |" in result.stdout
-    from medcls.experiment import rewrite_from_csv
+    from medcls.workflows.experiment import rewrite_from_csv
 
     table = (out / "experiment.md").read_text()
     (out / "experiment.md").unlink()

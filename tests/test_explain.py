@@ -5,7 +5,7 @@ import torch
 from click.testing import CliRunner
 
 from medcls.cli import cli
-from medcls.explain import unit_range
+from medcls.workflows.explain import unit_range
 from tests.test_cli import assert_one_line_error
 
 

@@ -27,7 +27,7 @@ def runs(tmp_path_factory):
 
 
 def pytorch_probs(run, images, registries):
-    from medcls.runs import load_model
+    from medcls.core.runs import load_model
 
     model, _ = load_model(run, registries)
     with torch.no_grad():

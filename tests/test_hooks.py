@@ -6,9 +6,9 @@ import torch
 
 import medcls
 from medcls.errors import WeightsUnavailableError
-from medcls.models import build_classifier
-from medcls.plugins import get_plugin_manager, register_plugin
-from medcls.registry import Registries
+from medcls.core.models import build_classifier
+from medcls.plugins.manager import get_plugin_manager, register_plugin
+from medcls.plugins.registry import Registries
 
 
 def registries_with(plugin):
@@ -92,7 +92,7 @@ class MetricPlugin:
 
 
 def test_medcls_register_metrics_appear_in_results():
-    from medcls.evaluation.assess import split_results
+    from medcls.stats.assess import split_results
 
     metrics = list(registries_with(MetricPlugin)["metrics"])
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])

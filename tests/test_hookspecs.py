@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from medcls import hookspecs
-from medcls.registry import KINDS
+from medcls.plugins import hookspecs
+from medcls.plugins.registry import KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = sorted(name for name in dir(hookspecs) if name.startswith("medcls_"))

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
-from medcls.evaluation import metrics as m
-from medcls.evaluation.intervals import delong_auc_variance, delong_interval, wilson
+from medcls.stats import metrics as m
+from medcls.stats.intervals import delong_auc_variance, delong_interval, wilson
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_every_registered_metric_on_binary_and_multiclass(registries):
     (0.99, 0.55, 0.99, "Validation and test disagree"),
 ])
 def test_gap_reading(train, val, test, expected):
-    from medcls.evaluation.report import read_gap
+    from medcls.reports.report import read_gap
 
     split = lambda auc, n: {"roc_auc": auc, "accuracy": auc, "loss": 0.3, "n": n}  # noqa: E731
     assert expected in read_gap(split(train, 100), split(val, 40), split(test, 40))

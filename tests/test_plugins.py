@@ -7,8 +7,8 @@ from click.testing import CliRunner
 
 from medcls.cli import cli
 from medcls.errors import PluginError
-from medcls.plugins import DEFAULT_PLUGINS, describe_plugins, get_plugin_manager
-from medcls.registry import Registries
+from medcls.plugins.manager import DEFAULT_PLUGINS, describe_plugins, get_plugin_manager
+from medcls.plugins.registry import Registries
 
 GOOD = """
 import medcls
@@ -37,7 +37,7 @@ def medcls_register_metrics(register):
 def test_builtins_register_through_the_same_hooks(pm):
     names = [name for name, _ in pm.list_name_plugin()]
     assert set(DEFAULT_PLUGINS) <= set(names)
-    assert Registries(pm)["metrics"].get("roc_auc").plugin == "medcls.builtin.metrics"
+    assert Registries(pm)["metrics"].get("roc_auc").plugin == "medcls.plugins.builtin.metrics"
 
 
 def test_good_plugin_is_loaded_and_attributed(make_distribution):
@@ -92,7 +92,7 @@ def test_duplicate_name_names_both_plugins(make_distribution):
     with pytest.raises(PluginError) as excinfo:
         Registries(get_plugin_manager())["metrics"]
     message = str(excinfo.value)
-    assert "'roc_auc'" in message and "medcls.builtin.metrics" in message and "fake_dup" in message
+    assert "'roc_auc'" in message and "medcls.plugins.builtin.metrics" in message and "fake_dup" in message
 
 
 def test_duplicate_is_a_one_line_cli_error(make_distribution):

@@ -6,9 +6,9 @@ import torch
 
 from medcls.config import make_config
 from medcls.errors import ConfigError
-from medcls.plugins import get_plugin_manager
-from medcls.registry import Registries
-from medcls.training import make_policy
+from medcls.plugins.manager import get_plugin_manager
+from medcls.plugins.registry import Registries
+from medcls.core.augment import make_policy
 
 POLICIES = sorted(e.name for e in Registries(get_plugin_manager())["policies"])
 
@@ -93,7 +93,7 @@ class ConstantImages(torch.utils.data.Dataset):
 def test_loader_workers_get_different_augmentation_streams(registries):
     from functools import partial
 
-    from medcls.training import seed_worker
+    from medcls.core.loader import seed_worker
 
     transform = policy(registries, "aggressive", seed=0, rotate_deg=0, shift=0, shear=0, zoom=0, lr_flip=0,
                        ud_flip=0, brightness=0.5)
@@ -140,7 +140,7 @@ def test_preview_png(tmp_path):
 
 
 def test_preview_of_a_volume_shows_the_middle_slice():
-    from medcls.augment import middle_slice
+    from medcls.reports.plots import middle_slice
 
     volume = torch.zeros(1, 9, 8, 8)
     volume[:, 4] = 1.0
@@ -158,7 +158,7 @@ def test_built_in_policies_augment_whole_batches_repeatably(registries):
 
 def test_batched_policies_run_in_the_loop_and_per_image_ones_in_a_worker(registries):
     from medcls.data.prepared import prepare_data
-    from medcls.training import TrainingImages, loader_workers
+    from medcls.core.loader import TrainingImages, loader_workers
 
     config = make_config({"image_size": 32, "policy": "aggressive"})
     data = prepare_data(config, registries)

@@ -210,8 +210,9 @@ def test_stage_one_on_cached_features_gives_the_same_results(tmp_path):
 
 def test_features_are_not_cached_when_augmenting_or_stochastic(registries):
     from medcls.config import make_config
-    from medcls.models import build_classifier
-    from medcls.training import can_cache_features, make_policy
+    from medcls.core.models import build_classifier
+    from medcls.core.augment import make_policy
+    from medcls.core.loader import can_cache_features
 
     model, _ = build_classifier(registries, "resnet18", 2, 1, 0.3, pretrained=False)
     none, _ = make_policy(make_config({"policy": "none"}), registries)

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from medcls.cli import cli
 from medcls.errors import ConfigError
-from medcls.tta import views
+from medcls.core.tta import views
 
 
 def test_ten_crops_are_four_corners_and_the_centre_plus_their_mirrors():

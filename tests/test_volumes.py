@@ -174,7 +174,7 @@ def test_folder_of_series_and_volumes_becomes_one_case_each(registries, tmp_path
 
 def test_3d_policies_augment_volume_batches(registries):
     from medcls.config import make_config
-    from medcls.training import make_policy
+    from medcls.core.augment import make_policy
 
     volumes = torch.rand(3, 1, 8, 16, 16)
     for name in ("interpretable", "aggressive"):
@@ -228,7 +228,7 @@ def test_ct_series_is_rescaled_to_hounsfield_units_after_cropping(tmp_path):
 
 
 def test_2d_backbone_reads_volumes_slice_by_slice(registries):
-    from medcls.models import build_classifier
+    from medcls.core.models import build_classifier
 
     model, _ = build_classifier(registries, "test_resnet", 2, 1, 0.0, False, slices=3, slice_pooling="attention")
     assert model.backbone.spatial_dims == 3 and model.mean.shape == (1, 1, 1, 1, 1)
@@ -247,7 +247,7 @@ def test_2d_backbone_reads_volumes_slice_by_slice(registries):
 ])
 def test_bad_slice_settings_are_refused(registries, backbone, slices, message):
     from medcls.errors import ConfigError
-    from medcls.models import build_classifier
+    from medcls.core.models import build_classifier
 
     with pytest.raises(ConfigError, match=message):
         build_classifier(registries, backbone, 2, 1, 0.0, False, slices=slices)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medcls.data.cases import Case, ReaderTable
+from medcls.data.cases import Case, DataOptions, ReaderTable
 from medcls.errors import DataError
 
 
@@ -36,13 +36,22 @@ def training_grid(config, registries):
     return make_grid(config.volume_size, config.volume_spacing, config.window)
 
 
+def data_options(config, readers=None) -> DataOptions:
+    """How a layout reads `config.data`: the run configuration's data keys."""
+    return DataOptions(
+        path_column=config.path_column, label_column=config.label_column,
+        patient_column=config.patient_column, split_column=config.split_column,
+        image_root=config.image_root, patient_from_dicom=config.patient_from_dicom, readers=readers,
+    )
+
+
 def load_cases(config, registries) -> tuple[list[Case], str, ReaderTable]:
     """The cases of `config.data` with their layout's name, and the reader table used for files."""
     readers = ReaderTable(registries["readers"], {"window": config.window, "size": config.image_size},
                           dims=spatial_dims(config, registries))
     source = str(config.data)
     name = detect_format(source, registries["datasets"]) if config.format == "auto" else config.format
-    options = config.data_options(readers)
+    options = data_options(config, readers)
     cases = registries["datasets"].get(name).obj(source, options)
     if not cases:
         raise DataError(f"data source '{source}' holds no images")

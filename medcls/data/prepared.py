@@ -36,6 +36,10 @@ class PreparedData:
         kept = self.cache.kept
         return np.flatnonzero(self.splits[kept] == split) if split else np.arange(len(kept))
 
+    def keys(self, rows: np.ndarray) -> list[str]:
+        """Each image's key (its file, or 'source#split/index' for arrays)."""
+        return [self.cases[i].key for i in self.cache.kept[rows]]
+
     def cache_labels(self, rows: np.ndarray) -> np.ndarray:
         return self.labels[self.cache.kept[rows]]
 

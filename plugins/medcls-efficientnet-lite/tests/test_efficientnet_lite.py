@@ -5,8 +5,8 @@ import torch
 
 import medcls_efficientnet_lite as plugin
 from medcls.errors import WeightsUnavailableError
-from medcls.plugins import get_plugin_manager
-from medcls.registry import Registries
+from medcls.plugins.manager import get_plugin_manager
+from medcls.plugins.registry import Registries
 
 
 def test_registered_through_entry_point():

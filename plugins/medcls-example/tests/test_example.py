@@ -4,8 +4,8 @@ import numpy as np
 import torch
 
 import medcls_example
-from medcls.plugins import get_plugin_manager
-from medcls.registry import Registries
+from medcls.plugins.manager import get_plugin_manager
+from medcls.plugins.registry import Registries
 
 
 def test_plugin_registers_backbone_and_metric():

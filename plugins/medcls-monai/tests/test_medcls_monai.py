@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import medcls_monai
-from medcls.plugins import get_plugin_manager
-from medcls.registry import Registries
+from medcls.plugins.manager import get_plugin_manager
+from medcls.plugins.registry import Registries
 
 
 def test_networks_register_as_3d_backbones_without_pretrained_weights():

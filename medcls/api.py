@@ -1,0 +1,485 @@
+"""The public Python API: train from a notebook, get a `Run` back, predict, evaluate, export, explain.
+
+    import medcls
+    run = medcls.train(images=x, labels=y, backbone="efficientnet_lite0", epochs=3)
+    run.metrics.test.roc_auc          # Estimate(value=0.93, low=0.85, high=0.97, method='DeLong')
+    probs = run.predict(new_images)   # (N, K) calibrated probabilities
+    again = medcls.load_run(run.path)
+
+Every CLI command is a thin call of what this module offers; it adds no behaviour of its own.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from medcls.config import TrainConfig, make_config, read_config_file  # noqa: F401  (public)
+from medcls.errors import ConfigError, DataError
+from medcls.plugins.manager import get_plugin_manager, register_in_process
+from medcls.plugins.registry import Registries
+
+# --- typed results ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A figure with its 95 % interval and how the interval was computed."""
+
+    value: float
+    low: float | None = None
+    high: float | None = None
+    method: str | None = None
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec or ".3f")
+
+    def __str__(self) -> str:
+        if self.low is None or self.high is None:
+            return f"{self.value:.3f}"
+        return f"{self.value:.3f} ({self.low:.3f}-{self.high:.3f})"
+
+
+class SplitMetrics(Mapping):
+    """One split's figures by name (`m["roc_auc"]` or `m.roc_auc`), each an Estimate; `n` cases."""
+
+    def __init__(self, values: dict, intervals: dict | None = None) -> None:
+        intervals = intervals or {}
+        self.n = int(values.get("n", 0))
+        self._figures = {}
+        for name, value in values.items():
+            if name == "n" or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            interval = intervals.get(name) or {}
+            self._figures[name] = Estimate(float(value), interval.get("low"), interval.get("high"),
+                                           interval.get("method"))
+
+    def __getitem__(self, name: str) -> Estimate:
+        return self._figures[name]
+
+    def __getattr__(self, name: str) -> Estimate:
+        try:
+            return self._figures[name]
+        except KeyError:
+            raise AttributeError(f"no metric {name!r}; available: {', '.join(self._figures)}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._figures)
+
+    def __len__(self) -> int:
+        return len(self._figures)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={self._figures[k]}" for k in ("roc_auc", "sensitivity", "specificity")
+                          if k in self._figures)
+        return f"SplitMetrics(n={self.n}, {shown})"
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """Train, validation and test figures of a run, scored the same way, and the gap between them."""
+
+    train: SplitMetrics
+    val: SplitMetrics
+    test: SplitMetrics
+    gap: dict  # train minus test, per metric
+    threshold: float | None
+    reading: str
+
+    @classmethod
+    def from_json(cls, payload: dict) -> "RunMetrics":
+        intervals = payload.get("intervals", {})
+        splits = {s: SplitMetrics(payload.get(s, {}), intervals.get(s)) for s in ("train", "val", "test")}
+        return cls(**splits, gap=dict(payload.get("gap", {})), threshold=payload.get("threshold"),
+                   reading=payload.get("reading", ""))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """`Run.evaluate`: the cases scored, their figures, and the folder with the report."""
+
+    split: str
+    metrics: SplitMetrics
+    path: Path
+
+    @property
+    def n(self) -> int:
+        return self.metrics.n
+
+
+# --- plugins and registries ------------------------------------------------------------------
+
+
+def make_registries() -> Registries:
+    """Everything registered by the built-ins, installed plugins and `register_plugin` calls."""
+    return Registries(get_plugin_manager())
+
+
+def register_plugin(plugin: object, name: str | None = None) -> None:
+    """Register an in-process plugin (a module or object with `@medcls.hookimpl` functions), e.g. a
+    backbone defined in a notebook; every later call of medcls in this process sees it."""
+    register_in_process(plugin, name)
+
+
+def list_backbones(pattern: str | None = None) -> list[str]:
+    """Registered backbone names, optionally filtered by a glob (`'convnext*'`) or a substring."""
+    return [entry.name for entry in make_registries()["backbones"].matching(pattern)]
+
+
+def create_classifier(backbone: str, num_classes: int, *, in_chans: int = 3, pretrained: bool = False,
+                      dropout: float = 0.0, weights: str | None = None, slices: int = 0):
+    """A medcls classifier (backbone, input normalisation, dropout, new head) like
+    `timm.create_model`: it takes images in [0, 1] and returns class logits. Pretrained weights are
+    never replaced by random ones silently: unavailable weights raise WeightsUnavailableError."""
+    from medcls.core.models import build_classifier
+
+    if num_classes < 2:
+        raise ConfigError(f"num_classes = {num_classes}: a classifier needs at least 2 classes")
+    model, _ = build_classifier(make_registries(), backbone, num_classes, in_chans, dropout, pretrained, weights, slices)
+    return model
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+def train(data: str | os.PathLike | None = None, *, images=None, labels=None, patients=None, split=None,
+          config: TrainConfig | str | os.PathLike | None = None, progress=None, **keys: Any) -> "Run | None":
+    """Train a run and return it.
+
+    `data`: a folder (a sub-folder per class), a CSV manifest, an .npz, or "synthetic"; or, instead,
+    in-memory `images` (numpy or torch: (N, H, W), (N, H, W, C), (N, C, H, W), or volumes
+    (N, D, H, W) for a 3D backbone; uint8 or floats in [0, 1]) with `labels` and optionally
+    `patients` (grouped into one split each) and `split` (train/val/test per image). `config`: a YAML
+    or TOML file, or a TrainConfig; every config key can be given as a keyword (`backbone="resnet18",
+    epochs=3`) and is checked as the CLI checks it. Without `out` the run lives in a temporary folder
+    that disappears with the Run object; give `out=` to keep it. `progress(stage, epoch)` may return
+    a per-epoch progress callback (the CLI's bars). Under torchrun, processes other than rank 0
+    return None (rank 0 writes the run).
+    """
+    from medcls.data.arrays import array_cases, remember
+    from medcls.data.loading import spatial_dims
+    from medcls.workflows.ensemble import train_ensemble
+    from medcls.workflows.train import train as train_run
+
+    if images is not None and data is not None:
+        raise ConfigError("give either data (a path or 'synthetic') or images with labels, not both")
+    if images is None and (labels is not None or patients is not None or split is not None):
+        raise ConfigError("labels, patients and split go with images=: give the images too")
+    overrides = dict(keys)
+    if data is not None:
+        overrides["data"] = str(data)
+    scratch = None
+    if overrides.get("out") is None and (not isinstance(config, TrainConfig) or config.out is None):
+        scratch = tempfile.TemporaryDirectory(prefix="medcls-run-")
+        overrides["out"] = str(Path(scratch.name) / "run")
+    chosen = configure(config, overrides, where="medcls.train")
+    found = make_registries()
+    if images is not None:
+        if labels is None:
+            raise ConfigError("images= needs labels=: one class label per image")
+        volumes = spatial_dims(chosen, found) == 3
+        chosen = dataclasses.replace(chosen, data=remember(
+            array_cases(images, labels, patients=patients, split=split, volumes=volumes)))
+    if chosen.folds:
+        raise ConfigError("cross-validation trains a model per fold, not one Run: call "
+                          "medcls.cross_validate(..., folds=K) (or `medcls train --folds K`)")
+    if chosen.ensemble:
+        summary = train_ensemble(chosen, found, progress_factory=progress)
+    else:
+        summary = train_run(chosen, found, progress_factory=progress)
+    if "out" not in summary:
+        return None  # a DDP process other than rank 0
+    return load_run(summary["out"], registries=found, _scratch=scratch)
+
+
+def resume(run: str | os.PathLike, *, progress=None) -> "Run | None":
+    """Continue an interrupted run (its folder) from its last checkpoint, with its own settings;
+    it ends where the uninterrupted run would have."""
+    from medcls.workflows.train import resume_config
+
+    return train(config=resume_config(run), progress=progress)
+
+
+def configure(config: TrainConfig | str | os.PathLike | None, overrides: dict, *, where: str) -> TrainConfig:
+    """A TrainConfig from a file or another TrainConfig, with keyword overrides, checked."""
+    if isinstance(config, TrainConfig):
+        return make_config(config.to_dict(), overrides, where=where)
+    file_values = read_config_file(config) if config is not None else {}
+    return make_config(file_values, overrides, where=f"config file '{config}'" if config else where)
+
+
+def cross_validate(data: str | os.PathLike | None = None, *, images=None, labels=None, patients=None,
+                   config: TrainConfig | str | os.PathLike | None = None, progress=None, **keys: Any) -> dict:
+    """K-fold cross-validation grouped by patient (`folds`, default 5): a run per fold under `out`,
+    and a dict with each fold's figures and the pooled out-of-fold figures with intervals."""
+    from medcls.data.arrays import array_cases, remember
+    from medcls.data.loading import spatial_dims
+    from medcls.workflows.crossval import cross_validate as run_folds
+
+    overrides = dict(keys)
+    if data is not None:
+        overrides["data"] = str(data)
+    chosen = configure(config, overrides, where="medcls.cross_validate")
+    if not chosen.folds:
+        chosen = dataclasses.replace(chosen, folds=5)
+    found = make_registries()
+    if images is not None:
+        volumes = spatial_dims(chosen, found) == 3
+        chosen = dataclasses.replace(chosen, data=remember(array_cases(images, labels, patients=patients,
+                                                                       volumes=volumes)))
+    return run_folds(chosen, found, progress_factory=progress)
+
+
+def experiment(vary: str, seeds: list[int], *, out: str | os.PathLike = "runs/experiment",
+               config: TrainConfig | str | os.PathLike | None = None, **keys: Any) -> dict:
+    """Vary one setting (`"policy=none,interpretable,aggressive"`, `"finetune=scratch,frozen,top,all"`)
+    with everything else fixed and the split held, repeat over `seeds`, and tabulate test results
+    (experiment.csv, experiment.md, experiment.png in `out`)."""
+    from medcls.workflows.experiment import parse_vary, run_experiment
+
+    key, values = parse_vary(vary)
+    chosen = configure(config, keys, where="medcls.experiment")
+    return run_experiment(chosen, key, values, list(seeds), make_registries(), out=Path(out))
+
+
+def compare(run_a: str | os.PathLike, run_b: str | os.PathLike, *, data: str | None = None,
+            split: str | None = None) -> dict:
+    """Two runs on the same cases: paired DeLong for ROC AUC, exact McNemar for sensitivity and
+    specificity; refuses when the cases differ."""
+    from medcls.workflows.compare import compare_runs
+
+    return compare_runs(run_a, run_b, make_registries(), data=data, split=split)
+
+
+def preview_policy(policy: str, out: str | os.PathLike, *, data: str = "synthetic", count: int = 8, views: int = 6,
+                   **keys: Any) -> tuple[int, int]:
+    """A PNG grid of `count` real images, each beside `views` augmented versions; returns its size."""
+    from medcls.workflows.preview import preview
+
+    chosen = make_config(overrides={**keys, "policy": policy, "data": data}, where="medcls.preview_policy")
+    return preview(chosen, make_registries(), count=count, views=views, out=Path(out))
+
+
+def registered(kind: str, pattern: str | None = None) -> list:
+    """What plugins registered of one kind (backbones, policies, metrics, datasets, readers,
+    weights), optionally matching a pattern: entries with name, plugin, description, metadata."""
+    from medcls.plugins.registry import KINDS
+
+    if kind not in KINDS:
+        raise ConfigError(f"unknown kind {kind!r}: choose one of {', '.join(KINDS)}")
+    return make_registries()[kind].matching(pattern)
+
+
+def plugins(include_builtin: bool = False) -> list[dict]:
+    """Installed plugins (and with include_builtin the built-in ones): name, version, hooks, error."""
+    from medcls.plugins.manager import describe_plugins
+
+    return describe_plugins(get_plugin_manager(), include_builtin=include_builtin)
+
+
+def plugin_load_errors() -> list[str]:
+    """One line per installed plugin that failed to load (it is disabled; the rest work)."""
+    return [error.one_line() for error in get_plugin_manager().load_errors]
+
+
+def config_keys() -> list[dict]:
+    """Every config key with its section, type, default and one-line meaning."""
+    from medcls.config import describe_keys
+
+    return describe_keys()
+
+
+# --- a finished run ----------------------------------------------------------------------------
+
+
+def load_run(path: str | os.PathLike, *, device: str = "auto", registries: Registries | None = None,
+             _scratch=None) -> "Run":
+    """A finished run folder (from `medcls train` or `medcls.train(out=...)`) as a Run."""
+    from medcls.core.runs import load_model
+
+    path = Path(path)
+    found = registries or make_registries()
+    model, info = load_model(path, found)
+    return Run(path, model, info, found, device=device, scratch=_scratch)
+
+
+class Run:
+    """A trained model with everything it was trained with: `.model` (an nn.Module taking images in
+    [0, 1] and returning logits), `.classes`, `.positive_class`, `.threshold`, `.temperature`,
+    `.metrics`, `.history`, `.config`, `.path`; and what can be done with it: `.predict`, `.decide`,
+    `.evaluate`, `.export`, `.explain`."""
+
+    def __init__(self, path: Path, model, info: dict, found: Registries, *, device: str = "auto",
+                 scratch=None) -> None:
+        self.path, self.model, self.info, self.registries = Path(path), model, info, found
+        self.device = device
+        self._scratch = scratch  # a temporary run folder lives as long as the Run
+        self._predictor = None
+
+    def __repr__(self) -> str:
+        test = self.metrics.test
+        shown = f", test ROC AUC {test['roc_auc']}" if "roc_auc" in test else ""
+        return f"Run({str(self.path)!r}, backbone={self.info['backbone']!r}, classes={self.classes}{shown})"
+
+    # what the run is
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.info["classes"])
+
+    @property
+    def positive_class(self) -> str | None:
+        return self.info.get("positive_class")
+
+    @property
+    def threshold(self) -> float | None:
+        return self.info.get("threshold")
+
+    @property
+    def temperature(self) -> float | None:
+        return self.info.get("temperature")
+
+    @property
+    def config(self) -> TrainConfig:
+        return make_config(read_config_file(self.path / "config.yaml"), where=f"run config '{self.path}'")
+
+    @property
+    def metrics(self) -> RunMetrics:
+        return RunMetrics.from_json(self.metrics_json)
+
+    @property
+    def metrics_json(self) -> dict:
+        """metrics.json as written: every figure, interval, operating point and note per split."""
+        return json.loads((self.path / "metrics.json").read_text(encoding="utf-8"))
+
+    def gap_report(self) -> str:
+        """The train/validation/test table with intervals, its reading and the operating point, as
+        `medcls train` prints it."""
+        from medcls.reports.report import gap_table
+
+        payload, manifest = self.metrics_json, self.manifest
+        lines = [gap_table(payload, payload.get("intervals", {})),
+                 "95% intervals; how each was computed (Wilson, DeLong, bootstrap) is in report.md.", "",
+                 f"Reading: {payload.get('reading', '')}"]
+        if payload.get("threshold") is not None:
+            lines.append(f"Operating point {payload['threshold']:.4f}, chosen on validation; test figures at that point.")
+        lines.append(f"Run folder: {self.path} ({manifest.get('seconds', float('nan')):.0f}s on "
+                     f"{manifest.get('device', '?')})")
+        return "\n".join(lines)
+
+    @property
+    def manifest(self) -> dict:
+        """Versions, commit, seed, data hashes, device and training time (manifest.json)."""
+        path = self.path / "manifest.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    @property
+    def history(self) -> list[dict]:
+        """One dict per epoch (stage, learning rate, training loss, validation figures), as in history.csv."""
+        path = self.path / "history.csv"
+        if not path.is_file():
+            return []
+        with open(path, newline="") as fh:
+            return [{k: (v if k == "stage" else int(v) if k == "epoch" else float(v)) for k, v in row.items()}
+                    for row in csv.DictReader(fh)]
+
+    # what can be done with it
+
+    @property
+    def predictor(self):
+        """The one inference path (medcls.core.inference.Predictor) on the run's device."""
+        from medcls.core.inference import run_predictor
+
+        if self._predictor is None:
+            config = self.config
+            self._predictor = run_predictor(self.model, self.info, device=self.device, precision=config.precision,
+                                            channels_last=config.channels_last)
+        return self._predictor
+
+    def read(self, inputs, progress=None):
+        """Inputs brought to the run's grid as training brought its images: arrays (as for
+        `medcls.train(images=...)`), a file, a folder, a DICOM series folder, a NIfTI volume, or a
+        list of paths. Returns medcls.core.inference.ReadInputs (a row per input, with its error)."""
+        from medcls.core.inference import read_cases, read_paths
+        from medcls.data.arrays import array_cases
+
+        if isinstance(inputs, (str, os.PathLike)):
+            inputs = [inputs]
+        if isinstance(inputs, (list, tuple)) and all(isinstance(i, (str, os.PathLike)) for i in inputs):
+            return read_paths(self.info, inputs, self.registries, progress)
+        volumes = int(self.info.get("spatial_dims", 2)) == 3
+        return read_cases(self.info, array_cases(inputs, volumes=volumes, name="input"), self.registries, progress)
+
+    def predict(self, inputs, *, tta: str = "none") -> np.ndarray:
+        """(N, K) calibrated class probabilities (columns in `.classes` order). An input that cannot
+        be read is an error naming it; `predictions()` keeps going and reports each error instead."""
+        read = self.read(inputs)
+        failed = [row for row in read.rows if row["error"]]
+        if failed:
+            raise DataError(f"{failed[0]['error']} ({len(failed)} of {len(read.rows)} input(s) unreadable; "
+                            "run.predictions() lists each)")
+        mirrors = not self.config.laterality_sensitive or self.config.allow_lr_flip
+        return self.predictor.probabilities(read.stacked(), tta=tta, mirrors=mirrors)
+
+    def decide(self, inputs) -> np.ndarray:
+        """The class name per input at the stored operating point (binary) or the most probable class."""
+        return np.array(self.classes, dtype=object)[self.predictor.decide(self.predict(inputs))]
+
+    def predictions(self, inputs, progress=None):
+        """Per-input probabilities, decisions and read errors (medcls.workflows.predict.Predictions)."""
+        from medcls.workflows.predict import predictions_for
+
+        return predictions_for(self.read(inputs, progress), self.predictor)
+
+    def evaluate(self, data: str | os.PathLike | None = None, *, images=None, labels=None, patients=None,
+                 split: str | None = None, out: str | os.PathLike | None = None, by: str | None = None,
+                 patient_level: str | None = None, prevalence: float | None = None, bootstrap: int = 2000,
+                 tta: str = "none") -> Evaluation:
+        """Score at the stored operating point, with intervals: the run's own test split by default,
+        or new data (a path, or images with labels: every case). Writes metrics.json,
+        predictions.csv, report.md and report.html into `out` (default RUN/evaluation)."""
+        from medcls.data.arrays import array_cases, remember
+        from medcls.workflows.evaluate import evaluate_run
+
+        if images is not None:
+            if data is not None:
+                raise ConfigError("give either data or images with labels, not both")
+            volumes = int(self.info.get("spatial_dims", 2)) == 3
+            data = remember(array_cases(images, labels, patients=patients, volumes=volumes, name="evaluate"))
+        result = evaluate_run(self.path, self.registries, data=None if data is None else str(data), split=split,
+                              out=out, by=by, patient_level=patient_level, prevalence=prevalence,
+                              n_resamples=bootstrap, tta=tta, device=self.device)
+        return Evaluation(result["split"], SplitMetrics({**result["metrics"], "n": result["n"]}, result["intervals"]),
+                          Path(result["out"]))
+
+    def export(self, format: str = "onnx", out: str | os.PathLike | None = None):
+        """ONNX or TorchScript taking images in [0, 1] and returning calibrated probabilities, with
+        export.json; kept only if it matches `predict` within 1e-4 (medcls.workflows.export.Exported)."""
+        from medcls.workflows.export import export_model
+
+        from medcls.core.runs import load_model
+
+        model, _ = load_model(self.path, self.registries)  # a CPU fp32 copy; .model stays as it is
+        return export_model(model, self.info, format, Path(out) if out else self.path / "export", run=self.path)
+
+    def explain(self, inputs, out: str | os.PathLike | None = None, target_class: str | None = None):
+        """Grad-CAM heatmaps (PNG per input and a grid) with the calibrated probability and the
+        decision `predict` gives (medcls.workflows.explain.Explanation)."""
+        from medcls.core.runs import load_model
+        from medcls.workflows.explain import explain_read
+
+        model, _ = load_model(self.path, self.registries)
+        return explain_read(model, self.info, self.read(inputs), Path(out) if out else self.path / "explain",
+                            target_class)

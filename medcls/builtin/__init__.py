@@ -1,1 +1,0 @@
-"""Built-in plugins: ordinary pluggy plugins registered by `medcls.plugins.DEFAULT_PLUGINS`."""

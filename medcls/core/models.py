@@ -1,0 +1,233 @@
+"""The classifier medcls trains: a registered backbone, input normalisation, dropout and a new head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from medcls.errors import WeightsUnavailableError
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def channel_stats(values: tuple, in_chans: int) -> tuple:
+    """ImageNet-style per-channel statistics adapted to `in_chans` channels (greyscale: the mean)."""
+    if len(values) == in_chans:
+        return tuple(values)
+    average = sum(values) / len(values)
+    return (average,) * in_chans
+
+
+class Classifier(nn.Module):
+    """Takes images in [0, 1], normalises them as the backbone was trained, returns class logits."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float, in_chans: int) -> None:
+        super().__init__()
+        mean = channel_stats(tuple(getattr(backbone, "mean", IMAGENET_MEAN)), in_chans)
+        std = channel_stats(tuple(getattr(backbone, "std", IMAGENET_STD)), in_chans)
+        shape = (1, -1) + (1,) * int(getattr(backbone, "spatial_dims", 2))  # (B, C, H, W) or (B, C, D, H, W)
+        self.register_buffer("mean", torch.tensor(mean).view(shape))
+        self.register_buffer("std", torch.tensor(std).view(shape))
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(int(backbone.num_features), num_classes))
+        # Pretrained backbones keep their batch-norm statistics while fine-tuning (the Keras
+        # transfer-learning guide's advice): small, augmented batches would otherwise overwrite them.
+        self.frozen_batchnorm = False
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's features of images in [0, 1]: what the head sees."""
+        return self.backbone((images - self.mean) / self.std)
+
+    def stochastic_backbone(self) -> bool:
+        """Whether the backbone has dropout-like layers active in training (then its features
+        differ from pass to pass and cannot be computed once)."""
+        for module in self.backbone.modules():
+            rate = getattr(module, "p", None) if isinstance(module, nn.modules.dropout._DropoutNd) else \
+                getattr(module, "drop_prob", None)
+            if rate:
+                return True
+        return False
+
+    def blocks(self) -> list[nn.Module]:
+        """The backbone's parameter groups from input to output (stem first)."""
+        if hasattr(self.backbone, "medcls_blocks"):
+            return list(self.backbone.medcls_blocks())
+        return [m for m in self.backbone.children() if any(True for _ in m.parameters())]
+
+    def set_trainable(self, top_blocks: int) -> None:
+        """Train the head plus the top `top_blocks` backbone blocks (-1: all); freeze the rest."""
+        self.requires_grad_(False)
+        self.head.requires_grad_(True)
+        blocks = self.blocks()
+        chosen = blocks if top_blocks < 0 else blocks[len(blocks) - top_blocks:] if top_blocks else []
+        for block in chosen:
+            block.requires_grad_(True)
+        for module in self.head_modules():
+            module.requires_grad_(True)
+
+    def head_modules(self) -> list[nn.Module]:
+        """Backbone modules that are as new as the head (2.5D attention pooling)."""
+        return list(getattr(self.backbone, "medcls_head_modules", lambda: [])())
+
+    def train(self, mode: bool = True):
+        """Batch norm of frozen blocks (all of it, with `frozen_batchnorm`) stays in inference mode."""
+        super().train(mode)
+        if mode:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and (
+                    self.frozen_batchnorm or not any(p.requires_grad for p in module.parameters(recurse=False))
+                ):
+                    module.eval()
+        return self
+
+
+class Ensemble(nn.Module):
+    """The members' class probabilities averaged. forward() returns the log of the average, so
+    that softmax (what every caller applies to a model's output) gives the average back."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    @property
+    def backbone(self):
+        return self.members[-1].backbone
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([member(images).float().softmax(1) for member in self.members]).mean(0)
+        return probs.clamp_min(1e-12).log()
+
+
+class SliceBackbone(nn.Module):
+    """2.5D: a 2D backbone applied to every axial slice of a volume, with `slices` adjacent slices
+    as its input channels (3 fits an ImageNet stem exactly), and the per-slice features pooled
+    into one per volume by mean, max or attention (Ilse et al., ICML 2018)."""
+
+    spatial_dims = 3
+
+    def __init__(self, backbone: nn.Module, slices: int, pooling: str, in_chans: int) -> None:
+        super().__init__()
+        self.backbone, self.slices, self.pooling = backbone, slices, pooling
+        self.num_features = int(backbone.num_features)
+        # One intensity scale for every slice: the 2D backbone's statistics averaged.
+        self.mean = channel_stats(tuple(getattr(backbone, "mean", IMAGENET_MEAN)), 1) * in_chans
+        self.std = channel_stats(tuple(getattr(backbone, "std", IMAGENET_STD)), 1) * in_chans
+        self.attention = nn.Sequential(nn.Linear(self.num_features, 128), nn.Tanh(), nn.Linear(128, 1)) \
+            if pooling == "attention" else None
+
+    def forward(self, volumes: torch.Tensor) -> torch.Tensor:
+        batch, channels, depth, height, width = volumes.shape
+        half = self.slices // 2
+        padded = nn.functional.pad(volumes, (0, 0, 0, 0, half, half), mode="replicate")
+        # (B, C, K, D, H, W): the K neighbours of each slice (shifted views; exports to ONNX as slices)
+        stacks = torch.stack([padded[:, :, i:i + depth] for i in range(self.slices)], dim=2)
+        stacks = stacks.permute(0, 3, 1, 2, 4, 5).reshape(batch * depth, channels * self.slices, height, width)
+        features = self.backbone(stacks.contiguous()).view(batch, depth, -1)
+        if self.attention is not None:
+            weights = self.attention(features.float()).softmax(dim=1)
+            return (weights * features).sum(1)
+        return features.amax(1) if self.pooling == "max" else features.mean(1)
+
+    def medcls_blocks(self):
+        inner = self.backbone.medcls_blocks() if hasattr(self.backbone, "medcls_blocks") else \
+            [m for m in self.backbone.children() if any(True for _ in m.parameters())]
+        return list(inner)
+
+    def medcls_head_modules(self):
+        """New, untrained pooling weights: they train with the head in every stage."""
+        return [self.attention] if self.attention is not None else []
+
+
+def load_backbone_weights(backbone: nn.Module, state: dict, in_chans: int, origin: str) -> None:
+    """Copy a 3-channel state dict into `backbone`, adapting the first convolution to `in_chans`."""
+    from timm.models import adapt_input_conv
+
+    own = backbone.state_dict()
+    matched, adapted = {}, []
+    for key, value in state.items():
+        if key not in own:
+            continue  # classifier weights of the source model: medcls brings its own head
+        if value.ndim == 4 and own[key].ndim == 4 and value.shape[1] != own[key].shape[1]:
+            value = adapt_input_conv(own[key].shape[1], value)
+            adapted.append(key)
+        if value.shape != own[key].shape:
+            raise WeightsUnavailableError(
+                f"weights from {origin} do not fit: {key} has shape {tuple(value.shape)}, "
+                f"the backbone expects {tuple(own[key].shape)}"
+            )
+        matched[key] = value
+    missing = [k for k in own if k not in matched and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise WeightsUnavailableError(
+            f"weights from {origin} miss {len(missing)} of the backbone's tensors (first: {missing[0]}): "
+            "they belong to a different architecture"
+        )
+    backbone.load_state_dict(matched, strict=False)
+
+
+def pretrained_state(backbone_name: str, weight_sources, weights_file: str | None) -> tuple[dict, str]:
+    """The first pretrained state dict available: the user's file, then offline sources, then network ones."""
+    tried = []
+    if weights_file:
+        return read_safetensors(weights_file), f"file '{weights_file}'"
+    ordered = sorted(weight_sources, key=lambda e: not e.metadata.get("offline", True))
+    for entry in ordered:
+        try:
+            state = entry.obj(backbone_name)
+        except WeightsUnavailableError as exc:
+            tried.append(f"{entry.name}: {exc}")
+            continue
+        if state is not None:
+            return state, f"source {entry.name!r} (plugin {entry.plugin})"
+    tried_text = "; ".join(tried) if tried else "no installed weight source serves this backbone"
+    raise WeightsUnavailableError(
+        f"no pretrained weights for {backbone_name!r} ({tried_text}). Supply a file with "
+        "--weights FILE.safetensors, install a weight plugin, or train from scratch with --no-pretrained"
+    )
+
+
+def read_safetensors(path: str) -> dict:
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise WeightsUnavailableError(f"weights file '{path}' does not exist")
+    if not str(path).endswith(".safetensors"):
+        raise WeightsUnavailableError(
+            f"weights file '{path}' is not .safetensors; medcls never unpickles weight files: "
+            "convert it with safetensors.torch.save_file"
+        )
+    try:
+        return load_file(path)
+    except Exception as exc:
+        raise WeightsUnavailableError(f"weights file '{path}' cannot be read ({exc})") from None
+
+
+def build_classifier(registries, backbone_name: str, num_classes: int, in_chans: int, dropout: float,
+                     pretrained: bool, weights_file: str | None = None, slices: int = 0,
+                     slice_pooling: str = "mean") -> tuple[Classifier, str]:
+    """The backbone from the registry, pretrained if asked (never silently random), plus a new
+    head; with `slices` a 2D backbone reads volumes slice by slice (2.5D)."""
+    from medcls.errors import ConfigError
+
+    entry = registries["backbones"].get(backbone_name)
+    if slices and (entry.metadata.get("spatial_dims", 2) != 2 or slices % 2 == 0 or slices < 1):
+        raise ConfigError(f"slices={slices} needs a 2D backbone and an odd number of slices (1, 3, 5, ...); "
+                          f"{backbone_name!r} is {entry.metadata.get('spatial_dims', 2)}D")
+    if slice_pooling not in ("mean", "max", "attention"):
+        raise ConfigError(f"slice_pooling {slice_pooling!r} is not one of mean, max, attention")
+    stem_chans = in_chans * slices if slices else in_chans
+    backbone = entry.obj(stem_chans)
+    origin = "random initialisation"
+    if pretrained or weights_file:
+        state, origin = pretrained_state(backbone_name, registries["weights"], weights_file)
+        load_backbone_weights(backbone, state, stem_chans, origin)
+    if slices:
+        backbone = SliceBackbone(backbone, slices, slice_pooling, in_chans)
+    model = Classifier(backbone, num_classes, dropout, in_chans)
+    model.frozen_batchnorm = origin != "random initialisation"
+    return model, origin

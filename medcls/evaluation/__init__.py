@@ -1,1 +1,0 @@
-"""Evaluation: metrics, confidence intervals, operating points and reports."""

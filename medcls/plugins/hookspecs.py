@@ -1,0 +1,184 @@
+"""The hooks a medcls plugin can implement: this module is the plugin author's manual.
+
+Every hook is a *registration* hook with one argument, ``register``, a callback::
+
+    register(name, obj, *, description="", **metadata)
+
+Call it once per thing you provide. Names are global per kind: if two plugins register the same
+backbone (or policy, metric, ...) name, medcls refuses to start and names both plugins, because
+in a clinical tool ``auroc`` must mean exactly one function.
+
+A minimal plugin module::
+
+    import medcls
+
+    @medcls.hookimpl
+    def medcls_register_metrics(register):
+        register("youden_index", youden, description="Sensitivity + specificity - 1",
+                 needs_threshold=True)
+
+and in its ``pyproject.toml``::
+
+    [project.entry-points.medcls]
+    my_plugin = "my_plugin"
+
+Pluggy's trap: a hookimpl argument with a default value is never passed. Write
+``def medcls_register_metrics(register):``, never ``register=None``.
+Heavy imports (torch, timm, MONAI) belong inside the hook body or inside ``obj``, not at the top
+of the plugin module, so that ``medcls --help`` and ``medcls plugins`` stay fast.
+"""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("medcls")
+# What plugins decorate their hooks with; `medcls.hookimpl` is the same object.
+hookimpl = pluggy.HookimplMarker("medcls")
+
+
+@hookspec
+def medcls_register_backbones(register):
+    """Register image backbones: feature extractors that medcls puts a new head on.
+
+    ``register(name, create, description="...")`` where ``create(in_chans: int)`` returns a
+    ``torch.nn.Module`` that
+
+    - maps a float32 batch ``(B, in_chans, H, W)`` (values already normalised) to features
+      ``(B, F)``; a volume backbone, registered with ``spatial_dims=3``, maps
+      ``(B, in_chans, D, H, W)`` and sets ``spatial_dims = 3`` on the module too;
+    - has an ``int`` attribute ``num_features`` equal to ``F``;
+    - optionally has ``mean`` and ``std`` tuples (per input channel, for ``[0, 1]`` images;
+      defaults to ImageNet's) and a method ``medcls_blocks()`` returning its parameter groups
+      as a list of modules ordered from input to output; fine-tuning unfreezes the last ones.
+      Without it medcls uses the module's top-level children in order.
+
+    Register ``pretrained=False`` when no pretrained weights exist (then ``pretrained`` defaults
+    to off for it and asking for it is an error unless a weights file is given).
+
+    Example::
+
+        register("tiny_cnn", lambda in_chans: TinyCNN(in_chans),
+                 description="A 3-layer CNN for tests")
+    """
+
+
+@hookspec
+def medcls_register_weight_sources(register):
+    """Register sources of pretrained weights for backbones.
+
+    ``register(name, source, description="...", offline=True)`` where
+    ``source(backbone: str)`` returns
+
+    - ``None`` when this source does not serve that backbone;
+    - a ``dict[str, torch.Tensor]`` state dict whose keys are the backbone module's keys (as
+      created by its ``create(3)``; classifier keys are dropped by medcls), for 3-channel input:
+      medcls adapts the first convolution to the requested number of channels;
+    - or raises ``medcls.WeightsUnavailableError`` with the reason when it serves the backbone
+      but cannot reach the weights (offline, missing file).
+
+    Sources registered with ``offline=True`` are tried before network ones. Never unpickle
+    untrusted files: use safetensors, or ``torch.load(..., weights_only=True)``.
+
+    Example::
+
+        register("my_weights", lambda name: load_file(PATH) if name == "my_net" else None,
+                 description="my_net trained on 10k chest X-rays")
+    """
+
+
+@hookspec
+def medcls_register_policies(register):
+    """Register augmentation policies.
+
+    ``register(name, create, description="...", params={...})`` where ``params`` maps each
+    parameter name to its default value and ``create(**params)`` returns a callable that takes
+    a ``torch.Tensor`` image ``(C, H, W)`` (or ``(C, D, H, W)``), float32 in ``[0, 1]``, and
+    returns an augmented tensor of the same shape and dtype. It is applied to training images
+    only. Returned objects with a ``set_random_state(seed=...)`` method (every MONAI
+    randomizable transform has one) are seeded by medcls. An object that also has
+    ``batch(images)`` for ``(B, C, ...)`` tensors is applied to whole batches on the training
+    device (GPU when present); otherwise medcls applies it per image in a loader worker.
+
+    Example::
+
+        register("flip_only", lambda prob=0.5: monai.transforms.RandFlip(prob, spatial_axis=1),
+                 description="Left-right flip", params={"prob": 0.5})
+    """
+
+
+@hookspec
+def medcls_register_metrics(register):
+    """Register evaluation metrics.
+
+    ``register(name, fn, description="...", needs_threshold=bool, higher_is_better=True)``
+    where ``fn(y_true, probs, y_pred)`` returns a float:
+
+    - ``y_true``: ``int64`` array ``(N,)`` of class indices;
+    - ``probs``: ``float64`` array ``(N, K)`` of class probabilities (rows sum to 1);
+    - ``y_pred``: ``int64`` array ``(N,)`` of decisions at the operating point (for binary
+      tasks, ``probs[:, 1] >= threshold``).
+
+    ``needs_threshold=True`` says the metric uses ``y_pred``; threshold-free metrics (ROC AUC)
+    use only ``probs``. Optional metadata: ``vectorised=fn(stats)`` computes the metric for a block
+    of bootstrap resamples at once from a ``medcls.stats.bootstrap.WeightedBinary`` (else
+    intervals come from one call per resample, capped at 1,000), and ``multiclass="macro"`` or
+    ``"sum"`` says how its one-vs-rest binary values combine for more than two classes. The positive class of a binary task is index 1. A metric that is
+    undefined for the input (one class only) returns ``float('nan')``.
+
+    Example::
+
+        register("accuracy", lambda y, p, yhat: float((y == yhat).mean()),
+                 description="Fraction of correct decisions", needs_threshold=True)
+    """
+
+
+@hookspec
+def medcls_register_readers(register):
+    """Register image file readers.
+
+    ``register(name, read, description="...", extensions=(".png",), sniff=None,
+    patient_id=None, settings=(), dims=2, folders=None, greyscale=None)`` where
+
+    - ``read(path: pathlib.Path, **settings)`` returns a ``float32`` ``numpy`` array ``(C, H, W)`` with
+      values in ``[0, 1]`` (C = 1 for greyscale, 3 for colour) and raises
+      ``medcls.DataError`` with a one-line message for unreadable files;
+    - ``extensions`` are lower-case file name endings this reader handles;
+    - ``sniff(head: bytes)`` optionally recognises files by their first 256 bytes (DICOM files
+      often have no extension);
+    - ``settings`` names the run settings the reader accepts as keyword arguments (the DICOM
+      reader takes ``window``: ``'lung'``, ``'40,400'``, ...; ``size``, the training resolution,
+      lets a reader decode a large file at reduced scale, never below twice ``size``); others
+      are never passed;
+    - ``dims=3`` marks a volume reader (used with 3D backbones): ``read`` returns a
+      ``medcls.data.volumes.Volume`` (voxels ``(z, y, x)`` in RAS order, in the file's dtype or
+      rescaled, spacing in mm, modality) instead of an image; ``folders(path)`` optionally claims
+      folders, e.g. a DICOM series, and a manifest's ``series_uid`` column reaches readers that
+      list it in ``settings``;
+    - ``patient_id(path)`` optionally reads a patient identifier from the file's header. It is
+      used only to group images in splits and is never printed or written in clear;
+    - ``greyscale(path)`` optionally says from the header alone (no pixels decoded) that ``read``
+      will return one channel: training then starts before such files are decoded. Return False
+      when unsure; a file it calls greyscale that decodes in colour stops the run.
+
+    Example::
+
+        register("png", read_png, description="PNG via Pillow", extensions=(".png",))
+    """
+
+
+@hookspec
+def medcls_register_datasets(register):
+    """Register dataset layouts: ways of turning ``--data SOURCE`` into labelled cases.
+
+    ``register(name, load, description="...", detect=None)`` where
+
+    - ``detect(source: str)`` returns ``True`` when this layout recognises the source (used
+      when the user gives no ``--format``);
+    - ``load(source: str, options: medcls.data.cases.DataOptions)`` returns a list of
+      ``medcls.data.cases.Case`` (path or in-memory array, label, optional patient id and
+      split) and raises ``medcls.DataError`` when the source is unusable.
+
+    Example::
+
+        register("folder", load_folder, description="One sub-folder per class",
+                 detect=lambda source: Path(source).is_dir())
+    """

@@ -1,0 +1,1 @@
+"""Reports: tables, figures (matplotlib Figure objects, never pyplot state) and Markdown/HTML documents."""

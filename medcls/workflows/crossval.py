@@ -1,0 +1,137 @@
+"""Cross-validation (`medcls train --folds K`): K folds stratified by class and grouped by patient
+(and by identical content); each fold is a full run whose validation set comes from its training
+folds; every case is scored once, out of fold, and the pooled out-of-fold figures get intervals."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from medcls.errors import ConfigError, DataError
+from medcls.logs import logger
+
+
+def fold_assignments(data, k: int, val_fraction: float, seed: int) -> list[np.ndarray]:
+    """For each fold, 'train'/'val'/'test' per case: the fold is the test set."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from medcls.data.splits import holdout, linked_groups
+
+    if k < 2:
+        raise ConfigError(f"folds={k}: cross-validation needs at least 2 folds")
+    groups = linked_groups(data.cases, data.hashes)
+    for label in np.unique(data.labels):
+        in_class = len(np.unique(groups[data.labels == label]))
+        if in_class < k:
+            raise DataError(f"class {data.classes[label]!r} has {in_class} patients/image groups, fewer than "
+                            f"{k} folds: use at most {in_class} folds")
+    folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    everything = np.arange(len(data.cases))
+    assignments = []
+    for fold, (rest, test) in enumerate(folds.split(everything, data.labels, groups)):
+        splits = np.full(len(everything), "train", dtype=object)
+        splits[test] = "test"
+        _, val = holdout(rest, data.labels, groups, val_fraction / max(1e-9, 1 - 1 / k), seed + 1 + fold, "val")
+        splits[val] = "val"
+        assignments.append(splits.astype(str))
+    return assignments
+
+
+def decisions(probs: np.ndarray, threshold) -> np.ndarray:
+    if probs.shape[1] == 2 and threshold is not None:
+        return (probs[:, 1] >= threshold).astype(int)
+    return probs.argmax(1)
+
+
+def cross_validate(config, registries, *, progress_factory=None) -> dict:
+    """Train one run per fold under `out/fold-N`, then pool the out-of-fold predictions."""
+    from medcls.stats.assess import assess
+    from medcls.stats.intervals import wilson
+    from medcls.reports.report import spread
+    from medcls.workflows.train import open_run, train
+
+    config, out, data = open_run(config, registries, split=False)
+    if any(case.split for case in data.cases):
+        logger.warning("cross-validation re-splits every case; the data set's own train/val/test split is not used")
+    split_seed = config.seed if config.split_seed is None else config.split_seed
+    assignments = fold_assignments(data, config.folds, config.val_fraction, split_seed)
+    kept = data.cache.kept
+    oof_probs = np.full((len(data.cases), len(data.classes)), np.nan)
+    oof_fold = np.full(len(data.cases), -1)
+    oof_decision = np.full(len(data.cases), -1)
+    per_fold = []
+    for fold, splits in enumerate(assignments, start=1):
+        logger.info(f"fold {fold} of {config.folds}: {int((splits == 'train').sum())}/{int((splits == 'val').sum())}/"
+            f"{int((splits == 'test').sum())} train/val/test")
+        data.splits = splits
+        fold_config = dataclasses.replace(config, folds=0, out=str(out / f"fold-{fold}"))
+        summary = train(fold_config, registries, progress_factory=progress_factory, data=data)
+        probs, _ = summary["scores"]["test"]
+        cases = kept[data.rows("test")]
+        oof_probs[cases], oof_fold[cases] = probs, fold
+        oof_decision[cases] = decisions(probs, summary["threshold"])
+        test = summary["results"]["test"]
+        per_fold.append({"fold": fold, "n": int(len(cases)), "threshold": summary["threshold"],
+                         **{k: test.get(k) for k in ("roc_auc", "sensitivity", "specificity", "accuracy")},
+                         "roc_auc_interval": summary["intervals"]["test"].get("roc_auc")})
+
+    scored = kept[oof_fold[kept] > 0]
+    labels, probs = data.labels[scored], oof_probs[scored]
+    threshold_free = [m for m in registries["metrics"] if not m.metadata.get("needs_threshold")]
+    patients = data.patients(np.flatnonzero(np.isin(kept, scored)))
+    pooled = assess(probs, labels, 0.5 if len(data.classes) == 2 else None, threshold_free, patients=patients, n_resamples=config.bootstrap,
+                    seed=config.seed, where="out-of-fold predictions")
+    pooled_values = {k: v for k, v in pooled["values"].items() if isinstance(v, float)}
+    correct = oof_decision[scored] == labels
+    if len(data.classes) == 2:
+        positive, negative = labels == 1, labels == 0
+        for name, hits, total in (("sensitivity", int(correct[positive].sum()), int(positive.sum())),
+                                  ("specificity", int(correct[negative].sum()), int(negative.sum()))):
+            pooled_values[name] = hits / total if total else float("nan")
+            low, high = wilson(hits, total)
+            pooled["intervals"][name] = {"low": low, "high": high, "method": "Wilson", "level": 0.95}
+    pooled_values["accuracy"] = float(correct.mean())
+    low, high = wilson(int(correct.sum()), len(correct))
+    pooled["intervals"]["accuracy"] = {"low": low, "high": high, "method": "Wilson", "level": 0.95}
+
+    write_oof(out / "oof_predictions.csv", data, scored, oof_probs, oof_fold, oof_decision)
+    result = {"folds": config.folds, "per_fold": per_fold, "pooled": pooled_values,
+              "pooled_intervals": pooled["intervals"], "spread": spread(per_fold), "n": int(len(scored))}
+    (out / "cv_metrics.json").write_text(json.dumps(result, indent=2, default=float), encoding="utf-8")
+    cv_document(config, result).write(out)
+    result["out"] = str(out)
+    return result
+
+
+def write_oof(path: Path, data, scored: np.ndarray, probs: np.ndarray, folds: np.ndarray, decided: np.ndarray) -> None:
+    """One row per scored case: its fold, label, probabilities and decision (no patient ids)."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["case", "fold", "label", *[f"prob_{c}" for c in data.classes], "predicted"])
+        for i in scored:
+            writer.writerow([data.cases[i].key, int(folds[i]), data.classes[data.labels[i]],
+                             *[f"{p:.6f}" for p in probs[i]], data.classes[decided[i]]])
+
+
+def cv_document(config, result: dict):
+    from medcls.reports.report import Document, format_value
+
+    doc = Document(f"{config.folds}-fold cross-validation of {config.backbone} on {config.data}")
+    doc.paragraph("Folds are stratified by class and grouped by patient and identical content; each fold's "
+                  "operating point is chosen on a validation set carved from its own training folds. Pooled "
+                  "figures use every case once, scored by the model that never saw it.")
+    names = ("roc_auc", "sensitivity", "specificity", "accuracy")
+    rows = [[str(f["fold"]), str(f["n"]), *(("-" if f.get(n) is None else f"{f[n]:.3f}") for n in names)]
+            for f in result["per_fold"]]
+    rows.append(["mean ± sd", "", *(f"{result['spread'][n]['mean']:.3f} ± {result['spread'][n]['sd']:.3f}"
+                                    if n in result["spread"] else "-" for n in names)])
+    rows.append(["pooled", str(result["n"]), *(format_value(result["pooled"][n], result["pooled_intervals"].get(n))
+                                               if n in result["pooled"] else "-" for n in names)])
+    doc.heading("Per fold and pooled (out of fold)")
+    doc.table(["fold", "n", *names], rows)
+    doc.paragraph("Out-of-fold predictions: oof_predictions.csv; each fold's full report: fold-N/report.md.")
+    return doc

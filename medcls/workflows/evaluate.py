@@ -1,0 +1,193 @@
+"""`medcls evaluate`: score a finished run at its stored operating point on its own or new data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medcls.config import TrainConfig, make_config, read_config_file
+from medcls.core.inference import Predictor, run_predictor
+from medcls.core.runs import load_model
+from medcls.data.prepared import PreparedData, prepare_data
+from medcls.errors import DataError
+
+logger = logging.getLogger("medcls")
+
+
+def stored_splits(run: Path) -> dict[str, str]:
+    path = run / "splits.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as fh:
+        return {row["key"]: row["split"] for row in csv.DictReader(fh)}
+
+
+@dataclass
+class ScoredCases:
+    """A run's model applied to cases: the prepared data, the cache rows scored, calibrated
+    probabilities (averaged over TTA views when asked), labels, and the run's model.json."""
+
+    data: PreparedData
+    rows: np.ndarray
+    probs: np.ndarray
+    labels: np.ndarray
+    info: dict
+    split: str
+    config: TrainConfig
+    predictor: Predictor
+    single_view: np.ndarray | None = None  # without test-time augmentation (None when tta is none)
+
+    @property
+    def keys(self) -> list[str]:
+        return [self.data.cases[i].key for i in self.data.cache.kept[self.rows]]
+
+
+def run_predictions(run, registries, *, data: str | None = None, split: str | None = None, tta: str = "none",
+                    device: str = "auto") -> ScoredCases:
+    """The run's model applied to `data` (default: its own), restricted to `split` when the data
+    is the run's own, through the one inference path (medcls.core.inference)."""
+    run = Path(run)
+    model, info = load_model(run, registries)
+    config = make_config(read_config_file(run / "config.yaml"), where=f"run config '{run / 'config.yaml'}'")
+    own_data = data is None or data == config.data
+    if data is not None:
+        config.data = data
+    config.image_size, config.channels = info["image_size"], str(info["in_chans"])
+    split = split or ("test" if own_data else "all")
+    prepared = prepare_data(config, registries, split=False)
+    unknown = sorted(set(c.label for c in prepared.cases) - set(info["classes"]))
+    if unknown:
+        raise DataError(f"data '{config.data}' has classes {unknown} that run '{run}' was not trained on ({info['classes']})")
+    prepared.labels = np.array([info["classes"].index(c.label) for c in prepared.cases])
+    prepared.classes = info["classes"]
+    rows = prepared.rows()
+    if split != "all":
+        membership = stored_splits(run)
+        missing = [c.key for c in prepared.cases if c.key not in membership]
+        if missing:
+            raise DataError(f"'{missing[0]}' is not in run '{run}' splits.csv: evaluate new data with --split all")
+        prepared.splits = np.array([membership[c.key] for c in prepared.cases])
+        rows = prepared.rows(split)
+    if not len(rows):
+        raise DataError(f"no readable images in split {split!r} of '{config.data}'")
+    for warning in prepared.warnings:
+        logger.warning(warning)
+    # Scored as in training: the run's precision and memory format on this machine's device.
+    predictor = run_predictor(model, info, device=device, precision=config.precision,
+                              channels_last=config.channels_last)
+    mirrors = not config.laterality_sensitive or config.allow_lr_flip
+    probs, single = predictor.probabilities_and_single_view(prepared.batches(rows), tta=tta, mirrors=mirrors)
+    return ScoredCases(prepared, rows, probs, prepared.cache_labels(rows), info, split, config, predictor,
+                       None if tta == "none" else single)
+
+
+def add_tta_comparison(doc, tta, labels, plain, probs, without, with_tta) -> None:
+    """The same cases scored without and with test-time augmentation, and whether AUC differs."""
+    from medcls.stats.intervals import paired_delong
+    from medcls.reports.report import format_value
+
+    doc.heading("Test-time augmentation: without and with")
+    names = ("roc_auc", "sensitivity", "specificity", "accuracy")
+
+    def cell(assessed, name):
+        value = assessed["values"].get(name)
+        return "-" if value is None else format_value(value, assessed["intervals"].get(name))
+
+    doc.table(["scoring", *names], [["single view", *(cell(without, n) for n in names)],
+                                    [f"{tta} views averaged", *(cell(with_tta, n) for n in names)]])
+    if probs.shape[1] == 2 and len(np.unique(labels)) == 2:
+        test = paired_delong(labels, probs[:, 1], plain[:, 1])  # with minus without
+        doc.paragraph(f"ROC AUC with minus without test-time augmentation: {test['difference']:+.3f} "
+                      f"({test['low']:+.3f} to {test['high']:+.3f}), paired DeLong p = {test['p_value']:.3f}.")
+
+
+def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, patient_level=None,
+                 prevalence=None, n_resamples=2000, tta="none", device="auto") -> dict:
+    """Score a finished run at its stored operating point; writes metrics.json, predictions.csv,
+    report.md and report.html into `out` (default RUN/evaluation)."""
+    from medcls.core.runs import write_predictions
+    from medcls.reports import plots
+    from medcls.reports.documents import case_flow, subgroup_rows
+    from medcls.reports.report import GAP_HEADER, Document, add_assessment, gap_rows, write_metrics_json
+    from medcls.stats.assess import assess, assess_subgroups
+    from medcls.stats.calibration import calibration_slope_intercept
+
+    run = Path(run)
+    scored = run_predictions(run, registries, data=data, split=split, tta=tta, device=device)
+    prepared, rows, probs, labels, info, split, config, plain = (
+        scored.data, scored.rows, scored.probs, scored.labels, scored.info, scored.split, scored.config,
+        scored.single_view)
+    metrics = list(registries["metrics"])
+    threshold = info.get("threshold")
+    patients = prepared.patients(rows)
+    options = dict(prevalence=prevalence, n_resamples=n_resamples, seed=config.seed)
+    assessed = assess(probs, labels, threshold, metrics, patients=patients, where=f"{split} cases", **options)
+    per_patient = (assess(probs, labels, threshold, metrics, patients=patients, patient_level=patient_level,
+                          where=f"{split} cases", **options) if patient_level else None)
+    subgroups = {}
+    if by:
+        subgroups = assess_subgroups(probs, labels, threshold, metrics, prepared.column(rows, by), by,
+                                     patients=patients, **options)
+    calibration = calibration_slope_intercept(labels, probs[:, 1]) if probs.shape[1] == 2 else None
+    without_tta = None if plain is None else assess(plain, labels, threshold, metrics, patients=patients,
+                                                    where=f"{split} cases", **options)
+
+    out = Path(out) if out else run / "evaluation"
+    out.mkdir(parents=True, exist_ok=True)
+    classes = info["classes"]
+    plots.plot_roc({split: (probs, labels, threshold)}, classes, out / "roc.png", groups=patients, highlight=split)
+    plots.plot_confusion(probs, labels, threshold, classes, out / "confusion_matrix.png")
+    if len(classes) == 2:
+        plots.plot_pr(probs, labels, out / "pr.png")
+        plots.plot_calibration(probs, labels, out / "calibration.png")
+        plots.plot_decision_curve(probs, labels, out / "decision_curve.png")
+    write_predictions(out / "predictions.csv", classes, {split: (scored.keys, labels, probs)}, scored.predictor.decide)
+    write_metrics_json(out / "metrics.json", {
+        split: assessed["values"], "intervals": {split: assessed["intervals"]},
+        "operating": {split: assessed["operating"]}, "level": {split: assessed["level"]},
+        "per_class": {split: assessed["per_class"]},
+        "threshold": threshold, "data": config.data, "calibration": {split: calibration},
+        "patient_level": None if per_patient is None else {split: per_patient}, "subgroups": subgroups,
+        "notes": {split: assessed["notes"]}, "tta": tta,
+        "without_tta": None if without_tta is None else {split: without_tta["values"],
+                                                         "intervals": without_tta["intervals"]},
+    })
+
+    doc = Document(f"Evaluation of {run} on {config.data} ({split})")
+    doc.heading("Case flow")
+    lines, flow_rows = case_flow(prepared, {split: rows})
+    doc.bullets(lines)
+    doc.table(["cases", "images", "patients", "per class"], flow_rows)
+    doc.heading("Results" + ("" if tta == "none" else f" with test-time augmentation ({tta})"))
+    add_assessment(doc, assessed, classes, f"{split} cases")
+    if without_tta is not None:
+        add_tta_comparison(doc, tta, labels, plain, probs, without_tta, assessed)
+    if calibration and calibration.get("not_computable"):
+        doc.paragraph(f"Calibration slope and intercept: not computable, because {calibration['not_computable']}.")
+    elif calibration:
+        doc.paragraph(f"Calibration slope {calibration['slope']:.3f} (ideal 1), intercept "
+                      f"{calibration['intercept']:.3f} (ideal 0).")
+    for name, caption in (("roc.png", "ROC with 95% band"), ("pr.png", "Precision-recall"),
+                          ("calibration.png", "Calibration"), ("decision_curve.png", "Decision curve"),
+                          ("confusion_matrix.png", "Confusion matrix")):
+        doc.image(out / name, caption)
+    if per_patient:
+        doc.heading(f"Patient level ({patient_level} of image scores)")
+        add_assessment(doc, per_patient, classes, f"{split} cases")
+    if subgroups:
+        doc.heading(f"Subgroups by `{by}`")
+        doc.table([by, "n", "roc_auc", "sensitivity", "specificity"], subgroup_rows(subgroups))
+    trained = run / "metrics.json"
+    if trained.is_file():
+        saved = json.loads(trained.read_text())
+        if all(k in saved for k in ("train", "val", "test", "gap")):
+            doc.heading("The run's train/validation/test gap (from training)")
+            doc.table(GAP_HEADER, gap_rows(saved, saved.get("intervals", {})))
+    doc.write(out)
+    return {"split": split, "n": int(len(labels)), "metrics": assessed["values"], "intervals": assessed["intervals"],
+            "out": str(out)}

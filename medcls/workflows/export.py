@@ -1,0 +1,124 @@
+"""`medcls export`: a run's model as ONNX or TorchScript that takes preprocessed images and returns
+class probabilities, with the preprocessing, classes and operating point in a JSON beside it.
+The ONNX file is checked against PyTorch with ONNX Runtime before it is kept."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from medcls.core.inference import run_predictor
+from medcls.core.runs import load_model
+from medcls.errors import ConfigError, DataError
+
+FORMATS = ("onnx", "torchscript")
+TOLERANCE = 1e-4
+
+
+class Deployable(nn.Module):
+    """Images in [0, 1] -> class probabilities (temperature-scaled when the run calibrated)."""
+
+    def __init__(self, model: nn.Module, temperature: float | None) -> None:
+        super().__init__()
+        self.model = model
+        self.temperature = float(temperature or 1.0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (self.model(images).float() / self.temperature).softmax(dim=1)
+
+
+def example_input(info: dict, batch: int = 2) -> torch.Tensor:
+    if int(info.get("spatial_dims", 2)) == 3:
+        from medcls.data.volumes import parse_triple
+
+        shape = parse_triple(info["volume_size"], "volume_size", int)
+    else:
+        shape = (info["image_size"], info["image_size"])
+    return torch.rand(batch, info["in_chans"], *shape, generator=torch.Generator().manual_seed(0))
+
+
+@dataclass
+class Exported:
+    """An exported model: the file, its description (export.json) and the largest difference
+    between the exported model's probabilities and medcls's own on the check batch."""
+
+    path: str
+    json: str
+    max_abs_difference: float
+
+
+def export_run(run, registries, fmt: str, out: str | Path | None = None) -> Exported:
+    """Write `model.onnx` or `model.ts` and `export.json` into `out` (default RUN/export)."""
+    model, info = load_model(run, registries)
+    return export_model(model, info, fmt, Path(out) if out else Path(run) / "export", run=run)
+
+
+def export_model(model: nn.Module, info: dict, fmt: str, out: Path, *, run=None) -> Exported:
+    """The exported model is kept only if it gives the probabilities medcls's own inference path
+    gives (medcls.core.inference, temperature included) on a check batch, within TOLERANCE."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.float().cpu().eval()
+    deployable = Deployable(model, info.get("temperature")).eval()
+    example = example_input(info)
+    expected = run_predictor(model, info, device="cpu", precision="fp32").probabilities(example)
+    with warnings.catch_warnings():  # tracer chatter; the result is checked numerically below
+        warnings.simplefilter("ignore")
+        if fmt == "onnx":
+            path, difference = export_onnx(deployable, example, expected, out / "model.onnx")
+        else:
+            path, difference = export_torchscript(deployable, example, expected, out / "model.ts")
+    description = {
+        "file": path.name, "format": fmt, "classes": info["classes"], "positive_class": info.get("positive_class"),
+        "threshold": info.get("threshold"), "threshold_rule": info.get("threshold_rule"),
+        "input": {"name": "images", "shape": ["batch", *example.shape[1:]], "dtype": "float32", "range": [0, 1]},
+        "output": {"name": "probabilities", "shape": ["batch", len(info["classes"])]},
+        "preprocessing": info.get("preprocessing"), "window": info.get("window"),
+        "image_size": info.get("image_size"), "volume_size": info.get("volume_size"),
+        "volume_spacing": info.get("volume_spacing"), "slices": info.get("slices", 0),
+        "decision": "binary: positive when probability of positive_class >= threshold; otherwise the arg-max class",
+        "max_abs_difference_vs_pytorch": difference, "run": None if run is None else str(Path(run).resolve()),
+    }
+    (out / "export.json").write_text(json.dumps(description, indent=2), encoding="utf-8")
+    return Exported(str(path), str(out / "export.json"), difference)
+
+
+def export_onnx(deployable, example, expected, path: Path):
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ConfigError('ONNX export needs onnx and onnxruntime: pip install "medcls[export]"') from None
+    try:
+        torch.onnx.export(deployable, (example,), str(path), input_names=["images"], output_names=["probabilities"],
+                          dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}}, opset_version=17,
+                          dynamo=False)
+    except Exception as exc:  # an operator the exporter does not support
+        first = str(exc).strip().splitlines()[0][:200]
+        raise DataError(f"ONNX export of this model failed ({first}): try --format torchscript") from None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(["probabilities"], {"images": example.numpy()})[0]
+    return path, checked(got, expected, path)
+
+
+def export_torchscript(deployable, example, expected, path: Path):
+    with torch.no_grad():
+        traced = torch.jit.trace(deployable, example)
+    traced.save(str(path))
+    got = torch.jit.load(str(path))(example).detach().numpy()
+    return path, checked(got, expected, path)
+
+
+def checked(got: np.ndarray, expected: np.ndarray, path: Path) -> float:
+    difference = float(np.abs(got - expected).max())
+    if difference > TOLERANCE:
+        path.unlink(missing_ok=True)
+        raise DataError(f"exported '{path}' differs from PyTorch by {difference:.2e} (> {TOLERANCE}): "
+                        "not kept; report the backbone, it uses an operation the exporter gets wrong")
+    return difference

@@ -1,0 +1,58 @@
+"""`medcls predict`: calibrated probabilities and decisions for files, folders, DICOM series and
+NIfTI volumes, read as the run was trained, with one error per input that could not be read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from medcls.core.inference import read_paths, run_predictor
+from medcls.core.runs import load_model
+
+
+@dataclass
+class Predictions:
+    """One row per input: its name, class probabilities (NaN where it could not be read), the
+    decision at the run's operating point (None where unreadable) and the error, if any."""
+
+    inputs: list[str]
+    classes: list[str]
+    probabilities: np.ndarray  # (N, K) float64, calibrated
+    decisions: list[str | None]
+    errors: list[str]
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for e in self.errors if e)
+
+    def rows(self) -> list[dict]:
+        """As CSV rows: file, prob_<class>..., predicted, error."""
+        return [{"file": name, **{f"prob_{c}": ("" if np.isnan(v) else f"{v:.6f}") for c, v in zip(self.classes, p)},
+                 "predicted": decided or "", "error": error}
+                for name, p, decided, error in zip(self.inputs, self.probabilities, self.decisions, self.errors)]
+
+    @property
+    def columns(self) -> list[str]:
+        return ["file", *[f"prob_{c}" for c in self.classes], "predicted", "error"]
+
+
+def predict_files(run, inputs, registries, *, batch_size: int = 32, progress=None, device: str = "auto") -> Predictions:
+    model, info = load_model(run, registries)
+    predictor = run_predictor(model, info, device=device, batch_size=batch_size)
+    read = read_paths(info, inputs, registries, progress)
+    return predictions_for(read, predictor)
+
+
+def predictions_for(read, predictor) -> Predictions:
+    """Score the readable inputs through the predictor; unreadable ones keep their error."""
+    classes = predictor.classes
+    probabilities = np.full((len(read.rows), len(classes)), np.nan)
+    decisions: list[str | None] = [None] * len(read.rows)
+    if read.images:
+        probs = predictor.probabilities(read.stacked())
+        probabilities[read.positions] = probs
+        for position, decided in zip(read.positions, predictor.decide(probs)):
+            decisions[position] = classes[int(decided)]
+    return Predictions([r["file"] for r in read.rows], classes, probabilities, decisions,
+                       [r["error"] for r in read.rows])

@@ -1,0 +1,406 @@
+"""The fine-tuning workflow end to end: data, splits, two-stage training, honest evaluation, run folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medcls.config import TrainConfig, save_config
+from medcls.core.augment import make_policy
+from medcls.core.execution import resolve_device, seed_everything
+from medcls.core.loader import (TrainingImages, can_cache_features, class_weights, frozen_features, is_batched,
+                                 loader_workers, make_loader)
+from medcls.data.prepared import PreparedData, prepare_data
+from medcls.errors import ConfigError
+from medcls.logs import logger
+
+
+def stages_for(config: TrainConfig) -> list:
+    from medcls.core.engine import Stage
+
+    if config.pretrained or config.weights:
+        return [Stage("frozen", config.epochs, config.lr, 0),
+                Stage("finetune", config.finetune_epochs, config.lr * config.finetune_lr_factor, config.unfreeze_blocks)]
+    # From scratch nothing is worth freezing: both stages train every block.
+    return [Stage("scratch", config.epochs, config.lr, -1),
+            Stage("finetune", config.finetune_epochs, config.lr * config.finetune_lr_factor, -1)]
+
+
+def resolve_pretrained(config: TrainConfig, registries) -> bool:
+    """`pretrained` unset means: from pretrained weights when the backbone has any."""
+    has_weights = registries["backbones"].get(config.backbone).metadata.get("pretrained", True)
+    if config.pretrained is None:
+        return bool(has_weights or config.weights)
+    if config.pretrained and not has_weights and not config.weights:
+        raise ConfigError(f"backbone {config.backbone!r} has no pretrained weights: train it from scratch "
+                          "(--no-pretrained) or give --weights FILE.safetensors")
+    return config.pretrained
+
+
+def check_names(config: TrainConfig, registries) -> None:
+    """Fail on a misspelled name before any data is read."""
+    registries["backbones"].get(config.backbone)
+    registries["policies"].get(config.policy)
+    if config.format != "auto":
+        registries["datasets"].get(config.format)
+    if config.monitor != "loss":
+        registries["metrics"].get(config.monitor)
+    from medcls.data.readers import parse_window
+
+    parse_window(config.window)
+
+
+@dataclasses.dataclass
+class RunStart:
+    """What every attempt at training one run shares: the checked config, where it runs, where it writes."""
+
+    config: TrainConfig
+    registries: dict
+    out: Path
+    device: object
+    distributed: object
+    progress_factory: object
+    started: float
+
+
+def train(config: TrainConfig, registries, *, progress_factory=None,
+          data: PreparedData | None = None, train_rows=None) -> dict:
+    """Run the whole workflow and write the run folder; returns the summary that the CLI prints.
+    Cross-validation and ensembles pass `data` already prepared (with their splits) and, for
+    bagging, `train_rows` (a resample of the training rows)."""
+    from medcls.data.decoding import StartAgain
+    from medcls.core.distributed import check_config, device_for, from_environment
+
+    started = time.perf_counter()
+    config = dataclasses.replace(checked_config(config, registries),
+                                 pretrained=resolve_pretrained(config, registries))
+    distributed = from_environment(config.device)  # torchrun's process group, if launched by it
+    check_config(config, distributed)
+    if not distributed.writes:
+        logger.setLevel(logging.ERROR)  # rank 0 speaks for all
+        progress_factory = None
+    start = RunStart(config, registries, run_folder(config), device_for(distributed, resolve_device(config.device)),
+                     distributed, progress_factory, started)
+    if data is None:
+        transform, _ = make_policy(config, registries)  # a bad policy setting stops before any data is read
+        # Training starts once the images of its first batches are decoded and the rest decode
+        # meanwhile (see the config's comment); not for loader workers or DDP processes, which
+        # would each need a filled cache.
+        overlap = start.device.type != "cpu" if config.decode_while_training is None else config.decode_while_training
+        background = overlap and loader_workers(config, transform) == 0 and not distributed.active
+        data = prepare_data(config, registries, background=background)
+        for warning in data.warnings:
+            logger.warning(f"{warning}")
+    try:
+        return train_on(start, data, train_rows)
+    except StartAgain as exc:
+        # Decoding in the background found an unreadable image that training needed, or colour
+        # where the first images were grey: start again, as if every image had been decoded first.
+        logger.warning(f"{exc}")
+        for warning in data.complete():
+            logger.warning(f"{warning}")
+        return train_on(start, data, train_rows)
+
+
+def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
+    """Build the model, fit it in two stages and write the run (one attempt of `train`)."""
+    import torch
+
+    from medcls.core.engine import fit
+    from medcls.core.inference import Predictor
+    from medcls.stats.assess import split_results
+    from medcls.core.execution import choose_execution, tune_process
+    from medcls.core.models import build_classifier
+
+    config, registries, distributed, device, out = (start.config, start.registries,
+                                                          start.distributed, start.device, start.out)
+    seed_everything(config.seed, config.deterministic)
+    transform, policy_params = make_policy(config, registries)
+    val_rows, test_rows = data.rows("val"), data.rows("test")
+    train_rows = data.rows("train") if train_rows is None else train_rows
+    for name, rows in (("train", train_rows), ("val", val_rows), ("test", test_rows)):
+        present = np.unique(data.cache_labels(rows))
+        if len(present) < len(data.classes):
+            logger.warning(f"the {name} split ({len(rows)} images) lacks class(es) "
+                f"{', '.join(data.classes[i] for i in set(range(len(data.classes))) - set(present))}")
+    unit = "volumes" if data.cache.images.dim() == 5 else "images"
+    logger.info(f"data: {len(data.cache.kept)} {unit} ({data.format_name}), classes {data.classes}, "
+        f"train/val/test = {len(train_rows)}/{len(val_rows)}/{len(test_rows)}, channels {data.cache.channels}, "
+        f"{len(data.duplicates)} duplicate set(s) kept on one side")
+
+    model, weights_origin = build_classifier(registries, config.backbone, len(data.classes), data.cache.channels,
+                                             config.dropout, config.pretrained, config.weights, config.slices,
+                                             config.slice_pooling)
+    workers = loader_workers(config, transform)
+    tune_process(workers, processes_per_machine=distributed.world)
+    execution = choose_execution(device, model, config.precision, config.channels_last)
+    if distributed.active and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # statistics over the global batch
+    model = execution.prepare(model)
+    if device.type == "cuda" and not config.deterministic:
+        torch.backends.cudnn.benchmark = True
+    logger.info(f"model: {config.backbone} ({weights_origin}), {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
+        f"parameters, on {execution.describe()}")
+
+    train_labels = data.cache_labels(train_rows)
+    weights = class_weights(train_labels, len(data.classes)) if config.class_balance == "weighted_loss" else None
+    loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device))
+    generator = torch.Generator().manual_seed(config.seed)
+    loader = make_loader(TrainingImages(data.cache, train_rows, train_labels, transform), train_labels, config,
+                         len(data.classes), workers, generator, distributed)
+    metrics = list(registries["metrics"])
+    val_labels = data.cache_labels(val_rows)
+
+    # Early stopping and the best checkpoint maximise the score: lower-is-better metrics are negated.
+    lower_is_better = config.monitor == "loss" or not registries["metrics"].get(config.monitor).metadata.get(
+        "higher_is_better", True)
+    monitor_sign = -1.0 if lower_is_better else 1.0
+
+    scorer = Predictor(model, execution, classes=data.classes, batch_size=config.batch_size)
+
+    def score_val(probs):
+        values = split_results(probs, val_labels, None if probs.shape[1] != 2 else 0.5, metrics)
+        return values["loss"], values, monitor_sign * values[config.monitor]
+
+    def evaluate_val():
+        return score_val(scorer.probabilities(data.batches(val_rows), calibrated=False))
+
+    frozen = None
+    if can_cache_features(config, model, transform) and not distributed.active:
+        frozen = frozen_features(model, data, train_rows, val_rows, train_labels, config, execution, generator,
+                                 score_val)
+        logger.info("stage 1: backbone features computed once (no augmentation, frozen backbone)")
+
+    def on_epoch(epoch, is_best):
+        logger.info(f"[{epoch.stage}] epoch {epoch.epoch}: train loss {epoch.train_loss:.4f}, val loss "
+            f"{epoch.val_loss:.4f}, val {config.monitor} {epoch.val_metrics.get(config.monitor, float('nan')):.4f}, "
+            f"lr {epoch.lr:.2e}, {epoch.seconds:.1f}s{' *best' if is_best else ''}")
+
+    # The run folder and its config exist from the first epoch on, so that a killed run can resume.
+    from medcls.core.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+
+    if distributed.writes:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(dataclasses.replace(config, resume=False), out / "config.yaml")
+    resumed = load_checkpoint(out / CHECKPOINT, generator, transform) if config.resume else None
+    if resumed is not None:
+        logger.info(f"resuming after epoch {resumed.epoch_number} from {out / CHECKPOINT}")
+        for epoch in resumed.history:
+            logger.info(f"[{epoch['stage']}] epoch {epoch['epoch']}: (restored) val {config.monitor} "
+                f"{epoch['val_metrics'].get(config.monitor, float('nan')):.4f}")
+
+    fitted = fit(model, stages_for(config), train_loader=loader, evaluate_val=evaluate_val, loss_fn=loss_fn,
+                 execution=execution, optimisation=config.section("optimisation"), on_epoch=on_epoch,
+                 progress_factory=start.progress_factory,
+                 augment=transform.batch if is_batched(transform) else None, frozen=frozen,
+                 checkpoint=(lambda state: save_checkpoint(out / CHECKPOINT, state, generator, transform))
+                 if distributed.writes else None, resume=resumed, distributed=distributed)
+    if not distributed.writes:
+        return {"rank": distributed.rank}  # rank 0 scores and writes the run
+    if data.cache.filling is not None:
+        train_rows, val_rows, test_rows = completed_rows(data, train_rows, val_rows)
+
+    return finish_run(config, registries, data, model, execution, fitted, out,
+                      rows={"train": train_rows, "val": val_rows, "test": test_rows},
+                      facts={"weights_origin": weights_origin, "device": str(device), "started": start.started,
+                             "policy_params": policy_params})
+
+
+def completed_rows(data: PreparedData, train_rows, val_rows) -> tuple:
+    """After training on images decoded in the background: wait for the rest (test images may
+    still be decoding) and give every split's rows again, since unreadable images leave them.
+    One among the training or validation images (one that the dropped last partial batch hid
+    from every epoch), or a colour image among the last, means starting again."""
+    from medcls.data.decoding import StartAgain
+
+    provisional, channels = data.cache.kept, data.cache.channels  # every case, the count trained with
+    for warning in data.complete():
+        logger.warning(f"{warning}")
+    unreadable = set(provisional.tolist()) - set(data.cache.kept.tolist())
+    used = unreadable & set(provisional[np.concatenate([train_rows, val_rows])].tolist())
+    if used:
+        raise StartAgain(f"image '{data.cases[min(used)].key}' turned out unreadable; training starts again without it")
+    if data.cache.channels != channels:
+        raise StartAgain(f"the images have {data.cache.channels} channels, not the {channels} the first ones "
+                         f"suggested: training starts again with {data.cache.channels} channels")
+    return data.rows("train"), data.rows("val"), data.rows("test")
+
+
+def finish_run(config: TrainConfig, registries, data: PreparedData, model, execution, fitted, out: Path, *,
+               rows: dict, facts: dict, extra_info: dict | None = None, extend=None,
+               extra_metrics=None) -> dict:
+    """Score every split the same way (no augmentation or dropout), pick the operating point on
+    validation, and write the run folder: model, metrics, figures, report. Returns the summary."""
+    import json
+
+    from medcls.core.checkpoint import CHECKPOINT
+    from medcls.core.inference import Predictor
+    from medcls.reports import plots, report
+    from medcls.reports.documents import training_document
+    from medcls.core.runs import run_manifest, save_model, write_history, write_predictions, write_splits
+
+    scorer = Predictor(model, execution, classes=data.classes, batch_size=config.batch_size)
+    scores = {s: (scorer.probabilities(data.batches(r), calibrated=False), data.cache_labels(r))
+              for s, r in rows.items()}
+    scoring = score_splits(config, registries, data, rows, scores, scorer)
+    results, threshold = scoring["results"], scoring["threshold"]
+
+    out.mkdir(parents=True, exist_ok=True)
+    info = {
+        "backbone": config.backbone, "classes": data.classes, "in_chans": data.cache.channels,
+        "image_size": config.image_size, "spatial_dims": int(data.cache.images.dim()) - 2,
+        "volume_size": config.volume_size, "volume_spacing": config.volume_spacing, "slices": config.slices,
+        "slice_pooling": config.slice_pooling, "dropout": config.dropout, "threshold": threshold,
+        "threshold_rule": config.threshold_rule, "target": config.target, "window": config.window,
+        "temperature": scoring["temperature"],
+        "positive_class": data.classes[1] if len(data.classes) == 2 else None,
+        "preprocessing": "decode (readers), resize to image_size (antialiased bilinear) or, for volumes, reorient "
+                         "to RAS, crop/resample to volume_size (trilinear), window or percentiles; values in [0, 1]; "
+                         "the model normalises internally", "weights_origin": facts["weights_origin"],
+        **(extra_info or {}),
+    }
+    save_model(model, info, out)
+    write_history(fitted.history, out / "history.csv")
+    write_splits(data, out / "splits.csv")
+    write_predictions(out / "predictions.csv", data.classes,
+                      {s: (data.keys(r), y, p) for (s, r), (p, y) in zip(rows.items(), scoring["scores"].values())},
+                      scorer.decide)
+    manifest = {**run_manifest(config, data), "device": facts["device"],
+                "seconds": round(time.perf_counter() - facts["started"], 1)}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    report.write_metrics_json(out / "metrics.json", {
+        **results, "intervals": scoring["intervals"], "threshold": threshold, "reading": scoring["reading"],
+        "best_epoch": fitted.best_epoch, "temperature": scoring["temperature"],
+        "operating": {s: a["operating"] for s, a in scoring["assessed"].items()},
+        "per_class": {s: a["per_class"] for s, a in scoring["assessed"].items()},
+        "calibration": scoring["calibration"], "level": {s: a["level"] for s, a in scoring["assessed"].items()},
+        "patient_level": scoring["patient_level"], "subgroups": scoring["subgroups"],
+        "notes": {s: a["notes"] for s, a in scoring["assessed"].items()},
+        **({"members": extra_metrics} if extra_metrics else {}),
+    })
+    if fitted.history:
+        plots.plot_learning_curves(fitted.history, out / "learning_curves.png")
+    draw_split_figures(scoring, data.classes, out)
+    summary = {
+        "out": str(out), "results": results, "intervals": scoring["intervals"], "reading": scoring["reading"],
+        "threshold": threshold, "best_epoch": fitted.best_epoch, "stopped_early": fitted.stopped_early,
+        "weights_origin": facts["weights_origin"], "device": facts["device"],
+        "seconds": time.perf_counter() - facts["started"], "policy_params": facts["policy_params"],
+        "warnings": data.warnings, "epochs_run": len(fitted.history),
+        "scores": scoring["scores"],  # calibrated (probabilities, labels) per split, for cross-validation
+    }
+    document = training_document(config, data, summary, scoring)
+    if extend is not None:
+        extend(document)
+    document.write(out)
+    (out / CHECKPOINT).unlink(missing_ok=True)  # the run is complete: model.safetensors holds it
+    return summary
+
+
+def score_splits(config: TrainConfig, registries, data: PreparedData, rows: dict, scores: dict, scorer) -> dict:
+    """Calibrate and pick the operating point on validation (both stored on `scorer`, the run's
+    Predictor), then assess every split the same way."""
+    from medcls.reports import report
+    from medcls.stats.assess import assess, assess_subgroups
+    from medcls.stats.calibration import calibration_slope_intercept, fit_temperature
+    from medcls.stats.operating_points import choose_threshold
+
+    metrics = list(registries["metrics"])
+    temperature = None
+    if config.calibration == "temperature":
+        temperature = scorer.temperature = fit_temperature(*scores["val"])
+        scores = {s: (scorer.calibrate(p), y) for s, (p, y) in scores.items()}
+        logger.info(f"calibration: temperature {temperature:.3f} fitted on validation")
+    threshold = None
+    if len(data.classes) == 2:
+        probs, labels = scores["val"]
+        threshold = scorer.threshold = choose_threshold(config.threshold_rule, labels, probs[:, 1],
+                                                        target=config.target, fixed=config.threshold)
+    options = dict(prevalence=config.prevalence, n_resamples=config.bootstrap, seed=config.seed)
+    patients = {s: data.patients(r) for s, r in rows.items()}
+    assessed = {s: assess(p, y, threshold, metrics, patients=patients[s], where=f"{s} split", **options)
+                for s, (p, y) in scores.items()}
+    results = {s: a["values"] for s, a in assessed.items()}
+    results["gap"] = report.gap(results["train"], results["test"])
+    patient_level = None
+    if config.patient_level:
+        patient_level = {s: assess(p, y, threshold, metrics, patients=patients[s], where=f"{s} split",
+                                   patient_level=config.patient_level, **options) for s, (p, y) in scores.items()}
+    subgroups = {}
+    if config.by:
+        subgroups = assess_subgroups(*scores["test"], threshold, metrics, data.column(rows["test"], config.by),
+                                     config.by, patients=patients["test"], where="test ", **options)
+    calibration = {s: calibration_slope_intercept(y, p[:, 1]) for s, (p, y) in scores.items() if p.shape[1] == 2}
+    return {"scores": scores, "threshold": threshold, "temperature": temperature, "assessed": assessed,
+            "results": results, "intervals": {s: a["intervals"] for s, a in assessed.items()},
+            "reading": report.read_gap(results["train"], results["val"], results["test"]),
+            "patient_level": patient_level, "subgroups": subgroups, "calibration": calibration,
+            "groups": patients["test"]}
+
+
+def draw_split_figures(scoring: dict, classes: list[str], out: Path) -> None:
+    from medcls.reports import plots
+
+    threshold = scoring["threshold"]
+    scores = scoring["scores"]
+    plots.plot_roc({s: (p, y, threshold) for s, (p, y) in scores.items()}, classes, out / "roc.png",
+                   groups=scoring["groups"])
+    plots.plot_confusion(*scores["test"], threshold, classes, out / "confusion_matrix.png")
+    if len(classes) == 2:
+        plots.plot_pr(*scores["test"], out / "pr.png")
+        plots.plot_calibration(*scores["test"], out / "calibration.png")
+        plots.plot_decision_curve(*scores["test"], out / "decision_curve.png")
+
+
+def checked_config(config: TrainConfig, registries) -> TrainConfig:
+    """Names checked before any data is read, and the data path made absolute, so that
+    `medcls evaluate RUN` finds the data (and its split) from any folder."""
+    check_names(config, registries)
+    if Path(config.data).exists():
+        config = dataclasses.replace(config, data=str(Path(config.data).resolve()))
+    return config
+
+
+def open_run(config: TrainConfig, registries, *, split: bool) -> tuple[TrainConfig, Path, PreparedData]:
+    """The start that cross-validation and ensembles share: checked config, the run folder with
+    its config.yaml, and the data prepared once for every run inside it."""
+    config = checked_config(config, registries)
+    out = run_folder(config)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    data = prepare_data(config, registries, split=split)
+    for warning in data.warnings:
+        logger.warning(f"{warning}")
+    return config, out, data
+
+
+def resume_config(run) -> TrainConfig:
+    """The configuration an interrupted run was started with, set to continue it."""
+    from medcls.config import make_config, read_config_file
+
+    saved = Path(run) / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"--resume: '{run}' has no config.yaml: give the --out folder of an interrupted `medcls train`")
+    return make_config(read_config_file(saved), {"out": str(run), "resume": True}, where=f"run config '{saved}'")
+
+
+def run_folder(config: TrainConfig) -> Path:
+    """The --out folder, checked before any work so that a finished run is never overwritten."""
+    if config.out is None:
+        return Path("runs") / f"{config.backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' is a file: give a folder")
+    if config.resume:
+        if not out.is_dir():
+            raise ConfigError(f"--resume: run folder '{out}' does not exist")
+        return out
+    if (out / "model.safetensors").exists() and not config.overwrite:
+        raise ConfigError(f"run folder '{out}' already holds a run: choose another --out or pass --set overwrite=true")
+    return out
+
+
