@@ -68,6 +68,6 @@ def test_compare_cli(tmp_path):
     assert result.exit_code == 0, result.output
     assert "paired DeLong" in result.stdout and "exact McNemar" in result.stdout
     saved = json.loads((tmp_path / "c.json").read_text())
-    assert saved["n"] == 240 and saved["split"] == "all"
+    assert saved["n"] == 400 and saved["split"] == "all"
     same = CliRunner().invoke(cli, ["compare", a, a])
     assert same.exit_code == 0 and "p = 1.0000" in same.stdout

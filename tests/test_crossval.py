@@ -16,19 +16,19 @@ def test_three_folds_score_every_case_once_with_patients_kept_together(tmp_path)
     result = CliRunner().invoke(cli, ["train", *FAST, "--folds", "3", "--out", str(tmp_path / "cv")])
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader((tmp_path / "cv" / "oof_predictions.csv").open()))
-    assert len(rows) == 240 and len({r["case"] for r in rows}) == 240
+    assert len(rows) == 400 and len({r["case"] for r in rows}) == 400
     fold_of_patient = {}
     for row in rows:  # synthetic#patientNNNN/sliceK: both slices of a patient share a fold
         patient = row["case"].split("/")[0]
         assert fold_of_patient.setdefault(patient, row["fold"]) == row["fold"]
     assert {r["fold"] for r in rows} == {"1", "2", "3"}
     metrics = json.loads((tmp_path / "cv" / "cv_metrics.json").read_text())
-    assert metrics["n"] == 240 and len(metrics["per_fold"]) == 3 and sum(f["n"] for f in metrics["per_fold"]) == 240
+    assert metrics["n"] == 400 and len(metrics["per_fold"]) == 3 and sum(f["n"] for f in metrics["per_fold"]) == 400
     assert metrics["pooled_intervals"]["roc_auc"]["method"] == "cluster bootstrap (patients)"  # 2 slices each
     assert metrics["pooled_intervals"]["sensitivity"]["method"] == "Wilson"
     for fold in (1, 2, 3):
         assert (tmp_path / "cv" / f"fold-{fold}" / "model.safetensors").exists()
-    assert "| pooled | 240 |" in result.output and "mean ± sd" in result.output
+    assert "| pooled | 400 |" in result.output and "mean ± sd" in result.output
 
 
 def test_more_folds_than_patients_is_a_clear_error(tmp_path):

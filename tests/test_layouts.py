@@ -102,6 +102,6 @@ def test_npz_multilabel_refused(registries, tmp_path):
 def test_synthetic_is_deterministic(registries):
     first, name = load(registries, data="synthetic")
     second, _ = load(registries, data="synthetic")
-    assert name == "synthetic" and len(first) == 240
+    assert name == "synthetic" and len(first) == 400
     assert all(np.array_equal(a.array, b.array) for a, b in zip(first, second))
-    assert len({c.patient_id for c in first}) == 120
+    assert len({c.patient_id for c in first}) == 200

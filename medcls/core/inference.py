@@ -154,7 +154,7 @@ def expand_paths(inputs, readers: ReaderTable) -> list[Path]:
 
 def read_cases(info: dict, cases: list[Case], registries, progress=None) -> ReadInputs:
     """Each case read and preprocessed exactly as training read it (reader, grid, channels)."""
-    from medcls.data.images import prepare_one, to_channels
+    from medcls.data.images import as_stored, prepare_one
 
     readers, grid = input_readers(info, registries), run_grid(info)
     result = ReadInputs([], [], [])
@@ -164,7 +164,7 @@ def read_cases(info: dict, cases: list[Case], registries, progress=None) -> Read
             if case.array is None and not case.path.exists():
                 raise DataError(f"file '{case.path}' does not exist")
             image = prepare_one(readers.read(case), grid)
-            result.images.append(to_channels(image, info["in_chans"]))
+            result.images.append(as_stored(image, info["in_chans"]))
             result.positions.append(len(result.rows))
         except DataError as exc:
             row["error"] = str(exc)

@@ -27,7 +27,7 @@ class DataOptions:
     split_column: str | None = None  # CSV column with train/val/test (None: 'split' if present)
     image_root: str | None = None  # folder the CSV paths are relative to (None: the CSV's folder)
     patient_from_dicom: bool = False  # take patient_id from each DICOM header's PatientID
-    synthetic_cases: int = 240  # images in the built-in synthetic set
+    synthetic_cases: int = 400  # images in the built-in synthetic set (200 patients)
     synthetic_size: int = 96  # side length of the synthetic phantoms, in pixels
     readers: "ReaderTable | None" = field(default=None, repr=False)  # set by medcls, not by users
 

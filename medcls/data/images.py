@@ -136,12 +136,6 @@ def is_grey(image: torch.Tensor) -> bool:
     return image.shape[0] == 1 or float((image - image.mean(0, keepdim=True)).abs().mean()) <= GREY_TOLERANCE
 
 
-def to_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
-    if image.shape[0] == channels:
-        return image
-    return image.mean(0, keepdim=True) if channels == 1 else image.expand(channels, -1, -1)
-
-
 def allocate(shape: tuple, memory_budget: int | None, spill_dir: Path | None) -> torch.Tensor:
     """A uint16 tensor in RAM, or backed by a memory-mapped file when it would not fit."""
     size = int(np.prod(shape)) * 2
@@ -164,6 +158,13 @@ def fit_width(image: torch.Tensor, width: int) -> torch.Tensor:
     if width == 3:
         return image.expand(3, *image.shape[1:])
     return grey_average(image[None])[0]
+
+
+def as_stored(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """A preprocessed image exactly as the image cache hands it to training: 16-bit quantised and
+    brought to `channels` the same way, so that predicting a file gives the pixels evaluating it does."""
+    stored = fit_width(torch.from_numpy(to_uint16(image)), channels)
+    return stored.float().div_(SCALE)
 
 
 def grey_average(images: torch.Tensor) -> torch.Tensor:

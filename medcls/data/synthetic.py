@@ -23,7 +23,10 @@ def smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarra
 
 
 def phantom(rng: np.random.Generator, size: int, lesion: bool, slice_shift: float) -> np.ndarray:
-    """One axial slice: scalp, skull, brain with grey/white texture, ventricles, optional lesion."""
+    """One axial slice: scalp, skull, brain with grey/white texture, ventricles and small bright
+    foci (vessels, choroid plexus) in every head; with `lesion`, a tumour of varying size and
+    conspicuity inside an oedema halo that pushes the nearer ventricle aside (mass effect). A
+    bright spot alone does not give the class away: size, shape, halo and mass effect do."""
     y, x = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
     a, b = rng.uniform(0.68, 0.78), rng.uniform(0.80, 0.90)
     cx, cy = rng.uniform(-0.04, 0.04), rng.uniform(-0.04, 0.04)
@@ -36,17 +39,25 @@ def phantom(rng: np.random.Generator, size: int, lesion: bool, slice_shift: floa
     image[brain] = 0.55 + 0.06 * texture[brain]
     white = (r < 0.7) & (texture > -0.2)
     image[white] = 0.45 + 0.03 * texture[white]
-    for side in (-1, 1):  # lateral ventricles, a little different on each slice
-        vx, vy = cx + side * 0.12, cy - 0.05 + slice_shift
-        ventricle = ((x - vx) / 0.07) ** 2 + ((y - vy) / (0.22 - abs(slice_shift))) ** 2 < 1
-        image[ventricle] = 0.9  # CSF is bright on T2
+    lesion_at = None
     if lesion:
         angle, radius = rng.uniform(0, 2 * np.pi), rng.uniform(0.15, 0.55)
-        lx, ly = cx + radius * a * np.cos(angle), cy + radius * b * np.sin(angle)
-        size_l = rng.uniform(0.09, 0.17)
+        lesion_at = (cx + radius * a * np.cos(angle), cy + radius * b * np.sin(angle), rng.uniform(0.08, 0.17))
+    for side in (-1, 1):  # lateral ventricles, a little different on each slice
+        vx, vy = cx + side * 0.12, cy - 0.05 + slice_shift
+        if lesion_at is not None and np.sign(lesion_at[0] - cx) == side:
+            vx -= side * 0.5 * lesion_at[2]  # mass effect: the ventricle on the lesion's side is pushed across
+        ventricle = ((x - vx) / 0.07) ** 2 + ((y - vy) / (0.22 - abs(slice_shift))) ** 2 < 1
+        image[ventricle] = 0.9  # CSF is bright on T2
+    for _ in range(rng.integers(1, 4)):  # small bright foci in every head: not lesions
+        fx, fy = cx + rng.uniform(-0.5, 0.5) * a, cy + rng.uniform(-0.5, 0.5) * b
+        image[(((x - fx) ** 2 + (y - fy) ** 2) < rng.uniform(0.015, 0.03) ** 2) & brain] = rng.uniform(0.7, 0.85)
+    if lesion_at is not None:
+        lx, ly, size_l = lesion_at
         d = np.sqrt((x - lx) ** 2 + (y - ly) ** 2) / size_l + 0.25 * smooth_noise(rng, size, sigma=size / 32)
-        image[(d < 1.6) & brain] += 0.12  # oedema halo
-        image[(d < 1.0) & brain] = 0.78 + 0.05 * texture[(d < 1.0) & brain]  # enhancing tumour
+        image[(d < 1.6) & brain] += rng.uniform(0.06, 0.12)  # oedema halo
+        core = (d < 1.0) & brain
+        image[core] = rng.uniform(0.68, 0.8) + 0.05 * texture[core]  # enhancing tumour, of varying conspicuity
     image += 0.03 * rng.standard_normal((size, size))  # thermal noise
     return np.clip(image, 0, 1).astype(np.float32)
 
@@ -82,6 +93,7 @@ def load_synthetic(source: str, options: DataOptions) -> list[Case]:
 
 # --- 3D: whole synthetic head volumes, for 3D backbones, tests and the volume demo ---
 
+SYNTHETIC_VOLUMES = 120  # volumes in the built-in 3D set
 VOLUME_SPACING = (3.0, 2.0, 2.0)  # mm along (z, y, x): thicker slices than pixels, as in many MR series
 
 
@@ -128,7 +140,7 @@ def is_synthetic_volumes(source: str) -> bool:
 
 
 def load_synthetic_volumes(source: str, options: DataOptions) -> list[Case]:
-    return synthetic_volume_cases(options.synthetic_cases // 2, max(16, options.synthetic_size // 3))
+    return synthetic_volume_cases(SYNTHETIC_VOLUMES, max(16, options.synthetic_size // 3))
 
 
 def write_synthetic_volumes(root, n_cases: int = 24, size: int = 32, fmt: str = "nifti", seed: int = 0):

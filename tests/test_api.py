@@ -1,0 +1,200 @@
+"""The public Python API: train from arrays, typed results, predict/decide/evaluate/export/explain on a
+Run, reload, in-process plugins, and errors that name the problem."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import medcls
+from medcls.data.synthetic import synthetic_cases
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def phantoms(n=120, size=48):
+    cases = synthetic_cases(n, size)
+    images = np.stack([(c.array[0] * 255).round().astype(np.uint8) for c in cases])
+    return images, np.array([c.label for c in cases]), np.array([c.patient_id for c in cases])
+
+
+SMALL = dict(backbone="test_efficientnet", pretrained=False, image_size=48, epochs=6, finetune_epochs=0, lr=3e-3,
+             batch_size=16, bootstrap=100)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    images, labels, patients = phantoms()
+    run = medcls.train(images=images, labels=labels, patients=patients, out=str(tmp_path_factory.mktemp("api") / "r"),
+                       **SMALL)
+    return run, images, labels
+
+
+def test_import_is_cheap_and_lists_the_api():
+    code = "import sys, medcls; assert 'torch' not in sys.modules; print(sorted(medcls.__all__))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    for name in ("train", "load_run", "Run", "create_classifier", "list_backbones", "register_plugin"):
+        assert name in out
+
+
+def test_train_from_arrays_returns_a_typed_run(trained):
+    run, images, labels = trained
+    assert run.classes == ["normal", "tumour"] and run.positive_class == "tumour"
+    assert 0 < run.threshold < 1 and run.temperature is None
+    test = run.metrics.test
+    assert test.n > 0 and isinstance(test.roc_auc, medcls.Estimate)
+    assert test.roc_auc.low <= test.roc_auc.value <= test.roc_auc.high and test.roc_auc.method
+    assert run.metrics.gap["roc_auc"] == pytest.approx(run.metrics.train.roc_auc.value - test.roc_auc.value)
+    assert run.history and run.history[0]["epoch"] == 1 and "val_roc_auc" in run.history[0]
+    assert isinstance(run.model, torch.nn.Module) and run.config.backbone == "test_efficientnet"
+
+
+def test_predict_decide_and_reload_give_identical_probabilities(trained):
+    run, images, labels = trained
+    probs = run.predict(images[:8])
+    assert probs.shape == (8, 2) and probs.dtype == np.float64 and np.allclose(probs.sum(1), 1)
+    decided = run.decide(images[:8])
+    assert list(decided) == [run.classes[int(p[1] >= run.threshold)] for p in probs]
+    again = medcls.load_run(run.path)
+    assert np.array_equal(again.predict(images[:8]), probs)
+    # the same pixels as float in [0, 1], channels last or first, give the same answer
+    as_float = images[:8].astype(np.float32) / 255
+    np.testing.assert_allclose(run.predict(as_float), probs, atol=1e-6)
+    np.testing.assert_allclose(run.predict(as_float[..., None]), probs, atol=1e-6)
+    np.testing.assert_allclose(run.predict(torch.from_numpy(as_float[:, None])), probs, atol=1e-6)
+
+
+def test_predictions_csv_lets_anyone_recompute_the_figures(trained):
+    from sklearn.metrics import roc_auc_score
+
+    run, _, _ = trained
+    with open(run.path / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert set(rows[0]) == {"key", "split", "label", "p_normal", "p_tumour", "decision"}
+    assert {r["split"] for r in rows} == {"train", "val", "test"}
+    test = [r for r in rows if r["split"] == "test"]
+    auc = roc_auc_score([r["label"] == "tumour" for r in test], [float(r["p_tumour"]) for r in test])
+    assert auc == pytest.approx(run.metrics.test.roc_auc.value, abs=1e-9)
+    assert all(r["decision"] == ("tumour" if float(r["p_tumour"]) >= run.threshold else "normal") for r in test)
+
+
+def test_evaluate_on_new_arrays_and_on_the_own_test_split(trained, tmp_path):
+    run, images, labels = trained
+    own = run.evaluate(out=tmp_path / "own")
+    assert own.split == "test" and own.metrics.roc_auc.value == pytest.approx(run.metrics.test.roc_auc.value)
+    assert (tmp_path / "own" / "predictions.csv").is_file() and (tmp_path / "own" / "report.md").is_file()
+    new = run.evaluate(images=images[:40], labels=labels[:40], out=tmp_path / "new", bootstrap=100)
+    assert new.split == "all" and new.n == 40
+
+
+def test_export_and_explain_from_the_run(trained, tmp_path):
+    import onnxruntime
+
+    run, images, _ = trained
+    exported = run.export("onnx", tmp_path / "onnx")
+    session = onnxruntime.InferenceSession(exported.path, providers=["CPUExecutionProvider"])
+    x = run.read(images[:3]).stacked().numpy()
+    np.testing.assert_allclose(session.run(None, {"images": x})[0], run.predict(images[:3]), atol=1e-4)
+    explanation = run.explain(images[:2], tmp_path / "cams")
+    assert len(explanation.rows) == 2 and Path(explanation.grid).is_file()
+
+
+def test_unknown_keys_and_bad_values_raise_as_the_cli_does():
+    images, labels, _ = phantoms(20)
+    with pytest.raises(medcls.ConfigError, match=r"unknown key 'epoch' \(did you mean 'epochs'\?\)"):
+        medcls.train(images=images, labels=labels, epoch=3)
+    with pytest.raises(medcls.ConfigError, match="optimizer = 'adam' is invalid"):
+        medcls.train(images=images, labels=labels, optimizer="adam")
+    with pytest.raises(medcls.ConfigError, match="either data"):
+        medcls.train("synthetic", images=images, labels=labels)
+
+
+@pytest.mark.parametrize("images, labels, message", [
+    (np.full((4, 8, 8), 1.5, np.float32), [0, 1, 0, 1], r"must lie in \[0, 1\]"),
+    (np.full((4, 8, 8), np.nan, np.float32), [0, 1, 0, 1], "NaN"),
+    (np.zeros((4, 8, 8), np.int32), [0, 1, 0, 1], "dtype int32"),
+    (np.zeros((4, 8, 8, 7), np.uint8), [0, 1, 0, 1], "no channel axis"),
+    (np.zeros((4, 8), np.uint8), [0, 1, 0, 1], "give \\(N, H, W\\)"),
+    (np.zeros((4, 8, 8), np.uint8), [0, 1, 0], "labels has 3 entries for 4 images"),
+    (np.zeros((4, 8, 8), np.uint8), [0.5, 1, 0, 1], "not a class"),
+])
+def test_bad_arrays_are_one_line_errors(images, labels, message):
+    with pytest.raises(medcls.DataError, match=message):
+        medcls.train(images=images, labels=labels, **SMALL)
+
+
+def test_create_classifier_and_list_backbones():
+    assert "test_resnet" in medcls.list_backbones("test_*") and "resnet18" not in medcls.list_backbones("test_*")
+    model = medcls.create_classifier("test_resnet", 3, in_chans=1)
+    out = model(torch.rand(2, 1, 32, 32))
+    assert out.shape == (2, 3)
+    with pytest.raises(medcls.UnknownNameError, match="did you mean"):
+        medcls.create_classifier("test_resnett", 2)
+
+
+def test_an_in_process_plugin_registers_a_backbone_for_training(tmp_path):
+    from torch import nn
+
+    from medcls.plugins.manager import unregister_in_process
+
+    class Tiny(nn.Module):
+        num_features = 8
+
+        def __init__(self, in_chans):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(in_chans, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                      nn.Flatten())
+
+        def forward(self, x):
+            return self.body(x)
+
+    class NotebookPlugin:
+        @medcls.hookimpl
+        def medcls_register_backbones(self, register):
+            register("notebook_tiny", Tiny, description="defined in a notebook", pretrained=False)
+
+    medcls.register_plugin(NotebookPlugin(), name="notebook")
+    try:
+        assert "notebook_tiny" in medcls.list_backbones("notebook_*")
+        images, labels, patients = phantoms(40, 24)
+        run = medcls.train(images=images, labels=labels, patients=patients, **{**SMALL, "backbone": "notebook_tiny",
+                                                                              "image_size": 24, "epochs": 1})
+        assert run.info["backbone"] == "notebook_tiny"
+        with pytest.raises(medcls.PluginError, match="already registered"):
+            medcls.register_plugin(NotebookPlugin(), name="notebook")
+    finally:
+        unregister_in_process("notebook")
+
+    class Misspelled:
+        @medcls.hookimpl
+        def medcls_register_backbone(self, register):
+            pass
+
+    with pytest.raises(medcls.PluginError, match="unknown hook"):
+        medcls.register_plugin(Misspelled(), name="typo")
+
+
+def test_without_out_the_run_lives_in_a_temporary_folder():
+    images, labels, patients = phantoms(40, 24)
+    run = medcls.train(images=images, labels=labels, patients=patients, **{**SMALL, "image_size": 24, "epochs": 1})
+    folder = run.path
+    assert folder.is_dir() and "medcls-run-" in str(folder)
+    del run
+    import gc
+
+    gc.collect()
+    assert not folder.exists()
+
+
+def test_the_notebook_example_runs(tmp_path):
+    """examples/notebook.py: arrays in, figures, predict, reload with identical probabilities."""
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "notebook.py"), "--out", str(tmp_path / "nb")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "identical probabilities" in result.stdout
+    assert json.loads((tmp_path / "nb" / "metrics.json").read_text())["test"]["roc_auc"] >= 0.8

@@ -1,0 +1,82 @@
+"""One inference path: the same image gets the same calibrated probability and the same decision
+through `predict` (CLI and API), `explain`, `evaluate`, training's own predictions.csv and the
+exported ONNX model, for a run whose probabilities are temperature-scaled."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import medcls
+from medcls.cli import cli
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    from tests.conftest import save_png
+
+    rng = np.random.default_rng(1)
+    root = tmp_path_factory.mktemp("calibrated")
+    for label in ("no", "yes"):
+        for i in range(30):
+            image = (rng.random((40, 40)) * 60).astype(np.uint8)
+            if label == "yes" or i % 7 == 0:  # a few bright 'no' images keep the classes overlapping
+                image[10:25, 12:28] = 150 + int(rng.integers(0, 100))
+            save_png(root / "data" / label / f"{label}{i}.png", image)
+    run = medcls.train(root / "data", backbone="test_resnet", pretrained=False, image_size=32, epochs=3,
+                       finetune_epochs=0, bootstrap=50, calibration="temperature", patience=0,
+                       out=str(root / "run"))
+    return run, root / "data"
+
+
+def rows_of(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_every_path_gives_the_same_probability_and_decision(calibrated, tmp_path):
+    import onnxruntime
+
+    run, data = calibrated
+    assert run.temperature is not None and abs(run.temperature - 1) > 1e-3  # calibration changes probabilities
+    files = sorted((data / "yes").glob("*.png"))[:3] + sorted((data / "no").glob("*.png"))[:3]
+
+    api = run.predict(files)[:, 1]
+    decided = list(run.decide(files))
+
+    result = CliRunner().invoke(cli, ["predict", str(run.path), *map(str, files), "-o", str(tmp_path / "p.csv")])
+    assert result.exit_code == 0, result.output
+    cli_rows = rows_of(tmp_path / "p.csv")
+    np.testing.assert_allclose([float(r["prob_yes"]) for r in cli_rows], api, atol=1e-6)
+    assert [r["predicted"] for r in cli_rows] == decided
+
+    explained = run.explain(files, tmp_path / "cams", target_class="yes")
+    np.testing.assert_allclose([r["probability"] for r in explained.rows], api, atol=1e-9)
+    assert [r["predicted"] for r in explained.rows] == decided
+
+    evaluation = run.evaluate(data, split="all", out=tmp_path / "eval", bootstrap=50)
+    by_key = {r["key"]: r for r in rows_of(evaluation.path / "predictions.csv")}
+    np.testing.assert_allclose([float(by_key[str(f)]["p_yes"]) for f in files], api, atol=1e-7)
+    assert [by_key[str(f)]["decision"] for f in files] == decided
+
+    trained = {r["key"]: r for r in rows_of(run.path / "predictions.csv")}
+    np.testing.assert_allclose([float(trained[str(f)]["p_yes"]) for f in files], api, atol=1e-6)
+
+    exported = run.export("onnx", tmp_path / "onnx")
+    session = onnxruntime.InferenceSession(exported.path, providers=["CPUExecutionProvider"])
+    onnx = session.run(None, {"images": run.read(files).stacked().numpy()})[0][:, 1]
+    np.testing.assert_allclose(onnx, api, atol=1e-4)
+
+
+def test_an_unreadable_input_is_an_error_for_predict_and_a_row_for_predictions(calibrated, tmp_path):
+    run, data = calibrated
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    good = sorted((data / "yes").glob("*.png"))[0]
+    with pytest.raises(medcls.DataError, match="broken.png"):
+        run.predict([good, broken])
+    predictions = run.predictions([good, broken])
+    assert predictions.failed == 1 and np.isnan(predictions.probabilities[1]).all()
+    assert predictions.decisions[0] in run.classes and predictions.decisions[1] is None
