@@ -212,6 +212,14 @@ def resume(run: str | os.PathLike, *, progress=None) -> "Run | None":
     return train(config=resume_config(run), progress=progress)
 
 
+def launch_distributed(devices: int, argv: list[str]) -> int:
+    """Run `medcls <argv>` (without --devices) under torchrun on `devices` processes (DDP); returns
+    torchrun's exit status."""
+    from medcls.core.distributed import launch, without_option
+
+    return launch(devices, without_option(argv, "--devices"))
+
+
 def configure(config: TrainConfig | str | os.PathLike | None, overrides: dict, *, where: str) -> TrainConfig:
     """A TrainConfig from a file or another TrainConfig, with keyword overrides, checked."""
     if isinstance(config, TrainConfig):

@@ -151,9 +151,7 @@ def train(config_file, settings, aug, format_, resume_run, devices, **flags):
     from medcls import api
 
     if devices:
-        from medcls.core.distributed import launch, without_option
-
-        sys.exit(launch(devices, without_option(sys.argv[1:], "--devices")))
+        sys.exit(api.launch_distributed(devices, sys.argv[1:]))
     overrides = {k: v for k, v in flags.items() if v is not None}
     progress = progress_bars(sys.stderr.isatty())
     if resume_run is not None:

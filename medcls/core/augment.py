@@ -15,7 +15,12 @@ import numpy as np
 import torch
 from monai.networks.layers import AffineTransform
 from monai.transforms import RandomizableTransform
-from monai.transforms.utils import create_rotate, create_scale, create_shear, create_translate
+from monai.transforms.utils import (
+    create_rotate,
+    create_scale,
+    create_shear,
+    create_translate,
+)
 
 from medcls.config import TrainConfig
 from medcls.errors import ConfigError

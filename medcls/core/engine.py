@@ -11,9 +11,11 @@ from typing import Callable
 import torch
 from torch import nn
 
+from medcls.core.checkpoint import FitState
 from medcls.core.distributed import SINGLE, gather, wrap
-from medcls.errors import ConfigError, TrainingDiverged
 from medcls.core.execution import Execution
+from medcls.errors import ConfigError, TrainingDiverged
+from medcls.stats.metrics import roc_auc
 
 
 @dataclass
@@ -136,8 +138,6 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
     """
     import time
 
-    from medcls.core.checkpoint import FitState
-
     result = FitResult()
     best_state = copy.deepcopy(model.state_dict())
     epoch_number, first_stage = 0, 0
@@ -191,7 +191,6 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
             score = -val_loss if math.isnan(score) else score  # e.g. AUC undefined: fall back to loss
             if schedule is not None:
                 schedule.step(score) if optimisation["schedule"] == "plateau" else schedule.step()
-            from medcls.stats.metrics import roc_auc
 
             epoch = EpochResult(stage.name, epoch_number, train_loss,
                                 roc_auc(train_labels, train_scores, None), val_loss, val_metrics, lr,

@@ -20,6 +20,9 @@ from torch import nn
 from medcls.core.execution import Execution, choose_execution, resolve_device
 from medcls.core.tta import views
 from medcls.data.cases import Case, DataOptions, ReaderTable
+from medcls.data.images import as_stored, prepare_one
+from medcls.data.layouts import candidate_files
+from medcls.data.volumes import make_grid
 from medcls.errors import DataError
 from medcls.stats.calibration import apply_temperature
 
@@ -129,7 +132,6 @@ def input_readers(info: dict, registries) -> ReaderTable:
 
 def run_grid(info: dict):
     """The grid a run was trained on: `image_size` pixels square, or its volume grid."""
-    from medcls.data.volumes import make_grid
 
     if int(info.get("spatial_dims", 2)) == 2:
         return info["image_size"]
@@ -138,7 +140,6 @@ def run_grid(info: dict):
 
 def expand_paths(inputs, readers: ReaderTable) -> list[Path]:
     """Files as given; folders searched for readable files (and, for volume models, series folders)."""
-    from medcls.data.layouts import candidate_files
 
     files = []
     for item in inputs:
@@ -154,7 +155,6 @@ def expand_paths(inputs, readers: ReaderTable) -> list[Path]:
 
 def read_cases(info: dict, cases: list[Case], registries, progress=None) -> ReadInputs:
     """Each case read and preprocessed exactly as training read it (reader, grid, channels)."""
-    from medcls.data.images import as_stored, prepare_one
 
     readers, grid = input_readers(info, registries), run_grid(info)
     result = ReadInputs([], [], [])

@@ -9,6 +9,7 @@ from functools import partial
 import numpy as np
 
 from medcls.config import TrainConfig
+from medcls.core.engine import FrozenFeatures
 from medcls.data.prepared import PreparedData
 
 
@@ -131,8 +132,6 @@ def frozen_features(model, data: PreparedData, train_rows, val_rows, train_label
     them that shares the image loader's generator (same batches, same order)."""
     import torch
     from torch.utils.data import TensorDataset
-
-    from medcls.core.engine import FrozenFeatures
 
     @torch.no_grad()
     def features(rows):

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medcls.errors import WeightsUnavailableError
+from medcls.errors import ConfigError, WeightsUnavailableError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -212,7 +212,6 @@ def build_classifier(registries, backbone_name: str, num_classes: int, in_chans:
                      slice_pooling: str = "mean") -> tuple[Classifier, str]:
     """The backbone from the registry, pretrained if asked (never silently random), plus a new
     head; with `slices` a 2D backbone reads volumes slice by slice (2.5D)."""
-    from medcls.errors import ConfigError
 
     entry = registries["backbones"].get(backbone_name)
     if slices and (entry.metadata.get("spatial_dims", 2) != 2 or slices % 2 == 0 or slices < 1):

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from medcls.core.models import Ensemble, build_classifier
 from medcls.errors import DataError
 
 if TYPE_CHECKING:
@@ -28,8 +29,6 @@ def save_model(model, info: dict, out: Path) -> None:
 def load_model(run: str | Path, registries, device="cpu"):
     """The classifier of a finished run (weights never unpickled) and its model.json."""
     from safetensors.torch import load_model as load_safetensors
-
-    from medcls.core.models import Ensemble, build_classifier
 
     run = Path(run)
     if not (run / MODEL_FILE).is_file() or not (run / MODEL_INFO).is_file():

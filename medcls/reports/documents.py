@@ -5,6 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from medcls.reports.report import (
+    GAP_HEADER,
+    Document,
+    add_assessment,
+    format_value,
+    gap_rows,
+)
+
 if TYPE_CHECKING:
     from medcls.config import TrainConfig
     from medcls.data.prepared import PreparedData
@@ -31,8 +39,6 @@ def case_flow(data: PreparedData, rows_by_split: dict | None = None) -> tuple[li
 
 
 def subgroup_rows(subgroups: dict) -> list[list[str]]:
-    from medcls.reports.report import format_value
-
     rows = []
     for value, assessed in subgroups.items():
         values, intervals = assessed["values"], assessed["intervals"]
@@ -42,8 +48,6 @@ def subgroup_rows(subgroups: dict) -> list[list[str]]:
 
 
 def training_document(config: TrainConfig, data: PreparedData, summary: dict, scoring: dict):
-    from medcls.reports.report import GAP_HEADER, Document, add_assessment, format_value, gap_rows
-
     doc = Document(f"medcls run: {config.backbone} on {config.data}")
     doc.heading("Case flow")
     lines, rows = case_flow(data)

@@ -9,7 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from medcls.stats.assess import decisions
+from medcls.stats.bootstrap import WeightedBinary, resample_weights
+from medcls.stats.calibration import reliability_curve
 from medcls.stats.metrics import confusion_counts
+from medcls.stats.operating_points import net_benefit
 
 
 def subplots(*grid, figsize, **options):
@@ -33,7 +36,6 @@ def save(fig, path: Path) -> None:
 
 
 def plot_learning_curves(history, path: Path) -> None:
-
     epochs = [h.epoch for h in history]
     fig, (ax_loss, ax_auc) = subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [h.train_loss for h in history], "o-", label="train (augmented)")
@@ -53,7 +55,6 @@ def plot_learning_curves(history, path: Path) -> None:
 
 def roc_band(y: np.ndarray, p1: np.ndarray, groups=None, n_resamples: int = 500, level: float = 0.95, seed: int = 0):
     """Pointwise bootstrap band of sensitivity over a grid of 1 - specificity."""
-    from medcls.stats.bootstrap import WeightedBinary, resample_weights
 
     grid = np.linspace(0, 1, 51)
     samples = []
@@ -133,7 +134,6 @@ def plot_pr(probs: np.ndarray, labels: np.ndarray, path: Path) -> None:
 
 def plot_calibration(probs: np.ndarray, labels: np.ndarray, path: Path) -> None:
     """Reliability diagram: observed frequency against mean predicted probability, with counts."""
-    from medcls.stats.calibration import reliability_curve
 
     fig, ax = subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
@@ -149,7 +149,6 @@ def plot_calibration(probs: np.ndarray, labels: np.ndarray, path: Path) -> None:
 
 def plot_decision_curve(probs: np.ndarray, labels: np.ndarray, path: Path) -> dict:
     """Net benefit of the model, of treating all and of treating none (decision-curve analysis)."""
-    from medcls.stats.operating_points import net_benefit
 
     thresholds = np.linspace(0.01, 0.99, 99)
     curve = net_benefit(labels, probs[:, 1], thresholds)

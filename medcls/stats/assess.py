@@ -7,6 +7,13 @@ from __future__ import annotations
 import numpy as np
 
 from medcls.errors import DataError
+from medcls.stats.metrics import cross_entropy
+from medcls.stats.bootstrap import bootstrap_binary, bootstrap_loop, bootstrap_multiclass
+from medcls.stats.intervals import delong_interval, wilson
+from medcls.stats.metrics import confusion_counts
+from medcls.stats.metrics import roc_auc
+from medcls.stats.bootstrap import WeightedBinary
+from medcls.stats.operating_points import predictive_values
 
 LEVEL = 0.95
 PROPORTIONS = ("sensitivity", "specificity", "ppv", "npv", "accuracy")
@@ -37,7 +44,6 @@ def decisions(probs: np.ndarray, threshold: float | None) -> np.ndarray:
 
 def split_results(probs: np.ndarray, labels: np.ndarray, threshold: float | None, metrics) -> dict:
     """Every registered metric on one whole split (never averaged over batches), plus loss and n."""
-    from medcls.stats.metrics import cross_entropy
 
     y_pred = decisions(probs, threshold)
     values = {"n": int(len(labels)), "loss": cross_entropy(probs, labels)}
@@ -70,9 +76,6 @@ def intervals(probs, labels, threshold, metrics, *, groups=None, level=LEVEL, n_
     """An interval for every metric. Independent cases: Wilson for proportions, DeLong for ROC AUC,
     stratified bootstrap for the rest. Several images per patient: a patient-level (cluster)
     bootstrap for everything, since image-level formulas would be too narrow."""
-    from medcls.stats.bootstrap import bootstrap_binary, bootstrap_loop, bootstrap_multiclass
-    from medcls.stats.intervals import delong_interval, wilson
-    from medcls.stats.metrics import confusion_counts
 
     y_pred = decisions(probs, threshold)
     clustered = groups is not None and len(np.unique(groups)) < len(groups)
@@ -119,8 +122,6 @@ def bound_collapsed(out: dict, labels, y_pred, groups, p1, level) -> None:
     """A bootstrap interval collapses to a point when a figure is 0 or 1 in every resample (perfect
     separation, no false negatives): that would claim certainty. Bound it instead by Wilson over
     the independent units, the patients (for ROC AUC, those of the smaller class)."""
-    from medcls.stats.intervals import wilson
-    from medcls.stats.metrics import roc_auc
 
     def patients(mask) -> int:
         return len(np.unique(groups[mask]))
@@ -148,9 +149,6 @@ def operating_figures(probs, labels, threshold, *, groups=None, prevalence=None,
                       n_resamples=2000, seed=0) -> dict:
     """The 2x2 table at the operating point, sensitivity at fixed specificity and the reverse,
     and PPV/NPV at a deployment prevalence, each with a bootstrap interval (binary tasks)."""
-    from medcls.stats.bootstrap import WeightedBinary, bootstrap_binary
-    from medcls.stats.metrics import confusion_counts
-    from medcls.stats.operating_points import predictive_values
 
     if probs.shape[1] != 2:
         return {}
@@ -231,9 +229,6 @@ def per_class_figures(probs: np.ndarray, labels: np.ndarray, threshold) -> dict:
     """Multi-class tasks: one-vs-rest values per class (Wilson / DeLong intervals) and the
     micro-averaged ROC AUC beside the macro averages of the main table."""
     from sklearn.metrics import roc_auc_score
-
-    from medcls.stats.intervals import delong_interval, wilson
-    from medcls.stats.metrics import confusion_counts
 
     if probs.shape[1] == 2:
         return {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from medcls.stats.metrics import ECE_BINS
 
 DEFAULT_RESAMPLES = 2000
 CHUNK = 250  # resamples per weight matrix: 250 x 10,000 float32 is 10 MB
@@ -60,8 +61,6 @@ class WeightedBinary:
 
     @classmethod
     def build(cls, W: np.ndarray, y: np.ndarray, p1: np.ndarray, yhat: np.ndarray) -> "WeightedBinary":
-        from medcls.stats.metrics import ECE_BINS
-
         pos, flagged = (y == 1), (yhat == 1)
         as_float = lambda mask: mask.astype(np.float32)  # noqa: E731
         order = np.argsort(-p1, kind="stable")

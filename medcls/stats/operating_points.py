@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from medcls.errors import ConfigError, DataError
+from medcls.stats.metrics import youden_threshold
 
 RULES = ("youden", "target_sensitivity", "target_specificity", "fixed")
 
@@ -21,7 +22,6 @@ def choose_threshold(rule: str, y: np.ndarray, p1: np.ndarray, *, target: float 
     - target_specificity: the lowest threshold whose specificity is at least `target`;
     - fixed: `fixed`, whatever the data.
     """
-    from medcls.stats.metrics import youden_threshold
 
     if rule not in RULES:
         raise ConfigError(f"threshold_rule {rule!r} is unknown: use one of {', '.join(RULES)}")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from medcls.errors import DataError
 from medcls.stats.intervals import compare_predictions
+from medcls.workflows.evaluate import run_predictions
 
 
 def compare_runs(run_a, run_b, registries, *, data=None, split=None) -> dict:
     """Score both runs on the same data and split, refuse if the cases differ, then compare."""
-    from medcls.workflows.evaluate import run_predictions
 
     a = run_predictions(run_a, registries, data=data, split=split)
     b = run_predictions(run_b, registries, data=data, split=split)

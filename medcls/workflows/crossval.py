@@ -11,15 +11,18 @@ from pathlib import Path
 
 import numpy as np
 
+from medcls.data.splits import holdout, linked_groups
 from medcls.errors import ConfigError, DataError
 from medcls.logs import logger
+from medcls.reports.report import Document, format_value, spread
+from medcls.stats.assess import assess
+from medcls.stats.intervals import wilson
+from medcls.workflows.train import open_run, train
 
 
 def fold_assignments(data, k: int, val_fraction: float, seed: int) -> list[np.ndarray]:
     """For each fold, 'train'/'val'/'test' per case: the fold is the test set."""
     from sklearn.model_selection import StratifiedGroupKFold
-
-    from medcls.data.splits import holdout, linked_groups
 
     if k < 2:
         raise ConfigError(f"folds={k}: cross-validation needs at least 2 folds")
@@ -49,10 +52,6 @@ def decisions(probs: np.ndarray, threshold) -> np.ndarray:
 
 def cross_validate(config, registries, *, progress_factory=None) -> dict:
     """Train one run per fold under `out/fold-N`, then pool the out-of-fold predictions."""
-    from medcls.stats.assess import assess
-    from medcls.stats.intervals import wilson
-    from medcls.reports.report import spread
-    from medcls.workflows.train import open_run, train
 
     config, out, data = open_run(config, registries, split=False)
     if any(case.split for case in data.cases):
@@ -118,8 +117,6 @@ def write_oof(path: Path, data, scored: np.ndarray, probs: np.ndarray, folds: np
 
 
 def cv_document(config, result: dict):
-    from medcls.reports.report import Document, format_value
-
     doc = Document(f"{config.folds}-fold cross-validation of {config.backbone} on {config.data}")
     doc.paragraph("Folds are stratified by class and grouped by patient and identical content; each fold's "
                   "operating point is chosen on a validation set carved from its own training folds. Pooled "

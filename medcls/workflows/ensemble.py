@@ -9,7 +9,13 @@ import time
 
 import numpy as np
 
+from medcls.core.engine import FitResult
+from medcls.core.execution import choose_execution, resolve_device
+from medcls.core.models import Ensemble
+from medcls.core.runs import load_model
 from medcls.logs import logger
+from medcls.reports.report import format_value, spread
+from medcls.workflows.train import finish_run, open_run, train
 
 
 def bootstrap_rows(rows: np.ndarray, patients: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
@@ -22,14 +28,6 @@ def bootstrap_rows(rows: np.ndarray, patients: np.ndarray | None, rng: np.random
 
 
 def train_ensemble(config, registries, *, progress_factory=None) -> dict:
-    from medcls.core.engine import FitResult
-    from medcls.core.execution import choose_execution
-    from medcls.core.models import Ensemble
-    from medcls.core.runs import load_model
-    from medcls.reports.report import spread
-    from medcls.core.execution import resolve_device
-    from medcls.workflows.train import finish_run, open_run, train
-
     started = time.perf_counter()
     backbones = [b.strip() for b in (config.ensemble_backbones or config.backbone).split(",") if b.strip()]
     for name in backbones:
@@ -72,7 +70,6 @@ def train_ensemble(config, registries, *, progress_factory=None) -> dict:
 
 def members_section(doc, member_results: list[dict]) -> None:
     """Each member's test figures beside the ensemble's (given in the report above)."""
-    from medcls.reports.report import format_value, spread
 
     doc.heading("Ensemble members (test split)")
     names = ("roc_auc", "sensitivity", "specificity", "accuracy")

@@ -12,9 +12,22 @@ import numpy as np
 
 from medcls.config import TrainConfig, make_config, read_config_file
 from medcls.core.inference import Predictor, run_predictor
-from medcls.core.runs import load_model
+from medcls.core.runs import load_model, write_predictions
 from medcls.data.prepared import PreparedData, prepare_data
 from medcls.errors import DataError
+from medcls.reports import plots
+from medcls.reports.documents import case_flow, subgroup_rows
+from medcls.reports.report import (
+    GAP_HEADER,
+    Document,
+    add_assessment,
+    format_value,
+    gap_rows,
+    write_metrics_json,
+)
+from medcls.stats.assess import assess, assess_subgroups
+from medcls.stats.calibration import calibration_slope_intercept
+from medcls.stats.intervals import paired_delong
 
 logger = logging.getLogger("medcls")
 
@@ -88,8 +101,6 @@ def run_predictions(run, registries, *, data: str | None = None, split: str | No
 
 def add_tta_comparison(doc, tta, labels, plain, probs, without, with_tta) -> None:
     """The same cases scored without and with test-time augmentation, and whether AUC differs."""
-    from medcls.stats.intervals import paired_delong
-    from medcls.reports.report import format_value
 
     doc.heading("Test-time augmentation: without and with")
     names = ("roc_auc", "sensitivity", "specificity", "accuracy")
@@ -110,12 +121,6 @@ def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, p
                  prevalence=None, n_resamples=2000, tta="none", device="auto") -> dict:
     """Score a finished run at its stored operating point; writes metrics.json, predictions.csv,
     report.md and report.html into `out` (default RUN/evaluation)."""
-    from medcls.core.runs import write_predictions
-    from medcls.reports import plots
-    from medcls.reports.documents import case_flow, subgroup_rows
-    from medcls.reports.report import GAP_HEADER, Document, add_assessment, gap_rows, write_metrics_json
-    from medcls.stats.assess import assess, assess_subgroups
-    from medcls.stats.calibration import calibration_slope_intercept
 
     run = Path(run)
     scored = run_predictions(run, registries, data=data, split=split, tta=tta, device=device)

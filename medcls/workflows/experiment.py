@@ -14,6 +14,8 @@ import numpy as np
 from medcls.config import FIELDS, TrainConfig, coerce
 from medcls.errors import ConfigError
 from medcls.logs import logger, quiet
+from medcls.reports.plots import subplots
+from medcls.workflows.train import train
 
 # Virtual settings: one name standing for a combination of real keys.
 FINETUNE = {
@@ -62,7 +64,6 @@ def exceeds_spread(a: np.ndarray, b: np.ndarray) -> bool | None:
 
 def run_experiment(base: TrainConfig, key: str, values: list[str], seeds: list[int], registries, *, out: Path) -> dict:
     """Train every (value, seed) with the split fixed by the base seed; tabulate and plot test results."""
-    from medcls.workflows.train import train
 
     out.mkdir(parents=True, exist_ok=True)
     split_seed = base.split_seed if base.split_seed is not None else base.seed
@@ -147,8 +148,6 @@ def write_outputs(rows, summary, key, values, out: Path) -> None:
 
 
 def plot(rows, values, key, path: Path) -> None:
-    from medcls.reports.plots import subplots
-
     fig, ax = subplots(figsize=(1.8 * len(values) + 2, 4))
     for i, value in enumerate(values):
         chosen = [r for r in rows if r["value"] == value]

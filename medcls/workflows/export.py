@@ -15,6 +15,7 @@ from torch import nn
 
 from medcls.core.inference import run_predictor
 from medcls.core.runs import load_model
+from medcls.data.volumes import parse_triple
 from medcls.errors import ConfigError, DataError
 
 FORMATS = ("onnx", "torchscript")
@@ -35,7 +36,6 @@ class Deployable(nn.Module):
 
 def example_input(info: dict, batch: int = 2) -> torch.Tensor:
     if int(info.get("spatial_dims", 2)) == 3:
-        from medcls.data.volumes import parse_triple
 
         shape = parse_triple(info["volume_size"], "volume_size", int)
     else:

@@ -9,19 +9,48 @@ from pathlib import Path
 
 import numpy as np
 
-from medcls.config import TrainConfig, save_config
+from medcls.config import TrainConfig, make_config, read_config_file, save_config
 from medcls.core.augment import make_policy
-from medcls.core.execution import resolve_device, seed_everything
-from medcls.core.loader import (TrainingImages, can_cache_features, class_weights, frozen_features, is_batched,
-                                 loader_workers, make_loader)
+from medcls.core.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from medcls.core.distributed import check_config, device_for, from_environment
+from medcls.core.engine import Stage, fit
+from medcls.core.execution import (
+    choose_execution,
+    resolve_device,
+    seed_everything,
+    tune_process,
+)
+from medcls.core.inference import Predictor
+from medcls.core.loader import (
+    TrainingImages,
+    can_cache_features,
+    class_weights,
+    frozen_features,
+    is_batched,
+    loader_workers,
+    make_loader,
+)
+from medcls.core.models import build_classifier
+from medcls.core.runs import (
+    run_manifest,
+    save_model,
+    write_history,
+    write_predictions,
+    write_splits,
+)
+from medcls.data.decoding import StartAgain
 from medcls.data.prepared import PreparedData, prepare_data
+from medcls.data.readers import parse_window
 from medcls.errors import ConfigError
 from medcls.logs import logger
+from medcls.reports import plots, report
+from medcls.reports.documents import training_document
+from medcls.stats.assess import assess, assess_subgroups, split_results
+from medcls.stats.calibration import calibration_slope_intercept, fit_temperature
+from medcls.stats.operating_points import choose_threshold
 
 
 def stages_for(config: TrainConfig) -> list:
-    from medcls.core.engine import Stage
-
     if config.pretrained or config.weights:
         return [Stage("frozen", config.epochs, config.lr, 0),
                 Stage("finetune", config.finetune_epochs, config.lr * config.finetune_lr_factor, config.unfreeze_blocks)]
@@ -49,7 +78,6 @@ def check_names(config: TrainConfig, registries) -> None:
         registries["datasets"].get(config.format)
     if config.monitor != "loss":
         registries["metrics"].get(config.monitor)
-    from medcls.data.readers import parse_window
 
     parse_window(config.window)
 
@@ -72,8 +100,6 @@ def train(config: TrainConfig, registries, *, progress_factory=None,
     """Run the whole workflow and write the run folder; returns the summary that the CLI prints.
     Cross-validation and ensembles pass `data` already prepared (with their splits) and, for
     bagging, `train_rows` (a resample of the training rows)."""
-    from medcls.data.decoding import StartAgain
-    from medcls.core.distributed import check_config, device_for, from_environment
 
     started = time.perf_counter()
     config = dataclasses.replace(checked_config(config, registries),
@@ -109,12 +135,6 @@ def train(config: TrainConfig, registries, *, progress_factory=None,
 def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
     """Build the model, fit it in two stages and write the run (one attempt of `train`)."""
     import torch
-
-    from medcls.core.engine import fit
-    from medcls.core.inference import Predictor
-    from medcls.stats.assess import split_results
-    from medcls.core.execution import choose_execution, tune_process
-    from medcls.core.models import build_classifier
 
     config, registries, distributed, device, out = (start.config, start.registries,
                                                           start.distributed, start.device, start.out)
@@ -181,7 +201,6 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
             f"lr {epoch.lr:.2e}, {epoch.seconds:.1f}s{' *best' if is_best else ''}")
 
     # The run folder and its config exist from the first epoch on, so that a killed run can resume.
-    from medcls.core.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 
     if distributed.writes:
         out.mkdir(parents=True, exist_ok=True)
@@ -215,7 +234,6 @@ def completed_rows(data: PreparedData, train_rows, val_rows) -> tuple:
     still be decoding) and give every split's rows again, since unreadable images leave them.
     One among the training or validation images (one that the dropped last partial batch hid
     from every epoch), or a colour image among the last, means starting again."""
-    from medcls.data.decoding import StartAgain
 
     provisional, channels = data.cache.kept, data.cache.channels  # every case, the count trained with
     for warning in data.complete():
@@ -236,12 +254,6 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
     """Score every split the same way (no augmentation or dropout), pick the operating point on
     validation, and write the run folder: model, metrics, figures, report. Returns the summary."""
     import json
-
-    from medcls.core.checkpoint import CHECKPOINT
-    from medcls.core.inference import Predictor
-    from medcls.reports import plots, report
-    from medcls.reports.documents import training_document
-    from medcls.core.runs import run_manifest, save_model, write_history, write_predictions, write_splits
 
     scorer = Predictor(model, execution, classes=data.classes, batch_size=config.batch_size)
     scores = {s: (scorer.probabilities(data.batches(r), calibrated=False), data.cache_labels(r))
@@ -304,10 +316,6 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
 def score_splits(config: TrainConfig, registries, data: PreparedData, rows: dict, scores: dict, scorer) -> dict:
     """Calibrate and pick the operating point on validation (both stored on `scorer`, the run's
     Predictor), then assess every split the same way."""
-    from medcls.reports import report
-    from medcls.stats.assess import assess, assess_subgroups
-    from medcls.stats.calibration import calibration_slope_intercept, fit_temperature
-    from medcls.stats.operating_points import choose_threshold
 
     metrics = list(registries["metrics"])
     temperature = None
@@ -343,8 +351,6 @@ def score_splits(config: TrainConfig, registries, data: PreparedData, rows: dict
 
 
 def draw_split_figures(scoring: dict, classes: list[str], out: Path) -> None:
-    from medcls.reports import plots
-
     threshold = scoring["threshold"]
     scores = scoring["scores"]
     plots.plot_roc({s: (p, y, threshold) for s, (p, y) in scores.items()}, classes, out / "roc.png",
@@ -380,7 +386,6 @@ def open_run(config: TrainConfig, registries, *, split: bool) -> tuple[TrainConf
 
 def resume_config(run) -> TrainConfig:
     """The configuration an interrupted run was started with, set to continue it."""
-    from medcls.config import make_config, read_config_file
 
     saved = Path(run) / "config.yaml"
     if not saved.is_file():
