@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -68,9 +69,9 @@ def run_predictions(run, registries, *, data: str | None = None, split: str | No
     model, info = load_model(run, registries)
     config = make_config(read_config_file(run / "config.yaml"), where=f"run config '{run / 'config.yaml'}'")
     own_data = data is None or data == config.data
-    if data is not None:
-        config.data = data
-    config.image_size, config.channels = info["image_size"], str(info["in_chans"])
+    # The run's preprocessing on the chosen data; replace() checks the config again.
+    config = dataclasses.replace(config, data=config.data if data is None else data, image_size=info["image_size"],
+                                 channels=str(info["in_chans"]))
     split = split or ("test" if own_data else "all")
     prepared = prepare_data(config, registries, split=False)
     unknown = sorted(set(c.label for c in prepared.cases) - set(info["classes"]))
