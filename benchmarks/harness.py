@@ -520,7 +520,7 @@ def bench(json_out, **options):
         results = run_bench(BenchSettings(**options), make_registries(), log=lambda m: click.echo(m, err=True))
     except MedclsError as exc:
         click.echo(f"error: {exc}", err=True)
-        raise SystemExit(2) from None
+        raise SystemExit(exc.exit_code) from None
     for line in table(results):
         click.echo(line)
     if json_out:

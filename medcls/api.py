@@ -454,7 +454,7 @@ class Run:
     def evaluate(self, data: str | os.PathLike | None = None, *, images=None, labels=None, patients=None,
                  split: str | None = None, out: str | os.PathLike | None = None, by: str | None = None,
                  patient_level: str | None = None, prevalence: float | None = None, bootstrap: int = 2000,
-                 tta: str = "none") -> Evaluation:
+                 tta: str = "none", allow_changed: bool = False) -> Evaluation:
         """Score at the stored operating point, with intervals: the run's own test split by default,
         or new data (a path, or images with labels: every case). Writes metrics.json,
         predictions.csv, report.md and report.html into `out` (default RUN/evaluation)."""
@@ -468,7 +468,7 @@ class Run:
             data = remember(array_cases(images, labels, patients=patients, volumes=volumes, name="evaluate"))
         result = evaluate_run(self.path, self.registries, data=None if data is None else str(data), split=split,
                               out=out, by=by, patient_level=patient_level, prevalence=prevalence,
-                              n_resamples=bootstrap, tta=tta, device=self.device)
+                              n_resamples=bootstrap, tta=tta, device=self.device, allow_changed=allow_changed)
         return Evaluation(result["split"], SplitMetrics({**result["metrics"], "n": result["n"]}, result["intervals"]),
                           Path(result["out"]))
 

@@ -3,31 +3,55 @@ everything a command does, a notebook can do with the same call. Heavy imports h
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import click
 
-from medcls.errors import ConfigError, MedclsError
+from medcls.errors import DATA, FILE_SYSTEM, INTERRUPTED, ConfigError, MedclsError
 from medcls.version import __version__
 
 LIST_KINDS = ("backbones", "policies", "metrics", "datasets", "readers", "weights")
 
 
 class MedclsGroup(click.Group):
-    """Turns every MedclsError into one line on stderr with exit status 2: no traceback."""
+    """Turns every MedclsError, and a file that cannot be read or written, into one line on stderr
+    with a documented exit status (medcls.errors): no traceback."""
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with library_warnings_as_medcls_warnings():
+                return super().invoke(ctx)
         except MedclsError as exc:
             click.echo(f"error: {exc}", err=True)
-            ctx.exit(2)
+            ctx.exit(exc.exit_code)
+        except OSError as exc:  # a read-only or full disk, a missing permission
+            where = f" '{exc.filename}'" if getattr(exc, "filename", None) else ""
+            click.echo(f"error: cannot read or write{where}: {exc.strerror or exc}; check the path, its "
+                       "permissions and the free space", err=True)
+            ctx.exit(FILE_SYSTEM)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
-            ctx.exit(130)
+            ctx.exit(INTERRUPTED)
+
+
+@contextlib.contextmanager
+def library_warnings_as_medcls_warnings():
+    """Warnings raised by libraries (Pillow's decompression-bomb check, matplotlib's missing
+    glyphs, numpy's runtime warnings) shown once each as one medcls warning line, naming where
+    they came from, instead of a raw multi-line warning."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        origin = Path(filename).parts[-2] if len(Path(filename).parts) > 1 else filename
+        logging.getLogger("medcls").warning(f"{category.__name__} from {origin}: {str(message).strip().splitlines()[0]}")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # each distinct warning once
+        warnings.showwarning = show
+        yield
 
 
 def log(message: str) -> None:
@@ -147,7 +171,8 @@ def yaml_value(text: str):
 @click.option("--resume", "resume_run", type=click.Path(file_okay=False),
               help="Continue an interrupted run (its folder) from its last checkpoint, with its own settings.")
 def train(config_file, settings, aug, format_, resume_run, devices, **flags):
-    """Fine-tune a backbone: frozen stage, then top blocks; print the train/val/test gap report."""
+    """Fine-tune a backbone: frozen stage, then top blocks; print the train/val/test gap report.
+    Any config key can be set with --set KEY=VALUE: `medcls config` lists them all."""
     from medcls import api
 
     if devices:
@@ -236,13 +261,15 @@ def print_run(run) -> None:
 @click.option("--bootstrap", type=click.IntRange(100), default=2000, show_default=True, help="Bootstrap resamples.")
 @click.option("--tta", type=click.Choice(["none", "flip", "crops"]), default="none", show_default=True,
               help="Test-time augmentation: flip (image + mirror) or crops (10-crop); reported beside single-view.")
-def evaluate(run, data, split, out, by, patient_level, prevalence, bootstrap, tta):
+@click.option("--allow-changed", is_flag=True, help="Evaluate although files changed since training (warned).")
+def evaluate(run, data, split, out, by, patient_level, prevalence, bootstrap, tta, allow_changed):
     """Score a trained run at its stored operating point, with intervals; writes metrics.json,
     report.md and a self-contained report.html."""
     from medcls import api
 
     result = api.load_run(run).evaluate(data, split=split, out=out, by=by, patient_level=patient_level,
-                                        prevalence=prevalence, bootstrap=bootstrap, tta=tta)
+                                        prevalence=prevalence, bootstrap=bootstrap, tta=tta,
+                                        allow_changed=allow_changed)
     click.echo(json.dumps({"split": result.split, "n": result.n,
                            "metrics": {name: e.value for name, e in result.metrics.items()},
                            "out": str(result.path)}, indent=2, default=float))
@@ -302,6 +329,9 @@ def predict(run, inputs, out):
     if predictions.failed:
         log(f"warning: {predictions.failed} of {len(predictions.inputs)} file(s) could not be read; "
             "see the error column")
+    if predictions.failed == len(predictions.inputs):
+        click.echo("error: none of the inputs could be read (each one's problem is in the error column)", err=True)
+        sys.exit(DATA)
 
 
 @cli.command()

@@ -63,7 +63,7 @@ def train(tmp_path, name, seed):
 def test_compare_cli(tmp_path):
     a, b = train(tmp_path, "a", 0), train(tmp_path, "b", 1)
     refused = CliRunner().invoke(cli, ["compare", a, b])
-    assert refused.exit_code == 2 and "different cases" in refused.stderr and "--split all" in refused.stderr
+    assert refused.exit_code == 4 and "different cases" in refused.stderr and "--split all" in refused.stderr
     result = CliRunner().invoke(cli, ["compare", a, b, "--split", "all", "-o", str(tmp_path / "c.json")])
     assert result.exit_code == 0, result.output
     assert "paired DeLong" in result.stdout and "exact McNemar" in result.stdout

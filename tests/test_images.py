@@ -47,7 +47,7 @@ def test_the_store_fills_in_the_background_and_a_new_run_waits_for_nothing(cases
     decode_all(cases, readers, 16, hashes=hashes, store=store)
     assert store.writer is not None  # returned before the writes finished
     store.flush()
-    assert all(store.path(h).exists() for i, h in enumerate(hashes) if i != 2)  # all but the broken file
+    assert len(list(store.root.rglob("*.img"))) == 6  # all but the broken file
     other_run = ImageStore(tmp_path / "store", {"size": 16})
     assert decode_all(cases, readers, 16, hashes=hashes, store=other_run).decoded == 0
 
@@ -59,14 +59,54 @@ def test_other_preprocessing_settings_never_reuse_stored_images(cases, readers, 
     assert other.decoded == 6
 
 
-def test_a_half_written_store_entry_is_decoded_again(cases, readers, tmp_path):
+def entry_of(store, content_hash):
+    return next(store.root.rglob(f"{content_hash}-*.img"))
+
+
+@pytest.mark.parametrize("damage", [
+    lambda data: data[:40],  # half written
+    lambda data: data[:-8] + bytes(8),  # pixels changed after writing
+    lambda data: b"\x93NUMPY" + data[7:],  # not medcls's
+])
+def test_a_damaged_store_entry_is_discarded_and_decoded_again(cases, readers, tmp_path, damage, caplog):
+    hashes = hash_all(cases)
+    store = ImageStore(tmp_path / "store", {"size": 16})
+    first = decode_all(cases, readers, 16, hashes=hashes, store=store)
+    store.flush()  # the store fills in the background, overlapped with training
+    entry = entry_of(store, hashes[0])
+    entry.write_bytes(damage(entry.read_bytes()))
+    again = decode_all(cases, readers, 16, hashes=hashes, store=store)
+    assert again.decoded == 1 and torch.equal(again.batch(np.arange(6)), first.batch(np.arange(6)))
+    assert "is damaged" in caplog.text
+
+
+def test_a_plausible_entry_of_the_wrong_shape_is_refused(cases, readers, tmp_path):
+    hashes = hash_all(cases)
+    store = ImageStore(tmp_path / "store", {"size": 16})
+    first = decode_all(cases, readers, 16, hashes=hashes, store=store)
+    store.flush()
+    entry = entry_of(store, hashes[0])
+    reader = entry.stem.split("-", 1)[1]
+    store.put(hashes[0], reader, np.zeros((3, 8, 8), np.uint16))  # a well-formed entry of another grid
+    again = decode_all(cases, readers, 16, hashes=hashes, store=store)
+    assert again.decoded == 1 and torch.equal(again.batch(np.arange(6)), first.batch(np.arange(6)))
+
+
+def test_the_reader_decides_before_the_store_serves(cases, readers, tmp_path):
+    """A PNG renamed .dcm is skipped whether or not its bytes are already in the store."""
+    from medcls.data.cases import Case
+
     hashes = hash_all(cases)
     store = ImageStore(tmp_path / "store", {"size": 16})
     decode_all(cases, readers, 16, hashes=hashes, store=store)
-    store.flush()  # the store fills in the background, overlapped with training
-    store.path(hashes[0]).write_bytes(b"\x93NUMPY truncated")
-    again = decode_all(cases, readers, 16, hashes=hashes, store=store)
-    assert again.decoded == 1
+    store.flush()
+    renamed = tmp_path / "renamed.dcm"
+    renamed.write_bytes(cases[0].path.read_bytes())
+    moved = [Case(key=str(renamed), label=cases[0].label, path=renamed), cases[1]]
+    warm = decode_all(moved, readers, 16, hashes=hash_all(moved), store=store)
+    cold = decode_all(moved, readers, 16)
+    assert warm.kept.tolist() == cold.kept.tolist() == [1]
+    assert "renamed.dcm" in warm.failures[0][0] and warm.failures[0][1] == cold.failures[0][1]
 
 
 def test_unreadable_images_are_skipped_and_rows_map_to_the_readable_ones(cases, readers):

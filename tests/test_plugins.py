@@ -73,7 +73,7 @@ def test_strict_mode_makes_a_broken_plugin_fatal(make_distribution, monkeypatch)
     with pytest.raises(PluginError, match="MEDCLS_STRICT_PLUGINS"):
         get_plugin_manager()
     result = CliRunner().invoke(cli, ["list", "metrics"])
-    assert result.exit_code == 2
+    assert result.exit_code == 3
     assert result.stderr.count("\n") == 1 and "fake_broken" in result.stderr
 
 
@@ -98,7 +98,7 @@ def test_duplicate_name_names_both_plugins(make_distribution):
 def test_duplicate_is_a_one_line_cli_error(make_distribution):
     make_distribution("fake-dup", "fake_dup", DUPLICATE)
     result = CliRunner().invoke(cli, ["list", "metrics"])
-    assert result.exit_code == 2
+    assert result.exit_code == 3
     assert result.stderr.startswith("error: metric 'roc_auc' is registered by both")
     assert "Traceback" not in result.output
 

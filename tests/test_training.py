@@ -96,7 +96,7 @@ def test_corrupt_image_is_skipped_and_listed_or_fatal_with_strict(image_folder, 
     assert "skipped 1 unreadable image" in result.stderr
     assert "corrupt.png" in (tmp_path / "a" / "report.md").read_text()
     strict = CliRunner().invoke(cli, [*args, "--strict", "--out", str(tmp_path / "b")])
-    assert strict.exit_code == 2 and "corrupt.png' cannot be decoded" in strict.stderr
+    assert strict.exit_code == 4 and "corrupt.png' cannot be decoded" in strict.stderr
     assert "Traceback" not in strict.output
 
 
@@ -158,7 +158,7 @@ def test_evaluate_writes_html_subgroups_patient_level_and_refuses_missing_column
     assert page.startswith("<!doctype html>") and page.count("data:image/png;base64,") >= 4
     assert "Subgroups by <code>site</code>" in page
     missing = CliRunner().invoke(cli, [*args, "--by", "scanner"])
-    assert missing.exit_code == 2 and "--by column 'scanner' does not exist in the data (available: site)" in missing.stderr
+    assert missing.exit_code == 4 and "--by column 'scanner' does not exist in the data (available: site)" in missing.stderr
 
 
 def test_evaluate_works_from_another_folder(image_folder, tmp_path, monkeypatch):

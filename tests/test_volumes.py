@@ -214,7 +214,7 @@ def test_pretrained_3d_backbone_without_weights_is_refused(tmp_path):
 
     result = CliRunner().invoke(cli, ["train", "--data", "synthetic3d", "--backbone", "example_tiny_cnn3d",
                                       "--pretrained", "--out", str(tmp_path / "r")])
-    assert result.exit_code == 2 and "has no pretrained weights: train it from scratch" in result.output
+    assert result.exit_code == 3 and "has no pretrained weights: train it from scratch" in result.output
 
 
 def test_ct_series_is_rescaled_to_hounsfield_units_after_cropping(tmp_path):

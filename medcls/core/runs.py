@@ -19,21 +19,65 @@ if TYPE_CHECKING:
 MODEL_FILE, MODEL_INFO = "model.safetensors", "model.json"
 
 
+REQUIRED_INFO = ("backbone", "classes", "in_chans", "image_size", "dropout")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def save_model(model, info: dict, out: Path) -> None:
+    """Weights as safetensors (the backbone named in its header) and model.json, which records the
+    weights' SHA-256 so that a damaged or swapped file is refused on load."""
     from safetensors.torch import save_model as save_safetensors
 
     save_safetensors(model, str(out / MODEL_FILE), metadata={"format": "medcls", "backbone": info["backbone"]})
+    info = {**info, "weights_sha256": file_sha256(out / MODEL_FILE)}
     (out / MODEL_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
 
 
+def read_model_info(run: Path) -> dict:
+    """model.json checked: present, JSON, with the keys a model is rebuilt from, and consistent
+    with the weights file it describes (backbone in the safetensors header, content hash)."""
+    from safetensors import safe_open
+
+    if not (run / MODEL_FILE).is_file() or not (run / MODEL_INFO).is_file():
+        raise DataError(f"run folder '{run}' has no {MODEL_FILE} and {MODEL_INFO}: give the --out folder of `medcls train`")
+    try:
+        info = json.loads((run / MODEL_INFO).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"'{run / MODEL_INFO}' is not valid JSON ({exc}): restore it from the run's backup") from None
+    missing = [key for key in REQUIRED_INFO if key not in info] if isinstance(info, dict) else list(REQUIRED_INFO)
+    if missing:
+        raise DataError(f"'{run / MODEL_INFO}' lacks {', '.join(missing)}: the file is damaged or not medcls's")
+    if not isinstance(info["classes"], list) or len(info["classes"]) < 2:
+        raise DataError(f"'{run / MODEL_INFO}': classes must list at least two class names")
+    expected = info.get("weights_sha256")
+    if expected and file_sha256(run / MODEL_FILE) != expected:
+        raise DataError(f"'{run / MODEL_FILE}' is not the file this run wrote (its SHA-256 differs from "
+                        f"{MODEL_INFO}): restore it; never load weights of unknown origin")
+    try:
+        with safe_open(str(run / MODEL_FILE), framework="pt") as handle:
+            header = handle.metadata() or {}
+    except Exception as exc:  # truncated, empty or not a safetensors file
+        raise DataError(f"'{run / MODEL_FILE}' cannot be read as safetensors ({str(exc)[:120]}): restore it") from None
+    if header.get("backbone") not in (None, info["backbone"]):
+        raise DataError(f"'{run / MODEL_INFO}' names backbone {info['backbone']!r} but the weights were saved from "
+                        f"{header['backbone']!r}: the two files do not belong together")
+    return info
+
+
 def load_model(run: str | Path, registries, device="cpu"):
-    """The classifier of a finished run (weights never unpickled) and its model.json."""
+    """The classifier of a finished run (weights never unpickled) and its model.json, both checked."""
     from safetensors.torch import load_model as load_safetensors
 
     run = Path(run)
-    if not (run / MODEL_FILE).is_file() or not (run / MODEL_INFO).is_file():
-        raise DataError(f"run folder '{run}' has no {MODEL_FILE} and {MODEL_INFO}: give the --out folder of `medcls train`")
-    info = json.loads((run / MODEL_INFO).read_text(encoding="utf-8"))
+    info = read_model_info(run)
+
     def classifier(backbone=info["backbone"]):
         return build_classifier(registries, backbone, len(info["classes"]), info["in_chans"],
                                 info["dropout"], pretrained=False, slices=info.get("slices", 0),
@@ -44,7 +88,12 @@ def load_model(run: str | Path, registries, device="cpu"):
         model = Ensemble([classifier(name) for name in backbones])
     else:
         model = classifier()
-    load_safetensors(model, str(run / MODEL_FILE), device=str(device))
+    try:
+        load_safetensors(model, str(run / MODEL_FILE), device=str(device))
+    except (RuntimeError, ValueError, KeyError) as exc:  # shapes or names that do not fit model.json
+        first = str(exc).strip().splitlines()[0][:160]
+        raise DataError(f"'{run / MODEL_FILE}' does not fit the model '{run / MODEL_INFO}' describes ({first}): "
+                        "the two files do not belong together") from None
     return model.to(device).eval(), info
 
 

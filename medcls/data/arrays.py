@@ -97,7 +97,7 @@ def array_cases(images, labels=None, *, patients=None, split=None, volumes: bool
         label = columns["labels"][index] if "labels" in columns else ""
         if isinstance(label, (float, np.floating)):
             if not float(label).is_integer():
-                raise DataError(f"labels[{index}] = {label!r} is not a class: give integer or string labels")
+                raise DataError(f"labels[{index}] = {float(label)!r} is not a class: give integer or string labels")
             label = int(label)
         cases.append(Case(
             key=f"{name}#{index}", label=str(label),

@@ -109,7 +109,7 @@ class ReaderTable:
                     "(medcls list backbones 'monai:*') or read slices with --set slices=3"
                     if self.dims == 2 else
                     f"'{case.key}' is a 2D image and the backbone reads volumes: choose a 2D backbone")
-            return case.array
+            return check_volume(case.array, case.key) if self.dims == 3 else check_image(case.array, case.key)
         entry = self.entry_for(case.path)
         if entry is None:
             raise DataError(f"file '{case.path}' has no reader (unknown format): convert it or remove it")
@@ -122,7 +122,7 @@ class ReaderTable:
             raise
         except Exception as exc:  # a reader plugin's bug must not hide which file broke it
             raise DataError(f"file '{case.path}' cannot be read by reader {entry.name!r} ({exc})") from None
-        return image if self.dims == 3 else check_image(image, case.key)
+        return check_volume(image, case.key) if self.dims == 3 else check_image(image, case.key)
 
     def header_greyscale(self, case: Case) -> bool:
         """True when `case` will read as one channel, known without decoding: an in-memory
@@ -141,6 +141,14 @@ class ReaderTable:
         entry = self.entry_for(path)
         reader = entry.metadata.get("patient_id") if entry is not None else None
         return reader(path) if reader is not None else None
+
+
+def check_volume(volume, where: str):
+    """A volume reader's voxels must be finite: NaN would become black voxels, silently."""
+    voxels = getattr(volume, "voxels", None)
+    if voxels is not None and np.issubdtype(voxels.dtype, np.floating) and not np.isfinite(voxels).all():
+        raise DataError(f"{where}: volume contains NaN or infinite values: fix the file or leave it out")
+    return volume
 
 
 def check_image(image: np.ndarray, where: str) -> np.ndarray:

@@ -95,7 +95,11 @@ class Filling:
         self.store.flush()  # images an earlier decode is still writing are found, not decoded again
 
         def load(i: int) -> None:
-            stored = self.store.get(self.hashes[i]) if self.cases[i].path is not None else None
+            # The reader is settled first: the same bytes under another name (a JPEG renamed .dcm)
+            # go to another reader, whose entry they do not have, so they decode (and fail) as on
+            # a cold store.
+            reader = self.reader_name(i)
+            stored = self.store.get(self.hashes[i], reader, spatial_shape(self.size)) if reader else None
             if stored is not None:
                 self.place(i, stored, stored_grey(stored))
                 self.done[i] = True
@@ -198,9 +202,9 @@ class Filling:
                         return
             # The disk store is written once everything is decoded, while the caller trains.
             while to_store:
-                content_hash, stored = to_store.pop()
-                if content_hash is not None:
-                    self.store.put(content_hash, stored)
+                index, stored = to_store.pop()
+                if index is not None:
+                    self.store.put(self.hashes[index], self.reader_name(index), stored)
         except BaseException as exc:  # a reader plugin's bug, a worker killed: raised where training waits
             with self.condition:
                 self.fatal = exc
@@ -225,8 +229,14 @@ class Filling:
                 self.settle_channels(i, error is None and not grey)
             self.condition.notify_all()
         if error is None and self.store is not None and self.cases[i].path is not None:
-            return self.hashes[i], stored
+            return i, stored
         return None, None
+
+    def reader_name(self, i: int) -> str | None:
+        """The reader this case's file goes to (None: no reader, or an in-memory case)."""
+        path = self.cases[i].path
+        entry = self.readers.entry_for(path) if path is not None else None
+        return None if entry is None else entry.name
 
     def place(self, i: int, stored: np.ndarray, grey: bool) -> None:
         self.grey[i] = grey

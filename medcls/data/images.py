@@ -5,6 +5,7 @@ preprocessing settings, so later runs (and other runs on the same files) never d
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -13,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medcls.logs import logger
 
 SCALE = 65535.0  # uint16 keeps 16-bit radiographs and windowed CT without visible banding
 # Mean distance of the colour channels from their average below which an RGB file is greyscale
 # content (JPEG chroma noise, a tinted scan, a small coloured annotation); H&E patches are ~0.1.
 GREY_TOLERANCE = 0.02
-STORE_FORMAT = "medcls-images-1"  # bump when decoding or resizing changes what is stored
+STORE_FORMAT = "medcls-images-2"  # bump when decoding or resizing changes what is stored
 
 
 @dataclass
@@ -56,12 +58,17 @@ class ImageCache:
 
 
 class ImageStore:
-    """Decoded, resized images on disk, one `.npy` per file content and preprocessing setting.
-    Writes go to a temporary file renamed into place, so concurrent runs can share a store."""
+    """Decoded, resized images on disk, one file per file content, reader and preprocessing
+    setting. Each entry carries its shape, dtype, reader, settings and a SHA-256 of its pixels and
+    is verified when read: a damaged or foreign entry is discarded (with a warning) and the image
+    decoded again, so the store can never change which images or pixels a run uses. Writes go to a
+    temporary file renamed into place, so concurrent runs can share a store."""
+
+    MAGIC = b"MEDCLS-IMAGE\n"
 
     def __init__(self, root: str | Path, settings: dict) -> None:
-        key = hashlib.sha256(repr((STORE_FORMAT, sorted(settings.items()))).encode()).hexdigest()[:16]
-        self.root = Path(root).expanduser() / key
+        self.key = hashlib.sha256(repr((STORE_FORMAT, sorted(settings.items()))).encode()).hexdigest()[:16]
+        self.root = Path(root).expanduser() / self.key
         self.writer = None  # the thread decoding (and writing) images, overlapped with training
 
     def flush(self) -> None:
@@ -69,22 +76,54 @@ class ImageStore:
             self.writer.join()
             self.writer = None
 
-    def path(self, content_hash: str) -> Path:
-        return self.root / content_hash[:2] / f"{content_hash}.npy"
+    def path(self, content_hash: str, reader: str) -> Path:
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in reader)
+        return self.root / content_hash[:2] / f"{content_hash}-{safe}.img"
 
-    def get(self, content_hash: str) -> np.ndarray | None:
+    def get(self, content_hash: str, reader: str, spatial: tuple | None = None) -> np.ndarray | None:
+        """The stored image of this content as `reader` decoded it, verified; None when absent or bad."""
+        path = self.path(content_hash, reader)
         try:
-            return np.load(self.path(content_hash), allow_pickle=False)
-        except (OSError, ValueError):  # absent, or a half-written file from a killed run
+            data = path.read_bytes()
+        except OSError:
+            return None
+        try:
+            return self.verified(data, reader, spatial)
+        except (ValueError, KeyError, TypeError) as why:
+            logger.warning(f"image cache entry '{path}' is damaged ({why}): discarded; the image is decoded again")
+            try:
+                path.unlink()
+            except OSError:
+                pass
             return None
 
-    def put(self, content_hash: str, image: np.ndarray) -> None:
-        target = self.path(content_hash)
+    def verified(self, data: bytes, reader: str, spatial: tuple | None) -> np.ndarray:
+        if not data.startswith(self.MAGIC):
+            raise ValueError("not a medcls cache entry")
+        line_end = data.index(b"\n", len(self.MAGIC))
+        header = json.loads(data[len(self.MAGIC):line_end])
+        payload = data[line_end + 1:]
+        if header["settings"] != self.key or header["reader"] != reader:
+            raise ValueError("written for other settings or another reader")
+        if hashlib.sha256(payload).hexdigest() != header["sha256"]:
+            raise ValueError("its pixels do not match their checksum")
+        shape = tuple(header["shape"])
+        if header["dtype"] != "uint16" or len(shape) < 3 or shape[0] not in (1, 3) or \
+                (spatial is not None and shape[1:] != tuple(spatial)):
+            raise ValueError(f"shape {shape} does not fit the grid {spatial}")
+        return np.frombuffer(payload, dtype=np.uint16).reshape(shape).copy()
+
+    def put(self, content_hash: str, reader: str, image: np.ndarray) -> None:
+        target = self.path(content_hash, reader)
+        pixels = np.ascontiguousarray(image, dtype=np.uint16)
+        header = {"shape": list(pixels.shape), "dtype": "uint16", "reader": reader, "settings": self.key,
+                  "sha256": hashlib.sha256(pixels.tobytes()).hexdigest()}
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
             with os.fdopen(handle, "wb") as fh:
-                np.save(fh, image, allow_pickle=False)
+                fh.write(self.MAGIC + json.dumps(header).encode() + b"\n")
+                fh.write(pixels.tobytes())
             os.replace(temporary, target)
         except OSError:
             pass  # a full or read-only disk only costs decoding again next time

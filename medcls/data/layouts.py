@@ -10,6 +10,7 @@ import numpy as np
 from medcls.data.cases import SPLIT_ALIASES, Case, DataOptions, normalise_split
 from medcls.errors import DataError
 
+MISSING_LABELS = {"nan", "na", "n/a", "null", "none", "missing", "?"}  # what spreadsheets write for no value
 IGNORED_SUFFIXES = {".csv", ".txt", ".json", ".md", ".yaml", ".yml", ".toml", ".xml", ".html", ".pdf", ".zip"}
 
 
@@ -85,9 +86,15 @@ def load_folder(source: str, options: DataOptions) -> list[Case]:
 def load_csv(source: str, options: DataOptions) -> list[Case]:
     """A manifest with one row per image; column names are mappable in the configuration."""
     manifest = Path(source)
-    with open(manifest, newline="", encoding="utf-8-sig") as fh:
-        dialect = csv.excel_tab if manifest.suffix.lower() == ".tsv" else csv.excel
-        rows = list(csv.DictReader(fh, dialect=dialect))
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as fh:
+            dialect = csv.excel_tab if manifest.suffix.lower() == ".tsv" else csv.excel
+            rows = list(csv.DictReader(fh, dialect=dialect))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"manifest '{manifest}' is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                        f"{exc.start}): save it as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet program)") from None
+    except csv.Error as exc:
+        raise DataError(f"manifest '{manifest}' is not a readable CSV ({exc}): check that it is a text table") from None
     if not rows:
         raise DataError(f"manifest '{manifest}' has no rows")
     columns = list(rows[0].keys())
@@ -104,12 +111,14 @@ def load_csv(source: str, options: DataOptions) -> list[Case]:
     root = Path(options.image_root) if options.image_root else manifest.parent
     if options.image_root and not root.is_absolute() and not root.exists():
         root = manifest.parent / options.image_root
-    cases = []
+    cases, spellings = [], {}
     for number, row in enumerate(rows, start=2):  # line 1 is the header
         where = f"manifest '{manifest}' line {number}"
         file_name, label = (row.get(options.path_column) or "").strip(), (row.get(options.label_column) or "").strip()
         if not file_name or not label:
             raise DataError(f"{where}: empty {'path' if not file_name else 'label'}: fill it in or delete the row")
+        if label.lower() in MISSING_LABELS:
+            raise DataError(f"{where}: label {label!r} means a missing label: fill it in or delete the row")
         path = Path(file_name.replace("\\", "/"))
         path = path if path.is_absolute() else root / path
         patient = (row.get(patient_column) or "").strip() or None if patient_column else None
@@ -118,35 +127,90 @@ def load_csv(source: str, options: DataOptions) -> list[Case]:
         attributes = {k: (v or "").strip() for k, v in row.items() if k not in used and k is not None}
         cases.append(Case(key=str(path), label=label, patient_id=patient, split=split, path=path,
                           attributes=attributes))
+        spelled = spellings.setdefault(label.casefold(), (label, number))
+        if spelled[0] != label:
+            raise DataError(f"manifest '{manifest}' line {number}: label {label!r} differs from {spelled[0]!r} "
+                            f"(line {spelled[1]}) only in case: write one class one way")
     return cases
 
 
 def load_npz(source: str, options: DataOptions) -> list[Case]:
-    """MedMNIST-style arrays: `{train,val,test}_images` (N, H, W[, C]) uint8 and `*_labels`."""
+    """MedMNIST-style arrays: `{train,val,test}_images` and `*_labels`. Images (N, H, W), (N, H, W, C)
+    or (N, C, H, W), or volumes (N, D, H, W) when the backbone reads volumes (MedMNIST 3D); uint8
+    (0-255), floats in [0, 1], or other unsigned integers scaled by the set's maximum. Optional
+    `class_names` names the classes in label order."""
+    from medcls.data.arrays import array_cases
+
     try:
         archive = np.load(source, allow_pickle=False)
     except Exception as exc:
-        raise DataError(f"npz file '{source}' cannot be read ({exc})") from None
+        raise DataError(f"npz file '{source}' cannot be read ({exc}): give an .npz written by numpy.savez") from None
     cases = []
+    volumes = options.readers is not None and options.readers.dims == 3
     with archive:
+        names = read_npz_array(archive, source, "class_names") if "class_names" in archive.files else None
         for split in ("train", "val", "test"):
             if f"{split}_images" not in archive.files:
                 continue
-            images, labels = archive[f"{split}_images"], archive.get(f"{split}_labels")
-            if labels is None or len(labels) != len(images):
-                raise DataError(f"npz file '{source}': {split}_labels is missing or has the wrong length")
-            labels = np.asarray(labels)
+            images = read_npz_array(archive, source, f"{split}_images")
+            if f"{split}_labels" not in archive.files:
+                raise DataError(f"npz file '{source}': {split}_labels is missing: give one label per image")
+            labels = read_npz_array(archive, source, f"{split}_labels")
             if labels.ndim == 2 and labels.shape[1] != 1:
                 raise DataError(f"npz file '{source}': {split}_labels is multi-label {labels.shape}; "
                                 "medcls trains single-label classifiers")
-            for index, (image, label) in enumerate(zip(images, labels.reshape(-1))):
-                cases.append(Case(key=f"{source}#{split}/{index}", label=str(int(label)), split=split,
-                                  array=npz_image(image)))
+            labels = npz_labels(labels.reshape(-1), source, split, names)
+            try:
+                cases += array_cases(npz_scaled(images, source, split), labels, split=[split] * len(labels),
+                                     volumes=volumes, name=f"{source}#{split}")
+            except DataError as exc:
+                raise DataError(f"npz file '{source}' {split}_images: {exc}") from None
+    for case in cases:  # keys as before: source#split/index
+        prefix, _, index = case.key.rpartition("#")
+        case.key = f"{prefix}/{index}"
     if not cases:
         raise DataError(f"npz file '{source}' has no train_images/val_images/test_images arrays (MedMNIST layout)")
     return cases
 
 
-def npz_image(image: np.ndarray) -> np.ndarray:
-    arr = image.astype(np.float32) / (255.0 if image.dtype == np.uint8 else max(float(image.max()), 1.0))
-    return np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+def read_npz_array(archive, source: str, name: str) -> np.ndarray:
+    try:
+        return archive[name]
+    except ValueError as exc:  # object arrays need pickle, which medcls never loads
+        raise DataError(f"npz file '{source}': {name} cannot be read without unpickling ({exc}); save it as a "
+                        "numeric array") from None
+
+
+def npz_labels(labels: np.ndarray, source: str, split: str, names) -> list:
+    """Integer class labels (floats only when whole numbers), or class names by index."""
+    if labels.dtype.kind in "iub":
+        values = labels.astype(np.int64)
+    elif labels.dtype.kind == "f":
+        bad = ~np.isfinite(labels) | (labels != np.round(labels))
+        if bad.any():
+            index = int(np.flatnonzero(bad)[0])
+            raise DataError(f"npz file '{source}': {split}_labels[{index}] = {labels[index].item()!r} is not a class: "
+                            "labels must be whole numbers (or strings)")
+        values = labels.astype(np.int64)
+    elif labels.dtype.kind in "US":
+        return [str(v) for v in labels]
+    else:
+        raise DataError(f"npz file '{source}': {split}_labels has dtype {labels.dtype}: give integers or strings")
+    if names is None:
+        return [str(v) for v in values]
+    names = [str(n) for n in np.asarray(names).reshape(-1)]
+    if values.min() < 0 or values.max() >= len(names):
+        raise DataError(f"npz file '{source}': {split}_labels holds {int(values.max())} but class_names has "
+                        f"{len(names)} names")
+    return [names[v] for v in values]
+
+
+def npz_scaled(images: np.ndarray, source: str, split: str) -> np.ndarray:
+    """Unsigned integer images other than uint8 scaled to [0, 1] by the array's maximum."""
+    if images.dtype.kind == "u" and images.dtype != np.uint8:
+        return images.astype(np.float32) / max(float(images.max()), 1.0)
+    if images.dtype.kind == "i":
+        if images.size and images.min() < 0:
+            raise DataError(f"npz file '{source}': {split}_images has negative values: scale it to [0, 1] or uint8")
+        return images.astype(np.float32) / max(float(images.max()), 1.0)
+    return images

@@ -124,6 +124,10 @@ def prepare_data(config: TrainConfig, registries, *, split: bool = True, backgro
         groups = linked_groups(cases, hashes)
         split_seed = config.seed if config.split_seed is None else config.split_seed
         splits = assign_splits(cases, labels, groups, config.val_fraction, config.test_fraction, split_seed)
+        if any(case.split for case in cases) and not any(case.split == "test" for case in cases):
+            warnings.append(f"the data set's own split has no test cases: {int((splits == 'test').sum())} training "
+                            f"images (whole patients) were held out as the test split (test_fraction "
+                            f"{config.test_fraction})")
         warnings += leakage_warnings(cases, hashes, splits)
     store = image_store(config, readers, registries) if config.cache == "disk" else None
     order = sorted(range(len(cases)), key=lambda i: SPLIT_ORDER.get(splits[i], 3))

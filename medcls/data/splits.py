@@ -47,6 +47,8 @@ def holdout(indices: np.ndarray, labels: np.ndarray, groups: np.ndarray, fractio
     """Split `indices` into (kept, held out ~fraction), stratified by label, whole groups only."""
     from sklearn.model_selection import StratifiedGroupKFold
 
+    if fraction <= 0:
+        return indices, indices[:0]
     n_splits = max(2, round(1.0 / fraction))
     n_groups = len(np.unique(groups[indices]))
     if n_groups < n_splits:
@@ -80,12 +82,23 @@ def assign_splits(cases: list[Case], labels: np.ndarray, groups: np.ndarray, val
         rest, test = holdout(everything, labels, groups, test_fraction, seed, "test")
         splits[test] = "test"
         splits[rest] = "train"
+    if given.any() and not (splits == "test").any() and test_fraction > 0:
+        # The data set's own split has no test cases: hold some training patients out, as without a split.
+        train = np.flatnonzero(splits == "train")
+        if not len(train):
+            raise DataError("the data set's own split has no training cases")
+        kept, test = holdout(train, labels, groups, test_fraction, seed + 2, "test")
+        splits[test] = "test"
     if not (splits == "val").any():
         train = np.flatnonzero(splits == "train")
         if not len(train):
             raise DataError("the data set's own split has no training cases")
         kept, val = holdout(train, labels, groups, val_fraction / max(1e-9, 1 - test_fraction), seed + 1, "val")
         splits[val] = "val"
+    for name, key in (("test", "test_fraction"), ("val", "val_fraction"), ("train", None)):
+        if not (splits == name).any():
+            fix = f"give {key} > 0 or a {name} split in the data" if key else "add training cases"
+            raise DataError(f"no {name} cases after splitting {len(cases)} cases: {fix}")
     return splits.astype(str)
 
 

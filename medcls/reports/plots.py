@@ -24,6 +24,12 @@ def subplots(*grid, figsize, **options):
     return fig, fig.subplots(*grid, **options)
 
 
+def plain(text) -> str:
+    """Text from the data (class and file names) shown as written: matplotlib would parse `$...$`
+    as mathematics and fail on an unbalanced `$` after the model was written."""
+    return str(text).replace("$", r"\$")
+
+
 def label_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -77,7 +83,7 @@ def plot_roc(split_scores: dict, classes: list[str], path: Path, groups=None, hi
         if probs.shape[1] == 2:
             curves.append((split, labels == 1, probs[:, 1]))
         elif split == highlight:
-            curves += [(f"{highlight}: {name}", labels == c, probs[:, c]) for c, name in enumerate(classes)]
+            curves += [(f"{highlight}: {plain(name)}", labels == c, probs[:, c]) for c, name in enumerate(classes)]
     for label, truth, scores in curves:
         if truth.any() and not truth.all():
             fpr, tpr, _ = roc_curve(truth, scores)
@@ -108,8 +114,8 @@ def plot_confusion(probs: np.ndarray, labels: np.ndarray, threshold, classes: li
     for (i, j), count in np.ndenumerate(matrix):
         ax.text(j, i, str(count), ha="center", va="center",
                 color="white" if count > matrix.max() / 2 else "black")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xticks(range(len(classes)), [plain(c) for c in classes], rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), [plain(c) for c in classes])
     label_axes(ax, "predicted", "true", "Test confusion matrix")
     save(fig, path)
 
@@ -189,7 +195,7 @@ def preview_grid(images: list, transform, views: int, path, titles: list[str] | 
             if r == 0:
                 ax.set_title("original" if c == 0 else f"view {c}", fontsize=8)
         if titles:
-            axes[r][0].set_ylabel(titles[r], fontsize=7)
+            axes[r][0].set_ylabel(plain(titles[r]), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     size = tuple(int(v) for v in fig.get_size_inches() * 100)
@@ -199,7 +205,7 @@ def preview_grid(images: list, transform, views: int, path, titles: list[str] | 
 def overlay(ax, picture: np.ndarray, heat: np.ndarray, title: str) -> None:
     ax.imshow(picture, cmap="gray", vmin=0, vmax=1)
     ax.imshow(heat, cmap="jet", alpha=0.4, vmin=0, vmax=1)
-    ax.set_title(title, fontsize=7)
+    ax.set_title(plain(title), fontsize=7)
     ax.axis("off")
 
 

@@ -33,12 +33,27 @@ from medcls.stats.intervals import paired_delong
 logger = logging.getLogger("medcls")
 
 
-def stored_splits(run: Path) -> dict[str, str]:
+def stored_splits(run: Path) -> dict[str, tuple[str, str]]:
+    """key -> (split, SHA-256 of the file when the run was trained), from the run's splits.csv."""
     path = run / "splits.csv"
     if not path.is_file():
         return {}
     with open(path, newline="") as fh:
-        return {row["key"]: row["split"] for row in csv.DictReader(fh)}
+        return {row["key"]: (row["split"], row.get("sha256", "")) for row in csv.DictReader(fh)}
+
+
+def check_unchanged(prepared: PreparedData, membership: dict, rows, run: Path, allow_changed: bool) -> None:
+    """The cases scored must be the files the run split: a file replaced since (even by a training
+    image) would be scored as if it were the held-out one."""
+    changed = [prepared.cases[i].key for i in prepared.cache.kept[rows]
+               if membership[prepared.cases[i].key][1] not in ("", prepared.hashes[i])]
+    if not changed:
+        return
+    message = (f"{len(changed)} file(s) changed since run '{run}' was trained (SHA-256 differs from its "
+               f"splits.csv), first '{changed[0]}'")
+    if not allow_changed:
+        raise DataError(f"{message}: restore them, or evaluate anyway with --allow-changed")
+    logger.warning(f"{message}; evaluated anyway (--allow-changed)")
 
 
 @dataclass
@@ -62,7 +77,7 @@ class ScoredCases:
 
 
 def run_predictions(run, registries, *, data: str | None = None, split: str | None = None, tta: str = "none",
-                    device: str = "auto") -> ScoredCases:
+                    device: str = "auto", allow_changed: bool = False) -> ScoredCases:
     """The run's model applied to `data` (default: its own), restricted to `split` when the data
     is the run's own, through the one inference path (medcls.core.inference)."""
     run = Path(run)
@@ -85,8 +100,9 @@ def run_predictions(run, registries, *, data: str | None = None, split: str | No
         missing = [c.key for c in prepared.cases if c.key not in membership]
         if missing:
             raise DataError(f"'{missing[0]}' is not in run '{run}' splits.csv: evaluate new data with --split all")
-        prepared.splits = np.array([membership[c.key] for c in prepared.cases])
+        prepared.splits = np.array([membership[c.key][0] for c in prepared.cases])
         rows = prepared.rows(split)
+        check_unchanged(prepared, membership, rows, run, allow_changed)
     if not len(rows):
         raise DataError(f"no readable images in split {split!r} of '{config.data}'")
     for warning in prepared.warnings:
@@ -119,12 +135,13 @@ def add_tta_comparison(doc, tta, labels, plain, probs, without, with_tta) -> Non
 
 
 def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, patient_level=None,
-                 prevalence=None, n_resamples=2000, tta="none", device="auto") -> dict:
+                 prevalence=None, n_resamples=2000, tta="none", device="auto", allow_changed=False) -> dict:
     """Score a finished run at its stored operating point; writes metrics.json, predictions.csv,
     report.md and report.html into `out` (default RUN/evaluation)."""
 
     run = Path(run)
-    scored = run_predictions(run, registries, data=data, split=split, tta=tta, device=device)
+    scored = run_predictions(run, registries, data=data, split=split, tta=tta, device=device,
+                             allow_changed=allow_changed)
     prepared, rows, probs, labels, info, split, config, plain = (
         scored.data, scored.rows, scored.probs, scored.labels, scored.info, scored.split, scored.config,
         scored.single_view)

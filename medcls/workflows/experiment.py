@@ -14,7 +14,7 @@ import numpy as np
 from medcls.config import FIELDS, TrainConfig, coerce
 from medcls.errors import ConfigError
 from medcls.logs import logger, quiet
-from medcls.reports.plots import subplots
+from medcls.reports.plots import plain, subplots
 from medcls.workflows.train import train
 
 # Virtual settings: one name standing for a combination of real keys.
@@ -156,7 +156,7 @@ def plot(rows, values, key, path: Path) -> None:
             low, high = r["test_roc_auc_low"], r["test_roc_auc_high"]
             ax.errorbar(i + offset, r["test_roc_auc"], yerr=[[r["test_roc_auc"] - low], [high - r["test_roc_auc"]]],
                         fmt="o", color=f"C{i}", capsize=3)
-    ax.set_xticks(range(len(values)), values)
+    ax.set_xticks(range(len(values)), [plain(v) for v in values])
     ax.set_xlabel(key)
     ax.set_ylabel("test ROC AUC (95% CI), one point per seed")
     ax.grid(alpha=0.3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -109,7 +110,7 @@ def train(config: TrainConfig, registries, *, progress_factory=None,
     if not distributed.writes:
         logger.setLevel(logging.ERROR)  # rank 0 speaks for all
         progress_factory = None
-    start = RunStart(config, registries, run_folder(config), device_for(distributed, resolve_device(config.device)),
+    start = RunStart(config, registries, run_folder(config, reserve=distributed.writes), device_for(distributed, resolve_device(config.device)),
                      distributed, progress_factory, started)
     if data is None:
         transform, _ = make_policy(config, registries)  # a bad policy setting stops before any data is read
@@ -393,10 +394,18 @@ def resume_config(run) -> TrainConfig:
     return make_config(read_config_file(saved), {"out": str(run), "resume": True}, where=f"run config '{saved}'")
 
 
-def run_folder(config: TrainConfig) -> Path:
-    """The --out folder, checked before any work so that a finished run is never overwritten."""
+# Files that make a folder a run (finished, interrupted, cross-validated or an ensemble's): never overwritten.
+RUN_MARKERS = ("model.safetensors", "checkpoint.safetensors", "cv_metrics.json", "metrics.json", "config.yaml")
+
+
+def run_folder(config: TrainConfig, *, reserve: bool = True) -> Path:
+    """The --out folder, checked before any work so that no run is ever overwritten. Without --out
+    a new folder runs/<backbone>-<date>-<time>[-N] is created at once (`reserve`), so that two
+    trainings started in the same second never share one."""
     if config.out is None:
-        return Path("runs") / f"{config.backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", config.backbone)
+        base = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return reserve_folder(base) if reserve else base
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out '{out}' is a file: give a folder")
@@ -404,8 +413,25 @@ def run_folder(config: TrainConfig) -> Path:
         if not out.is_dir():
             raise ConfigError(f"--resume: run folder '{out}' does not exist")
         return out
-    if (out / "model.safetensors").exists() and not config.overwrite:
-        raise ConfigError(f"run folder '{out}' already holds a run: choose another --out or pass --set overwrite=true")
+    found = [marker for marker in RUN_MARKERS if (out / marker).exists()]
+    if found and not config.overwrite:
+        interrupted = "checkpoint.safetensors" in found and "model.safetensors" not in found
+        raise ConfigError(f"run folder '{out}' already holds a run ({found[0]}): "
+                          + (f"continue it with --resume {out}, " if interrupted else "")
+                          + "choose another --out or pass --set overwrite=true")
     return out
+
+
+def reserve_folder(base: Path) -> Path:
+    """`base`, or `base-2`, `base-3`, ...: the first that this process creates itself (atomic mkdir)."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for number in range(1, 10_000):
+        candidate = base if number == 1 else base.with_name(f"{base.name}-{number}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise ConfigError(f"cannot create a new run folder next to '{base}': give --out")
 
 

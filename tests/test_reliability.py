@@ -1,0 +1,279 @@
+"""Bad input never gives a traceback or a silently wrong result, and nothing already written is lost:
+one test (parametrised where there are several inputs) per root cause found by trying 182 bad
+inputs against the CLI. Each asserts the one-line message, the documented exit status (3
+configuration, 4 data, 5 file system) and that files written before are unchanged."""
+
+import csv
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from medcls.cli import cli
+from medcls.errors import CONFIG, DATA, FILE_SYSTEM
+from tests.conftest import save_png
+from tests.test_cli import assert_one_line_error
+
+TINY = ["--backbone", "test_resnet", "--no-pretrained", "--image-size", "32", "--epochs", "1", "--finetune-epochs",
+        "0", "--set", "bootstrap=50"]
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file below `folder` with its content hash: what must not change."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reliability")
+    rng = np.random.default_rng(0)
+    for label in ("no", "yes"):
+        for i in range(12):
+            image = (rng.random((40, 40)) * 60).astype(np.uint8)
+            if label == "yes":
+                image[10:25, 12:28] = 220
+            save_png(root / "data" / label / f"{label}{i}.png", image)
+    result = run("train", *TINY, "--data", root / "data", "--out", root / "run")
+    assert result.exit_code == 0, result.output
+    return root
+
+
+# 1. Numbers are range-checked before anything runs or is written.
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "-1"], "epochs = -1 is invalid"),
+    (["--set", "val_fraction=1.5"], "val_fraction = 1.5 is invalid"),
+    (["--lr", "-1"], "lr = -1.0 is invalid"),
+    (["--lr", "nan"], "lr = nan is invalid"),
+    (["--batch-size", "0"], "batch_size = 0 is invalid"),
+    (["--image-size", "0"], "image_size = 0 is invalid"),
+    (["--set", "dropout=2"], "dropout = 2.0 is invalid"),
+    (["--ensemble", "-2"], "ensemble = -2 is invalid"),
+    (["--set", "bootstrap=0"], "bootstrap = 0 is invalid"),
+    (["--aug", "rotate_deg=abc"], "aug rotate_deg = 'abc' is invalid"),
+    (["--set", "test_fraction=0"], "no test cases after splitting"),
+])
+def test_numbers_are_checked_before_training(args, message, tmp_path, image_folder):
+    out = tmp_path / "run"
+    result = run("train", "--backbone", "test_resnet", "--no-pretrained", "--data", image_folder, *args, "--out", out)
+    assert_one_line_error(result, message)
+    assert not (out / "model.safetensors").exists()
+
+
+# 2. Run folders are verified on load.
+@pytest.mark.parametrize("damage, message", [
+    (lambda run: (run / "model.safetensors").write_bytes(b""), "not the file this run wrote"),
+    (lambda run: (run / "model.safetensors").write_bytes((run / "model.safetensors").read_bytes()[:500]),
+     "not the file this run wrote"),
+    (lambda run: (run / "model.json").write_text("{not json"), "is not valid JSON"),
+    (lambda run: edit_info(run, classes=None), "lacks classes"),
+    (lambda run: edit_info(run, in_chans=3), "does not fit the model"),
+    (lambda run: edit_info(run, classes=["a", "b", "c"]), "does not fit the model"),
+    (lambda run: edit_info(run, backbone="test_efficientnet"), "were saved from 'test_resnet'"),
+])
+@pytest.mark.parametrize("command", ["predict", "evaluate", "export", "explain"])
+def test_a_damaged_run_folder_is_a_one_line_error(trained, tmp_path, damage, message, command):
+    run_copy = tmp_path / "run"
+    shutil.copytree(trained / "run", run_copy)
+    damage(run_copy)
+    before = snapshot(run_copy)
+    image = trained / "data" / "yes" / "yes0.png"
+    args = {"predict": [run_copy, image], "evaluate": [run_copy], "export": [run_copy, "-o", tmp_path / "x"],
+            "explain": [run_copy, image, "-o", tmp_path / "cams"]}[command]
+    assert_one_line_error(run(command, *args), message, code=DATA)
+    assert snapshot(run_copy) == before
+
+
+def edit_info(run: Path, **changes) -> None:
+    import json
+
+    info = json.loads((run / "model.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            info.pop(key)
+        else:
+            info[key] = value
+    (run / "model.json").write_text(json.dumps(info))
+
+
+# 3. A data set whose own split has no test cases gets a held-out test split, said in a warning.
+def test_own_split_without_test_gets_a_held_out_test(tmp_path):
+    rng = np.random.default_rng(1)
+    for split in ("train", "val"):
+        for label in ("no", "yes"):
+            for i in range(10):
+                image = (rng.random((32, 32)) * 60).astype(np.uint8)
+                image[8:20, 8:20] += 150 if label == "yes" else 0
+                save_png(tmp_path / "data" / split / label / f"{label}{i}.png", image)
+    result = run("train", *TINY, "--data", tmp_path / "data", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "own split has no test cases" in result.stderr
+    with open(tmp_path / "run" / "splits.csv") as fh:
+        splits = [row["split"] for row in csv.DictReader(fh)]
+    assert splits.count("test") >= 2 and splits.count("val") == 20
+
+
+# 4 and 5. NaN/inf pixels and malformed .npz arrays are refused with the file and the array named.
+@pytest.mark.parametrize("arrays, message", [
+    ({"train_images": np.full((8, 8, 8), np.nan, np.float32)}, "NaN or infinite"),
+    ({"train_images": np.full((8, 8, 8), np.inf, np.float32)}, "NaN or infinite"),
+    ({"train_labels": np.array([0.5, 1, 0, 1, 0, 1, 0, 1])}, "train_labels[0] = 0.5 is not a class"),
+    ({"train_images": np.zeros((8, 64), np.uint8)}, "give (N, H, W)"),
+    ({"train_images": np.zeros((8, 8, 8, 7), np.uint8)}, "no channel axis of 1, 3 or 4"),
+    ({"train_images": np.array([np.zeros(3), None] * 4, dtype=object)}, "without unpickling"),
+])
+def test_bad_npz_arrays_are_refused(tmp_path, arrays, message):
+    payload = {"train_images": np.zeros((8, 8, 8), np.uint8), "train_labels": np.array([0, 1] * 4)}
+    payload.update(arrays)
+    path = tmp_path / "bad.npz"
+    np.savez(path, **payload)
+    assert_one_line_error(run("train", *TINY, "--data", path, "--out", tmp_path / "run"), "bad.npz", message,
+                          code=DATA)
+
+
+def test_a_nifti_with_nan_voxels_is_skipped_and_named(tmp_path):
+    import nibabel
+
+    from medcls.data.synthetic import write_synthetic_volumes
+
+    write_synthetic_volumes(tmp_path / "vol", 16, 16, fmt="nifti")
+    victim = sorted((tmp_path / "vol").rglob("*.nii*"))[0]
+    image = nibabel.load(victim)
+    voxels = np.asarray(image.dataobj, dtype=np.float32)
+    voxels[0, 0, 0] = np.nan
+    nibabel.save(nibabel.Nifti1Image(voxels, image.affine), victim)
+    result = run("train", "--backbone", "example_tiny_cnn3d", "--no-pretrained", "--data", tmp_path / "vol",
+                 "--set", "volume_size=8", "--epochs", "1", "--finetune-epochs", "0", "--set", "bootstrap=50",
+                 "--out", tmp_path / "run", "--strict")
+    assert_one_line_error(result, victim.name, "NaN or infinite", code=DATA)
+
+
+# 6 and 7. Manifests: other encodings and binary files, missing and inconsistent labels.
+@pytest.mark.parametrize("content, message", [
+    ("path,label\nnö.png,yes\n".encode("latin-1"), "is not UTF-8 text"),
+    (bytes(range(256)) * 4, "manifest"),
+    (b"path,label\na.png,yes\nb.png,nan\n", "line 3: label 'nan' means a missing label"),
+    (b"path,label\na.png,True\nb.png,true\n", "line 3: label 'true' differs from 'True' (line 2) only in case"),
+])
+def test_manifest_problems_name_the_line(tmp_path, content, message):
+    for name in ("a.png", "b.png", "nö.png"):
+        save_png(tmp_path / name, np.zeros((8, 8), np.uint8))
+    (tmp_path / "m.csv").write_bytes(content)
+    assert_one_line_error(run("train", *TINY, "--data", tmp_path / "m.csv", "--out", tmp_path / "run"), message,
+                          code=DATA)
+
+
+# 9. Text from the data never reaches a parser: class names with mathtext characters.
+def test_class_names_with_dollar_signs_are_drawn_as_written(tmp_path):
+    rng = np.random.default_rng(2)
+    for label in ("$x^$", "normal"):
+        for i in range(12):
+            image = (rng.random((32, 32)) * 60).astype(np.uint8)
+            image[8:20, 8:20] += 150 if label == "normal" else 0
+            save_png(tmp_path / "data" / label / f"{i}.png", image)
+    result = run("train", *TINY, "--data", tmp_path / "data", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "confusion_matrix.png").stat().st_size > 0
+
+
+# 10. Run folders: an interrupted, cross-validated or ensemble run is never overwritten; default
+# names never collide.
+@pytest.mark.parametrize("markers, message", [
+    (["config.yaml", "checkpoint.safetensors"], "continue it with --resume"),
+    (["config.yaml", "cv_metrics.json"], "already holds a run"),
+    (["config.yaml", "metrics.json"], "already holds a run"),
+])
+@pytest.mark.parametrize("mode", [[], ["--folds", "2"], ["--ensemble", "2"]])
+def test_any_run_folder_is_protected(tmp_path, image_folder, markers, message, mode):
+    out = tmp_path / "run"
+    out.mkdir()
+    for marker in markers:
+        (out / marker).write_text("earlier work")
+    before = snapshot(out)
+    assert_one_line_error(run("train", *TINY, "--data", image_folder, "--out", out, *mode), message, code=CONFIG)
+    assert snapshot(out) == before
+
+
+def test_default_run_folders_started_in_the_same_second_differ(tmp_path):
+    from medcls.workflows.train import reserve_folder
+
+    first, second = reserve_folder(tmp_path / "runs" / "a"), reserve_folder(tmp_path / "runs" / "a")
+    assert first != second and first.is_dir() and second.is_dir()
+
+
+# 11. File-system errors are one line with their own exit status.
+def test_an_unwritable_out_is_a_one_line_error(tmp_path, image_folder):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = run("train", *TINY, "--data", image_folder, "--out", blocker / "run")
+    assert_one_line_error(result, "cannot read or write", code=FILE_SYSTEM)
+    assert blocker.read_text() == "not a folder"
+
+
+# 12. evaluate checks the files against the hashes in splits.csv.
+def test_evaluate_refuses_a_changed_test_file(trained, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(trained / "data", data)
+    run_copy = tmp_path / "run"
+    shutil.copytree(trained / "run", run_copy)
+    # the run's config points at the original data: re-point it at the copy, then change a test file
+    config = (run_copy / "config.yaml").read_text().replace(str(trained / "data"), str(data))
+    (run_copy / "config.yaml").write_text(config)
+    splits = (run_copy / "splits.csv").read_text().replace(str(trained / "data"), str(data))
+    (run_copy / "splits.csv").write_text(splits)
+    with open(run_copy / "splits.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    test_file = Path(next(r["key"] for r in rows if r["split"] == "test"))
+    train_file = Path(next(r["key"] for r in rows if r["split"] == "train" and r["label"] == test_file.parent.name))
+    shutil.copyfile(train_file, test_file)  # a training image in the test set's place
+    assert_one_line_error(run("evaluate", run_copy, "--bootstrap", "100"), "changed since run", test_file.name,
+                          "--allow-changed", code=DATA)
+    allowed = run("evaluate", run_copy, "--bootstrap", "100", "--allow-changed")
+    assert allowed.exit_code == 0 and "evaluated anyway" in allowed.stderr
+
+
+# Also: predict fails (after writing its CSV) when no input could be read.
+def test_predict_exits_non_zero_when_nothing_could_be_read(trained, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    out = tmp_path / "p.csv"
+    result = run("predict", trained / "run", broken, "-o", out)
+    assert result.exit_code == DATA and "none of the inputs could be read" in result.stderr
+    assert "cannot be decoded" in out.read_text()
+
+
+def test_exit_statuses_are_documented():
+    from medcls import errors
+
+    assert (errors.USAGE, errors.CONFIG, errors.DATA, errors.FILE_SYSTEM) == (2, 3, 4, 5)
+    assert errors.DataError.exit_code == 4 and errors.ConfigError.exit_code == 3
+    assert os.path.exists(Path(__file__).resolve().parents[1] / "docs" / "reliability.md")
+
+
+def test_library_warnings_are_one_medcls_line_each(tmp_path):
+    """A raw library warning (here Pillow's decompression-bomb check on a huge image) is shown once
+    as a medcls warning line, not as Python's multi-line warning."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    for label in ("no", "yes"):
+        for i in range(8):
+            save_png(tmp_path / "data" / label / f"{i}.png", (rng.random((16, 16)) * 60 + 150 * (label == "yes")).astype(np.uint8))
+    Image.new("L", (200, 200)).save(tmp_path / "data" / "yes" / "big.png")
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 20_000  # 40,000 pixels is over it (and under twice it): a warning, not an error
+    try:
+        result = run("train", *TINY, "--data", tmp_path / "data", "--out", tmp_path / "run", "--set", "cache=memory")
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if "DecompressionBombWarning" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: DecompressionBombWarning from PIL: ")
