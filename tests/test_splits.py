@@ -59,8 +59,15 @@ def test_leakage_warning_counts_patients_without_naming_them():
     hashes = ["a", "b", "c", "c"]
     warnings = leakage_warnings(cases, hashes, np.array(["train", "test", "train", "test"]))
     assert any("1 patient(s)" in w for w in warnings)
-    assert any("'c2' = 'c3'" in w for w in warnings)
+    assert any("'c2' (train) = 'c3' (test)" in w for w in warnings)
     assert not any("p7" in w for w in warnings)
+
+
+def test_the_leakage_example_pair_lies_in_two_splits():
+    """Three copies, two of them in train: the example names a train copy and the test copy."""
+    cases = make_cases(4)
+    warnings = leakage_warnings(cases, ["c", "c", "x", "c"], np.array(["train", "train", "val", "test"]))
+    assert any("'c0' (train) = 'c3' (test)" in w for w in warnings)
 
 
 def test_too_few_groups_in_a_class_is_a_clear_error():

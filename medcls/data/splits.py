@@ -115,14 +115,17 @@ def leakage_warnings(cases: list[Case], hashes: list[str], splits: np.ndarray) -
         if case.patient_id is not None:
             patient_splits[case.patient_id].add(split)
         content_splits[digest].add(split)
-        content_keys[digest].append(case.key)
+        content_keys[digest].append((case.key, split))
     shared_patients = sum(1 for s in patient_splits.values() if len(s) > 1)
     if shared_patients:
         warnings.append(f"leakage: {shared_patients} patient(s) have images in more than one split "
                         "(identifiers withheld); results on the held-out splits are optimistic")
     shared = [content_keys[d] for d, s in content_splits.items() if len(s) > 1]
     if shared:
-        example = " = ".join(f"'{k}'" for k in shared[0][:2])
+        # The example pair lies in two different splits (a copy in the same split leaks nothing).
+        first_key, first_split = shared[0][0]
+        other_key, other_split = next((k, s) for k, s in shared[0] if s != first_split)
+        example = f"'{first_key}' ({first_split}) = '{other_key}' ({other_split})"
         warnings.append(f"leakage: {len(shared)} byte-identical image(s) appear in more than one split, "
                         f"e.g. {example}; remove the copies or let medcls split the data")
     return warnings
