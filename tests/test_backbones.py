@@ -49,3 +49,23 @@ def test_frozen_batchnorm_stays_in_inference_mode(registries):
     model.train()
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and not any(m.training for m in bns) and model.head.training
+
+
+def test_a_copy_of_a_classifier_unfreezes_its_own_parameters(registries):
+    """Nothing is bolted onto the timm module: the block grouping is a function of the module, so
+    a deepcopy (an EMA or SWA copy) groups, freezes and unfreezes its own parameters, and pickles."""
+    import copy
+    import pickle
+
+    from medcls.core.models import build_classifier
+
+    model, _ = build_classifier(registries, "test_resnet", 2, 1, 0.0, pretrained=False)
+    assert not any(name.startswith("medcls") for name in vars(model.backbone))  # no attribute added
+    twin = copy.deepcopy(model)
+    model.set_trainable(0)
+    twin.set_trainable(1)
+    top = twin.blocks()[-1]
+    assert all(p.requires_grad for p in top.parameters())
+    assert not any(p.requires_grad for p in model.blocks()[-1].parameters())  # the original is untouched
+    assert all(any(p is q for q in twin.parameters()) for p in top.parameters())  # the copy's own blocks
+    assert pickle.loads(pickle.dumps(twin)).blocks()

@@ -133,3 +133,18 @@ def test_medcls_register_datasets():
 
     cases, name, _ = load_cases(make_config({"data": "flat://"}), registries_with(DatasetPlugin))
     assert name == "flat" and len(cases) == 10
+
+
+class NoFeaturesPlugin:
+    @medcls.hookimpl
+    def medcls_register_backbones(register):
+        register("featureless", lambda in_chans: torch.nn.Conv2d(in_chans, 4, 3))
+        register("not_a_module", lambda in_chans: "a string")
+
+
+@pytest.mark.parametrize("name, fragment", [("featureless", "num_features = None"), ("not_a_module", "(str)")])
+def test_a_backbone_breaking_the_contract_is_named_with_its_plugin(name, fragment):
+    registries = registries_with(NoFeaturesPlugin)
+    with pytest.raises(medcls.PluginError, match=rf"backbone '{name}' of plugin 'third_party' breaks the backbone "
+                                                 rf"contract \({fragment.replace('(', '').replace(')', '')}"):
+        build_classifier(registries, name, num_classes=2, in_chans=1, dropout=0.0, pretrained=False)

@@ -115,3 +115,54 @@ def test_example_plugin_installed_from_folder_is_listed():
     rows = {row["name"]: row for row in json.loads(CliRunner().invoke(cli, ["plugins"]).stdout)}
     assert rows["example"]["distribution"] == "medcls-example"
     assert rows["example"]["hooks"] == ["medcls_register_backbones", "medcls_register_metrics"]
+
+
+RAISING = """
+import medcls
+
+@medcls.hookimpl
+def medcls_register_metrics(register):
+    register("half_registered", lambda y, p, yhat: 0.0, needs_threshold=False)
+    raise RuntimeError("config file of fake_raising missing")
+
+@medcls.hookimpl
+def medcls_register_policies(register):
+    register("fake_raising_policy", lambda: None)
+"""
+NO_ARGUMENT = """
+import medcls
+
+@medcls.hookimpl
+def medcls_register_metrics():
+    pass
+"""
+
+
+@pytest.mark.parametrize("source, fragment", [
+    (RAISING, "hook medcls_register_metrics failed and is disabled: RuntimeError: config file of fake_raising missing"),
+    (NO_ARGUMENT, "hook medcls_register_metrics failed and is disabled: TypeError: medcls_register_metrics() takes "
+                  "no 'register' argument"),
+])
+def test_a_failing_hook_disables_its_plugin_and_the_rest_works(make_distribution, monkeypatch, source, fragment):
+    monkeypatch.delenv("MEDCLS_STRICT_PLUGINS", raising=False)
+    make_distribution("fake-raising", "fake_raising", source)
+    pm = get_plugin_manager()
+    metrics = Registries(pm)["metrics"]
+    assert "roc_auc" in metrics and "half_registered" not in metrics  # nothing of the failing plugin is kept
+    assert fragment in pm.load_errors[0].one_line() and "'fake-raising'" in pm.load_errors[0].one_line()
+    assert pm.get_plugin("fake_raising") is None  # disabled for every other kind too
+    assert "fake_raising_policy" not in Registries(pm)["policies"]
+    listed = CliRunner().invoke(cli, ["list", "metrics"])  # an unrelated command still works
+    assert listed.exit_code == 0 and "sensitivity" in listed.stdout
+    warnings = [line for line in listed.stderr.splitlines() if "fake_raising" in line]
+    assert len(warnings) == 1 and fragment in warnings[0]
+    shown = json.loads(CliRunner().invoke(cli, ["plugins"]).stdout)  # `medcls plugins` shows the error
+    row = next(r for r in shown if r["name"] == "fake_raising")
+    assert row["error"] and ("RuntimeError" in row["error"] or "TypeError" in row["error"])
+
+
+def test_a_failing_hook_is_fatal_in_strict_mode(make_distribution, monkeypatch):
+    make_distribution("fake-raising", "fake_raising", RAISING)
+    monkeypatch.setenv("MEDCLS_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginError, match="hook medcls_register_metrics failed.*MEDCLS_STRICT_PLUGINS"):
+        Registries(get_plugin_manager())["metrics"]

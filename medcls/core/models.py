@@ -20,18 +20,44 @@ def channel_stats(values: tuple, in_chans: int) -> tuple:
     return (average,) * in_chans
 
 
-class Classifier(nn.Module):
-    """Takes images in [0, 1], normalises them as the backbone was trained, returns class logits."""
+def backbone_statistics(backbone: nn.Module) -> tuple[tuple, tuple]:
+    """The (mean, std) the backbone was trained with on [0, 1] images: timm's `pretrained_cfg`
+    travelling with the model, else the backbone's own `mean`/`std`, else ImageNet's."""
+    cfg = getattr(backbone, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("mean") and cfg.get("std"):
+        return tuple(cfg["mean"]), tuple(cfg["std"])
+    return tuple(getattr(backbone, "mean", IMAGENET_MEAN)), tuple(getattr(backbone, "std", IMAGENET_STD))
 
-    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float, in_chans: int) -> None:
+
+def output_width(backbone: nn.Module) -> int:
+    """The width of the features a headless backbone returns: timm models with a pre-logits layer
+    (MobileNetV3's conv_head) return `head_hidden_size` features, the others `num_features`."""
+    return int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
+
+
+def top_level_blocks(backbone: nn.Module) -> list[nn.Module]:
+    """Without a better grouping: the backbone's top-level children that hold parameters."""
+    if hasattr(backbone, "medcls_blocks"):
+        return list(backbone.medcls_blocks())
+    return [m for m in backbone.children() if any(True for _ in m.parameters())]
+
+
+class Classifier(nn.Module):
+    """Takes images in [0, 1], normalises them as the backbone was trained, returns class logits.
+    The backbone module is used as created (nothing is added to or overwritten on it); its block
+    grouping comes from `blocks_of(backbone)`, a plain function given at registration, so a copy
+    (`copy.deepcopy`, an EMA model) groups and unfreezes its own parameters."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float, in_chans: int,
+                 blocks_of=None) -> None:
         super().__init__()
-        mean = channel_stats(tuple(getattr(backbone, "mean", IMAGENET_MEAN)), in_chans)
-        std = channel_stats(tuple(getattr(backbone, "std", IMAGENET_STD)), in_chans)
+        mean, std = (channel_stats(values, in_chans) for values in backbone_statistics(backbone))
         shape = (1, -1) + (1,) * int(getattr(backbone, "spatial_dims", 2))  # (B, C, H, W) or (B, C, D, H, W)
         self.register_buffer("mean", torch.tensor(mean).view(shape))
         self.register_buffer("std", torch.tensor(std).view(shape))
         self.backbone = backbone
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(int(backbone.num_features), num_classes))
+        self.blocks_of = blocks_of or top_level_blocks
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(output_width(backbone), num_classes))
         # Pretrained backbones keep their batch-norm statistics while fine-tuning (the Keras
         # transfer-learning guide's advice): small, augmented batches would otherwise overwrite them.
         self.frozen_batchnorm = False
@@ -55,9 +81,7 @@ class Classifier(nn.Module):
 
     def blocks(self) -> list[nn.Module]:
         """The backbone's parameter groups from input to output (stem first)."""
-        if hasattr(self.backbone, "medcls_blocks"):
-            return list(self.backbone.medcls_blocks())
-        return [m for m in self.backbone.children() if any(True for _ in m.parameters())]
+        return list(self.blocks_of(self.backbone))
 
     def set_trainable(self, top_blocks: int) -> None:
         """Train the head plus the top `top_blocks` backbone blocks (-1: all); freeze the rest."""
@@ -110,13 +134,14 @@ class SliceBackbone(nn.Module):
 
     spatial_dims = 3
 
-    def __init__(self, backbone: nn.Module, slices: int, pooling: str, in_chans: int) -> None:
+    def __init__(self, backbone: nn.Module, slices: int, pooling: str, in_chans: int, blocks_of=None) -> None:
         super().__init__()
         self.backbone, self.slices, self.pooling = backbone, slices, pooling
-        self.num_features = int(backbone.num_features)
+        self.inner_blocks_of = blocks_of or top_level_blocks
+        self.num_features = output_width(backbone)
         # One intensity scale for every slice: the 2D backbone's statistics averaged.
-        self.mean = channel_stats(tuple(getattr(backbone, "mean", IMAGENET_MEAN)), 1) * in_chans
-        self.std = channel_stats(tuple(getattr(backbone, "std", IMAGENET_STD)), 1) * in_chans
+        mean, std = backbone_statistics(backbone)
+        self.mean, self.std = channel_stats(mean, 1) * in_chans, channel_stats(std, 1) * in_chans
         self.attention = nn.Sequential(nn.Linear(self.num_features, 128), nn.Tanh(), nn.Linear(128, 1)) \
             if pooling == "attention" else None
 
@@ -134,9 +159,7 @@ class SliceBackbone(nn.Module):
         return features.amax(1) if self.pooling == "max" else features.mean(1)
 
     def medcls_blocks(self):
-        inner = self.backbone.medcls_blocks() if hasattr(self.backbone, "medcls_blocks") else \
-            [m for m in self.backbone.children() if any(True for _ in m.parameters())]
-        return list(inner)
+        return list(self.inner_blocks_of(self.backbone))
 
     def medcls_head_modules(self):
         """New, untrained pooling weights: they train with the head in every stage."""
@@ -221,12 +244,24 @@ def build_classifier(registries, backbone_name: str, num_classes: int, in_chans:
         raise ConfigError(f"slice_pooling {slice_pooling!r} is not one of mean, max, attention")
     stem_chans = in_chans * slices if slices else in_chans
     backbone = entry.obj(stem_chans)
+    features = getattr(backbone, "num_features", None)
+    if isinstance(features, int) and getattr(backbone, "head_hidden_size", None):
+        features = backbone.head_hidden_size
+    if not isinstance(backbone, nn.Module) or not isinstance(features, int) or isinstance(features, bool) \
+            or features < 1:
+        from medcls.errors import PluginError
+
+        what = type(backbone).__name__ if not isinstance(backbone, nn.Module) else f"num_features = {features!r}"
+        raise PluginError(f"backbone {backbone_name!r} of plugin {entry.plugin!r} breaks the backbone contract "
+                          f"({what}): create(in_chans) must return an nn.Module with an int num_features "
+                          "(see medcls.plugins.hookspecs.medcls_register_backbones)")
     origin = "random initialisation"
     if pretrained or weights_file:
         state, origin = pretrained_state(backbone_name, registries["weights"], weights_file)
         load_backbone_weights(backbone, state, stem_chans, origin)
+    blocks_of = entry.metadata.get("blocks")
     if slices:
-        backbone = SliceBackbone(backbone, slices, slice_pooling, in_chans)
-    model = Classifier(backbone, num_classes, dropout, in_chans)
+        backbone, blocks_of = SliceBackbone(backbone, slices, slice_pooling, in_chans, blocks_of), None
+    model = Classifier(backbone, num_classes, dropout, in_chans, blocks_of)
     model.frozen_batchnorm = origin != "random initialisation"
     return model, origin

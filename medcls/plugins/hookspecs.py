@@ -46,10 +46,15 @@ def medcls_register_backbones(register):
       ``(B, F)``; a volume backbone, registered with ``spatial_dims=3``, maps
       ``(B, in_chans, D, H, W)`` and sets ``spatial_dims = 3`` on the module too;
     - has an ``int`` attribute ``num_features`` equal to ``F``;
-    - optionally has ``mean`` and ``std`` tuples (per input channel, for ``[0, 1]`` images;
-      defaults to ImageNet's) and a method ``medcls_blocks()`` returning its parameter groups
-      as a list of modules ordered from input to output; fine-tuning unfreezes the last ones.
-      Without it medcls uses the module's top-level children in order.
+    - optionally carries its normalisation for ``[0, 1]`` images: timm's ``pretrained_cfg``
+      (``mean``/``std``), or ``mean`` and ``std`` tuples per input channel (default ImageNet's).
+
+    Its blocks (parameter groups from input to output; fine-tuning unfreezes the last ones) come
+    from the registration metadata ``blocks=fn(module) -> list[nn.Module]``, a function of the
+    module so that a copy of a model (``copy.deepcopy``, an EMA model) groups its own
+    parameters; a ``medcls_blocks()`` method on your own module class also works. Without either,
+    medcls uses the module's top-level children in order. Never attach attributes or closures to
+    someone else's module (a timm or MONAI network): register ``blocks=`` instead.
 
     Register ``pretrained=False`` when no pretrained weights exist (then ``pretrained`` defaults
     to off for it and asking for it is an error unless a weights file is given).

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import os
-from dataclasses import dataclass
 
 import pluggy
 
 from medcls.errors import PluginError
 from medcls.logs import logger
 from medcls.plugins import hookspecs
+from medcls.plugins.registry import PluginLoadError, strict_plugins
 
 # Built-in parts are ordinary plugins, registered exactly like installed ones.
 DEFAULT_PLUGINS = (
@@ -29,22 +28,6 @@ ENTRY_POINT_GROUP = "medcls"
 IN_PROCESS: list[tuple[str, object]] = []
 
 
-@dataclass
-class PluginLoadError:
-    """An installed plugin that could not be loaded; shown by `medcls plugins`."""
-
-    distribution: str
-    entry_point: str
-    version: str
-    error: str
-
-    def one_line(self) -> str:
-        return (
-            f"plugin {self.entry_point!r} from distribution {self.distribution!r} failed to load "
-            f"and is disabled: {self.error}"
-        )
-
-
 class MedclsPluginManager(pluggy.PluginManager):
     """A pluggy manager that remembers which installed plugins failed to load."""
 
@@ -52,10 +35,6 @@ class MedclsPluginManager(pluggy.PluginManager):
         super().__init__("medcls")
         self.load_errors: list[PluginLoadError] = []
         self.distributions: dict[str, tuple[str, str]] = {}
-
-
-def strict_plugins() -> bool:
-    return os.environ.get("MEDCLS_STRICT_PLUGINS", "") not in ("", "0", "false", "no")
 
 
 def get_plugin_manager(*, entry_points: bool = True) -> MedclsPluginManager:
@@ -123,9 +102,13 @@ def load_entry_points(pm: MedclsPluginManager) -> None:
 
 
 def describe_plugins(pm: MedclsPluginManager, *, include_builtin: bool = False) -> list[dict]:
-    """Name, version, hooks and error of each plugin, as `medcls plugins` prints them."""
+    """Name, version, hooks and error of each plugin, as `medcls plugins` prints them. Installed
+    plugins' hooks are called once (with a register that keeps nothing), so a hook that raises
+    shows its error here too; built-in hooks are not called (they import timm)."""
+    from medcls.plugins.registry import check_hooks
     from medcls.version import __version__
 
+    check_hooks(pm, skip=set(DEFAULT_PLUGINS))
     rows = []
     for name, plugin in pm.list_name_plugin():
         builtin = name in DEFAULT_PLUGINS

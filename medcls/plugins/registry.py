@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from medcls.errors import PluginError, UnknownNameError
+from medcls.logs import logger
 
 # The kinds of things plugins register, and the hook that registers each.
 KINDS = {
@@ -27,6 +29,26 @@ SINGULAR = {
     "readers": "reader",
     "datasets": "dataset format",
 }
+
+
+@dataclass
+class PluginLoadError:
+    """An installed plugin that could not be loaded, or whose hook failed; shown by `medcls plugins`."""
+
+    distribution: str
+    entry_point: str
+    version: str
+    error: str
+    hook: str | None = None  # the hook that raised, when loading worked
+
+    def one_line(self) -> str:
+        what = f"hook {self.hook} failed" if self.hook else "failed to load"
+        return (f"plugin {self.entry_point!r} from distribution {self.distribution!r} {what} "
+                f"and is disabled: {self.error}")
+
+
+def strict_plugins() -> bool:
+    return os.environ.get("MEDCLS_STRICT_PLUGINS", "") not in ("", "0", "false", "no")
 
 
 @dataclass(frozen=True)
@@ -86,19 +108,65 @@ class Registry:
         return [e for e in self.entries.values() if fnmatch.fnmatchcase(e.name, pattern)]
 
 
+def call_hook(impl, register) -> None:
+    """Call one plugin's registration hook with `register`. pluggy accepts hookimpls that take
+    fewer arguments than the spec; one without `register` could register nothing, so it is an error."""
+    if "register" not in impl.argnames:
+        raise TypeError(f"{impl.function.__name__}() takes no 'register' argument: write "
+                        f"def {impl.function.__name__}(register)")
+    impl.function(register)
+
+
+def disable(pm, plugin_name: str, hook: str, exc: Exception) -> None:
+    """A hook that raised: the plugin is reported (one line naming plugin, distribution, hook and
+    error) and unregistered, so the rest of medcls works; fatal under MEDCLS_STRICT_PLUGINS."""
+    dist, version = getattr(pm, "distributions", {}).get(plugin_name, ("?", "?"))
+    error = PluginLoadError(dist, plugin_name, version, f"{type(exc).__name__}: {exc}", hook=hook)
+    if strict_plugins():
+        raise PluginError(error.one_line() + " (MEDCLS_STRICT_PLUGINS is set)") from None
+    if hasattr(pm, "load_errors") and all(e.one_line() != error.one_line() for e in pm.load_errors):
+        pm.load_errors.append(error)
+    logger.warning(error.one_line())
+    if pm.get_plugin(plugin_name) is not None:
+        pm.unregister(name=plugin_name)
+
+
 def collect(pm, kind: str) -> Registry:
-    """Call every plugin's registration hook for `kind`, attributing each name to its plugin."""
+    """Call every plugin's registration hook for `kind`, attributing each name to its plugin. A
+    hook that raises disables its plugin (what it registered here is dropped); the rest work."""
     registry = Registry(kind)
     hook = getattr(pm.hook, KINDS[kind])
     # Calling each implementation ourselves (public pluggy API) lets a clash name both plugins;
     # get_hookimpls() is in registration order, so built-ins come first.
     for impl in hook.get_hookimpls():
+        added: list[str] = []
 
         def register(name, obj, *, description="", _plugin=impl.plugin_name, **metadata):
             registry.add(Entry(str(name), obj, _plugin, description, metadata))
+            added.append(str(name))
 
-        impl.function(register)
+        try:
+            call_hook(impl, register)
+        except PluginError:
+            raise  # a name registered twice: an error naming both plugins
+        except Exception as exc:  # a plugin's bug must not take medcls down
+            for name in added:
+                registry.entries.pop(name, None)
+            disable(pm, impl.plugin_name, KINDS[kind], exc)
     return registry
+
+
+def check_hooks(pm, skip: set[str]) -> None:
+    """Call every hook of the plugins not in `skip` with a register that keeps nothing, so that a
+    hook raising is found (and its plugin disabled) without building anything."""
+    for kind, hook_name in KINDS.items():
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            if impl.plugin_name in skip:
+                continue
+            try:
+                call_hook(impl, lambda name, obj, **metadata: None)
+            except Exception as exc:
+                disable(pm, impl.plugin_name, hook_name, exc)
 
 
 class Registries:

@@ -1,4 +1,10 @@
-"""Built-in backbones: every timm architecture, created headless so medcls can add its own head."""
+"""Built-in backbones: every timm architecture, created headless so medcls can add its own head.
+
+The timm module is returned as timm built it: nothing is added to or overwritten on it. Its
+normalisation travels with it in timm's `pretrained_cfg`, and its block grouping (timm's coarse
+group matcher, what timm's layer-wise learning-rate decay uses) is given at registration as
+`blocks=timm_blocks`, a function of the module, so copies of a model group their own parameters.
+"""
 
 from __future__ import annotations
 
@@ -8,33 +14,23 @@ from medcls.plugins.hookspecs import hookimpl
 
 
 def create_timm_backbone(name: str, in_chans: int):
-    """A headless timm model (features `(B, num_features)`) with medcls's optional attributes."""
+    """A headless timm model: `(B, in_chans, H, W)` -> features `(B, F)`."""
     import timm
-    from timm.models import group_modules
-    from torch import nn
-
-    from medcls.core.models import channel_stats
 
     try:
         # medcls puts its own dropout before its head: no second, hidden one in timm's pooling.
-        model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, drop_rate=0.0)
+        return timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, drop_rate=0.0)
     except TypeError:  # the few architectures without a drop_rate argument
-        model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans)
-    cfg = model.pretrained_cfg or {}
-    mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
-    std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
-    model.mean, model.std = channel_stats(mean, in_chans), channel_stats(std, in_chans)
-    # Headless models with a pre-logits layer (MobileNetV3's conv_head) output head_hidden_size
-    # features, not num_features: medcls's head must fit what forward() returns.
-    model.num_features = getattr(model, "head_hidden_size", None) or model.num_features
+        return timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans)
 
-    def blocks():
-        # timm's coarse group matcher is what its layer-wise LR decay uses: stem, stages, head.
-        groups = group_modules(model, model.group_matcher(coarse=True))
-        return [nn.ModuleList(model.get_submodule(n) for n in names) for _, names in sorted(groups.items())]
 
-    model.medcls_blocks = blocks
-    return model
+def timm_blocks(model) -> list:
+    """Stem, stages, head of a timm model, from input to output."""
+    from timm.models import group_modules
+    from torch import nn
+
+    groups = group_modules(model, model.group_matcher(coarse=True))
+    return [nn.ModuleList(model.get_submodule(n) for n in names) for _, names in sorted(groups.items())]
 
 
 @hookimpl
@@ -42,4 +38,4 @@ def medcls_register_backbones(register):
     import timm
 
     for name in timm.list_models():
-        register(name, partial(create_timm_backbone, name), description=f"timm {name}")
+        register(name, partial(create_timm_backbone, name), description=f"timm {name}", blocks=timm_blocks)

@@ -24,22 +24,16 @@ def densenet(depth: int, in_chans: int):
         spatial_dims=3, in_channels=in_chans, out_channels=1)
     num_features = model.class_layers.out.in_features
     model.class_layers.out = nn.Identity()  # medcls adds dropout and its own head
-    blocks = [nn.ModuleList([model.features.conv0, model.features.norm0])]
-    blocks += [module for name, module in model.features.named_children()
-               if name.startswith(("denseblock", "transition"))]
-    blocks.append(model.features.norm5)
-    return finish(model, num_features, blocks)
+    return finish(model, num_features)
 
 
 def resnet(depth: int, in_chans: int):
     from monai.networks import nets
-    from torch import nn
 
     model = getattr(nets, f"resnet{depth}")(spatial_dims=3, n_input_channels=in_chans, feed_forward=False,
                                             shortcut_type="A" if depth < 50 else "B", bias_downsample=depth < 50)
     num_features = model.layer4[-1].conv2.out_channels if depth < 50 else model.layer4[-1].conv3.out_channels
-    blocks = [nn.ModuleList([model.conv1, model.bn1]), model.layer1, model.layer2, model.layer3, model.layer4]
-    return finish(model, num_features, blocks)
+    return finish(model, num_features)
 
 
 def efficientnet(variant: str, in_chans: int):
@@ -51,14 +45,27 @@ def efficientnet(variant: str, in_chans: int):
     num_features = model._fc.in_features
     model._fc = nn.Identity()
     model._dropout = nn.Identity()  # medcls's dropout sits before its head
-    blocks = [nn.ModuleList([model._conv_stem, model._bn0]), *model._blocks, nn.ModuleList([model._conv_head, model._bn1])]
-    return finish(model, num_features, blocks)
+    return finish(model, num_features)
 
 
-def finish(model, num_features: int, blocks: list):
+def finish(model, num_features: int):
     model.num_features, model.spatial_dims = int(num_features), 3
-    model.medcls_blocks = lambda: blocks
     return model
+
+
+def blocks_of(model) -> list:
+    """The network's blocks from stem to top, from the module given (a copy groups its own)."""
+    from monai.networks import nets
+    from torch import nn
+
+    if isinstance(model, nets.DenseNet):
+        blocks = [nn.ModuleList([model.features.conv0, model.features.norm0])]
+        blocks += [module for name, module in model.features.named_children()
+                   if name.startswith(("denseblock", "transition"))]
+        return blocks + [model.features.norm5]
+    if isinstance(model, nets.ResNet):
+        return [nn.ModuleList([model.conv1, model.bn1]), model.layer1, model.layer2, model.layer3, model.layer4]
+    return [nn.ModuleList([model._conv_stem, model._bn0]), *model._blocks, nn.ModuleList([model._conv_head, model._bn1])]
 
 
 def channel_stats(model, in_chans: int):
@@ -80,4 +87,5 @@ def create(factory, in_chans: int):
 @hookimpl
 def medcls_register_backbones(register):
     for name, (factory, description) in BACKBONES.items():
-        register(name, partial(create, factory), description=description, spatial_dims=3, pretrained=False)
+        register(name, partial(create, factory), description=description, spatial_dims=3, pretrained=False,
+                 blocks=blocks_of)
