@@ -23,7 +23,7 @@ def test_headless_features_and_blocks(name):
     with torch.no_grad():
         features = model(torch.rand(1, 2, 32, 32, 32))
     assert features.shape == (1, model.num_features) and model.spatial_dims == 3
-    in_blocks = {id(p) for block in model.medcls_blocks() for p in block.parameters()}
+    in_blocks = {id(p) for block in medcls_monai.blocks_of(model) for p in block.parameters()}
     assert in_blocks == {id(p) for p in model.parameters()}  # every parameter can be unfrozen
     assert model.mean == (0.5, 0.5)
 
