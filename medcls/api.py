@@ -133,13 +133,17 @@ def register_plugin(plugin: object, name: str | None = None) -> None:
     register_in_process(plugin, name)
 
 
-def list_backbones(pattern: str | None = None) -> list[str]:
-    """Registered backbone names, optionally filtered by a glob (`'convnext*'`) or a substring."""
-    return [entry.name for entry in make_registries()["backbones"].matching(pattern)]
+def list_backbones(pattern: str | None = None, *, pretrained: bool = False) -> list[str]:
+    """Registered backbone names, optionally filtered by a glob (`'convnext*'`) or a substring;
+    with `pretrained`, the names with published weights (timm's tags: `convnext_small.fb_in22k`)."""
+    found = make_registries()["backbones"]
+    if pretrained:
+        return found.pretrained_names(pattern)
+    return [entry.name for entry in found.matching(pattern)]
 
 
 def create_classifier(backbone: str, num_classes: int, *, in_chans: int = 3, pretrained: bool = False,
-                      dropout: float = 0.0, weights: str | None = None, slices: int = 0):
+                      dropout: float = 0.0, weights: str | None = None, slices: int = 0, **backbone_args):
     """A medcls classifier (backbone, input normalisation, dropout, new head) like
     `timm.create_model`: it takes images in [0, 1] and returns class logits. Pretrained weights are
     never replaced by random ones silently: unavailable weights raise WeightsUnavailableError."""
@@ -147,7 +151,8 @@ def create_classifier(backbone: str, num_classes: int, *, in_chans: int = 3, pre
 
     if num_classes < 2:
         raise ConfigError(f"num_classes = {num_classes}: a classifier needs at least 2 classes")
-    model, _ = build_classifier(make_registries(), backbone, num_classes, in_chans, dropout, pretrained, weights, slices)
+    model, _ = build_classifier(make_registries(), backbone, num_classes, in_chans, dropout, pretrained, weights, slices,
+                                backbone_args=backbone_args or None)
     return model
 
 

@@ -141,6 +141,8 @@ def yaml_value(text: str):
 @click.option("--pretrained/--no-pretrained", default=None, help="Start from pretrained weights (default) or random.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Backbone weights as .safetensors.")
 @click.option("--policy", help="Augmentation policy for training batches: none, interpretable, aggressive, ...")
+@click.option("--backbone-arg", "backbone_args", multiple=True, metavar="KEY=VALUE",
+              help="A keyword argument for the backbone's constructor, e.g. drop_path_rate=0.1 (repeatable).")
 @click.option("--aug", multiple=True, metavar="KEY=VALUE", help="Override a policy parameter (repeatable).")
 @click.option("--epochs", type=int, help="Stage-1 epochs (frozen backbone, new head).")
 @click.option("--finetune-epochs", type=int, help="Stage-2 epochs (top blocks unfrozen); 0 turns it off.")
@@ -170,7 +172,7 @@ def yaml_value(text: str):
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Set any config key (repeatable).")
 @click.option("--resume", "resume_run", type=click.Path(file_okay=False),
               help="Continue an interrupted run (its folder) from its last checkpoint, with its own settings.")
-def train(config_file, settings, aug, format_, resume_run, devices, **flags):
+def train(config_file, settings, aug, backbone_args, format_, resume_run, devices, **flags):
     """Fine-tune a backbone: frozen stage, then top blocks; print the train/val/test gap report.
     Any config key can be set with --set KEY=VALUE: `medcls config` lists them all."""
     from medcls import api
@@ -180,7 +182,7 @@ def train(config_file, settings, aug, format_, resume_run, devices, **flags):
     overrides = {k: v for k, v in flags.items() if v is not None}
     progress = progress_bars(sys.stderr.isatty())
     if resume_run is not None:
-        if overrides or settings or aug or config_file or format_:
+        if overrides or settings or aug or backbone_args or config_file or format_:
             raise ConfigError("--resume continues a run with the settings in its config.yaml: give no other options")
         print_run(api.resume(resume_run, progress=progress))
         return
@@ -190,6 +192,9 @@ def train(config_file, settings, aug, format_, resume_run, devices, **flags):
     file_values = api.read_config_file(config_file) if config_file else {}
     if aug:
         overrides["aug"] = {**file_values.get("aug", {}), **parse_pairs(aug, "--aug")}
+    if backbone_args:
+        overrides["backbone_args"] = {**file_values.get("backbone_args", {}), **parse_pairs(backbone_args,
+                                                                                            "--backbone-arg")}
     config = api.make_config(file_values, overrides, where=f"config file '{config_file}'")
     if config.folds:
         result = api.cross_validate(config=config, progress=progress)
@@ -400,10 +405,20 @@ def plugins(include_builtin):
 @click.argument("kind", type=click.Choice(LIST_KINDS))
 @click.argument("pattern", required=False)
 @click.option("--verbose", "-v", is_flag=True, help="Also print each entry's parameters and metadata.")
-def list_(kind, pattern, verbose):
+@click.option("--pretrained", is_flag=True, help="Backbones: the names with published pretrained weights (timm tags).")
+def list_(kind, pattern, verbose, pretrained):
     """List registered backbones, policies, metrics, datasets, readers or weight sources."""
     from medcls import api
 
+    if pretrained:
+        if kind != "backbones":
+            raise click.BadParameter("--pretrained lists backbones", param_hint="--pretrained")
+        names = api.list_backbones(pattern, pretrained=True)
+        for name in names:
+            click.echo(name)
+        if not names:
+            log(f"no pretrained backbones match {pattern!r}")
+        return
     entries = api.registered(kind, pattern)
     for entry in entries:
         click.echo(f"{entry.name:32s} {entry.plugin:28s} {entry.description}")

@@ -62,6 +62,7 @@ class TrainConfig:
     pretrained: bool | None = option(None, 'None: pretrained when the backbone has weights (timm: yes, MONAI 3D: none exist); True fails, never falls back, if they are unavailable', 'model')
     weights: str | None = option(None, 'a .safetensors file with backbone weights, tried before any source', 'model')
     dropout: float = option(0.3, 'dropout before the new classification head', 'model')
+    backbone_args: dict = option(None, "keyword arguments for the backbone's constructor, e.g. {drop_path_rate: 0.1}", 'model', factory=dict)
     # --- augmentation: what training batches look like ---
     policy: str = option("interpretable", 'augmentation policy for training batches (`medcls list policies`)', 'augmentation')
     aug: dict = option(None, "overrides of the policy's parameters, e.g. {rotate_deg: 5}", 'augmentation', factory=dict)
@@ -233,6 +234,11 @@ def validate(config: TrainConfig, where: str = "config") -> None:
             fail(key, value, "give one positive number or three (z,y,x), e.g. 64 or 32,128,128")
         if key == "volume_size" and not all(n.is_integer() for n in numbers):
             fail(key, value, "voxel counts are whole numbers")
+    for key, value in config.backbone_args.items():
+        if not isinstance(key, str) or not key.isidentifier() or not isinstance(value, (bool, int, float, str)) \
+                or (isinstance(value, float) and not math.isfinite(value)):
+            raise ConfigError(f"{where}: backbone_args {key} = {value!r} is invalid: give name = number, text or "
+                              "true/false")
     for key, value in config.aug.items():
         if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, (int, float)) \
                 or not math.isfinite(value):

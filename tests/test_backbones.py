@@ -4,6 +4,8 @@ greyscale and colour; fine-tuning unfreezes exactly the top blocks."""
 import pytest
 import torch
 
+import medcls
+
 from medcls.core.models import build_classifier
 from medcls.plugins.manager import get_plugin_manager
 from medcls.plugins.registry import Registries
@@ -69,3 +71,40 @@ def test_a_copy_of_a_classifier_unfreezes_its_own_parameters(registries):
     assert not any(p.requires_grad for p in model.blocks()[-1].parameters())  # the original is untouched
     assert all(any(p is q for q in twin.parameters()) for p in top.parameters())  # the copy's own blocks
     assert pickle.loads(pickle.dumps(twin)).blocks()
+
+
+def test_a_tagged_timm_name_and_backbone_args_reach_the_constructor(registries):
+    """`resnet50.a1_in1k`-style names (any pretrained tag) and `backbone_args` go to timm.create_model."""
+    model, _ = build_classifier(registries, "test_resnet.r160_in1k", 2, 1, 0.0, pretrained=False,
+                                backbone_args={"drop_path_rate": 0.1})
+    assert model.backbone.pretrained_cfg["tag"] == "r160_in1k"
+    rates = [m.drop_prob for m in model.backbone.modules() if type(m).__name__ == "DropPath"]
+    assert rates and max(rates) == pytest.approx(0.1)
+    assert "test_resnet.r160_in1k" in registries["backbones"].pretrained_names("test_resnet")
+    with pytest.raises(medcls.UnknownNameError, match="unknown backbone 'test_resnet.bogus'"):
+        registries["backbones"].get("test_resnet.bogus")
+    with pytest.raises(medcls.ConfigError, match="does not take backbone_args"):
+        build_classifier(registries, "test_resnet", 2, 1, 0.0, pretrained=False, backbone_args={"nonsense": 1})
+
+
+def test_the_cli_lists_pretrained_tags_and_trains_with_backbone_args(tmp_path, image_folder):
+    import json
+
+    from click.testing import CliRunner
+
+    from medcls.cli import cli
+
+    listed = CliRunner().invoke(cli, ["list", "backbones", "--pretrained", "test_resnet"])
+    assert listed.exit_code == 0 and "test_resnet.r160_in1k" in listed.stdout
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", "--backbone", "test_resnet.r160_in1k", "--no-pretrained",
+                                      "--backbone-arg", "drop_path_rate=0.05", "--data", str(image_folder),
+                                      "--image-size", "32", "--epochs", "1", "--finetune-epochs", "0",
+                                      "--set", "bootstrap=50", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "model.json").read_text())
+    assert info["backbone_args"] == {"drop_path_rate": 0.05} and len(info["normalisation"]["mean"]) == 1
+    assert info["plugins"]["backbone"]["distribution"] == "medcls"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {row["name"] for row in manifest["plugins"]} >= {"test_resnet.r160_in1k", "interpretable", "folder"}
+    assert medcls.load_run(out).predict(str(next(image_folder.rglob("*.png")))).shape == (1, 2)

@@ -166,3 +166,52 @@ def test_a_failing_hook_is_fatal_in_strict_mode(make_distribution, monkeypatch):
     monkeypatch.setenv("MEDCLS_STRICT_PLUGINS", "1")
     with pytest.raises(PluginError, match="hook medcls_register_metrics failed.*MEDCLS_STRICT_PLUGINS"):
         Registries(get_plugin_manager())["metrics"]
+
+
+PLUGIN_BACKBONE = """
+import medcls
+from torch import nn
+
+
+class Tiny(nn.Module):
+    num_features = 4
+
+    def __init__(self, in_chans):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(in_chans, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, x):
+        return self.body(x)
+
+
+@medcls.hookimpl
+def medcls_register_backbones(register):
+    register("fake_tiny", Tiny, description="a plugin's backbone", pretrained=False)
+"""
+
+
+def test_a_run_whose_plugin_is_missing_names_the_distribution_to_install(make_distribution, tmp_path, image_folder):
+    import importlib
+    import shutil
+    import sys
+
+    site = make_distribution("fake-backbones", "fake_backbones", PLUGIN_BACKBONE, version="2.3")
+    out = tmp_path / "run"
+    trained = CliRunner().invoke(cli, ["train", "--backbone", "fake_tiny", "--data", str(image_folder), "--out", str(out),
+                                       "--image-size", "24", "--epochs", "1", "--finetune-epochs", "0",
+                                       "--set", "bootstrap=50"])
+    assert trained.exit_code == 0, trained.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {"name": "fake_tiny", "plugin": "fake_backbones", "distribution": "fake-backbones",
+            "version": "2.3"} in manifest["plugins"]
+    # uninstall the plugin
+    shutil.rmtree(site / "fake_backbones-2.3.dist-info")
+    (site / "fake_backbones.py").unlink()
+    sys.modules.pop("fake_backbones", None)
+    importlib.invalidate_caches()
+    result = CliRunner().invoke(cli, ["predict", str(out), str(next(image_folder.rglob("*.png")))])
+    assert result.exit_code == 3 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: run '{out}' was trained with backbone 'fake_tiny' from plugin 'fake_backbones' of distribution "
+        "'fake-backbones' 2.3, which is not installed: pip install 'fake-backbones==2.3'")
+    assert CliRunner().invoke(cli, ["list", "metrics"]).exit_code == 0  # unrelated commands still work

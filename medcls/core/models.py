@@ -232,7 +232,7 @@ def read_safetensors(path: str) -> dict:
 
 def build_classifier(registries, backbone_name: str, num_classes: int, in_chans: int, dropout: float,
                      pretrained: bool, weights_file: str | None = None, slices: int = 0,
-                     slice_pooling: str = "mean") -> tuple[Classifier, str]:
+                     slice_pooling: str = "mean", backbone_args: dict | None = None) -> tuple[Classifier, str]:
     """The backbone from the registry, pretrained if asked (never silently random), plus a new
     head; with `slices` a 2D backbone reads volumes slice by slice (2.5D)."""
 
@@ -243,7 +243,14 @@ def build_classifier(registries, backbone_name: str, num_classes: int, in_chans:
     if slice_pooling not in ("mean", "max", "attention"):
         raise ConfigError(f"slice_pooling {slice_pooling!r} is not one of mean, max, attention")
     stem_chans = in_chans * slices if slices else in_chans
-    backbone = entry.obj(stem_chans)
+    if backbone_args:
+        try:
+            backbone = entry.obj(stem_chans, **backbone_args)
+        except TypeError as exc:
+            raise ConfigError(f"backbone {backbone_name!r} of plugin {entry.plugin!r} takes no backbone_args "
+                              f"{sorted(backbone_args)} ({exc})") from None
+    else:
+        backbone = entry.obj(stem_chans)
     features = getattr(backbone, "num_features", None)
     if isinstance(features, int) and getattr(backbone, "head_hidden_size", None):
         features = backbone.head_hidden_size

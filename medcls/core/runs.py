@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medcls.core.models import Ensemble, build_classifier
-from medcls.errors import DataError
+from medcls.errors import DataError, PluginError, UnknownNameError
 
 if TYPE_CHECKING:
     from medcls.config import TrainConfig
@@ -79,9 +79,19 @@ def load_model(run: str | Path, registries, device="cpu"):
     info = read_model_info(run)
 
     def classifier(backbone=info["backbone"]):
-        return build_classifier(registries, backbone, len(info["classes"]), info["in_chans"],
-                                info["dropout"], pretrained=False, slices=info.get("slices", 0),
-                                slice_pooling=info.get("slice_pooling", "mean"))[0]
+        try:
+            return build_classifier(registries, backbone, len(info["classes"]), info["in_chans"],
+                                    info["dropout"], pretrained=False, slices=info.get("slices", 0),
+                                    slice_pooling=info.get("slice_pooling", "mean"),
+                                    backbone_args=info.get("backbone_args") or None)[0]
+        except UnknownNameError:
+            origin = (info.get("plugins") or {}).get("backbone") or {}
+            if origin.get("distribution") not in (None, "medcls"):
+                raise PluginError(
+                    f"run '{run}' was trained with backbone {backbone!r} from plugin {origin['plugin']!r} of "
+                    f"distribution {origin['distribution']!r} {origin['version']}, which is not installed: "
+                    f"pip install '{origin['distribution']}=={origin['version']}'") from None
+            raise
 
     if info.get("ensemble"):
         backbones = info["ensemble"].get("backbones") or [info["backbone"]] * info["ensemble"]["members"]

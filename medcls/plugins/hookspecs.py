@@ -56,6 +56,13 @@ def medcls_register_backbones(register):
     medcls uses the module's top-level children in order. Never attach attributes or closures to
     someone else's module (a timm or MONAI network): register ``blocks=`` instead.
 
+    ``create`` may accept keyword arguments: the config key ``backbone_args`` (CLI
+    ``--backbone-arg drop_path_rate=0.1``) is passed to it, and recorded in model.json so the run
+    loads with the same model. A plugin that serves a family of names it cannot list (timm's
+    pretrained tags, ``hf-hub:`` ids) registers one entry with ``resolves=fn(name) -> bool`` and
+    ``create(name, in_chans, **backbone_args)``, and optionally ``pretrained_names=fn(pattern)``
+    for ``medcls list backbones --pretrained``.
+
     Register ``pretrained=False`` when no pretrained weights exist (then ``pretrained`` defaults
     to off for it and asking for it is an error unless a weights file is given).
 

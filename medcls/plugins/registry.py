@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,17 +80,28 @@ class Registry:
         self.entries[entry.name] = entry
 
     def get(self, name: str) -> Entry:
-        try:
-            return self.entries[name]
-        except KeyError:
-            close = difflib.get_close_matches(name, self.entries, n=3, cutoff=0.6)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            if len(self.entries) <= 20:
-                hint += f"; known: {', '.join(self.entries)}"
-            raise UnknownNameError(
-                f"unknown {SINGULAR[self.kind]} {name!r}{hint} "
-                f"(see `medcls list {self.kind}`)"
-            ) from None
+        entry = self.entries.get(name)
+        if entry is not None and "resolves" not in entry.metadata:
+            return entry
+        resolved = self.resolve(name)
+        if resolved is not None:
+            return resolved
+        listed = [n for n, e in self.entries.items() if "resolves" not in e.metadata]
+        close = difflib.get_close_matches(name, listed, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        if len(listed) <= 20:
+            hint += f"; known: {', '.join(listed)}"
+        raise UnknownNameError(f"unknown {SINGULAR[self.kind]} {name!r}{hint} (see `medcls list {self.kind}`)")
+
+    def resolve(self, name: str) -> Entry | None:
+        """A name no plugin listed but one recognises (registered with `resolves=fn(name) -> bool`
+        and `obj(name, ...)`), e.g. timm's pretrained tags (`resnet50.a1_in1k`) and `hf-hub:` ids."""
+        for entry in self.entries.values():
+            recognises = entry.metadata.get("resolves")
+            if recognises is not None and recognises(name):
+                metadata = {k: v for k, v in entry.metadata.items() if k not in ("resolves", "pretrained_names")}
+                return Entry(name, partial(entry.obj, name), entry.plugin, f"{entry.description}: {name}", metadata)
+        return None
 
     def __contains__(self, name: str) -> bool:
         return name in self.entries
@@ -102,10 +114,19 @@ class Registry:
 
     def matching(self, pattern: str | None = None) -> list[Entry]:
         if not pattern:
-            return list(self.entries.values())
+            return [e for e in self.entries.values() if "resolves" not in e.metadata]
         if not any(ch in pattern for ch in "*?["):
             pattern = f"*{pattern}*"
-        return [e for e in self.entries.values() if fnmatch.fnmatchcase(e.name, pattern)]
+        return [e for e in self.entries.values() if fnmatch.fnmatchcase(e.name, pattern) and "resolves" not in e.metadata]
+
+    def pretrained_names(self, pattern: str | None = None) -> list[str]:
+        """Names with published pretrained weights that the resolving entries know (timm's tags)."""
+        names = []
+        for entry in self.entries.values():
+            lister = entry.metadata.get("pretrained_names")
+            if lister is not None:
+                names += lister(pattern)
+        return names
 
 
 def call_hook(impl, register) -> None:
@@ -175,6 +196,13 @@ class Registries:
     def __init__(self, pm) -> None:
         self.pm = pm
         self._collected: dict[str, Registry] = {}
+
+    def provenance(self, entry: Entry) -> dict:
+        """Which plugin, distribution and version registered `entry` (recorded with every run)."""
+        from medcls.version import __version__
+
+        dist, version = getattr(self.pm, "distributions", {}).get(entry.plugin, ("medcls", __version__))
+        return {"name": entry.name, "plugin": entry.plugin, "distribution": dist, "version": version}
 
     def __getitem__(self, kind: str) -> Registry:
         if kind not in self._collected:

@@ -155,7 +155,7 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
 
     model, weights_origin = build_classifier(registries, config.backbone, len(data.classes), data.cache.channels,
                                              config.dropout, config.pretrained, config.weights, config.slices,
-                                             config.slice_pooling)
+                                             config.slice_pooling, config.backbone_args)
     workers = loader_workers(config, transform)
     tune_process(workers, processes_per_machine=distributed.world)
     execution = choose_execution(device, model, config.precision, config.channels_last)
@@ -269,7 +269,9 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
         "volume_size": config.volume_size, "volume_spacing": config.volume_spacing, "slices": config.slices,
         "slice_pooling": config.slice_pooling, "dropout": config.dropout, "threshold": threshold,
         "threshold_rule": config.threshold_rule, "target": config.target, "window": config.window,
-        "temperature": scoring["temperature"],
+        "temperature": scoring["temperature"], "backbone_args": config.backbone_args,
+        "normalisation": normalisation(model),
+        "plugins": {"backbone": registries.provenance(registries["backbones"].get(config.backbone))},
         "positive_class": data.classes[1] if len(data.classes) == 2 else None,
         "preprocessing": "decode (readers), resize to image_size (antialiased bilinear) or, for volumes, reorient "
                          "to RAS, crop/resample to volume_size (trilinear), window or percentiles; values in [0, 1]; "
@@ -282,7 +284,8 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
     write_predictions(out / "predictions.csv", data.classes,
                       {s: (data.keys(r), y, p) for (s, r), (p, y) in zip(rows.items(), scoring["scores"].values())},
                       scorer.decide)
-    manifest = {**run_manifest(config, data), "device": facts["device"],
+    manifest = {**run_manifest(config, data), "plugins": plugins_used(config, registries, data),
+                "device": facts["device"],
                 "seconds": round(time.perf_counter() - facts["started"], 1)}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     report.write_metrics_json(out / "metrics.json", {
@@ -312,6 +315,28 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
     document.write(out)
     (out / CHECKPOINT).unlink(missing_ok=True)  # the run is complete: model.safetensors holds it
     return summary
+
+
+def normalisation(model) -> dict | None:
+    """The mean and std the classifier normalises [0, 1] images with (from the backbone's
+    pretrained_cfg or its own), recorded in model.json."""
+    mean, std = getattr(model, "mean", None), getattr(model, "std", None)
+    if mean is None or std is None:
+        return None
+    return {"mean": [round(float(v), 6) for v in mean.flatten()], "std": [round(float(v), 6) for v in std.flatten()]}
+
+
+def plugins_used(config: TrainConfig, registries, data: PreparedData) -> list[dict]:
+    """Every plugin distribution (and version) the run used: backbone, policy, layout, metrics."""
+    entries = [registries["backbones"].get(config.backbone), registries["policies"].get(config.policy),
+               registries["datasets"].get(data.format_name), *registries["metrics"]]
+    seen, used = set(), []
+    for entry in entries:
+        row = registries.provenance(entry)
+        if (row["plugin"], row["name"]) not in seen:
+            seen.add((row["plugin"], row["name"]))
+            used.append(row)
+    return used
 
 
 def score_splits(config: TrainConfig, registries, data: PreparedData, rows: dict, scores: dict, scorer) -> dict:
