@@ -422,9 +422,14 @@ def list_(kind, pattern, verbose, pretrained):
     entries = api.registered(kind, pattern)
     for entry in entries:
         click.echo(f"{entry.name:32s} {entry.plugin:28s} {entry.description}")
-        if verbose and entry.metadata.get("params"):
-            for key, value in entry.metadata["params"].items():
+        if verbose:
+            for key, value in entry.metadata.get("params", {}).items():
                 click.echo(f"    {key} = {value}")
+            for key, value in entry.metadata.items():
+                if key != "params":
+                    shown = f"{getattr(value, '__module__', '')}.{getattr(value, '__name__', '')}" if callable(value) \
+                        else value
+                    click.echo(f"    [{key}] {shown}")
     if not entries:
         log(f"no {kind} match {pattern!r}")
 

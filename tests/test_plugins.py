@@ -215,3 +215,59 @@ def test_a_run_whose_plugin_is_missing_names_the_distribution_to_install(make_di
         f"error: run '{out}' was trained with backbone 'fake_tiny' from plugin 'fake_backbones' of distribution "
         "'fake-backbones' 2.3, which is not installed: pip install 'fake-backbones==2.3'")
     assert CliRunner().invoke(cli, ["list", "metrics"]).exit_code == 0  # unrelated commands still work
+
+
+TYPO_METADATA = """
+import medcls
+
+@medcls.hookimpl
+def medcls_register_metrics(register):
+    register("error_rate", lambda y, p, yhat: 0.1, needs_threshold=True, higher_is_beter=False)
+"""
+
+
+def test_unknown_registration_metadata_disables_the_plugin_with_the_valid_keys(make_distribution, monkeypatch):
+    monkeypatch.delenv("MEDCLS_STRICT_PLUGINS", raising=False)
+    make_distribution("fake-typo-metadata", "fake_typo_metadata", TYPO_METADATA)
+    pm = get_plugin_manager()
+    metrics = Registries(pm)["metrics"]
+    assert "error_rate" not in metrics and "roc_auc" in metrics  # never an error rate maximised by mistake
+    line = pm.load_errors[0].one_line()
+    assert "metric 'error_rate' of plugin 'fake_typo_metadata' has unknown metadata 'higher_is_beter' " \
+           "(did you mean 'higher_is_better'?); valid: needs_threshold, higher_is_better" in line
+
+
+def test_metadata_of_the_wrong_type_is_refused():
+    import medcls
+    from medcls.plugins.manager import register_plugin
+
+    class Wrong:
+        @medcls.hookimpl
+        def medcls_register_readers(self, register):
+            register("npy", lambda path: None, extensions=".npy")  # a string, not a tuple of strings
+
+    pm = get_plugin_manager(entry_points=False)
+    register_plugin(pm, Wrong(), "wrong")
+    assert "npy" not in Registries(pm)["readers"]
+    assert "metadata extensions = '.npy' should be a tuple of text" in pm.load_errors[0].one_line()
+
+
+def test_the_laterality_guard_asks_the_policy_whether_it_flips(registries):
+    import medcls
+    from medcls.config import make_config
+    from medcls.core.augment import make_policy
+    from medcls.errors import ConfigError
+    from medcls.plugins.manager import register_plugin
+
+    class Mirror:
+        @medcls.hookimpl
+        def medcls_register_policies(self, register):
+            register("mirror", lambda mirror: (lambda image: image), params={"mirror": 0.5},
+                     flips_lr=lambda params: params["mirror"] > 0)
+
+    pm = get_plugin_manager(entry_points=False)
+    register_plugin(pm, Mirror(), "mirror_plugin")
+    found = Registries(pm)
+    with pytest.raises(ConfigError, match="flips images left-right"):
+        make_policy(make_config({"policy": "mirror", "laterality_sensitive": True}), found)
+    make_policy(make_config({"policy": "mirror", "laterality_sensitive": True, "aug": {"mirror": 0}}), found)

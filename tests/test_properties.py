@@ -4,7 +4,7 @@ parsers end in a valid result or a MedclsError with a one-line message, never an
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from medcls.config import FIELDS, make_config, read_config_file
@@ -22,7 +22,7 @@ def one_line(error: Exception) -> None:
     assert str(error) and "\n" not in str(error).strip(), repr(error)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(st.dictionaries(keys, scalars, max_size=4))
 def test_config_values_never_escape_as_other_exceptions(values):
     try:
@@ -31,7 +31,7 @@ def test_config_values_never_escape_as_other_exceptions(values):
         one_line(error)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.one_of(st.text(max_size=200), st.binary(max_size=200)), st.sampled_from([".yaml", ".toml"]))
 def test_config_files_never_escape_as_other_exceptions(content, suffix):
     with tempfile.TemporaryDirectory() as folder:
@@ -46,7 +46,8 @@ def test_config_files_never_escape_as_other_exceptions(content, suffix):
 cells = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
+@example(b"\r\x00")  # found by Hypothesis: cells beyond the header gave a None column name
 @given(st.one_of(st.lists(st.lists(cells, min_size=1, max_size=4), max_size=6).map(
     lambda rows: "\n".join(",".join(row) for row in [["path", "label"], *rows])), st.binary(max_size=300)))
 def test_manifests_never_escape_as_other_exceptions(content):

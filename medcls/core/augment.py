@@ -113,9 +113,13 @@ def make_policy(config: TrainConfig, registries):
             f"{', '.join(defaults) or 'none'} (see `medcls list policies`)"
         )
     params = {**defaults, **{k: type(defaults[k])(v) for k, v in config.aug.items()}}
-    if config.laterality_sensitive and params.get("lr_flip", 0) > 0 and not config.allow_lr_flip:
+    # A policy says whether it flips left-right (`flips_lr=fn(params)` at registration); without
+    # it, a parameter named lr_flip is the sign.
+    flips = entry.metadata.get("flips_lr")
+    flips_lr = bool(flips(params)) if flips is not None else params.get("lr_flip", 0) > 0
+    if config.laterality_sensitive and flips_lr and not config.allow_lr_flip:
         raise ConfigError(
-            f"policy {config.policy!r} flips images left-right (lr_flip={params['lr_flip']}) but the data set is "
+            f"policy {config.policy!r} flips images left-right ({params}) but the data set is "
             "marked laterality-sensitive: use --aug lr_flip=0 or another policy, or --set allow_lr_flip=true"
         )
     transform = entry.obj(**params)

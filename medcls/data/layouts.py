@@ -97,7 +97,7 @@ def load_csv(source: str, options: DataOptions) -> list[Case]:
         raise DataError(f"manifest '{manifest}' is not a readable CSV ({exc}): check that it is a text table") from None
     if not rows:
         raise DataError(f"manifest '{manifest}' has no rows")
-    columns = list(rows[0].keys())
+    columns = [c for c in rows[0].keys() if c is not None]  # None: cells beyond the header's columns
     patient_column = options.patient_column or ("patient_id" if "patient_id" in columns else None)
     split_column = options.split_column or ("split" if "split" in columns else None)
     needed = [("path_column", options.path_column), ("label_column", options.label_column)]
@@ -105,7 +105,7 @@ def load_csv(source: str, options: DataOptions) -> list[Case]:
     for option, column in needed:
         if column is not None and column not in columns:
             raise DataError(
-                f"manifest '{manifest}' has no column {column!r} (columns: {', '.join(columns)}): "
+                f"manifest '{manifest}' has no column {column!r} (columns: {', '.join(columns) or 'none'}): "
                 f"set {option} in the config or --{option.replace('_', '-')}"
             )
     root = Path(options.image_root) if options.image_root else manifest.parent

@@ -22,6 +22,10 @@ and in its ``pyproject.toml``::
     [project.entry-points.medcls]
     my_plugin = "my_plugin"
 
+The metadata keys each kind accepts, and their types, are fixed (``medcls.plugins.registry.METADATA``,
+shown by ``medcls list KIND -v``): a misspelled key (``higher_is_beter=False``) disables the plugin
+with one line naming the plugin and the valid keys, as does a hook that raises.
+
 Pluggy's trap: a hookimpl argument with a default value is never passed. Write
 ``def medcls_register_metrics(register):``, never ``register=None``.
 Heavy imports (torch, timm, MONAI) belong inside the hook body or inside ``obj``, not at the top
@@ -110,10 +114,15 @@ def medcls_register_policies(register):
     ``batch(images)`` for ``(B, C, ...)`` tensors is applied to whole batches on the training
     device (GPU when present); otherwise medcls applies it per image in a loader worker.
 
+    A policy that may mirror images left-right says so with ``flips_lr=fn(params) -> bool``: data
+    marked ``laterality_sensitive`` (chest X-ray) refuses it unless ``allow_lr_flip`` is set.
+    Without it, a parameter named ``lr_flip`` above 0 is taken as the sign.
+
     Example::
 
         register("flip_only", lambda prob=0.5: monai.transforms.RandFlip(prob, spatial_axis=1),
-                 description="Left-right flip", params={"prob": 0.5})
+                 description="Left-right flip", params={"prob": 0.5},
+                 flips_lr=lambda params: params["prob"] > 0)
     """
 
 

@@ -22,6 +22,45 @@ KINDS = {
     "datasets": "medcls_register_datasets",
 }
 
+CALLABLE, TEXTS = "a function", "a tuple of text"
+# What each kind of registration may carry besides its object, and of what type: anything else is a
+# plugin error naming the key (`higher_is_beter=False` must not silently leave a metric maximised).
+METADATA = {
+    "backbones": {"spatial_dims": int, "pretrained": bool, "blocks": CALLABLE, "resolves": CALLABLE,
+                  "pretrained_names": CALLABLE},
+    "weights": {"offline": bool},
+    "policies": {"params": dict, "flips_lr": CALLABLE},
+    "metrics": {"needs_threshold": bool, "higher_is_better": bool, "multiclass": str, "vectorised": CALLABLE},
+    "readers": {"extensions": TEXTS, "dims": int, "sniff": CALLABLE, "settings": TEXTS, "greyscale": CALLABLE,
+                "folders": CALLABLE, "patient_id": CALLABLE},
+    "datasets": {"detect": CALLABLE},
+}
+
+
+class DuplicateNameError(PluginError):
+    """Two plugins registered the same name: fatal, since the name must mean one thing."""
+
+
+def check_metadata(kind: str, name: str, plugin: str, metadata: dict) -> None:
+    """Each metadata key is one the kind knows, with a value of its type; else a one-line error
+    naming the plugin, the entry and the valid keys."""
+    allowed = METADATA[kind]
+    for key, value in metadata.items():
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise PluginError(f"{SINGULAR[kind]} {name!r} of plugin {plugin!r} has unknown metadata {key!r}{hint}; "
+                              f"valid: {', '.join(allowed)}")
+        expected = allowed[key]
+        fits = (callable(value) if expected is CALLABLE else
+                isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value) if expected is TEXTS else
+                isinstance(value, expected) and not (expected is int and isinstance(value, bool)))
+        if value is not None and not fits:
+            wanted = expected if isinstance(expected, str) else expected.__name__
+            raise PluginError(f"{SINGULAR[kind]} {name!r} of plugin {plugin!r}: metadata {key} = {value!r} should be "
+                              f"{wanted}")
+
+
 SINGULAR = {
     "backbones": "backbone",
     "weights": "weight source",
@@ -73,7 +112,7 @@ class Registry:
     def add(self, entry: Entry) -> None:
         previous = self.entries.get(entry.name)
         if previous is not None:
-            raise PluginError(
+            raise DuplicateNameError(
                 f"{SINGULAR[self.kind]} {entry.name!r} is registered by both plugin "
                 f"{previous.plugin!r} and plugin {entry.plugin!r}: uninstall one or rename it"
             )
@@ -163,12 +202,13 @@ def collect(pm, kind: str) -> Registry:
         added: list[str] = []
 
         def register(name, obj, *, description="", _plugin=impl.plugin_name, **metadata):
+            check_metadata(kind, str(name), _plugin, metadata)
             registry.add(Entry(str(name), obj, _plugin, description, metadata))
             added.append(str(name))
 
         try:
             call_hook(impl, register)
-        except PluginError:
+        except DuplicateNameError:
             raise  # a name registered twice: an error naming both plugins
         except Exception as exc:  # a plugin's bug must not take medcls down
             for name in added:
@@ -184,8 +224,11 @@ def check_hooks(pm, skip: set[str]) -> None:
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
             if impl.plugin_name in skip:
                 continue
+            def register(name, obj, *, description="", _plugin=impl.plugin_name, _kind=kind, **metadata):
+                check_metadata(_kind, str(name), _plugin, metadata)
+
             try:
-                call_hook(impl, lambda name, obj, **metadata: None)
+                call_hook(impl, register)
             except Exception as exc:
                 disable(pm, impl.plugin_name, hook_name, exc)
 

@@ -23,10 +23,15 @@ def create_policy(**params):
     return build_policy(**params)
 
 
+def flips_lr(params: dict) -> bool:
+    """Whether the policy, with these parameters, mirrors images left-right."""
+    return params.get("lr_flip", 0) > 0
+
+
 @hookimpl
 def medcls_register_policies(register):
     register("none", create_none, description="No augmentation", params={})
-    register("interpretable", create_policy, params=INTERPRETABLE,
+    register("interpretable", create_policy, params=INTERPRETABLE, flips_lr=flips_lr,
              description="Small rotation/shift/zoom, mild intensity: images still look like anatomy")
-    register("aggressive", create_policy, params=AGGRESSIVE,
+    register("aggressive", create_policy, params=AGGRESSIVE, flips_lr=flips_lr,
              description="Keras classic: rotation 40, shift/shear/zoom 0.2, both flips, brightness 0.5-1.5")
