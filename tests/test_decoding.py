@@ -156,7 +156,8 @@ def test_decoding_while_training_trains_exactly_as_decoding_first(tmp_path, brok
         result = CliRunner().invoke(cli, [
             "train", "--data", str(data), "--backbone", "test_resnet", "--no-pretrained", "--epochs", "2",
             "--finetune-epochs", "1", "--image-size", "32", "--batch-size", "4", "--set", "bootstrap=100",
-            "--set", f"decode_while_training={overlap}", "--set", "cache=memory", "--out", str(out)])
+            "--set", f"decode_while_training={overlap}", "--set", "cache=memory",
+            "--out", str(out)])
         assert result.exit_code == 0, result.output
         assert ("training starts again without it" in result.stderr) == (overlap == "true" and broken_split == "train")
         assert "skipped 1 unreadable image" in result.stderr
@@ -266,7 +267,8 @@ def test_training_on_a_wrong_channel_guess_starts_again_and_ends_as_decoding_fir
         result = CliRunner().invoke(cli, [
             "train", "--data", str(tmp_path / "data"), "--backbone", "test_resnet", "--no-pretrained", "--epochs", "2",
             "--finetune-epochs", "0", "--image-size", "32", "--batch-size", "4", "--set", "bootstrap=50",
-            "--set", f"decode_while_training={overlap}", "--set", "cache=memory", "--out", str(out)])
+            "--set", f"decode_while_training={overlap}", "--set", "cache=memory", "--set", "positive_class=b",
+            "--out", str(out)])
         assert result.exit_code == 0, result.output
         assert ("training starts again with 3 channels" in result.stderr) == (overlap == "true")
         history = [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(open(out / "history.csv"))]

@@ -64,9 +64,28 @@ def load_cases(config, registries) -> tuple[list[Case], str, ReaderTable]:
     return cases, name, readers
 
 
+# Class names that mean "the finding is absent": the other class of a binary task is the positive one.
+NEGATIVE_NAMES = {"normal", "no", "negative", "neg", "benign", "healthy", "control", "controls", "absent", "false",
+                  "0", "none", "no finding", "nofinding", "clear", "without"}
+
+
+def means_negative(name: str) -> bool:
+    text = " ".join(name.strip().lower().replace("_", " ").replace("-", " ").split())
+    return text in NEGATIVE_NAMES or text.startswith(("no ", "non ", "not ", "without "))
+
+
+def sort_key(name: str):
+    """Integer labels in numeric order (2 before 10), then the rest alphabetically."""
+    stripped = name.strip()
+    return (0, int(stripped), "") if stripped.lstrip("-").isdigit() else (1, 0, name)
+
+
 def class_names(cases: list[Case], positive_class: str | None, source: str) -> list[str]:
-    """Sorted class names; for binary tasks the positive class is index 1."""
-    names = sorted({case.label for case in cases})
+    """The class names; for binary tasks the positive class is index 1. The positive class is never
+    a guess: `positive_class` names it, or one of the two names means negative (normal, no,
+    negative, benign, healthy, control, absent, false, 0, "no tumour", ...) and the other is
+    positive; otherwise training stops and asks for `positive_class`."""
+    names = sorted({case.label for case in cases}, key=sort_key)
     if len(names) < 2:
         raise DataError(
             f"data source '{source}' has only one class ({names[0]!r}): a classifier needs at least two"
@@ -76,5 +95,13 @@ def class_names(cases: list[Case], positive_class: str | None, source: str) -> l
             raise DataError(f"positive_class {positive_class!r} is not a class of '{source}' ({', '.join(names)})")
         if len(names) != 2:
             raise DataError("positive_class applies to binary tasks only")
-        names = [n for n in names if n != positive_class] + [positive_class]
-    return names
+        return [n for n in names if n != positive_class] + [positive_class]
+    if len(names) != 2:
+        return names
+    negative = [n for n in names if means_negative(n)]
+    if len(negative) != 1:
+        raise DataError(
+            f"data source '{source}' has classes {names[0]!r} and {names[1]!r} and "
+            f"{'both names say' if negative else 'neither name says'} which one is negative (normal, no, negative, benign, "
+            f"healthy, control, absent, 0, ...): name the positive class, e.g. --set positive_class={names[1]}")
+    return negative + [n for n in names if n != negative[0]]

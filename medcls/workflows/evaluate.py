@@ -86,7 +86,7 @@ def run_predictions(run, registries, *, data: str | None = None, split: str | No
     own_data = data is None or data == config.data
     # The run's preprocessing on the chosen data; replace() checks the config again.
     config = dataclasses.replace(config, data=config.data if data is None else data, image_size=info["image_size"],
-                                 channels=str(info["in_chans"]))
+                                 channels=str(info["in_chans"]), positive_class=info.get("positive_class"))
     split = split or ("test" if own_data else "all")
     prepared = prepare_data(config, registries, split=False)
     unknown = sorted(set(c.label for c in prepared.cases) - set(info["classes"]))
