@@ -104,6 +104,22 @@ def test_gap_reading(train, val, test, expected):
     assert expected in read_gap(split(train, 100), split(val, 40), split(test, 40))
 
 
+@pytest.mark.parametrize("test_auc", [0.95, 0.70, 0.50])
+def test_the_advice_rests_on_validation_never_on_test(test_auc):
+    """A run whose test is worse than validation gets the same diagnosis and advice: test figures
+    are reported (saying they are not used), never turned into recommendations."""
+    from medcls.reports.report import read_gap
+
+    split = lambda auc, n: {"roc_auc": auc, "accuracy": auc, "loss": 0.3, "n": n}  # noqa: E731
+    reading = read_gap(split(0.97, 100), split(0.95, 40), split(test_auc, 40))
+    advice = reading.split(" Test (")[0]
+    assert advice == "Fine (training vs validation): ROC AUC agrees within 0.05 (0.970 vs 0.950)."
+    assert f"Test (40 images, the final result, not used for this advice): ROC AUC {test_auc:.3f}" in reading
+    overfit = read_gap(split(0.99, 100), split(0.80, 40), split(test_auc, 40))
+    assert overfit.startswith("Over-fitting (training vs validation): ROC AUC is 0.990 on training images but "
+                              "0.800 on validation images")
+
+
 def test_interval_coverage_on_binormal_scores():
     """1,000 repetitions with known truth: 95% Wilson and DeLong intervals cover it 93-97% of the
     time (the bootstrap is checked by benchmarks/interval_coverage.py, which takes longer)."""

@@ -20,29 +20,35 @@ def gap(train: dict, test: dict) -> dict:
 
 
 def read_gap(train: dict, val: dict, test: dict) -> str:
-    """A plain-language reading of the gap between training and held-out results, with what to try."""
+    """A plain-language reading of the run. The diagnosis and what to try rest on training and
+    validation only: the test split is the final, untuned result, reported once and never used
+    to recommend a change (advice drawn from test figures invites tuning on the test set)."""
     key = "roc_auc" if not math.isnan(train.get("roc_auc", math.nan)) else "accuracy"
     label = "ROC AUC" if key == "roc_auc" else "accuracy"
-    high, low, middle = train.get(key, math.nan), test.get(key, math.nan), val.get(key, math.nan)
-    if math.isnan(high) or math.isnan(low):
-        return "Not computable: a split has only one class, so the gap cannot be read."
-    difference = high - low
-    if high < 0.8:
-        reading = (f"Under-fitting: the model does not fit even its training images ({label} {high:.3f}). "
-                   "Try more epochs, unfreezing more blocks (--set unfreeze_blocks=-1), a higher learning "
-                   "rate, larger images, or a larger backbone; check the labels.")
-    elif difference > 0.05 or (train["loss"] < 0.5 * test["loss"] and difference > 0.02):
-        reading = (f"Over-fitting: {label} is {high:.3f} on training images but {low:.3f} on test images "
-                   f"(gap {difference:+.3f}). Try more (or more interpretable) augmentation, more dropout, "
-                   "fewer unfrozen blocks, earlier stopping, more patients, or an ensemble.")
+    high, middle, low = train.get(key, math.nan), val.get(key, math.nan), test.get(key, math.nan)
+    if math.isnan(high) or math.isnan(middle):
+        reading = ("Not computable from training and validation: a split has only one class, so the gap cannot "
+                   "be read.")
+    elif high < 0.8:
+        reading = (f"Under-fitting (training images): the model does not fit even its training images ({label} "
+                   f"{high:.3f}). Try more epochs, unfreezing more blocks (--set unfreeze_blocks=-1), a higher "
+                   "learning rate, larger images, or a larger backbone; check the labels.")
+    elif high - middle > 0.05 or (train["loss"] < 0.5 * val["loss"] and high - middle > 0.02):
+        reading = (f"Over-fitting (training vs validation): {label} is {high:.3f} on training images but "
+                   f"{middle:.3f} on validation images (gap {high - middle:+.3f}). Try more (or more interpretable) "
+                   "augmentation, more dropout, fewer unfrozen blocks, earlier stopping, more patients, or an "
+                   "ensemble, judged on validation.")
     else:
-        reading = f"Fine: training and test {label} agree within 0.05 ({high:.3f} vs {low:.3f})."
-    if not math.isnan(middle) and abs(middle - low) > 0.1:
-        reading += (f" Validation and test disagree ({middle:.3f} vs {low:.3f}): held-out sets of "
-                    f"{val['n']} and {test['n']} images are too small for a stable estimate, so the "
-                    "operating point and the early stop are uncertain; use more patients or cross-validation.")
-    elif test["n"] < 100:
-        reading += f" With {test['n']} test images, read the figures with their intervals."
+        reading = f"Fine (training vs validation): {label} agrees within 0.05 ({high:.3f} vs {middle:.3f})."
+    if not math.isnan(low):
+        reading += (f" Test ({test['n']} images, the final result, not used for this advice): {label} {low:.3f}, "
+                    f"train-test gap {high - low:+.3f}.")
+        if not math.isnan(middle) and abs(middle - low) > 0.1:
+            reading += (f" Validation and test disagree ({middle:.3f} vs {low:.3f}): held-out sets of "
+                        f"{val['n']} and {test['n']} images are too small for a stable estimate, so the "
+                        "operating point and the early stop are uncertain; use more patients or cross-validation.")
+        elif test["n"] < 100:
+            reading += " Read the test figures with their intervals."
     return reading
 
 
