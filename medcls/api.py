@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import os
 import tempfile
@@ -173,8 +174,6 @@ def train(data: str | os.PathLike | None = None, *, images=None, labels=None, pa
     a per-epoch progress callback (the CLI's bars). Under torchrun, processes other than rank 0
     return None (rank 0 writes the run).
     """
-    from medcls.data.arrays import array_cases, remember
-    from medcls.data.loading import spatial_dims
     from medcls.workflows.ensemble import train_ensemble
     from medcls.workflows.train import train as train_run
 
@@ -192,11 +191,7 @@ def train(data: str | os.PathLike | None = None, *, images=None, labels=None, pa
     chosen = configure(config, overrides, where="medcls.train")
     found = make_registries()
     if images is not None:
-        if labels is None:
-            raise ConfigError("images= needs labels=: one class label per image")
-        volumes = spatial_dims(chosen, found) == 3
-        chosen = dataclasses.replace(chosen, data=remember(
-            array_cases(images, labels, patients=patients, split=split, volumes=volumes)))
+        chosen = with_arrays(chosen, found, images, labels, patients=patients, split=split)
     if chosen.folds:
         raise ConfigError("cross-validation trains a model per fold, not one Run: call "
                           "medcls.cross_validate(..., folds=K) (or `medcls train --folds K`)")
@@ -225,6 +220,19 @@ def launch_distributed(devices: int, argv: list[str]) -> int:
     return launch(devices, without_option(argv, "--devices"))
 
 
+def with_arrays(config: TrainConfig, found: Registries, images, labels, *, patients=None, split=None) -> TrainConfig:
+    """The config reading in-memory images (registered as a `memory:` source): volumes when the
+    backbone reads volumes, else 2D images."""
+    from medcls.data.arrays import array_cases, remember
+    from medcls.data.loading import spatial_dims
+
+    if labels is None:
+        raise ConfigError("images= needs labels=: one class label per image")
+    volumes = spatial_dims(config, found) == 3
+    return dataclasses.replace(config, data=remember(
+        array_cases(images, labels, patients=patients, split=split, volumes=volumes)))
+
+
 def configure(config: TrainConfig | str | os.PathLike | None, overrides: dict, *, where: str) -> TrainConfig:
     """A TrainConfig from a file or another TrainConfig, with keyword overrides, checked."""
     if isinstance(config, TrainConfig):
@@ -237,8 +245,6 @@ def cross_validate(data: str | os.PathLike | None = None, *, images=None, labels
                    config: TrainConfig | str | os.PathLike | None = None, progress=None, **keys: Any) -> dict:
     """K-fold cross-validation grouped by patient (`folds`, default 5): a run per fold under `out`,
     and a dict with each fold's figures and the pooled out-of-fold figures with intervals."""
-    from medcls.data.arrays import array_cases, remember
-    from medcls.data.loading import spatial_dims
     from medcls.workflows.crossval import cross_validate as run_folds
 
     overrides = dict(keys)
@@ -249,9 +255,7 @@ def cross_validate(data: str | os.PathLike | None = None, *, images=None, labels
         chosen = dataclasses.replace(chosen, folds=5)
     found = make_registries()
     if images is not None:
-        volumes = spatial_dims(chosen, found) == 3
-        chosen = dataclasses.replace(chosen, data=remember(array_cases(images, labels, patients=patients,
-                                                                       volumes=volumes)))
+        chosen = with_arrays(chosen, found, images, labels, patients=patients)
     return run_folds(chosen, found, progress_factory=progress)
 
 
@@ -300,11 +304,6 @@ def plugins(include_builtin: bool = False) -> list[dict]:
     from medcls.plugins.manager import describe_plugins
 
     return describe_plugins(get_plugin_manager(), include_builtin=include_builtin)
-
-
-def plugin_load_errors() -> list[str]:
-    """One line per installed plugin that failed to load (it is disabled; the rest work)."""
-    return [error.one_line() for error in get_plugin_manager().load_errors]
 
 
 def config_keys() -> list[dict]:
@@ -365,7 +364,12 @@ class Run:
         return self.info.get("temperature")
 
     @property
+    def reads_volumes(self) -> bool:
+        return int(self.info.get("spatial_dims", 2)) == 3
+
+    @functools.cached_property
     def config(self) -> TrainConfig:
+        """The run's config.yaml, read once."""
         return make_config(read_config_file(self.path / "config.yaml"), where=f"run config '{self.path}'")
 
     @property
@@ -432,8 +436,8 @@ class Run:
             inputs = [inputs]
         if isinstance(inputs, (list, tuple)) and all(isinstance(i, (str, os.PathLike)) for i in inputs):
             return read_paths(self.info, inputs, self.registries, progress)
-        volumes = int(self.info.get("spatial_dims", 2)) == 3
-        return read_cases(self.info, array_cases(inputs, volumes=volumes, name="input"), self.registries, progress)
+        return read_cases(self.info, array_cases(inputs, volumes=self.reads_volumes, name="input"), self.registries,
+                          progress)
 
     def predict(self, inputs, *, tta: str = "none") -> np.ndarray:
         """(N, K) calibrated class probabilities (columns in `.classes` order). An input that cannot
@@ -469,8 +473,7 @@ class Run:
         if images is not None:
             if data is not None:
                 raise ConfigError("give either data or images with labels, not both")
-            volumes = int(self.info.get("spatial_dims", 2)) == 3
-            data = remember(array_cases(images, labels, patients=patients, volumes=volumes, name="evaluate"))
+            data = remember(array_cases(images, labels, patients=patients, volumes=self.reads_volumes, name="evaluate"))
         result = evaluate_run(self.path, self.registries, data=None if data is None else str(data), split=split,
                               out=out, by=by, patient_level=patient_level, prevalence=prevalence,
                               n_resamples=bootstrap, tta=tta, device=self.device, allow_changed=allow_changed)

@@ -88,7 +88,7 @@ def array_cases(images, labels=None, *, patients=None, split=None, volumes: bool
     for column, values in (("labels", labels), ("patients", patients), ("split", split)):
         if values is None:
             continue
-        values = as_numpy(values, column).reshape(-1) if not isinstance(values, list) else np.asarray(values)
+        values = as_numpy(values, column).reshape(-1)
         if len(values) != count:
             raise DataError(f"{column} has {len(values)} entries for {count} images: give one per image")
         columns[column] = values

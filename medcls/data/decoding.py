@@ -66,6 +66,7 @@ class Filling:
         self.cases, self.readers, self.size, self.strict = cases, readers, size, strict
         self.store = store if store is not None and hashes is not None else None
         self.hashes = hashes
+        self.reader_names: dict[int, str | None] = {}  # case -> the reader its file goes to
         width = 1 if channels == "1" or not isinstance(size, int) else 3
         self.spill = store.root / "spill" if store is not None else None
         self.memory_budget = memory_budget
@@ -233,10 +234,13 @@ class Filling:
         return None, None
 
     def reader_name(self, i: int) -> str | None:
-        """The reader this case's file goes to (None: no reader, or an in-memory case)."""
-        path = self.cases[i].path
-        entry = self.readers.entry_for(path) if path is not None else None
-        return None if entry is None else entry.name
+        """The reader this case's file goes to (None: no reader, or an in-memory case); settled once
+        per case, since finding it may read the file's first bytes."""
+        if i not in self.reader_names:
+            path = self.cases[i].path
+            entry = self.readers.entry_for(path) if path is not None else None
+            self.reader_names[i] = None if entry is None else entry.name
+        return self.reader_names[i]
 
     def place(self, i: int, stored: np.ndarray, grey: bool) -> None:
         self.grey[i] = grey
