@@ -271,3 +271,87 @@ def test_the_laterality_guard_asks_the_policy_whether_it_flips(registries):
     with pytest.raises(ConfigError, match="flips images left-right"):
         make_policy(make_config({"policy": "mirror", "laterality_sensitive": True}), found)
     make_policy(make_config({"policy": "mirror", "laterality_sensitive": True, "aug": {"mirror": 0}}), found)
+
+
+BAD_PARTS = """
+import numpy as np
+import torch
+
+import medcls
+
+
+class FixedSize(torch.nn.Module):
+    '''Accepts 32 x 32 input only, like a ViT without dynamic image size.'''
+
+    num_features = 4
+
+    def __init__(self, in_chans):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(in_chans, 4, 3, padding=1)
+
+    def forward(self, x):
+        if x.shape[-1] != 32:
+            raise RuntimeError(f"Input width ({x.shape[-1]}) doesn't match model (32).")
+        return self.conv(x).mean((2, 3))
+
+
+class Crop:
+    def __init__(self):
+        pass
+
+    def __call__(self, image):
+        return image[..., : image.shape[-2] // 2, :]
+
+
+@medcls.hookimpl
+def medcls_register_backbones(register):
+    register("fixed32", FixedSize, pretrained=False)
+
+
+@medcls.hookimpl
+def medcls_register_policies(register):
+    register("crop_half", Crop, params={})
+
+
+@medcls.hookimpl
+def medcls_register_readers(register):
+    # forgets to scale: 0..255 pixels
+    register("raw_npy", lambda path: np.load(path).astype(np.float32)[None], extensions=(".npy",))
+"""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backbone", "fixed32"], "error: backbone 'fixed32' of plugin 'fake_parts' fails on 1-channel 24x24 input "
+                                "(Input width (24) doesn't match model (32).): choose an image size it accepts, "
+                                "or another backbone"),
+    (["--policy", "crop_half"], "error: policy 'crop_half' of plugin 'fake_parts' breaks the policy contract on the "
+                                "first training images: it changes their shape (2, 1, 24, 24) -> (2, 1, 12, 24) "
+                                "(check it with medcls.testing.check_policy)"),
+])
+def test_contracts_are_checked_before_training_and_name_the_plugin(make_distribution, tmp_path, image_folder,
+                                                                   args, message):
+    make_distribution("fake-parts", "fake_parts", BAD_PARTS)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", "--data", str(image_folder), "--out", str(out), "--image-size", "24",
+                                      "--epochs", "1", "--finetune-epochs", "0", "--no-pretrained", *args])
+    assert result.exit_code == 3 and "Traceback" not in result.output, result.output
+    assert result.stderr.strip().splitlines()[-1] == message
+    assert CliRunner().invoke(cli, ["list", "policies"]).exit_code == 0  # unrelated commands still work
+
+
+def test_a_reader_breaking_its_contract_stops_decoding_with_its_name(make_distribution, tmp_path):
+    import numpy as np
+
+    make_distribution("fake-parts", "fake_parts", BAD_PARTS)
+    for k, label in enumerate(("a", "b")):
+        (tmp_path / "npy" / label).mkdir(parents=True)
+        for i in range(10):
+            np.save(tmp_path / "npy" / label / f"{i}.npy", np.full((16, 16), 200.0) + np.eye(16) * (i + 10 * k))
+    result = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "npy"), "--out", str(tmp_path / "run"),
+                                      "--backbone", "test_resnet", "--no-pretrained", "--epochs", "1",
+                                      "--set", "positive_class=b"])
+    assert result.exit_code == 3 and "Traceback" not in result.output, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: reader 'raw_npy' of plugin 'fake_parts' breaks the reader contract on '")
+    assert "it returned values in [200, " in last and last.endswith(", not [0, 1] "
+                         "(see medcls.plugins.hookspecs.medcls_register_readers)")

@@ -9,6 +9,7 @@ any resolution; pixels from outside the field of view are zero (no invented anat
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -23,7 +24,7 @@ from monai.transforms.utils import (
 )
 
 from medcls.config import TrainConfig
-from medcls.errors import ConfigError
+from medcls.errors import ConfigError, PluginError
 
 
 class GeometryIntensityPolicy(RandomizableTransform):
@@ -126,3 +127,28 @@ def make_policy(config: TrainConfig, registries):
     if hasattr(transform, "set_random_state"):
         transform.set_random_state(seed=config.seed)
     return transform, params
+
+
+def check_policy_output(transform, images: torch.Tensor, name: str, plugin: str) -> None:
+    """A policy's contract, checked on the first training images before training starts: the same
+    shape, float32, within [0, 1]. A copy is checked, so the run's random stream is untouched."""
+    probe = copy.deepcopy(transform)
+    given = images.float().clone()
+    try:
+        out = probe.batch(given.clone()) if callable(getattr(probe, "batch", None)) else \
+            torch.stack([torch.as_tensor(probe(image)) for image in given.clone()])
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise PluginError(f"policy {name!r} of plugin {plugin!r} fails on the first training images ({first})") \
+            from None
+    out = torch.as_tensor(out)
+    problem = None
+    if tuple(out.shape) != tuple(given.shape):
+        problem = f"changes their shape {tuple(given.shape)} -> {tuple(out.shape)}"
+    elif out.dtype != torch.float32:
+        problem = f"returns {out.dtype}, not float32"
+    elif not torch.isfinite(out).all() or out.min() < -1e-4 or out.max() > 1 + 1e-4:
+        problem = f"leaves [0, 1] (values in [{float(out.min()):.3g}, {float(out.max()):.3g}]): clamp its output"
+    if problem:
+        raise PluginError(f"policy {name!r} of plugin {plugin!r} breaks the policy contract on the first training "
+                          f"images: it {problem} (check it with medcls.testing.check_policy)")

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medcls.errors import ConfigError, WeightsUnavailableError
+from medcls.errors import ConfigError, PluginError, WeightsUnavailableError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -193,20 +193,23 @@ def load_backbone_weights(backbone: nn.Module, state: dict, in_chans: int, origi
     backbone.load_state_dict(matched, strict=False)
 
 
-def pretrained_state(backbone_name: str, weight_sources, weights_file: str | None) -> tuple[dict, str]:
-    """The first pretrained state dict available: the user's file, then offline sources, then network ones."""
+def pretrained_weights(backbone_name: str, weight_sources, weights_file: str | None) -> tuple[dict | str, str]:
+    """The first pretrained weights available, as a state dict or a local file's path: the user's
+    file, then offline sources, then network ones."""
     tried = []
     if weights_file:
-        return read_safetensors(weights_file), f"file '{weights_file}'"
+        check_safetensors(weights_file)
+        return str(weights_file), f"file '{weights_file}'"
     ordered = sorted(weight_sources, key=lambda e: not e.metadata.get("offline", True))
     for entry in ordered:
         try:
-            state = entry.obj(backbone_name)
+            weights = entry.obj(backbone_name)
         except WeightsUnavailableError as exc:
             tried.append(f"{entry.name}: {exc}")
             continue
-        if state is not None:
-            return state, f"source {entry.name!r} (plugin {entry.plugin})"
+        if weights is not None:
+            return (weights if isinstance(weights, dict) else str(weights)), \
+                f"source {entry.name!r} (plugin {entry.plugin})"
     tried_text = "; ".join(tried) if tried else "no installed weight source serves this backbone"
     raise WeightsUnavailableError(
         f"no pretrained weights for {backbone_name!r} ({tried_text}). Supply a file with "
@@ -214,9 +217,7 @@ def pretrained_state(backbone_name: str, weight_sources, weights_file: str | Non
     )
 
 
-def read_safetensors(path: str) -> dict:
-    from safetensors.torch import load_file
-
+def check_safetensors(path: str) -> None:
     if not Path(path).is_file():
         raise WeightsUnavailableError(f"weights file '{path}' does not exist")
     if not str(path).endswith(".safetensors"):
@@ -224,6 +225,12 @@ def read_safetensors(path: str) -> dict:
             f"weights file '{path}' is not .safetensors; medcls never unpickles weight files: "
             "convert it with safetensors.torch.save_file"
         )
+
+
+def read_safetensors(path: str) -> dict:
+    from safetensors.torch import load_file
+
+    check_safetensors(path)
     try:
         return load_file(path)
     except Exception as exc:
@@ -243,28 +250,31 @@ def build_classifier(registries, backbone_name: str, num_classes: int, in_chans:
     if slice_pooling not in ("mean", "max", "attention"):
         raise ConfigError(f"slice_pooling {slice_pooling!r} is not one of mean, max, attention")
     stem_chans = in_chans * slices if slices else in_chans
-    if backbone_args:
-        try:
-            backbone = entry.obj(stem_chans, **backbone_args)
-        except TypeError as exc:
-            raise ConfigError(f"backbone {backbone_name!r} of plugin {entry.plugin!r} takes no backbone_args "
-                              f"{sorted(backbone_args)} ({exc})") from None
-    else:
-        backbone = entry.obj(stem_chans)
+    weights, origin = None, "random initialisation"
+    if pretrained or weights_file:
+        weights, origin = pretrained_weights(backbone_name, registries["weights"], weights_file)
+    # A backbone registered with loads_weights=True (timm's) loads them itself, the way its library
+    # does; for the others medcls copies the state dict in and adapts the first convolution.
+    own_loading = bool(entry.metadata.get("loads_weights"))
+    args = dict(backbone_args or {}, **({"weights": weights} if own_loading and weights is not None else {}))
+    try:
+        backbone = entry.obj(stem_chans, **args)
+    except TypeError as exc:
+        if not backbone_args:
+            raise
+        raise ConfigError(f"backbone {backbone_name!r} of plugin {entry.plugin!r} takes no backbone_args "
+                          f"{sorted(backbone_args)} ({exc})") from None
     features = getattr(backbone, "num_features", None)
     if isinstance(features, int) and getattr(backbone, "head_hidden_size", None):
         features = backbone.head_hidden_size
     if not isinstance(backbone, nn.Module) or not isinstance(features, int) or isinstance(features, bool) \
             or features < 1:
-        from medcls.errors import PluginError
-
         what = type(backbone).__name__ if not isinstance(backbone, nn.Module) else f"num_features = {features!r}"
         raise PluginError(f"backbone {backbone_name!r} of plugin {entry.plugin!r} breaks the backbone contract "
                           f"({what}): create(in_chans) must return an nn.Module with an int num_features "
                           "(see medcls.plugins.hookspecs.medcls_register_backbones)")
-    origin = "random initialisation"
-    if pretrained or weights_file:
-        state, origin = pretrained_state(backbone_name, registries["weights"], weights_file)
+    if weights is not None and not own_loading:
+        state = weights if isinstance(weights, dict) else read_safetensors(weights)
         load_backbone_weights(backbone, state, stem_chans, origin)
     blocks_of = entry.metadata.get("blocks")
     if slices:
@@ -272,3 +282,27 @@ def build_classifier(registries, backbone_name: str, num_classes: int, in_chans:
     model = Classifier(backbone, num_classes, dropout, in_chans, blocks_of)
     model.frozen_batchnorm = origin != "random initialisation"
     return model, origin
+
+
+def check_backbone_output(model: Classifier, channels: int, spatial: tuple, name: str, plugin: str) -> None:
+    """The backbone's contract on a dummy batch of the training grid, before training starts:
+    features (2, num_features), finite. An image size the architecture cannot take (a ViT's fixed
+    input size, too small for its strides) is reported here, in one line."""
+    batch = torch.full((2, channels, *spatial), 0.5)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            features = model.features(batch)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        size = "x".join(str(s) for s in spatial)
+        raise PluginError(f"backbone {name!r} of plugin {plugin!r} fails on {channels}-channel {size} input "
+                          f"({first}): choose an image size it accepts, or another backbone") from None
+    finally:
+        model.train(was_training)
+    expected = (2, model.head[-1].in_features)
+    if tuple(features.shape) != expected or not torch.isfinite(features).all():
+        what = f"shape {tuple(features.shape)}" if tuple(features.shape) != expected else "non-finite values"
+        raise PluginError(f"backbone {name!r} of plugin {plugin!r} breaks the backbone contract: a batch of 2 gives "
+                          f"features of {what}, expected {expected} from its num_features")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medcls.errors import DataError
+from medcls.errors import DataError, PluginError
 
 SPLIT_ALIASES = {
     "train": "train", "training": "train",
@@ -122,7 +122,10 @@ class ReaderTable:
             raise
         except Exception as exc:  # a reader plugin's bug must not hide which file broke it
             raise DataError(f"file '{case.path}' cannot be read by reader {entry.name!r} ({exc})") from None
-        return check_volume(image, case.key) if self.dims == 3 else check_image(image, case.key)
+        if self.dims == 3:
+            return check_volume(image, case.key)
+        check_reader_output(image, case.path, entry)
+        return check_image(image, case.key)
 
     def header_greyscale(self, case: Case) -> bool:
         """True when `case` will read as one channel, known without decoding: an in-memory
@@ -141,6 +144,22 @@ class ReaderTable:
         entry = self.entry_for(path)
         reader = entry.metadata.get("patient_id") if entry is not None else None
         return reader(path) if reader is not None else None
+
+
+def check_reader_output(image, path: Path, entry) -> None:
+    """A reader's side of the contract (float (C, H, W), C = 1 or 3, in [0, 1]), checked on every
+    file it reads: a breach is the plugin's bug, fatal and named, not a bad file to skip."""
+    image = np.asarray(image)
+    problem = None
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        problem = f"shape {image.shape}, not (C, H, W) with C = 1 or 3"
+    elif not np.issubdtype(image.dtype, np.floating):
+        problem = f"dtype {image.dtype}, not float32"
+    elif image.size and np.isfinite(image).all() and (image.min() < -1e-4 or image.max() > 1 + 1e-4):
+        problem = f"values in [{float(image.min()):.4g}, {float(image.max()):.4g}], not [0, 1]"
+    if problem:
+        raise PluginError(f"reader {entry.name!r} of plugin {entry.plugin!r} breaks the reader contract on "
+                          f"'{path}': it returned {problem} (see medcls.plugins.hookspecs.medcls_register_readers)")
 
 
 def check_volume(volume, where: str):

@@ -68,7 +68,14 @@ def medcls_register_backbones(register):
     for ``medcls list backbones --pretrained``.
 
     Register ``pretrained=False`` when no pretrained weights exist (then ``pretrained`` defaults
-    to off for it and asking for it is an error unless a weights file is given).
+    to off for it and asking for it is an error unless a weights file is given). Register
+    ``loads_weights=True`` when ``create(in_chans, weights=W)`` loads pretrained weights itself
+    (``W`` a state dict or a local ``.safetensors`` path; timm's backbones pass them to
+    ``timm.create_model(pretrained_cfg_overlay=...)``); otherwise medcls copies the state dict in.
+
+    Before training, medcls runs the backbone on a batch of two images of the training size: a
+    wrong output shape, non-finite features or an input size it cannot take stop the run with one
+    line naming the backbone and its plugin.
 
     Example::
 
@@ -86,8 +93,12 @@ def medcls_register_weight_sources(register):
 
     - ``None`` when this source does not serve that backbone;
     - a ``dict[str, torch.Tensor]`` state dict whose keys are the backbone module's keys (as
-      created by its ``create(3)``; classifier keys are dropped by medcls), for 3-channel input:
-      medcls adapts the first convolution to the requested number of channels;
+      created by its ``create(3)``; classifier keys are dropped), for 3-channel input: the first
+      convolution is adapted to the requested number of channels (by timm for timm backbones);
+    - or the path (``str``/``Path``) of a local weights file holding such a state dict
+      (``.safetensors``; a hub download may also be timm's ``pytorch_model.bin``, read by timm
+      with ``weights_only=True``). Every tensor of the backbone must come from the weights, else
+      the run stops: weights never load partially into a silently random backbone;
     - or raises ``medcls.WeightsUnavailableError`` with the reason when it serves the backbone
       but cannot reach the weights (offline, missing file).
 
@@ -108,8 +119,8 @@ def medcls_register_policies(register):
     ``register(name, create, description="...", params={...})`` where ``params`` maps each
     parameter name to its default value and ``create(**params)`` returns a callable that takes
     a ``torch.Tensor`` image ``(C, H, W)`` (or ``(C, D, H, W)``), float32 in ``[0, 1]``, and
-    returns an augmented tensor of the same shape and dtype. It is applied to training images
-    only. Returned objects with a ``set_random_state(seed=...)`` method (every MONAI
+    returns an augmented tensor of the same shape and dtype, still in ``[0, 1]`` (checked on the
+    first training images before training starts). It is applied to training images only. Returned objects with a ``set_random_state(seed=...)`` method (every MONAI
     randomizable transform has one) are seeded by medcls. An object that also has
     ``batch(images)`` for ``(B, C, ...)`` tensors is applied to whole batches on the training
     device (GPU when present); otherwise medcls applies it per image in a loader worker.
@@ -160,8 +171,9 @@ def medcls_register_readers(register):
     patient_id=None, settings=(), dims=2, folders=None, greyscale=None)`` where
 
     - ``read(path: pathlib.Path, **settings)`` returns a ``float32`` ``numpy`` array ``(C, H, W)`` with
-      values in ``[0, 1]`` (C = 1 for greyscale, 3 for colour) and raises
-      ``medcls.DataError`` with a one-line message for unreadable files;
+      values in ``[0, 1]`` (C = 1 for greyscale, 3 for colour; checked on every file, a breach
+      stops the run naming the reader and its plugin) and raises ``medcls.DataError`` with a
+      one-line message for unreadable files (those are skipped and listed);
     - ``extensions`` are lower-case file name endings this reader handles;
     - ``sniff(head: bytes)`` optionally recognises files by their first 256 bytes (DICOM files
       often have no extension);
@@ -195,8 +207,25 @@ def medcls_register_datasets(register):
     - ``detect(source: str)`` returns ``True`` when this layout recognises the source (used
       when the user gives no ``--format``);
     - ``load(source: str, options: medcls.data.cases.DataOptions)`` returns a list of
-      ``medcls.data.cases.Case`` (path or in-memory array, label, optional patient id and
-      split) and raises ``medcls.DataError`` when the source is unusable.
+      ``medcls.data.cases.Case`` and raises ``medcls.DataError`` when the source is unusable.
+
+    A ``Case`` is one labelled image:
+
+    - ``key`` (required, unique): how messages and ``predictions.csv`` name it, usually the file
+      path, or ``'SOURCE#split/index'`` for arrays;
+    - ``label`` (required): the class name as text;
+    - ``path`` *or* ``array``: a file (or DICOM series folder) that a reader decodes, or a
+      float32 ``(C, H, W)`` array in ``[0, 1]`` (or a ``medcls.data.volumes.Volume``);
+    - ``patient_id``: every image of a patient stays on one side of each split (without it,
+      each image is its own patient, which a repeated patient makes optimistic);
+    - ``split``: ``'train'``, ``'val'`` or ``'test'`` when the data set fixes its splits;
+    - ``attributes``: other columns (site, sex, scanner): ``--by site`` reports subgroups from
+      them, and ``series_uid`` reaches readers that accept it.
+
+    ``DataOptions`` carries the user's settings a layout may honour: ``path_column``,
+    ``label_column``, ``patient_column``, ``split_column``, ``image_root``,
+    ``patient_from_dicom``, and ``readers`` (a ``ReaderTable``: ``readers.can_read(path)`` says
+    whether any registered reader takes a file; use it to pick files from a folder).
 
     Example::
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from medcls.config import TrainConfig, make_config, read_config_file, save_config
-from medcls.core.augment import make_policy
+from medcls.core.augment import check_policy_output, make_policy
 from medcls.core.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from medcls.core.distributed import check_config, device_for, from_environment
 from medcls.core.engine import Stage, fit
@@ -31,7 +31,7 @@ from medcls.core.loader import (
     loader_workers,
     make_loader,
 )
-from medcls.core.models import build_classifier
+from medcls.core.models import build_classifier, check_backbone_output
 from medcls.core.runs import (
     run_manifest,
     save_model,
@@ -156,6 +156,10 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
     model, weights_origin = build_classifier(registries, config.backbone, len(data.classes), data.cache.channels,
                                              config.dropout, config.pretrained, config.weights, config.slices,
                                              config.slice_pooling, config.backbone_args)
+    backbone_entry, policy_entry = registries["backbones"].get(config.backbone), registries["policies"].get(config.policy)
+    check_backbone_output(model, data.cache.channels, tuple(data.cache.images.shape[2:]), backbone_entry.name,
+                          backbone_entry.plugin)
+    check_policy_output(transform, data.cache.batch(train_rows[:2]), policy_entry.name, policy_entry.plugin)
     workers = loader_workers(config, transform)
     tune_process(workers, processes_per_machine=distributed.world)
     execution = choose_execution(device, model, config.precision, config.channels_last)
@@ -323,7 +327,11 @@ def normalisation(model) -> dict | None:
     mean, std = getattr(model, "mean", None), getattr(model, "std", None)
     if mean is None or std is None:
         return None
-    return {"mean": [round(float(v), 6) for v in mean.flatten()], "std": [round(float(v), 6) for v in std.flatten()]}
+    recorded = {"mean": [round(float(v), 6) for v in mean.flatten()], "std": [round(float(v), 6) for v in std.flatten()]}
+    cfg = getattr(getattr(model, "backbone", None), "pretrained_cfg", None)
+    if isinstance(cfg, dict):  # what the backbone was pretrained with; medcls resizes antialiased bilinear
+        recorded["pretrained_cfg"] = {k: cfg[k] for k in ("interpolation", "input_size", "crop_pct") if k in cfg}
+    return recorded
 
 
 def plugins_used(config: TrainConfig, registries, data: PreparedData) -> list[dict]:

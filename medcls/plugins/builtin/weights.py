@@ -1,62 +1,92 @@
-"""Built-in pretrained-weight source: the timm / Hugging Face hub (network, or its local cache)."""
+"""Built-in pretrained-weight source: timm's weights on the Hugging Face hub, or in its local cache.
+
+The hub library's own settings decide what happens: `HF_HUB_OFFLINE` (never touch the network),
+`HF_ENDPOINT` (a mirror) and `HF_HOME`/`HF_HUB_CACHE` (where downloads are kept). The source
+returns the path of the weights file; timm loads it (`pretrained_cfg_overlay=dict(file=...)`).
+"""
 
 from __future__ import annotations
 
-import os
 import socket
 from urllib.parse import urlparse
 
-from medcls.plugins.hookspecs import hookimpl
 from medcls.errors import WeightsUnavailableError
+from medcls.plugins.hookspecs import hookimpl
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP probe, so an offline machine answers in seconds rather than after retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def cached_hub_file(hf_hub_id: str) -> str | None:
-    """The path of timm weights already in the local Hugging Face cache, if any."""
-    from huggingface_hub import try_to_load_from_cache
-
-    repo, _, revision = hf_hub_id.partition("@")
-    for filename in ("model.safetensors", "pytorch_model.bin"):
-        path = try_to_load_from_cache(repo, filename, revision=revision or None)
-        if isinstance(path, str):
-            return path
-    return None
-
-
-def timm_hub_weights(backbone: str):
-    """timm's default pretrained tag for `backbone`, from the local hub cache or a download."""
+def hub_location(backbone: str) -> tuple[str, str | None] | None:
+    """(hub repository, revision) of `backbone`'s timm weights, or None if timm has none there."""
     import timm
 
+    if backbone.startswith("hf-hub:"):
+        repo, _, revision = backbone[len("hf-hub:"):].partition("@")
+        return repo, revision or None
     if not timm.is_model(backbone):
         return None
     if not timm.is_model_pretrained(backbone):
         raise WeightsUnavailableError(f"timm publishes no pretrained weights for {backbone!r}")
     cfg = timm.models.get_pretrained_cfg(backbone)
-    overlay = {}
-    cached = cached_hub_file(cfg.hf_hub_id) if cfg is not None and cfg.hf_hub_id else None
-    if cached:
-        overlay = {"file": cached}
-    elif not hub_reachable():
-        raise WeightsUnavailableError(
-            "the Hugging Face hub is unreachable (offline) and the weights are not in its local cache"
-        )
+    if cfg is None or not cfg.hf_hub_id:
+        raise WeightsUnavailableError(f"timm's weights for {backbone!r} are not on the Hugging Face hub")
+    repo, _, revision = cfg.hf_hub_id.partition("@")
+    return repo, revision or None
+
+
+def cached_file(repo: str, revision: str | None) -> str | None:
+    """The weights file already in the local hub cache, if any (no network)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    for filename in WEIGHT_FILES:
+        path = try_to_load_from_cache(repo, filename, revision=revision, cache_dir=constants.HF_HUB_CACHE)
+        if isinstance(path, str):
+            return path
+    return None
+
+
+def hub_offline_reason() -> str | None:
+    """Why the hub cannot be asked now, or None: `HF_HUB_OFFLINE` is set, or its endpoint's name
+    does not resolve (a machine without network; checked so it fails in a second, not after the hub
+    client's retries)."""
+    from huggingface_hub import constants
+
+    if getattr(constants, "is_offline_mode", lambda: constants.HF_HUB_OFFLINE)():
+        return "HF_HUB_OFFLINE is set"
+    host = urlparse(constants.ENDPOINT).hostname or constants.ENDPOINT
     try:
-        model = timm.create_model(backbone, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay)
-    except Exception as exc:  # network, hub and cache errors all mean "not available here"
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise WeightsUnavailableError(f"download from the timm hub failed ({first_line[:160]})") from None
-    return model.state_dict()
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return f"{host} cannot be resolved (no network; set HF_HUB_OFFLINE=1 to skip this check)"
+    return None
+
+
+def download(repo: str, revision: str | None) -> str:
+    from huggingface_hub import constants, hf_hub_download
+
+    errors = []
+    for filename in WEIGHT_FILES:
+        try:
+            return hf_hub_download(repo, filename, revision=revision, cache_dir=constants.HF_HUB_CACHE)
+        except Exception as exc:  # a missing file, an HTTP or connection error: try the next name
+            errors.append((str(exc).strip().splitlines() or [type(exc).__name__])[0][:160])
+    raise WeightsUnavailableError(f"download of {repo} from the Hugging Face hub failed ({errors[-1]})")
+
+
+def timm_hub_weights(backbone: str):
+    """The path of `backbone`'s timm weights: from the local hub cache, else downloaded."""
+    location = hub_location(backbone)
+    if location is None:
+        return None
+    cached = cached_file(*location)
+    if cached:
+        return cached
+    reason = hub_offline_reason()
+    if reason:
+        raise WeightsUnavailableError(
+            f"the Hugging Face hub is not reachable ({reason}) and {location[0]} is not in its local cache"
+        )
+    return download(*location)
 
 
 @hookimpl
@@ -64,6 +94,6 @@ def medcls_register_weight_sources(register):
     register(
         "timm-hub",
         timm_hub_weights,
-        description="timm's default ImageNet weights from the Hugging Face hub or its local cache",
+        description="timm's ImageNet weights from the Hugging Face hub or its local cache",
         offline=False,
     )

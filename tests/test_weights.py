@@ -1,0 +1,92 @@
+"""Pretrained weights the timm way: the hub's cache and offline setting decide, timm loads the file
+(`pretrained_cfg_overlay`), a user's file is safetensors only."""
+
+import time
+
+import pytest
+import torch
+
+from medcls.core.models import build_classifier
+from medcls.errors import WeightsUnavailableError
+from medcls.plugins.builtin import weights as hub
+
+REPO, REVISION = "timm/test_resnet.r160_in1k", "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache and offline mode, set through the hub library's own settings."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return tmp_path / "hub"
+
+
+def put_in_cache(cache, state: dict) -> None:
+    """`state` as the hub client stores a download: snapshots/<revision>/model.safetensors + refs/main."""
+    from safetensors.torch import save_file
+
+    folder = cache / f"models--{REPO.replace('/', '--')}"
+    (folder / "snapshots" / REVISION).mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(REVISION)
+    save_file(state, str(folder / "snapshots" / REVISION / "model.safetensors"))
+
+
+def test_cached_weights_load_offline_through_timm(registries, hub_cache):
+    import timm
+
+    source = timm.create_model("test_resnet", num_classes=1000)  # a full model, classifier included
+    with torch.no_grad():
+        for p in source.parameters():
+            p.normal_()
+    put_in_cache(hub_cache, {k: v.contiguous() for k, v in source.state_dict().items()})
+    model, origin = build_classifier(registries, "test_resnet", 2, 1, 0.0, pretrained=True)
+    assert "timm-hub" in origin
+    own = model.backbone.state_dict()
+    key = "conv1.0.weight"  # the stem: timm summed the three input channels' filters into one
+    assert torch.allclose(own[key], source.state_dict()[key].sum(1, keepdim=True))
+    assert torch.equal(own["layer1.0.conv1.weight"], source.state_dict()["layer1.0.conv1.weight"])
+    assert not any(k.startswith("fc.") for k in own)  # the classifier was left out
+    assert model.frozen_batchnorm  # pretrained batch-norm statistics are kept while fine-tuning
+
+
+def test_offline_without_cache_fails_at_once_with_the_reason(registries, hub_cache):
+    started = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError, match="HF_HUB_OFFLINE is set") as info:
+        build_classifier(registries, "test_resnet", 2, 3, 0.0, pretrained=True)
+    assert time.perf_counter() - started < 5  # no retries against an unreachable hub
+    assert "\n" not in str(info.value) and "--no-pretrained" in str(info.value)
+
+
+def test_hub_location_of_a_tag_and_of_an_hf_hub_name():
+    assert hub.hub_location("test_resnet.r160_in1k") == (REPO, None)
+    assert hub.hub_location("hf-hub:org/model@v2") == ("org/model", "v2")
+    assert hub.hub_location("not_a_timm_model") is None
+    with pytest.raises(WeightsUnavailableError, match="timm publishes no pretrained weights for 'test_maxvit'"):
+        hub.hub_location("test_maxvit")
+
+
+def test_a_user_file_is_loaded_by_timm(registries, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    source = timm.create_model("test_resnet", num_classes=0)
+    path = tmp_path / "mine.safetensors"
+    save_file({k: v.contiguous() + 1.0 for k, v in source.state_dict().items()}, str(path))
+    model, origin = build_classifier(registries, "test_resnet", 2, 3, 0.0, pretrained=False, weights_file=str(path))
+    assert str(path) in origin
+    assert torch.allclose(model.backbone.state_dict()["layer1.0.conv1.weight"],
+                          source.state_dict()["layer1.0.conv1.weight"] + 1.0)
+
+
+def test_a_file_for_another_architecture_is_one_line(registries, tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "other.safetensors"
+    save_file({"something.weight": torch.zeros(3)}, str(path))
+    with pytest.raises(WeightsUnavailableError, match="weights for 'test_resnet' miss") \
+            as info:
+        build_classifier(registries, "test_resnet", 2, 3, 0.0, pretrained=False, weights_file=str(path))
+    assert "\n" not in str(info.value)
