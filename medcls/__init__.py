@@ -40,6 +40,9 @@ _LAZY = {
     "create_classifier": "medcls.api",
     "list_backbones": "medcls.api",
     "register_plugin": "medcls.api",
+    "score": "medcls.api",
+    "Scores": "medcls.api",
+    "compare": "medcls.api",
     "TrainConfig": "medcls.config",
 }
 

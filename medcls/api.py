@@ -272,12 +272,60 @@ def experiment(vary: str, seeds: list[int], *, out: str | os.PathLike = "runs/ex
 
 
 def compare(run_a: str | os.PathLike, run_b: str | os.PathLike, *, data: str | None = None,
-            split: str | None = None) -> dict:
-    """Two runs on the same cases: paired DeLong for ROC AUC, exact McNemar for sensitivity and
-    specificity; refuses when the cases differ."""
+            split: str | None = None, threshold_rule: str = "youden", target: float = 0.95, **columns) -> dict:
+    """Two runs, or two prediction CSV files, on the same cases: paired DeLong for ROC AUC, exact
+    McNemar for sensitivity and specificity; refuses when the cases differ. Files are matched by
+    their key column, each at its operating point from its own validation rows (`threshold_rule`);
+    `columns` are `read_prediction_file`'s column options."""
+    files = [str(p).lower().endswith(".csv") for p in (run_a, run_b)]
+    if any(files):
+        from medcls.workflows.score import compare_prediction_files
+
+        if not all(files):
+            raise ConfigError(f"compare two runs or two prediction files, not one of each ('{run_a}', '{run_b}')")
+        return compare_prediction_files(run_a, run_b, split=split, threshold_rule=threshold_rule, target=target,
+                                        **columns)
     from medcls.workflows.compare import compare_runs
 
     return compare_runs(run_a, run_b, make_registries(), data=data, split=split)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """`medcls.score`: the figures of every split of a predictions file, and the report folder."""
+
+    classes: list[str]
+    threshold: float | None
+    operating_point: str
+    splits: dict[str, SplitMetrics]
+    path: Path
+
+    @property
+    def test(self) -> SplitMetrics:
+        """The main split: test rows, else the only one."""
+        return next(iter(self.splits.values()))
+
+
+def score(predictions: str | os.PathLike, *, out: str | os.PathLike | None = None, label_column: str = "label",
+          score_column: str | None = None, split_column: str = "split", patient_column: str | None = None,
+          positive_class: str | None = None, threshold: float | None = None, threshold_rule: str = "youden",
+          target: float = 0.95, by: str | None = None, prevalence: float | None = None, bootstrap: int = 2000,
+          seed: int = 0) -> Scores:
+    """The whole evaluation for predictions from any tool: a CSV with a label column and p_<class>
+    columns (or `score_column` with P(positive)), optional split, patient and subgroup columns.
+    The threshold comes from the validation rows by `threshold_rule`, or is given. Writes
+    metrics.json, report.md and report.html into `out` (default: a new folder beside the file)."""
+    from medcls.workflows.score import score_predictions
+    from medcls.workflows.train import reserve_folder
+
+    source = Path(predictions)
+    folder = Path(out) if out is not None else reserve_folder(source.with_name(f"{source.stem}-scores"))
+    result = score_predictions(source, make_registries(), out=folder, label_column=label_column,
+                               score_column=score_column, split_column=split_column, patient_column=patient_column,
+                               positive_class=positive_class, threshold=threshold, threshold_rule=threshold_rule,
+                               target=target, by=by, prevalence=prevalence, n_resamples=bootstrap, seed=seed)
+    return Scores(result["classes"], result["threshold"], result["operating_point"],
+                  {s: SplitMetrics(result[s], result["intervals"][s]) for s in result["splits"]}, folder)
 
 
 def preview_policy(policy: str, out: str | os.PathLike, *, data: str = "synthetic", count: int = 8, views: int = 6,

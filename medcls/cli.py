@@ -280,18 +280,70 @@ def evaluate(run, data, split, out, by, patient_level, prevalence, bootstrap, tt
                            "out": str(result.path)}, indent=2, default=float))
 
 
+PREDICTION_COLUMNS = [
+    click.option("--label-column", default="label", show_default=True, help="Column with the true class."),
+    click.option("--score", "score_column", help="Binary task: the column with P(positive) (default: p_<class> "
+                                                 "columns, one per class, as medcls's predictions.csv)."),
+    click.option("--patient-column", help="Column with patient ids: intervals resample patients."),
+    click.option("--positive-class", help="The positive class when the names do not say it."),
+    click.option("--threshold-rule", type=click.Choice(["youden", "target_sensitivity", "target_specificity", "fixed"]),
+                 default="youden", show_default=True, help="How the operating point is chosen on the val rows."),
+    click.option("--target", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
+                 help="Target sensitivity or specificity for the target_* rules."),
+]
+
+
+def prediction_columns(command):
+    for option in reversed(PREDICTION_COLUMNS):
+        command = option(command)
+    return command
+
+
 @cli.command()
-@click.argument("run_a", type=click.Path(file_okay=False))
-@click.argument("run_b", type=click.Path(file_okay=False))
+@click.argument("predictions", type=click.Path(dir_okay=False))
+@click.option("--out", "-o", type=click.Path(file_okay=False),
+              help="New folder for metrics.json, report.md, report.html (default: PREDICTIONS-scores beside it).")
+@prediction_columns
+@click.option("--threshold", type=click.FloatRange(0, 1), help="A given operating point instead of one chosen on val.")
+@click.option("--by", help="Column for a subgroup table (site, sex, scanner, ...).")
+@click.option("--prevalence", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Also report PPV and NPV at this deployment prevalence.")
+@click.option("--bootstrap", type=click.IntRange(100), default=2000, show_default=True, help="Bootstrap resamples.")
+def score(predictions, out, label_column, score_column, patient_column, positive_class, threshold_rule, target,
+          threshold, by, prevalence, bootstrap):
+    """Score predictions from any tool (a CSV of labels and probabilities) as a medcls run is scored."""
+    from medcls import api
+
+    result = api.score(predictions, out=out, label_column=label_column, score_column=score_column,
+                       patient_column=patient_column, positive_class=positive_class, threshold=threshold,
+                       threshold_rule=threshold_rule, target=target, by=by, prevalence=prevalence,
+                       bootstrap=bootstrap)
+    click.echo(f"operating point: {result.operating_point}")
+    for split, figures in result.splits.items():
+        shown = [f"{name} {figures[name]}" for name in ("roc_auc", "sensitivity", "specificity") if name in figures]
+        click.echo(f"{split} ({figures.n} rows): " + "; ".join(shown))
+    click.echo(f"report: {result.path / 'report.html'}")
+
+
+@cli.command()
+@click.argument("run_a", type=click.Path())
+@click.argument("run_b", type=click.Path())
 @click.option("--data", help="Data both runs are scored on (default: the runs' own data).")
 @click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default=None,
               help="Which cases (default: test of the runs' own data, all of new data).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Also write the result as JSON here.")
-def compare(run_a, run_b, data, split, out):
-    """Compare two runs on the same cases: paired DeLong (ROC AUC), McNemar (sensitivity, specificity)."""
+@prediction_columns
+def compare(run_a, run_b, data, split, out, label_column, score_column, patient_column, positive_class,
+            threshold_rule, target):
+    """Compare two runs, or two prediction CSV files, on the same cases: paired DeLong (ROC AUC),
+    McNemar (sensitivity, specificity)."""
     from medcls import api
 
-    result = api.compare(run_a, run_b, data=data, split=split)
+    columns = dict(label_column=label_column, score_column=score_column, patient_column=patient_column,
+                   positive_class=positive_class)
+    files = str(run_a).lower().endswith(".csv") or str(run_b).lower().endswith(".csv")
+    result = api.compare(run_a, run_b, data=data, split=split, threshold_rule=threshold_rule, target=target,
+                         **(columns if files else {}))
     text = json.dumps(result, indent=2, default=float)
     if out:
         with open(out, "w") as fh:

@@ -24,11 +24,35 @@ def test_vectorised_bootstrap_equals_the_loop(registries):
     y, probs = binary_data()
     yhat = (probs[:, 1] >= 0.5).astype(int)
     metrics = [e for e in registries["metrics"] if e.metadata.get("vectorised")]
-    fast = bootstrap_binary(y, probs[:, 1], yhat, {e.name: e.metadata["vectorised"] for e in metrics},
-                            n_resamples=60, seed=3)
-    slow = bootstrap_loop(y, probs, yhat, {e.name: e.obj for e in metrics}, n_resamples=60, seed=3)
-    for name in fast:
-        np.testing.assert_allclose(fast[name], slow[name], atol=1e-5, err_msg=name)
+    for stratified in (True, False):
+        fast = bootstrap_binary(y, probs[:, 1], yhat, {e.name: e.metadata["vectorised"] for e in metrics},
+                                n_resamples=60, seed=3, stratified=stratified)
+        slow = bootstrap_loop(y, probs, yhat, {e.name: e.obj for e in metrics}, n_resamples=60, seed=3,
+                              stratified=stratified)
+        for name in fast:
+            np.testing.assert_allclose(fast[name], slow[name], atol=1e-5, err_msg=name)
+
+
+def test_unstratified_resamples_vary_the_prevalence_and_stratified_ones_do_not():
+    y = np.r_[np.ones(30, int), np.zeros(70, int)]
+    fixed = np.concatenate([W @ y for W in resample_weights(y, None, 200, seed=0)])
+    varying = np.concatenate([W @ y for W in resample_weights(y, None, 200, seed=0, stratified=False)])
+    assert (fixed == 30).all()
+    assert varying.std() > 3  # binomial: sd sqrt(100 * 0.3 * 0.7) = 4.6
+
+
+def test_vectorised_calibration_slope_equals_the_fitted_one():
+    from medcls.stats.bootstrap import WeightedBinary
+    from medcls.stats.calibration import calibration_slope_intercept
+
+    rng = np.random.default_rng(2)
+    p1 = rng.uniform(0.05, 0.95, 300)
+    y = (rng.random(300) < p1 ** 1.5).astype(int)
+    W = np.vstack([np.ones(300), rng.poisson(1.0, 300)]).astype(np.float32)
+    slopes = WeightedBinary.build(W, y, p1, (p1 >= 0.5).astype(int)).calibration_slope()
+    assert slopes[0] == pytest.approx(calibration_slope_intercept(y, p1)["slope"], abs=1e-6)
+    index = np.repeat(np.arange(300), W[1].astype(int))
+    assert slopes[1] == pytest.approx(calibration_slope_intercept(y[index], p1[index])["slope"], abs=1e-6)
 
 
 def test_vectorised_multiclass_equals_the_loop(registries):
@@ -42,7 +66,7 @@ def test_vectorised_multiclass_equals_the_loop(registries):
     assert {e.name for e in chosen} >= {"roc_auc", "sensitivity", "specificity", "brier"}
     fast = bootstrap_multiclass(y, probs, yhat, {e.name: (e.metadata["vectorised"], e.metadata["multiclass"])
                                                  for e in chosen}, n_resamples=40, seed=2)
-    slow = bootstrap_loop(y, probs, yhat, {e.name: e.obj for e in chosen}, n_resamples=40, seed=2)
+    slow = bootstrap_loop(y, probs, yhat, {e.name: e.obj for e in chosen}, n_resamples=40, seed=2, stratified=True)
     for name in fast:
         np.testing.assert_allclose(fast[name], slow[name], atol=1e-5, err_msg=name)
 
@@ -64,10 +88,16 @@ def test_interval_methods_follow_the_data(registries):
     independent = assess(probs, y, 0.5, metrics, n_resamples=200)
     methods = {k: v["method"] for k, v in independent["intervals"].items()}
     assert methods["sensitivity"] == "Wilson" and methods["roc_auc"] == "DeLong"
-    assert methods["f1"] == "stratified bootstrap" and methods["brier"] == "stratified bootstrap"
+    # prevalence-dependent figures resample without fixing the class sizes; skewed ones get BCa
+    assert methods["f1"] == methods["brier"] == methods["pr_auc"] == "bootstrap (unstratified, BCa)"
+    assert methods["balanced_accuracy"] == "bootstrap (stratified by class, BCa)"
+    assert methods["ece"] == "bootstrap (unstratified, basic interval)"
     patients = np.repeat(np.arange(100), 2)
     clustered = assess(probs, y, 0.5, metrics, patients=patients, n_resamples=200)
-    assert {v["method"] for v in clustered["intervals"].values()} == {"cluster bootstrap (patients)"}
+    methods = {k: v["method"] for k, v in clustered["intervals"].items()}
+    assert methods["sensitivity"] == methods["roc_auc"] == "cluster bootstrap (patients, stratified by class)"
+    assert methods["ppv"] == methods["npv"] == methods["accuracy"] == "cluster bootstrap (patients, unstratified)"
+    assert all(m.startswith("cluster bootstrap (patients, ") for m in methods.values())
     # Resampling patients (pairs of correlated images) is not narrower than pretending independence.
     width = lambda a, m: a["intervals"][m]["high"] - a["intervals"][m]["low"]  # noqa: E731
     assert width(clustered, "roc_auc") > 0.5 * width(independent, "roc_auc")

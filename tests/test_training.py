@@ -42,8 +42,8 @@ def test_metrics_json_has_the_gap_report(run_dir):
             assert name in metrics[split], (split, name)
     assert metrics["gap"]["roc_auc"] == pytest.approx(metrics["train"]["roc_auc"] - metrics["test"]["roc_auc"])
     # Synthetic patients have two slices each: intervals resample patients, not images.
-    assert metrics["intervals"]["test"]["sensitivity"]["method"] == "cluster bootstrap (patients)"
-    assert metrics["intervals"]["test"]["roc_auc"]["method"] == "cluster bootstrap (patients)"
+    assert metrics["intervals"]["test"]["sensitivity"]["method"] == "cluster bootstrap (patients, stratified by class)"
+    assert metrics["intervals"]["test"]["roc_auc"]["method"] == "cluster bootstrap (patients, stratified by class)"
     assert set(metrics["operating"]["test"]["table"]) == {"tp", "fp", "tn", "fn"}
 
 
@@ -156,7 +156,8 @@ def test_evaluate_writes_html_subgroups_patient_level_and_refuses_missing_column
     assert "ppv_at_prevalence_0.1" in metrics["operating"]["all"]["values"]
     page = (tmp_path / "e" / "report.html").read_text()
     assert page.startswith("<!doctype html>") and page.count("data:image/png;base64,") >= 4
-    assert "Subgroups by <code>site</code>" in page
+    assert "Subgroups of the all cases by <code>site</code>" in page
+    assert set(metrics["subgroup_differences"]) == {"site0", "site1"}  # each site against the rest
     missing = CliRunner().invoke(cli, [*args, "--by", "scanner"])
     assert missing.exit_code == 4 and "--by column 'scanner' does not exist in the data (available: site)" in missing.stderr
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from medcls.reports import plots
 from medcls.reports.report import (
     GAP_HEADER,
     Document,
@@ -12,6 +13,8 @@ from medcls.reports.report import (
     format_value,
     gap_rows,
 )
+
+from medcls.stats.subgroups import FIGURES
 
 if TYPE_CHECKING:
     from medcls.config import TrainConfig
@@ -45,6 +48,38 @@ def subgroup_rows(subgroups: dict) -> list[list[str]]:
         rows.append([value, str(values["n"]), *[format_value(values.get(m), intervals.get(m))
                                                   for m in ("roc_auc", "sensitivity", "specificity")]])
     return rows
+
+
+def difference_rows(differences: dict) -> list[list[str]]:
+    rows = []
+    for value, figures in differences.items():
+        if "not_compared" in figures:
+            rows.append([value, "-", "-", f"not compared: {figures['not_compared']}", "-"])
+            continue
+        for name in FIGURES:
+            r = figures[name]
+            rows.append([value, name, f"{r['value_in']:.3f} vs {r['value_out']:.3f}",
+                         f"{r['difference']:+.3f} ({r['low']:+.3f} to {r['high']:+.3f})"
+                         + (" **interval excludes 0**" if r["flagged"] else ""),
+                         f"{r['p_value']:.3g} / {r['p_holm']:.3g}"])
+    return rows
+
+
+def add_subgroups(doc: Document, column: str, subgroups: dict, differences: dict, out: Path, where: str) -> None:
+    """The subgroup table, each subgroup's difference from the rest with its test, and a forest plot."""
+    doc.heading(f"Subgroups of the {where} by `{column}`")
+    doc.table([column, "n", "roc_auc", "sensitivity", "specificity"], subgroup_rows(subgroups))
+    if not differences:
+        return
+    methods = sorted({f[n]["method"] for f in differences.values() if "not_compared" not in f for n in f})
+    compared = sum(1 for f in differences.values() if "not_compared" not in f)
+    doc.paragraph(f"Each subgroup against the rest of the {where} ({'; '.join(methods)}); p-values raw and "
+                  f"Holm-adjusted over all {3 * compared} comparisons. A difference whose interval excludes 0 "
+                  "is marked; with many subgroups, read the adjusted p-value before concluding.")
+    doc.table([column, "figure", "subgroup vs rest", "difference (95% interval)", "p (raw / Holm)"],
+              difference_rows(differences))
+    if plots.plot_forest(differences, column, out / "subgroups_forest.png"):
+        doc.image(out / "subgroups_forest.png", "Subgroup differences from the rest")
 
 
 def training_document(config: TrainConfig, data: PreparedData, summary: dict, scoring: dict):
@@ -95,6 +130,6 @@ def training_document(config: TrainConfig, data: PreparedData, summary: dict, sc
         doc.heading(f"Patient level ({config.patient_level} of image scores)")
         add_assessment(doc, scoring["patient_level"]["test"], data.classes, "test split")
     if scoring["subgroups"]:
-        doc.heading(f"Subgroups of the test split by `{config.by}`")
-        doc.table([config.by, "n", "roc_auc", "sensitivity", "specificity"], subgroup_rows(scoring["subgroups"]))
+        add_subgroups(doc, config.by, scoring["subgroups"], scoring["subgroup_differences"], Path(summary["out"]),
+                      "test split")
     return doc

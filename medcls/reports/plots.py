@@ -228,3 +228,24 @@ def save_grid(panels, path: Path, columns: int = 4) -> None:
         overlay(ax, picture, heat, title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def plot_forest(differences: dict, column: str, path: Path) -> bool:
+    """Forest plot of each subgroup's difference from the rest (sensitivity, specificity, ROC AUC)
+    with its interval; flagged differences (interval excludes 0) in red. False when nothing to plot."""
+    from medcls.stats.subgroups import FIGURES
+
+    rows = [(value, name, figures[name]) for value, figures in differences.items() if "not_compared" not in figures
+            for name in FIGURES]
+    if not rows:
+        return False
+    fig, ax = subplots(figsize=(6.5, 0.9 + 0.32 * len(rows)))
+    for y, (value, name, row) in enumerate(reversed(rows)):
+        colour = "tab:red" if row["flagged"] else "black"
+        ax.errorbar(row["difference"], y, xerr=[[row["difference"] - row["low"]], [row["high"] - row["difference"]]],
+                    fmt="o", color=colour, capsize=3)
+    ax.axvline(0, color="grey", linestyle=":")
+    ax.set_yticks(range(len(rows)), [f"{plain(value)}: {name.replace('_', ' ')}" for value, name, _ in reversed(rows)])
+    label_axes(ax, "difference from the rest (95% interval)", "", f"Subgroups by {plain(column)}")
+    save(fig, path)
+    return True

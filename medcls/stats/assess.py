@@ -17,6 +17,14 @@ from medcls.stats.operating_points import predictive_values
 
 LEVEL = 0.95
 PROPORTIONS = ("sensitivity", "specificity", "ppv", "npv", "accuracy")
+# Figures that condition on the true class: a bootstrap stratified by class is right for them. Every
+# other figure depends on the prevalence, which must vary between resamples as between samples.
+PREVALENCE_FREE = ("sensitivity", "specificity", "roc_auc", "balanced_accuracy")
+# Plug-in estimates the bootstrap pushes further from the truth (ECE is biased upwards): basic
+# (reverse-percentile) intervals, which correct for that, instead of percentile ones.
+BASIC_INTERVAL = ("ece",)
+# Skewed statistics whose percentile intervals under-cover: bias-corrected and accelerated (BCa).
+BCA_INTERVAL = ("pr_auc", "f1", "mcc", "balanced_accuracy", "brier")
 FIXED_POINTS = (0.90, 0.95)
 LOOP_RESAMPLES = 1000  # for metrics without a vectorised form
 
@@ -42,10 +50,11 @@ def decisions(probs: np.ndarray, threshold: float | None) -> np.ndarray:
     return probs.argmax(1).astype(np.int64)
 
 
-def split_results(probs: np.ndarray, labels: np.ndarray, threshold: float | None, metrics) -> dict:
-    """Every registered metric on one whole split (never averaged over batches), plus loss and n."""
+def split_results(probs: np.ndarray, labels: np.ndarray, threshold: float | None, metrics, y_pred=None) -> dict:
+    """Every registered metric on one whole split (never averaged over batches), plus loss and n.
+    `y_pred` overrides the decisions (cross-validation: each fold's own threshold)."""
 
-    y_pred = decisions(probs, threshold)
+    y_pred = decisions(probs, threshold) if y_pred is None else y_pred
     values = {"n": int(len(labels)), "loss": cross_entropy(probs, labels)}
     for entry in metrics:
         try:
@@ -72,14 +81,17 @@ def aggregate_patients(probs: np.ndarray, labels: np.ndarray, patients: np.ndarr
     return np.stack([1 - p1, p1], 1), label
 
 
-def intervals(probs, labels, threshold, metrics, *, groups=None, level=LEVEL, n_resamples=2000, seed=0) -> dict:
-    """An interval for every metric. Independent cases: Wilson for proportions, DeLong for ROC AUC,
-    stratified bootstrap for the rest. Several images per patient: a patient-level (cluster)
-    bootstrap for everything, since image-level formulas would be too narrow."""
+def intervals(probs, labels, threshold, metrics, *, groups=None, level=LEVEL, n_resamples=2000, seed=0,
+              y_pred=None) -> dict:
+    """An interval for every metric, by the method that covered 95 % in medcls's coverage study
+    (benchmarks/interval_coverage.py, docs/intervals.md). Independent cases: Wilson for the
+    proportions, DeLong for ROC AUC. Otherwise a bootstrap, over patients when they have several
+    images (image-level formulas would be too narrow): stratified by class for figures conditional
+    on the class (PREVALENCE_FREE), unstratified for those that depend on prevalence; BCa for
+    skewed statistics, the basic interval for ECE."""
 
-    y_pred = decisions(probs, threshold)
+    y_pred = decisions(probs, threshold) if y_pred is None else y_pred
     clustered = groups is not None and len(np.unique(groups)) < len(groups)
-    boot_name = "cluster bootstrap (patients)" if clustered else "stratified bootstrap"
     binary = probs.shape[1] == 2
     out, vectorised, one_vs_rest, looped = {}, {}, {}, {}
     tp, fp, tn, fn = confusion_counts(labels, y_pred, 1) if binary else (0, 0, 0, 0)
@@ -100,19 +112,30 @@ def intervals(probs, labels, threshold, metrics, *, groups=None, level=LEVEL, n_
         else:
             looped[entry.name] = entry.obj
     options = dict(groups=groups if clustered else None, n_resamples=n_resamples, level=level, seed=seed)
-    found = {}
-    if vectorised:
-        found.update(bootstrap_binary(labels, probs[:, 1], y_pred, vectorised, **options))
-    if one_vs_rest:
-        found.update(bootstrap_multiclass(labels, probs, y_pred, one_vs_rest, **options))
-    for name, (low, high) in found.items():
-        out[name] = {"low": low, "high": high, "method": boot_name, "level": level, "resamples": n_resamples}
+
+    def record(found: dict, stratified: bool, resamples: int) -> None:
+        for name, (low, high) in found.items():
+            kind = "stratified by class" if stratified else "unstratified"
+            how = ", basic interval" if name in BASIC_INTERVAL else ", BCa" if name in BCA_INTERVAL else ""
+            method = f"cluster bootstrap (patients, {kind}{how})" if clustered else f"bootstrap ({kind}{how})"
+            out[name] = {"low": low, "high": high, "method": method, "level": level, "resamples": resamples}
+
+    for stratified in (True, False):
+        chosen = {k: v for k, v in vectorised.items() if (k in PREVALENCE_FREE) == stratified}
+        if chosen:
+            record(bootstrap_binary(labels, probs[:, 1], y_pred, chosen, stratified=stratified,
+                                    basic=tuple(k for k in chosen if k in BASIC_INTERVAL),
+                                    bca=tuple(k for k in chosen if k in BCA_INTERVAL), **options),
+                   stratified, n_resamples)
+        chosen = {k: v for k, v in one_vs_rest.items() if (k in PREVALENCE_FREE) == stratified}
+        if chosen:
+            record(bootstrap_multiclass(labels, probs, y_pred, chosen, stratified=stratified, **options),
+                   stratified, n_resamples)
     if looped:
         # One Python call per resample: capped, and the count used is recorded beside the interval.
         options["n_resamples"] = min(n_resamples, LOOP_RESAMPLES)
-        for name, (low, high) in bootstrap_loop(labels, probs, y_pred, looped, **options).items():
-            out[name] = {"low": low, "high": high, "method": boot_name, "level": level,
-                         "resamples": options["n_resamples"]}
+        record(bootstrap_loop(labels, probs, y_pred, looped, stratified=False, **options), False,
+               options["n_resamples"])
     if binary and clustered:
         bound_collapsed(out, labels, y_pred, groups, probs[:, 1], level)
     return out
@@ -171,9 +194,11 @@ def operating_figures(probs, labels, threshold, *, groups=None, prevalence=None,
         return figures
     point = WeightedBinary.build(np.ones((1, len(labels)), np.float32), labels, probs[:, 1], y_pred)
     clustered = groups is not None and len(np.unique(groups)) < len(groups)
+    # Figures at a fixed point condition on the class (PPV/NPV at a stated prevalence too). They are
+    # quantiles of the ROC curve, for which the jackknife (and so BCa) is unreliable: percentile.
     bounds = bootstrap_binary(labels, probs[:, 1], y_pred, statistics, groups=groups if clustered else None,
                               n_resamples=n_resamples, level=level, seed=seed)
-    method = "cluster bootstrap (patients)" if clustered else "stratified bootstrap"
+    method = "cluster bootstrap (patients, stratified by class)" if clustered else "bootstrap (stratified by class)"
     for name, fn in statistics.items():
         low, high = bounds[name]
         figures["values"][name] = {"value": float(np.asarray(fn(point))[0]), "low": low, "high": high,
@@ -182,8 +207,9 @@ def operating_figures(probs, labels, threshold, *, groups=None, prevalence=None,
 
 
 def assess(probs, labels, threshold, metrics, *, patients=None, patient_level=None, prevalence=None,
-           n_resamples=2000, seed=0, where="split") -> dict:
-    """Everything reported for one split, at image level or (patient_level = mean/max) per patient."""
+           n_resamples=2000, seed=0, where="split", y_pred=None) -> dict:
+    """Everything reported for one split, at image level or (patient_level = mean/max) per patient.
+    `y_pred` (image level only) overrides the decisions at `threshold`."""
     check_probabilities(probs, where)
     level_name = "image"
     groups = patients
@@ -192,12 +218,14 @@ def assess(probs, labels, threshold, metrics, *, patients=None, patient_level=No
             raise DataError(f"{where}: patient-level scores need patient ids (a patient_id column or --patient-from-dicom)")
         probs, labels = aggregate_patients(probs, labels, patients, patient_level)
         groups, level_name = None, f"patient ({patient_level} of image scores)"
-    values = split_results(probs, labels, threshold, metrics)
+    values = split_results(probs, labels, threshold, metrics, y_pred)
     notes = []
     if len(np.unique(labels)) < 2:
         notes.append(f"ROC AUC, PR AUC and one of sensitivity/specificity are not computable: "
                      f"the {where} split has only one class")
-    elif probs.shape[1] == 2 and values.get("roc_auc") in (0.0, 1.0):
+    elif probs.shape[1] == 2:
+        notes += filter(None, [small_sample(labels, groups)])
+    if len(np.unique(labels)) == 2 and probs.shape[1] == 2 and values.get("roc_auc") in (0.0, 1.0):
         notes.append(f"the scores separate the classes perfectly on {len(labels)} cases: bootstrap intervals "
                      "would collapse to a point, so those figures carry Wilson or DeLong bounds over the "
                      "independent cases or patients instead; read them with the sample size")
@@ -205,12 +233,30 @@ def assess(probs, labels, threshold, metrics, *, patients=None, patient_level=No
         "level": level_name,
         "per_class": per_class_figures(probs, labels, threshold),
         "values": values,
-        "intervals": intervals(probs, labels, threshold, metrics, groups=groups, n_resamples=n_resamples, seed=seed),
+        "intervals": intervals(probs, labels, threshold, metrics, groups=groups, n_resamples=n_resamples, seed=seed,
+                               y_pred=y_pred),
         "operating": operating_figures(probs, labels, threshold, groups=groups, prevalence=prevalence,
                                        n_resamples=n_resamples, seed=seed),
         "notes": notes,
         "patients": None if patients is None else int(len(np.unique(patients))),
     }
+
+
+SMALL_SAMPLE = 20  # fewer units (images, or patients) of a class than this: bootstrap intervals under-cover
+
+
+def small_sample(labels: np.ndarray, groups) -> str | None:
+    """The warning printed beside the intervals when the smaller class has too few independent
+    units for bootstrap intervals to reach 95 % (measured in docs/intervals.md), else None."""
+    clustered = groups is not None and len(np.unique(groups)) < len(groups)
+    unit = "patients" if clustered else "images"
+    counts = [len(np.unique(groups[labels == c])) if clustered else int((labels == c).sum()) for c in (0, 1)]
+    if min(counts) >= SMALL_SAMPLE:
+        return None
+    return (f"small sample ({counts[1]} positive and {counts[0]} negative {unit}): bootstrap intervals (F1, MCC, "
+            "PR AUC, Brier, balanced accuracy, calibration slope, figures at a fixed sensitivity or specificity) "
+            "covered only about 85-94 % instead of 95 % at this size in medcls's coverage study "
+            "(docs/intervals.md); Wilson and DeLong intervals held")
 
 
 def assess_subgroups(probs, labels, threshold, metrics, column: np.ndarray, name: str, *, patients=None,

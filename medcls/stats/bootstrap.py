@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from medcls.stats.metrics import ECE_BINS
+from medcls.stats.metrics import ECE_BINS, logit
 
 DEFAULT_RESAMPLES = 2000
 CHUNK = 250  # resamples per weight matrix: 250 x 10,000 float32 is 10 MB
@@ -24,15 +24,20 @@ def unit_indices(n: int, groups: np.ndarray | None) -> np.ndarray:
     return units
 
 
-def resample_weights(labels: np.ndarray, groups: np.ndarray | None, n_resamples: int, seed: int):
-    """Yield (b, n) float32 weight matrices, stratified by class (a patient's class is its
-    highest label), drawing whole patients when `groups` is given."""
+def resample_weights(labels: np.ndarray, groups: np.ndarray | None, n_resamples: int, seed: int,
+                     stratified: bool = True):
+    """Yield (b, n) float32 weight matrices, drawing whole patients when `groups` is given.
+    Stratified by class (a patient's class is its highest label), the class sizes stay fixed: right
+    for figures conditional on the class (sensitivity, specificity, ROC AUC). Unstratified, the
+    prevalence varies as it does between samples: needed for PPV, NPV, accuracy, F1, MCC, PR AUC,
+    Brier, ECE and calibration, which depend on it."""
     rng = np.random.default_rng(seed)
     units = unit_indices(len(labels), groups)
     n_units = units.max() + 1
     unit_label = np.zeros(n_units, dtype=np.int64)
     np.maximum.at(unit_label, units, labels)
-    strata = [np.flatnonzero(unit_label == c) for c in np.unique(unit_label)]
+    strata = [np.flatnonzero(unit_label == c) for c in np.unique(unit_label)] if stratified else \
+        [np.arange(n_units)]
     done = 0
     while done < n_resamples:
         b = min(CHUNK, n_resamples - done)
@@ -58,6 +63,9 @@ class WeightedBinary:
     total: np.ndarray
     brier_sum: np.ndarray
     ece_sum: np.ndarray
+    W: np.ndarray | None = None  # the weights, for statistics that need the cases (calibration slope)
+    y: np.ndarray | None = None
+    p1: np.ndarray | None = None
 
     @classmethod
     def build(cls, W: np.ndarray, y: np.ndarray, p1: np.ndarray, yhat: np.ndarray) -> "WeightedBinary":
@@ -76,7 +84,7 @@ class WeightedBinary:
             pos_level=np.add.reduceat(W_sorted * pos[order], starts, axis=1),
             neg_level=np.add.reduceat(W_sorted * ~pos[order], starts, axis=1),
             total=W.sum(1), brier_sum=W @ ((p1 - pos) ** 2).astype(np.float32),
-            ece_sum=np.abs(W @ calibration).sum(1),
+            ece_sum=np.abs(W @ calibration).sum(1), W=W, y=y, p1=p1,
         )
 
     @staticmethod
@@ -115,6 +123,28 @@ class WeightedBinary:
     def ece(self):
         return self.divide(self.ece_sum, self.total)
 
+    def calibration_slope(self):
+        """The logistic recalibration slope (Van Calster et al. 2019) of every resample at once:
+        Newton steps on the weighted log-likelihood of y ~ a + b logit(p), a 2x2 system each."""
+        z, y = logit(self.p1.astype(np.float64)), self.y.astype(np.float64)
+        W = self.W.astype(np.float64)
+        beta = np.zeros((len(W), 2))
+        for _ in range(25):
+            p = 1 / (1 + np.exp(-(beta[:, :1] + beta[:, 1:] * z[None])))
+            r, v = W * (y[None] - p), W * p * (1 - p)
+            g = np.stack([r.sum(1), r @ z], 1)
+            h00, h01, h11 = v.sum(1) + 1e-9, v @ z, v @ (z * z) + 1e-9
+            det = h00 * h11 - h01 * h01
+            with np.errstate(divide="ignore", invalid="ignore"):
+                step = np.stack([(h11 * g[:, 0] - h01 * g[:, 1]) / det, (h00 * g[:, 1] - h01 * g[:, 0]) / det], 1)
+            step = np.nan_to_num(np.clip(step, -5, 5))
+            beta += step
+            if np.abs(step).max() < 1e-8:
+                break
+        # perfect separation in a resample: no finite slope
+        separated = (W * (y[None] == 1)).sum(1) * (W * (y[None] == 0)).sum(1) == 0
+        return np.where(separated | (np.abs(beta[:, 1]) > 50), np.nan, beta[:, 1])
+
     def roc_points(self):
         """TPR and FPR at each distinct threshold, highest first."""
         positives, negatives = self.pos_level.sum(1, keepdims=True), self.neg_level.sum(1, keepdims=True)
@@ -148,22 +178,81 @@ def percentile_interval(samples: np.ndarray, level: float) -> tuple[float, float
     return float(low), float(high)
 
 
+def basic_interval(samples: np.ndarray, estimate: float, level: float) -> tuple[float, float]:
+    """The basic (reverse-percentile) bootstrap interval [2e - q_high, 2e - q_low]: it corrects for a
+    statistic the bootstrap moves away from the truth in the same direction as the estimate (the
+    plug-in ECE, biased upwards), which percentile intervals do not."""
+    low, high = percentile_interval(samples, level)
+    return 2 * estimate - high, 2 * estimate - low
+
+
+def bca_interval(samples: np.ndarray, estimate: float, jackknife: np.ndarray, level: float) -> tuple[float, float]:
+    """Efron's bias-corrected and accelerated interval: percentiles shifted by the bootstrap's
+    median bias (z0) and scaled by the jackknife's skewness (acceleration)."""
+    from scipy.stats import norm
+
+    samples, jackknife = samples[np.isfinite(samples)], jackknife[np.isfinite(jackknife)]
+    if len(samples) < 10 or len(jackknife) < 3:
+        return percentile_interval(samples, level)
+    below = (np.sum(samples < estimate) + 0.5 * np.sum(samples == estimate)) / len(samples)
+    z0 = norm.ppf(np.clip(below, 1 / len(samples), 1 - 1 / len(samples)))
+    d = jackknife.mean() - jackknife
+    denominator = 6 * (d @ d) ** 1.5
+    a = float((d ** 3).sum() / denominator) if denominator > 0 else 0.0
+    z = norm.ppf([(1 - level) / 2, (1 + level) / 2])
+    adjusted = norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z)))
+    low, high = np.percentile(samples, 100 * np.clip(adjusted, 0, 1))
+    return float(low), float(high)
+
+
+JACKKNIFE_GROUPS = 200
+
+
+def jackknife_weights(n: int, groups: np.ndarray | None) -> np.ndarray:
+    """Weights leaving out one unit (image or patient) per row; with more units than
+    JACKKNIFE_GROUPS, a grouped (delete-d) jackknife over that many random groups of units, which
+    estimates BCa's acceleration as well at a fraction of the cost."""
+    units = unit_indices(n, groups)
+    count = units.max() + 1
+    if count > JACKKNIFE_GROUPS:
+        units = (np.random.default_rng(0).permutation(count) % JACKKNIFE_GROUPS)[units]
+        count = JACKKNIFE_GROUPS
+    return (units[None, :] != np.arange(count)[:, None]).astype(np.float32)
+
+
 def bootstrap_binary(y, p1, yhat, statistics: dict, *, groups=None, n_resamples=DEFAULT_RESAMPLES,
-                     level=0.95, seed=0) -> dict[str, tuple[float, float]]:
-    """Percentile intervals of `statistics` (name -> fn(WeightedBinary) -> (b,) array)."""
+                     level=0.95, seed=0, stratified: bool = True, basic: tuple = (),
+                     bca: tuple = ()) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of `statistics` (name -> fn(WeightedBinary) -> (b,) array); for the
+    names in `basic`, basic bootstrap intervals (never below 0); for those in `bca`, BCa ones."""
     collected = {name: [] for name in statistics}
-    for W in resample_weights(y, groups, n_resamples, seed):
+    for W in resample_weights(y, groups, n_resamples, seed, stratified):
         stats = WeightedBinary.build(W, y, p1, yhat)
         for name, fn in statistics.items():
             collected[name].append(np.asarray(fn(stats), dtype=np.float64))
-    return {name: percentile_interval(np.concatenate(values), level) for name, values in collected.items()}
+    out = {}
+    point = WeightedBinary.build(np.ones((1, len(y)), np.float32), y, p1, yhat) if basic or bca else None
+    jackknife = WeightedBinary.build(jackknife_weights(len(y), groups), y, p1, yhat) if bca else None
+    for name, values in collected.items():
+        samples = np.concatenate(values)
+        if name in bca:
+            estimate = float(np.asarray(statistics[name](point))[0])
+            out[name] = bca_interval(samples, estimate, np.asarray(statistics[name](jackknife), np.float64), level)
+        elif name in basic:
+            estimate = float(np.asarray(statistics[name](point))[0])
+            low, high = basic_interval(samples, estimate, level)
+            out[name] = (max(low, 0.0), high)  # ECE and Brier are never negative
+        else:
+            out[name] = percentile_interval(samples, level)
+    return out
 
 
 def bootstrap_loop(y, probs, yhat, functions: dict, *, groups=None, n_resamples=DEFAULT_RESAMPLES,
-                   level=0.95, seed=0) -> dict[str, tuple[float, float]]:
-    """The same intervals for metrics without a vectorised form: one call per resample."""
+                   level=0.95, seed=0, stratified: bool = False) -> dict[str, tuple[float, float]]:
+    """The same intervals for metrics without a vectorised form: one call per resample. Not
+    stratified by default: a plugin's metric may depend on prevalence."""
     collected = {name: [] for name in functions}
-    for W in resample_weights(y, groups, n_resamples, seed):
+    for W in resample_weights(y, groups, n_resamples, seed, stratified):
         for row in W.astype(np.int64):
             index = np.repeat(np.arange(len(y)), row)
             for name, fn in functions.items():
@@ -175,12 +264,12 @@ def bootstrap_loop(y, probs, yhat, functions: dict, *, groups=None, n_resamples=
 
 
 def bootstrap_multiclass(y, probs, yhat, statistics: dict, *, groups=None, n_resamples=DEFAULT_RESAMPLES,
-                         level=0.95, seed=0) -> dict[str, tuple[float, float]]:
+                         level=0.95, seed=0, stratified: bool = True) -> dict[str, tuple[float, float]]:
     """Intervals of one-vs-rest metrics of a K-class task: `statistics` maps a name to
     (fn(WeightedBinary) -> (b,), 'macro' or 'sum'), combined over the K binary problems."""
     collected = {name: [] for name in statistics}
     classes = range(probs.shape[1])
-    for W in resample_weights(y, groups, n_resamples, seed):
+    for W in resample_weights(y, groups, n_resamples, seed, stratified):
         per_class = [WeightedBinary.build(W, (y == c).astype(np.int64), probs[:, c], (yhat == c).astype(np.int64))
                      for c in classes]
         for name, (fn, combine) in statistics.items():

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-EPS = 1e-7
-
-
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, EPS, 1 - EPS)
-    return np.log(p / (1 - p))
+from medcls.stats.metrics import logit  # noqa: F401  (imported from here by callers)
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, offset: np.ndarray | None = None, slope: bool = True):
@@ -28,9 +23,12 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, offset: np.ndarray | None = None,
     return beta
 
 
-def calibration_slope_intercept(y: np.ndarray, p1: np.ndarray) -> dict:
+def calibration_slope_intercept(y: np.ndarray, p1: np.ndarray, *, groups=None, n_resamples: int = 0,
+                                level: float = 0.95, seed: int = 0) -> dict:
     """Slope (1 is ideal; < 1 means over-confident) and calibration-in-the-large intercept
-    (0 is ideal), as recommended by Van Calster et al. (2019) for clinical prediction models."""
+    (0 is ideal), as recommended by Van Calster et al. (2019) for clinical prediction models.
+    With `n_resamples`, the slope's interval from an unstratified (patient-level with `groups`)
+    percentile bootstrap: calibration depends on prevalence, so the class sizes must vary."""
     if len(np.unique(y)) < 2:
         return {"slope": float("nan"), "intercept": float("nan"), "not_computable": "only one class"}
     if p1[y == 1].min() > p1[y != 1].max():
@@ -40,7 +38,19 @@ def calibration_slope_intercept(y: np.ndarray, p1: np.ndarray) -> dict:
     z = logit(p1)
     (_, slope) = fit_logistic(z, y.astype(np.float64))
     (intercept,) = fit_logistic(np.zeros_like(z), y.astype(np.float64), offset=z, slope=False)
-    return {"slope": float(slope), "intercept": float(intercept)}
+    out = {"slope": float(slope), "intercept": float(intercept)}
+    if n_resamples:
+        from medcls.stats.bootstrap import WeightedBinary, bootstrap_binary
+
+        clustered = groups is not None and len(np.unique(groups)) < len(groups)
+        (low, high), = bootstrap_binary(y, p1, (p1 >= 0.5).astype(np.int64),
+                                        {"slope": WeightedBinary.calibration_slope}, groups=groups if clustered else None,
+                                        n_resamples=n_resamples, level=level, seed=seed, stratified=False,
+                                        bca=("slope",)).values()
+        out.update(slope_low=low, slope_high=high, level=level,
+                   method="cluster bootstrap (patients, unstratified, BCa)" if clustered else
+                   "bootstrap (unstratified, BCa)")
+    return out
 
 
 def reliability_curve(y: np.ndarray, p1: np.ndarray, bins: int = 10) -> dict:

@@ -122,6 +122,12 @@ def mcc(y_true, probs, y_pred) -> float:
 
 
 ECE_BINS = 15
+LOGIT_EPS = 1e-7
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, LOGIT_EPS, 1 - LOGIT_EPS)
+    return np.log(p / (1 - p))
 
 
 def ece(y_true, probs, y_pred) -> float:

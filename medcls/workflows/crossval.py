@@ -16,7 +16,6 @@ from medcls.errors import ConfigError, DataError
 from medcls.logs import logger
 from medcls.reports.report import Document, format_value, spread
 from medcls.stats.assess import assess
-from medcls.stats.intervals import wilson
 from medcls.workflows.train import open_run, train
 
 
@@ -80,22 +79,14 @@ def cross_validate(config, registries, *, progress_factory=None) -> dict:
 
     scored = kept[oof_fold[kept] > 0]
     labels, probs = data.labels[scored], oof_probs[scored]
-    threshold_free = [m for m in registries["metrics"] if not m.metadata.get("needs_threshold")]
     patients = data.patients(np.flatnonzero(np.isin(kept, scored)))
-    pooled = assess(probs, labels, 0.5 if len(data.classes) == 2 else None, threshold_free, patients=patients, n_resamples=config.bootstrap,
-                    seed=config.seed, where="out-of-fold predictions")
+    # Each case's decision is its own fold's (each fold picks its threshold on its validation split);
+    # the intervals follow the single-run rules: Wilson/DeLong for independent cases, a cluster
+    # bootstrap over patients when they have several images.
+    pooled = assess(probs, labels, 0.5 if len(data.classes) == 2 else None, list(registries["metrics"]),
+                    patients=patients, n_resamples=config.bootstrap, seed=config.seed,
+                    where="out-of-fold predictions", y_pred=oof_decision[scored])
     pooled_values = {k: v for k, v in pooled["values"].items() if isinstance(v, float)}
-    correct = oof_decision[scored] == labels
-    if len(data.classes) == 2:
-        positive, negative = labels == 1, labels == 0
-        for name, hits, total in (("sensitivity", int(correct[positive].sum()), int(positive.sum())),
-                                  ("specificity", int(correct[negative].sum()), int(negative.sum()))):
-            pooled_values[name] = hits / total if total else float("nan")
-            low, high = wilson(hits, total)
-            pooled["intervals"][name] = {"low": low, "high": high, "method": "Wilson", "level": 0.95}
-    pooled_values["accuracy"] = float(correct.mean())
-    low, high = wilson(int(correct.sum()), len(correct))
-    pooled["intervals"]["accuracy"] = {"low": low, "high": high, "method": "Wilson", "level": 0.95}
 
     write_oof(out / "oof_predictions.csv", data, scored, oof_probs, oof_fold, oof_decision)
     result = {"folds": config.folds, "per_fold": per_fold, "pooled": pooled_values,

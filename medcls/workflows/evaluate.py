@@ -17,7 +17,7 @@ from medcls.core.runs import load_model, write_predictions
 from medcls.data.prepared import PreparedData, prepare_data
 from medcls.errors import DataError
 from medcls.reports import plots
-from medcls.reports.documents import case_flow, subgroup_rows
+from medcls.reports.documents import add_subgroups, case_flow
 from medcls.reports.report import (
     GAP_HEADER,
     Document,
@@ -27,6 +27,7 @@ from medcls.reports.report import (
     write_metrics_json,
 )
 from medcls.stats.assess import assess, assess_subgroups
+from medcls.stats.subgroups import compare_subgroups
 from medcls.stats.calibration import calibration_slope_intercept
 from medcls.stats.intervals import paired_delong
 
@@ -152,8 +153,10 @@ def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, p
     assessed = assess(probs, labels, threshold, metrics, patients=patients, where=f"{split} cases", **options)
     per_patient = (assess(probs, labels, threshold, metrics, patients=patients, patient_level=patient_level,
                           where=f"{split} cases", **options) if patient_level else None)
-    subgroups = {}
+    subgroups, differences = {}, {}
     if by:
+        differences = compare_subgroups(probs, labels, threshold, prepared.column(rows, by), patients=patients,
+                                        n_resamples=n_resamples, seed=config.seed)
         subgroups = assess_subgroups(probs, labels, threshold, metrics, prepared.column(rows, by), by,
                                      patients=patients, **options)
     calibration = calibration_slope_intercept(labels, probs[:, 1]) if probs.shape[1] == 2 else None
@@ -176,6 +179,7 @@ def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, p
         "per_class": {split: assessed["per_class"]},
         "threshold": threshold, "data": config.data, "calibration": {split: calibration},
         "patient_level": None if per_patient is None else {split: per_patient}, "subgroups": subgroups,
+        "subgroup_differences": differences,
         "notes": {split: assessed["notes"]}, "tta": tta,
         "without_tta": None if without_tta is None else {split: without_tta["values"],
                                                          "intervals": without_tta["intervals"]},
@@ -203,8 +207,7 @@ def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, p
         doc.heading(f"Patient level ({patient_level} of image scores)")
         add_assessment(doc, per_patient, classes, f"{split} cases")
     if subgroups:
-        doc.heading(f"Subgroups by `{by}`")
-        doc.table([by, "n", "roc_auc", "sensitivity", "specificity"], subgroup_rows(subgroups))
+        add_subgroups(doc, by, subgroups, differences, out, f"{split} cases")
     trained = run / "metrics.json"
     if trained.is_file():
         saved = json.loads(trained.read_text())

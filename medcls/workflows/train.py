@@ -47,6 +47,7 @@ from medcls.logs import logger
 from medcls.reports import plots, report
 from medcls.reports.documents import training_document
 from medcls.stats.assess import assess, assess_subgroups, split_results
+from medcls.stats.subgroups import compare_subgroups
 from medcls.stats.calibration import calibration_slope_intercept, fit_temperature
 from medcls.stats.operating_points import choose_threshold
 
@@ -299,6 +300,7 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
         "per_class": {s: a["per_class"] for s, a in scoring["assessed"].items()},
         "calibration": scoring["calibration"], "level": {s: a["level"] for s, a in scoring["assessed"].items()},
         "patient_level": scoring["patient_level"], "subgroups": scoring["subgroups"],
+        "subgroup_differences": scoring["subgroup_differences"],
         "notes": {s: a["notes"] for s, a in scoring["assessed"].items()},
         **({"members": extra_metrics} if extra_metrics else {}),
     })
@@ -372,15 +374,19 @@ def score_splits(config: TrainConfig, registries, data: PreparedData, rows: dict
     if config.patient_level:
         patient_level = {s: assess(p, y, threshold, metrics, patients=patients[s], where=f"{s} split",
                                    patient_level=config.patient_level, **options) for s, (p, y) in scores.items()}
-    subgroups = {}
+    subgroups, differences = {}, {}
     if config.by:
-        subgroups = assess_subgroups(*scores["test"], threshold, metrics, data.column(rows["test"], config.by),
-                                     config.by, patients=patients["test"], where="test ", **options)
+        column = data.column(rows["test"], config.by)
+        subgroups = assess_subgroups(*scores["test"], threshold, metrics, column, config.by,
+                                     patients=patients["test"], where="test ", **options)
+        differences = compare_subgroups(*scores["test"], threshold, column, patients=patients["test"],
+                                        n_resamples=config.bootstrap, seed=config.seed)
     calibration = {s: calibration_slope_intercept(y, p[:, 1]) for s, (p, y) in scores.items() if p.shape[1] == 2}
     return {"scores": scores, "threshold": threshold, "temperature": temperature, "assessed": assessed,
             "results": results, "intervals": {s: a["intervals"] for s, a in assessed.items()},
             "reading": report.read_gap(results["train"], results["val"], results["test"]),
-            "patient_level": patient_level, "subgroups": subgroups, "calibration": calibration,
+            "patient_level": patient_level, "subgroups": subgroups, "subgroup_differences": differences,
+            "calibration": calibration,
             "groups": patients["test"]}
 
 

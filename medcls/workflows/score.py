@@ -1,0 +1,251 @@
+"""Scoring predictions from any tool (R, MONAI, a vendor's CAD output, another medcls run): the
+evaluation a medcls run gets, from a CSV file of labels and probabilities.
+
+The file has a label column and either a probability column per class (`p_<class>`, as medcls's
+own predictions.csv) or one column with P(positive) for a binary task (`--score COLUMN`);
+optionally a split column (train/val/test), a patient column and subgroup columns. The operating
+point is chosen on the validation rows by the same rules as a training run (never on test), or
+given; every split present is scored with intervals, the test split first.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medcls.data.cases import SPLIT_ALIASES, Case
+from medcls.data.loading import class_names
+from medcls.errors import ConfigError, DataError
+from medcls.reports import plots
+from medcls.reports.documents import add_subgroups
+from medcls.reports.report import Document, add_assessment, format_value, write_metrics_json
+from medcls.stats.assess import assess, assess_subgroups
+from medcls.stats.calibration import calibration_slope_intercept
+from medcls.stats.operating_points import choose_threshold
+from medcls.stats.subgroups import compare_subgroups
+from medcls.stats.intervals import compare_predictions
+
+SPLIT_ORDER = ("test", "val", "train", "all")
+
+
+@dataclass
+class PredictionFile:
+    """Labels, class probabilities and the optional columns of one predictions file."""
+
+    path: Path
+    keys: list[str]
+    classes: list[str]  # binary: the positive class last
+    labels: np.ndarray  # (N,) class indices
+    probs: np.ndarray  # (N, K) probabilities
+    splits: np.ndarray  # (N,) train / val / test, or "all" without a split column
+    patients: np.ndarray | None
+    columns: dict[str, np.ndarray] = field(default_factory=dict)  # every column as text, for --by
+
+    def rows(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.splits == split)
+
+
+def read_prediction_file(path, *, label_column: str = "label", score_column: str | None = None,
+                         key_column: str = "key", split_column: str = "split", patient_column: str | None = None,
+                         positive_class: str | None = None) -> PredictionFile:
+    """Read and check a predictions CSV; every problem is a one-line DataError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"predictions file '{path}' does not exist")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            header = list(reader.fieldnames or [])
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"predictions file '{path}' cannot be read as CSV ({exc})") from None
+    if not rows:
+        raise DataError(f"predictions file '{path}' has no rows")
+    for column in filter(None, (label_column, score_column, patient_column)):
+        if column not in header:
+            raise DataError(f"predictions file '{path}' has no column {column!r} (columns: {', '.join(header)})")
+    labels_text = [row[label_column].strip() for row in rows]
+    empty = [i for i, label in enumerate(labels_text) if not label]
+    if empty:
+        raise DataError(f"predictions file '{path}', row {empty[0] + 2}: the label is empty")
+    prob_columns = [c for c in header if c.startswith("p_")]
+    named = sorted(set(labels_text) | {c[2:] for c in prob_columns} if score_column is None else set(labels_text))
+    classes = class_names([Case(key=n, label=n) for n in named], positive_class, str(path))
+    if score_column is not None:
+        if len(classes) != 2:
+            raise DataError(f"predictions file '{path}': --score gives P(positive) of a binary task, but the labels "
+                            f"have {len(classes)} classes: give a p_<class> column per class instead")
+        p1 = numbers(rows, score_column, path)
+        probs = np.stack([1 - p1, p1], 1)
+    else:
+        missing = [c for c in classes if f"p_{c}" not in header]
+        if missing:
+            raise DataError(f"predictions file '{path}' has no probability column for class(es) "
+                            f"{', '.join(missing)}: give p_<class> columns (as medcls's predictions.csv) or, for a "
+                            "binary task, --score COLUMN with P(positive)")
+        probs = np.stack([numbers(rows, f"p_{c}", path) for c in classes], 1)
+        if len(classes) > 2 and np.abs(probs.sum(1) - 1).max() > 1e-3:
+            bad = int(np.argmax(np.abs(probs.sum(1) - 1)))
+            raise DataError(f"predictions file '{path}', row {bad + 2}: the class probabilities sum to "
+                            f"{probs[bad].sum():.4g}, not 1: write softmax outputs")
+        if len(classes) == 2:
+            probs = np.stack([1 - probs[:, 1], probs[:, 1]], 1)  # P(positive) decides, as in a run
+    outside = np.flatnonzero((probs < 0).any(1) | (probs > 1).any(1))
+    if len(outside):
+        raise DataError(f"predictions file '{path}', row {outside[0] + 2}: a probability outside [0, 1] "
+                        f"({probs[outside[0]].max():.4g}): write probabilities, not logits or scores")
+    splits = np.array(["all"] * len(rows), dtype=object)
+    if split_column in header:
+        named_splits = [SPLIT_ALIASES.get(row[split_column].strip().lower()) for row in rows]
+        unknown = [i for i, s in enumerate(named_splits) if s is None]
+        if unknown:
+            raise DataError(f"predictions file '{path}', row {unknown[0] + 2}: split {rows[unknown[0]][split_column]!r} "
+                            "is not train, val or test")
+        splits = np.array(named_splits, dtype=object)
+    keys = [row[key_column] for row in rows] if key_column in header else [str(i + 2) for i in range(len(rows))]
+    patients = np.array([row[patient_column] for row in rows]) if patient_column else None
+    return PredictionFile(path, keys, classes, np.array([classes.index(label) for label in labels_text]),
+                          probs, splits.astype(str), patients,
+                          {c: np.array([row[c] for row in rows]) for c in header})
+
+
+def numbers(rows: list[dict], column: str, path: Path) -> np.ndarray:
+    values = np.empty(len(rows))
+    for i, row in enumerate(rows):
+        try:
+            values[i] = float(row[column])
+        except (TypeError, ValueError):
+            raise DataError(f"predictions file '{path}', row {i + 2}: {row[column]!r} in column {column!r} is not a "
+                            "number") from None
+        if not math.isfinite(values[i]):
+            raise DataError(f"predictions file '{path}', row {i + 2}: column {column!r} is {row[column]}")
+    return values
+
+
+def operating_point(file: PredictionFile, threshold: float | None, rule: str, target: float) -> tuple[float | None, str]:
+    """The binary threshold and where it came from: given, or chosen on the validation rows."""
+    if len(file.classes) != 2:
+        return None, "most probable class (multi-class)"
+    if threshold is not None:
+        return float(threshold), f"{threshold:g}, given"
+    if rule == "fixed":
+        return 0.5, "0.5, fixed"
+    val = file.rows("val")
+    if not len(val):
+        raise ConfigError(f"predictions file '{file.path}' has no validation rows to choose the operating point "
+                          f"on by {rule!r}: add a split column with val rows, or give --threshold (never choose "
+                          "it on the test rows)")
+    chosen = choose_threshold(rule, file.labels[val], file.probs[val, 1], target=target, where="validation")
+    return chosen, f"{chosen:.4f}, chosen on {len(val)} validation rows by `{rule}`"
+
+
+def score_predictions(path, registries, *, out, label_column: str = "label", score_column: str | None = None,
+                      split_column: str = "split", patient_column: str | None = None, positive_class: str | None = None,
+                      threshold: float | None = None, threshold_rule: str = "youden", target: float = 0.95,
+                      by: str | None = None, prevalence: float | None = None, n_resamples: int = 2000,
+                      seed: int = 0) -> dict:
+    """Every split of a predictions file scored as a medcls run scores its splits; writes
+    metrics.json, report.md and report.html into `out` (a new or empty folder)."""
+    file = read_prediction_file(path, label_column=label_column, score_column=score_column,
+                                split_column=split_column, patient_column=patient_column,
+                                positive_class=positive_class)
+    if by is not None and by not in file.columns:
+        raise DataError(f"predictions file '{file.path}' has no column {by!r} for --by "
+                        f"(columns: {', '.join(file.columns)})")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out '{out}' exists and is not an empty folder: give a new one (nothing is overwritten)")
+    chosen, how = operating_point(file, threshold, threshold_rule, target)
+    metrics = list(registries["metrics"])
+    splits = [s for s in SPLIT_ORDER if len(file.rows(s))]
+    assessed, calibration, subgroups, differences = {}, {}, {}, {}
+    for split in splits:
+        rows = file.rows(split)
+        patients = None if file.patients is None else file.patients[rows]
+        options = dict(prevalence=prevalence, n_resamples=n_resamples, seed=seed)
+        assessed[split] = assess(file.probs[rows], file.labels[rows], chosen, metrics, patients=patients,
+                                 where=f"{split} rows of '{file.path.name}'", **options)
+        if len(file.classes) == 2:
+            calibration[split] = calibration_slope_intercept(file.labels[rows], file.probs[rows, 1], groups=patients,
+                                                             n_resamples=n_resamples, seed=seed)
+        if by is not None and split == splits[0]:
+            subgroups = assess_subgroups(file.probs[rows], file.labels[rows], chosen, metrics, file.columns[by][rows],
+                                         by, patients=patients, where=f"{split} rows: ", **options)
+            differences = compare_subgroups(file.probs[rows], file.labels[rows], chosen, file.columns[by][rows],
+                                            patients=patients, n_resamples=n_resamples, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    main = splits[0]
+    rows = file.rows(main)
+    plots.plot_roc({main: (file.probs[rows], file.labels[rows], chosen)}, file.classes, out / "roc.png",
+                   groups=None if file.patients is None else file.patients[rows], highlight=main)
+    if len(file.classes) == 2:
+        plots.plot_calibration(file.probs[rows], file.labels[rows], out / "calibration.png")
+    result = {
+        "source": str(file.path), "classes": file.classes, "threshold": chosen, "operating_point": how,
+        **{s: assessed[s]["values"] for s in splits},
+        "intervals": {s: assessed[s]["intervals"] for s in splits},
+        "operating": {s: assessed[s]["operating"] for s in splits},
+        "level": {s: assessed[s]["level"] for s in splits}, "notes": {s: assessed[s]["notes"] for s in splits},
+        "per_class": {s: assessed[s]["per_class"] for s in splits},
+        "calibration": calibration, "subgroups": subgroups, "subgroup_differences": differences, "splits": splits,
+    }
+    write_metrics_json(out / "metrics.json", result)
+    score_document(file, result, assessed, by, out).write(out)
+    result["out"] = str(out)
+    return result
+
+
+def score_document(file: PredictionFile, result: dict, assessed: dict, by: str | None, out: Path) -> Document:
+    doc = Document(f"Scores of '{file.path.name}'")
+    doc.heading("Cases")
+    counts = [[s, str(len(file.rows(s))), "-" if file.patients is None else str(len(set(file.patients[file.rows(s)]))),
+               ", ".join(f"{c} {int((file.labels[file.rows(s)] == i).sum())}" for i, c in enumerate(file.classes))]
+              for s in result["splits"]]
+    doc.table(["split", "rows", "patients", "per class"], counts)
+    doc.bullets([f"Source: `{file.path}`; classes {', '.join(file.classes)}"
+                 + (f" (positive: {file.classes[1]})." if len(file.classes) == 2 else "."),
+                 f"Operating point: {result['operating_point']}."])
+    for split in result["splits"]:
+        doc.heading(f"{split.capitalize()} rows")
+        add_assessment(doc, assessed[split], file.classes, f"{split} rows")
+        slope = result["calibration"].get(split)
+        if slope and not slope.get("not_computable"):
+            bounds = {"low": slope["slope_low"], "high": slope["slope_high"]} if "slope_low" in slope else None
+            doc.paragraph(f"Calibration slope {format_value(slope['slope'], bounds)} (ideal 1; "
+                          f"{slope.get('method', 'no interval')}), intercept {slope['intercept']:.3f} (ideal 0).")
+    doc.image(out / "roc.png", "ROC with 95% band")
+    if (out / "calibration.png").exists():
+        doc.image(out / "calibration.png", "Calibration")
+    if result["subgroups"]:
+        add_subgroups(doc, by, result["subgroups"], result["subgroup_differences"], out, f"{result['splits'][0]} rows")
+    return doc
+
+
+def compare_prediction_files(path_a, path_b, *, split: str | None = None, threshold_rule: str = "youden",
+                             target: float = 0.95, **columns) -> dict:
+    """Two prediction files for the same cases (matched by key): paired DeLong for ROC AUC, exact
+    McNemar for sensitivity and specificity, each at its own operating point from its validation rows."""
+    a, b = (read_prediction_file(p, **columns) for p in (path_a, path_b))
+    if a.classes != b.classes:
+        raise DataError(f"'{a.path}' and '{b.path}' have different classes: {a.classes} vs {b.classes}")
+    if len(a.classes) != 2:
+        raise DataError(f"'{a.path}': comparing prediction files needs a binary task")
+    chosen_split = split or next(s for s in SPLIT_ORDER if len(a.rows(s)))
+    thresholds = [operating_point(f, None, threshold_rule, target)[0] for f in (a, b)]
+    rows_a = a.rows(chosen_split)
+    index_b = {key: i for i, key in enumerate(b.keys) if b.splits[i] == chosen_split}
+    missing = [a.keys[i] for i in rows_a if a.keys[i] not in index_b]
+    if missing or len(index_b) != len(rows_a):
+        raise DataError(f"'{a.path}' and '{b.path}' hold different {chosen_split} cases ({len(missing)} of "
+                        f"{len(rows_a)} keys in the first are not in the second, e.g. {missing[:1]}): compare "
+                        "predictions for the same cases, matched by the key column")
+    rows_b = np.array([index_b[a.keys[i]] for i in rows_a])
+    if not np.array_equal(a.labels[rows_a], b.labels[rows_b]):
+        raise DataError(f"'{a.path}' and '{b.path}' give different labels for the same keys")
+    result = compare_predictions(a.labels[rows_a], a.probs[rows_a], b.probs[rows_b], *thresholds)
+    result["split"] = chosen_split
+    return result

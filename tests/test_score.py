@@ -1,0 +1,141 @@
+"""`medcls score`: a CSV of predictions from any tool scored as a run is; `compare` on two files."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import medcls
+from medcls.cli import cli
+from tests.test_cli import assert_one_line_error
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, request):
+    """A run on independent images (one per patient), whose predictions.csv medcls score re-reads."""
+    from tests.conftest import save_png
+
+    root = tmp_path_factory.mktemp("score")
+    rng = np.random.default_rng(1)
+    for label in ("no", "yes"):
+        for i in range(30):
+            image = (rng.random((32, 32)) * 80).astype(np.uint8)
+            if label == "yes" or i % 7 == 0:  # a few hard negatives: not a perfect separation
+                image[8:20, 8:20] = 160 + rng.integers(0, 60)
+            save_png(root / "images" / label / f"{label}{i}.png", image)
+    out = root / "run"
+    result = run("train", "--data", root / "images", "--out", out, "--backbone", "test_resnet", "--no-pretrained",
+                 "--image-size", "32", "--epochs", "2", "--finetune-epochs", "8", "--lr", "0.01", "--set", "bootstrap=300",
+                 "--set", "val_fraction=0.3", "--set", "test_fraction=0.3")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_score_equals_the_run_that_wrote_the_predictions(trained, tmp_path):
+    scores = medcls.score(trained / "predictions.csv", out=tmp_path / "scores", bootstrap=300)
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert scores.threshold == pytest.approx(metrics["threshold"], abs=1e-6)
+    assert list(scores.splits) == ["test", "val", "train"]
+    for name, value in metrics["test"].items():
+        if isinstance(value, float) and name in scores.test and not np.isnan(value):
+            assert scores.test[name].value == pytest.approx(value, abs=2e-6), name
+    for name in ("sensitivity", "specificity", "ppv", "roc_auc"):  # Wilson / DeLong: the same inputs, the same bounds
+        interval = metrics["intervals"]["test"][name]
+        assert (scores.test[name].low, scores.test[name].high) == pytest.approx((interval["low"], interval["high"]),
+                                                                                 abs=2e-6)
+    for name in ("report.md", "report.html", "metrics.json", "roc.png"):
+        assert (tmp_path / "scores" / name).is_file()
+    assert "chosen on" in (tmp_path / "scores" / "report.md").read_text()
+
+
+def test_score_from_the_cli_with_a_single_score_column_and_patients(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(120):
+        label = int(rng.random() < 0.4)
+        p = float(np.clip(0.5 + (0.25 if label else -0.25) + rng.normal(0, 0.2), 0.01, 0.99))
+        rows.append([f"img{i}", f"pt{i // 2}", "val" if i < 60 else "test", "malignant" if label else "benign",
+                     f"{p:.5f}", "ab"[i % 2]])
+    path = write_csv(tmp_path / "cad.csv", ["image", "patient", "split", "truth", "prob", "site"], rows)
+    result = run("score", path, "--label-column", "truth", "--score", "prob", "--patient-column", "patient",
+                 "--by", "site", "--bootstrap", "200")
+    assert result.exit_code == 0, result.output
+    assert "chosen on 60 validation rows by `youden`" in result.output
+    assert result.output.splitlines()[1].startswith("test (60 rows): roc_auc ")
+    written = json.loads((tmp_path / "cad-scores" / "metrics.json").read_text())
+    assert written["classes"] == ["benign", "malignant"]
+    assert written["intervals"]["test"]["ppv"]["method"] == "cluster bootstrap (patients, unstratified)"
+    assert set(written["subgroups"]) == set(written["subgroup_differences"]) == {"a", "b"}
+    assert written["subgroup_differences"]["a"]["roc_auc"]["method"] == "cluster bootstrap (patients)"
+    assert (tmp_path / "cad-scores" / "subgroups_forest.png").is_file()
+    assert "Holm-adjusted" in (tmp_path / "cad-scores" / "report.md").read_text()
+    again = run("score", path, "--label-column", "truth", "--score", "prob", "--bootstrap", "200")
+    assert again.exit_code == 0 and (tmp_path / "cad-scores-2" / "metrics.json").is_file()  # nothing overwritten
+
+
+@pytest.mark.parametrize("header, rows, args, fragments", [
+    (["label", "p_no", "p_yes"], [["yes", "0.2", "0.8"], ["no", "x", "0.1"]], [],
+     ["row 3", "'x' in column 'p_no' is not a number"]),
+    (["label", "p_no", "p_yes"], [["yes", "-0.2", "1.2"], ["no", "0.9", "0.1"]], [],
+     ["row 2", "outside [0, 1]", "not logits"]),
+    (["label", "p_cat"], [["cat", "0.2"], ["dog", "0.8"]], [], ["neither name says", "positive_class"]),
+    (["label", "p_no"], [["yes", "0.2"], ["no", "0.8"]], [], ["no probability column for class(es) yes", "--score"]),
+    (["truth", "p_no", "p_yes"], [["yes", "0.2", "0.8"]], [], ["no column 'label'", "columns: truth, p_no, p_yes"]),
+    (["label", "p_no", "p_yes"], [["yes", "0.2", "0.8"], ["no", "0.7", "0.3"]], [],
+     ["no validation rows", "--threshold", "never choose it on the test rows"]),
+    (["label", "split", "p_no", "p_yes"], [["yes", "holdout2", "0.2", "0.8"]], [], ["row 2", "'holdout2'"]),
+])
+def test_bad_prediction_files_are_one_line(tmp_path, header, rows, args, fragments):
+    path = write_csv(tmp_path / "p.csv", header, rows)
+    assert_one_line_error(run("score", path, "--out", tmp_path / "out", *args), str(path), *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_file_and_an_occupied_out_folder(tmp_path):
+    assert_one_line_error(run("score", tmp_path / "none.csv"), "does not exist")
+    path = write_csv(tmp_path / "p.csv", ["label", "p_no", "p_yes"], [["yes", "0.2", "0.8"], ["no", "0.7", "0.3"]])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("keep")
+    assert_one_line_error(run("score", path, "--out", tmp_path / "out", "--threshold", "0.5"), "not an empty folder")
+    assert (tmp_path / "out" / "mine.txt").read_text() == "keep"
+
+
+def test_compare_two_prediction_files_pairs_cases_by_key(tmp_path):
+    from medcls.stats.intervals import paired_delong
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(200) < 0.5).astype(int)
+    good = np.clip(0.5 + (y - 0.5) * 0.6 + rng.normal(0, 0.2, 200), 0, 1)
+    weak = np.clip(0.5 + (y - 0.5) * 0.2 + rng.normal(0, 0.2, 200), 0, 1)
+    split = np.where(np.arange(200) < 80, "val", "test")
+    header = ["key", "split", "label", "p_normal", "p_tumour"]
+    a = write_csv(tmp_path / "a.csv", header, [[f"k{i}", split[i], "tumour" if y[i] else "normal", 1 - good[i],
+                                                 good[i]] for i in range(200)])
+    order = rng.permutation(200)  # the other tool wrote its rows in another order
+    b = write_csv(tmp_path / "b.csv", header, [[f"k{i}", split[i], "tumour" if y[i] else "normal", 1 - weak[i],
+                                                 weak[i]] for i in order])
+    result = run("compare", a, b, "--out", tmp_path / "c.json")
+    assert result.exit_code == 0, result.output
+    written = json.loads((tmp_path / "c.json").read_text())
+    test = np.arange(80, 200)
+    expected = paired_delong(y[test], good[test], weak[test])
+    assert written["split"] == "test" and written["n"] == 120
+    assert written["auc"]["difference"] == pytest.approx(expected["difference"])
+    assert written["auc"]["p_value"] == pytest.approx(expected["p_value"])
+    other = write_csv(tmp_path / "c.csv", header, [[f"z{i}", split[i], "tumour" if y[i] else "normal", 0.5, 0.5]
+                                                    for i in range(200)])
+    assert_one_line_error(run("compare", a, other), "different test cases", "key column")
