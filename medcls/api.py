@@ -144,7 +144,8 @@ def list_backbones(pattern: str | None = None, *, pretrained: bool = False) -> l
 
 
 def create_classifier(backbone: str, num_classes: int, *, in_chans: int = 3, pretrained: bool = False,
-                      dropout: float = 0.0, weights: str | None = None, slices: int = 0, **backbone_args):
+                      dropout: float = 0.0, weights: str | None = None, slices: int = 0,
+                      input_shape: tuple | None = None, **backbone_args):
     """A medcls classifier (backbone, input normalisation, dropout, new head) like
     `timm.create_model`: it takes images in [0, 1] and returns class logits. Pretrained weights are
     never replaced by random ones silently: unavailable weights raise WeightsUnavailableError."""
@@ -153,7 +154,7 @@ def create_classifier(backbone: str, num_classes: int, *, in_chans: int = 3, pre
     if num_classes < 2:
         raise ConfigError(f"num_classes = {num_classes}: a classifier needs at least 2 classes")
     model, _ = build_classifier(make_registries(), backbone, num_classes, in_chans, dropout, pretrained, weights, slices,
-                                backbone_args=backbone_args or None)
+                                backbone_args=backbone_args or None, input_shape=input_shape)
     return model
 
 
@@ -501,6 +502,13 @@ class Run:
     def decide(self, inputs) -> np.ndarray:
         """The class name per input at the stored operating point (binary) or the most probable class."""
         return np.array(self.classes, dtype=object)[self.predictor.decide(self.predict(inputs))]
+
+    def refer(self, inputs) -> np.ndarray:
+        """Per input, whether it goes to a human reader: its split-conformal prediction set (fitted on
+        validation at `abstain_coverage`) is not a single class. An error for runs trained without it."""
+        if self.predictor.conformal is None:
+            raise ConfigError(f"run '{self.path}' was trained without abstention (abstain_coverage none)")
+        return self.predictor.refer(self.predict(inputs))
 
     def predictions(self, inputs, progress=None):
         """Per-input probabilities, decisions and read errors (medcls.workflows.predict.Predictions)."""

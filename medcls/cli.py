@@ -149,7 +149,8 @@ def yaml_value(text: str):
 @click.option("--unfreeze-blocks", type=int, help="Blocks stage 2 unfreezes (-1: all).")
 @click.option("--lr", type=float, help="Stage-1 learning rate.")
 @click.option("--batch-size", type=int, help="Images per training step.")
-@click.option("--image-size", type=int, help="Images are resized to this many pixels square.")
+@click.option("--image-size", callback=lambda ctx, param, value: int(value) if value and value.isdigit() else value,
+              help="Images are resized to this many pixels square; 'auto': from the source size.")
 @click.option("--window", help="DICOM window: header (default), brain, lung, soft_tissue, bone, ... or 'centre,width'.")
 @click.option("--format", "format_", help="Dataset layout (default: detect; see `medcls list datasets`).")
 @click.option("--path-column", help="Manifest column with the image file.")

@@ -46,12 +46,12 @@ class TrainConfig:
     split_column: str | None = option(None, "manifest column holding train/val/test ('split' if present)", 'data')
     image_root: str | None = option(None, "folder manifest paths are relative to (default: the manifest's folder)", 'data')
     patient_from_dicom: bool = option(False, "group images by the DICOM header's PatientID (never printed)", 'data')
-    positive_class: str | None = option(None, 'binary tasks: the class called positive (default: the last name)', 'data')
+    positive_class: str | None = option(None, 'binary tasks: the class called positive (default: the other of a pair where one name means negative: normal, no, benign, ...)', 'data')
     val_fraction: float = option(0.15, 'share of patients held out for validation when the data has no split', 'data')
     test_fraction: float = option(0.15, 'share of patients held out for testing when the data has no split', 'data')
     strict: bool = option(False, 'fail on the first unreadable image instead of skipping and listing it', 'data')
     window: str = option("header", "DICOM intensity window: header, a preset (brain, lung, soft_tissue, ...) or 'centre,width'", 'data')
-    image_size: int = option(224, 'images are resized to image_size x image_size', 'data')
+    image_size: int | str = option(224, "images are resized to image_size x image_size; 'auto': from the source images' size (medcls.data.loading.auto_image_size)", 'data')
     volume_size: str = option("64", '3D backbones: the training grid in voxels, one number (a cube) or z,y,x', 'data')
     slices: int = option(0, '2.5D: a 2D backbone reads volumes slice by slice with this many adjacent slices as channels (odd, e.g. 3); 0: off', 'data')
     slice_pooling: str = option("mean", '2.5D: per-slice features to one per volume: mean, max or attention', 'data')
@@ -92,6 +92,7 @@ class TrainConfig:
     patient_level: str | None = option(None, "also score per patient: mean or max of a patient's image scores", 'evaluation')
     by: str | None = option(None, 'manifest column for a subgroup table (site, sex, scanner, ...)', 'evaluation')
     bootstrap: int = option(2000, 'bootstrap resamples for intervals (seeded by `seed`)', 'evaluation')
+    abstain_coverage: float | None = option(0.95, "split-conformal prediction sets fitted on validation that hold the true class with this probability per class; a case whose set is not one class is referred (predict says so); none: off", 'evaluation')
     # --- run: seeds, devices, caching, ensembles, cross-validation and the run folder ---
     ensemble: int = option(0, 'train N members (bagging) and report their averaged probabilities beside them; 0: one model', 'run')
     bagging: bool = option(True, 'ensemble members train on bootstrap resamples of the training patients (else all of them)', 'run')
@@ -156,6 +157,7 @@ RANGES = {
     "target": (0.0, 1.0, False, False),
     "threshold": (0.0, 1.0, True, True),
     "prevalence": (0.0, 1.0, False, False),
+    "abstain_coverage": (0.0, 1.0, False, False),
     "bootstrap": (20, 1_000_000, True, True),  # tests use few; reports want 2,000
     "ensemble": (0, 1000, True, True),
     "folds": (0, 1000, True, True),
@@ -173,6 +175,9 @@ def type_error(key: str, value: Any) -> str | None:
         return None if "None" in hint else "a value is required"
     if hint.startswith("bool"):
         return None if isinstance(value, bool) else "expected true or false"
+    if hint.startswith("int | str"):
+        return None if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)) else \
+            "expected a whole number or 'auto'"
     if hint.startswith("int"):
         return None if isinstance(value, int) and not isinstance(value, bool) else "expected a whole number"
     if hint.startswith("float"):
@@ -200,7 +205,7 @@ def validate(config: TrainConfig, where: str = "config") -> None:
             continue
         if key in CHOICES and value not in CHOICES[key]:
             fail(key, value, f"choose one of {', '.join(CHOICES[key])}")
-        if key in RANGES:
+        if key in RANGES and not isinstance(value, str):
             low, high, low_in, high_in = RANGES[key]
             if (low is not None and (value < low or (value == low and not low_in))) or \
                     (high is not None and (value > high or (value == high and not high_in))):
@@ -319,6 +324,8 @@ def coerce(key: str, value: Any, source: str) -> Any:
             if isinstance(value, bool) or value in (0, 1):
                 return bool(value)
             raise ValueError("expected true or false")
+        if hint.startswith("int | str") and isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
         if hint.startswith("int"):
             if isinstance(value, bool):
                 raise ValueError("expected a whole number")

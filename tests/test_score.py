@@ -92,7 +92,7 @@ def test_score_from_the_cli_with_a_single_score_column_and_patients(tmp_path):
      ["row 3", "'x' in column 'p_no' is not a number"]),
     (["label", "p_no", "p_yes"], [["yes", "-0.2", "1.2"], ["no", "0.9", "0.1"]], [],
      ["row 2", "outside [0, 1]", "not logits"]),
-    (["label", "p_cat"], [["cat", "0.2"], ["dog", "0.8"]], [], ["neither name says", "positive_class"]),
+    (["label", "p_cat"], [["cat", "0.2"], ["dog", "0.8"]], [], ["neither name says", "--positive-class dog"]),
     (["label", "p_no"], [["yes", "0.2"], ["no", "0.8"]], [], ["no probability column for class(es) yes", "--score"]),
     (["truth", "p_no", "p_yes"], [["yes", "0.2", "0.8"]], [], ["no column 'label'", "columns: truth, p_no, p_yes"]),
     (["label", "p_no", "p_yes"], [["yes", "0.2", "0.8"], ["no", "0.7", "0.3"]], [],
@@ -139,3 +139,48 @@ def test_compare_two_prediction_files_pairs_cases_by_key(tmp_path):
     other = write_csv(tmp_path / "c.csv", header, [[f"z{i}", split[i], "tumour" if y[i] else "normal", 0.5, 0.5]
                                                     for i in range(200)])
     assert_one_line_error(run("compare", a, other), "different test cases", "key column")
+
+
+# pROC's own expected values for its aSAH data (tests/testthat/test-var.R, test-roc.test.R)
+PROC_VAR = {"wfns": 0.00146991470882363, "ndka": 0.0031908105493913, "s100b": 0.00266868245717244}
+PROC_AUC = {"wfns": 0.823678861788618, "ndka": 0.611957994579946, "s100b": 0.731368563685637}
+PROC_ROC_TEST = {("wfns", "s100b"): (2.20898359144091, 0.0271757822291882, 0.0104061769564846, 0.174214419249478),
+                 ("wfns", "ndka"): (2.79777591868904, 0.00514557970691098, 0.0634011709339876, 0.3600405634833566),
+                 ("ndka", "s100b"): (-1.39077002573558, 0.164295175223054, -0.2876917446341914, 0.0488706064228094)}
+
+
+def asah():
+    from pathlib import Path
+
+    rows = list(csv.DictReader(open(Path(__file__).parent / "data" / "asah.csv")))
+    y = np.array([r["outcome"] == "Poor" for r in rows], dtype=int)
+    return rows, y, {c: np.array([float(r[c]) for r in rows]) for c in PROC_VAR}
+
+
+@pytest.mark.parametrize("marker", sorted(PROC_VAR))
+def test_delong_variance_equals_proc(marker):
+    from medcls.stats.intervals import delong_auc_variance
+
+    _, y, markers = asah()
+    auc, variance = delong_auc_variance(y, markers[marker])
+    assert auc == pytest.approx(PROC_AUC[marker], abs=1e-12)
+    assert variance == pytest.approx(PROC_VAR[marker], rel=1e-10)
+
+
+def test_compare_of_two_prediction_files_equals_proc_roc_test(tmp_path):
+    """The markers, mapped monotonically into [0, 1] (x / (1 + x): ranks, so DeLong, unchanged),
+    written as two tools' prediction files and compared from the CLI: roc.test's Z, p and interval."""
+    rows, y, markers = asah()
+    header = ["key", "label", "p_Good", "p_Poor"]
+    for (a, b), (z, p, low, high) in PROC_ROC_TEST.items():
+        files = []
+        for marker in (a, b):
+            scores = markers[marker] / (1 + markers[marker])
+            files.append(write_csv(tmp_path / f"{marker}.csv", header,
+                                   [[r["patient"], r["outcome"], 1 - s, s] for r, s in zip(rows, scores)]))
+        result = run("compare", *files, "--positive-class", "Poor", "--threshold-rule", "fixed",
+                     "--out", tmp_path / "c.json")
+        assert result.exit_code == 0, result.output
+        auc = json.loads((tmp_path / "c.json").read_text())["auc"]
+        assert (auc["z"], auc["p_value"]) == pytest.approx((z, p), rel=1e-9)
+        assert (auc["low"], auc["high"]) == pytest.approx((low, high), abs=1e-8)  # qnorm's last digits

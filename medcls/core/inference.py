@@ -39,6 +39,7 @@ class Predictor:
     temperature: float | None = None  # temperature scaling fitted on validation (None: uncalibrated)
     threshold: float | None = None  # binary tasks: the operating point chosen on validation
     batch_size: int = 64
+    conformal: dict | None = None  # prediction-set thresholds fitted on validation (medcls.stats.conformal)
 
     @classmethod
     def for_model(cls, model: nn.Module, *, device="auto", precision: str = "auto", channels_last=None,
@@ -90,13 +91,21 @@ class Predictor:
             return (probs[:, 1] >= self.threshold).astype(np.int64)
         return probs.argmax(1)
 
+    def refer(self, probs: np.ndarray) -> np.ndarray | None:
+        """Per row, whether the case goes to a human reader: its conformal prediction set is not a
+        single class. None for runs without abstention."""
+        from medcls.stats.conformal import refer
+
+        return None if self.conformal is None else refer(np.atleast_2d(probs), self.conformal)
+
 
 def run_predictor(model: nn.Module, info: dict, *, device="auto", precision: str = "auto", channels_last=None,
                   batch_size: int = 64) -> Predictor:
     """The predictor of a saved run: its model with the temperature and operating point of its model.json."""
     return Predictor.for_model(model, device=device, precision=precision, channels_last=channels_last,
                                classes=list(info["classes"]), temperature=info.get("temperature"),
-                               threshold=info.get("threshold"), batch_size=batch_size)
+                               threshold=info.get("threshold"), batch_size=batch_size,
+                               conformal=info.get("conformal"))
 
 
 def as_batches(source: Batches | torch.Tensor | np.ndarray) -> Batches:

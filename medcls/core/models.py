@@ -239,9 +239,11 @@ def read_safetensors(path: str) -> dict:
 
 def build_classifier(registries, backbone_name: str, num_classes: int, in_chans: int, dropout: float,
                      pretrained: bool, weights_file: str | None = None, slices: int = 0,
-                     slice_pooling: str = "mean", backbone_args: dict | None = None) -> tuple[Classifier, str]:
+                     slice_pooling: str = "mean", backbone_args: dict | None = None,
+                     input_shape: tuple | None = None) -> tuple[Classifier, str]:
     """The backbone from the registry, pretrained if asked (never silently random), plus a new
-    head; with `slices` a 2D backbone reads volumes slice by slice (2.5D)."""
+    head; with `slices` a 2D backbone reads volumes slice by slice (2.5D). A backbone registered
+    `sized=True` is told the spatial `input_shape` it will read, to fit its stem to the grid."""
 
     entry = registries["backbones"].get(backbone_name)
     if slices and (entry.metadata.get("spatial_dims", 2) != 2 or slices % 2 == 0 or slices < 1):
@@ -257,6 +259,8 @@ def build_classifier(registries, backbone_name: str, num_classes: int, in_chans:
     # does; for the others medcls copies the state dict in and adapts the first convolution.
     own_loading = bool(entry.metadata.get("loads_weights"))
     args = dict(backbone_args or {}, **({"weights": weights} if own_loading and weights is not None else {}))
+    if entry.metadata.get("sized") and input_shape is not None:
+        args["input_shape"] = tuple(int(v) for v in (input_shape[-2:] if slices else input_shape))
     try:
         backbone = entry.obj(stem_chans, **args)
     except TypeError as exc:

@@ -73,6 +73,10 @@ def medcls_register_backbones(register):
     (``W`` a state dict or a local ``.safetensors`` path; timm's backbones pass them to
     ``timm.create_model(pretrained_cfg_overlay=...)``); otherwise medcls copies the state dict in.
 
+    Register ``sized=True`` when ``create(in_chans, input_shape=(D, H, W) or (H, W), ...)`` fits
+    its stem to the grid it will read (a MONAI ResNet at 28^3 needs a small, unstrided stem); the
+    shape is recorded in model.json and given again when the run is loaded.
+
     Before training, medcls runs the backbone on a batch of two images of the training size: a
     wrong output shape, non-finite features or an input size it cannot take stop the run with one
     line naming the backbone and its plugin.

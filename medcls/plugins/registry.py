@@ -26,7 +26,7 @@ CALLABLE, TEXTS = "a function", "a tuple of text"
 # What each kind of registration may carry besides its object, and of what type: anything else is a
 # plugin error naming the key (`higher_is_beter=False` must not silently leave a metric maximised).
 METADATA = {
-    "backbones": {"spatial_dims": int, "pretrained": bool, "loads_weights": bool, "blocks": CALLABLE, "resolves": CALLABLE,
+    "backbones": {"spatial_dims": int, "pretrained": bool, "loads_weights": bool, "sized": bool, "blocks": CALLABLE, "resolves": CALLABLE,
                   "pretrained_names": CALLABLE},
     "weights": {"offline": bool},
     "policies": {"params": dict, "flips_lr": CALLABLE},

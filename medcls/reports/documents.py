@@ -82,6 +82,71 @@ def add_subgroups(doc: Document, column: str, subgroups: dict, differences: dict
         doc.image(out / "subgroups_forest.png", "Subgroup differences from the rest")
 
 
+def add_abstention(doc: Document, report: dict, classes: list[str]) -> None:
+    """Split-conformal referral on the test split: coverage achieved, referral rate, and the
+    figures on the cases kept."""
+    doc.heading("Abstention: cases referred to a reader")
+    low, high = report["coverage_interval"]
+    per_class = ", ".join(f"{c} {format_value(v)}" for c, v in zip(classes, report["per_class_coverage"]))
+    lines = [f"Prediction sets ({report['method']}) fitted on validation to hold the true class with probability "
+             f"{report['coverage_target']:.0%} for each class; a case whose set is not one class is referred.",
+             f"Test: the set held the true class for {report['coverage']:.3f} ({low:.3f}-{high:.3f}) of "
+             f"{report['n']} cases (per class: {per_class}); {report['referred']} referred "
+             f"({report['referral_rate']:.1%}: {report['ambiguous']} ambiguous, {report['empty']} unlike any "
+             "validation case)."]
+    kept = report.get("kept")
+    if kept:
+        lines.append(f"On the {kept['n']} cases kept: sensitivity "
+                     f"{format_value(kept['sensitivity'], dict(zip(('low', 'high'), kept['sensitivity_interval'])))}, "
+                     f"specificity "
+                     f"{format_value(kept['specificity'], dict(zip(('low', 'high'), kept['specificity_interval'])))} "
+                     "(Wilson), each decided by its single class.")
+    doc.bullets(lines)
+
+
+# Topics of the TRIPOD+AI statement (Collins et al., BMJ 2024;385:e078378) for prediction-model
+# studies, as (topic, where this run answers it or None, what the authors must add). Item numbers
+# are deliberately not repeated: check them against the official checklist when submitting.
+def tripod_ai_rows(facts: dict) -> list[list[str]]:
+    yes, no = "answered", "**not answered by medcls**"
+    rows = [
+        ("Data source, dates and setting", None, "where and when the images were acquired, the care setting"),
+        ("Eligibility and case flow", "Case flow: images found, used and excluded with the reason for each",
+         "inclusion criteria of patients"),
+        ("Data preparation", "Model and training; model.json `preprocessing` (decoding, resizing, windowing)", ""),
+        ("Outcome (reference standard)", f"classes {facts['classes']}, positive class {facts['positive']}",
+         "how the labels were obtained and by whom, blinded or not"),
+        ("Sample size", f"per split in Case flow ({facts['test_n']} test images)",
+         "why this size suffices (e.g. a target interval width)"),
+        ("Missing data", "unreadable images excluded and listed in Case flow", ""),
+        ("Analytical methods: model, training, tuning", "Model and training (backbone, weights, stages, early "
+         "stopping on validation, augmentation policy); config.yaml", ""),
+        ("Class imbalance", f"`class_balance = {facts['class_balance']}`", ""),
+        ("Performance measures and their uncertainty", "split tables: every metric with a 95 % interval and its "
+         "method (docs/intervals.md)", ""),
+        ("Model output and operating point", "Operating point (chosen on validation by the stated rule, applied "
+         "unchanged to test); calibration section", ""),
+        ("Fairness: performance in subgroups", "Subgroups section" if facts["subgroups"] else None,
+         "" if facts["subgroups"] else "rerun with --by COLUMN (site, sex, scanner) to compare subgroups"),
+        ("Training versus evaluation", "Train, validation and test side by side with the gap", ""),
+        ("Clinical utility", "decision curve; abstention section" if facts["abstention"] else "decision curve", ""),
+        ("External validation", None, "the test split comes from the same source as training (internal "
+         "validation); evaluate on data from another site with `medcls evaluate RUN --data OTHER`"),
+        ("Model specification and code availability", "model.safetensors, model.json, manifest.json (versions, "
+         "commit, data hashes); `medcls export` for ONNX", "where the model and code are published"),
+        ("Ethics approval, funding, conflicts, protocol, registration, patient involvement", None,
+         "statements only the authors can make"),
+    ]
+    return [[topic, yes if where else no, where or "", todo] for topic, where, todo in rows]
+
+
+def add_checklist(doc: Document, facts: dict) -> None:
+    doc.heading("Reporting checklist (TRIPOD+AI topics)")
+    doc.paragraph("What this report answers and where, and what it cannot answer, for a prediction-model paper "
+                  "(TRIPOD+AI, Collins et al., BMJ 2024; CLAIM covers the imaging-specific items).")
+    doc.table(["topic", "status", "where in this run", "the authors must add"], tripod_ai_rows(facts))
+
+
 def training_document(config: TrainConfig, data: PreparedData, summary: dict, scoring: dict):
     doc = Document(f"medcls run: {config.backbone} on {config.data}")
     doc.heading("Case flow")
@@ -124,12 +189,20 @@ def training_document(config: TrainConfig, data: PreparedData, summary: dict, sc
     if scoring["calibration"]:
         doc.heading("Calibration")
         doc.table(["split", "slope (ideal 1)", "intercept (ideal 0)", "ECE"],
-                  [[s, format_value(c["slope"]), format_value(c["intercept"]),
-                    format_value(summary["results"][s].get("ece"))] for s, c in scoring["calibration"].items()])
+                  [[s, format_value(c["slope"], {"low": c["slope_low"], "high": c["slope_high"]} if "slope_low" in c
+                                    else None), format_value(c["intercept"]),
+                    format_value(summary["results"][s].get("ece"), summary["intervals"][s].get("ece"))]
+                   for s, c in scoring["calibration"].items()])
+    if scoring.get("abstention"):
+        add_abstention(doc, scoring["abstention"], data.classes)
     if scoring["patient_level"]:
         doc.heading(f"Patient level ({config.patient_level} of image scores)")
         add_assessment(doc, scoring["patient_level"]["test"], data.classes, "test split")
     if scoring["subgroups"]:
         add_subgroups(doc, config.by, scoring["subgroups"], scoring["subgroup_differences"], Path(summary["out"]),
                       "test split")
+    add_checklist(doc, {"classes": ", ".join(data.classes),
+                        "positive": data.classes[1] if len(data.classes) == 2 else "n/a (multi-class)",
+                        "test_n": summary["results"]["test"]["n"], "class_balance": config.class_balance,
+                        "subgroups": bool(scoring["subgroups"]), "abstention": bool(scoring.get("abstention"))})
     return doc

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import expit
+
 from medcls.stats.metrics import ECE_BINS, logit
 
 DEFAULT_RESAMPLES = 2000
@@ -130,7 +132,7 @@ class WeightedBinary:
         W = self.W.astype(np.float64)
         beta = np.zeros((len(W), 2))
         for _ in range(25):
-            p = 1 / (1 + np.exp(-(beta[:, :1] + beta[:, 1:] * z[None])))
+            p = expit(beta[:, :1] + beta[:, 1:] * z[None])
             r, v = W * (y[None] - p), W * p * (1 - p)
             g = np.stack([r.sum(1), r @ z], 1)
             h00, h01, h11 = v.sum(1) + 1e-9, v @ z, v @ (z * z) + 1e-9

@@ -21,20 +21,28 @@ class Predictions:
     probabilities: np.ndarray  # (N, K) float64, calibrated
     decisions: list[str | None]
     errors: list[str]
+    referred: list[bool | None] | None = None  # conformal abstention: refer to a reader (runs that fit it)
 
     @property
     def failed(self) -> int:
         return sum(1 for e in self.errors if e)
 
     def rows(self) -> list[dict]:
-        """As CSV rows: file, prob_<class>..., predicted, error."""
-        return [{"file": name, **{f"prob_{c}": ("" if np.isnan(v) else f"{v:.6f}") for c, v in zip(self.classes, p)},
-                 "predicted": decided or "", "error": error}
-                for name, p, decided, error in zip(self.inputs, self.probabilities, self.decisions, self.errors)]
+        """As CSV rows: file, prob_<class>..., predicted, [refer,] error."""
+        rows = []
+        for i, (name, p, decided, error) in enumerate(zip(self.inputs, self.probabilities, self.decisions,
+                                                          self.errors)):
+            row = {"file": name, **{f"prob_{c}": ("" if np.isnan(v) else f"{v:.6f}") for c, v in zip(self.classes, p)},
+                   "predicted": decided or ""}
+            if self.referred is not None:
+                row["refer"] = "" if self.referred[i] is None else ("yes" if self.referred[i] else "no")
+            rows.append({**row, "error": error})
+        return rows
 
     @property
     def columns(self) -> list[str]:
-        return ["file", *[f"prob_{c}" for c in self.classes], "predicted", "error"]
+        return ["file", *[f"prob_{c}" for c in self.classes], "predicted",
+                *(["refer"] if self.referred is not None else []), "error"]
 
 
 def predict_files(run, inputs, registries, *, batch_size: int = 32, progress=None, device: str = "auto") -> Predictions:
@@ -49,10 +57,14 @@ def predictions_for(read, predictor) -> Predictions:
     classes = predictor.classes
     probabilities = np.full((len(read.rows), len(classes)), np.nan)
     decisions: list[str | None] = [None] * len(read.rows)
+    referred: list[bool | None] | None = None if predictor.conformal is None else [None] * len(read.rows)
     if read.images:
         probs = predictor.probabilities(read.stacked())
         probabilities[read.positions] = probs
         for position, decided in zip(read.positions, predictor.decide(probs)):
             decisions[position] = classes[int(decided)]
+        if referred is not None:
+            for position, flag in zip(read.positions, predictor.refer(probs)):
+                referred[position] = bool(flag)
     return Predictions([r["file"] for r in read.rows], classes, probabilities, decisions,
-                       [r["error"] for r in read.rows])
+                       [r["error"] for r in read.rows], referred)

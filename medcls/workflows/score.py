@@ -74,7 +74,8 @@ def read_prediction_file(path, *, label_column: str = "label", score_column: str
         raise DataError(f"predictions file '{path}', row {empty[0] + 2}: the label is empty")
     prob_columns = [c for c in header if c.startswith("p_")]
     named = sorted(set(labels_text) | {c[2:] for c in prob_columns} if score_column is None else set(labels_text))
-    classes = class_names([Case(key=n, label=n) for n in named], positive_class, str(path))
+    classes = class_names([Case(key=n, label=n) for n in named], positive_class, str(path),
+                          flag="--positive-class ")
     if score_column is not None:
         if len(classes) != 2:
             raise DataError(f"predictions file '{path}': --score gives P(positive) of a binary task, but the labels "

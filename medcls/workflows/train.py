@@ -40,6 +40,7 @@ from medcls.core.runs import (
     write_splits,
 )
 from medcls.data.decoding import StartAgain
+from medcls.data.loading import AUTO_LARGEST, auto_image_size, load_cases
 from medcls.data.prepared import PreparedData, prepare_data
 from medcls.data.readers import parse_window
 from medcls.errors import ConfigError
@@ -47,6 +48,7 @@ from medcls.logs import logger
 from medcls.reports import plots, report
 from medcls.reports.documents import training_document
 from medcls.stats.assess import assess, assess_subgroups, split_results
+from medcls.stats.conformal import conformal_report, fit_conformal
 from medcls.stats.subgroups import compare_subgroups
 from medcls.stats.calibration import calibration_slope_intercept, fit_temperature
 from medcls.stats.operating_points import choose_threshold
@@ -156,7 +158,8 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
 
     model, weights_origin = build_classifier(registries, config.backbone, len(data.classes), data.cache.channels,
                                              config.dropout, config.pretrained, config.weights, config.slices,
-                                             config.slice_pooling, config.backbone_args)
+                                             config.slice_pooling, config.backbone_args,
+                                             input_shape=tuple(data.cache.images.shape[2:]))
     backbone_entry, policy_entry = registries["backbones"].get(config.backbone), registries["policies"].get(config.policy)
     check_backbone_output(model, data.cache.channels, tuple(data.cache.images.shape[2:]), backbone_entry.name,
                           backbone_entry.plugin)
@@ -275,6 +278,7 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
         "slice_pooling": config.slice_pooling, "dropout": config.dropout, "threshold": threshold,
         "threshold_rule": config.threshold_rule, "target": config.target, "window": config.window,
         "temperature": scoring["temperature"], "backbone_args": config.backbone_args,
+        "conformal": scoring["conformal"], "input_shape": list(data.cache.images.shape[2:]),
         "normalisation": normalisation(model),
         "plugins": {"backbone": registries.provenance(registries["backbones"].get(config.backbone))},
         "positive_class": data.classes[1] if len(data.classes) == 2 else None,
@@ -300,7 +304,7 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
         "per_class": {s: a["per_class"] for s, a in scoring["assessed"].items()},
         "calibration": scoring["calibration"], "level": {s: a["level"] for s, a in scoring["assessed"].items()},
         "patient_level": scoring["patient_level"], "subgroups": scoring["subgroups"],
-        "subgroup_differences": scoring["subgroup_differences"],
+        "subgroup_differences": scoring["subgroup_differences"], "abstention": {"test": scoring["abstention"]},
         "notes": {s: a["notes"] for s, a in scoring["assessed"].items()},
         **({"members": extra_metrics} if extra_metrics else {}),
     })
@@ -381,8 +385,15 @@ def score_splits(config: TrainConfig, registries, data: PreparedData, rows: dict
                                      patients=patients["test"], where="test ", **options)
         differences = compare_subgroups(*scores["test"], threshold, column, patients=patients["test"],
                                         n_resamples=config.bootstrap, seed=config.seed)
-    calibration = {s: calibration_slope_intercept(y, p[:, 1]) for s, (p, y) in scores.items() if p.shape[1] == 2}
-    return {"scores": scores, "threshold": threshold, "temperature": temperature, "assessed": assessed,
+    calibration = {s: calibration_slope_intercept(y, p[:, 1], groups=patients[s], n_resamples=config.bootstrap,
+                                                  seed=config.seed)
+                   for s, (p, y) in scores.items() if p.shape[1] == 2}
+    conformal, abstention = None, None
+    val_probs, val_labels = scores["val"]
+    if config.abstain_coverage and len(np.unique(val_labels)) == len(data.classes):
+        conformal = scorer.conformal = fit_conformal(val_probs, val_labels, config.abstain_coverage)
+        abstention = conformal_report(*scores["test"], conformal)
+    return {"conformal": conformal, "abstention": abstention, "scores": scores, "threshold": threshold, "temperature": temperature, "assessed": assessed,
             "results": results, "intervals": {s: a["intervals"] for s, a in assessed.items()},
             "reading": report.read_gap(results["train"], results["val"], results["test"]),
             "patient_level": patient_level, "subgroups": subgroups, "subgroup_differences": differences,
@@ -408,6 +419,10 @@ def checked_config(config: TrainConfig, registries) -> TrainConfig:
     check_names(config, registries)
     if Path(config.data).exists():
         config = dataclasses.replace(config, data=str(Path(config.data).resolve()))
+    if config.image_size == "auto":
+        cases, _, _ = load_cases(dataclasses.replace(config, image_size=AUTO_LARGEST), registries)
+        config = dataclasses.replace(config, image_size=auto_image_size(cases))
+        logger.info(f"image_size auto: {config.image_size} px from the source images")
     return config
 
 

@@ -16,32 +16,47 @@ from medcls import hookimpl
 MEAN, STD = (0.5,), (0.5,)
 
 
-def densenet(depth: int, in_chans: int):
+def densenet(depth: int, in_chans: int, input_shape=None, **backbone_args):
     from monai.networks import nets
     from torch import nn
 
     model = {121: nets.DenseNet121, 169: nets.DenseNet169, 201: nets.DenseNet201}[depth](
-        spatial_dims=3, in_channels=in_chans, out_channels=1)
+        spatial_dims=3, in_channels=in_chans, out_channels=1, **backbone_args)
     num_features = model.class_layers.out.in_features
     model.class_layers.out = nn.Identity()  # medcls adds dropout and its own head
     return finish(model, num_features)
 
 
-def resnet(depth: int, in_chans: int):
+SMALL_GRID = 32  # voxels on the shortest side at or below which the stem keeps resolution cheaply
+
+
+def resnet_stem(input_shape) -> dict:
+    """The stem for the grid: MONAI's default (7^3 kernel at full resolution, then max pooling)
+    costs 64 x 343 multiply-adds per input voxel and, on a 28^3 MedMNIST grid, most of a training
+    step. Small grids get a 3^3 kernel (as MedMNIST's 3D ResNets), still followed by the pooling;
+    larger ones keep MONAI's default (backbone_args conv1_t_size / conv1_t_stride override both)."""
+    if input_shape is not None and min(input_shape) <= SMALL_GRID:
+        return {"conv1_t_size": 3, "conv1_t_stride": 1}
+    return {}
+
+
+def resnet(depth: int, in_chans: int, input_shape=None, **backbone_args):
     from monai.networks import nets
 
+    options = {**resnet_stem(input_shape), **backbone_args}
     model = getattr(nets, f"resnet{depth}")(spatial_dims=3, n_input_channels=in_chans, feed_forward=False,
-                                            shortcut_type="A" if depth < 50 else "B", bias_downsample=depth < 50)
+                                            shortcut_type="A" if depth < 50 else "B", bias_downsample=depth < 50,
+                                            **options)
     num_features = model.layer4[-1].conv2.out_channels if depth < 50 else model.layer4[-1].conv3.out_channels
     return finish(model, num_features)
 
 
-def efficientnet(variant: str, in_chans: int):
+def efficientnet(variant: str, in_chans: int, input_shape=None, **backbone_args):
     from monai.networks import nets
     from torch import nn
 
     model = nets.EfficientNetBN(f"efficientnet-{variant}", pretrained=False, spatial_dims=3, in_channels=in_chans,
-                                num_classes=1)
+                                num_classes=1, **backbone_args)
     num_features = model._fc.in_features
     model._fc = nn.Identity()
     model._dropout = nn.Identity()  # medcls's dropout sits before its head
@@ -80,12 +95,12 @@ BACKBONES = {
 }
 
 
-def create(factory, in_chans: int):
-    return channel_stats(factory(in_chans), in_chans)
+def create(factory, in_chans: int, input_shape=None, **backbone_args):
+    return channel_stats(factory(in_chans, input_shape, **backbone_args), in_chans)
 
 
 @hookimpl
 def medcls_register_backbones(register):
     for name, (factory, description) in BACKBONES.items():
         register(name, partial(create, factory), description=description, spatial_dims=3, pretrained=False,
-                 blocks=blocks_of)
+                 blocks=blocks_of, sized=True)
