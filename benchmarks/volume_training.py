@@ -14,10 +14,11 @@ import time
 import torch
 
 
-def step_rate(model, grid: int, batch: int, repeats: int, channels_last: bool) -> float:
+def step_rate(model, grid: int, batch: int, repeats: int, channels_last: bool, device: str = "cpu") -> float:
     """Median volumes/s of full training steps (after two warm-up steps)."""
-    volumes = torch.rand(batch, 1, grid, grid, grid)
-    labels = torch.randint(0, 2, (batch,))
+    model = model.to(device)
+    volumes = torch.rand(batch, 1, grid, grid, grid, device=device)
+    labels = torch.randint(0, 2, (batch,), device=device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
         volumes = volumes.contiguous(memory_format=torch.channels_last_3d)
@@ -30,6 +31,8 @@ def step_rate(model, grid: int, batch: int, repeats: int, channels_last: bool) -
         optimiser.zero_grad(set_to_none=True)
         loss_fn(model(volumes), labels).backward()
         optimiser.step()
+        if device != "cpu":
+            torch.cuda.synchronize()
         if i >= 2:
             times.append(time.perf_counter() - start)
     return batch / statistics.median(times)
@@ -43,6 +46,7 @@ def main():
     parser.add_argument("--grid", type=int, default=28)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     torch.manual_seed(0)
     rows = []
@@ -50,9 +54,9 @@ def main():
         for channels_last in (False, True):
             model = create_classifier(args.backbone, 2, in_chans=1, input_shape=shape)
             rows.append((stem, "channels_last_3d" if channels_last else "contiguous",
-                         step_rate(model, args.grid, args.batch, args.repeats, channels_last)))
+                         step_rate(model, args.grid, args.batch, args.repeats, channels_last, args.device)))
     base = rows[0][2]
-    print(f"{args.backbone} at {args.grid}^3, batch {args.batch}, {torch.get_num_threads()} threads, "
+    print(f"{args.backbone} at {args.grid}^3, batch {args.batch}, {args.device} ({torch.get_num_threads()} threads), "
           f"median of {args.repeats} training steps")
     print("| stem | memory format | volumes/s | vs MONAI default contiguous |\n|---|---|---|---|")
     for stem, layout, rate in rows:

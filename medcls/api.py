@@ -418,7 +418,11 @@ class Run:
 
     @functools.cached_property
     def config(self) -> TrainConfig:
-        """The run's config.yaml, read once."""
+        """The run's config.yaml, read once (a shared Hugging Face folder has none: the defaults with
+        the model's own settings)."""
+        if not (self.path / "config.yaml").is_file():
+            keys = {k: self.info[k] for k in ("backbone", "image_size", "slices", "window") if k in self.info}
+            return make_config({}, keys, where=f"model folder '{self.path}'")
         return make_config(read_config_file(self.path / "config.yaml"), where=f"run config '{self.path}'")
 
     @property
@@ -538,13 +542,11 @@ class Run:
 
     def export(self, format: str = "onnx", out: str | os.PathLike | None = None):
         """ONNX or TorchScript taking images in [0, 1] and returning calibrated probabilities, with
-        export.json; kept only if it matches `predict` within 1e-4 (medcls.workflows.export.Exported)."""
-        from medcls.workflows.export import export_model
+        export.json; kept only if it matches `predict` within 1e-4; or ("hf") a Hugging Face-style
+        folder timm and medcls both load (medcls.workflows.export.Exported)."""
+        from medcls.workflows.export import export_run
 
-        from medcls.core.runs import load_model
-
-        model, _ = load_model(self.path, self.registries)  # a CPU fp32 copy; .model stays as it is
-        return export_model(model, self.info, format, Path(out) if out else self.path / "export", run=self.path)
+        return export_run(self.path, self.registries, format, out)
 
     def explain(self, inputs, out: str | os.PathLike | None = None, target_class: str | None = None):
         """Grad-CAM heatmaps (PNG per input and a grid) with the calibrated probability and the

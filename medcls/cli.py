@@ -434,8 +434,10 @@ def preview(policy, data, count, views, aug, image_size, seed, settings, out):
 
 @cli.command()
 @click.argument("run", type=click.Path(file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default="onnx", show_default=True)
-@click.option("-o", "--out", type=click.Path(file_okay=False), help="Folder (default RUN/export).")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript", "hf"]), default="onnx", show_default=True,
+              help="hf: a Hugging Face-style folder (config.json, model.safetensors, README.md model card) "
+                   "that timm loads as local-dir:PATH and medcls.load_run loads back.")
+@click.option("-o", "--out", type=click.Path(file_okay=False), help="Folder (default RUN/export, for hf RUN/hf).")
 def export(run, fmt, out):
     """Export a run's model (preprocessed images in, probabilities out) with its threshold and preprocessing."""
     from medcls import api

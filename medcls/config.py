@@ -82,6 +82,12 @@ class TrainConfig:
     batch_size: int = option(32, 'images per training step', 'optimisation')
     class_balance: str = option("weighted_loss", 'weighted_loss, sampler or none', 'optimisation')
     patience: int = option(5, 'epochs without improvement before a stage stops early (0: never)', 'optimisation')
+    warmup_epochs: int = option(0, 'epochs of linear learning-rate warm-up (from a tenth) at the start of each stage', 'optimisation')
+    lr_decay: float = option(1.0, 'layer-wise learning-rate decay: the top unfrozen block trains at lr x lr_decay, the next at lr x lr_decay^2, ...; the head at lr (1: off)', 'optimisation')
+    ema: float = option(0.0, 'exponential moving average of the weights, this decay per step (e.g. 0.999): evaluated, kept and saved instead of the raw weights (0: off)', 'optimisation')
+    label_smoothing: float = option(0.0, 'label smoothing of the cross-entropy loss (e.g. 0.1)', 'optimisation')
+    mixup: float = option(0.0, 'mixup: Beta(alpha, alpha) mixing of training images and labels, this alpha (e.g. 0.2; 0: off)', 'optimisation')
+    cutmix: float = option(0.0, 'cutmix: a box of another training image pasted in, Beta(alpha, alpha) area (e.g. 1.0; 0: off); with mixup, each batch uses one of the two', 'optimisation')
     # --- evaluation: early stopping, the operating point, calibration and reporting ---
     monitor: str = option("roc_auc", 'validation metric for early stopping and the best checkpoint', 'evaluation')
     threshold_rule: str = option("youden", 'operating point chosen on validation: youden, target_sensitivity, target_specificity, fixed', 'evaluation')
@@ -154,6 +160,12 @@ RANGES = {
     "weight_decay": (0.0, 10.0, True, True),
     "batch_size": (1, 65536, True, True),
     "patience": (0, None, True, True),
+    "warmup_epochs": (0, None, True, True),
+    "lr_decay": (0.0, 1.0, False, True),
+    "ema": (0.0, 1.0, True, False),
+    "label_smoothing": (0.0, 1.0, True, False),
+    "mixup": (0.0, None, True, True),
+    "cutmix": (0.0, None, True, True),
     "target": (0.0, 1.0, False, False),
     "threshold": (0.0, 1.0, True, True),
     "prevalence": (0.0, 1.0, False, False),

@@ -46,3 +46,18 @@ def test_a_monai_resnet_gets_a_small_stem_on_a_small_grid_and_keeps_it_when_load
     assert large.backbone.conv1.kernel_size == (7, 7, 7)
     given = medcls.create_classifier("monai:resnet10", 2, in_chans=1, input_shape=(28, 28, 28), conv1_t_size=5)
     assert given.backbone.conv1.kernel_size == (5, 5, 5)  # backbone_args win over the rule
+
+
+def test_medmnist_3d_npz_is_read_as_volumes_by_a_3d_backbone_and_refused_by_a_2d_one(registries, tmp_path):
+    from medcls.data.loading import load_cases
+    from medcls.data.volumes import Volume
+
+    rng = np.random.default_rng(0)
+    arrays = {f"{s}_images": (rng.random((6, 28, 28, 28)) * 255).astype(np.uint8) for s in ("train", "val", "test")}
+    arrays.update({f"{s}_labels": np.array([[0], [1]] * 3, np.uint8) for s in ("train", "val", "test")})
+    np.savez(tmp_path / "vessel.npz", **arrays)
+    pytest.importorskip("medcls_monai", reason="the MONAI plugin is not installed")
+    config = make_config({}, {"data": str(tmp_path / "vessel.npz"), "backbone": "monai:resnet10"}, where="test")
+    cases, name, _ = load_cases(config, registries)
+    assert name == "npz" and len(cases) == 18 and isinstance(cases[0].array, Volume)
+    assert cases[0].array.voxels.shape == (28, 28, 28) and {c.split for c in cases} == {"train", "val", "test"}

@@ -58,9 +58,49 @@ class FitResult:
     stopped_early: list[str] = field(default_factory=list)
 
 
+class Mixer:
+    """Mixup (Zhang et al. 2018) and CutMix (Yun et al. 2019) of a training batch: images mixed with a
+    shuffled copy, the loss mixed in the same proportion. Seeded; with both on, each batch uses one."""
+
+    def __init__(self, mixup: float, cutmix: float, seed: int) -> None:
+        self.mixup, self.cutmix = mixup, cutmix
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __bool__(self) -> bool:
+        return bool(self.mixup or self.cutmix)
+
+    @staticmethod
+    def beta_from_uniform(alpha: float, uniform: torch.Tensor) -> float:
+        """A Beta(alpha, alpha) draw by inverting its CDF at a uniform from medcls's own generator
+        (torch.distributions would draw from the global stream)."""
+        from scipy.stats import beta
+
+        return float(beta.ppf(float(uniform[0]), alpha, alpha))
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor):
+        """(mixed images, targets, shuffled targets, weight of the first)."""
+        use_cutmix = self.cutmix and (not self.mixup or torch.rand(1, generator=self.generator).item() < 0.5)
+        lam = self.beta_from_uniform(self.cutmix if use_cutmix else self.mixup,
+                                     torch.rand(1, generator=self.generator))
+        order = torch.randperm(len(images), generator=self.generator).to(images.device)
+        if use_cutmix:
+            height, width = images.shape[-2:]
+            cut = math.sqrt(1 - lam)
+            h, w = int(height * cut), int(width * cut)
+            y = int(torch.randint(0, height - h + 1, (1,), generator=self.generator))
+            x = int(torch.randint(0, width - w + 1, (1,), generator=self.generator))
+            images = images.clone()
+            images[..., y:y + h, x:x + w] = images[order][..., y:y + h, x:x + w]
+            lam = 1 - (h * w) / (height * width)
+        else:
+            images = lam * images + (1 - lam) * images[order]
+        return images, targets, targets[order], lam
+
+
 def train_one_epoch(model, loader, loss_fn, optimizer, execution: Execution, scaler=None, progress=None,
-                    augment=None, distributed=SINGLE):
-    """One pass over augmented training batches; returns mean loss and the (augmented) scores."""
+                    augment=None, distributed=SINGLE, mixer: Mixer | None = None, after_step=None):
+    """One pass over augmented training batches; returns mean loss and the (augmented) scores.
+    `mixer` mixes batches (mixup/cutmix); `after_step()` runs after every optimiser step (EMA)."""
     model.train()
     device = execution.device
     total, count, scores, labels = torch.zeros((), device=device), 0, [], []
@@ -69,10 +109,17 @@ def train_one_epoch(model, loader, loss_fn, optimizer, execution: Execution, sca
         targets = targets.to(device, non_blocking=True)
         if augment is not None:  # batched, on the device: one resample for the whole batch
             images = augment(images)
+        mixed = mixer(images, targets) if mixer else None
+        if mixed is not None:
+            images = mixed[0]
         images = execution.inputs(images)
         with execution.autocast():
             logits = model(images)
-            loss = loss_fn(logits.float(), targets)
+            if mixed is None:
+                loss = loss_fn(logits.float(), targets)
+            else:
+                _, first, second, lam = mixed
+                loss = lam * loss_fn(logits.float(), first) + (1 - lam) * loss_fn(logits.float(), second)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:  # fp16 needs loss scaling; bf16 and fp32 do not
             scaler.scale(loss).backward()
@@ -81,6 +128,8 @@ def train_one_epoch(model, loader, loss_fn, optimizer, execution: Execution, sca
         else:
             loss.backward()
             optimizer.step()
+        if after_step is not None:
+            after_step()
         # Accumulate on the device; one synchronisation per epoch, not per step.
         total += loss.detach() * len(targets)
         count += len(targets)
@@ -120,15 +169,60 @@ def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: 
     return OPTIMIZERS[name](params, lr, momentum, weight_decay)
 
 
-def make_schedule(name: str, optimizer, epochs: int):
+def make_schedule(name: str, optimizer, epochs: int, warmup: int = 0):
+    """The stage's schedule, after `warmup` epochs of linear warm-up from a tenth of the rate."""
     if name not in SCHEDULES:
         raise ConfigError(f"schedule {name!r} is not one of {', '.join(SCHEDULES)}")
-    return SCHEDULES[name](optimizer, epochs)
+    warmup = min(warmup, max(0, epochs - 1))
+    if not warmup:
+        return SCHEDULES[name](optimizer, epochs)
+    if name == "plateau":
+        raise ConfigError("warmup_epochs cannot be combined with schedule plateau: choose cosine, step or none")
+    ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warmup)
+    after = SCHEDULES[name](optimizer, epochs - warmup) or torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, after], milestones=[warmup])
+
+
+def parameter_groups(model, lr: float, decay: float) -> list[dict]:
+    """The trainable parameters in groups: the head (and new pooling) at `lr`, backbone block k from
+    the top at lr x decay^k (layer-wise learning-rate decay, as BEiT and timm's fine-tuning use)."""
+    trainable = lambda module: [p for p in module.parameters() if p.requires_grad]  # noqa: E731
+    if decay >= 1.0:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
+    groups, seen = [], set()
+    for depth, block in enumerate(reversed(model.blocks()), start=1):
+        params = [p for p in trainable(block) if id(p) not in seen]
+        seen.update(id(p) for p in params)
+        if params:
+            groups.append({"params": params, "lr": lr * decay ** depth, "name": f"block -{depth}"})
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in seen]
+    return [{"params": rest, "lr": lr, "name": "head"}] + groups
+
+
+class WeightAverage:
+    """An exponential moving average of a module's weights (and batch-norm statistics), updated
+    after every optimiser step: w_avg <- decay w_avg + (1 - decay) w."""
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.averaged = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        self.module = module
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for key, value in self.module.state_dict().items():
+            if value.dtype.is_floating_point:
+                self.averaged[key].mul_(self.decay).add_(value.detach(), alpha=1 - self.decay)
+            else:
+                self.averaged[key].copy_(value)
+
+    def state_dict(self) -> dict:
+        return {k: v.clone() for k, v in self.averaged.items()}
 
 
 def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, loss_fn, execution: Execution, optimisation,
         on_epoch=None, progress_factory=None, augment=None, frozen: FrozenFeatures | None = None,
-        checkpoint=None, resume=None, distributed=SINGLE) -> FitResult:
+        checkpoint=None, resume=None, distributed=SINGLE, mixer: Mixer | None = None) -> FitResult:
     """Run each stage with early stopping on the monitored validation metric; keep the best weights.
     `optimisation` is the config section of that name (optimizer, schedule, patience, ...).
 
@@ -155,10 +249,12 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
         if stage.epochs <= 0 or stage_index < first_stage:
             continue
         model.set_trainable(stage.top_blocks)
-        params = [p for p in model.parameters() if p.requires_grad]
+        on_features = frozen is not None and stage.top_blocks == 0
+        params = parameter_groups(model, stage.lr, 1.0 if on_features else optimisation.get("lr_decay", 1.0))
         optimizer = make_optimizer(optimisation["optimizer"], params, stage.lr, optimisation["momentum"],
                                    optimisation["weight_decay"])
-        schedule = make_schedule(optimisation["schedule"], optimizer, stage.epochs)
+        schedule = make_schedule(optimisation["schedule"], optimizer, stage.epochs,
+                                 optimisation.get("warmup_epochs", 0))
         scaler = execution.grad_scaler()
         since_best, done = 0, 0
         if resume is not None and stage_index == resume.stage_index and not resume.stage_finished:
@@ -166,9 +262,10 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
             if schedule is not None and resume.schedule is not None:
                 schedule.load_state_dict(resume.schedule)
             since_best, done = resume.since_best, resume.stage_epoch
-        on_features = frozen is not None and stage.top_blocks == 0
         step_model, loader, evaluate = ((model.head, frozen.train_loader, frozen.evaluate_val) if on_features
                                         else (model, train_loader, evaluate_val))
+        trained = step_model
+        ema = WeightAverage(trained, optimisation["ema"]) if optimisation.get("ema") else None
         # DDP is built over the parameters that train now, so it is wrapped again for every stage.
         step_model = wrap(step_model, distributed, execution.device)
         for stage_epoch in range(done, stage.epochs):
@@ -180,13 +277,17 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
             progress = progress_factory(stage.name, epoch_number) if progress_factory else None
             train_loss, train_scores, train_labels = train_one_epoch(
                 step_model, loader, loss_fn, optimizer, execution, scaler, progress, None if on_features else augment,
-                distributed)
+                distributed, None if on_features else mixer, None if ema is None else ema.update)
             if progress is not None:
                 progress.close()
             if not math.isfinite(train_loss):
                 raise TrainingDiverged(
                     f"training diverged: the loss is {train_loss} in epoch {epoch_number} ({stage.name}); "
                     f"lower the learning rate (now {lr:.1e}) or train in fp32 (--set precision=fp32)")
+            raw_weights = None
+            if ema is not None:  # the averaged weights are the ones evaluated, kept and saved
+                raw_weights = copy.deepcopy(trained.state_dict())
+                trained.load_state_dict(ema.state_dict())
             val_loss, val_metrics, score = evaluate()
             score = -val_loss if math.isnan(score) else score  # e.g. AUC undefined: fall back to loss
             if schedule is not None:
@@ -203,6 +304,8 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
                 since_best = 0
             else:
                 since_best += 1
+            if raw_weights is not None:
+                trained.load_state_dict(raw_weights)  # training continues from the raw weights
             if on_epoch is not None:
                 on_epoch(epoch, epoch_number == result.best_epoch)
             stops = bool(optimisation["patience"] and since_best >= optimisation["patience"])

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from medcls.data.prepared import PreparedData
 
 MODEL_FILE, MODEL_INFO = "model.safetensors", "model.json"
+HF_MARKER = "medcls"  # the key of a Hugging Face folder's config.json that holds medcls's model.json
 
 
 REQUIRED_INFO = ("backbone", "classes", "in_chans", "image_size", "dropout")
@@ -40,11 +41,43 @@ def save_model(model, info: dict, out: Path) -> None:
     (out / MODEL_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
 
 
+def hf_info(run: Path) -> dict | None:
+    """medcls's model.json kept in a Hugging Face folder's config.json (`medcls export --format hf`),
+    or None when `run` is not such a folder."""
+    config = run / "config.json"
+    if (run / MODEL_INFO).is_file() or not config.is_file():
+        return None
+    try:
+        found = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    info = found.get(HF_MARKER) if isinstance(found, dict) else None
+    return info if isinstance(info, dict) and all(key in info for key in REQUIRED_INFO) else None
+
+
+def hf_state(run: Path, info: dict) -> dict:
+    """medcls's state dict from a Hugging Face folder's timm-layout weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(run / MODEL_FILE))
+    prefix = info["classifier"]
+    state = {f"backbone.{k}": v for k, v in tensors.items() if not k.startswith(f"{prefix}.")}
+    state["head.1.weight"], state["head.1.bias"] = tensors[f"{prefix}.weight"], tensors[f"{prefix}.bias"]
+    shape = (1, -1, 1, 1)
+    for key in ("mean", "std"):
+        state[key] = torch.tensor(info["normalisation"][key], dtype=torch.float32).view(shape)
+    return state
+
+
 def read_model_info(run: Path) -> dict:
     """model.json checked: present, JSON, with the keys a model is rebuilt from, and consistent
     with the weights file it describes (backbone in the safetensors header, content hash)."""
     from safetensors import safe_open
 
+    shared = hf_info(run)
+    if shared is not None and (run / MODEL_FILE).is_file():
+        return {k: v for k, v in shared.items() if k != "weights_sha256"}
     if not (run / MODEL_FILE).is_file() or not (run / MODEL_INFO).is_file():
         raise DataError(f"run folder '{run}' has no {MODEL_FILE} and {MODEL_INFO}: give the --out folder of `medcls train`")
     try:
@@ -100,7 +133,10 @@ def load_model(run: str | Path, registries, device="cpu"):
     else:
         model = classifier()
     try:
-        load_safetensors(model, str(run / MODEL_FILE), device=str(device))
+        if "classifier" in info and hf_info(run) is not None:  # a Hugging Face folder: timm's layout
+            model.load_state_dict(hf_state(run, info))
+        else:
+            load_safetensors(model, str(run / MODEL_FILE), device=str(device))
     except (RuntimeError, ValueError, KeyError) as exc:  # shapes or names that do not fit model.json
         first = str(exc).strip().splitlines()[0][:160]
         raise DataError(f"'{run / MODEL_FILE}' does not fit the model '{run / MODEL_INFO}' describes ({first}): "

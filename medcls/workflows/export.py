@@ -17,8 +17,9 @@ from medcls.core.inference import run_predictor
 from medcls.core.runs import load_model
 from medcls.data.volumes import parse_triple
 from medcls.errors import ConfigError, DataError
+from medcls.workflows.sharing import export_hf
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "hf")
 TOLERANCE = 1e-4
 
 
@@ -54,8 +55,14 @@ class Exported:
 
 
 def export_run(run, registries, fmt: str, out: str | Path | None = None) -> Exported:
-    """Write `model.onnx` or `model.ts` and `export.json` into `out` (default RUN/export)."""
+    """Write `model.onnx` or `model.ts` and `export.json` into `out` (default RUN/export), or for
+    `hf` a Hugging Face-style folder (default RUN/hf)."""
     model, info = load_model(run, registries)
+    if fmt == "hf":
+        folder = Path(out) if out else Path(run) / "hf"
+        difference = export_hf(model, info, folder, run=Path(run), registries=registries,
+                               check_batch=example_input(info), tolerance=TOLERANCE)
+        return Exported(str(folder / "model.safetensors"), str(folder / "config.json"), difference)
     return export_model(model, info, fmt, Path(out) if out else Path(run) / "export", run=run)
 
 

@@ -14,7 +14,7 @@ from medcls.config import TrainConfig, make_config, read_config_file, save_confi
 from medcls.core.augment import check_policy_output, make_policy
 from medcls.core.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from medcls.core.distributed import check_config, device_for, from_environment
-from medcls.core.engine import Stage, fit
+from medcls.core.engine import Mixer, Stage, fit
 from medcls.core.execution import (
     choose_execution,
     resolve_device,
@@ -40,6 +40,7 @@ from medcls.core.runs import (
     write_splits,
 )
 from medcls.data.decoding import StartAgain
+from medcls.workflows.sharing import write_model_card
 from medcls.data.loading import AUTO_LARGEST, auto_image_size, load_cases
 from medcls.data.prepared import PreparedData, prepare_data
 from medcls.data.readers import parse_window
@@ -177,7 +178,8 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
 
     train_labels = data.cache_labels(train_rows)
     weights = class_weights(train_labels, len(data.classes)) if config.class_balance == "weighted_loss" else None
-    loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device))
+    loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device),
+                                        label_smoothing=config.label_smoothing)
     generator = torch.Generator().manual_seed(config.seed)
     loader = make_loader(TrainingImages(data.cache, train_rows, train_labels, transform), train_labels, config,
                          len(data.classes), workers, generator, distributed)
@@ -226,7 +228,8 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
                  progress_factory=start.progress_factory,
                  augment=transform.batch if is_batched(transform) else None, frozen=frozen,
                  checkpoint=(lambda state: save_checkpoint(out / CHECKPOINT, state, generator, transform))
-                 if distributed.writes else None, resume=resumed, distributed=distributed)
+                 if distributed.writes else None, resume=resumed, distributed=distributed,
+                 mixer=Mixer(config.mixup, config.cutmix, config.seed))
     if not distributed.writes:
         return {"rank": distributed.rank}  # rank 0 scores and writes the run
     if data.cache.filling is not None:
@@ -323,6 +326,7 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
     if extend is not None:
         extend(document)
     document.write(out)
+    write_model_card(out, info)
     (out / CHECKPOINT).unlink(missing_ok=True)  # the run is complete: model.safetensors holds it
     return summary
 

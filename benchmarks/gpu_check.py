@@ -1,0 +1,107 @@
+"""GPU acceptance: one command on a CUDA machine with nothing else prepared, under 8 minutes.
+
+    python benchmarks/gpu_check.py [--wheels DIR] [--out DIR]
+
+It installs medcls and its first-party plugins into the running Python (`--wheels DIR`: offline, from
+wheels carried there, e.g. MONAI, pydicom, nibabel; see the device README), then runs, each with its
+own time limit, and prints one Markdown table:
+
+1. the test modules that exercise devices (execution, inference, training, TTA) with the GPU
+   visible, so `device=auto` picks it;
+2. `medcls train --device cuda` of resnet50 at 224 px in bf16 on the synthetic set;
+3. the benchmark harness on the GPU (end-to-end vs model-only images/s, data wait share);
+4. a 3D run (`monai:resnet10` on the synthetic volumes) on the GPU;
+5. the 3D training-step benchmark (stem and memory format) on the GPU.
+
+Without CUDA it says so and exits with status 3; nothing is installed then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGINS = ["plugins/medcls-efficientnet-lite", "plugins/medcls-example", "plugins/medcls-monai"]
+
+
+def run(command: list[str], limit: int, log: Path) -> tuple[int, float, str]:
+    """(exit status, seconds, last output line); status 124 when the limit was reached."""
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=limit)
+        status, output = done.returncode, done.stdout + done.stderr
+    except subprocess.TimeoutExpired as exc:
+        status, output = 124, (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else \
+            str(exc.stdout or "")
+    log.write_text(output)
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    return status, time.perf_counter() - started, (lines[-1] if lines else "")[:120]
+
+
+def install(wheels: str | None, log: Path) -> int:
+    pip = [sys.executable, "-m", "pip", "install", "-q"]
+    if wheels:
+        pip += ["--no-index", "--find-links", wheels]
+    command = pip + ["-e", "."] + [arg for plugin in PLUGINS for arg in ("-e", plugin)]
+    return run(command, 300, log)[0]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--wheels", help="Install offline from the wheels in this folder.")
+    parser.add_argument("--out", default="gpu-check", help="Folder for the runs and logs.")
+    parser.add_argument("--skip-install", action="store_true")
+    args = parser.parse_args()
+    import torch
+
+    if not torch.cuda.is_available():
+        print("gpu_check: no CUDA GPU is visible (torch.cuda.is_available() is False): run it on a GPU machine")
+        return 3
+    out = Path(args.out).resolve()
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    rows = [("device", "ok", 0.0, f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}")]
+    if not args.skip_install:
+        status = install(args.wheels, out / "install.log")
+        rows.append(("install medcls + plugins", "ok" if status == 0 else f"failed ({status})", 0.0, "install.log"))
+    medcls = [sys.executable, "-m", "medcls.cli"]
+    steps = [
+        ("tests (execution, inference, training, TTA)", [sys.executable, "-m", "pytest", "-q", "-x",
+                                                        "tests/test_execution.py", "tests/test_inference.py",
+                                                        "tests/test_tta.py", "tests/test_training.py"], 200),
+        ("train resnet50 224 px bf16", medcls + ["train", "--device", "cuda", "--backbone", "resnet50",
+                                                 "--no-pretrained", "--image-size", "224", "--set", "precision=bf16",
+                                                 "--epochs", "2", "--finetune-epochs", "1", "--set", "bootstrap=200",
+                                                 "--out", str(out / "train-2d")], 120),
+        ("bench harness on the GPU", [sys.executable, "benchmarks/harness.py", "--device", "cuda", "--backbone",
+                                      "resnet50", "--rounds", "2", "--json", str(out / "bench.json")], 120),
+        ("train monai:resnet10 3D", medcls + ["train", "--device", "cuda", "--backbone", "monai:resnet10",
+                                              "--set", "volume_size=32", "--epochs", "3", "--finetune-epochs", "0",
+                                              "--set", "bootstrap=200", "--out", str(out / "train-3d")], 90),
+        ("3D training step (stem, memory format)", [sys.executable, "benchmarks/volume_training.py"], 60),
+    ]
+    for name, command, limit in steps:
+        status, seconds, last = run(command, limit, out / f"{name.split()[0]}-{len(rows)}.log")
+        verdict = "ok" if status == 0 else ("time limit" if status == 124 else f"failed ({status})")
+        figure = last
+        summary = out / ("train-2d" if "resnet50 224" in name else "train-3d") / "manifest.json"
+        if "train" in name and summary.is_file():
+            manifest = json.loads(summary.read_text())
+            metrics = json.loads((summary.parent / "metrics.json").read_text())
+            figure = (f"{manifest.get('seconds')} s on {manifest.get('device')}, test ROC AUC "
+                      f"{metrics['test'].get('roc_auc', float('nan')):.3f}")
+        rows.append((name, verdict, seconds, figure))
+    print("| check | result | seconds | figure |\n|---|---|---|---|")
+    for name, verdict, seconds, figure in rows:
+        print(f"| {name} | {verdict} | {seconds:.0f} | {figure.replace('|', '/')} |")
+    return 0 if all(r[1] == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

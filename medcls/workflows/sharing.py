@@ -1,0 +1,194 @@
+"""Sharing a model the ecosystem's way: a Hugging Face-style folder that timm loads without medcls
+(`timm.create_model("local-dir:PATH", pretrained=True)`) and medcls loads back
+(`medcls.load_run(PATH)`), and the model card written into every run folder and every export.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medcls.core.runs import HF_MARKER
+from medcls.errors import ConfigError, DataError
+
+def timm_architecture(info: dict, registries) -> str:
+    """The timm name of a run's backbone, or a one-line error for backbones timm cannot build."""
+    entry = registries["backbones"].get(info["backbone"])
+    if not entry.metadata.get("loads_weights") or int(info.get("spatial_dims", 2)) != 2 or info.get("slices"):
+        raise ConfigError(f"--format hf needs a 2D timm backbone; {info['backbone']!r} of plugin {entry.plugin!r} "
+                          "is not one: export with --format onnx or torchscript")
+    return info["backbone"][len("hf-hub:"):] if info["backbone"].startswith("hf-hub:") else info["backbone"]
+
+
+def as_timm_model(model, info: dict, architecture: str):
+    """A timm model with its own classifier holding medcls's head: the same logits for the same
+    normalised input."""
+    import timm
+
+    timm_model = timm.create_model(architecture, pretrained=False, num_classes=len(info["classes"]),
+                                   in_chans=info["in_chans"], **(info.get("backbone_args") or {}))
+    state = {k: v for k, v in model.backbone.state_dict().items()}
+    classifier = timm_model.get_classifier()
+    prefix = next(name for name, module in timm_model.named_modules() if module is classifier)
+    state[f"{prefix}.weight"], state[f"{prefix}.bias"] = model.head[-1].weight, model.head[-1].bias
+    timm_model.load_state_dict(state)
+    return timm_model.eval(), prefix
+
+
+def export_hf(model, info: dict, out: Path, *, run: Path, registries, check_batch: torch.Tensor,
+              tolerance: float) -> float:
+    """config.json (timm's pretrained_cfg with medcls's normalisation, input size and labels, and
+    medcls's model.json under "medcls"), model.safetensors (timm's layout) and README.md (the model
+    card). Kept only if timm's reloaded model gives medcls's logits on `check_batch`; returns the
+    largest difference."""
+    from timm.models import save_for_hf
+
+    architecture = timm_architecture(info, registries)
+    model = model.float().cpu().eval()
+    timm_model, classifier = as_timm_model(model, info, architecture)
+    size = int(info["image_size"])
+    mean = [float(v) for v in model.mean.flatten()]
+    std = [float(v) for v in model.std.flatten()]
+    data_config = {"input_size": [info["in_chans"], size, size], "mean": mean, "std": std,
+                   "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center"}
+    out.mkdir(parents=True, exist_ok=True)
+    save_for_hf(timm_model, str(out), safe_serialization=True, data_config=data_config,
+                model_config={"label_names": list(info["classes"]),
+                              "pretrained_cfg": {**data_config, "classifier": classifier}},
+                model_args={"in_chans": info["in_chans"], **(info.get("backbone_args") or {})})
+    config = json.loads((out / "config.json").read_text())
+    for key in ("tag", "license", "hf_hub_id", "url", "origin_url", "paper_ids", "paper_name", "notes"):
+        config["pretrained_cfg"].pop(key, None)  # those describe timm's ImageNet weights, not these
+    config[HF_MARKER] = {**info, "classifier": classifier}
+    (out / "config.json").write_text(json.dumps(config, indent=2, default=float), encoding="utf-8")
+    card = run / "MODEL_CARD.md"
+    (out / "README.md").write_text(card.read_text() if card.is_file() else model_card(run, info), encoding="utf-8")
+    difference = check_hf(out, model, check_batch)
+    if difference > tolerance:
+        for name in ("config.json", "model.safetensors", "README.md"):
+            (out / name).unlink(missing_ok=True)
+        raise DataError(f"the Hugging Face folder '{out}' gives logits {difference:.2e} away from medcls's: not kept")
+    return difference
+
+
+def check_hf(folder: Path, model, images: torch.Tensor) -> float:
+    """The largest logit difference between timm's `local-dir:` load of the folder (normalised as its
+    config says) and medcls's model on `images`."""
+    import timm
+    from timm.data import resolve_data_config
+
+    reloaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    config = resolve_data_config({}, model=reloaded)
+    mean = torch.tensor(config["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(config["std"]).view(1, -1, 1, 1)
+    with torch.no_grad():
+        theirs = reloaded((images - mean) / std)
+        ours = model(images)
+    return float((theirs - ours).abs().max())
+
+
+# -- the model card ------------------------------------------------------------------------------
+
+
+def package_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def figure(metrics: dict, intervals: dict, split: str, name: str) -> str:
+    value = metrics.get(split, {}).get(name)
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "n/a"
+    interval = intervals.get(split, {}).get(name) or {}
+    low, high = interval.get("low"), interval.get("high")
+    bounds = "" if low is None or high is None or np.isnan(low) else f" ({low:.3f}-{high:.3f})"
+    return f"{value:.3f}{bounds}"
+
+
+def model_card(run: Path, info: dict) -> str:
+    """MODEL_CARD.md: intended use, data, splits by patient, metrics with intervals per split, the
+    operating point and how it was chosen, calibration, subgroups, limitations, software versions."""
+    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    manifest = json.loads((run / "manifest.json").read_text()) if (run / "manifest.json").is_file() else {}
+    intervals = metrics.get("intervals", {})
+    classes = info["classes"]
+    binary = len(classes) == 2
+    names = ["roc_auc", "sensitivity", "specificity", "ppv", "npv", "accuracy"] if binary else \
+        ["roc_auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity"]
+    rows = ["| split | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for split in ("train", "val", "test"):
+        if split in metrics:
+            rows.append(f"| {split} | {metrics[split].get('n', '?')} | "
+                        + " | ".join(figure(metrics, intervals, split, n) for n in names) + " |")
+    test_n = metrics.get("test", {}).get("n", 0)
+    calibration = (metrics.get("calibration") or {}).get("test") or {}
+    threshold = info.get("threshold")
+    lines = [
+        f"# Model card: {info['backbone']} for {' vs '.join(classes)}",
+        "",
+        "Written by medcls from the run's own files (model.json, metrics.json, manifest.json).",
+        "",
+        "## Intended use",
+        f"- Classifies {'volumes' if int(info.get('spatial_dims', 2)) == 3 else 'images'} into "
+        f"{', '.join(classes)}" + (f"; positive class: **{info.get('positive_class')}**." if binary else "."),
+        "- A research model: it supports, never replaces, a clinician's reading, and it has not been "
+        "validated outside the data it was developed on (below).",
+        "",
+        "## Data",
+        f"- Source: `{manifest.get('data', '?')}` (SHA-256 of the data: {str(manifest.get('data_sha256', '?'))[:16]}...).",
+        "- Splits by patient: every image of a patient, and every byte-identical copy of an image, "
+        "is on one side of each split (splits.csv lists each file's split and hash; no patient ids).",
+        f"- Input: {info['in_chans']} channel(s); {info.get('preprocessing', '')}.",
+        "",
+        "## Performance (95 % intervals; the method of each is in metrics.json)",
+        *rows,
+        "",
+        "## Operating point",
+        f"- {threshold:.4f} on P({info.get('positive_class')}), chosen on the validation split by "
+        f"`{info.get('threshold_rule')}`" + (f" (target {info.get('target')})" if str(info.get('threshold_rule', '')).startswith('target') else "")
+        + ", applied unchanged to test." if binary and threshold is not None else "- the most probable class.",
+    ]
+    if info.get("conformal"):
+        lines.append(f"- Referral: split-conformal prediction sets at {info['conformal']['coverage']:.0%} per class; "
+                     "cases whose set is not one class are referred to a reader (`medcls predict` column `refer`).")
+    lines += ["", "## Calibration"]
+    if calibration and "slope" in calibration and not calibration.get("not_computable"):
+        lines.append(f"- Test calibration slope {calibration['slope']:.3f} (ideal 1), intercept "
+                     f"{calibration['intercept']:.3f} (ideal 0); temperature "
+                     f"{info.get('temperature') or 'none'}.")
+    else:
+        lines.append("- Not computable on the test split.")
+    subgroups = metrics.get("subgroups") or {}
+    lines += ["", "## Subgroups"]
+    if subgroups:
+        for value, assessed in subgroups.items():
+            values = assessed["values"]
+            lines.append(f"- {value}: n = {values['n']}, ROC AUC {values.get('roc_auc', float('nan')):.3f}")
+    else:
+        lines.append("- Not analysed: retrain or evaluate with `--by COLUMN` (site, sex, scanner).")
+    lines += [
+        "", "## Known limitations",
+        f"- The test split has {test_n} cases: read the intervals, not the point values.",
+        "- No external validation: the test split comes from the same source as the training data.",
+        "- The operating point was chosen on the validation split of this data; prevalence elsewhere "
+        "changes PPV and NPV (`medcls evaluate --prevalence`).",
+        "", "## Software",
+        f"- medcls {manifest.get('versions', {}).get('medcls', package_version('medcls'))}, commit "
+        f"{manifest.get('medcls_commit') or 'unknown'}; torch {package_version('torch')}, timm {package_version('timm')}; "
+        f"Python {platform.python_version()}.",
+        f"- Trained on {manifest.get('device', '?')} in {manifest.get('seconds', '?')} s; seed {manifest.get('seed', '?')}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(run: Path, info: dict) -> None:
+    (run / "MODEL_CARD.md").write_text(model_card(run, info), encoding="utf-8")
+

@@ -1,0 +1,111 @@
+"""Each training option reaches the model: mixup and cutmix mix, layer-wise learning-rate decay sets
+the stated rates, warm-up ramps, and EMA weights (not the raw ones) are evaluated and kept."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from medcls.core.engine import Mixer, Stage, fit, make_schedule, parameter_groups
+from medcls.core.execution import choose_execution
+
+
+def test_mixup_is_a_convex_combination_with_the_shuffled_batch_and_is_seeded():
+    images = torch.rand(8, 1, 6, 6)
+    targets = torch.arange(8)
+    mixed, first, second, lam = Mixer(0.4, 0.0, seed=3)(images, targets)
+    assert 0 < lam < 1 and torch.equal(first, targets) and not torch.equal(second, targets)
+    order = [int(t) for t in second]
+    assert torch.allclose(mixed, lam * images + (1 - lam) * images[order])
+    again = Mixer(0.4, 0.0, seed=3)(images, targets)
+    assert torch.equal(again[0], mixed) and again[3] == lam
+
+
+def test_cutmix_pastes_a_box_and_weighs_the_loss_by_its_area():
+    images = torch.zeros(4, 1, 10, 10)
+    images[1] = 1.0
+    mixed, first, second, lam = Mixer(0.0, 1.0, seed=0)(images, torch.arange(4))
+    pasted = (mixed != images).float().mean(dim=(1, 2, 3))
+    donors = [int(s) for s in second]
+    for i in range(4):
+        if (images[donors[i]] != images[i]).any():
+            assert math.isclose(float(pasted[i]), 1 - lam, abs_tol=1e-6)
+
+
+def test_off_means_off():
+    assert not Mixer(0.0, 0.0, seed=0)
+
+
+def test_layer_wise_decay_gives_each_block_its_rate(registries):
+    from medcls.core.models import build_classifier
+
+    model, _ = build_classifier(registries, "resnet18", 2, 1, 0.0, pretrained=False)
+    model.set_trainable(-1)
+    groups = parameter_groups(model, 1e-3, 0.5)
+    assert groups[0]["name"] == "head" and groups[0]["lr"] == 1e-3
+    blocks = model.blocks()
+    assert [g["lr"] for g in groups[1:]] == pytest.approx([1e-3 * 0.5 ** k for k in range(1, len(blocks) + 1)])
+    covered = sum(len(g["params"]) for g in groups)
+    assert covered == sum(1 for p in model.parameters() if p.requires_grad)
+    assert len(parameter_groups(model, 1e-3, 1.0)) == 1  # off: one group
+
+
+def test_warmup_ramps_from_a_tenth_then_follows_the_schedule():
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    schedule = make_schedule("cosine", optimizer, epochs=6, warmup=2)
+    rates = []
+    for _ in range(6):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] == pytest.approx(0.1) and rates[1] == pytest.approx(0.55) and rates[2] == pytest.approx(1.0)
+    assert rates[5] < rates[3] < rates[2]
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = torch.nn.Linear(4, 4)
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.backbone(x)))
+
+    def blocks(self):
+        return [self.backbone]
+
+    def set_trainable(self, top_blocks):
+        self.requires_grad_(True)
+
+
+def fitted_weights(ema: float):
+    torch.manual_seed(0)
+    model = Tiny()
+    start = copy.deepcopy(model.state_dict())
+    x = torch.randn(64, 4)
+    y = (x[:, 0] > 0).long()
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    execution = choose_execution(torch.device("cpu"), model, "fp32", False)
+    optimisation = {"optimizer": "sgd", "momentum": 0.5, "weight_decay": 0.0, "schedule": "none", "patience": 0,
+                    "ema": ema, "lr_decay": 1.0, "warmup_epochs": 0}
+    seen = []
+
+    def evaluate():
+        seen.append(copy.deepcopy(model.state_dict()))
+        return 0.0, {}, float(len(seen))  # every epoch "better": the last evaluated weights are kept
+
+    fit(model, [Stage("all", 2, 0.5, -1)], train_loader=batches, evaluate_val=evaluate,
+        loss_fn=torch.nn.CrossEntropyLoss(), execution=execution, optimisation=optimisation)
+    return start, seen, model.state_dict()
+
+
+def test_ema_weights_are_the_ones_evaluated_and_kept():
+    start, seen, kept = fitted_weights(ema=0.999999)
+    raw_start, raw_seen, raw_kept = fitted_weights(ema=0.0)
+    moved = lambda a, b: max(float((a[k] - b[k]).abs().max()) for k in a)  # noqa: E731
+    assert moved(raw_kept, raw_start) > 0.05  # plain SGD moves the weights
+    assert moved(kept, start) < 1e-4  # an average with decay ~1 barely leaves the start
+    assert moved(kept, seen[-1]) == 0  # what was evaluated is what is kept
