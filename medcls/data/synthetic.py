@@ -27,6 +27,13 @@ def phantom(rng: np.random.Generator, size: int, lesion: bool, slice_shift: floa
     foci (vessels, choroid plexus) in every head; with `lesion`, a tumour of varying size and
     conspicuity inside an oedema halo that pushes the nearer ventricle aside (mass effect). A
     bright spot alone does not give the class away: size, shape, halo and mass effect do."""
+    return phantom_and_lesion(rng, size, lesion, slice_shift)[0]
+
+
+def phantom_and_lesion(rng: np.random.Generator, size: int, lesion: bool,
+                       slice_shift: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """`phantom` and the tumour core's pixel mask (None without a lesion): where an explanation
+    should point (benchmarks/pointing_game.py)."""
     y, x = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
     a, b = rng.uniform(0.68, 0.78), rng.uniform(0.80, 0.90)
     cx, cy = rng.uniform(-0.04, 0.04), rng.uniform(-0.04, 0.04)
@@ -39,7 +46,7 @@ def phantom(rng: np.random.Generator, size: int, lesion: bool, slice_shift: floa
     image[brain] = 0.55 + 0.06 * texture[brain]
     white = (r < 0.7) & (texture > -0.2)
     image[white] = 0.45 + 0.03 * texture[white]
-    lesion_at = None
+    lesion_at, core = None, None
     if lesion:
         angle, radius = rng.uniform(0, 2 * np.pi), rng.uniform(0.15, 0.55)
         lesion_at = (cx + radius * a * np.cos(angle), cy + radius * b * np.sin(angle), rng.uniform(0.08, 0.17))
@@ -59,7 +66,15 @@ def phantom(rng: np.random.Generator, size: int, lesion: bool, slice_shift: floa
         core = (d < 1.0) & brain
         image[core] = rng.uniform(0.68, 0.8) + 0.05 * texture[core]  # enhancing tumour, of varying conspicuity
     image += 0.03 * rng.standard_normal((size, size))  # thermal noise
-    return np.clip(image, 0, 1).astype(np.float32)
+    return np.clip(image, 0, 1).astype(np.float32), core
+
+
+def lesion_mask(key: str, size: int, seed: int = 0) -> np.ndarray | None:
+    """The tumour core of the synthetic case named `key` (synthetic#patientNNNN/sliceK)."""
+    patient = int(key.split("patient")[1].split("/")[0])
+    slice_index = int(key.rsplit("slice", 1)[1])
+    rng = np.random.default_rng([seed, patient])
+    return phantom_and_lesion(rng, size, patient % 2 == 1, slice_shift=0.02 * slice_index)[1]
 
 
 def synthetic_cases(n_cases: int, size: int, seed: int = 0) -> list[Case]:
