@@ -236,3 +236,28 @@ def medcls_register_datasets(register):
         register("folder", load_folder, description="One sub-folder per class",
                  detect=lambda source: Path(source).is_dir())
     """
+
+
+@hookspec
+def medcls_register_loggers(register):
+    """Register experiment trackers that a run reports to (`--log NAME,...`, config `loggers`).
+
+    ``register(name, create, description="...", extra="...")`` where ``create(out: Path)`` is
+    called with the run folder when training starts and returns a tracker with
+
+    - ``start(params: dict)``: the run's configuration, flattened to text, numbers and booleans;
+    - ``epoch(step: int, values: dict[str, float])``: after each epoch, the training loss, the
+      validation loss and figures, and the learning rate (``epoch_train_loss``,
+      ``epoch_val_roc_auc``, ``epoch_lr``, ...);
+    - ``finish(values: dict[str, float], artefacts: list[pathlib.Path])``: the final figures of
+      every split (``test_roc_auc``, with ``test_roc_auc_low`` / ``_high`` for its interval) and
+      the run's files (report, metrics, model card, figures); the tracker closes itself here.
+
+    ``extra`` names the optional dependency group that provides the tracker's package, so a
+    missing one is reported as ``pip install "medcls[EXTRA]"``; ``create`` raises
+    ``medcls.ConfigError`` with that line. A tracker never changes what is trained.
+
+    Example::
+
+        register("print", lambda out: PrintTracker(out), description="prints each epoch")
+    """

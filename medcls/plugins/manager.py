@@ -20,6 +20,7 @@ DEFAULT_PLUGINS = (
     "medcls.plugins.builtin.metrics",
     "medcls.plugins.builtin.readers",
     "medcls.plugins.builtin.datasets",
+    "medcls.plugins.builtin.loggers",
 )
 
 ENTRY_POINT_GROUP = "medcls"

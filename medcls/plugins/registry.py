@@ -20,6 +20,7 @@ KINDS = {
     "metrics": "medcls_register_metrics",
     "readers": "medcls_register_readers",
     "datasets": "medcls_register_datasets",
+    "loggers": "medcls_register_loggers",
 }
 
 CALLABLE, TEXTS = "a function", "a tuple of text"
@@ -34,6 +35,7 @@ METADATA = {
     "readers": {"extensions": TEXTS, "dims": int, "sniff": CALLABLE, "settings": TEXTS, "greyscale": CALLABLE,
                 "folders": CALLABLE, "patient_id": CALLABLE},
     "datasets": {"detect": CALLABLE},
+    "loggers": {"extra": str},
 }
 
 
@@ -68,6 +70,7 @@ SINGULAR = {
     "metrics": "metric",
     "readers": "reader",
     "datasets": "dataset format",
+    "loggers": "logger",
 }
 
 

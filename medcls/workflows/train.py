@@ -83,6 +83,8 @@ def check_names(config: TrainConfig, registries) -> None:
         registries["datasets"].get(config.format)
     if config.monitor != "loss":
         registries["metrics"].get(config.monitor)
+    for name in tracker_names(config):
+        registries["loggers"].get(name)
 
     parse_window(config.window)
 
@@ -206,7 +208,11 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
                                  score_val)
         logger.info("stage 1: backbone features computed once (no augmentation, frozen backbone)")
 
+    trackers = open_trackers(config, registries, out) if distributed.writes else []
+
     def on_epoch(epoch, is_best):
+        for tracker in trackers:
+            tracker.epoch(epoch.epoch, epoch_values(epoch))
         logger.info(f"[{epoch.stage}] epoch {epoch.epoch}: train loss {epoch.train_loss:.4f}, val loss "
             f"{epoch.val_loss:.4f}, val {config.monitor} {epoch.val_metrics.get(config.monitor, float('nan')):.4f}, "
             f"lr {epoch.lr:.2e}, {epoch.seconds:.1f}s{' *best' if is_best else ''}")
@@ -235,10 +241,55 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
     if data.cache.filling is not None:
         train_rows, val_rows, test_rows = completed_rows(data, train_rows, val_rows)
 
-    return finish_run(config, registries, data, model, execution, fitted, out,
-                      rows={"train": train_rows, "val": val_rows, "test": test_rows},
-                      facts={"weights_origin": weights_origin, "device": str(device), "started": start.started,
-                             "policy_params": policy_params})
+    summary = finish_run(config, registries, data, model, execution, fitted, out,
+                         rows={"train": train_rows, "val": val_rows, "test": test_rows},
+                         facts={"weights_origin": weights_origin, "device": str(device), "started": start.started,
+                                "policy_params": policy_params})
+    finish_trackers(trackers, summary, out)
+    return summary
+
+
+def tracker_names(config: TrainConfig) -> list[str]:
+    return [name.strip() for name in (config.loggers or "").split(",") if name.strip()]
+
+
+def open_trackers(config: TrainConfig, registries, out: Path) -> list:
+    """The run's experiment trackers (medcls_register_loggers), started with its configuration."""
+    import json
+
+    trackers = [registries["loggers"].get(name).obj(out) for name in tracker_names(config)]
+    params = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in config.to_dict().items()
+              if v is not None}
+    for tracker in trackers:
+        tracker.start(params)
+    return trackers
+
+
+def epoch_values(epoch) -> dict:
+    """Per-epoch figures, named `epoch_*` so they never collide with the final `<split>_*` ones."""
+    values = {"epoch_train_loss": epoch.train_loss, "epoch_val_loss": epoch.val_loss, "epoch_lr": epoch.lr}
+    values.update({f"epoch_val_{k}": v for k, v in epoch.val_metrics.items()
+                   if isinstance(v, float) and np.isfinite(v)})
+    return values
+
+
+def finish_trackers(trackers: list, summary: dict, out: Path) -> None:
+    """Every split's final figures with their interval bounds, and the run's files."""
+    if not trackers:
+        return
+    values = {}
+    for split in ("train", "val", "test"):
+        for name, value in summary["results"][split].items():
+            if isinstance(value, (int, float)) and np.isfinite(value):
+                values[f"{split}_{name}"] = float(value)
+                interval = summary["intervals"][split].get(name) or {}
+                for bound in ("low", "high"):
+                    if isinstance(interval.get(bound), float) and np.isfinite(interval[bound]):
+                        values[f"{split}_{name}_{bound}"] = interval[bound]
+    artefacts = sorted(out.glob("*.png")) + [out / n for n in ("report.md", "report.html", "metrics.json", "model.json",
+                                                               "MODEL_CARD.md") if (out / n).is_file()]
+    for tracker in trackers:
+        tracker.finish(values, artefacts)
 
 
 def completed_rows(data: PreparedData, train_rows, val_rows) -> tuple:

@@ -1,0 +1,113 @@
+"""Built-in experiment trackers: TensorBoard and MLflow, each an optional extra
+(`pip install "medcls[tensorboard]"`, `"medcls[mlflow]"`).
+
+MLflow writes to `MLFLOW_TRACKING_URI` when it is set (a team's server) and otherwise to a local
+store beside the run folder, `<runs>/mlruns`, that needs no server (`mlflow ui --backend-store-uri
+<runs>/mlruns` shows it). That local store is MLflow's file store, which MLflow keeps in
+maintenance mode and enables only on request: medcls requests it for its own default location.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from medcls.errors import ConfigError
+from medcls.plugins.hookspecs import hookimpl
+
+EXPERIMENT = "medcls"
+
+
+def missing(extra: str, package: str) -> ConfigError:
+    return ConfigError(f"logging to {extra} needs the {package} package: pip install 'medcls[{extra}]'")
+
+
+class TensorBoardTracker:
+    """Scalars per epoch, the final figures, the run's figures as images and the hyper-parameters,
+    in `<run>/tensorboard`."""
+
+    def __init__(self, out: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise missing("tensorboard", "tensorboard") from None
+        self.writer = SummaryWriter(str(out / "tensorboard"))
+        self.params: dict = {}
+
+    def start(self, params: dict) -> None:
+        self.params = params
+        self.writer.add_text("config", "```\n" + json.dumps(params, indent=1, default=str) + "\n```")
+
+    def epoch(self, step: int, values: dict) -> None:
+        for name, value in values.items():
+            self.writer.add_scalar(name, value, step)
+        self.writer.flush()
+
+    def finish(self, values: dict, artefacts: list[Path]) -> None:
+        import numpy as np
+        from PIL import Image
+
+        for path in artefacts:
+            if path.suffix == ".png":
+                with Image.open(path) as image:
+                    self.writer.add_image(path.stem, np.asarray(image.convert("RGB")), dataformats="HWC")
+        hparams = {k: v for k, v in self.params.items() if isinstance(v, (int, float, str, bool))}
+        self.writer.add_hparams(hparams, {f"final/{k}": v for k, v in values.items()}, run_name="hparams")
+        self.writer.close()
+
+
+class MLflowTracker:
+    """Parameters, per-epoch metrics, final metrics with interval bounds, tags (backbone, data hash,
+    medcls commit) and the run's files as artefacts, through `mlflow.MlflowClient` (no global state)."""
+
+    def __init__(self, out: Path) -> None:
+        try:
+            from mlflow import MlflowClient
+        except ImportError:
+            raise missing("mlflow", "mlflow") from None
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            store = (Path(out).resolve().parent / "mlruns")
+            uri = store.as_uri()
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # see the module docstring
+        self.uri, self.out = uri, Path(out)
+        self.client = MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name(EXPERIMENT)
+        experiment = found.experiment_id if found else self.client.create_experiment(EXPERIMENT)
+        self.run_id = self.client.create_run(experiment, run_name=self.out.name).info.run_id
+
+    def start(self, params: dict) -> None:
+        from mlflow.entities import Param, RunTag
+
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+                              tags=[RunTag("backbone", str(params.get("backbone"))), RunTag("tool", "medcls")])
+
+    def epoch(self, step: int, values: dict) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+    def finish(self, values: dict, artefacts: list[Path]) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in values.items()])
+        manifest = self.out / "manifest.json"
+        if manifest.is_file():
+            facts = json.loads(manifest.read_text())
+            self.client.log_batch(self.run_id, tags=[RunTag("data_sha256", str(facts.get("data_sha256"))),
+                                                     RunTag("medcls_commit", str(facts.get("medcls_commit")))])
+        for path in artefacts:
+            self.client.log_artifact(self.run_id, str(path))
+        self.client.set_terminated(self.run_id)
+
+
+@hookimpl
+def medcls_register_loggers(register):
+    register("tensorboard", TensorBoardTracker, description="TensorBoard event files in RUN/tensorboard",
+             extra="tensorboard")
+    register("mlflow", MLflowTracker, description="MLflow: MLFLOW_TRACKING_URI, else a local store beside the runs",
+             extra="mlflow")

@@ -1,0 +1,108 @@
+"""Experiment tracking through the real libraries: a training logged to a local MLflow store and to
+TensorBoard event files, read back with MLflow's client and TensorBoard's event reader; a third
+party's tracker through the hook; a missing extra is one line."""
+
+import json
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+import medcls
+from medcls.cli import cli
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    pytest.importorskip("mlflow", reason="medcls[mlflow] is not installed")
+    pytest.importorskip("tensorboard", reason="medcls[tensorboard] is not installed")
+    from tests.test_training import FAST
+
+    runs = tmp_path_factory.mktemp("tracked")
+    result = CliRunner().invoke(cli, ["train", *FAST, "--out", str(runs / "run"), "--log", "tensorboard,mlflow"],
+                                env={"MLFLOW_TRACKING_URI": ""})
+    assert result.exit_code == 0, result.output
+    return runs / "run"
+
+
+def test_mlflow_store_holds_params_epochs_final_figures_and_files(tracked):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=(tracked.parent / "mlruns").as_uri())
+    experiment = client.get_experiment_by_name("medcls")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.params["backbone"] == "test_resnet" and run.data.params["seed"] == "0"
+    history = client.get_metric_history(run.info.run_id, "epoch_val_roc_auc")
+    assert [m.step for m in history] == [1, 2, 3]  # one value per epoch
+    metrics = json.loads((tracked / "metrics.json").read_text())
+    assert run.data.metrics["test_roc_auc"] == pytest.approx(metrics["test"]["roc_auc"])
+    assert run.data.metrics["test_roc_auc_low"] == pytest.approx(metrics["intervals"]["test"]["roc_auc"]["low"])
+    files = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"report.md", "report.html", "MODEL_CARD.md", "roc.png", "model.json"} <= files
+    assert run.data.tags["backbone"] == "test_resnet" and run.data.tags["data_sha256"]
+    assert run.info.status == "FINISHED"
+
+
+def test_tensorboard_event_files_read_back(tracked):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tracked / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"epoch_train_loss", "epoch_val_loss", "epoch_val_roc_auc", "epoch_lr"} <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("epoch_val_roc_auc")] == [1, 2, 3]
+    assert "roc" in tags["images"] and "calibration" in tags["images"]
+
+
+class PrintTracker:
+    seen = []
+
+    def __init__(self, out):
+        self.out = out
+
+    def start(self, params):
+        PrintTracker.seen.append(("start", params["backbone"]))
+
+    def epoch(self, step, values):
+        PrintTracker.seen.append(("epoch", step, round(values["epoch_train_loss"], 6)))
+
+    def finish(self, values, artefacts):
+        PrintTracker.seen.append(("finish", "test_roc_auc" in values, len(artefacts) > 3))
+
+
+class TrackerPlugin:
+    @medcls.hookimpl
+    def medcls_register_loggers(register):
+        register("print", PrintTracker, description="remembers what it is told")
+
+
+def test_medcls_register_loggers(tmp_path):
+    from medcls.plugins.manager import unregister_in_process
+
+    medcls.register_plugin(TrackerPlugin, name="tracker_plugin")
+    try:
+        run = medcls.train(backbone="test_resnet", pretrained=False, epochs=2, finetune_epochs=0, image_size=32,
+                           bootstrap=50, loggers="print", out=tmp_path / "run")
+    finally:
+        unregister_in_process("tracker_plugin")
+    assert PrintTracker.seen[0] == ("start", "test_resnet")
+    assert [row[1] for row in PrintTracker.seen if row[0] == "epoch"] == [1, 2]
+    assert PrintTracker.seen[-1] == ("finish", True, True)
+    assert run.metrics.test.roc_auc.value >= 0
+
+
+def test_a_missing_extra_is_one_line_naming_it(monkeypatch, tmp_path):
+    from tests.test_cli import assert_one_line_error
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if medcls[mlflow] were not installed
+    result = CliRunner().invoke(cli, ["train", "--backbone", "test_resnet", "--no-pretrained", "--epochs", "1",
+                                      "--finetune-epochs", "0", "--image-size", "32", "--log", "mlflow",
+                                      "--out", str(tmp_path / "run")])
+    assert_one_line_error(result, "logging to mlflow needs the mlflow package", "pip install 'medcls[mlflow]'")
+
+
+def test_an_unknown_tracker_name_fails_before_any_data_is_read():
+    from tests.test_cli import assert_one_line_error
+
+    result = CliRunner().invoke(cli, ["train", "--backbone", "test_resnet", "--log", "tensorbord"])
+    assert_one_line_error(result, "tensorbord", "tensorboard")
