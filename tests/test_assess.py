@@ -91,7 +91,7 @@ def test_interval_methods_follow_the_data(registries):
     # prevalence-dependent figures resample without fixing the class sizes; skewed ones get BCa
     assert methods["f1"] == methods["brier"] == methods["pr_auc"] == "bootstrap (unstratified, BCa)"
     assert methods["balanced_accuracy"] == "bootstrap (stratified by class, BCa)"
-    assert methods["ece"] == "bootstrap (unstratified, basic interval)"
+    assert methods["ece"] == "bootstrap (unstratified, basic interval; cannot cover an ECE near 0, see docs/intervals.md)"
     patients = np.repeat(np.arange(100), 2)
     clustered = assess(probs, y, 0.5, metrics, patients=patients, n_resamples=200)
     methods = {k: v["method"] for k, v in clustered["intervals"].items()}

@@ -116,7 +116,8 @@ def intervals(probs, labels, threshold, metrics, *, groups=None, level=LEVEL, n_
     def record(found: dict, stratified: bool, resamples: int) -> None:
         for name, (low, high) in found.items():
             kind = "stratified by class" if stratified else "unstratified"
-            how = ", basic interval" if name in BASIC_INTERVAL else ", BCa" if name in BCA_INTERVAL else ""
+            how = (", basic interval; cannot cover an ECE near 0, see docs/intervals.md" if name in BASIC_INTERVAL
+                   else ", BCa" if name in BCA_INTERVAL else "")
             method = f"cluster bootstrap (patients, {kind}{how})" if clustered else f"bootstrap ({kind}{how})"
             out[name] = {"low": low, "high": high, "method": method, "level": level, "resamples": resamples}
 
