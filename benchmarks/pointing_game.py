@@ -53,7 +53,7 @@ def score_layers(run, size: int) -> dict:
         cam = GradCAM(nn_module=model, target_layers=layer, postprocessing=unit_range)
         hits, ratios = [], []
         for key in positives:
-            image = resize(cases[key].array, size)[None]
+            image = resize(cases[key].array, size, run.info.get("interpolation", "bilinear"))[None]
             heat = cam(x=image, class_idx=1)[0, 0].detach().numpy()
             mask = lesion_mask(key, 96).astype(np.float32)
             mask = resize(mask[None], size)[0].numpy() > 0.5

@@ -4,7 +4,6 @@ the stated rates, warm-up ramps, and EMA weights (not the raw ones) are evaluate
 import copy
 import math
 
-import numpy as np
 import pytest
 import torch
 

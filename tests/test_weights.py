@@ -90,3 +90,24 @@ def test_a_file_for_another_architecture_is_one_line(registries, tmp_path):
             as info:
         build_classifier(registries, "test_resnet", 2, 3, 0.0, pretrained=False, weights_file=str(path))
     assert "\n" not in str(info.value)
+
+
+def test_images_are_resized_as_the_backbone_was_pretrained_in_training_and_in_predict(tmp_path, image_folder):
+    """timm's pretrained_cfg says bicubic for resnet18: the training cache, model.json and the
+    predict path all resize that way (and test_resnet's bilinear stays bilinear)."""
+    import medcls
+    from medcls.data.images import resize
+    from medcls.data.loading import backbone_interpolation
+    from medcls.data.readers import read_pil
+
+    assert backbone_interpolation("resnet18") == "bicubic" and backbone_interpolation("test_resnet") == "bilinear"
+    assert backbone_interpolation("monai:resnet10") == "bilinear"  # not timm's: bilinear
+    run = medcls.train(str(image_folder), backbone="resnet18", pretrained=False, epochs=1, finetune_epochs=0,
+                       image_size=24, bootstrap=50, out=tmp_path / "run")
+    assert run.info["interpolation"] == "bicubic"
+    path = next(image_folder.rglob("*.png"))
+    read = run.read([path]).images[0].float()
+    pixels = read_pil(path)
+    bicubic, bilinear = resize(pixels, 24, "bicubic"), resize(pixels, 24, "bilinear")
+    assert not torch.allclose(bicubic, bilinear)
+    assert torch.allclose(read, bicubic, atol=1 / 65535 * 2)  # the cache stores 16-bit levels

@@ -136,7 +136,8 @@ class ReadInputs:
 
 def input_readers(info: dict, registries) -> ReaderTable:
     dims = int(info.get("spatial_dims", 2))
-    return ReaderTable(registries["readers"], {"window": info.get("window"), "size": info["image_size"]}, dims=dims)
+    return ReaderTable(registries["readers"], {"window": info.get("window"), "size": info["image_size"],
+                                               "interpolation": info.get("interpolation", "bilinear")}, dims=dims)
 
 
 def run_grid(info: dict):
@@ -172,7 +173,7 @@ def read_cases(info: dict, cases: list[Case], registries, progress=None) -> Read
         try:
             if case.array is None and not case.path.exists():
                 raise DataError(f"file '{case.path}' does not exist")
-            image = prepare_one(readers.read(case), grid)
+            image = prepare_one(readers.read(case), grid, readers.settings["interpolation"])
             result.images.append(as_stored(image, info["in_chans"]))
             result.positions.append(len(result.rows))
         except DataError as exc:

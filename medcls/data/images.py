@@ -143,21 +143,26 @@ def available_memory() -> int:
         return 8 << 30
 
 
-def resize(image: np.ndarray, size: int) -> torch.Tensor:
-    """(C, H, W) float32 -> (C, size, size), antialiased so large radiographs do not alias."""
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+def resize(image: np.ndarray, size: int, interpolation: str = "bilinear") -> torch.Tensor:
+    """(C, H, W) float32 -> (C, size, size), antialiased so large radiographs do not alias, by the
+    interpolation the backbone was pretrained with (timm's `pretrained_cfg`); clamped to [0, 1]."""
     # Channels-first views of (H, W, C) pixels are read in place: the same numbers as a copy.
     tensor = torch.from_numpy(image if min(image.strides) >= 0 else np.ascontiguousarray(image))[None]
     if tensor.shape[-2:] != (size, size):
-        tensor = torch.nn.functional.interpolate(tensor, size=(size, size), mode="bilinear",
+        mode = interpolation if interpolation in INTERPOLATIONS else "bilinear"
+        tensor = torch.nn.functional.interpolate(tensor, size=(size, size), mode=mode,
                                                  antialias=True, align_corners=False)
     return tensor[0].clamp_(0.0, 1.0)
 
 
-def prepare_one(image, size) -> torch.Tensor:
+def prepare_one(image, size, interpolation: str = "bilinear") -> torch.Tensor:
     """A reader's output on the training grid: a 2D image resized to `size` pixels square, or a
     volume (`size` a volumes.VolumeGrid) cropped, resampled and scaled to its grid."""
     if isinstance(size, int):
-        return resize(image, size)
+        return resize(image, size, interpolation)
     from medcls.data.volumes import to_grid
 
     return to_grid(image, size)

@@ -69,6 +69,18 @@ def source_side(case: Case) -> int | None:
         return None
 
 
+def backbone_interpolation(backbone: str) -> str:
+    """How images are resized for `backbone`: the interpolation its pretrained weights were trained
+    with (timm's `pretrained_cfg`, e.g. bicubic for EfficientNet and ResNet), else bilinear."""
+    try:
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(backbone) if timm.is_model(backbone) else None
+    except Exception:  # not a timm name (a plugin's, hf-hub:): bilinear
+        cfg = None
+    return cfg.interpolation if cfg is not None and cfg.interpolation in ("bilinear", "bicubic") else "bilinear"
+
+
 def training_grid(config, registries):
     """What every case is brought to: `image_size` pixels square, or a volume grid."""
     if spatial_dims(config, registries) == 2:
@@ -89,7 +101,8 @@ def data_options(config, readers=None) -> DataOptions:
 
 def load_cases(config, registries) -> tuple[list[Case], str, ReaderTable]:
     """The cases of `config.data` with their layout's name, and the reader table used for files."""
-    readers = ReaderTable(registries["readers"], {"window": config.window, "size": config.image_size},
+    readers = ReaderTable(registries["readers"], {"window": config.window, "size": config.image_size,
+                                                  "interpolation": backbone_interpolation(config.backbone)},
                           dims=spatial_dims(config, registries))
     source = str(config.data)
     name = detect_format(source, registries["datasets"]) if config.format == "auto" else config.format

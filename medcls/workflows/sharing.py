@@ -55,7 +55,7 @@ def export_hf(model, info: dict, out: Path, *, run: Path, registries, check_batc
     mean = [float(v) for v in model.mean.flatten()]
     std = [float(v) for v in model.std.flatten()]
     data_config = {"input_size": [info["in_chans"], size, size], "mean": mean, "std": std,
-                   "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center"}
+                   "interpolation": info.get("interpolation", "bilinear"), "crop_pct": 1.0, "crop_mode": "center"}
     out.mkdir(parents=True, exist_ok=True)
     save_for_hf(timm_model, str(out), safe_serialization=True, data_config=data_config,
                 model_config={"label_names": list(info["classes"]),

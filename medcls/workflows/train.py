@@ -41,7 +41,7 @@ from medcls.core.runs import (
 )
 from medcls.data.decoding import StartAgain
 from medcls.workflows.sharing import write_model_card
-from medcls.data.loading import AUTO_LARGEST, auto_image_size, load_cases
+from medcls.data.loading import AUTO_LARGEST, auto_image_size, backbone_interpolation, load_cases
 from medcls.data.prepared import PreparedData, prepare_data
 from medcls.data.readers import parse_window
 from medcls.errors import ConfigError
@@ -333,10 +333,11 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
         "threshold_rule": config.threshold_rule, "target": config.target, "window": config.window,
         "temperature": scoring["temperature"], "backbone_args": config.backbone_args,
         "conformal": scoring["conformal"], "input_shape": list(data.cache.images.shape[2:]),
+        "interpolation": backbone_interpolation(config.backbone),
         "normalisation": normalisation(model),
         "plugins": {"backbone": registries.provenance(registries["backbones"].get(config.backbone))},
         "positive_class": data.classes[1] if len(data.classes) == 2 else None,
-        "preprocessing": "decode (readers), resize to image_size (antialiased bilinear) or, for volumes, reorient "
+        "preprocessing": "decode (readers), resize to image_size (antialiased, by `interpolation`) or, for volumes, reorient "
                          "to RAS, crop/resample to volume_size (trilinear), window or percentiles; values in [0, 1]; "
                          "the model normalises internally", "weights_origin": facts["weights_origin"],
         **(extra_info or {}),
