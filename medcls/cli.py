@@ -342,11 +342,9 @@ def compare(run_a, run_b, data, split, out, label_column, score_column, patient_
     McNemar (sensitivity, specificity)."""
     from medcls import api
 
-    columns = dict(label_column=label_column, score_column=score_column, patient_column=patient_column,
-                   positive_class=positive_class)
-    files = str(run_a).lower().endswith(".csv") or str(run_b).lower().endswith(".csv")
     result = api.compare(run_a, run_b, data=data, split=split, threshold_rule=threshold_rule, target=target,
-                         **(columns if files else {}))
+                         label_column=label_column, score_column=score_column, patient_column=patient_column,
+                         positive_class=positive_class)
     text = json.dumps(result, indent=2, default=float)
     if out:
         with open(out, "w") as fh:

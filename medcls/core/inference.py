@@ -25,6 +25,7 @@ from medcls.data.layouts import candidate_files
 from medcls.data.volumes import make_grid
 from medcls.errors import DataError
 from medcls.stats.calibration import apply_temperature
+from medcls.stats.conformal import refer as conformal_refer
 
 Batches = Callable[[int], Iterable[torch.Tensor]]  # batch_size -> (B, C, ...) tensors in [0, 1]
 
@@ -94,9 +95,7 @@ class Predictor:
     def refer(self, probs: np.ndarray) -> np.ndarray | None:
         """Per row, whether the case goes to a human reader: its conformal prediction set is not a
         single class. None for runs without abstention."""
-        from medcls.stats.conformal import refer
-
-        return None if self.conformal is None else refer(np.atleast_2d(probs), self.conformal)
+        return None if self.conformal is None else conformal_refer(np.atleast_2d(probs), self.conformal)
 
 
 def run_predictor(model: nn.Module, info: dict, *, device="auto", precision: str = "auto", channels_last=None,

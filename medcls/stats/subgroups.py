@@ -100,9 +100,9 @@ def compare_subgroups(probs: np.ndarray, labels: np.ndarray, threshold: float | 
     clustered = patients is not None and len(np.unique(patients)) < len(patients)
     column = np.asarray(column).astype(str)
     result, tests = {}, []
+    units = (lambda mask: len(np.unique(patients[mask]))) if clustered else (lambda mask: int(mask.sum()))  # noqa: E731
     for value in sorted(set(column)):
         member = column == value
-        units = (lambda mask: len(np.unique(patients[mask]))) if clustered else (lambda mask: int(mask.sum()))
         counts = [units(side & (labels == c)) for side in (member, ~member) for c in (0, 1)]
         if min(counts) < MIN_PER_CLASS:
             result[value] = {"not_compared": f"fewer than {MIN_PER_CLASS} {'patients' if clustered else 'cases'} of a "

@@ -32,7 +32,7 @@ def as_timm_model(model, info: dict, architecture: str):
 
     timm_model = timm.create_model(architecture, pretrained=False, num_classes=len(info["classes"]),
                                    in_chans=info["in_chans"], **(info.get("backbone_args") or {}))
-    state = {k: v for k, v in model.backbone.state_dict().items()}
+    state = dict(model.backbone.state_dict())
     classifier = timm_model.get_classifier()
     prefix = next(name for name, module in timm_model.named_modules() if module is classifier)
     state[f"{prefix}.weight"], state[f"{prefix}.bias"] = model.head[-1].weight, model.head[-1].bias

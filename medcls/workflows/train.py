@@ -40,7 +40,6 @@ from medcls.core.runs import (
     write_splits,
 )
 from medcls.data.decoding import StartAgain
-from medcls.workflows.sharing import write_model_card
 from medcls.data.loading import AUTO_LARGEST, auto_image_size, backbone_interpolation, load_cases
 from medcls.data.prepared import PreparedData, prepare_data
 from medcls.data.readers import parse_window
@@ -49,10 +48,11 @@ from medcls.logs import logger
 from medcls.reports import plots, report
 from medcls.reports.documents import training_document
 from medcls.stats.assess import assess, assess_subgroups, split_results
-from medcls.stats.conformal import conformal_report, fit_conformal
-from medcls.stats.subgroups import compare_subgroups
 from medcls.stats.calibration import calibration_slope_intercept, fit_temperature
+from medcls.stats.conformal import conformal_report, fit_conformal
 from medcls.stats.operating_points import choose_threshold
+from medcls.stats.subgroups import compare_subgroups
+from medcls.workflows.sharing import write_model_card
 
 
 def stages_for(config: TrainConfig) -> list:
