@@ -108,3 +108,16 @@ def test_ema_weights_are_the_ones_evaluated_and_kept():
     assert moved(raw_kept, raw_start) > 0.05  # plain SGD moves the weights
     assert moved(kept, start) < 1e-4  # an average with decay ~1 barely leaves the start
     assert moved(kept, seen[-1]) == 0  # what was evaluated is what is kept
+
+
+def test_label_smoothing_reaches_the_loss(tmp_path):
+    """The same seed, data and batches: smoothing the targets raises the training loss of the
+    first epoch (a confident correct prediction is no longer loss-free)."""
+    import medcls
+
+    losses = []
+    for smoothing in (0.0, 0.3):
+        run = medcls.train(backbone="test_resnet", pretrained=False, epochs=1, finetune_epochs=0, image_size=32,
+                           bootstrap=50, label_smoothing=smoothing, out=tmp_path / f"ls{smoothing}")
+        losses.append(run.history[0]["train_loss"])
+    assert losses[1] > losses[0] + 0.01
