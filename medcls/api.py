@@ -365,6 +365,22 @@ def config_keys() -> list[dict]:
 # --- a finished run ----------------------------------------------------------------------------
 
 
+def finding_table(payload: dict) -> str:
+    """Multi-label: each finding's operating point and test figures with intervals, as printed."""
+    from medcls.reports.report import format_value, markdown_table
+
+    test = payload.get("findings", {}).get("test", {})
+    rows = [[name, f"{threshold:.4f}", *[format_value(found["values"].get(m), found["intervals"].get(m))
+                                          for m in ("roc_auc", "sensitivity", "specificity")]]
+            for (name, found), threshold in zip(test.get("findings", {}).items(), payload.get("threshold") or [])]
+    summary = test.get("summary", {})
+    intervals = test.get("summary_intervals", {})
+    return ("Per finding (test), each at its own operating point chosen on validation:\n"
+            + markdown_table(["finding", "threshold", "roc_auc", "sensitivity", "specificity"], rows)
+            + f"\nMacro ROC AUC {format_value(summary.get('macro_roc_auc'), intervals.get('macro_roc_auc'))}, "
+              f"micro ROC AUC {format_value(summary.get('micro_roc_auc'), intervals.get('micro_roc_auc'))}.")
+
+
 def load_run(path: str | os.PathLike, *, device: str = "auto", registries: Registries | None = None,
              _scratch=None) -> "Run":
     """A finished run folder (from `medcls train` or `medcls.train(out=...)`) as a Run."""
@@ -399,6 +415,11 @@ class Run:
     @property
     def classes(self) -> list[str]:
         return list(self.info["classes"])
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether `.classes` are findings, each with its own sigmoid probability and threshold."""
+        return bool(self.info.get("multi_label"))
 
     @property
     def positive_class(self) -> str | None:
@@ -443,7 +464,9 @@ class Run:
         lines = [gap_table(payload, payload.get("intervals", {})),
                  "95% intervals; how each was computed (Wilson, DeLong, bootstrap) is in report.md.", "",
                  f"Reading: {payload.get('reading', '')}"]
-        if payload.get("threshold") is not None:
+        if self.multi_label:
+            lines.append(finding_table(payload))
+        elif payload.get("threshold") is not None:
             lines.append(f"Operating point {payload['threshold']:.4f}, chosen on validation; test figures at that point.")
         lines.append(f"Run folder: {self.path} ({manifest.get('seconds', float('nan')):.0f}s on "
                      f"{manifest.get('device', '?')})")
@@ -504,8 +527,10 @@ class Run:
         return self.predictor.probabilities(read.stacked(), tta=tta, mirrors=mirrors)
 
     def decide(self, inputs) -> np.ndarray:
-        """The class name per input at the stored operating point (binary) or the most probable class."""
-        return np.array(self.classes, dtype=object)[self.predictor.decide(self.predict(inputs))]
+        """The class name per input at the stored operating point (binary) or the most probable class;
+        multi-label: an (N, findings) boolean array, each finding at its own operating point."""
+        decided = self.predictor.decide(self.predict(inputs))
+        return decided.astype(bool) if self.multi_label else np.array(self.classes, dtype=object)[decided]
 
     def refer(self, inputs) -> np.ndarray:
         """Per input, whether it goes to a human reader: its split-conformal prediction set (fitted on

@@ -42,6 +42,10 @@ class TrainConfig:
     format: str = option("auto", 'dataset layout name (see `medcls list datasets`); auto-detected by default', 'data')
     path_column: str = option("path", 'manifest column holding the image file', 'data')
     label_column: str = option("label", 'manifest column holding the class', 'data')
+    label_columns: str | None = option(None, "multi-label: comma-separated manifest columns, one finding each (1 present, 0 absent, -1 uncertain, blank)", 'data')
+    multi_label: bool = option(False, "multi-label: the label column holds '|'-separated findings ('No Finding': none); implied by label_columns and by (N, L) npz labels", 'data')
+    uncertain: str = option("ignore", "multi-label: what an uncertain (-1) finding means: positive, negative or ignore (left out of loss and metrics), then per-finding overrides, e.g. 'ignore, Edema=positive'", 'data')
+    blank_findings: str = option("negative", "multi-label: what a blank (not mentioned) finding means, same form as uncertain (CheXpert practice: negative)", 'data')
     patient_column: str | None = option(None, "manifest column holding the patient id ('patient_id' if present)", 'data')
     split_column: str | None = option(None, "manifest column holding train/val/test ('split' if present)", 'data')
     image_root: str | None = option(None, "folder manifest paths are relative to (default: the manifest's folder)", 'data')
@@ -252,6 +256,17 @@ def validate(config: TrainConfig, where: str = "config") -> None:
             fail(key, value, "give one positive number or three (z,y,x), e.g. 64 or 32,128,128")
         if key == "volume_size" and not all(n.is_integer() for n in numbers):
             fail(key, value, "voxel counts are whole numbers")
+    if config.label_columns is not None:
+        names = [n.strip() for n in config.label_columns.split(",")]
+        if len(names) < 1 or not all(names) or len(set(names)) != len(names):
+            fail("label_columns", config.label_columns, "give distinct column names separated by commas, e.g. "
+                 "Atelectasis,Edema,Effusion")
+    for key in ("uncertain", "blank_findings"):
+        for item in getattr(config, key).split(","):
+            policy = item.rpartition("=")[2].strip().lower()
+            if item.strip() and policy not in ("positive", "negative", "ignore"):
+                fail(key, getattr(config, key), f"{policy!r} is not positive, negative or ignore; give a policy, "
+                     "then per-finding overrides: 'ignore, Edema=positive'")
     for key, value in config.backbone_args.items():
         if not isinstance(key, str) or not key.isidentifier() or not isinstance(value, (bool, int, float, str)) \
                 or (isinstance(value, float) and not math.isfinite(value)):

@@ -58,6 +58,36 @@ class FitResult:
     stopped_early: list[str] = field(default_factory=list)
 
 
+class MultiLabelLoss(nn.Module):
+    """Binary cross-entropy per finding on sigmoid outputs, for multi-label tasks: targets are
+    (B, L) floats, 1 present, 0 absent and NaN ignored (an uncertain finding under the 'ignore'
+    policy adds nothing to the loss or its gradient); `pos_weight` per finding weighs rare
+    positives up; `label_smoothing` pulls targets towards 0.5. The mean is over known entries."""
+
+    def __init__(self, pos_weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.register_buffer("pos_weight", pos_weight)
+        self.label_smoothing = label_smoothing
+
+    @staticmethod
+    def probabilities(logits: torch.Tensor) -> torch.Tensor:
+        return logits.sigmoid()
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        known = ~torch.isnan(targets)
+        targets = torch.where(known, targets, torch.zeros_like(targets))
+        if self.label_smoothing:
+            targets = targets * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
+        losses = nn.functional.binary_cross_entropy_with_logits(logits, targets, pos_weight=self.pos_weight,
+                                                                 reduction="none")
+        return (losses * known).sum() / known.sum().clamp(min=1)
+
+
+def output_probabilities(loss_fn, logits: torch.Tensor) -> torch.Tensor:
+    """The probabilities the loss trains: sigmoid per finding (multi-label), else softmax."""
+    return loss_fn.probabilities(logits) if hasattr(loss_fn, "probabilities") else logits.softmax(1)
+
+
 class Mixer:
     """Mixup (Zhang et al. 2018) and CutMix (Yun et al. 2019) of a training batch: images mixed with a
     shuffled copy, the loss mixed in the same proportion. Seeded; with both on, each batch uses one."""
@@ -133,7 +163,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, execution: Execution, sca
         # Accumulate on the device; one synchronisation per epoch, not per step.
         total += loss.detach() * len(targets)
         count += len(targets)
-        scores.append(logits.detach().float().softmax(1))
+        scores.append(output_probabilities(loss_fn, logits.detach().float()))
         labels.append(targets)
         if progress is not None:
             progress(len(targets))

@@ -38,9 +38,10 @@ class Predictor:
     execution: Execution
     classes: list[str] = field(default_factory=list)
     temperature: float | None = None  # temperature scaling fitted on validation (None: uncalibrated)
-    threshold: float | None = None  # binary tasks: the operating point chosen on validation
+    threshold: float | list[float] | None = None  # binary: the operating point chosen on validation; multi-label: one per finding
     batch_size: int = 64
     conformal: dict | None = None  # prediction-set thresholds fitted on validation (medcls.stats.conformal)
+    multi_label: bool = False  # `classes` are findings: a sigmoid probability and a decision per finding
 
     @classmethod
     def for_model(cls, model: nn.Module, *, device="auto", precision: str = "auto", channels_last=None,
@@ -82,12 +83,17 @@ class Predictor:
     def raw(self, images: torch.Tensor) -> torch.Tensor:
         """Uncalibrated probabilities of one batch, on the device."""
         with self.execution.autocast():
-            return self.model(self.execution.inputs(images)).float().softmax(1)
+            logits = self.model(self.execution.inputs(images)).float()
+        return logits.sigmoid() if self.multi_label else logits.softmax(1)
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
         """Class index per row: positive at or above the stored operating point (binary tasks with
-        one), else the most probable class."""
+        one), else the most probable class. Multi-label: (N, L) 0/1, each finding at its own
+        operating point (0.5 before one is chosen)."""
         probs = np.atleast_2d(probs)
+        if self.multi_label:
+            thresholds = np.full(probs.shape[1], 0.5) if self.threshold is None else np.asarray(self.threshold)
+            return (probs >= thresholds[None, :]).astype(np.int64)
         if probs.shape[1] == 2 and self.threshold is not None:
             return (probs[:, 1] >= self.threshold).astype(np.int64)
         return probs.argmax(1)
@@ -104,7 +110,7 @@ def run_predictor(model: nn.Module, info: dict, *, device="auto", precision: str
     return Predictor.for_model(model, device=device, precision=precision, channels_last=channels_last,
                                classes=list(info["classes"]), temperature=info.get("temperature"),
                                threshold=info.get("threshold"), batch_size=batch_size,
-                               conformal=info.get("conformal"))
+                               conformal=info.get("conformal"), multi_label=bool(info.get("multi_label")))
 
 
 def as_batches(source: Batches | torch.Tensor | np.ndarray) -> Batches:

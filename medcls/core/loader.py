@@ -26,7 +26,7 @@ class TrainingImages:
 
     def __getitem__(self, i: int):
         images, labels = self.__getitems__([i])
-        return images[0], int(labels[0])
+        return images[0], labels[0]
 
     def __getitems__(self, indices: list[int]):
         """The DataLoader's batched fetch: (images (B, C, H, W), labels (B,)), already collated."""
@@ -72,6 +72,15 @@ def loader_workers(config: TrainConfig, transform) -> int:
     if config.workers >= 0:
         return config.workers
     return 0 if is_batched(transform) else 1
+
+
+def positive_weights(targets: np.ndarray) -> np.ndarray:
+    """Multi-label: each finding's negatives per positive among its known training cases (the
+    `pos_weight` of binary cross-entropy), so a rare finding weighs as much as a common one."""
+    known = ~np.isnan(targets)
+    positives = np.where(known, targets == 1, False).sum(0)
+    negatives = np.where(known, targets == 0, False).sum(0)
+    return np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0)
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -148,6 +157,8 @@ def frozen_features(model, data: PreparedData, train_rows, val_rows, train_label
     @torch.no_grad()
     def evaluate_val():
         model.eval()
-        return score_val(model.head(val_features).float().softmax(1).cpu().numpy().astype(np.float64))
+        logits = model.head(val_features).float()
+        probs = logits.sigmoid() if data.multi_label else logits.softmax(1)
+        return score_val(probs.cpu().numpy().astype(np.float64))
 
     return FrozenFeatures(loader, evaluate_val)

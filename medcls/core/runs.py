@@ -167,6 +167,21 @@ def write_predictions(path: Path, classes: list[str], by_split: dict, decide) ->
                 writer.writerow([key, split, classes[int(label)], *[f"{v:.8g}" for v in p], classes[int(decided)]])
 
 
+def write_finding_predictions(path: Path, findings: list[str], by_split: dict, decide) -> None:
+    """Multi-label: one row per case and split with, per finding, its target (1, 0, or blank when
+    ignored), its probability and the decision at the finding's operating point."""
+    import math
+
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["key", "split", *[f"y_{f}" for f in findings], *[f"p_{f}" for f in findings],
+                         *[f"decision_{f}" for f in findings]])
+        for split, (keys, targets, probs) in by_split.items():
+            for key, target, p, decided in zip(keys, targets, probs, decide(probs)):
+                writer.writerow([key, split, *["" if math.isnan(v) else str(int(v)) for v in target],
+                                 *[f"{v:.8g}" for v in p], *[str(int(d)) for d in decided]])
+
+
 def write_splits(data: PreparedData, path: Path) -> None:
     """Which split each image went to, with its content hash; patient identifiers are not written."""
     readable = set(data.cache.kept.tolist())

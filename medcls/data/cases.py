@@ -23,6 +23,8 @@ class DataOptions:
 
     path_column: str = "path"  # CSV column with the image file (relative to image_root)
     label_column: str = "label"  # CSV column with the class label
+    label_columns: tuple = ()  # multi-label: CSV columns with one finding each (1 / 0 / -1 uncertain / blank)
+    multi_label: bool = False  # multi-label: label_column holds '|'-separated findings ('No Finding': none)
     patient_column: str | None = None  # CSV column with the patient id (None: 'patient_id' if present)
     split_column: str | None = None  # CSV column with train/val/test (None: 'split' if present)
     image_root: str | None = None  # folder the CSV paths are relative to (None: the CSV's folder)
@@ -43,6 +45,7 @@ class Case:
     path: Path | None = None  # an image file, a volume file or a DICOM series folder
     array: object = field(default=None, repr=False)  # float32 (C, H, W) in [0, 1], or a volumes.Volume
     attributes: dict = field(default_factory=dict, repr=False)  # other manifest columns (site, sex, ...)
+    findings: dict | None = field(default=None, repr=False)  # multi-label: finding -> 1, 0, -1 (uncertain), NaN (blank)
 
     def content_hash(self) -> str:
         """SHA-256 of the file's bytes (or the array's), to find byte-identical copies."""

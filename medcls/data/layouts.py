@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medcls.data import findings
 from medcls.data.cases import SPLIT_ALIASES, Case, DataOptions, normalise_split
 from medcls.errors import DataError
 
@@ -100,7 +101,9 @@ def load_csv(source: str, options: DataOptions) -> list[Case]:
     columns = [c for c in rows[0].keys() if c is not None]  # None: cells beyond the header's columns
     patient_column = options.patient_column or ("patient_id" if "patient_id" in columns else None)
     split_column = options.split_column or ("split" if "split" in columns else None)
-    needed = [("path_column", options.path_column), ("label_column", options.label_column)]
+    label_columns = list(options.label_columns)
+    needed = [("path_column", options.path_column)]
+    needed += [("label_columns", c) for c in label_columns] or [("label_column", options.label_column)]
     needed += [("patient_column", patient_column), ("split_column", split_column)]
     for option, column in needed:
         if column is not None and column not in columns:
@@ -111,22 +114,36 @@ def load_csv(source: str, options: DataOptions) -> list[Case]:
     root = Path(options.image_root) if options.image_root else manifest.parent
     if options.image_root and not root.is_absolute() and not root.exists():
         root = manifest.parent / options.image_root
+    in_cells = options.multi_label and not label_columns
+    names = findings.cell_findings([row.get(options.label_column) or "" for row in rows]) if in_cells else label_columns
+    if in_cells and not names:
+        raise DataError(f"manifest '{manifest}': column {options.label_column!r} names no findings: write them "
+                        "'|'-separated (e.g. Effusion|Mass), or drop --set multi_label=true")
     cases, spellings = [], {}
     for number, row in enumerate(rows, start=2):  # line 1 is the header
         where = f"manifest '{manifest}' line {number}"
         file_name, label = (row.get(options.path_column) or "").strip(), (row.get(options.label_column) or "").strip()
+        found = None
+        if label_columns:
+            found = {name: findings.finding_value(row.get(name) or "", f"{where} column {name!r}") for name in names}
+        elif in_cells:
+            found = findings.findings_from_cell(label, names, where)
+        if found is not None:
+            label = findings.as_text(found)
         if not file_name or not label:
             raise DataError(f"{where}: empty {'path' if not file_name else 'label'}: fill it in or delete the row")
-        if label.lower() in MISSING_LABELS:
+        if found is None and label.lower() in MISSING_LABELS:
             raise DataError(f"{where}: label {label!r} means a missing label: fill it in or delete the row")
         path = Path(file_name.replace("\\", "/"))
         path = path if path.is_absolute() else root / path
         patient = (row.get(patient_column) or "").strip() or None if patient_column else None
         split = normalise_split(row[split_column], where) if split_column and row.get(split_column) else None
-        used = {options.path_column, options.label_column, patient_column, split_column}
+        used = {options.path_column, options.label_column, patient_column, split_column, *label_columns}
         attributes = {k: (v or "").strip() for k, v in row.items() if k not in used and k is not None}
         cases.append(Case(key=str(path), label=label, patient_id=patient, split=split, path=path,
-                          attributes=attributes))
+                          attributes=attributes, findings=found))
+        if found is not None:
+            continue
         spelled = spellings.setdefault(label.casefold(), (label, number))
         if spelled[0] != label:
             raise DataError(f"manifest '{manifest}' line {number}: label {label!r} differs from {spelled[0]!r} "
@@ -156,15 +173,18 @@ def load_npz(source: str, options: DataOptions) -> list[Case]:
             if f"{split}_labels" not in archive.files:
                 raise DataError(f"npz file '{source}': {split}_labels is missing: give one label per image")
             labels = read_npz_array(archive, source, f"{split}_labels")
-            if labels.ndim == 2 and labels.shape[1] != 1:
-                raise DataError(f"npz file '{source}': {split}_labels is multi-label {labels.shape}; "
-                                "medcls trains single-label classifiers")
-            labels = npz_labels(labels.reshape(-1), source, split, names)
+            multi = labels.ndim == 2 and labels.shape[1] != 1
+            found = npz_findings(labels, source, split, names) if multi else None
+            labels = [findings.as_text(f) for f in found] if multi else \
+                npz_labels(labels.reshape(-1), source, split, names)
             try:
-                cases += array_cases(npz_scaled(images, source, split), labels, split=[split] * len(labels),
-                                     volumes=volumes, name=f"{source}#{split}")
+                made = array_cases(npz_scaled(images, source, split), labels, split=[split] * len(labels),
+                                   volumes=volumes, name=f"{source}#{split}")
             except DataError as exc:
                 raise DataError(f"npz file '{source}' {split}_images: {exc}") from None
+            for case, case_findings in zip(made, found or []):
+                case.findings = case_findings
+            cases += made
     for case in cases:  # keys as before: source#split/index
         prefix, _, index = case.key.rpartition("#")
         case.key = f"{prefix}/{index}"
@@ -179,6 +199,23 @@ def read_npz_array(archive, source: str, name: str) -> np.ndarray:
     except ValueError as exc:  # object arrays need pickle, which medcls never loads
         raise DataError(f"npz file '{source}': {name} cannot be read without unpickling ({exc}); save it as a "
                         "numeric array") from None
+
+
+def npz_findings(labels: np.ndarray, source: str, split: str, names) -> list[dict]:
+    """Multi-label arrays (N, L) of 1 / 0 (and -1 uncertain), as MedMNIST's ChestMNIST: one finding
+    per column, named by `class_names` (else finding_0, finding_1, ...)."""
+    values = labels.astype(np.float64)
+    bad = ~np.isin(values, (1.0, 0.0, -1.0)) & ~np.isnan(values)
+    if bad.any():
+        row, column = (int(i[0]) for i in np.nonzero(bad))
+        raise DataError(f"npz file '{source}': {split}_labels[{row}, {column}] = {labels[row, column].item()!r}: "
+                        "multi-label arrays hold 1 (present), 0 (absent) or -1 (uncertain)")
+    names = [str(n) for n in np.asarray(names).reshape(-1)] if names is not None else \
+        [f"finding_{j}" for j in range(labels.shape[1])]
+    if len(names) != labels.shape[1]:
+        raise DataError(f"npz file '{source}': {split}_labels has {labels.shape[1]} findings but class_names has "
+                        f"{len(names)} names")
+    return [dict(zip(names, row.tolist())) for row in values]
 
 
 def npz_labels(labels: np.ndarray, source: str, split: str, names) -> list:

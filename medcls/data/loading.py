@@ -94,6 +94,8 @@ def data_options(config, readers=None) -> DataOptions:
     """How a layout reads `config.data`: the run configuration's data keys."""
     return DataOptions(
         path_column=config.path_column, label_column=config.label_column,
+        label_columns=tuple(n.strip() for n in (config.label_columns or "").split(",") if n.strip()),
+        multi_label=config.multi_label,
         patient_column=config.patient_column, split_column=config.split_column,
         image_root=config.image_root, patient_from_dicom=config.patient_from_dicom, readers=readers,
     )

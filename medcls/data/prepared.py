@@ -30,6 +30,7 @@ class PreparedData:
     format_name: str
     duplicates: list[list[str]]
     warnings: list[str] = field(default_factory=list)
+    multi_label: bool = False  # labels are (N, findings) float: 1, 0 or NaN (ignored), `classes` the findings
 
     def rows(self, split: str | None = None) -> np.ndarray:
         """Positions in the image cache of the readable cases of `split` (all when None)."""
@@ -114,8 +115,12 @@ def prepare_data(config: TrainConfig, registries, *, split: bool = True, backgro
     from medcls.data.splits import assign_splits, duplicate_sets, leakage_warnings, linked_groups
 
     cases, format_name, readers = load_cases(config, registries)
-    classes = class_names(cases, config.positive_class, config.data)
-    labels = np.array([classes.index(c.label) for c in cases], dtype=np.int64)
+    multi_label = any(case.findings is not None for case in cases)
+    if multi_label:
+        classes, labels = finding_targets(cases, config)
+    else:
+        classes = class_names(cases, config.positive_class, config.data)
+        labels = np.array([classes.index(c.label) for c in cases], dtype=np.int64)
     hashes = hash_all(cases)
     duplicates = duplicate_sets(cases, hashes)
     splits = np.array([""] * len(cases), dtype=object)
@@ -136,4 +141,25 @@ def prepare_data(config: TrainConfig, registries, *, split: bool = True, backgro
     if cache.failures:
         warnings.append(skipped_warning(cache.failures))
     return PreparedData(cases, classes, labels, np.asarray(splits, dtype=str), hashes, cache, format_name,
-                        duplicates, warnings)
+                        duplicates, warnings, multi_label)
+
+
+def finding_targets(cases, config: TrainConfig) -> tuple[list[str], np.ndarray]:
+    """Multi-label: the findings and the (N, L) targets after the uncertain and blank policies; a
+    finding that is never present (or never absent) cannot be learnt and is refused by name."""
+    from medcls.data.findings import targets
+
+    if config.positive_class is not None:
+        raise DataError("positive_class applies to single-label tasks: each finding of a multi-label set is "
+                        "its own positive class")
+    if not all(case.findings is not None for case in cases):
+        raise DataError(f"data source '{config.data}' mixes multi-label and single-label cases")
+    names = list(cases[0].findings)
+    labels = targets([case.findings for case in cases], names, config.uncertain, config.blank_findings)
+    for j, name in enumerate(names):
+        known = labels[:, j][~np.isnan(labels[:, j])]
+        if not (known == 1).any() or not (known == 0).any():
+            raise DataError(f"data source '{config.data}': finding {name!r} is {'never' if not (known == 1).any() else 'always'} "
+                            "present (after the uncertain and blank policies): it cannot be learnt; "
+                            "drop it from label_columns")
+    return names, labels

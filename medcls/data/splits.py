@@ -56,6 +56,9 @@ def holdout(indices: np.ndarray, labels: np.ndarray, groups: np.ndarray, fractio
             f"only {n_groups} patients/image groups are left to hold out a {what} set of {fraction:.0%}: "
             f"add data, give explicit splits, or lower {what}_fraction"
         )
+    if labels.ndim == 2:
+        kept, held = next(multilabel_group_folds(labels[indices], groups[indices], n_splits, seed))
+        return indices[kept], indices[held]
     for label in np.unique(labels[indices]):
         in_class = len(np.unique(groups[indices][labels[indices] == label]))
         if in_class < n_splits:
@@ -66,6 +69,23 @@ def holdout(indices: np.ndarray, labels: np.ndarray, groups: np.ndarray, fractio
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     kept, held = next(folds.split(indices, labels[indices], groups[indices]))
     return indices[kept], indices[held]
+
+
+def multilabel_group_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int):
+    """(rest, fold) positions per fold for multi-label data: iterative stratification (Sechidis et
+    al. 2011, the `iterative-stratification` package) over whole groups, each group labelled with
+    every finding any of its images has, so that every finding is spread over the folds and no
+    patient is split."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    ids, index = np.unique(groups, return_inverse=True)
+    known = np.nan_to_num(labels, nan=0.0)
+    per_group = np.zeros((len(ids), labels.shape[1]))
+    np.maximum.at(per_group, index, known)
+    folds = MultilabelStratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    for rest_groups, fold_groups in folds.split(np.zeros(len(ids)), per_group):
+        in_fold = np.isin(index, fold_groups)
+        yield np.flatnonzero(~in_fold), np.flatnonzero(in_fold)
 
 
 def assign_splits(cases: list[Case], labels: np.ndarray, groups: np.ndarray, val_fraction: float,

@@ -30,10 +30,12 @@ def phantom(rng: np.random.Generator, size: int, lesion: bool, slice_shift: floa
     return phantom_and_lesion(rng, size, lesion, slice_shift)[0]
 
 
-def phantom_and_lesion(rng: np.random.Generator, size: int, lesion: bool,
-                       slice_shift: float) -> tuple[np.ndarray, np.ndarray | None]:
+def phantom_and_lesion(rng: np.random.Generator, size: int, lesion: bool, slice_shift: float, *,
+                       calcification: bool = False, midline_shift: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """`phantom` and the tumour core's pixel mask (None without a lesion): where an explanation
-    should point (benchmarks/pointing_game.py)."""
+    should point (benchmarks/pointing_game.py). The multi-label set adds two findings independent
+    of the lesion: `calcification`, a cluster of small dark (T2-hypointense) foci, and
+    `midline_shift`, both ventricles displaced to one side."""
     y, x = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
     a, b = rng.uniform(0.68, 0.78), rng.uniform(0.80, 0.90)
     cx, cy = rng.uniform(-0.04, 0.04), rng.uniform(-0.04, 0.04)
@@ -50,8 +52,9 @@ def phantom_and_lesion(rng: np.random.Generator, size: int, lesion: bool,
     if lesion:
         angle, radius = rng.uniform(0, 2 * np.pi), rng.uniform(0.15, 0.55)
         lesion_at = (cx + radius * a * np.cos(angle), cy + radius * b * np.sin(angle), rng.uniform(0.08, 0.17))
+    shift = rng.choice((-1, 1)) * rng.uniform(0.10, 0.16) if midline_shift else 0.0
     for side in (-1, 1):  # lateral ventricles, a little different on each slice
-        vx, vy = cx + side * 0.12, cy - 0.05 + slice_shift
+        vx, vy = cx + side * 0.12 + shift, cy - 0.05 + slice_shift
         if lesion_at is not None and np.sign(lesion_at[0] - cx) == side:
             vx -= side * 0.5 * lesion_at[2]  # mass effect: the ventricle on the lesion's side is pushed across
         ventricle = ((x - vx) / 0.07) ** 2 + ((y - vy) / (0.22 - abs(slice_shift))) ** 2 < 1
@@ -65,6 +68,12 @@ def phantom_and_lesion(rng: np.random.Generator, size: int, lesion: bool,
         image[(d < 1.6) & brain] += rng.uniform(0.06, 0.12)  # oedema halo
         core = (d < 1.0) & brain
         image[core] = rng.uniform(0.68, 0.8) + 0.05 * texture[core]  # enhancing tumour, of varying conspicuity
+    if calcification:
+        angle, radius = rng.uniform(0, 2 * np.pi), rng.uniform(0.2, 0.6)
+        gx, gy = cx + radius * a * np.cos(angle), cy + radius * b * np.sin(angle)
+        for _ in range(rng.integers(3, 6)):
+            fx, fy = gx + rng.uniform(-0.06, 0.06), gy + rng.uniform(-0.06, 0.06)
+            image[(((x - fx) ** 2 + (y - fy) ** 2) < rng.uniform(0.02, 0.03) ** 2) & brain] = 0.15
     image += 0.03 * rng.standard_normal((size, size))  # thermal noise
     return np.clip(image, 0, 1).astype(np.float32), core
 
@@ -96,6 +105,37 @@ def synthetic_cases(n_cases: int, size: int, seed: int = 0) -> list[Case]:
                 )
             )
     return cases
+
+
+FINDINGS = {"lesion": 0.4, "calcification": 0.3, "midline_shift": 0.25}  # each finding's prevalence
+
+
+def synthetic_multilabel_cases(n_cases: int, size: int, seed: int = 0) -> list[Case]:
+    """`n_cases` phantoms (two slices per patient) with three independent findings, each present
+    with its prevalence in FINDINGS: the built-in multi-label set (`--data synthetic-multilabel`)."""
+    n_patients = max(2, -(-n_cases // SLICES_PER_PATIENT))
+    cases = []
+    for patient in range(n_patients):
+        draws = np.random.default_rng([seed, patient, 7]).uniform(size=len(FINDINGS))
+        present = {name: bool(u < p) for (name, p), u in zip(FINDINGS.items(), draws)}
+        for slice_index in range(SLICES_PER_PATIENT):
+            rng = np.random.default_rng([seed, patient, 11])
+            image = phantom_and_lesion(rng, size, present["lesion"], 0.02 * slice_index,
+                                       calcification=present["calcification"],
+                                       midline_shift=present["midline_shift"])[0]
+            found = {name: float(flag) for name, flag in present.items()}
+            cases.append(Case(key=f"synthetic-multilabel#patient{patient:04d}/slice{slice_index}",
+                              label="|".join(n for n, flag in present.items() if flag) or "none",
+                              patient_id=f"synthetic-multilabel-{patient:04d}", array=image[None], findings=found))
+    return cases
+
+
+def is_synthetic_multilabel(source: str) -> bool:
+    return source == "synthetic-multilabel"
+
+
+def load_synthetic_multilabel(source: str, options: DataOptions) -> list[Case]:
+    return synthetic_multilabel_cases(options.synthetic_cases, options.synthetic_size)
 
 
 def is_synthetic(source: str) -> bool:

@@ -36,8 +36,10 @@ def case_flow(data: PreparedData, rows_by_split: dict | None = None) -> tuple[li
     for split, split_rows in (rows_by_split or {s: data.rows(s) for s in ("train", "val", "test")}).items():
         labels = data.cache_labels(split_rows)
         split_patients = data.patients(split_rows)
-        rows.append([split, str(len(labels)), "-" if split_patients is None else str(len(set(split_patients))),
-                     ", ".join(f"{name} {int((labels == i).sum())}" for i, name in enumerate(data.classes))])
+        counts = (", ".join(f"{name} {int((labels[:, j] == 1).sum())}" for j, name in enumerate(data.classes))
+                  if data.multi_label else
+                  ", ".join(f"{name} {int((labels == i).sum())}" for i, name in enumerate(data.classes)))
+        rows.append([split, str(len(labels)), "-" if split_patients is None else str(len(set(split_patients))), counts])
     return lines, rows
 
 
@@ -147,6 +149,36 @@ def add_checklist(doc: Document, facts: dict) -> None:
     doc.table(["topic", "status", "where in this run", "the authors must add"], tripod_ai_rows(facts))
 
 
+def finding_rows(found: dict) -> list[list[str]]:
+    """Multi-label: one row per finding: known cases, positives, the figures with their intervals
+    and the finding's operating point."""
+    rows = []
+    for name, assessed in found["findings"].items():
+        values, intervals, operating = assessed["values"], assessed["intervals"], assessed["operating"]
+        table = operating["table"] if operating else {}
+        rows.append([name, str(assessed["known"]), str(table.get("tp", 0) + table.get("fn", 0)),
+                     *[format_value(values.get(m), intervals.get(m)) for m in ("roc_auc", "sensitivity", "specificity",
+                                                                             "ppv")],
+                     "-" if not operating else f"{operating['threshold']:.4f}"])
+    return rows
+
+
+def add_findings(doc: Document, found: dict, where: str) -> None:
+    """Multi-label: the per-finding table and the macro/micro summaries with their intervals."""
+    doc.paragraph(f"{where}: n = {found['values']['n']} images. Each finding is scored as its own binary task on "
+                  "the cases where it is known (an uncertain finding under the 'ignore' policy is left out), "
+                  "with the interval methods of a binary run (metrics.json: `findings`).")
+    doc.table(["finding", "known", "positive", "roc_auc", "sensitivity", "specificity", "ppv", "threshold"],
+              finding_rows(found))
+    summary, intervals = found["summary"], found["summary_intervals"]
+    doc.table(["summary", "value (interval)", "interval method"],
+              [[name.replace("_", " "), format_value(value, intervals.get(name)),
+                intervals[name]["method"] if name in intervals else "-"] for name, value in summary.items()])
+    notes = sorted({note for a in found["findings"].values() for note in a["notes"]})
+    for note in notes:
+        doc.paragraph(f"**Note:** {note}.")
+
+
 def training_document(config: TrainConfig, data: PreparedData, summary: dict, scoring: dict):
     doc = Document(f"medcls run: {config.backbone} on {config.data}")
     doc.heading("Case flow")
@@ -165,7 +197,9 @@ def training_document(config: TrainConfig, data: PreparedData, summary: dict, sc
         f"{config.unfreeze_blocks} blocks) up to {config.finetune_epochs} epochs at lr "
         f"{config.lr * config.finetune_lr_factor:g}; {summary['epochs_run']} epochs run, best epoch "
         f"{summary['best_epoch']} by validation {config.monitor}.",
-        "Operating point: " + ("most probable class (multi-class)" if threshold is None else
+        "Operating point: " + (f"one per finding, chosen on validation by `{config.threshold_rule}`, applied "
+                               "unchanged to test (the finding tables below)" if data.multi_label else
+                               "most probable class (multi-class)" if threshold is None else
                                f"{threshold:.4f}, chosen on validation by `{config.threshold_rule}`"
                                + (f" (target {config.target})" if config.threshold_rule.startswith("target") else "")
                                + ", applied unchanged to test."),
@@ -180,7 +214,10 @@ def training_document(config: TrainConfig, data: PreparedData, summary: dict, sc
     doc.image(Path(summary["out"]) / "learning_curves.png", "Learning curves")
     for split in ("test", "val", "train"):
         doc.heading(f"{split.capitalize()} split")
-        add_assessment(doc, scoring["assessed"][split], data.classes, f"{split} split")
+        if data.multi_label:
+            add_findings(doc, scoring["findings"][split], f"{split} split")
+        else:
+            add_assessment(doc, scoring["assessed"][split], data.classes, f"{split} split")
         if split == "test":
             for name, caption in (("roc.png", "ROC with 95% band"), ("pr.png", "Precision-recall"),
                                   ("calibration.png", "Calibration"), ("decision_curve.png", "Decision curve"),
@@ -202,7 +239,8 @@ def training_document(config: TrainConfig, data: PreparedData, summary: dict, sc
         add_subgroups(doc, config.by, scoring["subgroups"], scoring["subgroup_differences"], Path(summary["out"]),
                       "test split")
     add_checklist(doc, {"classes": ", ".join(data.classes),
-                        "positive": data.classes[1] if len(data.classes) == 2 else "n/a (multi-class)",
+                        "positive": ("each finding (multi-label)" if data.multi_label else data.classes[1]
+                                     if len(data.classes) == 2 else "n/a (multi-class)"),
                         "test_n": summary["results"]["test"]["n"], "class_balance": config.class_balance,
                         "subgroups": bool(scoring["subgroups"]), "abstention": bool(scoring.get("abstention"))})
     return doc

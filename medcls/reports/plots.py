@@ -105,6 +105,30 @@ def plot_roc(split_scores: dict, classes: list[str], path: Path, groups=None, hi
     save(fig, path)
 
 
+def plot_finding_rocs(probs: np.ndarray, targets: np.ndarray, findings: list[str], thresholds, path: Path) -> None:
+    """Multi-label: one ROC curve per finding on its known cases, with its operating point."""
+    from sklearn.metrics import roc_curve
+
+    fig, ax = subplots(figsize=(5, 5))
+    for j, name in enumerate(findings):
+        known = ~np.isnan(targets[:, j])
+        truth, scores = targets[known, j] == 1, probs[known, j]
+        if not truth.any() or truth.all():
+            continue
+        fpr, tpr, _ = roc_curve(truth, scores)
+        line, = ax.plot(fpr, tpr, label=plain(name))
+        flagged = scores >= thresholds[j]
+        ax.plot((flagged & ~truth).sum() / (~truth).sum(), (flagged & truth).sum() / truth.sum(), "*",
+                color=line.get_color(), markersize=11)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title("ROC per finding (test; * operating point)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right")
+    save(fig, path)
+
+
 def plot_confusion(probs: np.ndarray, labels: np.ndarray, threshold, classes: list[str], path: Path) -> None:
     from sklearn.metrics import confusion_matrix
 

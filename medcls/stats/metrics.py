@@ -70,6 +70,8 @@ def roc_auc(y_true, probs, y_pred) -> float:
     """Area under the ROC curve (macro one-vs-rest for more than two classes)."""
     from sklearn.metrics import roc_auc_score
 
+    if np.ndim(y_true) == 2:  # multi-label: the mean over findings of each finding's AUC
+        return macro_finding_auc(y_true, probs)
     if present_classes(y_true) < 2:
         return float("nan")
     if probs.shape[1] == 2:
@@ -77,6 +79,17 @@ def roc_auc(y_true, probs, y_pred) -> float:
     if present_classes(y_true) < probs.shape[1]:
         return float("nan")
     return float(roc_auc_score(y_true, probs, multi_class="ovr", average="macro"))
+
+
+def macro_finding_auc(targets: np.ndarray, probs: np.ndarray) -> float:
+    """Multi-label: ROC AUC of each finding on its known (non-NaN) cases, averaged over the
+    findings where it is defined."""
+    values = []
+    for j in range(targets.shape[1]):
+        known = ~np.isnan(targets[:, j])
+        values.append(roc_auc(targets[known, j].astype(np.int64), np.stack([1 - probs[known, j], probs[known, j]], 1),
+                              None))
+    return float(np.nanmean(values)) if not all(np.isnan(values)) else float("nan")
 
 
 def pr_auc(y_true, probs, y_pred) -> float:

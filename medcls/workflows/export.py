@@ -24,15 +24,18 @@ TOLERANCE = 1e-4
 
 
 class Deployable(nn.Module):
-    """Images in [0, 1] -> class probabilities (temperature-scaled when the run calibrated)."""
+    """Images in [0, 1] -> class probabilities (temperature-scaled when the run calibrated), or for
+    multi-label runs a sigmoid probability per finding."""
 
-    def __init__(self, model: nn.Module, temperature: float | None) -> None:
+    def __init__(self, model: nn.Module, temperature: float | None, multi_label: bool = False) -> None:
         super().__init__()
         self.model = model
         self.temperature = float(temperature or 1.0)
+        self.multi_label = multi_label
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return (self.model(images).float() / self.temperature).softmax(dim=1)
+        logits = self.model(images).float()
+        return logits.sigmoid() if self.multi_label else (logits / self.temperature).softmax(dim=1)
 
 
 def example_input(info: dict, batch: int = 2) -> torch.Tensor:
@@ -73,7 +76,7 @@ def export_model(model: nn.Module, info: dict, fmt: str, out: Path, *, run=None)
         raise ConfigError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
     out.mkdir(parents=True, exist_ok=True)
     model = model.float().cpu().eval()
-    deployable = Deployable(model, info.get("temperature")).eval()
+    deployable = Deployable(model, info.get("temperature"), bool(info.get("multi_label"))).eval()
     example = example_input(info)
     expected = run_predictor(model, info, device="cpu", precision="fp32").probabilities(example)
     with warnings.catch_warnings():  # tracer chatter; the result is checked numerically below
@@ -90,7 +93,10 @@ def export_model(model: nn.Module, info: dict, fmt: str, out: Path, *, run=None)
         "preprocessing": info.get("preprocessing"), "window": info.get("window"),
         "image_size": info.get("image_size"), "volume_size": info.get("volume_size"),
         "volume_spacing": info.get("volume_spacing"), "slices": info.get("slices", 0),
-        "decision": "binary: positive when probability of positive_class >= threshold; otherwise the arg-max class",
+        "multi_label": bool(info.get("multi_label")),
+        "decision": "multi-label: each finding present when its probability >= its threshold (threshold lists "
+                    "one per class, in order)" if info.get("multi_label") else
+                    "binary: positive when probability of positive_class >= threshold; otherwise the arg-max class",
         "max_abs_difference_vs_pytorch": difference, "run": None if run is None else str(Path(run).resolve()),
     }
     (out / "export.json").write_text(json.dumps(description, indent=2), encoding="utf-8")

@@ -22,6 +22,7 @@ class Predictions:
     decisions: list[str | None]
     errors: list[str]
     referred: list[bool | None] | None = None  # conformal abstention: refer to a reader (runs that fit it)
+    findings: np.ndarray | None = None  # multi-label: (N, L) 1/0 decision per finding (-1 where unreadable)
 
     @property
     def failed(self) -> int:
@@ -34,6 +35,9 @@ class Predictions:
                                                           self.errors)):
             row = {"file": name, **{f"prob_{c}": ("" if np.isnan(v) else f"{v:.6f}") for c, v in zip(self.classes, p)},
                    "predicted": decided or ""}
+            if self.findings is not None:
+                row.update({f"present_{c}": ("" if d < 0 else "yes" if d else "no")
+                            for c, d in zip(self.classes, self.findings[i])})
             if self.referred is not None:
                 row["refer"] = "" if self.referred[i] is None else ("yes" if self.referred[i] else "no")
             rows.append({**row, "error": error})
@@ -42,6 +46,7 @@ class Predictions:
     @property
     def columns(self) -> list[str]:
         return ["file", *[f"prob_{c}" for c in self.classes], "predicted",
+                *([f"present_{c}" for c in self.classes] if self.findings is not None else []),
                 *(["refer"] if self.referred is not None else []), "error"]
 
 
@@ -58,13 +63,18 @@ def predictions_for(read, predictor) -> Predictions:
     probabilities = np.full((len(read.rows), len(classes)), np.nan)
     decisions: list[str | None] = [None] * len(read.rows)
     referred: list[bool | None] | None = None if predictor.conformal is None else [None] * len(read.rows)
+    findings = np.full((len(read.rows), len(classes)), -1) if predictor.multi_label else None
     if read.images:
         probs = predictor.probabilities(read.stacked())
         probabilities[read.positions] = probs
         for position, decided in zip(read.positions, predictor.decide(probs)):
-            decisions[position] = classes[int(decided)]
+            if findings is not None:  # the findings called present, '|'-separated ('none')
+                findings[position] = decided
+                decisions[position] = "|".join(c for c, d in zip(classes, decided) if d) or "none"
+            else:
+                decisions[position] = classes[int(decided)]
         if referred is not None:
             for position, flag in zip(read.positions, predictor.refer(probs)):
                 referred[position] = bool(flag)
     return Predictions([r["file"] for r in read.rows], classes, probabilities, decisions,
-                       [r["error"] for r in read.rows], referred)
+                       [r["error"] for r in read.rows], referred, findings)

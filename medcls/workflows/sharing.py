@@ -119,7 +119,7 @@ def model_card(run: Path, info: dict) -> str:
     manifest = json.loads((run / "manifest.json").read_text()) if (run / "manifest.json").is_file() else {}
     intervals = metrics.get("intervals", {})
     classes = info["classes"]
-    binary = len(classes) == 2
+    binary = len(classes) == 2 and not info.get("multi_label")
     names = ["roc_auc", "sensitivity", "specificity", "ppv", "npv", "accuracy"] if binary else \
         ["roc_auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity"]
     rows = ["| split | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
@@ -153,8 +153,20 @@ def model_card(run: Path, info: dict) -> str:
         "## Operating point",
         f"- {threshold:.4f} on P({info.get('positive_class')}), chosen on the validation split by "
         f"`{info.get('threshold_rule')}`" + (f" (target {info.get('target')})" if str(info.get('threshold_rule', '')).startswith('target') else "")
-        + ", applied unchanged to test." if binary and threshold is not None else "- the most probable class.",
+        + ", applied unchanged to test." if binary and threshold is not None else
+        "- One per finding (table below), chosen on the validation split by "
+        f"`{info.get('threshold_rule')}`, applied unchanged to test." if info.get("multi_label") else
+        "- the most probable class.",
     ]
+    if info.get("multi_label"):
+        test = (metrics.get("findings") or {}).get("test", {}).get("findings", {})
+        lines += ["", f"Multi-label: {len(classes)} findings, each a sigmoid output; uncertain findings: "
+                      f"`{info.get('uncertain')}`, blank: `{info.get('blank_findings')}`. Test figures per finding:", "",
+                  "| finding | threshold | roc_auc | sensitivity | specificity |", "|---|---|---|---|---|"]
+        for name, limit in zip(classes, threshold or []):
+            found = test.get(name, {})
+            cell = lambda m: figure({"s": found.get("values", {})}, {"s": found.get("intervals", {})}, "s", m)  # noqa: E731
+            lines.append(f"| {name} | {limit:.4f} | {cell('roc_auc')} | {cell('sensitivity')} | {cell('specificity')} |")
     if info.get("conformal"):
         lines.append(f"- Referral: split-conformal prediction sets at {info['conformal']['coverage']:.0%} per class; "
                      "cases whose set is not one class are referred to a reader (`medcls predict` column `refer`).")

@@ -14,7 +14,7 @@ from medcls.config import TrainConfig, make_config, read_config_file, save_confi
 from medcls.core.augment import check_policy_output, make_policy
 from medcls.core.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from medcls.core.distributed import check_config, device_for, from_environment
-from medcls.core.engine import Mixer, Stage, fit
+from medcls.core.engine import Mixer, MultiLabelLoss, Stage, fit
 from medcls.core.execution import (
     choose_execution,
     resolve_device,
@@ -30,11 +30,13 @@ from medcls.core.loader import (
     is_batched,
     loader_workers,
     make_loader,
+    positive_weights,
 )
 from medcls.core.models import build_classifier, check_backbone_output
 from medcls.core.runs import (
     run_manifest,
     save_model,
+    write_finding_predictions,
     write_history,
     write_predictions,
     write_splits,
@@ -47,6 +49,7 @@ from medcls.errors import ConfigError
 from medcls.logs import logger
 from medcls.reports import plots, report
 from medcls.reports.documents import training_document
+from medcls.stats import multilabel
 from medcls.stats.assess import assess, assess_subgroups, split_results
 from medcls.stats.calibration import calibration_slope_intercept, fit_temperature
 from medcls.stats.conformal import conformal_report, fit_conformal
@@ -149,7 +152,14 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
     transform, policy_params = make_policy(config, registries)
     val_rows, test_rows = data.rows("val"), data.rows("test")
     train_rows = data.rows("train") if train_rows is None else train_rows
+    if data.multi_label:
+        check_multilabel(config)
     for name, rows in (("train", train_rows), ("val", val_rows), ("test", test_rows)):
+        if data.multi_label:
+            absent = [n for j, n in enumerate(data.classes) if not (data.cache_labels(rows)[:, j] == 1).any()]
+            if absent:
+                logger.warning(f"the {name} split ({len(rows)} images) has no case with finding(s) {', '.join(absent)}")
+            continue
         present = np.unique(data.cache_labels(rows))
         if len(present) < len(data.classes):
             logger.warning(f"the {name} split ({len(rows)} images) lacks class(es) "
@@ -179,9 +189,15 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
         f"parameters, on {execution.describe()}")
 
     train_labels = data.cache_labels(train_rows)
-    weights = class_weights(train_labels, len(data.classes)) if config.class_balance == "weighted_loss" else None
-    loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device),
-                                        label_smoothing=config.label_smoothing)
+    balanced = config.class_balance == "weighted_loss"
+    if data.multi_label:
+        weights = positive_weights(train_labels) if balanced else None
+        loss_fn = MultiLabelLoss(None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device),
+                                 config.label_smoothing)
+    else:
+        weights = class_weights(train_labels, len(data.classes)) if balanced else None
+        loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device),
+                                            label_smoothing=config.label_smoothing)
     generator = torch.Generator().manual_seed(config.seed)
     loader = make_loader(TrainingImages(data.cache, train_rows, train_labels, transform), train_labels, config,
                          len(data.classes), workers, generator, distributed)
@@ -193,10 +209,14 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
         "higher_is_better", True)
     monitor_sign = -1.0 if lower_is_better else 1.0
 
-    scorer = Predictor(model, execution, classes=data.classes, batch_size=config.batch_size)
+    scorer = Predictor(model, execution, classes=data.classes, batch_size=config.batch_size,
+                       multi_label=data.multi_label)
 
     def score_val(probs):
-        values = split_results(probs, val_labels, None if probs.shape[1] != 2 else 0.5, metrics)
+        if data.multi_label:  # the macro average over findings of each metric
+            values = multilabel.results(probs, val_labels, None, metrics)
+        else:
+            values = split_results(probs, val_labels, None if probs.shape[1] != 2 else 0.5, metrics)
         return values["loss"], values, monitor_sign * values[config.monitor]
 
     def evaluate_val():
@@ -247,6 +267,27 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
                                 "policy_params": policy_params})
     finish_trackers(trackers, summary, out)
     return summary
+
+
+# What multi-label runs cannot do yet (issue 17): each is refused by name rather than run wrongly.
+MULTILABEL_UNSUPPORTED = {
+    "calibration": ("temperature", "temperature scaling is fitted to softmax outputs"),
+    "class_balance": ("sampler", "a class-balanced sampler needs one class per case; use weighted_loss (per-finding positive weights)"),
+}
+MULTILABEL_UNSET = ("patient_level", "by")
+
+
+def check_multilabel(config: TrainConfig) -> None:
+    """Multi-label data with an option that only single-label tasks have: a ConfigError naming it."""
+    for key, (value, why) in MULTILABEL_UNSUPPORTED.items():
+        if getattr(config, key) == value:
+            raise ConfigError(f"{key} = {value!r} is not available for multi-label data ({why}): leave it at its default")
+    for key in MULTILABEL_UNSET:
+        if getattr(config, key) is not None:
+            raise ConfigError(f"{key} is not available for multi-label data yet: leave it unset")
+    if config.ensemble or config.folds:
+        raise ConfigError("ensembles and cross-validation are not available for multi-label data yet: train one model "
+                          "(ensemble = 0, folds = 0)")
 
 
 def tracker_names(config: TrainConfig) -> list[str]:
@@ -318,10 +359,11 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
     validation, and write the run folder: model, metrics, figures, report. Returns the summary."""
     import json
 
-    scorer = Predictor(model, execution, classes=data.classes, batch_size=config.batch_size)
+    scorer = Predictor(model, execution, classes=data.classes, batch_size=config.batch_size,
+                       multi_label=data.multi_label)
     scores = {s: (scorer.probabilities(data.batches(r), calibrated=False), data.cache_labels(r))
               for s, r in rows.items()}
-    scoring = score_splits(config, registries, data, rows, scores, scorer)
+    scoring = (score_finding_splits if data.multi_label else score_splits)(config, registries, data, rows, scores, scorer)
     results, threshold = scoring["results"], scoring["threshold"]
 
     out.mkdir(parents=True, exist_ok=True)
@@ -336,7 +378,9 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
         "interpolation": backbone_interpolation(config.backbone),
         "normalisation": normalisation(model),
         "plugins": {"backbone": registries.provenance(registries["backbones"].get(config.backbone))},
-        "positive_class": data.classes[1] if len(data.classes) == 2 else None,
+        "positive_class": data.classes[1] if len(data.classes) == 2 and not data.multi_label else None,
+        "multi_label": data.multi_label,
+        **({"uncertain": config.uncertain, "blank_findings": config.blank_findings} if data.multi_label else {}),
         "preprocessing": "decode (readers), resize to image_size (antialiased, by `interpolation`) or, for volumes, reorient "
                          "to RAS, crop/resample to volume_size (trilinear), window or percentiles; values in [0, 1]; "
                          "the model normalises internally", "weights_origin": facts["weights_origin"],
@@ -345,9 +389,9 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
     save_model(model, info, out)
     write_history(fitted.history, out / "history.csv")
     write_splits(data, out / "splits.csv")
-    write_predictions(out / "predictions.csv", data.classes,
-                      {s: (data.keys(r), y, p) for (s, r), (p, y) in zip(rows.items(), scoring["scores"].values())},
-                      scorer.decide)
+    (write_finding_predictions if data.multi_label else write_predictions)(
+        out / "predictions.csv", data.classes,
+        {s: (data.keys(r), y, p) for (s, r), (p, y) in zip(rows.items(), scoring["scores"].values())}, scorer.decide)
     manifest = {**run_manifest(config, data), "plugins": plugins_used(config, registries, data),
                 "device": facts["device"],
                 "seconds": round(time.perf_counter() - facts["started"], 1)}
@@ -361,6 +405,7 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
         "patient_level": scoring["patient_level"], "subgroups": scoring["subgroups"],
         "subgroup_differences": scoring["subgroup_differences"], "abstention": {"test": scoring["abstention"]},
         "notes": {s: a["notes"] for s, a in scoring["assessed"].items()},
+        **({"findings": scoring["findings"]} if data.multi_label else {}),
         **({"members": extra_metrics} if extra_metrics else {}),
     })
     if fitted.history:
@@ -457,9 +502,38 @@ def score_splits(config: TrainConfig, registries, data: PreparedData, rows: dict
             "groups": patients["test"]}
 
 
+def score_finding_splits(config: TrainConfig, registries, data: PreparedData, rows: dict, scores: dict,
+                         scorer) -> dict:
+    """Multi-label: each finding's operating point chosen on validation (stored on `scorer`), then
+    every split assessed finding by finding and summarised (medcls.stats.multilabel)."""
+    metrics = list(registries["metrics"])
+    thresholds = scorer.threshold = multilabel.choose_thresholds(config.threshold_rule, *scores["val"],
+                                                                 target=config.target, fixed=config.threshold)
+    patients = {s: data.patients(r) for s, r in rows.items()}
+    found = {s: multilabel.assess_findings(p, y, thresholds, metrics, data.classes, patients=patients[s],
+                                           where=f"{s} split", n_resamples=config.bootstrap, seed=config.seed,
+                                           prevalence=config.prevalence)
+             for s, (p, y) in scores.items()}
+    results = {s: f["values"] for s, f in found.items()}
+    results["gap"] = report.gap(results["train"], results["test"])
+    intervals = {s: {name: f["summary_intervals"][f"macro_{name}"] for name in multilabel.SUMMARISED
+                     if f"macro_{name}" in f["summary_intervals"]} for s, f in found.items()}
+    assessed = {s: {"operating": None, "per_class": None, "level": "image",
+                    "notes": sorted({note for a in f["findings"].values() for note in a["notes"]})}
+                for s, f in found.items()}
+    return {"conformal": None, "abstention": None, "scores": scores, "threshold": thresholds, "temperature": None,
+            "assessed": assessed, "results": results, "intervals": intervals,
+            "reading": report.read_gap(results["train"], results["val"], results["test"]),
+            "patient_level": None, "subgroups": {}, "subgroup_differences": {}, "calibration": {},
+            "groups": patients["test"], "findings": found}
+
+
 def draw_split_figures(scoring: dict, classes: list[str], out: Path) -> None:
     threshold = scoring["threshold"]
     scores = scoring["scores"]
+    if "findings" in scoring:  # multi-label: one ROC curve per finding on the test split
+        plots.plot_finding_rocs(*scores["test"], classes, threshold, out / "roc.png")
+        return
     plots.plot_roc({s: (p, y, threshold) for s, (p, y) in scores.items()}, classes, out / "roc.png",
                    groups=scoring["groups"])
     plots.plot_confusion(*scores["test"], threshold, classes, out / "confusion_matrix.png")

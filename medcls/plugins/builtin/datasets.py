@@ -8,6 +8,9 @@ from medcls.data import arrays, layouts, synthetic
 def medcls_register_datasets(register):
     register("synthetic", synthetic.load_synthetic, detect=synthetic.is_synthetic,
              description="Built-in MR-like brain phantoms with and without a tumour (offline demo)")
+    register("synthetic-multilabel", synthetic.load_synthetic_multilabel, detect=synthetic.is_synthetic_multilabel,
+             description="Built-in brain phantoms with three independent findings: lesion, calcification, "
+                         "midline shift (multi-label demo)")
     register("synthetic3d", synthetic.load_synthetic_volumes, detect=synthetic.is_synthetic_volumes,
              description="Built-in 3D head volumes with and without a lesion (for 3D backbones)")
     register("arrays", arrays.load_memory, detect=arrays.is_memory,

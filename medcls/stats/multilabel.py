@@ -1,0 +1,128 @@
+"""Multi-label scoring: each finding is scored as its own binary task on the cases where it is known,
+by exactly the single-label code (every figure, interval and 2x2 table), and the findings are
+summarised by macro averages (each finding weighs the same) and micro averages (every known
+case-finding pair pooled), each with a bootstrap interval over patients."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medcls.stats.assess import LEVEL, assess, split_results
+from medcls.stats.operating_points import choose_threshold
+
+SUMMARISED = ("roc_auc", "sensitivity", "specificity")  # the figures that get macro and micro intervals
+
+
+def finding(probs: np.ndarray, targets: np.ndarray, j: int):
+    """Finding `j` as a binary task: (n, 2) probabilities, integer labels and the known-case mask."""
+    known = ~np.isnan(targets[:, j])
+    p = probs[known, j]
+    return np.stack([1 - p, p], 1), targets[known, j].astype(np.int64), known
+
+
+def binary_cross_entropy(probs: np.ndarray, targets: np.ndarray) -> float:
+    """Mean BCE over known entries, as the training loss computes it (without positive weights)."""
+    known = ~np.isnan(targets)
+    p = np.clip(probs[known], 1e-12, 1 - 1e-12)
+    y = targets[known]
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()) if known.any() else float("nan")
+
+
+def per_finding_metrics(metrics) -> list:
+    """The metrics computed finding by finding (all, unless a plugin registered per_label=False)."""
+    return [entry for entry in metrics if entry.metadata.get("per_label", True)]
+
+
+def choose_thresholds(rule: str, probs: np.ndarray, targets: np.ndarray, *, target: float, fixed: float) -> list[float]:
+    """Each finding's operating point, chosen on validation by `rule` from its known cases."""
+    thresholds = []
+    for j in range(targets.shape[1]):
+        p, y, _ = finding(probs, targets, j)
+        thresholds.append(float(choose_threshold(rule, y, p[:, 1], target=target, fixed=fixed)))
+    return thresholds
+
+
+def decisions(probs: np.ndarray, thresholds) -> np.ndarray:
+    """(N, L) 0/1: a finding is called present when its probability reaches its threshold."""
+    return (probs >= np.asarray(thresholds, dtype=np.float64)[None, :]).astype(np.int64)
+
+
+def results(probs: np.ndarray, targets: np.ndarray, thresholds, metrics) -> dict:
+    """The macro average over findings of every metric, plus loss and n: what training monitors."""
+    thresholds = [0.5] * targets.shape[1] if thresholds is None else thresholds
+    per = [split_results(*finding(probs, targets, j)[:2], thresholds[j], per_finding_metrics(metrics))
+           for j in range(targets.shape[1])]
+    values = {"n": int(len(targets)), "loss": binary_cross_entropy(probs, targets)}
+    for name in per[0] if per else ():
+        if name not in ("n", "loss", "metric_errors"):
+            found = [row[name] for row in per if not np.isnan(row[name])]
+            values[name] = float(np.mean(found)) if found else float("nan")
+    return values
+
+
+def summary_figures(probs: np.ndarray, targets: np.ndarray, predicted: np.ndarray) -> dict:
+    """Macro and micro ROC AUC, sensitivity and specificity over the known entries."""
+    from medcls.stats.metrics import macro_finding_auc
+
+    known = ~np.isnan(targets)
+    y = np.where(known, targets, 0).astype(bool)
+    tp, fn = ((predicted == 1) & y & known).sum(0), ((predicted == 0) & y & known).sum(0)
+    tn, fp = ((predicted == 0) & ~y & known).sum(0), ((predicted == 1) & ~y & known).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sens, spec = tp / (tp + fn), tn / (tn + fp)
+    figures = {"macro_roc_auc": macro_finding_auc(targets, probs),
+               "macro_sensitivity": float(np.nanmean(sens)) if np.isfinite(sens).any() else float("nan"),
+               "macro_specificity": float(np.nanmean(spec)) if np.isfinite(spec).any() else float("nan"),
+               "micro_roc_auc": pooled_auc(targets[known], probs[known]),
+               "micro_sensitivity": float(tp.sum() / max(tp.sum() + fn.sum(), 1)),
+               "micro_specificity": float(tn.sum() / max(tn.sum() + fp.sum(), 1))}
+    return figures
+
+
+def pooled_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else float("nan")
+
+
+def summary_intervals(probs: np.ndarray, targets: np.ndarray, predicted: np.ndarray, *, groups=None,
+                      n_resamples: int = 1000, seed: int = 0, level: float = LEVEL) -> dict:
+    """Percentile bootstrap intervals of the summary figures, resampling patients (or cases)."""
+    units = np.arange(len(targets)) if groups is None else np.unique(groups, return_inverse=True)[1]
+    order = np.argsort(units, kind="stable")
+    members = np.split(order, np.cumsum(np.bincount(units))[:-1]) if len(units) else []
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_resamples if members else 0):
+        rows = np.concatenate([members[u] for u in rng.integers(0, len(members), len(members))])
+        draws.append(summary_figures(probs[rows], targets[rows], predicted[rows]))
+    alpha = (1 - level) / 2
+    intervals = {}
+    for name in draws[0] if draws else ():
+        values = np.array([d[name] for d in draws])
+        values = values[np.isfinite(values)]
+        if len(values) >= 0.9 * len(draws):
+            intervals[name] = {"low": float(np.quantile(values, alpha)), "high": float(np.quantile(values, 1 - alpha)),
+                               "method": f"percentile bootstrap over {'patients' if groups is not None else 'cases'} "
+                                         f"({len(draws)} resamples)", "level": level}
+    return intervals
+
+
+def assess_findings(probs: np.ndarray, targets: np.ndarray, thresholds, metrics, names: list[str], *, patients=None,
+                    where: str = "", n_resamples: int = 2000, seed: int = 0, prevalence=None) -> dict:
+    """Every finding assessed by the single-label `assess` on its known cases (its own interval
+    methods and notes), and the macro/micro summary with bootstrap intervals."""
+    per = {}
+    for j, name in enumerate(names):
+        p, y, known = finding(probs, targets, j)
+        per[name] = assess(p, y, thresholds[j], per_finding_metrics(metrics),
+                           patients=None if patients is None else patients[known], where=f"{where} finding {name}",
+                           n_resamples=n_resamples, seed=seed, prevalence=prevalence)
+        per[name]["known"] = int(known.sum())
+        per[name]["uncertain_ignored"] = int((~known).sum())
+    predicted = decisions(probs, thresholds)
+    summary = summary_figures(probs, targets, predicted)
+    intervals = summary_intervals(probs, targets, predicted, groups=patients, n_resamples=min(n_resamples, 1000),
+                                  seed=seed)
+    return {"findings": per, "summary": summary, "summary_intervals": intervals,
+            "values": results(probs, targets, thresholds, metrics)}
