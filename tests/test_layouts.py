@@ -93,10 +93,18 @@ def test_npz_medmnist(registries, tmp_path):
     assert {c.split for c in cases} == {"train", "val", "test"}
 
 
-def test_npz_multilabel_refused(registries, tmp_path):
-    np.savez(tmp_path / "x.npz", train_images=np.zeros((2, 4, 4), np.uint8), train_labels=np.zeros((2, 3)))
-    with pytest.raises(DataError, match="multi-label"):
+def test_npz_multilabel_values_and_names_checked(registries, tmp_path):
+    """(N, L) labels are multi-label (tests/test_multilabel.py); values other than 1/0/-1 and a
+    class_names list of another length are refused by name."""
+    labels = np.zeros((2, 3))
+    labels[1, 2] = 2
+    np.savez(tmp_path / "x.npz", train_images=np.zeros((2, 4, 4), np.uint8), train_labels=labels)
+    with pytest.raises(DataError, match=r"train_labels\[1, 2\] = 2.0: multi-label arrays hold 1"):
         load(registries, data=str(tmp_path / "x.npz"))
+    np.savez(tmp_path / "y.npz", train_images=np.zeros((2, 4, 4), np.uint8), train_labels=np.zeros((2, 3)),
+             class_names=np.array(["a", "b"]))
+    with pytest.raises(DataError, match="has 3 findings but class_names has 2 names"):
+        load(registries, data=str(tmp_path / "y.npz"))
 
 
 def test_synthetic_is_deterministic(registries):

@@ -160,6 +160,11 @@ def medcls_register_metrics(register):
     ``"sum"`` says how its one-vs-rest binary values combine for more than two classes. The positive class of a binary task is index 1. A metric that is
     undefined for the input (one class only) returns ``float('nan')``.
 
+    Multi-label tasks (several findings per case) call ``fn`` once per finding, as a binary task
+    on the cases where that finding is known, and report it per finding and as the macro mean
+    over findings; ``per_label=False`` says the metric has no per-finding meaning and leaves it
+    out of multi-label runs.
+
     Example::
 
         register("accuracy", lambda y, p, yhat: float((y == yhat).mean()),
