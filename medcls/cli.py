@@ -349,13 +349,16 @@ def compare(run_a, run_b, data, split, out, label_column, score_column, patient_
     if out:
         with open(out, "w") as fh:
             fh.write(text)
-    auc, sens, spec = result["auc"], result["sensitivity"], result["specificity"]
     click.echo(f"cases: {result['n']} ({result['split']})")
-    click.echo(f"ROC AUC      A {auc['auc_a']:.3f}  B {auc['auc_b']:.3f}  difference {auc['difference']:+.3f} "
-               f"(95% CI {auc['low']:+.3f} to {auc['high']:+.3f}), p = {auc['p_value']:.4f} ({auc['method']})")
-    for name, row in (("sensitivity", sens), ("specificity", spec)):
-        click.echo(f"{name:12s} A {row['a']:.3f}  B {row['b']:.3f}  discordant {row['a_only_correct']}/"
-                   f"{row['b_only_correct']}, p = {row['p_value']:.4f} ({row['method']})")
+    for finding, compared in (result.get("findings") or {"": result}).items():
+        if finding:
+            click.echo(f"{finding} (Holm-adjusted AUC p over the findings: {compared['auc']['p_holm']:.4f})")
+        auc, sens, spec = compared["auc"], compared["sensitivity"], compared["specificity"]
+        click.echo(f"ROC AUC      A {auc['auc_a']:.3f}  B {auc['auc_b']:.3f}  difference {auc['difference']:+.3f} "
+                   f"(95% CI {auc['low']:+.3f} to {auc['high']:+.3f}), p = {auc['p_value']:.4f} ({auc['method']})")
+        for name, row in (("sensitivity", sens), ("specificity", spec)):
+            click.echo(f"{name:12s} A {row['a']:.3f}  B {row['b']:.3f}  discordant {row['a_only_correct']}/"
+                       f"{row['b_only_correct']}, p = {row['p_value']:.4f} ({row['method']})")
 
 
 @cli.command()

@@ -275,3 +275,69 @@ def test_a_metric_registered_without_per_label_meaning_is_left_out_of_findings(r
     y = (rng.random((40, 2)) < 0.5).astype(np.float32)
     values = results(rng.random((40, 2)), y, [0.5, 0.5], metrics)
     assert "roc_auc" in values and "case_level" not in values
+
+
+def test_evaluate_rescores_the_test_split_as_training_did(run, tmp_path):
+    result = CliRunner().invoke(cli, ["evaluate", str(run), "-o", str(tmp_path), "--bootstrap", "100"])
+    assert result.exit_code == 0, result.output
+    trained = json.loads((run / "metrics.json").read_text())["findings"]["test"]["findings"]
+    evaluated = json.loads((tmp_path / "metrics.json").read_text())["findings"]["test"]["findings"]
+    for name in trained:
+        for metric in ("roc_auc", "sensitivity", "specificity"):
+            assert evaluated[name]["values"][metric] == pytest.approx(trained[name]["values"][metric], abs=1e-9)
+    assert "| finding | known | positive" in (tmp_path / "report.md").read_text()
+
+
+def test_evaluate_with_tta_reports_both(run, tmp_path):
+    result = CliRunner().invoke(cli, ["evaluate", str(run), "-o", str(tmp_path), "--bootstrap", "100", "--tta", "flip"])
+    assert result.exit_code == 0, result.output
+    assert "single view" in (tmp_path / "report.md").read_text()
+    assert json.loads((tmp_path / "metrics.json").read_text())["without_tta"]["findings"]["findings"]
+
+
+def test_compare_two_multilabel_runs_finding_by_finding(run, tmp_path):
+    other = tmp_path / "other"
+    trained = CliRunner().invoke(cli, ["train", "--data", "synthetic-multilabel", "--backbone", "test_resnet",
+                                       "--no-pretrained", "--image-size", "32", "--epochs", "1", "--finetune-epochs", "0",
+                                       "--out", str(other), "--set", "bootstrap=50", "--seed", "1", "--set", "split_seed=0"])
+    assert trained.exit_code == 0, trained.output
+    result = CliRunner().invoke(cli, ["compare", str(run), str(other), "-o", str(tmp_path / "c.json")])
+    assert result.exit_code == 0, result.output
+    compared = json.loads((tmp_path / "c.json").read_text())
+    assert set(compared["findings"]) == {"lesion", "calcification", "midline_shift"}
+    assert all(f["auc"]["p_holm"] >= f["auc"]["p_value"] for f in compared["findings"].values())
+    assert "midline_shift (Holm-adjusted" in result.output
+
+
+def test_gradcam_per_finding(run, tmp_path):
+    from PIL import Image
+
+    from medcls.data.synthetic import synthetic_multilabel_cases
+
+    case = synthetic_multilabel_cases(2, 64, seed=4)[0]
+    Image.fromarray((case.array[0] * 255).astype(np.uint8)).save(tmp_path / "a.png")
+    for finding in ("lesion", "midline_shift"):
+        result = CliRunner().invoke(cli, ["explain", str(run), str(tmp_path / "a.png"), "--class", finding,
+                                          "-o", str(tmp_path / finding)])
+        assert result.exit_code == 0, result.output
+        assert list((tmp_path / finding).glob("*-gradcam.png"))
+
+
+def test_cross_validation_folds_keep_every_finding_and_pool_out_of_fold(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    out = tmp_path / "cv"
+    result = CliRunner().invoke(cli, ["train", "--data", "synthetic-multilabel", "--backbone", "test_resnet",
+                                      "--no-pretrained", "--image-size", "32", "--epochs", "1", "--finetune-epochs", "0",
+                                      "--folds", "3", "--out", str(out), "--set", "bootstrap=50"])
+    assert result.exit_code == 0, result.output
+    with open(out / "oof_predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 400 and len({r["case"] for r in rows}) == 400  # every case once, out of fold
+    for fold in ("1", "2", "3"):
+        in_fold = [r for r in rows if r["fold"] == fold]
+        assert all(any(r[f"y_{name}"] == "1" for r in in_fold) for name in ("lesion", "calcification", "midline_shift"))
+    pooled = json.loads((out / "cv_metrics.json").read_text())["pooled_findings"]["findings"]
+    y = [int(r["y_lesion"]) for r in rows]
+    p = [float(r["prob_lesion"]) for r in rows]
+    assert pooled["lesion"]["values"]["roc_auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-5)

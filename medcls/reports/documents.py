@@ -159,6 +159,7 @@ def finding_rows(found: dict) -> list[list[str]]:
         rows.append([name, str(assessed["known"]), str(table.get("tp", 0) + table.get("fn", 0)),
                      *[format_value(values.get(m), intervals.get(m)) for m in ("roc_auc", "sensitivity", "specificity",
                                                                              "ppv")],
+                     "each fold's" if found.get("given_decisions") else
                      "-" if not operating else f"{operating['threshold']:.4f}"])
     return rows
 

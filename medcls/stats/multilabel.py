@@ -109,20 +109,42 @@ def summary_intervals(probs: np.ndarray, targets: np.ndarray, predicted: np.ndar
 
 
 def assess_findings(probs: np.ndarray, targets: np.ndarray, thresholds, metrics, names: list[str], *, patients=None,
-                    where: str = "", n_resamples: int = 2000, seed: int = 0, prevalence=None) -> dict:
+                    where: str = "", n_resamples: int = 2000, seed: int = 0, prevalence=None,
+                    predicted: np.ndarray | None = None) -> dict:
     """Every finding assessed by the single-label `assess` on its known cases (its own interval
-    methods and notes), and the macro/micro summary with bootstrap intervals."""
+    methods and notes), and the macro/micro summary with bootstrap intervals. `predicted` (N, L)
+    overrides the decisions at `thresholds` (cross-validation: each fold's own operating points)."""
     per = {}
     for j, name in enumerate(names):
         p, y, known = finding(probs, targets, j)
         per[name] = assess(p, y, thresholds[j], per_finding_metrics(metrics),
                            patients=None if patients is None else patients[known], where=f"{where} finding {name}",
-                           n_resamples=n_resamples, seed=seed, prevalence=prevalence)
+                           n_resamples=n_resamples, seed=seed, prevalence=prevalence,
+                           y_pred=None if predicted is None else predicted[known, j])
         per[name]["known"] = int(known.sum())
         per[name]["uncertain_ignored"] = int((~known).sum())
-    predicted = decisions(probs, thresholds)
+    overridden = predicted is not None
+    predicted = decisions(probs, thresholds) if predicted is None else predicted
     summary = summary_figures(probs, targets, predicted)
     intervals = summary_intervals(probs, targets, predicted, groups=patients, n_resamples=min(n_resamples, 1000),
                                   seed=seed)
-    return {"findings": per, "summary": summary, "summary_intervals": intervals,
+    return {"findings": per, "summary": summary, "summary_intervals": intervals, "given_decisions": overridden,
             "values": results(probs, targets, thresholds, metrics)}
+
+
+def compare_findings(targets: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, thresholds_a, thresholds_b,
+                     names: list[str]) -> dict:
+    """Two multi-label models on the same cases, finding by finding with the binary tests (paired
+    DeLong for ROC AUC, McNemar at each model's operating points), the AUC p-values also
+    Holm-adjusted over the findings."""
+    from medcls.stats.intervals import compare_predictions
+    from medcls.stats.subgroups import holm
+
+    per = {}
+    for j, name in enumerate(names):
+        p_a, y, known = finding(probs_a, targets, j)
+        p_b = finding(probs_b, targets, j)[0]
+        per[name] = compare_predictions(y, p_a, p_b, thresholds_a[j], thresholds_b[j])
+    for name, adjusted in zip(per, holm([r["auc"]["p_value"] for r in per.values()])):
+        per[name]["auc"]["p_holm"] = adjusted
+    return {"n": int(len(targets)), "findings": per}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from medcls.errors import DataError
 from medcls.stats.intervals import compare_predictions
+from medcls.stats.multilabel import compare_findings
 from medcls.workflows.evaluate import run_predictions
 
 
@@ -19,6 +20,9 @@ def compare_runs(run_a, run_b, registries, *, data=None, split=None) -> dict:
                         "e.g. different test splits): give both the same --data with --split all")
     if a.info["classes"] != b.info["classes"]:
         raise DataError(f"runs '{run_a}' and '{run_b}' have different classes: {a.info['classes']} vs {b.info['classes']}")
-    result = compare_predictions(a.labels, a.probs, b.probs, a.info["threshold"], b.info["threshold"])
+    if a.data.multi_label:
+        result = compare_findings(a.labels, a.probs, b.probs, a.info["threshold"], b.info["threshold"], a.info["classes"])
+    else:
+        result = compare_predictions(a.labels, a.probs, b.probs, a.info["threshold"], b.info["threshold"])
     result["split"] = a.split
     return result

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from medcls.data.splits import holdout, linked_groups
+from medcls.data.splits import holdout, linked_groups, multilabel_group_folds
 from medcls.errors import ConfigError, DataError
 from medcls.logs import logger
+from medcls.reports.documents import add_findings
 from medcls.reports.report import Document, format_value, spread
+from medcls.stats import multilabel
 from medcls.stats.assess import assess
 from medcls.workflows.train import open_run, train
 
@@ -26,6 +28,8 @@ def fold_assignments(data, k: int, val_fraction: float, seed: int) -> list[np.nd
     if k < 2:
         raise ConfigError(f"folds={k}: cross-validation needs at least 2 folds")
     groups = linked_groups(data.cases, data.hashes)
+    if data.multi_label:
+        return multilabel_fold_assignments(data, groups, k, val_fraction, seed)
     for label in np.unique(data.labels):
         in_class = len(np.unique(groups[data.labels == label]))
         if in_class < k:
@@ -43,7 +47,27 @@ def fold_assignments(data, k: int, val_fraction: float, seed: int) -> list[np.nd
     return assignments
 
 
+def multilabel_fold_assignments(data, groups: np.ndarray, k: int, val_fraction: float, seed: int) -> list[np.ndarray]:
+    """Multi-label folds by iterative stratification over whole patients: every finding present in
+    every fold (checked: a finding in fewer patients than folds is refused by name)."""
+    for j, name in enumerate(data.classes):
+        with_finding = len(np.unique(groups[data.labels[:, j] == 1]))
+        if with_finding < k:
+            raise DataError(f"finding {name!r} is present in {with_finding} patients/image groups, fewer than {k} "
+                            f"folds: use at most {with_finding} folds")
+    assignments = []
+    for fold, (rest, test) in enumerate(multilabel_group_folds(data.labels, groups, k, seed)):
+        splits = np.full(len(data.cases), "train", dtype=object)
+        splits[test] = "test"
+        _, val = holdout(rest, data.labels, groups, val_fraction / max(1e-9, 1 - 1 / k), seed + 1 + fold, "val")
+        splits[val] = "val"
+        assignments.append(splits.astype(str))
+    return assignments
+
+
 def decisions(probs: np.ndarray, threshold) -> np.ndarray:
+    if isinstance(threshold, list):  # multi-label: each finding at its own operating point
+        return multilabel.decisions(probs, threshold)
     if probs.shape[1] == 2 and threshold is not None:
         return (probs[:, 1] >= threshold).astype(int)
     return probs.argmax(1)
@@ -60,7 +84,7 @@ def cross_validate(config, registries, *, progress_factory=None) -> dict:
     kept = data.cache.kept
     oof_probs = np.full((len(data.cases), len(data.classes)), np.nan)
     oof_fold = np.full(len(data.cases), -1)
-    oof_decision = np.full(len(data.cases), -1)
+    oof_decision = np.full((len(data.cases), len(data.classes)) if data.multi_label else len(data.cases), -1)
     per_fold = []
     for fold, splits in enumerate(assignments, start=1):
         logger.info(f"fold {fold} of {config.folds}: {int((splits == 'train').sum())}/{int((splits == 'val').sum())}/"
@@ -83,14 +107,26 @@ def cross_validate(config, registries, *, progress_factory=None) -> dict:
     # Each case's decision is its own fold's (each fold picks its threshold on its validation split);
     # the intervals follow the single-run rules: Wilson/DeLong for independent cases, a cluster
     # bootstrap over patients when they have several images.
-    pooled = assess(probs, labels, 0.5 if len(data.classes) == 2 else None, list(registries["metrics"]),
-                    patients=patients, n_resamples=config.bootstrap, seed=config.seed,
-                    where="out-of-fold predictions", y_pred=oof_decision[scored])
+    findings = None
+    if data.multi_label:
+        findings = multilabel.assess_findings(probs, labels, [0.5] * len(data.classes), list(registries["metrics"]),
+                                              data.classes, patients=patients, where="out-of-fold predictions",
+                                              n_resamples=config.bootstrap, seed=config.seed,
+                                              predicted=oof_decision[scored])
+        pooled = {"values": findings["values"],
+                  "intervals": {n: findings["summary_intervals"][f"macro_{n}"] for n in multilabel.SUMMARISED
+                                if f"macro_{n}" in findings["summary_intervals"]}}
+    else:
+        pooled = assess(probs, labels, 0.5 if len(data.classes) == 2 else None, list(registries["metrics"]),
+                        patients=patients, n_resamples=config.bootstrap, seed=config.seed,
+                        where="out-of-fold predictions", y_pred=oof_decision[scored])
     pooled_values = {k: v for k, v in pooled["values"].items() if isinstance(v, float)}
 
-    write_oof(out / "oof_predictions.csv", data, scored, oof_probs, oof_fold, oof_decision)
+    (write_oof_findings if data.multi_label else write_oof)(out / "oof_predictions.csv", data, scored, oof_probs,
+                                                             oof_fold, oof_decision)
     result = {"folds": config.folds, "per_fold": per_fold, "pooled": pooled_values,
-              "pooled_intervals": pooled["intervals"], "spread": spread(per_fold), "n": int(len(scored))}
+              "pooled_intervals": pooled["intervals"], "spread": spread(per_fold), "n": int(len(scored)),
+              **({"pooled_findings": findings} if findings is not None else {})}
     (out / "cv_metrics.json").write_text(json.dumps(result, indent=2, default=float), encoding="utf-8")
     cv_document(config, result).write(out)
     result["out"] = str(out)
@@ -107,6 +143,19 @@ def write_oof(path: Path, data, scored: np.ndarray, probs: np.ndarray, folds: np
                              *[f"{p:.6f}" for p in probs[i]], data.classes[decided[i]]])
 
 
+def write_oof_findings(path: Path, data, scored: np.ndarray, probs: np.ndarray, folds: np.ndarray,
+                       decided: np.ndarray) -> None:
+    """Multi-label: per scored case its fold and, per finding, target, probability and decision."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["case", "fold", *[f"y_{c}" for c in data.classes], *[f"prob_{c}" for c in data.classes],
+                         *[f"decision_{c}" for c in data.classes]])
+        for i in scored:
+            writer.writerow([data.cases[i].key, int(folds[i]),
+                             *["" if np.isnan(v) else str(int(v)) for v in data.labels[i]],
+                             *[f"{p:.6f}" for p in probs[i]], *[str(int(d)) for d in decided[i]]])
+
+
 def cv_document(config, result: dict):
     doc = Document(f"{config.folds}-fold cross-validation of {config.backbone} on {config.data}")
     doc.paragraph("Folds are stratified by class and grouped by patient and identical content; each fold's "
@@ -121,5 +170,9 @@ def cv_document(config, result: dict):
                                                if n in result["pooled"] else "-" for n in names)])
     doc.heading("Per fold and pooled (out of fold)")
     doc.table(["fold", "n", *names], rows)
+    if "pooled_findings" in result:
+        doc.paragraph("Multi-label: the figures above are macro averages over findings; pooled out of fold per "
+                      "finding, each case at its own fold's operating point:")
+        add_findings(doc, result["pooled_findings"], "out-of-fold predictions")
     doc.paragraph("Out-of-fold predictions: oof_predictions.csv; each fold's full report: fold-N/report.md.")
     return doc

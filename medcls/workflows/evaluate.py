@@ -13,11 +13,11 @@ import numpy as np
 
 from medcls.config import TrainConfig, make_config, read_config_file
 from medcls.core.inference import Predictor, run_predictor
-from medcls.core.runs import load_model, write_predictions
+from medcls.core.runs import load_model, write_finding_predictions, write_predictions
 from medcls.data.prepared import PreparedData, prepare_data
-from medcls.errors import DataError
+from medcls.errors import ConfigError, DataError
 from medcls.reports import plots
-from medcls.reports.documents import add_subgroups, case_flow
+from medcls.reports.documents import add_findings, add_subgroups, case_flow
 from medcls.reports.report import (
     GAP_HEADER,
     Document,
@@ -26,6 +26,7 @@ from medcls.reports.report import (
     gap_rows,
     write_metrics_json,
 )
+from medcls.stats import multilabel
 from medcls.stats.assess import assess, assess_subgroups
 from medcls.stats.subgroups import compare_subgroups
 from medcls.stats.calibration import calibration_slope_intercept
@@ -90,10 +91,20 @@ def run_predictions(run, registries, *, data: str | None = None, split: str | No
                                  channels=str(info["in_chans"]), positive_class=info.get("positive_class"))
     split = split or ("test" if own_data else "all")
     prepared = prepare_data(config, registries, split=False)
-    unknown = sorted(set(c.label for c in prepared.cases) - set(info["classes"]))
-    if unknown:
-        raise DataError(f"data '{config.data}' has classes {unknown} that run '{run}' was not trained on ({info['classes']})")
-    prepared.labels = np.array([info["classes"].index(c.label) for c in prepared.cases])
+    if bool(info.get("multi_label")) != prepared.multi_label:
+        raise DataError(f"run '{run}' was trained on {'multi-label' if info.get('multi_label') else 'single-label'} "
+                        f"data and '{config.data}' is {'multi-label' if prepared.multi_label else 'single-label'}: "
+                        "evaluate it on data of its own kind")
+    if prepared.multi_label:  # the run's findings, in the run's order
+        missing = [name for name in info["classes"] if name not in prepared.classes]
+        if missing:
+            raise DataError(f"data '{config.data}' lacks finding(s) {', '.join(missing)} that run '{run}' predicts")
+        prepared.labels = prepared.labels[:, [prepared.classes.index(name) for name in info["classes"]]]
+    else:
+        unknown = sorted(set(c.label for c in prepared.cases) - set(info["classes"]))
+        if unknown:
+            raise DataError(f"data '{config.data}' has classes {unknown} that run '{run}' was not trained on ({info['classes']})")
+        prepared.labels = np.array([info["classes"].index(c.label) for c in prepared.cases])
     prepared.classes = info["classes"]
     rows = prepared.rows()
     if split != "all":
@@ -143,6 +154,11 @@ def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, p
     run = Path(run)
     scored = run_predictions(run, registries, data=data, split=split, tta=tta, device=device,
                              allow_changed=allow_changed)
+    if scored.data.multi_label:
+        if by or patient_level:
+            raise ConfigError("--by and --patient-level are not available for multi-label runs yet: leave them out")
+        return evaluate_findings(run, scored, registries, out=out, prevalence=prevalence, n_resamples=n_resamples,
+                                 tta=tta)
     prepared, rows, probs, labels, info, split, config, plain = (
         scored.data, scored.rows, scored.probs, scored.labels, scored.info, scored.split, scored.config,
         scored.single_view)
@@ -216,4 +232,50 @@ def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, p
             doc.table(GAP_HEADER, gap_rows(saved, saved.get("intervals", {})))
     doc.write(out)
     return {"split": split, "n": int(len(labels)), "metrics": assessed["values"], "intervals": assessed["intervals"],
+            "out": str(out)}
+
+
+def evaluate_findings(run: Path, scored: ScoredCases, registries, *, out=None, prevalence=None, n_resamples=2000,
+                      tta="none") -> dict:
+    """`evaluate_run` for multi-label runs: every finding at its stored operating point, assessed
+    as training assessed it (medcls.stats.multilabel), with and without test-time augmentation."""
+    metrics = list(registries["metrics"])
+    thresholds, split, classes = scored.info["threshold"], scored.split, scored.info["classes"]
+    patients = scored.data.patients(scored.rows)
+
+    def assessed_for(probs):
+        return multilabel.assess_findings(probs, scored.labels, thresholds, metrics, classes, patients=patients,
+                                          where=f"{split} cases", n_resamples=n_resamples, seed=scored.config.seed,
+                                          prevalence=prevalence)
+
+    found = assessed_for(scored.probs)
+    without = None if scored.single_view is None else assessed_for(scored.single_view)
+    out = Path(out) if out else run / "evaluation"
+    out.mkdir(parents=True, exist_ok=True)
+    plots.plot_finding_rocs(scored.probs, scored.labels, classes, thresholds, out / "roc.png")
+    write_finding_predictions(out / "predictions.csv", classes, {split: (scored.keys, scored.labels, scored.probs)},
+                              scored.predictor.decide)
+    intervals = {name: found["summary_intervals"][f"macro_{name}"] for name in multilabel.SUMMARISED
+                 if f"macro_{name}" in found["summary_intervals"]}
+    write_metrics_json(out / "metrics.json", {
+        split: found["values"], "intervals": {split: intervals}, "findings": {split: found},
+        "threshold": thresholds, "data": scored.config.data, "tta": tta,
+        "without_tta": None if without is None else {split: without["values"], "findings": without},
+    })
+    doc = Document(f"Evaluation of {run} on {scored.config.data} ({split})")
+    doc.heading("Case flow")
+    lines, flow_rows = case_flow(scored.data, {split: scored.rows})
+    doc.bullets(lines)
+    doc.table(["cases", "images", "patients", "positives per finding"], flow_rows)
+    doc.heading("Results" + ("" if tta == "none" else f" with test-time augmentation ({tta})"))
+    add_findings(doc, found, f"{split} cases")
+    if without is not None:
+        doc.heading("Test-time augmentation: without and with")
+        doc.table(["scoring", "macro ROC AUC", "micro ROC AUC"],
+                  [[label, *(format_value(a["summary"][k], a["summary_intervals"].get(k))
+                             for k in ("macro_roc_auc", "micro_roc_auc"))]
+                   for label, a in (("single view", without), (f"{tta} views averaged", found))])
+    doc.image(out / "roc.png", "ROC per finding")
+    doc.write(out)
+    return {"split": split, "n": int(len(scored.labels)), "metrics": found["values"], "intervals": intervals,
             "out": str(out)}

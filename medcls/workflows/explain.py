@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 import torch
 from torch import nn
 
@@ -65,7 +67,9 @@ def explain_read(model: nn.Module, info: dict, read: ReadInputs, out, target_cla
     rows = read.rows
     for image, position in zip(read.images, read.positions):
         probs, decided = predictions.probabilities[position], predictions.decisions[position]
-        shown = target_class or (classes[1] if len(classes) == 2 else decided)
+        # Multi-label: the map of the named finding, else of the most probable one (its own logit).
+        shown = target_class or (classes[int(np.argmax(probs))] if info.get("multi_label") else
+                                 classes[1] if len(classes) == 2 else decided)
         heat = cam(x=image[None].float(), class_idx=classes.index(shown))[0, 0].detach().numpy()
         picture = image.float().mean(0).numpy()
         if picture.ndim == 3:  # a volume: its middle axial slice

@@ -285,9 +285,9 @@ def check_multilabel(config: TrainConfig) -> None:
     for key in MULTILABEL_UNSET:
         if getattr(config, key) is not None:
             raise ConfigError(f"{key} is not available for multi-label data yet: leave it unset")
-    if config.ensemble or config.folds:
-        raise ConfigError("ensembles and cross-validation are not available for multi-label data yet: train one model "
-                          "(ensemble = 0, folds = 0)")
+    if config.ensemble:
+        raise ConfigError("ensembles are not available for multi-label data yet: train one model (ensemble = 0) or "
+                          "cross-validate (--folds K)")
 
 
 def tracker_names(config: TrainConfig) -> list[str]:
@@ -564,6 +564,8 @@ def open_run(config: TrainConfig, registries, *, split: bool) -> tuple[TrainConf
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
     data = prepare_data(config, registries, split=split)
+    if data.multi_label:
+        check_multilabel(config)
     for warning in data.warnings:
         logger.warning(f"{warning}")
     return config, out, data
