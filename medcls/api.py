@@ -464,6 +464,12 @@ class Run:
         lines = [gap_table(payload, payload.get("intervals", {})),
                  "95% intervals; how each was computed (Wilson, DeLong, bootstrap) is in report.md.", "",
                  f"Reading: {payload.get('reading', '')}"]
+        if payload.get("tasks"):
+            from medcls.reports.documents import task_rows
+            from medcls.reports.report import markdown_table
+
+            header, rows = task_rows(payload["tasks"])
+            lines.append("Auxiliary heads:\n" + markdown_table(header, [r for r in rows if r[2] == "test"]))
         if self.multi_label:
             lines.append(finding_table(payload))
         elif payload.get("threshold") is not None:

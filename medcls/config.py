@@ -46,6 +46,7 @@ class TrainConfig:
     multi_label: bool = option(False, "multi-label: the label column holds '|'-separated findings ('No Finding': none); implied by label_columns and by (N, L) npz labels", 'data')
     uncertain: str = option("ignore", "multi-label: what an uncertain (-1) finding means: positive, negative or ignore (left out of loss and metrics), then per-finding overrides, e.g. 'ignore, Edema=positive'", 'data')
     blank_findings: str = option("negative", "multi-label: what a blank (not mentioned) finding means, same form as uncertain (CheXpert practice: negative)", 'data')
+    tasks: str | None = option(None, "multi-task: more heads on the backbone, each predicting a manifest column, 'COLUMN:KIND[:WEIGHT], ...' with KIND binary, multiclass or regression, e.g. 'Age:regression:0.5'", 'data')
     patient_column: str | None = option(None, "manifest column holding the patient id ('patient_id' if present)", 'data')
     split_column: str | None = option(None, "manifest column holding train/val/test ('split' if present)", 'data')
     image_root: str | None = option(None, "folder manifest paths are relative to (default: the manifest's folder)", 'data')
@@ -89,6 +90,7 @@ class TrainConfig:
     warmup_epochs: int = option(0, 'epochs of linear learning-rate warm-up (from a tenth) at the start of each stage', 'optimisation')
     lr_decay: float = option(1.0, 'layer-wise learning-rate decay: the top unfrozen block trains at lr x lr_decay, the next at lr x lr_decay^2, ...; the head at lr (1: off)', 'optimisation')
     ema: float = option(0.0, 'exponential moving average of the weights, this decay per step (e.g. 0.999): evaluated, kept and saved instead of the raw weights (0: off)', 'optimisation')
+    task_weighting: str = option("fixed", "multi-task: fixed (main loss + each task's weight x its loss) or uncertainty (weights learned per task, Kendall et al. 2018)", 'optimisation')
     label_smoothing: float = option(0.0, 'label smoothing of the cross-entropy loss (e.g. 0.1)', 'optimisation')
     mixup: float = option(0.0, 'mixup: Beta(alpha, alpha) mixing of training images and labels, this alpha (e.g. 0.2; 0: off)', 'optimisation')
     cutmix: float = option(0.0, 'cutmix: a box of another training image pasted in, Beta(alpha, alpha) area (e.g. 1.0; 0: off); with mixup, each batch uses one of the two', 'optimisation')
@@ -145,6 +147,7 @@ CHOICES = {
     "class_balance": ("weighted_loss", "sampler", "none"),
     "threshold_rule": ("youden", "target_sensitivity", "target_specificity", "fixed"),
     "calibration": ("none", "temperature"),
+    "task_weighting": ("fixed", "uncertainty"),
     "patient_level": ("mean", "max"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "cache": ("disk", "memory"),
@@ -261,6 +264,10 @@ def validate(config: TrainConfig, where: str = "config") -> None:
         if len(names) < 1 or not all(names) or len(set(names)) != len(names):
             fail("label_columns", config.label_columns, "give distinct column names separated by commas, e.g. "
                  "Atelectasis,Edema,Effusion")
+    if config.tasks is not None:
+        from medcls.data.tasks import parse_tasks
+
+        parse_tasks(config.tasks, f"{where}: tasks")
     for key in ("uncertain", "blank_findings"):
         for item in getattr(config, key).split(","):
             policy = item.rpartition("=")[2].strip().lower()

@@ -70,8 +70,8 @@ class MultiLabelLoss(nn.Module):
         self.label_smoothing = label_smoothing
 
     @staticmethod
-    def probabilities(logits: torch.Tensor) -> torch.Tensor:
-        return logits.sigmoid()
+    def training_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return logits.sigmoid(), targets
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         known = ~torch.isnan(targets)
@@ -83,9 +83,57 @@ class MultiLabelLoss(nn.Module):
         return (losses * known).sum() / known.sum().clamp(min=1)
 
 
-def output_probabilities(loss_fn, logits: torch.Tensor) -> torch.Tensor:
-    """The probabilities the loss trains: sigmoid per finding (multi-label), else softmax."""
-    return loss_fn.probabilities(logits) if hasattr(loss_fn, "probabilities") else logits.softmax(1)
+class MultiTaskLoss(nn.Module):
+    """The main label's loss plus each auxiliary head's (multi-task learning, one backbone): cross-
+    entropy for a classification head, mean squared error of standardised values for a regression
+    head, each on the cases where its target is known. Fixed weighting: main + sum of weight x loss;
+    uncertainty weighting (Kendall, Gal and Cipolla, CVPR 2018): sum of exp(-s) x loss + s, with one
+    learned log-variance s per head, the main one included (they train with the head).
+
+    Logits are (B, K + outputs of the tasks) in the order main, task 1, ...; targets are (B, 1 + T)
+    float: the main class index, then each task's target (NaN: unknown)."""
+
+    def __init__(self, main_loss: nn.Module, n_classes: int, tasks: list, uncertainty: bool = False) -> None:
+        super().__init__()
+        self.main_loss, self.n_classes = main_loss, n_classes
+        self.kinds = [task.kind for task in tasks]
+        self.weights = [task.weight for task in tasks]
+        ends = list(torch.cumsum(torch.tensor([n_classes] + [task.outputs for task in tasks]), 0).tolist())
+        self.slices = list(zip(ends[:-1], ends[1:]))
+        self.log_variance = nn.Parameter(torch.zeros(1 + len(tasks))) if uncertainty else None
+
+    def head_losses(self, logits: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
+        losses = [self.main_loss(logits[:, :self.n_classes], targets[:, 0].long())]
+        for j, (kind, (start, end)) in enumerate(zip(self.kinds, self.slices)):
+            target = targets[:, 1 + j]
+            known = ~torch.isnan(target)
+            out = logits[known, start:end]
+            if not known.any():
+                losses.append(logits[:, start:end].sum() * 0.0)  # keeps the head in the graph
+            elif kind == "regression":
+                losses.append(nn.functional.mse_loss(out[:, 0], target[known]))
+            else:
+                losses.append(nn.functional.cross_entropy(out, target[known].long()))
+        return losses
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        losses = self.head_losses(logits, targets)
+        if self.log_variance is not None:
+            s = self.log_variance
+            return sum(torch.exp(-s[i]) * loss + s[i] for i, loss in enumerate(losses))
+        return losses[0] + sum(w * loss for w, loss in zip(self.weights, losses[1:]))
+
+    def training_scores(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The main task's probabilities and labels, for the training ROC AUC."""
+        return logits[:, :self.n_classes].softmax(1), targets[:, 0].long()
+
+
+def training_scores(loss_fn, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The probabilities the loss trains and their labels: sigmoid per finding (multi-label), the
+    main task's softmax (multi-task), else softmax."""
+    if hasattr(loss_fn, "training_scores"):
+        return loss_fn.training_scores(logits, targets)
+    return logits.softmax(1), targets
 
 
 class Mixer:
@@ -163,8 +211,9 @@ def train_one_epoch(model, loader, loss_fn, optimizer, execution: Execution, sca
         # Accumulate on the device; one synchronisation per epoch, not per step.
         total += loss.detach() * len(targets)
         count += len(targets)
-        scores.append(output_probabilities(loss_fn, logits.detach().float()))
-        labels.append(targets)
+        scored, scored_labels = training_scores(loss_fn, logits.detach().float(), targets)
+        scores.append(scored)
+        labels.append(scored_labels)
         if progress is not None:
             progress(len(targets))
     scores, labels = torch.cat(scores).cpu(), torch.cat(labels).cpu()
@@ -281,6 +330,9 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
         model.set_trainable(stage.top_blocks)
         on_features = frozen is not None and stage.top_blocks == 0
         params = parameter_groups(model, stage.lr, 1.0 if on_features else optimisation.get("lr_decay", 1.0))
+        learned = [p for p in loss_fn.parameters() if p.requires_grad] if isinstance(loss_fn, nn.Module) else []
+        if learned:  # the loss's own parameters (learned task weights) train with the head
+            params.append({"params": learned, "lr": stage.lr, "name": "loss"})
         optimizer = make_optimizer(optimisation["optimizer"], params, stage.lr, optimisation["momentum"],
                                    optimisation["weight_decay"])
         schedule = make_schedule(optimisation["schedule"], optimizer, stage.epochs,

@@ -21,6 +21,7 @@ from medcls.core.execution import Execution, choose_execution, resolve_device
 from medcls.core.tta import views
 from medcls.data.cases import Case, DataOptions, ReaderTable
 from medcls.data.images import as_stored, prepare_one
+from medcls.data.tasks import from_info
 from medcls.data.layouts import candidate_files
 from medcls.data.volumes import make_grid
 from medcls.errors import DataError
@@ -42,6 +43,8 @@ class Predictor:
     batch_size: int = 64
     conformal: dict | None = None  # prediction-set thresholds fitted on validation (medcls.stats.conformal)
     multi_label: bool = False  # `classes` are findings: a sigmoid probability and a decision per finding
+    tasks: list = field(default_factory=list)  # multi-task: auxiliary heads after the main outputs (data.tasks.Task)
+    task_thresholds: dict = field(default_factory=dict)  # multi-task: binary heads' operating points
 
     @classmethod
     def for_model(cls, model: nn.Module, *, device="auto", precision: str = "auto", channels_last=None,
@@ -84,7 +87,27 @@ class Predictor:
         """Uncalibrated probabilities of one batch, on the device."""
         with self.execution.autocast():
             logits = self.model(self.execution.inputs(images)).float()
+        if self.tasks:  # the main task's outputs come first
+            logits = logits[:, :len(self.classes)]
         return logits.sigmoid() if self.multi_label else logits.softmax(1)
+
+    @torch.no_grad()
+    def task_outputs(self, batches: Batches | torch.Tensor) -> dict[str, np.ndarray]:
+        """Multi-task: each auxiliary head's output per image: class probabilities (N, classes) or
+        the predicted value (N,) in the column's own units."""
+        self.model.eval()
+        start, collected = len(self.classes), {task.name: [] for task in self.tasks}
+        for images in as_batches(batches)(self.batch_size):
+            with self.execution.autocast():
+                logits = self.model(self.execution.inputs(images.to(self.execution.device))).float()
+            offset = start
+            for task in self.tasks:
+                out = logits[:, offset:offset + task.outputs]
+                offset += task.outputs
+                collected[task.name].append(out[:, 0] * task.std + task.mean if task.kind == "regression"
+                                            else out.softmax(1))
+        return {name: (torch.cat(parts).cpu().numpy().astype(np.float64) if parts else np.zeros(0))
+                for name, parts in collected.items()}
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
         """Class index per row: positive at or above the stored operating point (binary tasks with
@@ -110,7 +133,9 @@ def run_predictor(model: nn.Module, info: dict, *, device="auto", precision: str
     return Predictor.for_model(model, device=device, precision=precision, channels_last=channels_last,
                                classes=list(info["classes"]), temperature=info.get("temperature"),
                                threshold=info.get("threshold"), batch_size=batch_size,
-                               conformal=info.get("conformal"), multi_label=bool(info.get("multi_label")))
+                               conformal=info.get("conformal"), multi_label=bool(info.get("multi_label")),
+                               tasks=from_info(info.get("tasks")),
+                               task_thresholds={t["name"]: t.get("threshold") for t in info.get("tasks") or []})
 
 
 def as_batches(source: Batches | torch.Tensor | np.ndarray) -> Batches:

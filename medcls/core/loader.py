@@ -136,7 +136,7 @@ def can_cache_features(config: TrainConfig, model, transform) -> bool:
 
 
 def frozen_features(model, data: PreparedData, train_rows, val_rows, train_labels, config: TrainConfig,
-                    execution, generator, score_val):
+                    execution, generator, score_val, train_targets=None):
     """The frozen backbone's features of the training and validation images, and a loader over
     them that shares the image loader's generator (same batches, same order)."""
     import torch
@@ -151,13 +151,13 @@ def frozen_features(model, data: PreparedData, train_rows, val_rows, train_label
                               for batch in data.batches(rows)(config.batch_size)])
 
     train_features, val_features = features(train_rows), features(val_rows)
-    dataset = TensorDataset(train_features.cpu(), torch.as_tensor(train_labels))
+    dataset = TensorDataset(train_features.cpu(), torch.as_tensor(train_labels if train_targets is None else train_targets))
     loader = make_loader(dataset, train_labels, config, len(data.classes), 0, generator)
 
     @torch.no_grad()
     def evaluate_val():
         model.eval()
-        logits = model.head(val_features).float()
+        logits = model.head(val_features).float()[:, :len(data.classes)]  # the main task's outputs
         probs = logits.sigmoid() if data.multi_label else logits.softmax(1)
         return score_val(probs.cpu().numpy().astype(np.float64))
 

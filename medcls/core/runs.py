@@ -113,7 +113,9 @@ def load_model(run: str | Path, registries, device="cpu"):
 
     def classifier(backbone=info["backbone"]):
         try:
-            return build_classifier(registries, backbone, len(info["classes"]), info["in_chans"],
+            outputs = len(info["classes"]) + sum(1 if t["kind"] == "regression" else len(t["classes"])
+                                                  for t in info.get("tasks") or [])
+            return build_classifier(registries, backbone, outputs, info["in_chans"],
                                     info["dropout"], pretrained=False, slices=info.get("slices", 0),
                                     slice_pooling=info.get("slice_pooling", "mean"),
                                     backbone_args=info.get("backbone_args") or None,
@@ -180,6 +182,30 @@ def write_finding_predictions(path: Path, findings: list[str], by_split: dict, d
             for key, target, p, decided in zip(keys, targets, probs, decide(probs)):
                 writer.writerow([key, split, *["" if math.isnan(v) else str(int(v)) for v in target],
                                  *[f"{v:.8g}" for v in p], *[str(int(d)) for d in decided]])
+
+
+def write_task_predictions(path: Path, tasks: list, by_split: dict) -> None:
+    """Multi-task: per case and split, each auxiliary head's target (blank when unknown) and
+    output (a value, or the probability of each class)."""
+    import math
+
+    header = ["key", "split"]
+    for task in tasks:
+        header += [f"y_{task.name}"] + ([f"pred_{task.name}"] if task.kind == "regression" else
+                                        [f"p_{task.name}_{c}" for c in task.classes])
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        for split, (keys, targets, outputs) in by_split.items():
+            for i, key in enumerate(keys):
+                row = [key, split]
+                for j, task in enumerate(tasks):
+                    target = targets[i, j]
+                    row.append("" if math.isnan(target) else (f"{target:.8g}" if task.kind == "regression"
+                                                              else task.classes[int(target)]))
+                    out = outputs[task.name][i]
+                    row += [f"{out:.8g}"] if task.kind == "regression" else [f"{v:.8g}" for v in out]
+                writer.writerow(row)
 
 
 def write_splits(data: PreparedData, path: Path) -> None:

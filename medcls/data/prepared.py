@@ -31,6 +31,23 @@ class PreparedData:
     duplicates: list[list[str]]
     warnings: list[str] = field(default_factory=list)
     multi_label: bool = False  # labels are (N, findings) float: 1, 0 or NaN (ignored), `classes` the findings
+    tasks: list = field(default_factory=list)  # multi-task: auxiliary heads (medcls.data.tasks.Task)
+    task_targets: np.ndarray | None = None  # (N, tasks) float: class index or number per case, NaN: blank
+
+    def training_targets(self, rows: np.ndarray, tasks: list | None = None) -> np.ndarray:
+        """What the loss sees per image: the label, or with auxiliary tasks an (n, 1 + tasks) float
+        array: the main class index, then each task's target (regression standardised by `tasks`)."""
+        labels = self.cache_labels(rows)
+        if not self.tasks:
+            return labels
+        extra = self.task_targets[self.cache.kept[rows]].copy()
+        for j, task in enumerate(tasks or self.tasks):
+            if task.kind == "regression":
+                extra[:, j] = (extra[:, j] - task.mean) / task.std
+        return np.column_stack([labels.astype(np.float64), extra]).astype(np.float32)
+
+    def cache_task_targets(self, rows: np.ndarray) -> np.ndarray:
+        return self.task_targets[self.cache.kept[rows]]
 
     def rows(self, split: str | None = None) -> np.ndarray:
         """Positions in the image cache of the readable cases of `split` (all when None)."""
@@ -121,6 +138,13 @@ def prepare_data(config: TrainConfig, registries, *, split: bool = True, backgro
     else:
         classes = class_names(cases, config.positive_class, config.data)
         labels = np.array([classes.index(c.label) for c in cases], dtype=np.int64)
+    tasks, targets = [], None
+    if config.tasks:
+        from medcls.data.tasks import parse_tasks, task_targets
+
+        if multi_label:
+            raise DataError("tasks (multi-task heads) cannot be combined with multi-label findings yet: use one of them")
+        tasks, targets = task_targets(cases, parse_tasks(config.tasks), config.data, config.label_column)
     hashes = hash_all(cases)
     duplicates = duplicate_sets(cases, hashes)
     splits = np.array([""] * len(cases), dtype=object)
@@ -141,7 +165,7 @@ def prepare_data(config: TrainConfig, registries, *, split: bool = True, backgro
     if cache.failures:
         warnings.append(skipped_warning(cache.failures))
     return PreparedData(cases, classes, labels, np.asarray(splits, dtype=str), hashes, cache, format_name,
-                        duplicates, warnings, multi_label)
+                        duplicates, warnings, multi_label, tasks, targets)
 
 
 def finding_targets(cases, config: TrainConfig) -> tuple[list[str], np.ndarray]:

@@ -180,6 +180,35 @@ def add_findings(doc: Document, found: dict, where: str) -> None:
         doc.paragraph(f"**Note:** {note}.")
 
 
+def task_rows(assessed: dict) -> tuple[list[str], list[list[str]]]:
+    """Multi-task: one row per auxiliary head and split with its own figures and intervals."""
+    rows = []
+    for split in ("train", "val", "test"):
+        for name, found in assessed[split].items():
+            values, intervals = found["values"], found["intervals"]
+            if found["kind"] == "regression":
+                figures = [f"MAE {format_value(values['mae'], intervals.get('mae'))}",
+                           f"RMSE {format_value(values['rmse'], intervals.get('rmse'))}",
+                           f"R² {format_value(values['r2'], intervals.get('r2'))}",
+                           f"r {format_value(values['pearson_r'], intervals.get('pearson_r'))}"]
+            else:
+                figures = [f"{m.replace('_', ' ')} {format_value(values.get(m), intervals.get(m))}"
+                           for m in ("roc_auc", "sensitivity", "specificity", "accuracy")]
+            rows.append([name, found["kind"], split, str(values["n"]), "; ".join(figures)])
+    return ["head", "kind", "split", "n known", "figures (95% intervals)"], rows
+
+
+def add_tasks(doc: Document, assessed: dict, weighting: str, learned: list | None) -> None:
+    doc.heading("Auxiliary heads (multi-task)")
+    doc.paragraph("Each head is scored on the cases whose target is known; classification heads by the single-task "
+                  "code at an operating point chosen on validation, regression heads by MAE, RMSE, R² and Pearson's "
+                  "r with percentile bootstrap intervals. Early stopping and the checkpoint follow the main task. "
+                  f"Loss weighting: {weighting}"
+                  + (f"; learned weights exp(-s), main first: {', '.join(f'{w:.3f}' for w in learned)}." if learned
+                     else "."))
+    doc.table(*task_rows(assessed))
+
+
 def training_document(config: TrainConfig, data: PreparedData, summary: dict, scoring: dict):
     doc = Document(f"medcls run: {config.backbone} on {config.data}")
     doc.heading("Case flow")
@@ -231,6 +260,8 @@ def training_document(config: TrainConfig, data: PreparedData, summary: dict, sc
                                     else None), format_value(c["intercept"]),
                     format_value(summary["results"][s].get("ece"), summary["intervals"][s].get("ece"))]
                    for s, c in scoring["calibration"].items()])
+    if scoring.get("tasks"):
+        add_tasks(doc, scoring["tasks"], config.task_weighting, scoring.get("task_weights"))
     if scoring.get("abstention"):
         add_abstention(doc, scoring["abstention"], data.classes)
     if scoring["patient_level"]:

@@ -27,14 +27,18 @@ class Deployable(nn.Module):
     """Images in [0, 1] -> class probabilities (temperature-scaled when the run calibrated), or for
     multi-label runs a sigmoid probability per finding."""
 
-    def __init__(self, model: nn.Module, temperature: float | None, multi_label: bool = False) -> None:
+    def __init__(self, model: nn.Module, temperature: float | None, multi_label: bool = False,
+                 n_classes: int | None = None) -> None:
         super().__init__()
         self.model = model
         self.temperature = float(temperature or 1.0)
         self.multi_label = multi_label
+        self.n_classes = n_classes  # multi-task runs: the main task's outputs only
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.model(images).float()
+        if self.n_classes is not None:
+            logits = logits[:, :self.n_classes]
         return logits.sigmoid() if self.multi_label else (logits / self.temperature).softmax(dim=1)
 
 
@@ -61,6 +65,9 @@ def export_run(run, registries, fmt: str, out: str | Path | None = None) -> Expo
     """Write `model.onnx` or `model.ts` and `export.json` into `out` (default RUN/export), or for
     `hf` a Hugging Face-style folder (default RUN/hf)."""
     model, info = load_model(run, registries)
+    if fmt == "hf" and info.get("tasks"):
+        raise ConfigError(f"run '{run}' has auxiliary heads (tasks), which a timm-style folder cannot hold: export "
+                          "it as onnx or torchscript (the main task's probabilities)")
     if fmt == "hf":
         folder = Path(out) if out else Path(run) / "hf"
         difference = export_hf(model, info, folder, run=Path(run), registries=registries,
@@ -76,7 +83,8 @@ def export_model(model: nn.Module, info: dict, fmt: str, out: Path, *, run=None)
         raise ConfigError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
     out.mkdir(parents=True, exist_ok=True)
     model = model.float().cpu().eval()
-    deployable = Deployable(model, info.get("temperature"), bool(info.get("multi_label"))).eval()
+    deployable = Deployable(model, info.get("temperature"), bool(info.get("multi_label")),
+                            len(info["classes"]) if info.get("tasks") else None).eval()
     example = example_input(info)
     expected = run_predictor(model, info, device="cpu", precision="fp32").probabilities(example)
     with warnings.catch_warnings():  # tracer chatter; the result is checked numerically below

@@ -23,6 +23,9 @@ class Predictions:
     errors: list[str]
     referred: list[bool | None] | None = None  # conformal abstention: refer to a reader (runs that fit it)
     findings: np.ndarray | None = None  # multi-label: (N, L) 1/0 decision per finding (-1 where unreadable)
+    tasks: list | None = None  # multi-task: the auxiliary heads (medcls.data.tasks.Task), with...
+    task_outputs: dict | None = None  # ... each head's output per input: (N, classes) or (N,), NaN where unreadable
+    task_thresholds: dict | None = None  # binary heads' operating points, chosen on validation
 
     @property
     def failed(self) -> int:
@@ -38,6 +41,8 @@ class Predictions:
             if self.findings is not None:
                 row.update({f"present_{c}": ("" if d < 0 else "yes" if d else "no")
                             for c, d in zip(self.classes, self.findings[i])})
+            for task in self.tasks or []:
+                row.update(task_cells(task, self.task_outputs[task.name][i], (self.task_thresholds or {}).get(task.name)))
             if self.referred is not None:
                 row["refer"] = "" if self.referred[i] is None else ("yes" if self.referred[i] else "no")
             rows.append({**row, "error": error})
@@ -47,7 +52,22 @@ class Predictions:
     def columns(self) -> list[str]:
         return ["file", *[f"prob_{c}" for c in self.classes], "predicted",
                 *([f"present_{c}" for c in self.classes] if self.findings is not None else []),
+                *[column for task in self.tasks or [] for column in task_columns(task)],
                 *(["refer"] if self.referred is not None else []), "error"]
+
+
+def task_columns(task) -> list[str]:
+    """A head's predict columns: its value (regression), or a probability per class and the decision."""
+    return [task.name] if task.kind == "regression" else [*[f"prob_{task.name}_{c}" for c in task.classes], task.name]
+
+
+def task_cells(task, output, threshold) -> dict:
+    if task.kind == "regression":
+        return {task.name: "" if np.isnan(output) else f"{output:.6g}"}
+    if np.isnan(output).any():
+        return {column: "" for column in task_columns(task)}
+    decided = int(output[1] >= threshold) if task.kind == "binary" and threshold is not None else int(output.argmax())
+    return {**{f"prob_{task.name}_{c}": f"{v:.6f}" for c, v in zip(task.classes, output)}, task.name: task.classes[decided]}
 
 
 def predict_files(run, inputs, registries, *, batch_size: int = 32, progress=None, device: str = "auto") -> Predictions:
@@ -76,5 +96,13 @@ def predictions_for(read, predictor) -> Predictions:
         if referred is not None:
             for position, flag in zip(read.positions, predictor.refer(probs)):
                 referred[position] = bool(flag)
+    tasks = predictor.tasks or None
+    outputs = None
+    if tasks:
+        outputs = {t.name: np.full((len(read.rows),) if t.kind == "regression" else (len(read.rows), t.outputs), np.nan)
+                   for t in tasks}
+        if read.images:
+            for name, values in predictor.task_outputs(read.stacked()).items():
+                outputs[name][read.positions] = values
     return Predictions([r["file"] for r in read.rows], classes, probabilities, decisions,
-                       [r["error"] for r in read.rows], referred, findings)
+                       [r["error"] for r in read.rows], referred, findings, tasks, outputs, predictor.task_thresholds)

@@ -14,7 +14,7 @@ from medcls.config import TrainConfig, make_config, read_config_file, save_confi
 from medcls.core.augment import check_policy_output, make_policy
 from medcls.core.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from medcls.core.distributed import check_config, device_for, from_environment
-from medcls.core.engine import Mixer, MultiLabelLoss, Stage, fit
+from medcls.core.engine import Mixer, MultiLabelLoss, MultiTaskLoss, Stage, fit
 from medcls.core.execution import (
     choose_execution,
     resolve_device,
@@ -40,11 +40,13 @@ from medcls.core.runs import (
     write_history,
     write_predictions,
     write_splits,
+    write_task_predictions,
 )
 from medcls.data.decoding import StartAgain
 from medcls.data.loading import AUTO_LARGEST, auto_image_size, backbone_interpolation, load_cases
 from medcls.data.prepared import PreparedData, prepare_data
 from medcls.data.readers import parse_window
+from medcls.data.tasks import standardised
 from medcls.errors import ConfigError
 from medcls.logs import logger
 from medcls.reports import plots, report
@@ -53,6 +55,7 @@ from medcls.stats import multilabel
 from medcls.stats.assess import assess, assess_subgroups, split_results
 from medcls.stats.calibration import calibration_slope_intercept, fit_temperature
 from medcls.stats.conformal import conformal_report, fit_conformal
+from medcls.stats.multitask import assess_tasks
 from medcls.stats.operating_points import choose_threshold
 from medcls.stats.subgroups import compare_subgroups
 from medcls.workflows.sharing import write_model_card
@@ -169,7 +172,12 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
         f"train/val/test = {len(train_rows)}/{len(val_rows)}/{len(test_rows)}, channels {data.cache.channels}, "
         f"{len(data.duplicates)} duplicate set(s) kept on one side")
 
-    model, weights_origin = build_classifier(registries, config.backbone, len(data.classes), data.cache.channels,
+    # Multi-task: auxiliary heads after the main outputs, regression targets standardised on training cases.
+    tasks = standardised(data.tasks, data.task_targets, data.cache.kept[train_rows]) if data.tasks else []
+    if tasks and config.ensemble:
+        raise ConfigError("tasks (multi-task heads) cannot be combined with ensembles yet: train one model")
+    model, weights_origin = build_classifier(registries, config.backbone,
+                                             len(data.classes) + sum(task.outputs for task in tasks), data.cache.channels,
                                              config.dropout, config.pretrained, config.weights, config.slices,
                                              config.slice_pooling, config.backbone_args,
                                              input_shape=tuple(data.cache.images.shape[2:]))
@@ -198,8 +206,11 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
         weights = class_weights(train_labels, len(data.classes)) if balanced else None
         loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device),
                                             label_smoothing=config.label_smoothing)
+    if tasks:
+        loss_fn = MultiTaskLoss(loss_fn, len(data.classes), tasks, config.task_weighting == "uncertainty").to(device)
+    train_targets = data.training_targets(train_rows, tasks)
     generator = torch.Generator().manual_seed(config.seed)
-    loader = make_loader(TrainingImages(data.cache, train_rows, train_labels, transform), train_labels, config,
+    loader = make_loader(TrainingImages(data.cache, train_rows, train_targets, transform), train_labels, config,
                          len(data.classes), workers, generator, distributed)
     metrics = list(registries["metrics"])
     val_labels = data.cache_labels(val_rows)
@@ -210,7 +221,7 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
     monitor_sign = -1.0 if lower_is_better else 1.0
 
     scorer = Predictor(model, execution, classes=data.classes, batch_size=config.batch_size,
-                       multi_label=data.multi_label)
+                       multi_label=data.multi_label, tasks=tasks)
 
     def score_val(probs):
         if data.multi_label:  # the macro average over findings of each metric
@@ -225,7 +236,7 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
     frozen = None
     if can_cache_features(config, model, transform) and not distributed.active:
         frozen = frozen_features(model, data, train_rows, val_rows, train_labels, config, execution, generator,
-                                 score_val)
+                                 score_val, train_targets)
         logger.info("stage 1: backbone features computed once (no augmentation, frozen backbone)")
 
     trackers = open_trackers(config, registries, out) if distributed.writes else []
@@ -264,7 +275,8 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
     summary = finish_run(config, registries, data, model, execution, fitted, out,
                          rows={"train": train_rows, "val": val_rows, "test": test_rows},
                          facts={"weights_origin": weights_origin, "device": str(device), "started": start.started,
-                                "policy_params": policy_params})
+                                "policy_params": policy_params, "tasks": tasks,
+                                "task_weights": learned_task_weights(loss_fn)})
     finish_trackers(trackers, summary, out)
     return summary
 
@@ -288,6 +300,12 @@ def check_multilabel(config: TrainConfig) -> None:
     if config.ensemble:
         raise ConfigError("ensembles are not available for multi-label data yet: train one model (ensemble = 0) or "
                           "cross-validate (--folds K)")
+
+
+def learned_task_weights(loss_fn) -> list[float] | None:
+    """Uncertainty weighting: the weight exp(-s) each head ended with (main first), else None."""
+    log_variance = getattr(loss_fn, "log_variance", None)
+    return None if log_variance is None else [round(float(v), 4) for v in (-log_variance.detach()).exp().cpu()]
 
 
 def tracker_names(config: TrainConfig) -> list[str]:
@@ -359,11 +377,19 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
     validation, and write the run folder: model, metrics, figures, report. Returns the summary."""
     import json
 
+    tasks = facts.get("tasks") or []
     scorer = Predictor(model, execution, classes=data.classes, batch_size=config.batch_size,
-                       multi_label=data.multi_label)
+                       multi_label=data.multi_label, tasks=tasks)
     scores = {s: (scorer.probabilities(data.batches(r), calibrated=False), data.cache_labels(r))
               for s, r in rows.items()}
     scoring = (score_finding_splits if data.multi_label else score_splits)(config, registries, data, rows, scores, scorer)
+    if tasks:
+        task_outputs = {s: scorer.task_outputs(data.batches(r)) for s, r in rows.items()}
+        scoring["tasks"] = assess_tasks(
+            tasks, task_outputs, {s: data.cache_task_targets(r) for s, r in rows.items()}, list(registries["metrics"]),
+            patients={s: data.patients(r) for s, r in rows.items()}, threshold_rule=config.threshold_rule,
+            target=config.target, n_resamples=config.bootstrap, seed=config.seed)
+        scoring["task_weights"] = facts.get("task_weights")
     results, threshold = scoring["results"], scoring["threshold"]
 
     out.mkdir(parents=True, exist_ok=True)
@@ -380,6 +406,8 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
         "plugins": {"backbone": registries.provenance(registries["backbones"].get(config.backbone))},
         "positive_class": data.classes[1] if len(data.classes) == 2 and not data.multi_label else None,
         "multi_label": data.multi_label,
+        **({"tasks": [{**task.to_dict(), "threshold": scoring["tasks"]["val"][task.name]["threshold"]}
+                      for task in tasks], "task_weighting": config.task_weighting} if tasks else {}),
         **({"uncertain": config.uncertain, "blank_findings": config.blank_findings} if data.multi_label else {}),
         "preprocessing": "decode (readers), resize to image_size (antialiased, by `interpolation`) or, for volumes, reorient "
                          "to RAS, crop/resample to volume_size (trilinear), window or percentiles; values in [0, 1]; "
@@ -388,6 +416,9 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
     }
     save_model(model, info, out)
     write_history(fitted.history, out / "history.csv")
+    if tasks:
+        write_task_predictions(out / "task_predictions.csv", tasks,
+                               {s: (data.keys(r), data.cache_task_targets(r), task_outputs[s]) for s, r in rows.items()})
     write_splits(data, out / "splits.csv")
     (write_finding_predictions if data.multi_label else write_predictions)(
         out / "predictions.csv", data.classes,
@@ -406,6 +437,7 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
         "subgroup_differences": scoring["subgroup_differences"], "abstention": {"test": scoring["abstention"]},
         "notes": {s: a["notes"] for s, a in scoring["assessed"].items()},
         **({"findings": scoring["findings"]} if data.multi_label else {}),
+        **({"tasks": scoring["tasks"], "task_weights": scoring["task_weights"]} if tasks else {}),
         **({"members": extra_metrics} if extra_metrics else {}),
     })
     if fitted.history:
