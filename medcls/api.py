@@ -461,7 +461,8 @@ class Run:
         from medcls.reports.report import gap_table
 
         payload, manifest = self.metrics_json, self.manifest
-        lines = [gap_table(payload, payload.get("intervals", {})),
+        lines = (["Macro averages over the findings (each finding's own table below):"] if self.multi_label else []) + [
+                 gap_table(payload, payload.get("intervals", {})),
                  "95% intervals; how each was computed (Wilson, DeLong, bootstrap) is in report.md.", "",
                  f"Reading: {payload.get('reading', '')}"]
         if payload.get("tasks"):

@@ -264,10 +264,6 @@ def validate(config: TrainConfig, where: str = "config") -> None:
         if len(names) < 1 or not all(names) or len(set(names)) != len(names):
             fail("label_columns", config.label_columns, "give distinct column names separated by commas, e.g. "
                  "Atelectasis,Edema,Effusion")
-    if config.tasks is not None:
-        from medcls.data.tasks import parse_tasks
-
-        parse_tasks(config.tasks, f"{where}: tasks")
     for key in ("uncertain", "blank_findings"):
         for item in getattr(config, key).split(","):
             policy = item.rpartition("=")[2].strip().lower()

@@ -340,4 +340,4 @@ def test_cross_validation_folds_keep_every_finding_and_pool_out_of_fold(tmp_path
     pooled = json.loads((out / "cv_metrics.json").read_text())["pooled_findings"]["findings"]
     y = [int(r["y_lesion"]) for r in rows]
     p = [float(r["prob_lesion"]) for r in rows]
-    assert pooled["lesion"]["values"]["roc_auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-5)
+    assert pooled["lesion"]["values"]["roc_auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-3)  # CSV: 6 digits

@@ -52,7 +52,7 @@ def phantom_and_lesion(rng: np.random.Generator, size: int, lesion: bool, slice_
     if lesion:
         angle, radius = rng.uniform(0, 2 * np.pi), rng.uniform(0.15, 0.55)
         lesion_at = (cx + radius * a * np.cos(angle), cy + radius * b * np.sin(angle), rng.uniform(0.08, 0.17))
-    shift = rng.choice((-1, 1)) * rng.uniform(0.10, 0.16) if midline_shift else 0.0
+    shift = rng.choice((-1, 1)) * rng.uniform(0.16, 0.24) if midline_shift else 0.0
     for side in (-1, 1):  # lateral ventricles, a little different on each slice
         vx, vy = cx + side * 0.12 + shift, cy - 0.05 + slice_shift
         if lesion_at is not None and np.sign(lesion_at[0] - cx) == side:

@@ -46,7 +46,7 @@ from medcls.data.decoding import StartAgain
 from medcls.data.loading import AUTO_LARGEST, auto_image_size, backbone_interpolation, load_cases
 from medcls.data.prepared import PreparedData, prepare_data
 from medcls.data.readers import parse_window
-from medcls.data.tasks import standardised
+from medcls.data.tasks import parse_tasks, standardised
 from medcls.errors import ConfigError
 from medcls.logs import logger
 from medcls.reports import plots, report
@@ -93,6 +93,7 @@ def check_names(config: TrainConfig, registries) -> None:
         registries["loggers"].get(name)
 
     parse_window(config.window)
+    parse_tasks(config.tasks)
 
 
 @dataclasses.dataclass
