@@ -341,3 +341,19 @@ def test_cross_validation_folds_keep_every_finding_and_pool_out_of_fold(tmp_path
     y = [int(r["y_lesion"]) for r in rows]
     p = [float(r["prob_lesion"]) for r in rows]
     assert pooled["lesion"]["values"]["roc_auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-3)  # CSV: 6 digits
+
+
+def test_multilabel_ensemble_averages_the_members_sigmoid_probabilities(tmp_path, registries):
+    from medcls.core.runs import load_model
+
+    out = tmp_path / "ensemble"
+    result = CliRunner().invoke(cli, ["train", "--data", "synthetic-multilabel", "--backbone", "test_resnet",
+                                      "--no-pretrained", "--image-size", "32", "--epochs", "1", "--finetune-epochs", "0",
+                                      "--ensemble", "2", "--out", str(out), "--set", "bootstrap=50"])
+    assert result.exit_code == 0, result.output
+    images = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        members = [load_model(out / f"member-{i}", registries)[0](images).sigmoid() for i in (1, 2)]
+        ensemble = load_model(out, registries)[0](images).sigmoid()
+    torch.testing.assert_close(ensemble, (members[0] + members[1]) / 2, atol=1e-5, rtol=1e-4)
+    assert json.loads((out / "model.json").read_text())["multi_label"]

@@ -180,3 +180,11 @@ def test_export_holds_the_main_task_and_hf_is_refused(run, tmp_path, registries)
     np.testing.assert_allclose(got, medcls.load_run(run, device="cpu").predictor.probabilities(images), atol=1e-4)
     refused = CliRunner().invoke(cli, ["export", str(run), "--format", "hf", "-o", str(tmp_path / "hf")])
     assert_one_line_error(refused, "has auxiliary heads (tasks), which a timm-style folder cannot hold")
+
+
+def test_tasks_with_an_ensemble_are_refused(tmp_path):
+    manifest = write_manifest(tmp_path, n_patients=30)
+    result = CliRunner().invoke(cli, ["train", "--data", str(manifest), "--backbone", "test_resnet", "--no-pretrained",
+                                      "--image-size", "32", "--epochs", "1", "--finetune-epochs", "0", "--ensemble", "2",
+                                      "--set", "tasks=Size:regression"])
+    assert_one_line_error(result, "tasks (multi-task heads) cannot be combined with ensembles yet")

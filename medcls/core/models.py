@@ -112,17 +112,23 @@ class Classifier(nn.Module):
 
 class Ensemble(nn.Module):
     """The members' class probabilities averaged. forward() returns the log of the average, so
-    that softmax (what every caller applies to a model's output) gives the average back."""
+    that softmax (what every caller applies to a model's output) gives the average back; for a
+    multi-label ensemble the members' sigmoid probabilities are averaged per finding and forward()
+    returns the logit of the average, so that sigmoid gives it back."""
 
-    def __init__(self, members: list[nn.Module]) -> None:
+    def __init__(self, members: list[nn.Module], multi_label: bool = False) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
+        self.multi_label = multi_label
 
     @property
     def backbone(self):
         return self.members[-1].backbone
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.multi_label:
+            probs = torch.stack([member(images).float().sigmoid() for member in self.members]).mean(0)
+            return torch.logit(probs, eps=1e-7)
         probs = torch.stack([member(images).float().softmax(1) for member in self.members]).mean(0)
         return probs.clamp_min(1e-12).log()
 

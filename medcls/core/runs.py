@@ -131,7 +131,7 @@ def load_model(run: str | Path, registries, device="cpu"):
 
     if info.get("ensemble"):
         backbones = info["ensemble"].get("backbones") or [info["backbone"]] * info["ensemble"]["members"]
-        model = Ensemble([classifier(name) for name in backbones])
+        model = Ensemble([classifier(name) for name in backbones], multi_label=bool(info.get("multi_label")))
     else:
         model = classifier()
     try:

@@ -52,7 +52,7 @@ def train_ensemble(config, registries, *, progress_factory=None) -> dict:
                                "intervals": summary["intervals"]["test"]})
         members.append(load_model(out / f"member-{index + 1}", registries)[0])
     device = resolve_device(config.device)
-    ensemble = Ensemble(members).eval()
+    ensemble = Ensemble(members, multi_label=data.multi_label).eval()
     execution = choose_execution(device, members[0], config.precision, config.channels_last)
     ensemble = execution.prepare(ensemble)
     summary = finish_run(config, registries, data, ensemble, execution, FitResult(), out,

@@ -175,8 +175,6 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
 
     # Multi-task: auxiliary heads after the main outputs, regression targets standardised on training cases.
     tasks = standardised(data.tasks, data.task_targets, data.cache.kept[train_rows]) if data.tasks else []
-    if tasks and config.ensemble:
-        raise ConfigError("tasks (multi-task heads) cannot be combined with ensembles yet: train one model")
     model, weights_origin = build_classifier(registries, config.backbone,
                                              len(data.classes) + sum(task.outputs for task in tasks), data.cache.channels,
                                              config.dropout, config.pretrained, config.weights, config.slices,
@@ -298,9 +296,6 @@ def check_multilabel(config: TrainConfig) -> None:
     for key in MULTILABEL_UNSET:
         if getattr(config, key) is not None:
             raise ConfigError(f"{key} is not available for multi-label data yet: leave it unset")
-    if config.ensemble:
-        raise ConfigError("ensembles are not available for multi-label data yet: train one model (ensemble = 0) or "
-                          "cross-validate (--folds K)")
 
 
 def learned_task_weights(loss_fn) -> list[float] | None:
@@ -599,6 +594,8 @@ def open_run(config: TrainConfig, registries, *, split: bool) -> tuple[TrainConf
     data = prepare_data(config, registries, split=split)
     if data.multi_label:
         check_multilabel(config)
+    if data.tasks and config.ensemble:
+        raise ConfigError("tasks (multi-task heads) cannot be combined with ensembles yet: train one model")
     for warning in data.warnings:
         logger.warning(f"{warning}")
     return config, out, data
