@@ -155,6 +155,7 @@ def yaml_value(text: str):
 @click.option("--format", "format_", help="Dataset layout (default: detect; see `medcls list datasets`).")
 @click.option("--path-column", help="Manifest column with the image file.")
 @click.option("--label-column", help="Manifest column with the class label.")
+@click.option("--label-columns", help="Multi-label: manifest columns, one finding each (1, 0, -1 uncertain, blank).")
 @click.option("--patient-column", help="Manifest column with the patient id.")
 @click.option("--image-root", help="Folder that manifest paths are relative to.")
 @click.option("--patient-from-dicom", is_flag=True, default=None, help="Group by the DICOM header's PatientID.")

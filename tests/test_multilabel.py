@@ -124,7 +124,7 @@ def test_pipe_separated_findings_column(tmp_path, registries):
 def test_bad_finding_value_is_one_line(tmp_path):
     save_png(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
     (tmp_path / "m.csv").write_text("path,Edema\na.png,2\n")
-    result = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "m.csv"), "--set", "label_columns=Edema"])
+    result = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "m.csv"), "--label-columns", "Edema"])
     assert_one_line_error(result, "line 2 column 'Edema': finding value '2' is not 1, 0, -1 (uncertain) or blank")
 
 

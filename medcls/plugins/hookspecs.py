@@ -229,11 +229,16 @@ def medcls_register_datasets(register):
       each image is its own patient, which a repeated patient makes optimistic);
     - ``split``: ``'train'``, ``'val'`` or ``'test'`` when the data set fixes its splits;
     - ``attributes``: other columns (site, sex, scanner): ``--by site`` reports subgroups from
-      them, and ``series_uid`` reaches readers that accept it.
+      them, ``series_uid`` reaches readers that accept it, and ``tasks = "Age:regression"``
+      trains an extra head on a column (multi-task);
+    - ``findings`` (multi-label layouts): ``{finding: value}`` with 1.0 present, 0.0 absent,
+      -1.0 uncertain and NaN blank, the same findings for every case; ``label`` is then a
+      readable summary (``'Effusion|Mass'``). The run's ``uncertain`` and ``blank_findings``
+      policies turn it into targets.
 
     ``DataOptions`` carries the user's settings a layout may honour: ``path_column``,
-    ``label_column``, ``patient_column``, ``split_column``, ``image_root``,
-    ``patient_from_dicom``, and ``readers`` (a ``ReaderTable``: ``readers.can_read(path)`` says
+    ``label_column``, ``label_columns`` and ``multi_label`` (multi-label manifests),
+    ``patient_column``, ``split_column``, ``image_root``, ``patient_from_dicom``, and ``readers`` (a ``ReaderTable``: ``readers.can_read(path)`` says
     whether any registered reader takes a file; use it to pick files from a folder).
 
     Example::
