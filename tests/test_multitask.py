@@ -188,3 +188,14 @@ def test_tasks_with_an_ensemble_are_refused(tmp_path):
                                       "--image-size", "32", "--epochs", "1", "--finetune-epochs", "0", "--ensemble", "2",
                                       "--set", "tasks=Size:regression"])
     assert_one_line_error(result, "tasks (multi-task heads) cannot be combined with ensembles yet")
+
+
+def test_evaluate_scores_every_head_as_training_did(run, tmp_path):
+    result = CliRunner().invoke(cli, ["evaluate", str(run), "-o", str(tmp_path), "--bootstrap", "100"])
+    assert result.exit_code == 0, result.output
+    trained = json.loads((run / "metrics.json").read_text())["tasks"]["test"]
+    evaluated = json.loads((tmp_path / "metrics.json").read_text())["tasks"]["test"]
+    assert evaluated["Size"]["values"]["mae"] == pytest.approx(trained["Size"]["values"]["mae"], rel=1e-6)
+    assert evaluated["Side"]["values"]["roc_auc"] == pytest.approx(trained["Side"]["values"]["roc_auc"], abs=1e-9)
+    assert evaluated["Side"]["threshold"] == trained["Side"]["threshold"]
+    assert "Auxiliary heads" in (tmp_path / "report.md").read_text()

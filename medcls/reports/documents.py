@@ -183,7 +183,8 @@ def add_findings(doc: Document, found: dict, where: str) -> None:
 def task_rows(assessed: dict) -> tuple[list[str], list[list[str]]]:
     """Multi-task: one row per auxiliary head and split with its own figures and intervals."""
     rows = []
-    for split in ("train", "val", "test"):
+    for split in [s for s in ("train", "val", "test") if s in assessed] + [s for s in assessed if s not in
+                                                                        ("train", "val", "test")]:
         for name, found in assessed[split].items():
             values, intervals = found["values"], found["intervals"]
             if found["kind"] == "regression":

@@ -53,15 +53,18 @@ def assess_regression(y: np.ndarray, predicted: np.ndarray, *, groups=None, n_re
 
 
 def assess_tasks(tasks: list, outputs: dict, targets: dict, metrics, *, patients: dict, threshold_rule: str = "youden",
-                 target: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> dict:
+                 target: float = 0.95, n_resamples: int = 2000, seed: int = 0, thresholds: dict | None = None) -> dict:
     """Per split and task: the head's figures on the cases whose target is known. `outputs[split]`
     maps task name to predictions (class probabilities or values), `targets[split]` is the (n,
     tasks) target array, `patients[split]` the patient ids (or None). Binary heads get their
-    operating point on the validation split by `threshold_rule`."""
+    operating point on the validation split by `threshold_rule`, or the stored one from
+    `thresholds` (evaluating a finished run)."""
     assessed = {split: {} for split in outputs}
     for j, task in enumerate(tasks):
         threshold = None
-        if task.kind == "binary":
+        if thresholds is not None:
+            threshold = thresholds.get(task.name)
+        elif task.kind == "binary":
             known = ~np.isnan(targets["val"][:, j])
             threshold = float(choose_threshold(threshold_rule, targets["val"][known, j].astype(np.int64),
                                                outputs["val"][task.name][known, 1], target=target))

@@ -17,7 +17,7 @@ from medcls.core.runs import load_model, write_finding_predictions, write_predic
 from medcls.data.prepared import PreparedData, prepare_data
 from medcls.errors import ConfigError, DataError
 from medcls.reports import plots
-from medcls.reports.documents import add_findings, add_subgroups, case_flow
+from medcls.reports.documents import add_findings, add_subgroups, add_tasks, case_flow
 from medcls.reports.report import (
     GAP_HEADER,
     Document,
@@ -28,6 +28,7 @@ from medcls.reports.report import (
 )
 from medcls.stats import multilabel
 from medcls.stats.assess import assess, assess_subgroups
+from medcls.stats.multitask import assess_tasks
 from medcls.stats.subgroups import compare_subgroups
 from medcls.stats.calibration import calibration_slope_intercept
 from medcls.stats.intervals import paired_delong
@@ -189,6 +190,7 @@ def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, p
         plots.plot_calibration(probs, labels, out / "calibration.png")
         plots.plot_decision_curve(probs, labels, out / "decision_curve.png")
     write_predictions(out / "predictions.csv", classes, {split: (scored.keys, labels, probs)}, scored.predictor.decide)
+    tasks = evaluate_tasks(scored, metrics, n_resamples) if scored.predictor.tasks else None
     write_metrics_json(out / "metrics.json", {
         split: assessed["values"], "intervals": {split: assessed["intervals"]},
         "operating": {split: assessed["operating"]}, "level": {split: assessed["level"]},
@@ -196,7 +198,7 @@ def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, p
         "threshold": threshold, "data": config.data, "calibration": {split: calibration},
         "patient_level": None if per_patient is None else {split: per_patient}, "subgroups": subgroups,
         "subgroup_differences": differences,
-        "notes": {split: assessed["notes"]}, "tta": tta,
+        "notes": {split: assessed["notes"]}, "tta": tta, **({"tasks": tasks} if tasks else {}),
         "without_tta": None if without_tta is None else {split: without_tta["values"],
                                                          "intervals": without_tta["intervals"]},
     })
@@ -219,6 +221,8 @@ def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, p
                           ("calibration.png", "Calibration"), ("decision_curve.png", "Decision curve"),
                           ("confusion_matrix.png", "Confusion matrix")):
         doc.image(out / name, caption)
+    if tasks:
+        add_tasks(doc, tasks, scored.info.get("task_weighting", "fixed"), None)
     if per_patient:
         doc.heading(f"Patient level ({patient_level} of image scores)")
         add_assessment(doc, per_patient, classes, f"{split} cases")
@@ -279,3 +283,27 @@ def evaluate_findings(run: Path, scored: ScoredCases, registries, *, out=None, p
     doc.write(out)
     return {"split": split, "n": int(len(scored.labels)), "metrics": found["values"], "intervals": intervals,
             "out": str(out)}
+
+
+def evaluate_tasks(scored: ScoredCases, metrics, n_resamples: int) -> dict:
+    """Multi-task runs: every auxiliary head on the scored cases at its stored operating point,
+    the data's columns matched to the run's heads by name (and its classes by name)."""
+    tasks, data = scored.predictor.tasks, scored.data
+    found = {task.name: j for j, task in enumerate(data.tasks)}
+    targets = np.full((len(scored.rows), len(tasks)), np.nan)
+    for j, task in enumerate(tasks):
+        if task.name not in found:
+            raise DataError(f"data '{scored.config.data}' has no column {task.name!r} for the run's {task.kind} head")
+        column = data.cache_task_targets(scored.rows)[:, found[task.name]]
+        if task.kind != "regression":  # the data's class order to the run's
+            names = data.tasks[found[task.name]].classes
+            unknown = sorted(set(names) - set(task.classes))
+            if unknown:
+                raise DataError(f"data '{scored.config.data}' column {task.name!r} has values {unknown} the run's head "
+                                f"was not trained on ({list(task.classes)})")
+            column = np.array([np.nan if np.isnan(v) else task.classes.index(names[int(v)]) for v in column])
+        targets[:, j] = column
+    split = scored.split
+    return assess_tasks(tasks, {split: scored.predictor.task_outputs(data.batches(scored.rows))}, {split: targets},
+                        metrics, patients={split: data.patients(scored.rows)}, n_resamples=n_resamples,
+                        seed=scored.config.seed, thresholds=scored.predictor.task_thresholds)
