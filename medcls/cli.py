@@ -438,10 +438,13 @@ def preview(policy, data, count, views, aug, image_size, seed, settings, out):
 
 @cli.command()
 @click.argument("run", type=click.Path(file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript", "hf"]), default="onnx", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript", "hf", "monai-bundle"]), default="onnx",
+              show_default=True,
               help="hf: a Hugging Face-style folder (config.json, model.safetensors, README.md model card) "
-                   "that timm loads as local-dir:PATH and medcls.load_run loads back.")
-@click.option("-o", "--out", type=click.Path(file_okay=False), help="Folder (default RUN/export, for hf RUN/hf).")
+                   "that timm loads as local-dir:PATH and medcls.load_run loads back; monai-bundle: a MONAI "
+                   "bundle that `python -m monai.bundle run` executes on a folder of images.")
+@click.option("-o", "--out", type=click.Path(file_okay=False),
+              help="Folder (default RUN/export, for hf RUN/hf, for monai-bundle RUN/monai-bundle).")
 def export(run, fmt, out):
     """Export a run's model (preprocessed images in, probabilities out) with its threshold and preprocessing."""
     from medcls import api

@@ -69,3 +69,42 @@ def test_a_3d_or_plugin_backbone_is_refused_for_hf_with_the_fix(tmp_path):
     pytest.importorskip("medcls_monai", reason="the MONAI plugin is not installed")
     with pytest.raises(ConfigError, match="--format hf needs a 2D timm backbone.*--format onnx"):
         timm_architecture({"backbone": "monai:resnet10", "spatial_dims": 3}, Registries(get_plugin_manager()))
+
+
+def test_monai_bundle_carries_the_schema_fields_and_monai_runs_it_to_medcls_probabilities(run, tmp_path):
+    """MONAI's own runner, in a separate process, on three PNGs (two sizes, one in colour for a
+    greyscale model) gives the probabilities `medcls predict` gives."""
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    from medcls.workflows.bundle import REQUIRED_METADATA, REQUIRED_TENSOR
+    from tests.conftest import save_png
+
+    bundle = tmp_path / "bundle"
+    result = CliRunner().invoke(cli, ["export", str(run), "--format", "monai-bundle", "--out", str(bundle)])
+    assert result.exit_code == 0, result.output
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert all(key in metadata for key in REQUIRED_METADATA)
+    for tensors in metadata["network_data_format"].values():
+        assert all(key in spec for spec in tensors.values() for key in REQUIRED_TENSOR)
+    assert metadata["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "normal", "1": "tumour"}
+    assert (bundle / "models" / "model.ts").is_file() and (bundle / "docs" / "README.md").is_file()
+    rng = np.random.default_rng(3)
+    images = tmp_path / "images"
+    save_png(images / "a.png", (rng.random((96, 96)) * 255).astype(np.uint8))
+    save_png(images / "b.png", (rng.random((50, 70)) * 255).astype(np.uint8))
+    save_png(images / "c.png", (rng.random((64, 64, 3)) * 255).astype(np.uint8))
+    ran = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(bundle),
+                          "--config_file", str(bundle / "configs" / "inference.json"),
+                          "--meta_file", str(bundle / "configs" / "metadata.json"), "--dataset_dir", str(images)],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    with open(bundle / "eval" / "predictions.csv", newline="") as fh:
+        theirs = {os.path.basename(row[0]): [float(v) for v in row[1:]] for row in csv.reader(fh)}
+    ours = medcls.load_run(run, device="cpu").predictions([str(images)])
+    assert sorted(theirs) == ["a.png", "b.png", "c.png"]
+    for name, probs in zip(ours.inputs, ours.probabilities):
+        np.testing.assert_allclose(theirs[os.path.basename(name)], probs, atol=1e-4)

@@ -17,9 +17,10 @@ from medcls.core.inference import run_predictor
 from medcls.core.runs import load_model
 from medcls.data.volumes import parse_triple
 from medcls.errors import ConfigError, DataError
+from medcls.workflows.bundle import export_bundle
 from medcls.workflows.sharing import export_hf
 
-FORMATS = ("onnx", "torchscript", "hf")
+FORMATS = ("onnx", "torchscript", "hf", "monai-bundle")
 TOLERANCE = 1e-4
 
 
@@ -68,6 +69,13 @@ def export_run(run, registries, fmt: str, out: str | Path | None = None) -> Expo
     if fmt == "hf" and info.get("tasks"):
         raise ConfigError(f"run '{run}' has auxiliary heads (tasks), which a timm-style folder cannot hold: export "
                           "it as onnx or torchscript (the main task's probabilities)")
+    if fmt == "monai-bundle":
+        folder = Path(out) if out else Path(run) / "monai-bundle"
+        check = torch.round(example_input(info) * 65535.0) / 65535.0  # on the image cache's 16-bit grid
+        expected = run_predictor(model.float().cpu().eval(), info, device="cpu", precision="fp32").probabilities(check)
+        difference = export_bundle(model, info, folder, run=Path(run), check_batch=check,
+                                   expected=torch.as_tensor(expected, dtype=torch.float32), tolerance=TOLERANCE)
+        return Exported(str(folder / "models" / "model.ts"), str(folder / "configs" / "metadata.json"), difference)
     if fmt == "hf":
         folder = Path(out) if out else Path(run) / "hf"
         difference = export_hf(model, info, folder, run=Path(run), registries=registries,
