@@ -106,3 +106,37 @@ def test_an_unknown_tracker_name_fails_before_any_data_is_read():
 
     result = CliRunner().invoke(cli, ["train", "--backbone", "test_resnet", "--log", "tensorbord"])
     assert_one_line_error(result, "tensorbord", "tensorboard")
+
+
+def test_cross_validation_folds_and_experiment_runs_are_nested_mlflow_runs(tmp_path):
+    pytest.importorskip("mlflow", reason="medcls[mlflow] is not installed")
+    from mlflow import MlflowClient
+
+    small = ["--backbone", "test_resnet", "--no-pretrained", "--epochs", "1", "--finetune-epochs", "0",
+             "--image-size", "32", "--set", "bootstrap=50"]
+    result = CliRunner().invoke(cli, ["train", *small, "--folds", "2", "--out", str(tmp_path / "cv"),
+                                      "--log", "mlflow"], env={"MLFLOW_TRACKING_URI": ""})
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    runs = client.search_runs([client.get_experiment_by_name("medcls").experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in children) == ["cv/fold-1", "cv/fold-2"]
+    pooled = json.loads((tmp_path / "cv" / "cv_metrics.json").read_text())["pooled"]["roc_auc"]
+    assert parent.data.metrics["pooled_roc_auc"] == pytest.approx(pooled)
+    assert "cv_metrics.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+    result = CliRunner().invoke(cli, ["experiment", "--vary", "dropout=0.2,0.5", "--seeds", "0", *small[:2],
+                                      "--out", str(tmp_path / "exp"),
+                                      "--set", "pretrained=false", "--set", "epochs=1", "--set", "finetune_epochs=0",
+                                      "--set", "image_size=32", "--set", "bootstrap=50", "--set", "loggers=mlflow"],
+                                env={"MLFLOW_TRACKING_URI": ""})
+    assert result.exit_code == 0, result.output
+    runs = client.search_runs([client.get_experiment_by_name("medcls").experiment_id],
+                              filter_string="attributes.run_name = 'exp'")
+    (experiment,) = runs
+    nested = client.search_runs([experiment.info.experiment_id],
+                                filter_string=f"tags.mlflow.parentRunId = '{experiment.info.run_id}'")
+    assert sorted(r.info.run_name for r in nested) == ["exp/dropout=0.2/seed0", "exp/dropout=0.5/seed0"]
+    assert "dropout.0.2.test_roc_auc_mean" in experiment.data.metrics

@@ -263,6 +263,10 @@ def medcls_register_loggers(register):
       every split (``test_roc_auc``, with ``test_roc_auc_low`` / ``_high`` for its interval) and
       the run's files (report, metrics, model card, figures); the tracker closes itself here.
 
+    Optionally ``child(out: Path)`` returns a tracker for a nested run: cross-validation folds,
+    ensemble members and an experiment's runs are logged under the run that holds them (MLflow's
+    ``mlflow.parentRunId``); without it each is a run of its own.
+
     ``extra`` names the optional dependency group that provides the tracker's package, so a
     missing one is reported as ``pip install "medcls[EXTRA]"``; ``create`` raises
     ``medcls.ConfigError`` with that line. A tracker never changes what is trained.

@@ -18,7 +18,7 @@ from medcls.reports.documents import add_findings
 from medcls.reports.report import Document, format_value, spread
 from medcls.stats import multilabel
 from medcls.stats.assess import assess
-from medcls.workflows.train import open_run, train
+from medcls.workflows.train import close_trackers, open_run, open_trackers, train
 
 
 def fold_assignments(data, k: int, val_fraction: float, seed: int) -> list[np.ndarray]:
@@ -81,6 +81,7 @@ def cross_validate(config, registries, *, progress_factory=None) -> dict:
         logger.warning("cross-validation re-splits every case; the data set's own train/val/test split is not used")
     split_seed = config.seed if config.split_seed is None else config.split_seed
     assignments = fold_assignments(data, config.folds, config.val_fraction, split_seed)
+    trackers = open_trackers(config, registries, out)  # each fold is logged as a nested run of this one
     kept = data.cache.kept
     oof_probs = np.full((len(data.cases), len(data.classes)), np.nan)
     oof_fold = np.full(len(data.cases), -1)
@@ -91,7 +92,7 @@ def cross_validate(config, registries, *, progress_factory=None) -> dict:
             f"{int((splits == 'test').sum())} train/val/test")
         data.splits = splits
         fold_config = dataclasses.replace(config, folds=0, out=str(out / f"fold-{fold}"))
-        summary = train(fold_config, registries, progress_factory=progress_factory, data=data)
+        summary = train(fold_config, registries, progress_factory=progress_factory, data=data, parent_trackers=trackers)
         probs, _ = summary["scores"]["test"]
         cases = kept[data.rows("test")]
         oof_probs[cases], oof_fold[cases] = probs, fold
@@ -129,6 +130,7 @@ def cross_validate(config, registries, *, progress_factory=None) -> dict:
               **({"pooled_findings": findings} if findings is not None else {})}
     (out / "cv_metrics.json").write_text(json.dumps(result, indent=2, default=float), encoding="utf-8")
     cv_document(config, result).write(out)
+    close_trackers(trackers, tracked_values(result), out)
     result["out"] = str(out)
     return result
 
@@ -141,6 +143,21 @@ def write_oof(path: Path, data, scored: np.ndarray, probs: np.ndarray, folds: np
         for i in scored:
             writer.writerow([data.cases[i].key, int(folds[i]), data.classes[data.labels[i]],
                              *[f"{p:.6f}" for p in probs[i]], data.classes[decided[i]]])
+
+
+def tracked_values(result: dict) -> dict:
+    """The pooled out-of-fold figures with their interval bounds, and the spread over folds."""
+    values = {}
+    for name, value in result["pooled"].items():
+        if np.isfinite(value):
+            values[f"pooled_{name}"] = value
+            for bound in ("low", "high"):
+                found = (result["pooled_intervals"].get(name) or {}).get(bound)
+                if isinstance(found, float) and np.isfinite(found):
+                    values[f"pooled_{name}_{bound}"] = found
+    for name, figures in result["spread"].items():
+        values[f"folds_{name}_mean"], values[f"folds_{name}_sd"] = figures["mean"], figures["sd"]
+    return values
 
 
 def write_oof_findings(path: Path, data, scored: np.ndarray, probs: np.ndarray, folds: np.ndarray,

@@ -15,7 +15,7 @@ from medcls.core.models import Ensemble
 from medcls.core.runs import load_model
 from medcls.logs import logger
 from medcls.reports.report import format_value, spread
-from medcls.workflows.train import finish_run, open_run, train
+from medcls.workflows.train import finish_run, finish_trackers, open_run, open_trackers, train
 
 
 def bootstrap_rows(rows: np.ndarray, patients: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
@@ -36,6 +36,7 @@ def train_ensemble(config, registries, *, progress_factory=None) -> dict:
     config = dataclasses.replace(config, split_seed=config.seed if config.split_seed is None else config.split_seed)
     config, out, data = open_run(config, registries, split=True)
     train_rows = data.rows("train")
+    trackers = open_trackers(config, registries, out)  # each member is logged as a nested run of the ensemble
     members, member_results, member_backbones = [], [], []
     for index in range(config.ensemble):
         backbone = backbones[index % len(backbones)]
@@ -46,7 +47,7 @@ def train_ensemble(config, registries, *, progress_factory=None) -> dict:
         member_config = dataclasses.replace(config, ensemble=0, seed=config.seed + index, backbone=backbone,
                                             out=str(out / f"member-{index + 1}"))
         summary = train(member_config, registries, progress_factory=progress_factory, data=data,
-                        train_rows=rows)
+                        train_rows=rows, parent_trackers=trackers)
         member_backbones.append(backbone)
         member_results.append({"member": index + 1, "backbone": backbone, "test": summary["results"]["test"],
                                "intervals": summary["intervals"]["test"]})
@@ -65,6 +66,7 @@ def train_ensemble(config, registries, *, progress_factory=None) -> dict:
                          extra_metrics={"each": member_results, "spread": spread([m["test"] for m in member_results])})
     summary["members"] = member_results
     summary["spread"] = spread([m["test"] for m in member_results])
+    finish_trackers(trackers, summary, out)
     return summary
 
 

@@ -15,7 +15,7 @@ from medcls.config import FIELDS, TrainConfig, coerce
 from medcls.errors import ConfigError
 from medcls.logs import logger, quiet
 from medcls.reports.plots import plain, subplots
-from medcls.workflows.train import train
+from medcls.workflows.train import close_trackers, open_trackers, train
 
 # Virtual settings: one name standing for a combination of real keys.
 FINETUNE = {
@@ -67,6 +67,7 @@ def run_experiment(base: TrainConfig, key: str, values: list[str], seeds: list[i
 
     out.mkdir(parents=True, exist_ok=True)
     split_seed = base.split_seed if base.split_seed is not None else base.seed
+    trackers = open_trackers(base, registries, out)  # the experiment's runs are logged as its nested runs
     rows = []
     for value in values:
         for seed in seeds:
@@ -75,7 +76,7 @@ def run_experiment(base: TrainConfig, key: str, values: list[str], seeds: list[i
             logger.info(f"experiment: {key}={value}, seed {seed}")
             started = time.perf_counter()
             with quiet():
-                summary = train(config, registries)
+                summary = train(config, registries, parent_trackers=trackers)
             test, gap_ = summary["results"]["test"], summary["results"]["gap"]
             row = {"value": value, "seed": seed, "seconds": round(time.perf_counter() - started, 1),
                    "epochs": summary["epochs_run"], "train_test_gap_roc_auc": gap_.get("roc_auc")}
@@ -88,7 +89,14 @@ def run_experiment(base: TrainConfig, key: str, values: list[str], seeds: list[i
                 f"{row['seconds']:.0f}s")
     summary = summarise(rows, values)
     write_outputs(rows, summary, key, values, out)
+    close_trackers(trackers, {f"{key}.{tracked_name(value)}.test_roc_auc_mean": s["roc_auc_mean"]
+                              for value, s in summary.items() if np.isfinite(s["roc_auc_mean"])}, out)
     return {"rows": rows, "summary": summary, "out": str(out)}
+
+
+def tracked_name(value: str) -> str:
+    """A setting's value as a metric-name part trackers accept (letters, digits, _ - . /)."""
+    return "".join(ch if ch.isalnum() or ch in "_-./" else "_" for ch in value)
 
 
 def summarise(rows: list[dict], values: list[str]) -> dict:

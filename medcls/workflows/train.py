@@ -107,13 +107,15 @@ class RunStart:
     distributed: object
     progress_factory: object
     started: float
+    parent_trackers: list | None = None  # a cross-validation's, ensemble's or experiment's trackers
 
 
 def train(config: TrainConfig, registries, *, progress_factory=None,
-          data: PreparedData | None = None, train_rows=None) -> dict:
+          data: PreparedData | None = None, train_rows=None, parent_trackers: list | None = None) -> dict:
     """Run the whole workflow and write the run folder; returns the summary that the CLI prints.
     Cross-validation and ensembles pass `data` already prepared (with their splits) and, for
-    bagging, `train_rows` (a resample of the training rows)."""
+    bagging, `train_rows` (a resample of the training rows); they and experiments pass their own
+    trackers as `parent_trackers`, so that each run is logged as their nested run."""
 
     started = time.perf_counter()
     config = dataclasses.replace(checked_config(config, registries),
@@ -124,7 +126,7 @@ def train(config: TrainConfig, registries, *, progress_factory=None,
         logger.setLevel(logging.ERROR)  # rank 0 speaks for all
         progress_factory = None
     start = RunStart(config, registries, run_folder(config, reserve=distributed.writes), device_for(distributed, resolve_device(config.device)),
-                     distributed, progress_factory, started)
+                     distributed, progress_factory, started, parent_trackers)
     if data is None:
         transform, _ = make_policy(config, registries)  # a bad policy setting stops before any data is read
         # Training starts once the images of its first batches are decoded and the rest decode
@@ -238,7 +240,7 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
                                  score_val, train_targets)
         logger.info("stage 1: backbone features computed once (no augmentation, frozen backbone)")
 
-    trackers = open_trackers(config, registries, out) if distributed.writes else []
+    trackers = open_trackers(config, registries, out, start.parent_trackers) if distributed.writes else []
 
     def on_epoch(epoch, is_best):
         for tracker in trackers:
@@ -308,11 +310,16 @@ def tracker_names(config: TrainConfig) -> list[str]:
     return [name.strip() for name in (config.loggers or "").split(",") if name.strip()]
 
 
-def open_trackers(config: TrainConfig, registries, out: Path) -> list:
-    """The run's experiment trackers (medcls_register_loggers), started with its configuration."""
+def open_trackers(config: TrainConfig, registries, out: Path, parents: list | None = None) -> list:
+    """The run's experiment trackers (medcls_register_loggers), started with its configuration; with
+    `parents` (one per logger, in order), each is its parent's nested run where the tracker can
+    nest (an optional `child(out)` method), else a run of its own."""
     import json
 
-    trackers = [registries["loggers"].get(name).obj(out) for name in tracker_names(config)]
+    trackers = []
+    for index, name in enumerate(tracker_names(config)):
+        parent = parents[index] if parents and index < len(parents) else None
+        trackers.append(parent.child(out) if hasattr(parent, "child") else registries["loggers"].get(name).obj(out))
     params = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in config.to_dict().items()
               if v is not None}
     for tracker in trackers:
@@ -330,8 +337,6 @@ def epoch_values(epoch) -> dict:
 
 def finish_trackers(trackers: list, summary: dict, out: Path) -> None:
     """Every split's final figures with their interval bounds, and the run's files."""
-    if not trackers:
-        return
     values = {}
     for split in ("train", "val", "test"):
         for name, value in summary["results"][split].items():
@@ -341,8 +346,16 @@ def finish_trackers(trackers: list, summary: dict, out: Path) -> None:
                 for bound in ("low", "high"):
                     if isinstance(interval.get(bound), float) and np.isfinite(interval[bound]):
                         values[f"{split}_{name}_{bound}"] = interval[bound]
+    close_trackers(trackers, values, out)
+
+
+def close_trackers(trackers: list, values: dict, out: Path) -> None:
+    """Hand each tracker the final figures and the files in `out` (figures, reports, metrics)."""
+    if not trackers:
+        return
     artefacts = sorted(out.glob("*.png")) + [out / n for n in ("report.md", "report.html", "metrics.json", "model.json",
-                                                               "MODEL_CARD.md") if (out / n).is_file()]
+                                                               "MODEL_CARD.md", "cv_metrics.json", "experiment.md",
+                                                               "experiment.csv") if (out / n).is_file()]
     for tracker in trackers:
         tracker.finish(values, artefacts)
 

@@ -36,6 +36,11 @@ class TensorBoardTracker:
         self.writer = SummaryWriter(str(out / "tensorboard"))
         self.params: dict = {}
 
+    def child(self, out: Path) -> "TensorBoardTracker":
+        """A nested run (a fold, a member, an experiment's run): its own event files inside this
+        run's folder, so `tensorboard --logdir` on this folder shows them together."""
+        return TensorBoardTracker(out)
+
     def start(self, params: dict) -> None:
         self.params = params
         self.writer.add_text("config", "```\n" + json.dumps(params, indent=1, default=str) + "\n```")
@@ -62,21 +67,33 @@ class MLflowTracker:
     """Parameters, per-epoch metrics, final metrics with interval bounds, tags (backbone, data hash,
     medcls commit) and the run's files as artefacts, through `mlflow.MlflowClient` (no global state)."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, parent: "MLflowTracker | None" = None) -> None:
         try:
             from mlflow import MlflowClient
         except ImportError:
             raise missing("mlflow", "mlflow") from None
-        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        uri = os.environ.get("MLFLOW_TRACKING_URI") if parent is None else parent.uri
         if not uri:
             store = (Path(out).resolve().parent / "mlruns")
             uri = store.as_uri()
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # see the module docstring
         self.uri, self.out = uri, Path(out)
         self.client = MlflowClient(tracking_uri=uri)
-        found = self.client.get_experiment_by_name(EXPERIMENT)
-        experiment = found.experiment_id if found else self.client.create_experiment(EXPERIMENT)
-        self.run_id = self.client.create_run(experiment, run_name=self.out.name).info.run_id
+        if parent is None:
+            found = self.client.get_experiment_by_name(EXPERIMENT)
+            self.experiment_id = found.experiment_id if found else self.client.create_experiment(EXPERIMENT)
+        else:
+            self.experiment_id = parent.experiment_id
+        # A nested run carries MLflow's own parent tag, so the UI folds it under its parent.
+        tags = {"mlflow.parentRunId": parent.run_id} if parent is not None else {}
+        name = self.out.name
+        if parent is not None and parent.out in self.out.parents:
+            name = f"{parent.out.name}/{self.out.relative_to(parent.out)}"
+        self.run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+
+    def child(self, out: Path) -> "MLflowTracker":
+        """A nested run (a fold, a member, an experiment's run) under this one."""
+        return MLflowTracker(out, parent=self)
 
     def start(self, params: dict) -> None:
         from mlflow.entities import Param, RunTag
