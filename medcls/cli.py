@@ -114,6 +114,15 @@ def cli():
     """medcls: fine-tune pretrained backbones on medical images and report sensitivity,
     specificity and ROC honestly. Extend it with plugins (see `medcls plugins`)."""
     attach_log_handler()
+    from medcls.logs import show_progress_bars
+
+    show_progress_bars(stage_bars if sys.stderr.isatty() else None)  # in logs and CI: one line per stage
+
+
+def stage_bars(description: str, total: int | None, unit: str):
+    from tqdm import tqdm
+
+    return tqdm(desc=description, total=total, unit=unit, leave=False, file=sys.stderr)
 
 
 def parse_pairs(values, flag: str) -> dict:

@@ -33,7 +33,7 @@ class StartAgain(DataError):
 def decode_all(cases: list[Case], readers: ReaderTable, size, channels: str = "auto", strict: bool = False,
                threads: int | None = None, hashes: list[str] | None = None, store: ImageStore | None = None,
                memory_budget: int | None = None, background: bool = False,
-               order: list[int] | None = None) -> ImageCache:
+               order: list[int] | None = None, progress=None) -> ImageCache:
     """Read and resize every case, skipping unreadable ones (listed in the cache's failures);
     images already in `store` (by content hash) are loaded instead of decoded.
 
@@ -42,8 +42,10 @@ def decode_all(cases: list[Case], readers: ReaderTable, size, channels: str = "a
     (every case), `batch()` waits for the rows it is asked for and raises StartAgain for one that
     failed or when the guess proves wrong, and `complete()` waits for the rest, drops the
     unreadable ones and settles the channel count. `order` is the order to decode in (training
-    images first); `ImageCache.prioritise` moves rows to the front."""
+    images first); `ImageCache.prioritise` moves rows to the front. `progress(n)` is told of
+    every image decoded (from the decoding thread)."""
     filling = Filling(cases, readers, size, channels, strict, hashes, store, memory_budget, guess=background)
+    filling.progress = progress
     workers = threads or min(8, os.cpu_count() or 1)
     filling.load_stored(workers)
     todo = [i for i in (range(len(cases)) if order is None else order) if not filling.done[i]]
@@ -80,6 +82,7 @@ class Filling:
         self.header_grey = np.zeros(len(cases), dtype=bool)  # a header said one channel, before decoding
         self.errors: list[str | None] = [None] * len(cases)
         self.done = np.zeros(len(cases), dtype=bool)
+        self.progress = None  # told of every image decoded (a progress bar's update)
         self.scheduled = np.zeros(len(cases), dtype=bool)
         self.undecided: list[int] = []  # images whose content decides the channel count
         self.undecided_left = 0
@@ -104,6 +107,8 @@ class Filling:
             if stored is not None:
                 self.place(i, stored, stored_grey(stored))
                 self.done[i] = True
+                if self.progress is not None:
+                    self.progress(1)
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(load, range(len(self.cases))))
@@ -225,6 +230,8 @@ class Filling:
                 self.decoded += 1
             self.done[i] = True
             self.remaining -= 1
+            if self.progress is not None:
+                self.progress(1)
             if (self.channels is None or self.guessed) and not self.header_grey[i]:
                 self.undecided_left -= 1
                 self.settle_channels(i, error is None and not grey)

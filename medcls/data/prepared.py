@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from medcls.errors import DataError
+from medcls.logs import stage
 
 if TYPE_CHECKING:
     from medcls.config import TrainConfig
@@ -160,8 +161,14 @@ def prepare_data(config: TrainConfig, registries, *, split: bool = True, backgro
         warnings += leakage_warnings(cases, hashes, splits)
     store = image_store(config, readers, registries) if config.cache == "disk" else None
     order = sorted(range(len(cases)), key=lambda i: SPLIT_ORDER.get(splits[i], 3))
-    cache = decode_all(cases, readers, training_grid(config, registries), config.channels, strict=config.strict,
-                       hashes=hashes, store=store, background=background, order=order)
+    if background:  # training follows the decoding, which the epochs' progress shows
+        cache = decode_all(cases, readers, training_grid(config, registries), config.channels, strict=config.strict,
+                           hashes=hashes, store=store, background=True, order=order)
+    else:
+        with stage(f"decoding {len(cases)} images (or reading them from the disk cache)", total=len(cases),
+                   unit="img") as advance:
+            cache = decode_all(cases, readers, training_grid(config, registries), config.channels,
+                               strict=config.strict, hashes=hashes, store=store, order=order, progress=advance)
     if cache.failures:
         warnings.append(skipped_warning(cache.failures))
     return PreparedData(cases, classes, labels, np.asarray(splits, dtype=str), hashes, cache, format_name,

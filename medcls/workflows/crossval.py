@@ -13,7 +13,7 @@ import numpy as np
 
 from medcls.data.splits import holdout, linked_groups, multilabel_group_folds
 from medcls.errors import ConfigError, DataError
-from medcls.logs import logger
+from medcls.logs import logger, stage
 from medcls.reports.documents import add_findings
 from medcls.reports.report import Document, format_value, spread
 from medcls.stats import multilabel
@@ -87,20 +87,22 @@ def cross_validate(config, registries, *, progress_factory=None) -> dict:
     oof_fold = np.full(len(data.cases), -1)
     oof_decision = np.full((len(data.cases), len(data.classes)) if data.multi_label else len(data.cases), -1)
     per_fold = []
-    for fold, splits in enumerate(assignments, start=1):
-        logger.info(f"fold {fold} of {config.folds}: {int((splits == 'train').sum())}/{int((splits == 'val').sum())}/"
-            f"{int((splits == 'test').sum())} train/val/test")
-        data.splits = splits
-        fold_config = dataclasses.replace(config, folds=0, out=str(out / f"fold-{fold}"))
-        summary = train(fold_config, registries, progress_factory=progress_factory, data=data, parent_trackers=trackers)
-        probs, _ = summary["scores"]["test"]
-        cases = kept[data.rows("test")]
-        oof_probs[cases], oof_fold[cases] = probs, fold
-        oof_decision[cases] = decisions(probs, summary["threshold"])
-        test = summary["results"]["test"]
-        per_fold.append({"fold": fold, "n": int(len(cases)), "threshold": summary["threshold"],
-                         **{k: test.get(k) for k in ("roc_auc", "sensitivity", "specificity", "accuracy")},
-                         "roc_auc_interval": summary["intervals"]["test"].get("roc_auc")})
+    with stage(f"{config.folds}-fold cross-validation", total=config.folds, unit="fold") as advance:
+        for fold, splits in enumerate(assignments, start=1):
+            logger.info(f"fold {fold} of {config.folds}: {int((splits == 'train').sum())}/{int((splits == 'val').sum())}/"
+                f"{int((splits == 'test').sum())} train/val/test")
+            data.splits = splits
+            fold_config = dataclasses.replace(config, folds=0, out=str(out / f"fold-{fold}"))
+            summary = train(fold_config, registries, progress_factory=progress_factory, data=data, parent_trackers=trackers)
+            probs, _ = summary["scores"]["test"]
+            cases = kept[data.rows("test")]
+            oof_probs[cases], oof_fold[cases] = probs, fold
+            oof_decision[cases] = decisions(probs, summary["threshold"])
+            test = summary["results"]["test"]
+            per_fold.append({"fold": fold, "n": int(len(cases)), "threshold": summary["threshold"],
+                             **{k: test.get(k) for k in ("roc_auc", "sensitivity", "specificity", "accuracy")},
+                             "roc_auc_interval": summary["intervals"]["test"].get("roc_auc")})
+            advance()
 
     scored = kept[oof_fold[kept] > 0]
     labels, probs = data.labels[scored], oof_probs[scored]

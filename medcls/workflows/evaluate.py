@@ -16,6 +16,7 @@ from medcls.core.inference import Predictor, run_predictor
 from medcls.core.runs import load_model, write_finding_predictions, write_predictions
 from medcls.data.prepared import PreparedData, prepare_data
 from medcls.errors import ConfigError, DataError
+from medcls.logs import stage
 from medcls.reports import plots
 from medcls.reports.documents import add_findings, add_subgroups, add_tasks, case_flow
 from medcls.reports.report import (
@@ -124,7 +125,8 @@ def run_predictions(run, registries, *, data: str | None = None, split: str | No
     predictor = run_predictor(model, info, device=device, precision=config.precision,
                               channels_last=config.channels_last)
     mirrors = not config.laterality_sensitive or config.allow_lr_flip
-    probs, single = predictor.probabilities_and_single_view(prepared.batches(rows), tta=tta, mirrors=mirrors)
+    with stage(f"scoring {len(rows)} {split} images" + ("" if tta == "none" else f" with {tta} views")):
+        probs, single = predictor.probabilities_and_single_view(prepared.batches(rows), tta=tta, mirrors=mirrors)
     return ScoredCases(prepared, rows, probs, prepared.cache_labels(rows), info, split, config, predictor,
                        None if tta == "none" else single)
 
@@ -167,7 +169,8 @@ def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, p
     threshold = info.get("threshold")
     patients = prepared.patients(rows)
     options = dict(prevalence=prevalence, n_resamples=n_resamples, seed=config.seed)
-    assessed = assess(probs, labels, threshold, metrics, patients=patients, where=f"{split} cases", **options)
+    with stage(f"figures and {n_resamples}-resample intervals of {len(labels)} {split} cases"):
+        assessed = assess(probs, labels, threshold, metrics, patients=patients, where=f"{split} cases", **options)
     per_patient = (assess(probs, labels, threshold, metrics, patients=patients, patient_level=patient_level,
                           where=f"{split} cases", **options) if patient_level else None)
     subgroups, differences = {}, {}
@@ -252,7 +255,8 @@ def evaluate_findings(run: Path, scored: ScoredCases, registries, *, out=None, p
                                           where=f"{split} cases", n_resamples=n_resamples, seed=scored.config.seed,
                                           prevalence=prevalence)
 
-    found = assessed_for(scored.probs)
+    with stage(f"figures and {n_resamples}-resample intervals of {len(scored.labels)} {split} cases, per finding"):
+        found = assessed_for(scored.probs)
     without = None if scored.single_view is None else assessed_for(scored.single_view)
     out = Path(out) if out else run / "evaluation"
     out.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ import numpy as np
 
 from medcls.config import FIELDS, TrainConfig, coerce
 from medcls.errors import ConfigError
-from medcls.logs import logger, quiet
+from medcls.logs import logger, quiet, stage
 from medcls.reports.plots import plain, subplots
 from medcls.workflows.train import close_trackers, open_trackers, train
 
@@ -69,24 +69,27 @@ def run_experiment(base: TrainConfig, key: str, values: list[str], seeds: list[i
     split_seed = base.split_seed if base.split_seed is not None else base.seed
     trackers = open_trackers(base, registries, out)  # the experiment's runs are logged as its nested runs
     rows = []
-    for value in values:
-        for seed in seeds:
-            config = dataclasses.replace(base, **settings_for(key, value), seed=seed, split_seed=split_seed,
-                                         out=str(out / f"{key}={value}" / f"seed{seed}"))
-            logger.info(f"experiment: {key}={value}, seed {seed}")
-            started = time.perf_counter()
-            with quiet():
-                summary = train(config, registries, parent_trackers=trackers)
-            test, gap_ = summary["results"]["test"], summary["results"]["gap"]
-            row = {"value": value, "seed": seed, "seconds": round(time.perf_counter() - started, 1),
-                   "epochs": summary["epochs_run"], "train_test_gap_roc_auc": gap_.get("roc_auc")}
-            for metric in TABLE_METRICS:
-                interval = summary["intervals"]["test"].get(metric, {})
-                row[f"test_{metric}"] = test.get(metric)
-                row[f"test_{metric}_low"], row[f"test_{metric}_high"] = interval.get("low"), interval.get("high")
-            rows.append(row)
-            logger.info(f"  test ROC AUC {row['test_roc_auc']:.3f}, gap {row['train_test_gap_roc_auc']:+.3f}, "
-                f"{row['seconds']:.0f}s")
+    with stage(f"experiment {key}: {len(values) * len(seeds)} runs", total=len(values) * len(seeds),
+               unit="run") as advance:
+        for value in values:
+            for seed in seeds:
+                config = dataclasses.replace(base, **settings_for(key, value), seed=seed, split_seed=split_seed,
+                                             out=str(out / f"{key}={value}" / f"seed{seed}"))
+                logger.info(f"experiment: {key}={value}, seed {seed}")
+                started = time.perf_counter()
+                with quiet():
+                    summary = train(config, registries, parent_trackers=trackers)
+                test, gap_ = summary["results"]["test"], summary["results"]["gap"]
+                row = {"value": value, "seed": seed, "seconds": round(time.perf_counter() - started, 1),
+                       "epochs": summary["epochs_run"], "train_test_gap_roc_auc": gap_.get("roc_auc")}
+                for metric in TABLE_METRICS:
+                    interval = summary["intervals"]["test"].get(metric, {})
+                    row[f"test_{metric}"] = test.get(metric)
+                    row[f"test_{metric}_low"], row[f"test_{metric}_high"] = interval.get("low"), interval.get("high")
+                rows.append(row)
+                logger.info(f"  test ROC AUC {row['test_roc_auc']:.3f}, gap {row['train_test_gap_roc_auc']:+.3f}, "
+                    f"{row['seconds']:.0f}s")
+                advance()
     summary = summarise(rows, values)
     write_outputs(rows, summary, key, values, out)
     close_trackers(trackers, {f"{key}.{tracked_name(value)}.test_roc_auc_mean": s["roc_auc_mean"]

@@ -14,6 +14,7 @@ from torch import nn
 from medcls.core.inference import ReadInputs, read_paths, run_predictor
 from medcls.core.runs import load_model
 from medcls.errors import ConfigError, DataError
+from medcls.logs import stage
 from medcls.reports.plots import save_grid, save_overlay
 from medcls.workflows.predict import predictions_for
 
@@ -65,24 +66,26 @@ def explain_read(model: nn.Module, info: dict, read: ReadInputs, out, target_cla
     cam = GradCAM(nn_module=model, target_layers=layer, postprocessing=unit_range)
     panels = []
     rows = read.rows
-    for image, position in zip(read.images, read.positions):
-        probs, decided = predictions.probabilities[position], predictions.decisions[position]
-        # Multi-label: the map of the named finding, else of the most probable one (its own logit).
-        shown = target_class or (classes[int(np.argmax(probs))] if info.get("multi_label") else
-                                 classes[1] if len(classes) == 2 else decided)
-        heat = cam(x=image[None].float(), class_idx=classes.index(shown))[0, 0].detach().numpy()
-        picture = image.float().mean(0).numpy()
-        if picture.ndim == 3:  # a volume: its middle axial slice
-            middle = picture.shape[0] // 2
-            picture, heat = picture[middle], heat[middle]
-        name = Path(rows[position]["file"]).name.replace(".nii.gz", "").rsplit(".", 1)[0] or "input"
-        name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "input"
-        target = out / f"{position:04d}-{name}-gradcam.png"
-        title = f"{name}: p({shown}) = {probs[classes.index(shown)]:.3f}, decision {decided}"
-        save_overlay(picture, heat, title, target)
-        rows[position].update({"heatmap": str(target), "class": shown, "probability": float(probs[classes.index(shown)]),
-                               "predicted": decided})
-        panels.append((picture, heat, title))
+    with stage(f"Grad-CAM of {len(read.images)} input(s)", total=len(read.images), unit="img") as advance:
+        for image, position in zip(read.images, read.positions):
+            probs, decided = predictions.probabilities[position], predictions.decisions[position]
+            # Multi-label: the map of the named finding, else of the most probable one (its own logit).
+            shown = target_class or (classes[int(np.argmax(probs))] if info.get("multi_label") else
+                                     classes[1] if len(classes) == 2 else decided)
+            heat = cam(x=image[None].float(), class_idx=classes.index(shown))[0, 0].detach().numpy()
+            picture = image.float().mean(0).numpy()
+            if picture.ndim == 3:  # a volume: its middle axial slice
+                middle = picture.shape[0] // 2
+                picture, heat = picture[middle], heat[middle]
+            name = Path(rows[position]["file"]).name.replace(".nii.gz", "").rsplit(".", 1)[0] or "input"
+            name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "input"
+            target = out / f"{position:04d}-{name}-gradcam.png"
+            title = f"{name}: p({shown}) = {probs[classes.index(shown)]:.3f}, decision {decided}"
+            save_overlay(picture, heat, title, target)
+            rows[position].update({"heatmap": str(target), "class": shown, "probability": float(probs[classes.index(shown)]),
+                                   "predicted": decided})
+            panels.append((picture, heat, title))
+            advance()
     grid = out / "gradcam-grid.png"
     save_grid(panels, grid)
     return Explanation(rows, str(grid), layer)

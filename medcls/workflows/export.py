@@ -17,6 +17,7 @@ from medcls.core.inference import run_predictor
 from medcls.core.runs import load_model
 from medcls.data.volumes import parse_triple
 from medcls.errors import ConfigError, DataError
+from medcls.logs import stage
 from medcls.workflows.bundle import export_bundle
 from medcls.workflows.sharing import export_hf
 
@@ -64,7 +65,12 @@ class Exported:
 
 def export_run(run, registries, fmt: str, out: str | Path | None = None) -> Exported:
     """Write `model.onnx` or `model.ts` and `export.json` into `out` (default RUN/export), or for
-    `hf` a Hugging Face-style folder (default RUN/hf)."""
+    `hf` a Hugging Face-style folder (default RUN/hf), or a MONAI bundle (default RUN/monai-bundle)."""
+    with stage(f"export of '{run}' as {fmt}, checked against medcls's probabilities"):
+        return export_as(run, registries, fmt, out)
+
+
+def export_as(run, registries, fmt: str, out: str | Path | None = None) -> Exported:
     model, info = load_model(run, registries)
     if fmt == "hf" and info.get("tasks"):
         raise ConfigError(f"run '{run}' has auxiliary heads (tasks), which a timm-style folder cannot hold: export "

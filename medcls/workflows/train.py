@@ -48,7 +48,7 @@ from medcls.data.prepared import PreparedData, prepare_data
 from medcls.data.readers import parse_window
 from medcls.data.tasks import parse_tasks, standardised
 from medcls.errors import ConfigError
-from medcls.logs import logger
+from medcls.logs import logger, stage
 from medcls.reports import plots, report
 from medcls.reports.documents import training_document
 from medcls.stats import multilabel
@@ -512,8 +512,12 @@ def score_splits(config: TrainConfig, registries, data: PreparedData, rows: dict
                                                         target=config.target, fixed=config.threshold)
     options = dict(prevalence=config.prevalence, n_resamples=config.bootstrap, seed=config.seed)
     patients = {s: data.patients(r) for s, r in rows.items()}
-    assessed = {s: assess(p, y, threshold, metrics, patients=patients[s], where=f"{s} split", **options)
-                for s, (p, y) in scores.items()}
+    assessed = {}
+    with stage(f"figures and {config.bootstrap}-resample intervals of {', '.join(scores)}", total=len(scores),
+               unit="split") as advance:
+        for s, (p, y) in scores.items():
+            assessed[s] = assess(p, y, threshold, metrics, patients=patients[s], where=f"{s} split", **options)
+            advance()
     results = {s: a["values"] for s, a in assessed.items()}
     results["gap"] = report.gap(results["train"], results["test"])
     patient_level = None
@@ -551,10 +555,14 @@ def score_finding_splits(config: TrainConfig, registries, data: PreparedData, ro
     thresholds = scorer.threshold = multilabel.choose_thresholds(config.threshold_rule, *scores["val"],
                                                                  target=config.target, fixed=config.threshold)
     patients = {s: data.patients(r) for s, r in rows.items()}
-    found = {s: multilabel.assess_findings(p, y, thresholds, metrics, data.classes, patients=patients[s],
-                                           where=f"{s} split", n_resamples=config.bootstrap, seed=config.seed,
-                                           prevalence=config.prevalence)
-             for s, (p, y) in scores.items()}
+    found = {}
+    with stage(f"figures and {config.bootstrap}-resample intervals of {len(data.classes)} findings", total=len(scores),
+               unit="split") as advance:
+        for s, (p, y) in scores.items():
+            found[s] = multilabel.assess_findings(p, y, thresholds, metrics, data.classes, patients=patients[s],
+                                                  where=f"{s} split", n_resamples=config.bootstrap, seed=config.seed,
+                                                  prevalence=config.prevalence)
+            advance()
     results = {s: f["values"] for s, f in found.items()}
     results["gap"] = report.gap(results["train"], results["test"])
     intervals = {s: {name: f["summary_intervals"][f"macro_{name}"] for name in multilabel.SUMMARISED
