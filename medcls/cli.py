@@ -173,7 +173,7 @@ def yaml_value(text: str):
 @click.option("--target", type=float, help="Sensitivity or specificity the target_* rules must reach (e.g. 0.95).")
 @click.option("--by", help="Manifest column for a subgroup table of the test split.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder for the model, metrics and report.")
-@click.option("--log", "loggers", help="Experiment trackers, comma-separated: tensorboard, mlflow (extras "
+@click.option("--log", "loggers", help="Experiment trackers, comma-separated: csv, tensorboard, mlflow (extras "
                                        "medcls[tensorboard], medcls[mlflow]).")
 @click.option("--seed", type=int, help="One seed for splits, initialisation, augmentation and batch order.")
 @click.option("--folds", type=int, help="Cross-validate: K folds grouped by patient, pooled out-of-fold metrics.")

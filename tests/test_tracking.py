@@ -19,7 +19,7 @@ def tracked(tmp_path_factory):
     from tests.test_training import FAST
 
     runs = tmp_path_factory.mktemp("tracked")
-    result = CliRunner().invoke(cli, ["train", *FAST, "--out", str(runs / "run"), "--log", "tensorboard,mlflow"],
+    result = CliRunner().invoke(cli, ["train", *FAST, "--out", str(runs / "run"), "--log", "tensorboard,mlflow,csv"],
                                 env={"MLFLOW_TRACKING_URI": ""})
     assert result.exit_code == 0, result.output
     return runs / "run"
@@ -38,7 +38,7 @@ def test_mlflow_store_holds_params_epochs_final_figures_and_files(tracked):
     assert run.data.metrics["test_roc_auc"] == pytest.approx(metrics["test"]["roc_auc"])
     assert run.data.metrics["test_roc_auc_low"] == pytest.approx(metrics["intervals"]["test"]["roc_auc"]["low"])
     files = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"report.md", "report.html", "MODEL_CARD.md", "roc.png", "model.json"} <= files
+    assert {"report.md", "report.html", "MODEL_CARD.md", "roc.png", "model.json", "model.safetensors"} <= files
     assert run.data.tags["backbone"] == "test_resnet" and run.data.tags["data_sha256"]
     assert run.info.status == "FINISHED"
 
@@ -140,3 +140,14 @@ def test_cross_validation_folds_and_experiment_runs_are_nested_mlflow_runs(tmp_p
                                 filter_string=f"tags.mlflow.parentRunId = '{experiment.info.run_id}'")
     assert sorted(r.info.run_name for r in nested) == ["exp/dropout=0.2/seed0", "exp/dropout=0.5/seed0"]
     assert "dropout.0.2.test_roc_auc_mean" in experiment.data.metrics
+
+
+def test_csv_log_holds_every_epoch_and_the_final_figures(tracked):
+    import csv
+
+    with open(tracked / "log.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows if r["name"] == "epoch_val_roc_auc"] == [1, 2, 3]
+    metrics = json.loads((tracked / "metrics.json").read_text())
+    (final,) = [r for r in rows if r["name"] == "test_roc_auc"]
+    assert final["step"] == "0" and float(final["value"]) == pytest.approx(metrics["test"]["roc_auc"], abs=1e-6)

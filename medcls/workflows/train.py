@@ -354,8 +354,8 @@ def close_trackers(trackers: list, values: dict, out: Path) -> None:
     if not trackers:
         return
     artefacts = sorted(out.glob("*.png")) + [out / n for n in ("report.md", "report.html", "metrics.json", "model.json",
-                                                               "MODEL_CARD.md", "cv_metrics.json", "experiment.md",
-                                                               "experiment.csv") if (out / n).is_file()]
+                                                               "model.safetensors", "MODEL_CARD.md", "cv_metrics.json",
+                                                               "experiment.md", "experiment.csv") if (out / n).is_file()]
     for tracker in trackers:
         tracker.finish(values, artefacts)
 

@@ -24,6 +24,33 @@ def missing(extra: str, package: str) -> ConfigError:
     return ConfigError(f"logging to {extra} needs the {package} package: pip install 'medcls[{extra}]'")
 
 
+class CsvTracker:
+    """Every logged value as a row of `<run>/log.csv` (step, name, value; step 0 for the final
+    figures): the per-epoch history and the final figures in one long table any tool reads."""
+
+    def __init__(self, out: Path) -> None:
+        import csv
+
+        Path(out).mkdir(parents=True, exist_ok=True)
+        self.file = open(Path(out) / "log.csv", "w", newline="", encoding="utf-8")
+        self.writer = csv.writer(self.file)
+        self.writer.writerow(["step", "name", "value"])
+
+    def child(self, out: Path) -> "CsvTracker":
+        return CsvTracker(out)
+
+    def start(self, params: dict) -> None:
+        pass  # the configuration is the run's config.yaml
+
+    def epoch(self, step: int, values: dict) -> None:
+        self.writer.writerows([step, name, f"{value:.8g}"] for name, value in values.items())
+        self.file.flush()
+
+    def finish(self, values: dict, artefacts: list[Path]) -> None:
+        self.writer.writerows([0, name, f"{value:.8g}"] for name, value in values.items())
+        self.file.close()
+
+
 class TensorBoardTracker:
     """Scalars per epoch, the final figures, the run's figures as images and the hyper-parameters,
     in `<run>/tensorboard`."""
@@ -124,6 +151,7 @@ class MLflowTracker:
 
 @hookimpl
 def medcls_register_loggers(register):
+    register("csv", CsvTracker, description="Every epoch's and the final figures as rows of RUN/log.csv")
     register("tensorboard", TensorBoardTracker, description="TensorBoard event files in RUN/tensorboard",
              extra="tensorboard")
     register("mlflow", MLflowTracker, description="MLflow: MLFLOW_TRACKING_URI, else a local store beside the runs",
