@@ -96,10 +96,15 @@ def plot_roc(split_scores: dict, classes: list[str], path: Path, groups=None, hi
     if probs.shape[1] == 2 and threshold is not None and len(np.unique(labels)) == 2:
         tp, fp, tn, fn = confusion_counts(labels, decisions(probs, threshold), 1)
         ax.plot(fp / (fp + tn), tp / (tp + fn), "k*", markersize=12, label="operating point")
+    finish_roc(fig, ax, "ROC", path)
+
+
+def finish_roc(fig, ax, title: str, path: Path) -> None:
+    """The chance diagonal, axis names, title and legend of a ROC figure, saved to `path`."""
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
-    ax.set_title("ROC")
+    ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right")
     save(fig, path)
@@ -120,13 +125,7 @@ def plot_finding_rocs(probs: np.ndarray, targets: np.ndarray, findings: list[str
         flagged = scores >= thresholds[j]
         ax.plot((flagged & ~truth).sum() / (~truth).sum(), (flagged & truth).sum() / truth.sum(), "*",
                 color=line.get_color(), markersize=11)
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    ax.set_xlabel("1 - specificity")
-    ax.set_ylabel("sensitivity")
-    ax.set_title("ROC per finding (test; * operating point)")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right")
-    save(fig, path)
+    finish_roc(fig, ax, "ROC per finding (test; * operating point)", path)
 
 
 def plot_confusion(probs: np.ndarray, labels: np.ndarray, threshold, classes: list[str], path: Path) -> None:
