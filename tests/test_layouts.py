@@ -103,7 +103,7 @@ def test_npz_multilabel_values_and_names_checked(registries, tmp_path):
         load(registries, data=str(tmp_path / "x.npz"))
     np.savez(tmp_path / "y.npz", train_images=np.zeros((2, 4, 4), np.uint8), train_labels=np.zeros((2, 3)),
              class_names=np.array(["a", "b"]))
-    with pytest.raises(DataError, match="has 3 findings but class_names has 2 names"):
+    with pytest.raises(DataError, match="has 3 findings but 2 names"):
         load(registries, data=str(tmp_path / "y.npz"))
 
 

@@ -357,3 +357,20 @@ def test_multilabel_ensemble_averages_the_members_sigmoid_probabilities(tmp_path
         ensemble = load_model(out, registries)[0](images).sigmoid()
     torch.testing.assert_close(ensemble, (members[0] + members[1]) / 2, atol=1e-5, rtol=1e-4)
     assert json.loads((out / "model.json").read_text())["multi_label"]
+
+
+def test_python_api_trains_on_arrays_with_a_label_matrix(tmp_path):
+    import medcls
+    from medcls.data.synthetic import synthetic_multilabel_cases
+
+    cases = synthetic_multilabel_cases(160, 32, seed=1)
+    images = np.stack([c.array for c in cases])
+    labels = {name: np.array([c.findings[name] for c in cases]) for name in ("lesion", "calcification")}
+    labels["lesion"][:4] = -1  # uncertain, ignored by default
+    run = medcls.train(images=images, labels=labels, patients=[c.patient_id for c in cases], backbone="test_resnet",
+                       pretrained=False, image_size=32, epochs=1, finetune_epochs=0, bootstrap=50,
+                       out=str(tmp_path / "run"))
+    assert run.multi_label and run.classes == ["lesion", "calcification"]
+    assert run.predict(images[:3]).shape == (3, 2)
+    with pytest.raises(medcls.DataError, match=r"labels\[0, 1\] = 3.0: multi-label arrays hold 1"):
+        medcls.train(images=images[:2], labels=np.array([[1, 3], [0, 1]]), backbone="test_resnet")

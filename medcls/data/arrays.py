@@ -14,6 +14,7 @@ import itertools
 import numpy as np
 
 from medcls.data.cases import Case, DataOptions, normalise_split
+from medcls.data.findings import as_text, from_matrix
 from medcls.errors import DataError
 
 PREFIX = "memory:"
@@ -81,9 +82,19 @@ def image_arrays(images, volumes: bool) -> list:
 
 def array_cases(images, labels=None, *, patients=None, split=None, volumes: bool = False,
                 name: str = "memory") -> list[Case]:
-    """Cases from in-memory images with their labels (and optional patient ids and split names)."""
+    """Cases from in-memory images with their labels (and optional patient ids and split names).
+    Multi-label: `labels` an (N, findings) array of 1 / 0 / -1 (uncertain) / NaN (blank), or a
+    dict of finding name -> (N,) such values."""
     arrays = image_arrays(images, volumes)
     count = len(arrays)
+    found = None
+    if isinstance(labels, dict) or (labels is not None and np.ndim(labels) == 2 and np.shape(labels)[1] > 1):
+        names = list(labels) if isinstance(labels, dict) else None
+        matrix = np.column_stack([as_numpy(v, f"labels[{k!r}]").reshape(-1) for k, v in labels.items()]) \
+            if isinstance(labels, dict) else as_numpy(labels, "labels")
+        if len(matrix) != count:
+            raise DataError(f"labels has {len(matrix)} rows for {count} images: give one per image")
+        found, labels = from_matrix(matrix, names, "labels"), None
     columns = {}
     for column, values in (("labels", labels), ("patients", patients), ("split", split)):
         if values is None:
@@ -99,8 +110,10 @@ def array_cases(images, labels=None, *, patients=None, split=None, volumes: bool
             if not float(label).is_integer():
                 raise DataError(f"labels[{index}] = {float(label)!r} is not a class: give integer or string labels")
             label = int(label)
+        if found is not None:
+            label = as_text(found[index])
         cases.append(Case(
-            key=f"{name}#{index}", label=str(label),
+            key=f"{name}#{index}", label=str(label), findings=None if found is None else found[index],
             patient_id=None if "patients" not in columns else str(columns["patients"][index]),
             split=None if "split" not in columns else normalise_split(columns["split"][index], f"split[{index}]"),
             array=image))

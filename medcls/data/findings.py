@@ -42,6 +42,21 @@ def findings_from_cell(text: str, names: list[str], where: str) -> dict[str, flo
     return {name: PRESENT if name in given else ABSENT for name in names}
 
 
+def from_matrix(values: np.ndarray, names: list[str] | None, where: str) -> list[dict[str, float]]:
+    """An (N, L) array of 1 (present), 0 (absent), -1 (uncertain) or NaN (blank) as one findings
+    dict per case, named by `names` (else finding_0, finding_1, ...)."""
+    values = np.asarray(values, dtype=np.float64)
+    bad = ~np.isin(values, (PRESENT, ABSENT, UNCERTAIN)) & ~np.isnan(values)
+    if bad.any():
+        row, column = (int(i[0]) for i in np.nonzero(bad))
+        raise DataError(f"{where}[{row}, {column}] = {float(values[row, column])!r}: multi-label arrays hold 1 (present), "
+                        "0 (absent) or -1 (uncertain)")
+    names = [str(n) for n in names] if names is not None else [f"finding_{j}" for j in range(values.shape[1])]
+    if len(names) != values.shape[1]:
+        raise DataError(f"{where} has {values.shape[1]} findings but {len(names)} names")
+    return [dict(zip(names, row.tolist())) for row in values]
+
+
 def cell_findings(cells: list[str]) -> list[str]:
     """Every finding named in a column of `|`-separated cells, sorted; 'No Finding' is not one."""
     names = set()

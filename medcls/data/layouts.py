@@ -204,18 +204,8 @@ def read_npz_array(archive, source: str, name: str) -> np.ndarray:
 def npz_findings(labels: np.ndarray, source: str, split: str, names) -> list[dict]:
     """Multi-label arrays (N, L) of 1 / 0 (and -1 uncertain), as MedMNIST's ChestMNIST: one finding
     per column, named by `class_names` (else finding_0, finding_1, ...)."""
-    values = labels.astype(np.float64)
-    bad = ~np.isin(values, (1.0, 0.0, -1.0)) & ~np.isnan(values)
-    if bad.any():
-        row, column = (int(i[0]) for i in np.nonzero(bad))
-        raise DataError(f"npz file '{source}': {split}_labels[{row}, {column}] = {labels[row, column].item()!r}: "
-                        "multi-label arrays hold 1 (present), 0 (absent) or -1 (uncertain)")
-    names = [str(n) for n in np.asarray(names).reshape(-1)] if names is not None else \
-        [f"finding_{j}" for j in range(labels.shape[1])]
-    if len(names) != labels.shape[1]:
-        raise DataError(f"npz file '{source}': {split}_labels has {labels.shape[1]} findings but class_names has "
-                        f"{len(names)} names")
-    return [dict(zip(names, row.tolist())) for row in values]
+    names = None if names is None else [str(n) for n in np.asarray(names).reshape(-1)]
+    return findings.from_matrix(labels, names, f"npz file '{source}': {split}_labels")
 
 
 def npz_labels(labels: np.ndarray, source: str, split: str, names) -> list:
