@@ -199,3 +199,42 @@ def test_evaluate_scores_every_head_as_training_did(run, tmp_path):
     assert evaluated["Side"]["values"]["roc_auc"] == pytest.approx(trained["Side"]["values"]["roc_auc"], abs=1e-9)
     assert evaluated["Side"]["threshold"] == trained["Side"]["threshold"]
     assert "Auxiliary heads" in (tmp_path / "report.md").read_text()
+
+
+def test_resume_restores_the_learned_task_weights(tmp_path):
+    """A resumed multi-task run continues with the log-variances it had learned, through the
+    checkpoint file, and ends where the uninterrupted run ends."""
+    import copy
+
+    import medcls
+    from medcls.core.checkpoint import load_checkpoint, save_checkpoint
+    from medcls.core.engine import MultiTaskLoss, Stage, fit
+    from medcls.core.execution import choose_execution
+
+    torch.manual_seed(0)
+    model = medcls.create_classifier("test_resnet", 3, in_chans=1)
+    start = copy.deepcopy(model.state_dict())
+    images = torch.rand(8, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    targets = torch.tensor([[i % 2, (i - 4) / 3.0] for i in range(8)], dtype=torch.float32)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, targets), batch_size=4)
+    tasks = [Task("Size", "regression", 1.0)]
+    options = {"optimizer": "adamw", "momentum": 0.9, "weight_decay": 0.0, "schedule": "none", "patience": 0}
+    execution = choose_execution(torch.device("cpu"), model, "fp32", False)
+
+    def run(loss_fn, resume=None):
+        def after_epoch(state):  # as training does: the file is written when the epoch ends
+            if state.epoch_number == 1:
+                save_checkpoint(tmp_path / "c.safetensors", state, torch.Generator(), None)
+
+        fit(model, [Stage("scratch", 3, 0.05, -1)], train_loader=loader, evaluate_val=lambda: (1.0, {}, 0.5),
+            loss_fn=loss_fn, execution=execution, optimisation=options, resume=resume,
+            checkpoint=None if resume is not None else after_epoch)
+
+    whole = MultiTaskLoss(torch.nn.CrossEntropyLoss(), 2, tasks, uncertainty=True)
+    run(whole)
+    state = load_checkpoint(tmp_path / "c.safetensors", torch.Generator(), None)
+    assert state.loss is not None and not torch.equal(state.loss["log_variance"], torch.zeros(2))
+    model.load_state_dict(start)
+    resumed = MultiTaskLoss(torch.nn.CrossEntropyLoss(), 2, tasks, uncertainty=True)
+    run(resumed, resume=state)
+    torch.testing.assert_close(resumed.log_variance, whole.log_variance)

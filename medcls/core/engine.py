@@ -324,6 +324,8 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
         first_stage = resume.stage_index + 1 if resume.stage_finished else resume.stage_index
         if resume.stage_finished:
             model.load_state_dict(best_state)
+        if resume.loss and isinstance(loss_fn, nn.Module):
+            loss_fn.load_state_dict(resume.loss)  # learned task weights continue where they were
     for stage_index, stage in enumerate(stages):
         if stage.epochs <= 0 or stage_index < first_stage:
             continue
@@ -400,7 +402,8 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
                     since_best=since_best, best_score=result.best_score, best_epoch=result.best_epoch,
                     history=[dataclasses.asdict(h) for h in result.history], stopped_early=list(result.stopped_early),
                     model=model.state_dict(), best_model=best_state, optimizer=optimizer.state_dict(),
-                    schedule=None if schedule is None else schedule.state_dict()))
+                    schedule=None if schedule is None else schedule.state_dict(),
+                    loss=loss_fn.state_dict() if isinstance(loss_fn, nn.Module) else None))
             if stops:
                 break
         # The next stage starts from the best weights so far, as does the final model.
