@@ -249,6 +249,30 @@ def bootstrap_binary(y, p1, yhat, statistics: dict, *, groups=None, n_resamples=
     return out
 
 
+def bootstrap_figures(figures, n: int, *, groups=None, n_resamples: int = 1000, seed: int = 0,
+                      level: float = 0.95) -> dict[str, dict]:
+    """Percentile intervals of every figure `figures(rows)` returns (a dict of floats) over
+    unstratified resamples of whole patients (or cases): for summaries no single metric function
+    computes (multi-label macro/micro figures, regression heads). A figure undefined in more than
+    a tenth of the resamples gets no interval."""
+    draws: dict[str, list] = {}
+    if n < 2 or n_resamples < 1:
+        return {}
+    for W in resample_weights(np.zeros(n, dtype=np.int64), groups, n_resamples, seed, stratified=False):
+        for row in W.astype(np.int64):
+            for name, value in figures(np.repeat(np.arange(n), row)).items():
+                draws.setdefault(name, []).append(value)
+    unit = "patients" if groups is not None else "cases"
+    intervals = {}
+    for name, values in draws.items():
+        values = np.asarray(values, dtype=np.float64)
+        if np.isfinite(values).sum() >= 0.9 * n_resamples:
+            low, high = percentile_interval(values, level)
+            intervals[name] = {"low": low, "high": high, "level": level,
+                               "method": f"percentile bootstrap over {unit} ({n_resamples} resamples)"}
+    return intervals
+
+
 def bootstrap_loop(y, probs, yhat, functions: dict, *, groups=None, n_resamples=DEFAULT_RESAMPLES,
                    level=0.95, seed=0, stratified: bool = False) -> dict[str, tuple[float, float]]:
     """The same intervals for metrics without a vectorised form: one call per resample. Not

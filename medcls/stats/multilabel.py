@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from medcls.stats.assess import LEVEL, assess, split_results
+from medcls.stats.bootstrap import bootstrap_figures
 from medcls.stats.operating_points import choose_threshold
 
 SUMMARISED = ("roc_auc", "sensitivity", "specificity")  # the figures that get macro and micro intervals
@@ -88,24 +89,15 @@ def pooled_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 def summary_intervals(probs: np.ndarray, targets: np.ndarray, predicted: np.ndarray, *, groups=None,
                       n_resamples: int = 1000, seed: int = 0, level: float = LEVEL) -> dict:
     """Percentile bootstrap intervals of the summary figures, resampling patients (or cases)."""
-    units = np.arange(len(targets)) if groups is None else np.unique(groups, return_inverse=True)[1]
-    order = np.argsort(units, kind="stable")
-    members = np.split(order, np.cumsum(np.bincount(units))[:-1]) if len(units) else []
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(n_resamples if members else 0):
-        rows = np.concatenate([members[u] for u in rng.integers(0, len(members), len(members))])
-        draws.append(summary_figures(probs[rows], targets[rows], predicted[rows]))
-    alpha = (1 - level) / 2
-    intervals = {}
-    for name in draws[0] if draws else ():
-        values = np.array([d[name] for d in draws])
-        values = values[np.isfinite(values)]
-        if len(values) >= 0.9 * len(draws):
-            intervals[name] = {"low": float(np.quantile(values, alpha)), "high": float(np.quantile(values, 1 - alpha)),
-                               "method": f"percentile bootstrap over {'patients' if groups is not None else 'cases'} "
-                                         f"({len(draws)} resamples)", "level": level}
-    return intervals
+    return bootstrap_figures(lambda rows: summary_figures(probs[rows], targets[rows], predicted[rows]), len(targets),
+                             groups=groups, n_resamples=n_resamples, seed=seed, level=level)
+
+
+def macro_intervals(found: dict) -> dict:
+    """The macro summaries' intervals under the names of the single-label figures (roc_auc, ...),
+    for the train/validation/test table."""
+    return {name: found["summary_intervals"][f"macro_{name}"] for name in SUMMARISED
+            if f"macro_{name}" in found["summary_intervals"]}
 
 
 def assess_findings(probs: np.ndarray, targets: np.ndarray, thresholds, metrics, names: list[str], *, patients=None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from medcls.stats.assess import LEVEL, assess
+from medcls.stats.bootstrap import bootstrap_figures
 from medcls.stats.operating_points import choose_threshold
 
 REGRESSION_FIGURES = ("mae", "rmse", "r2", "pearson_r")
@@ -31,24 +32,8 @@ def assess_regression(y: np.ndarray, predicted: np.ndarray, *, groups=None, n_re
     """The regression figures of the known cases with percentile bootstrap intervals, resampling
     patients when they have several images (image-level resampling would be too narrow)."""
     values = {"n": int(len(y)), **regression_figures(y, predicted)}
-    units = np.arange(len(y)) if groups is None else np.unique(groups, return_inverse=True)[1]
-    order = np.argsort(units, kind="stable")
-    members = np.split(order, np.cumsum(np.bincount(units))[:-1]) if len(units) else []
-    rng = np.random.default_rng(seed)
-    draws = {name: [] for name in REGRESSION_FIGURES}
-    for _ in range(n_resamples if len(members) > 1 else 0):
-        rows = np.concatenate([members[u] for u in rng.integers(0, len(members), len(members))])
-        for name, value in regression_figures(y[rows], predicted[rows]).items():
-            draws[name].append(value)
-    alpha = (1 - level) / 2
-    intervals = {}
-    for name, found in draws.items():
-        found = np.asarray(found)
-        found = found[np.isfinite(found)]
-        if len(found) >= 0.9 * n_resamples and len(found):
-            intervals[name] = {"low": float(np.quantile(found, alpha)), "high": float(np.quantile(found, 1 - alpha)),
-                               "method": f"percentile bootstrap over {'patients' if groups is not None else 'cases'}",
-                               "level": level}
+    intervals = bootstrap_figures(lambda rows: regression_figures(y[rows], predicted[rows]), len(y), groups=groups,
+                                  n_resamples=n_resamples, seed=seed, level=level)
     return {"kind": "regression", "values": values, "intervals": intervals}
 
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import platform
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from medcls.errors import ConfigError, DataError
+from medcls.workflows.sharing import package_version
 
 # The schema MONAI's `verify_metadata` downloads; its required keys are checked offline in the tests.
 SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
@@ -55,13 +55,6 @@ class BundleNetwork(nn.Module):
                 torch.round(levels.sum(1, keepdim=True) / 3.0)
         logits = self.model(levels / 65535.0).float()[:, :self.n_classes]
         return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits / self.temperature, dim=1)
-
-
-def package_version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
 
 
 def bundle_metadata(info: dict, metrics: dict) -> dict:

@@ -22,47 +22,41 @@ from medcls.workflows.train import close_trackers, open_run, open_trackers, trai
 
 
 def fold_assignments(data, k: int, val_fraction: float, seed: int) -> list[np.ndarray]:
-    """For each fold, 'train'/'val'/'test' per case: the fold is the test set."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
+    """For each fold, 'train'/'val'/'test' per case: the fold is the test set. Folds are grouped by
+    patient and stratified by class, or for multi-label data by iterative stratification over the
+    findings."""
     if k < 2:
         raise ConfigError(f"folds={k}: cross-validation needs at least 2 folds")
     groups = linked_groups(data.cases, data.hashes)
-    if data.multi_label:
-        return multilabel_fold_assignments(data, groups, k, val_fraction, seed)
-    for label in np.unique(data.labels):
-        in_class = len(np.unique(groups[data.labels == label]))
-        if in_class < k:
-            raise DataError(f"class {data.classes[label]!r} has {in_class} patients/image groups, fewer than "
-                            f"{k} folds: use at most {in_class} folds")
-    folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    everything = np.arange(len(data.cases))
     assignments = []
-    for fold, (rest, test) in enumerate(folds.split(everything, data.labels, groups)):
-        splits = np.full(len(everything), "train", dtype=object)
-        splits[test] = "test"
-        _, val = holdout(rest, data.labels, groups, val_fraction / max(1e-9, 1 - 1 / k), seed + 1 + fold, "val")
-        splits[val] = "val"
-        assignments.append(splits.astype(str))
-    return assignments
-
-
-def multilabel_fold_assignments(data, groups: np.ndarray, k: int, val_fraction: float, seed: int) -> list[np.ndarray]:
-    """Multi-label folds by iterative stratification over whole patients: every finding present in
-    every fold (checked: a finding in fewer patients than folds is refused by name)."""
-    for j, name in enumerate(data.classes):
-        with_finding = len(np.unique(groups[data.labels[:, j] == 1]))
-        if with_finding < k:
-            raise DataError(f"finding {name!r} is present in {with_finding} patients/image groups, fewer than {k} "
-                            f"folds: use at most {with_finding} folds")
-    assignments = []
-    for fold, (rest, test) in enumerate(multilabel_group_folds(data.labels, groups, k, seed)):
+    for fold, (rest, test) in enumerate(fold_splits(data, groups, k, seed)):
         splits = np.full(len(data.cases), "train", dtype=object)
         splits[test] = "test"
         _, val = holdout(rest, data.labels, groups, val_fraction / max(1e-9, 1 - 1 / k), seed + 1 + fold, "val")
         splits[val] = "val"
         assignments.append(splits.astype(str))
     return assignments
+
+
+def fold_splits(data, groups: np.ndarray, k: int, seed: int):
+    """(rest, test) positions of each fold; a class (or finding) in fewer patients than folds is
+    refused by name, since some fold would test without it."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if data.multi_label:
+        for j, name in enumerate(data.classes):
+            with_finding = len(np.unique(groups[data.labels[:, j] == 1]))
+            if with_finding < k:
+                raise DataError(f"finding {name!r} is present in {with_finding} patients/image groups, fewer than {k} "
+                                f"folds: use at most {with_finding} folds")
+        return multilabel_group_folds(data.labels, groups, k, seed)
+    for label in np.unique(data.labels):
+        in_class = len(np.unique(groups[data.labels == label]))
+        if in_class < k:
+            raise DataError(f"class {data.classes[label]!r} has {in_class} patients/image groups, fewer than "
+                            f"{k} folds: use at most {in_class} folds")
+    folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return folds.split(np.arange(len(data.cases)), data.labels, groups)
 
 
 def decisions(probs: np.ndarray, threshold) -> np.ndarray:
@@ -116,9 +110,7 @@ def cross_validate(config, registries, *, progress_factory=None) -> dict:
                                               data.classes, patients=patients, where="out-of-fold predictions",
                                               n_resamples=config.bootstrap, seed=config.seed,
                                               predicted=oof_decision[scored])
-        pooled = {"values": findings["values"],
-                  "intervals": {n: findings["summary_intervals"][f"macro_{n}"] for n in multilabel.SUMMARISED
-                                if f"macro_{n}" in findings["summary_intervals"]}}
+        pooled = {"values": findings["values"], "intervals": multilabel.macro_intervals(findings)}
     else:
         pooled = assess(probs, labels, 0.5 if len(data.classes) == 2 else None, list(registries["metrics"]),
                         patients=patients, n_resamples=config.bootstrap, seed=config.seed,

@@ -263,8 +263,7 @@ def evaluate_findings(run: Path, scored: ScoredCases, registries, *, out=None, p
     plots.plot_finding_rocs(scored.probs, scored.labels, classes, thresholds, out / "roc.png")
     write_finding_predictions(out / "predictions.csv", classes, {split: (scored.keys, scored.labels, scored.probs)},
                               scored.predictor.decide)
-    intervals = {name: found["summary_intervals"][f"macro_{name}"] for name in multilabel.SUMMARISED
-                 if f"macro_{name}" in found["summary_intervals"]}
+    intervals = multilabel.macro_intervals(found)
     write_metrics_json(out / "metrics.json", {
         split: found["values"], "intervals": {split: intervals}, "findings": {split: found},
         "threshold": thresholds, "data": scored.config.data, "tta": tta,

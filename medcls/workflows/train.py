@@ -565,8 +565,7 @@ def score_finding_splits(config: TrainConfig, registries, data: PreparedData, ro
             advance()
     results = {s: f["values"] for s, f in found.items()}
     results["gap"] = report.gap(results["train"], results["test"])
-    intervals = {s: {name: f["summary_intervals"][f"macro_{name}"] for name in multilabel.SUMMARISED
-                     if f"macro_{name}" in f["summary_intervals"]} for s, f in found.items()}
+    intervals = {s: multilabel.macro_intervals(f) for s, f in found.items()}
     assessed = {s: {"operating": None, "per_class": None, "level": "image",
                     "notes": sorted({note for a in f["findings"].values() for note in a["notes"]})}
                 for s, f in found.items()}
