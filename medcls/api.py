@@ -145,7 +145,7 @@ def list_backbones(pattern: str | None = None, *, pretrained: bool = False) -> l
 
 def create_classifier(backbone: str, num_classes: int, *, in_chans: int = 3, pretrained: bool = False,
                       dropout: float = 0.0, weights: str | None = None, slices: int = 0,
-                      input_shape: tuple | None = None, **backbone_args):
+                      acs: bool = False, input_shape: tuple | None = None, **backbone_args):
     """A medcls classifier (backbone, input normalisation, dropout, new head) like
     `timm.create_model`: it takes images in [0, 1] and returns class logits. Pretrained weights are
     never replaced by random ones silently: unavailable weights raise WeightsUnavailableError."""
@@ -154,7 +154,7 @@ def create_classifier(backbone: str, num_classes: int, *, in_chans: int = 3, pre
     if num_classes < 2:
         raise ConfigError(f"num_classes = {num_classes}: a classifier needs at least 2 classes")
     model, _ = build_classifier(make_registries(), backbone, num_classes, in_chans, dropout, pretrained, weights, slices,
-                                backbone_args=backbone_args or None, input_shape=input_shape)
+                                backbone_args=backbone_args or None, input_shape=input_shape, acs=acs)
     return model
 
 

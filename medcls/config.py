@@ -60,6 +60,7 @@ class TrainConfig:
     volume_size: str = option("64", '3D backbones: the training grid in voxels, one number (a cube) or z,y,x', 'data')
     slices: int = option(0, '2.5D: a 2D backbone reads volumes slice by slice with this many adjacent slices as channels (odd, e.g. 3); 0: off', 'data')
     slice_pooling: str = option("mean", '2.5D: per-slice features to one per volume: mean, max or attention', 'data')
+    acs: bool = option(False, 'ACS: a 2D backbone reads volumes in 3D, each 2D kernel split across axial, coronal and sagittal views, its 2D (ImageNet) weights kept (medcls.core.acs)', 'data')
     volume_spacing: str | None = option(None, '3D: resample to this spacing in mm (one number or z,y,x), then centre-crop/pad; None: resize the whole volume', 'data')
     channels: str = option("auto", "'auto' (1 if every image is greyscale, else 3), '1' or '3'", 'data')
     # --- model: the backbone and its new head ---
@@ -89,6 +90,7 @@ class TrainConfig:
     patience: int = option(5, 'epochs without improvement before a stage stops early (0: never)', 'optimisation')
     warmup_epochs: int = option(0, 'epochs of linear learning-rate warm-up (from a tenth) at the start of each stage', 'optimisation')
     lr_decay: float = option(1.0, 'layer-wise learning-rate decay: the top unfrozen block trains at lr x lr_decay, the next at lr x lr_decay^2, ...; the head at lr (1: off)', 'optimisation')
+    precise_bn: int = option(2048, "batch norm that trains (from scratch; never a pretrained backbone's) has its running statistics recomputed on up to this many clean training images before each validation, with the weights as they are (precise BN, Wu & Johnson 2021; VesselMNIST3D: see examples/README.md); 0: off", 'optimisation')
     ema: float = option(0.0, 'exponential moving average of the weights, this decay per step (e.g. 0.999): evaluated, kept and saved instead of the raw weights (0: off)', 'optimisation')
     task_weighting: str = option("fixed", "multi-task: fixed (main loss + each task's weight x its loss) or uncertainty (weights learned per task, Kendall et al. 2018)", 'optimisation')
     label_smoothing: float = option(0.0, 'label smoothing of the cross-entropy loss (e.g. 0.1)', 'optimisation')
@@ -168,6 +170,7 @@ RANGES = {
     "weight_decay": (0.0, 10.0, True, True),
     "batch_size": (1, 65536, True, True),
     "patience": (0, None, True, True),
+    "precise_bn": (0, None, True, True),
     "warmup_epochs": (0, None, True, True),
     "lr_decay": (0.0, 1.0, False, True),
     "ema": (0.0, 1.0, True, False),
@@ -238,6 +241,9 @@ def validate(config: TrainConfig, where: str = "config") -> None:
         raise ConfigError(f"{where}: epochs = 0 and finetune_epochs = 0 train nothing: give at least one epoch")
     if config.slices and config.slices % 2 == 0:
         fail("slices", config.slices, "the number of adjacent slices must be odd (1, 3, 5, ...), or 0 for off")
+    if config.slices and config.acs:
+        raise ConfigError(f"{where}: slices (2.5D) and acs (3D convolutions) are two ways to read volumes with a 2D "
+                          "backbone: choose one")
     if config.folds == 1:
         fail("folds", config.folds, "cross-validation needs at least 2 folds (0 turns it off)")
     if config.ensemble == 1:

@@ -278,6 +278,38 @@ def parameter_groups(model, lr: float, decay: float) -> list[dict]:
     return [{"params": rest, "lr": lr, "name": "head"}] + groups
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches, execution: Execution) -> int:
+    """Precise BN (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021): the running statistics
+    of every batch norm that trains are recomputed as the plain average over `batches` (an
+    iterable of image tensors) with the
+    weights as they are now. The moving average kept during training lags weights that change
+    fast and, from scratch, can leave evaluation-mode outputs far from training-mode ones (a 3D
+    ResNet on VesselMNIST3D: validation loss 4.5 against 0.3 after recalibration). Frozen batch
+    norm (a pretrained backbone's) is left alone. Returns how many layers were recalibrated."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    model.train()  # medcls's Classifier keeps frozen batch norm in evaluation mode
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+    if not norms:
+        model.eval()
+        return 0
+    for module in model.modules():
+        if not isinstance(module, _BatchNorm):
+            module.training = False  # dropout and drop-path off, as when evaluating
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches
+    for images in batches:
+        with execution.autocast():
+            model(execution.inputs(images.to(execution.device)))
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.eval()
+    return len(norms)
+
+
 class WeightAverage:
     """An exponential moving average of a module's weights (and batch-norm statistics), updated
     after every optimiser step: w_avg <- decay w_avg + (1 - decay) w."""

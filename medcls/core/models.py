@@ -246,15 +246,19 @@ def read_safetensors(path: str) -> dict:
 def build_classifier(registries, backbone_name: str, num_classes: int, in_chans: int, dropout: float,
                      pretrained: bool, weights_file: str | None = None, slices: int = 0,
                      slice_pooling: str = "mean", backbone_args: dict | None = None,
-                     input_shape: tuple | None = None) -> tuple[Classifier, str]:
+                     input_shape: tuple | None = None, acs: bool = False) -> tuple[Classifier, str]:
     """The backbone from the registry, pretrained if asked (never silently random), plus a new
-    head; with `slices` a 2D backbone reads volumes slice by slice (2.5D). A backbone registered
-    `sized=True` is told the spatial `input_shape` it will read, to fit its stem to the grid."""
+    head; with `slices` a 2D backbone reads volumes slice by slice (2.5D), with `acs` through ACS
+    convolutions (3D, its 2D weights kept). A backbone registered `sized=True` is told the spatial
+    `input_shape` it will read, to fit its stem to the grid."""
 
     entry = registries["backbones"].get(backbone_name)
     if slices and (entry.metadata.get("spatial_dims", 2) != 2 or slices % 2 == 0 or slices < 1):
         raise ConfigError(f"slices={slices} needs a 2D backbone and an odd number of slices (1, 3, 5, ...); "
                           f"{backbone_name!r} is {entry.metadata.get('spatial_dims', 2)}D")
+    if acs and entry.metadata.get("spatial_dims", 2) != 2:
+        raise ConfigError(f"acs converts a 2D backbone to read volumes; {backbone_name!r} is already "
+                          f"{entry.metadata.get('spatial_dims')}D: leave acs off")
     if slice_pooling not in ("mean", "max", "attention"):
         raise ConfigError(f"slice_pooling {slice_pooling!r} is not one of mean, max, attention")
     stem_chans = in_chans * slices if slices else in_chans
@@ -266,7 +270,7 @@ def build_classifier(registries, backbone_name: str, num_classes: int, in_chans:
     own_loading = bool(entry.metadata.get("loads_weights"))
     args = dict(backbone_args or {}, **({"weights": weights} if own_loading and weights is not None else {}))
     if entry.metadata.get("sized") and input_shape is not None:
-        args["input_shape"] = tuple(int(v) for v in (input_shape[-2:] if slices else input_shape))
+        args["input_shape"] = tuple(int(v) for v in (input_shape[-2:] if slices or acs else input_shape))
     try:
         backbone = entry.obj(stem_chans, **args)
     except TypeError as exc:
@@ -287,6 +291,10 @@ def build_classifier(registries, backbone_name: str, num_classes: int, in_chans:
         state = weights if isinstance(weights, dict) else read_safetensors(weights)
         load_backbone_weights(backbone, state, stem_chans, origin)
     blocks_of = entry.metadata.get("blocks")
+    if acs:
+        from medcls.core.acs import to_acs
+
+        backbone = to_acs(backbone, repr(backbone_name))
     if slices:
         backbone, blocks_of = SliceBackbone(backbone, slices, slice_pooling, in_chans, blocks_of), None
     model = Classifier(backbone, num_classes, dropout, in_chans, blocks_of)

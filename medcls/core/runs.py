@@ -119,7 +119,7 @@ def load_model(run: str | Path, registries, device="cpu"):
                                     info["dropout"], pretrained=False, slices=info.get("slices", 0),
                                     slice_pooling=info.get("slice_pooling", "mean"),
                                     backbone_args=info.get("backbone_args") or None,
-                                    input_shape=info.get("input_shape"))[0]
+                                    input_shape=info.get("input_shape"), acs=bool(info.get("acs")))[0]
         except UnknownNameError:
             origin = (info.get("plugins") or {}).get("backbone") or {}
             if origin.get("distribution") not in (None, "medcls"):

@@ -109,7 +109,8 @@ class ReaderTable:
             if hasattr(case.array, "voxels") != (self.dims == 3):
                 raise DataError(
                     f"'{case.key}' is a volume and the backbone reads 2D images: choose a 3D backbone "
-                    "(medcls list backbones 'monai:*') or read slices with --set slices=3"
+                    "(medcls list backbones 'monai:*'), or read volumes with this one: --set acs=true (3D) "
+                    "or --set slices=3 (2.5D)"
                     if self.dims == 2 else
                     f"'{case.key}' is a 2D image and the backbone reads volumes: choose a 2D backbone")
             return check_volume(case.array, case.key) if self.dims == 3 else check_image(case.array, case.key)

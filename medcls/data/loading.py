@@ -25,8 +25,8 @@ def detect_format(source: str, datasets) -> str:
 
 def spatial_dims(config, registries) -> int:
     """2 for image backbones, 3 for volume backbones (registered with spatial_dims=3) and for 2D
-    backbones reading volumes slice by slice (2.5D, `slices`)."""
-    return 3 if config.slices else int(registries["backbones"].get(config.backbone).metadata.get("spatial_dims", 2))
+    backbones reading volumes slice by slice (2.5D, `slices`) or through ACS convolutions (`acs`)."""
+    return 3 if config.slices or config.acs else int(registries["backbones"].get(config.backbone).metadata.get("spatial_dims", 2))
 
 
 AUTO_SMALLEST, AUTO_LARGEST = 64, 224

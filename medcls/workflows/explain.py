@@ -11,12 +11,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from medcls.core.acs import ACSConv
 from medcls.core.inference import ReadInputs, read_paths, run_predictor
 from medcls.core.runs import load_model
 from medcls.errors import ConfigError, DataError
 from medcls.logs import stage
 from medcls.reports.plots import save_grid, save_overlay
 from medcls.workflows.predict import predictions_for
+
+CONVOLUTIONS = (nn.Conv2d, nn.Conv3d, ACSConv)
 
 
 def target_layer(model: nn.Module) -> str:
@@ -27,14 +30,14 @@ def target_layer(model: nn.Module) -> str:
     EfficientNet-Lite0 0.05 against 0.02)."""
     if getattr(model.backbone, "slices", 0):
         raise ConfigError("explain works on 2D and 3D backbones; a 2.5D run (slices) has no single feature map")
-    convolutions = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d | nn.Conv3d)]
+    convolutions = [name for name, module in model.named_modules() if isinstance(module, CONVOLUTIONS)]
     if not convolutions:
         raise ConfigError("Grad-CAM needs a convolutional backbone; this one has no convolution "
                           "(a vision transformer: use attention rollout outside medcls)")
     blocks = model.blocks() if hasattr(model, "blocks") else []
     if len(blocks) >= 2:
         names = {module: name for name, module in model.named_modules()}
-        inner = [names[m] for m in blocks[-2].modules() if isinstance(m, nn.Conv2d | nn.Conv3d) and m in names]
+        inner = [names[m] for m in blocks[-2].modules() if isinstance(m, CONVOLUTIONS) and m in names]
         if inner:
             return inner[-1]
     return convolutions[-1]

@@ -14,7 +14,7 @@ from medcls.config import TrainConfig, make_config, read_config_file, save_confi
 from medcls.core.augment import check_policy_output, make_policy
 from medcls.core.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from medcls.core.distributed import check_config, device_for, from_environment
-from medcls.core.engine import Mixer, MultiLabelLoss, MultiTaskLoss, Stage, fit
+from medcls.core.engine import Mixer, MultiLabelLoss, MultiTaskLoss, Stage, fit, recalibrate_batchnorm
 from medcls.core.execution import (
     choose_execution,
     resolve_device,
@@ -181,7 +181,7 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
                                              len(data.classes) + sum(task.outputs for task in tasks), data.cache.channels,
                                              config.dropout, config.pretrained, config.weights, config.slices,
                                              config.slice_pooling, config.backbone_args,
-                                             input_shape=tuple(data.cache.images.shape[2:]))
+                                             input_shape=tuple(data.cache.images.shape[2:]), acs=config.acs)
     backbone_entry, policy_entry = registries["backbones"].get(config.backbone), registries["policies"].get(config.policy)
     check_backbone_output(model, data.cache.channels, tuple(data.cache.images.shape[2:]), backbone_entry.name,
                           backbone_entry.plugin)
@@ -231,7 +231,13 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
             values = split_results(probs, val_labels, None if probs.shape[1] != 2 else 0.5, metrics)
         return values["loss"], values, monitor_sign * values[config.monitor]
 
+    # Precise BN: an evenly spread share of the training images, without augmentation.
+    calibration_rows = train_rows[np.linspace(0, len(train_rows) - 1, min(len(train_rows), config.precise_bn)).astype(int)] \
+        if config.precise_bn else train_rows[:0]
+
     def evaluate_val():
+        if len(calibration_rows):
+            recalibrate_batchnorm(model, data.batches(calibration_rows)(config.batch_size), execution)
         return score_val(scorer.probabilities(data.batches(val_rows), calibrated=False))
 
     frozen = None
@@ -406,7 +412,7 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
         "backbone": config.backbone, "classes": data.classes, "in_chans": data.cache.channels,
         "image_size": config.image_size, "spatial_dims": int(data.cache.images.dim()) - 2,
         "volume_size": config.volume_size, "volume_spacing": config.volume_spacing, "slices": config.slices,
-        "slice_pooling": config.slice_pooling, "dropout": config.dropout, "threshold": threshold,
+        "acs": config.acs, "slice_pooling": config.slice_pooling, "dropout": config.dropout, "threshold": threshold,
         "threshold_rule": config.threshold_rule, "target": config.target, "window": config.window,
         "temperature": scoring["temperature"], "backbone_args": config.backbone_args,
         "conformal": scoring["conformal"], "input_shape": list(data.cache.images.shape[2:]),
