@@ -18,7 +18,8 @@ from medcls.reports.documents import add_findings
 from medcls.reports.report import Document, format_value, spread
 from medcls.stats import multilabel
 from medcls.stats.assess import assess
-from medcls.workflows.train import close_trackers, open_run, open_trackers, train
+from medcls.workflows.tracking import close_trackers, open_trackers
+from medcls.workflows.train import open_run, train
 
 
 def fold_assignments(data, k: int, val_fraction: float, seed: int) -> list[np.ndarray]:

@@ -15,7 +15,8 @@ from medcls.core.models import Ensemble
 from medcls.core.runs import load_model
 from medcls.logs import logger
 from medcls.reports.report import format_value, spread
-from medcls.workflows.train import finish_run, finish_trackers, open_run, open_trackers, train
+from medcls.workflows.tracking import finish_trackers, open_trackers
+from medcls.workflows.train import finish_run, open_run, train
 
 
 def bootstrap_rows(rows: np.ndarray, patients: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:

@@ -15,7 +15,8 @@ from medcls.config import FIELDS, TrainConfig, coerce
 from medcls.errors import ConfigError
 from medcls.logs import logger, quiet, stage
 from medcls.reports.plots import plain, subplots
-from medcls.workflows.train import close_trackers, open_trackers, train
+from medcls.workflows.tracking import close_trackers, open_trackers
+from medcls.workflows.train import train
 
 # Virtual settings: one name standing for a combination of real keys.
 FINETUNE = {
