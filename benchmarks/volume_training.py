@@ -1,7 +1,8 @@
 """3D training speed at a MedMNIST-3D grid: volumes per second of a real training step (forward,
 backward, AdamW step) of MONAI's ResNet-10 with medcls's stem for the grid versus MONAI's default
-stem, contiguous and channels_last_3d, and of 2D backbones read in 3D through ACS convolutions
-(`acs=true`), measured side by side in one run (median of repeats).
+stem, contiguous and channels_last_3d, and of 2D backbones reading volumes through ACS
+convolutions (`acs=true`) or slice by slice (`slices=3`, 2.5D), measured side by side in one run
+(median of repeats).
 
     .venv/bin/python benchmarks/volume_training.py [--grid 28] [--batch 32] [--repeats 5] [--acs resnet18]
 """
@@ -47,7 +48,7 @@ def main():
     parser.add_argument("--grid", type=int, default=28)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--acs", default="resnet18", help="2D backbones to time through ACS convolutions (comma-separated)")
+    parser.add_argument("--acs", default="resnet18", help="2D backbones to time with acs=true and slices=3 (comma-separated)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -58,9 +59,10 @@ def main():
             rows.append((args.backbone, stem, "channels_last_3d" if channels_last else "contiguous",
                          step_rate(model, args.grid, args.batch, args.repeats, channels_last, args.device)))
     for name in filter(None, args.acs.split(",")):
-        model = create_classifier(name, 2, in_chans=1, acs=True)
-        rows.append((f"{name}, acs=true", "the 2D model's", "contiguous",
-                     step_rate(model, args.grid, args.batch, args.repeats, False, args.device)))
+        for how, options in (("acs=true", {"acs": True}), ("slices=3 (2.5D)", {"slices": 3})):
+            model = create_classifier(name, 2, in_chans=1, **options)
+            rows.append((f"{name}, {how}", "the 2D model's", "contiguous",
+                         step_rate(model, args.grid, args.batch, args.repeats, False, args.device)))
     base = rows[0][3]
     print(f"{args.backbone} at {args.grid}^3, batch {args.batch}, {args.device} ({torch.get_num_threads()} threads), "
           f"median of {args.repeats} training steps")

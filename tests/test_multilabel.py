@@ -220,7 +220,7 @@ def test_run_predicts_a_probability_and_a_decision_per_finding(run, registries):
     assert probs.shape == (6, 3) and loaded.multi_label
     with torch.no_grad():
         expected = loaded.model(torch.as_tensor(images)).float().sigmoid().numpy()
-    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    np.testing.assert_allclose(probs, expected, atol=1e-4)  # predict runs channels_last: float32 rounding
     decided = loaded.decide(images)
     np.testing.assert_array_equal(decided, probs >= np.array(loaded.threshold))
     rows = loaded.predictions(images).rows()

