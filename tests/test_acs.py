@@ -94,6 +94,7 @@ def test_acs_trains_predicts_and_explains_end_to_end(tmp_path):
                                       "--epochs", "1", "--finetune-epochs", "1", "--out", str(run), "--set", "acs=true",
                                       "--set", "volume_size=32", "--set", "bootstrap=100"])
     assert result.exit_code == 0, result.output
+    assert "test_resnet (random initialisation, read in 3D through ACS convolutions)" in result.output
     info = json.loads((run / "model.json").read_text())
     assert info["acs"] is True and info["spatial_dims"] == 3
     positive = info["classes"][1]

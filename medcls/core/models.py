@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from medcls.core.acs import to_acs
 from medcls.errors import ConfigError, PluginError, WeightsUnavailableError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -292,8 +293,6 @@ def build_classifier(registries, backbone_name: str, num_classes: int, in_chans:
         load_backbone_weights(backbone, state, stem_chans, origin)
     blocks_of = entry.metadata.get("blocks")
     if acs:
-        from medcls.core.acs import to_acs
-
         backbone = to_acs(backbone, repr(backbone_name))
     if slices:
         backbone, blocks_of = SliceBackbone(backbone, slices, slice_pooling, in_chans, blocks_of), None

@@ -192,7 +192,8 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
     model = execution.prepare(model)
     if device.type == "cuda" and not config.deterministic:
         torch.backends.cudnn.benchmark = True
-    logger.info(f"model: {config.backbone} ({weights_origin}), {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
+    acs_note = ", read in 3D through ACS convolutions" if config.acs else ""
+    logger.info(f"model: {config.backbone} ({weights_origin}{acs_note}), {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
         f"parameters, on {execution.describe()}")
 
     train_labels = data.cache_labels(train_rows)
