@@ -143,14 +143,13 @@ def unsupported(name: str, module: nn.Module, why: str) -> Unsupported:
 
 def to_acs(backbone: nn.Module, backbone_name: str = "the backbone") -> nn.Module:
     """The backbone converted in place to read `(B, C, D, H, W)` volumes, its weights shared.
-    Block groupings and state-dict names stay those of the 2D model."""
+    Block groupings and state-dict names stay those of the 2D model; no attribute is added to it."""
     try:
         convert_children(backbone, "")
     except Unsupported as exc:
         raise ConfigError(f"acs cannot convert {backbone_name}: {exc}; ACS converts plain convolutional backbones "
                           "(resnet*, efficientnet_lite*, densenet*, mobilenetv2*): choose one of those, or read "
                           "volumes with slices=3 (2.5D)") from None
-    backbone.spatial_dims = 3
     return backbone
 
 

@@ -50,10 +50,11 @@ class Classifier(nn.Module):
     (`copy.deepcopy`, an EMA model) groups and unfreezes its own parameters."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, dropout: float, in_chans: int,
-                 blocks_of=None) -> None:
+                 blocks_of=None, spatial_dims: int | None = None) -> None:
         super().__init__()
         mean, std = (channel_stats(values, in_chans) for values in backbone_statistics(backbone))
-        shape = (1, -1) + (1,) * int(getattr(backbone, "spatial_dims", 2))  # (B, C, H, W) or (B, C, D, H, W)
+        spatial_dims = spatial_dims or int(getattr(backbone, "spatial_dims", 2))  # a 3D backbone says so
+        shape = (1, -1) + (1,) * spatial_dims  # (B, C, H, W) or (B, C, D, H, W)
         self.register_buffer("mean", torch.tensor(mean).view(shape))
         self.register_buffer("std", torch.tensor(std).view(shape))
         self.backbone = backbone
@@ -296,7 +297,7 @@ def build_classifier(registries, backbone_name: str, num_classes: int, in_chans:
         backbone = to_acs(backbone, repr(backbone_name))
     if slices:
         backbone, blocks_of = SliceBackbone(backbone, slices, slice_pooling, in_chans, blocks_of), None
-    model = Classifier(backbone, num_classes, dropout, in_chans, blocks_of)
+    model = Classifier(backbone, num_classes, dropout, in_chans, blocks_of, spatial_dims=3 if acs else None)
     model.frozen_batchnorm = origin != "random initialisation"
     return model, origin
 
