@@ -1,5 +1,5 @@
 """Export: ONNX (checked with ONNX Runtime) and TorchScript give PyTorch's probabilities, with the
-threshold and preprocessing beside them; 2D and 3D runs."""
+threshold and preprocessing beside them; 2D and 3D runs, and a 2D backbone read in 3D (ACS)."""
 
 import json
 
@@ -17,8 +17,9 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     made = {}
     for name, args in {"2d": ["--backbone", "test_resnet", "--image-size", "32"],
-                       "3d": ["--data", "synthetic3d", "--backbone", "example_tiny_cnn3d", "--set", "volume_size=8,16,16"]
-                       }.items():
+                       "3d": ["--data", "synthetic3d", "--backbone", "example_tiny_cnn3d", "--set", "volume_size=8,16,16"],
+                       "acs": ["--data", "synthetic3d", "--backbone", "test_resnet", "--set", "acs=true",
+                               "--set", "volume_size=32"]}.items():
         result = CliRunner().invoke(cli, ["train", *args, "--no-pretrained", "--epochs", "1", "--finetune-epochs", "0",
                                           "--out", str(root / name), "--set", "bootstrap=50"])
         assert result.exit_code == 0, result.output
@@ -34,7 +35,7 @@ def pytorch_probs(run, images, registries):
         return model(images).float().softmax(1).numpy()
 
 
-@pytest.mark.parametrize("kind", ["2d", "3d"])
+@pytest.mark.parametrize("kind", ["2d", "3d", "acs"])
 def test_onnx_runtime_matches_pytorch(runs, kind, registries, tmp_path):
     import onnxruntime
 
