@@ -22,8 +22,6 @@ from torch.nn import functional as F
 
 from medcls.errors import ConfigError
 
-VIEWS = ("axial", "coronal", "sagittal")
-
 
 class ACSConv(nn.Module):
     """A Conv2d's weight and bias applied to `(B, C, D, H, W)`: a third of the output channels
@@ -123,7 +121,7 @@ def convert(module: nn.Module, name: str) -> nn.Module:
     if kind is SelectAdaptivePool2d:
         if module.pool_type not in ("avg", "max"):
             raise unsupported(name, module, f"global pooling {module.pool_type!r}")
-        return GlobalPool3d(module.pool_type, bool(module.flatten) and not isinstance(module.flatten, nn.Identity))
+        return GlobalPool3d(module.pool_type, isinstance(module.flatten, nn.Flatten))
     if PLANAR.search(kind.__name__):
         raise unsupported(name, module, "it computes over two spatial axes")
     if not any(True for _ in module.children()) and not (
