@@ -588,4 +588,4 @@ class Run:
 
         model, _ = load_model(self.path, self.registries)
         return explain_read(model, self.info, self.read(inputs), Path(out) if out else self.path / "explain",
-                            target_class)
+                            target_class, predictor=self.predictor)

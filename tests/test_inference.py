@@ -27,7 +27,7 @@ def calibrated(tmp_path_factory):
             save_png(root / "data" / label / f"{label}{i}.png", image)
     run = medcls.train(root / "data", backbone="test_resnet", pretrained=False, image_size=32, epochs=3,
                        finetune_epochs=0, bootstrap=50, calibration="temperature", patience=0,
-                       out=str(root / "run"))
+                       precision="fp32", out=str(root / "run"))  # exports run in fp32: compare like with like
     return run, root / "data"
 
 
@@ -80,3 +80,15 @@ def test_an_unreadable_input_is_an_error_for_predict_and_a_row_for_predictions(c
     predictions = run.predictions([good, broken])
     assert predictions.failed == 1 and np.isnan(predictions.probabilities[1]).all()
     assert predictions.decisions[0] in run.classes and predictions.decisions[1] is None
+
+
+def test_explain_reports_the_probability_predict_gives_in_a_bf16_run(calibrated, tmp_path):
+    """Grad-CAM runs in fp32, but the probability and decision it prints are predict's, also when
+    the run predicts under bf16 autocast (where fp32 would differ by up to about 0.02)."""
+    _, data = calibrated
+    run = medcls.train(data, backbone="test_resnet", pretrained=False, image_size=32, epochs=1, finetune_epochs=0,
+                       bootstrap=20, patience=0, precision="bf16", out=str(tmp_path / "run"))
+    files = sorted((data / "yes").glob("*.png"))[:2] + sorted((data / "no").glob("*.png"))[:2]
+    explained = run.explain(files, tmp_path / "cams", target_class="yes")
+    np.testing.assert_allclose([r["probability"] for r in explained.rows], run.predict(files)[:, 1], atol=1e-9)
+    assert [r["predicted"] for r in explained.rows] == list(run.decide(files))

@@ -185,7 +185,8 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("multilabel") / "run"
     result = CliRunner().invoke(cli, ["train", "--data", "synthetic-multilabel", "--backbone", "test_resnet",
                                       "--no-pretrained", "--image-size", "32", "--epochs", "2", "--finetune-epochs", "0",
-                                      "--out", str(out), "--set", "bootstrap=50"])
+                                      "--out", str(out), "--set", "bootstrap=50",
+                                      "--set", "precision=fp32"])  # predict is compared with the model's own fp32 outputs
     assert result.exit_code == 0, result.output
     assert "Per finding (test)" in result.output and "midline_shift" in result.output
     return out

@@ -17,7 +17,9 @@ def run(tmp_path_factory):
     from tests.test_training import FAST
 
     out = tmp_path_factory.mktemp("sharing") / "run"
-    result = CliRunner().invoke(cli, ["train", *FAST, "--out", str(out)])
+    # fp32: the exports run in fp32, and bf16 autocast (the default on CPUs with native bf16) moves
+    # probabilities by more than the 1e-4 the tests compare them to.
+    result = CliRunner().invoke(cli, ["train", *FAST, "--set", "precision=fp32", "--out", str(out)])
     assert result.exit_code == 0, result.output
     return out
 

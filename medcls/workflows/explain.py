@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from medcls.core.acs import ACSConv
-from medcls.core.inference import ReadInputs, read_paths, run_predictor
+from medcls.core.inference import Predictor, ReadInputs, read_paths, run_predictor
 from medcls.core.runs import load_model
 from medcls.errors import ConfigError, DataError
 from medcls.logs import stage
@@ -59,9 +59,12 @@ def explain_inputs(run, inputs, registries, out, target_class: str | None = None
     return explain_read(model, info, read_paths(info, inputs, registries), out, target_class)
 
 
-def explain_read(model: nn.Module, info: dict, read: ReadInputs, out, target_class: str | None = None) -> Explanation:
+def explain_read(model: nn.Module, info: dict, read: ReadInputs, out, target_class: str | None = None,
+                 predictor: Predictor | None = None) -> Explanation:
     """Grad-CAM over inputs already read as the run was trained. Probabilities and decisions come
-    from the run's predictor (calibrated, at the stored operating point), as `predict` gives them."""
+    from `predictor`, the run's one inference path (calibrated, at the stored operating point, in
+    the run's precision), so they are the ones `predict` gives; without it, `model` in fp32 on CPU.
+    The maps themselves are computed in fp32."""
     from monai.visualize import GradCAM
 
     classes = info["classes"]
@@ -73,7 +76,7 @@ def explain_read(model: nn.Module, info: dict, read: ReadInputs, out, target_cla
     out.mkdir(parents=True, exist_ok=True)
     model = model.float().cpu().eval()
     layer = target_layer(model)
-    predictions = predictions_for(read, run_predictor(model, info, device="cpu", precision="fp32"))
+    predictions = predictions_for(read, predictor or run_predictor(model, info, device="cpu", precision="fp32"))
     # MONAI's default postprocessing maps the maximum to 0 (its docs: "will flip magnitudes");
     # here the most important region is 1, so that a colour map shows it hot.
     cam = GradCAM(nn_module=model, target_layers=layer, postprocessing=unit_range)
