@@ -101,6 +101,7 @@ class TrainConfig:
     threshold_rule: str = option("youden", 'operating point chosen on validation: youden, target_sensitivity, target_specificity, fixed', 'evaluation')
     target: float = option(0.95, 'the sensitivity or specificity that target_* rules must reach on validation', 'evaluation')
     threshold: float = option(0.5, "the operating point when threshold_rule is 'fixed'", 'evaluation')
+    prior_correction: bool = option(True, "class-balanced training (weighted_loss or sampler): the model's probabilities are moved back to the training prior (logits minus log class weight, folded into the head), so they are calibrated and the most probable class is the accurate choice; false: keep the balanced model's probabilities", 'evaluation')
     calibration: str = option("none", 'none, or temperature (scaling fitted on validation, stored with the model)', 'evaluation')
     prevalence: float | None = option(None, 'also report PPV and NPV at this deployment prevalence', 'evaluation')
     patient_level: str | None = option(None, "also score per patient: mean or max of a patient's image scores", 'evaluation')

@@ -71,6 +71,15 @@ class Classifier(nn.Module):
         """The backbone's features of images in [0, 1]: what the head sees."""
         return self.backbone((images - self.mean) / self.std)
 
+    @torch.no_grad()
+    def shift_logits(self, offsets) -> None:
+        """Subtract `offsets` from the first len(offsets) logits (the main task's), by moving them
+        into the head's bias: every later reader of the model (inference, export, a bundle) gets
+        the shifted outputs (medcls.stats.calibration.balanced_offsets)."""
+        linear = self.head[-1]
+        offsets = torch.as_tensor(offsets, dtype=linear.bias.dtype, device=linear.bias.device)
+        linear.bias[:len(offsets)] -= offsets
+
     def stochastic_backbone(self) -> bool:
         """Whether the backbone has dropout-like layers active in training (then its features
         differ from pass to pass and cannot be computed once)."""

@@ -1,4 +1,5 @@
-"""Calibration: reliability curve, calibration slope and intercept, temperature scaling."""
+"""Calibration: reliability curve, calibration slope and intercept, temperature scaling, and the
+correction of a class-balanced model's probabilities back to the training prior."""
 
 from __future__ import annotations
 
@@ -68,6 +69,30 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     scaled = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
     scaled -= scaled.max(1, keepdims=True)
     exp = np.exp(scaled)
+    return exp / exp.sum(1, keepdims=True)
+
+
+def balanced_offsets(weights: np.ndarray) -> np.ndarray:
+    """The logit offsets that undo class-balanced training: log of each class's loss weight (or
+    sampling weight, relative to its share), 0 for a class that had none. A model trained with
+    weight w_c learns q(c|x) proportional to w_c p(c|x); subtracting log w_c from its logit gives back
+    p(c|x) under the training prior (Saerens et al. 2002; Menon et al. 2021's post-hoc logit
+    adjustment). For a sigmoid with `pos_weight` w the same holds: logit q = logit p + log w."""
+    weights = np.asarray(weights, dtype=np.float64)
+    return np.where(weights > 0, np.log(np.where(weights > 0, weights, 1.0)), 0.0)
+
+
+def remove_offsets(probs: np.ndarray, offsets: np.ndarray, multi_label: bool = False) -> np.ndarray:
+    """Probabilities with `offsets` subtracted from their logits: softmax over the classes of each
+    row, or each finding's sigmoid on its own (`multi_label`). What the model outputs once
+    `Classifier.shift_logits(offsets)` has moved the same offsets into its head."""
+    probs = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0)
+    if multi_label:
+        z = np.log(probs) - np.log(np.clip(1.0 - probs, 1e-12, 1.0)) - offsets[None, :]
+        return 1.0 / (1.0 + np.exp(-z))
+    z = np.log(probs) - offsets[None, :]
+    z -= z.max(1, keepdims=True)
+    exp = np.exp(z)
     return exp / exp.sum(1, keepdims=True)
 
 

@@ -53,6 +53,7 @@ from medcls.reports import plots, report
 from medcls.reports.documents import training_document
 from medcls.stats import multilabel
 from medcls.stats.assess import split_results
+from medcls.stats.calibration import balanced_offsets, remove_offsets
 from medcls.stats.multitask import assess_tasks
 from medcls.workflows.final_scoring import draw_split_figures, score_finding_splits, score_splits
 from medcls.workflows.sharing import write_model_card
@@ -197,13 +198,15 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
         f"parameters, on {execution.describe()}")
 
     train_labels = data.cache_labels(train_rows)
+    balance = positive_weights(train_labels) if data.multi_label else class_weights(train_labels, len(data.classes))
     balanced = config.class_balance == "weighted_loss"
+    weights = balance if balanced else None
+    # The balanced model's logits, moved back to the training prior for every score (see config).
+    offsets = balanced_offsets(balance) if config.prior_correction and config.class_balance != "none" else None
     if data.multi_label:
-        weights = positive_weights(train_labels) if balanced else None
         loss_fn = MultiLabelLoss(None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device),
                                  config.label_smoothing)
     else:
-        weights = class_weights(train_labels, len(data.classes)) if balanced else None
         loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device),
                                             label_smoothing=config.label_smoothing)
     if tasks:
@@ -224,6 +227,8 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
                        multi_label=data.multi_label, tasks=tasks)
 
     def score_val(probs):
+        if offsets is not None:
+            probs = remove_offsets(probs, offsets, data.multi_label)
         if data.multi_label:  # the macro average over findings of each metric
             values = multilabel.results(probs, val_labels, None, metrics)
         else:
@@ -275,6 +280,10 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
                  mixer=Mixer(config.mixup, config.cutmix, config.seed))
     if not distributed.writes:
         return {"rank": distributed.rank}  # rank 0 scores and writes the run
+    if offsets is not None:
+        getattr(model, "module", model).shift_logits(offsets)
+        logger.info(f"probabilities moved back to the training prior: logit offsets "
+                    f"{', '.join(f'{v:+.3f}' for v in offsets)} folded into the head")
     if data.cache.filling is not None:
         train_rows, val_rows, test_rows = completed_rows(data, train_rows, val_rows)
 
@@ -282,7 +291,8 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
                          rows={"train": train_rows, "val": val_rows, "test": test_rows},
                          facts={"weights_origin": weights_origin, "device": str(device), "started": start.started,
                                 "policy_params": policy_params, "tasks": tasks,
-                                "task_weights": learned_task_weights(loss_fn)})
+                                "task_weights": learned_task_weights(loss_fn)},
+                         extra_info={"prior_offsets": None if offsets is None else [round(float(v), 6) for v in offsets]})
     finish_trackers(trackers, summary, out)
     return summary
 
