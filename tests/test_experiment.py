@@ -43,3 +43,13 @@ def test_experiment_holds_the_split_fixed(tmp_path):
     (out / "experiment.md").unlink()
     assert set(rewrite_from_csv(out, "policy")) == {"none", "aggressive"}
     assert (out / "experiment.md").read_text() == table
+    mean_accuracy = np.mean([float(r["test_accuracy"]) for r in rows if r["value"] == "none"])
+    assert f"| {mean_accuracy:.3f} |" in table.split("Per run")[0]  # accuracy beside ROC AUC, per setting
+    # An experiment.csv written before the accuracy column still re-tabulates (accuracy shown as nan).
+    with open(out / "experiment.csv", newline="") as fh:
+        old = [{k: v for k, v in r.items() if not k.startswith("test_accuracy")} for r in csv.DictReader(fh)]
+    with open(out / "experiment.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(old[0]))
+        writer.writeheader()
+        writer.writerows(old)
+    assert set(rewrite_from_csv(out, "policy")) == {"none", "aggressive"}

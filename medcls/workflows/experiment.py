@@ -26,7 +26,7 @@ FINETUNE = {
     "all": {"pretrained": True, "unfreeze_blocks": -1},  # then every block at a lower rate
 }
 VIRTUAL = {"finetune": FINETUNE}
-TABLE_METRICS = ("roc_auc", "sensitivity", "specificity")
+TABLE_METRICS = ("roc_auc", "sensitivity", "specificity", "accuracy")
 
 
 def parse_vary(text: str) -> tuple[str, list[str]]:
@@ -103,6 +103,13 @@ def tracked_name(value: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "_-./" else "_" for ch in value)
 
 
+def finite_mean(values) -> float:
+    """The mean of the finite values; nan when there are none (a metric a run could not compute)."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if len(values) else float("nan")
+
+
 def summarise(rows: list[dict], values: list[str]) -> dict:
     baseline_rows = [r for r in rows if r["value"] == values[0]]
     baseline = np.array([r["test_roc_auc"] for r in baseline_rows], dtype=float)
@@ -115,7 +122,7 @@ def summarise(rows: list[dict], values: list[str]) -> dict:
         auc = np.array([r["test_roc_auc"] for r in chosen], dtype=float)
         summary[value] = {
             "runs": len(chosen),
-            **{f"{m}_mean": float(np.nanmean([r[f"test_{m}"] for r in chosen])) for m in TABLE_METRICS},
+            **{f"{m}_mean": finite_mean([r.get(f"test_{m}", np.nan) for r in chosen]) for m in TABLE_METRICS},
             "roc_auc_sd": float(np.std(auc, ddof=1)) if len(auc) > 1 else float("nan"),
             "gap_mean": float(np.nanmean([r["train_test_gap_roc_auc"] for r in chosen])),
             "seconds_mean": float(np.mean([r["seconds"] for r in chosen])),
@@ -123,6 +130,14 @@ def summarise(rows: list[dict], values: list[str]) -> dict:
             "within_baseline_interval": None if value == values[0] else bool(base_low <= np.nanmean(auc) <= base_high),
         }
     return summary
+
+
+def fmt(row: dict, metric: str) -> str:
+    """A run's test value with its 95 % interval (the value alone where none was computed)."""
+    value, low, high = (row.get(f"test_{metric}{part}") for part in ("", "_low", "_high"))
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if low is None or high is None else f"{value:.3f} ({low:.3f}-{high:.3f})"
 
 
 def write_outputs(rows, summary, key, values, out: Path) -> None:
@@ -136,8 +151,8 @@ def write_outputs(rows, summary, key, values, out: Path) -> None:
              "error from the seed-to-seed spread (n/a: no spread to judge by). 'Inside test CI' says "
              f"whether the mean ROC AUC lies inside {values[0]}'s mean 95% interval, i.e. whether the "
              "test set itself could tell the two apart.", "",
-             "| value | test ROC AUC (sd) | sensitivity | specificity | train-test gap | s/run | beyond seed spread | "
-             f"inside {values[0]}'s test CI |", "|---|---|---|---|---|---|---|---|"]
+             "| value | test ROC AUC (sd) | sensitivity | specificity | accuracy | train-test gap | s/run | "
+             f"beyond seed spread | inside {values[0]}'s test CI |", "|---|---|---|---|---|---|---|---|---|"]
     for value in values:
         s = summary[value]
         spread = s["vs_baseline_exceeds_spread"]
@@ -145,15 +160,14 @@ def write_outputs(rows, summary, key, values, out: Path) -> None:
         spread_text = "-" if value == values[0] else "n/a" if spread is None else "yes" if spread else "no"
         inside_text = "-" if inside is None else "yes" if inside else "no"
         lines.append(f"| {value} | {s['roc_auc_mean']:.3f} ({s['roc_auc_sd']:.3f}) | {s['sensitivity_mean']:.3f} | "
-                     f"{s['specificity_mean']:.3f} | {s['gap_mean']:+.3f} | {s['seconds_mean']:.0f} | {spread_text} | "
+                     f"{s['specificity_mean']:.3f} | {s['accuracy_mean']:.3f} | {s['gap_mean']:+.3f} | {s['seconds_mean']:.0f} | {spread_text} | "
                      f"{inside_text} |")
     lines += ["", "Per run (test values with 95% intervals):", "",
-              "| value | seed | ROC AUC | sensitivity | specificity | gap | epochs | seconds |",
-              "|---|---|---|---|---|---|---|---|"]
-    fmt = lambda r, m: f"{r[f'test_{m}']:.3f} ({r[f'test_{m}_low']:.3f}-{r[f'test_{m}_high']:.3f})"  # noqa: E731
+              "| value | seed | ROC AUC | sensitivity | specificity | accuracy | gap | epochs | seconds |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['value']} | {r['seed']} | {fmt(r, 'roc_auc')} | {fmt(r, 'sensitivity')} | "
-                     f"{fmt(r, 'specificity')} | {r['train_test_gap_roc_auc']:+.3f} | {r['epochs']} | {r['seconds']} |")
+                     f"{fmt(r, 'specificity')} | {fmt(r, 'accuracy')} | {r['train_test_gap_roc_auc']:+.3f} | {r['epochs']} | {r['seconds']} |")
     lines += ["", "![experiment](experiment.png)", ""]
     (out / "experiment.md").write_text("\n".join(lines), encoding="utf-8")
     plot(rows, values, key, out / "experiment.png")
