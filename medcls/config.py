@@ -87,7 +87,7 @@ class TrainConfig:
     schedule: str = option("cosine", 'cosine, step, plateau or none (per stage)', 'optimisation')
     batch_size: int = option(32, 'images per training step', 'optimisation')
     class_balance: str = option("weighted_loss", 'weighted_loss, sampler or none', 'optimisation')
-    patience: int = option(5, 'epochs without improvement before a stage stops early (0: never)', 'optimisation')
+    patience: int = option(5, "epochs without improvement on the stage's own best before the stage stops early (0: never); the run keeps its best weights of all stages", 'optimisation')
     warmup_epochs: int = option(0, 'epochs of linear learning-rate warm-up (from a tenth) at the start of each stage', 'optimisation')
     lr_decay: float = option(1.0, 'layer-wise learning-rate decay: the top unfrozen block trains at lr x lr_decay, the next at lr x lr_decay^2, ...; the head at lr (1: off)', 'optimisation')
     precise_bn: int = option(2048, "batch norm that trains (from scratch; never a pretrained backbone's) has its running statistics recomputed on up to this many clean training images before each validation, with the weights as they are (precise BN, Wu & Johnson 2021; VesselMNIST3D: see examples/README.md); 0: off", 'optimisation')

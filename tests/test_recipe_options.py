@@ -121,3 +121,52 @@ def test_label_smoothing_reaches_the_loss(tmp_path):
                            bootstrap=50, label_smoothing=smoothing, out=tmp_path / f"ls{smoothing}")
         losses.append(run.history[0]["train_loss"])
     assert losses[1] > losses[0] + 0.01
+
+
+def scripted_fit(stage_scores: list[list[float]], patience: int):
+    """fit() over stages whose validation scores follow a script; returns the result, the epochs
+    run and the epoch whose weights were kept (each epoch's weights carry their epoch number)."""
+    torch.manual_seed(0)
+    model = Tiny()
+    x = torch.randn(32, 4)
+    batches = [(x, (x[:, 0] > 0).long())]
+    execution = choose_execution(torch.device("cpu"), model, "fp32", False)
+    optimisation = {"optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0, "schedule": "none",
+                    "patience": patience, "ema": 0.0, "lr_decay": 1.0, "warmup_epochs": 0}
+    scores = [s for stage in stage_scores for s in stage]
+    run = []
+
+    def evaluate():
+        run.append(len(run) + 1)
+        with torch.no_grad():
+            model.head.bias.fill_(len(run))  # a mark of the epoch these weights belong to
+        return 0.0, {}, scores[len(run) - 1]
+
+    stages = [Stage(f"stage{i}", len(s), 0.01, -1) for i, s in enumerate(stage_scores)]
+    result = fit(model, stages, train_loader=batches, evaluate_val=evaluate,
+                 loss_fn=torch.nn.CrossEntropyLoss(), execution=execution, optimisation=optimisation)
+    return result, run, int(model.head.bias[0])
+
+
+def test_a_fine_tuning_stage_that_dips_then_climbs_is_not_cut_off():
+    """Stage 2 starts below stage 1's best (newly unfrozen blocks) and climbs past it: patience
+    counts from the stage's own best, so it runs on and its better epoch is kept."""
+    result, run, kept = scripted_fit([[0.5, 0.8, 0.7], [0.6, 0.65, 0.7, 0.75, 0.85, 0.84]], patience=2)
+    assert run == list(range(1, 10))  # every stage-2 epoch ran (it kept improving on its own best)
+    assert result.best_epoch == 8 and result.best_score == 0.85 and kept == 8
+
+
+def test_a_stage_that_only_falls_stops_after_patience_and_keeps_the_earlier_best():
+    result, run, kept = scripted_fit([[0.5, 0.8], [0.6, 0.55, 0.5, 0.45, 0.4]], patience=2)
+    assert run == [1, 2, 3, 4, 5] and result.stopped_early == ["stage1"]
+    assert result.best_epoch == 2 and kept == 2
+
+
+def test_sgd_without_momentum_is_plain_sgd_not_an_error():
+    """momentum=0 is in the allowed range; Nesterov needs momentum, so it is on only with one."""
+    from medcls.core.engine import make_optimizer
+
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    plain = make_optimizer("sgd", [parameter], 0.1, 0.0, 0.0)
+    assert plain.param_groups[0]["nesterov"] is False
+    assert make_optimizer("sgd", [parameter], 0.1, 0.9, 0.0).param_groups[0]["nesterov"] is True

@@ -5,6 +5,7 @@ schedule, the history and every random stream; nothing in it is ever unpickled."
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import tempfile
@@ -30,6 +31,7 @@ class FitState:
     since_best: int
     best_score: float
     best_epoch: int
+    stage_best: float = -math.inf  # the best monitored score within the stage (its patience counts from it)
     history: list = field(default_factory=list)  # EpochResult as dicts
     stopped_early: list = field(default_factory=list)
     model: dict | None = None

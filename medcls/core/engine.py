@@ -226,8 +226,8 @@ def train_one_epoch(model, loader, loss_fn, optimizer, execution: Execution, sca
 
 OPTIMIZERS = {
     "adamw": lambda params, lr, momentum, decay: torch.optim.AdamW(params, lr=lr, weight_decay=decay),
-    "sgd": lambda params, lr, momentum, decay: torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True,
-                                                              weight_decay=decay),
+    "sgd": lambda params, lr, momentum, decay: torch.optim.SGD(params, lr=lr, momentum=momentum,
+                                                              nesterov=momentum > 0, weight_decay=decay),
     "rmsprop": lambda params, lr, momentum, decay: torch.optim.RMSprop(params, lr=lr, momentum=momentum,
                                                                       weight_decay=decay),
 }
@@ -372,12 +372,15 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
         schedule = make_schedule(optimisation["schedule"], optimizer, stage.epochs,
                                  optimisation.get("warmup_epochs", 0))
         scaler = execution.grad_scaler()
-        since_best, done = 0, 0
+        # Patience counts from the stage's own best, as a Keras EarlyStopping per fit() does: a
+        # fine-tuning stage that starts with a dip (newly unfrozen blocks) and then climbs keeps
+        # going while it climbs; the weights kept are still the best of the whole run.
+        since_best, done, stage_best = 0, 0, -math.inf
         if resume is not None and stage_index == resume.stage_index and not resume.stage_finished:
             optimizer.load_state_dict(resume.optimizer)
             if schedule is not None and resume.schedule is not None:
                 schedule.load_state_dict(resume.schedule)
-            since_best, done = resume.since_best, resume.stage_epoch
+            since_best, done, stage_best = resume.since_best, resume.stage_epoch, resume.stage_best
         step_model, loader, evaluate = ((model.head, frozen.train_loader, frozen.evaluate_val) if on_features
                                         else (model, train_loader, evaluate_val))
         trained = step_model
@@ -417,9 +420,8 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
             if score > result.best_score:
                 result.best_score, result.best_epoch = score, epoch_number
                 best_state = copy.deepcopy(model.state_dict())
-                since_best = 0
-            else:
-                since_best += 1
+            since_best = 0 if score > stage_best else since_best + 1
+            stage_best = max(stage_best, score)
             if raw_weights is not None:
                 trained.load_state_dict(raw_weights)  # training continues from the raw weights
             if on_epoch is not None:
@@ -432,6 +434,7 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
                     stage_index=stage_index, stage_epoch=stage_epoch + 1,
                     stage_finished=stops or stage_epoch + 1 == stage.epochs, epoch_number=epoch_number,
                     since_best=since_best, best_score=result.best_score, best_epoch=result.best_epoch,
+                    stage_best=stage_best,
                     history=[dataclasses.asdict(h) for h in result.history], stopped_early=list(result.stopped_early),
                     model=model.state_dict(), best_model=best_state, optimizer=optimizer.state_dict(),
                     schedule=None if schedule is None else schedule.state_dict(),
