@@ -80,6 +80,12 @@ class Tiny(torch.nn.Module):
         self.requires_grad_(True)
 
 
+def plain_sgd(**changes) -> dict:
+    """fit()'s optimisation settings for plain SGD without schedule, EMA or decay, with changes."""
+    return {"optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0, "schedule": "none", "patience": 0,
+            "ema": 0.0, "lr_decay": 1.0, "warmup_epochs": 0, **changes}
+
+
 def fitted_weights(ema: float):
     torch.manual_seed(0)
     model = Tiny()
@@ -88,8 +94,7 @@ def fitted_weights(ema: float):
     y = (x[:, 0] > 0).long()
     batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
     execution = choose_execution(torch.device("cpu"), model, "fp32", False)
-    optimisation = {"optimizer": "sgd", "momentum": 0.5, "weight_decay": 0.0, "schedule": "none", "patience": 0,
-                    "ema": ema, "lr_decay": 1.0, "warmup_epochs": 0}
+    optimisation = plain_sgd(momentum=0.5, ema=ema)
     seen = []
 
     def evaluate():
@@ -131,8 +136,7 @@ def scripted_fit(stage_scores: list[list[float]], patience: int):
     x = torch.randn(32, 4)
     batches = [(x, (x[:, 0] > 0).long())]
     execution = choose_execution(torch.device("cpu"), model, "fp32", False)
-    optimisation = {"optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0, "schedule": "none",
-                    "patience": patience, "ema": 0.0, "lr_decay": 1.0, "warmup_epochs": 0}
+    optimisation = plain_sgd(patience=patience)
     scores = [s for stage in stage_scores for s in stage]
     run = []
 
