@@ -174,3 +174,35 @@ def test_sgd_without_momentum_is_plain_sgd_not_an_error():
     plain = make_optimizer("sgd", [parameter], 0.1, 0.0, 0.0)
     assert plain.param_groups[0]["nesterov"] is False
     assert make_optimizer("sgd", [parameter], 0.1, 0.9, 0.0).param_groups[0]["nesterov"] is True
+
+
+def test_a_resumed_run_goes_on_with_its_moving_average(tmp_path):
+    """The checkpoint keeps the EMA: a run resumed after its first epoch (through the safetensors
+    file) ends with the weights of the uninterrupted run, where a restarted average would not."""
+    import time
+
+    from medcls.core.checkpoint import load_checkpoint, save_checkpoint
+
+    def run(resume=None):
+        torch.manual_seed(0)
+        model = Tiny()
+        x = torch.randn(64, 4)
+        y = (x[:, 0] > 0).long()
+        batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+        states = []
+        fit(model, [Stage("all", 3, 0.5, -1)], train_loader=batches,
+            evaluate_val=lambda: (0.0, {}, time.perf_counter()),  # every epoch "better": the last one is kept
+            loss_fn=torch.nn.CrossEntropyLoss(), execution=choose_execution(torch.device("cpu"), model, "fp32", False),
+            optimisation=plain_sgd(momentum=0.5, ema=0.9), checkpoint=lambda s: states.append(copy.deepcopy(s)),
+            resume=resume)
+        return model.state_dict(), states
+
+    whole, states = run()
+    assert states[0].ema is not None and not torch.equal(states[0].ema["head.weight"], states[0].model["head.weight"])
+    path = tmp_path / "checkpoint.safetensors"
+    save_checkpoint(path, states[0], torch.Generator(), None)
+    resumed, _ = run(resume=load_checkpoint(path, torch.Generator(), None))
+    assert all(torch.allclose(whole[k], resumed[k], atol=1e-7) for k in whole)
+    states[0].ema = None  # what resuming did before: the average started again from the raw weights
+    restarted, _ = run(resume=states[0])
+    assert not all(torch.allclose(whole[k], restarted[k], atol=1e-7) for k in whole)

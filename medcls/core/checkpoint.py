@@ -39,6 +39,7 @@ class FitState:
     optimizer: dict | None = None
     schedule: dict | None = None
     loss: dict | None = None  # the loss's own state (multi-task: the learned task weights)
+    ema: dict | None = None  # the moving average of the weights (`ema`), which goes on where it was
 
 
 def numpy_state_json(state: tuple) -> list:
@@ -103,12 +104,13 @@ def save_checkpoint(path: Path, state: FitState, generator: torch.Generator, tra
     tensors = {f"model.{k}": v for k, v in state.model.items()}
     tensors.update({f"best.{k}": v for k, v in state.best_model.items()})
     tensors.update({f"loss.{k}": v for k, v in (state.loss or {}).items()})
+    tensors.update({f"ema.{k}": v for k, v in (state.ema or {}).items()})
     optimizer_tensors, optimizer_values = flatten_optimizer(state.optimizer) if state.optimizer else ({}, None)
     tensors.update(optimizer_tensors)
     rng_tensors, rng_values = random_streams(generator, transform)
     tensors.update(rng_tensors)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    meta = {k: v for k, v in asdict(state).items() if k not in ("model", "best_model", "optimizer", "loss")}
+    meta = {k: v for k, v in asdict(state).items() if k not in ("model", "best_model", "optimizer", "loss", "ema")}
     meta.update({"optimizer": optimizer_values, "rng": rng_values})
     handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(handle)
@@ -138,5 +140,6 @@ def load_checkpoint(path: Path, generator: torch.Generator, transform) -> FitSta
     state.model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     state.best_model = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
     state.loss = {k[len("loss."):]: v for k, v in tensors.items() if k.startswith("loss.")} or None
+    state.ema = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")} or None
     state.optimizer = unflatten_optimizer(tensors, optimizer) if optimizer else None
     return state

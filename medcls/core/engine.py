@@ -385,6 +385,9 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
                                         else (model, train_loader, evaluate_val))
         trained = step_model
         ema = WeightAverage(trained, optimisation["ema"]) if optimisation.get("ema") else None
+        if ema is not None and resume is not None and stage_index == resume.stage_index and resume.ema:
+            # the average goes on where it was, not afresh from the resumed raw weights
+            ema.averaged = {k: resume.ema[k].to(v.device, v.dtype) for k, v in ema.averaged.items()}
         # DDP is built over the parameters that train now, so it is wrapped again for every stage.
         step_model = wrap(step_model, distributed, execution.device)
         for stage_epoch in range(done, stage.epochs):
@@ -438,7 +441,8 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
                     history=[dataclasses.asdict(h) for h in result.history], stopped_early=list(result.stopped_early),
                     model=model.state_dict(), best_model=best_state, optimizer=optimizer.state_dict(),
                     schedule=None if schedule is None else schedule.state_dict(),
-                    loss=loss_fn.state_dict() if isinstance(loss_fn, nn.Module) else None))
+                    loss=loss_fn.state_dict() if isinstance(loss_fn, nn.Module) else None,
+                    ema=None if ema is None else ema.state_dict()))
             if stops:
                 break
         # The next stage starts from the best weights so far, as does the final model.
