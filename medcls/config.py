@@ -97,7 +97,7 @@ class TrainConfig:
     mixup: float = option(0.0, 'mixup: Beta(alpha, alpha) mixing of training images and labels, this alpha (e.g. 0.2; 0: off)', 'optimisation')
     cutmix: float = option(0.0, 'cutmix: a box of another training image pasted in, Beta(alpha, alpha) area (e.g. 1.0; 0: off); with mixup, each batch uses one of the two', 'optimisation')
     # --- evaluation: early stopping, the operating point, calibration and reporting ---
-    monitor: str = option("roc_auc", 'validation metric for early stopping and the best checkpoint', 'evaluation')
+    monitor: str = option("roc_auc", 'validation metric for early stopping and the best checkpoint (ties: the lower validation loss wins)', 'evaluation')
     threshold_rule: str = option("youden", 'operating point chosen on validation: youden, target_sensitivity, target_specificity, fixed', 'evaluation')
     target: float = option(0.95, 'the sensitivity or specificity that target_* rules must reach on validation', 'evaluation')
     threshold: float = option(0.5, "the operating point when threshold_rule is 'fixed'", 'evaluation')

@@ -206,3 +206,22 @@ def test_a_resumed_run_goes_on_with_its_moving_average(tmp_path):
     states[0].ema = None  # what resuming did before: the average started again from the raw weights
     restarted, _ = run(resume=states[0])
     assert not all(torch.allclose(whole[k], restarted[k], atol=1e-7) for k in whole)
+
+
+@pytest.mark.parametrize("losses, best_epoch, epochs_run", [
+    ([0.5, 0.4, 0.3, 0.2, 0.1, 0.05], 6, 6),  # the score saturates, the loss still falls: the last is best
+    ([0.5, 0.5, 0.5, 0.5, 0.5, 0.5], 1, 3),  # a tie of both: the first (least fitted) stays, patience runs out
+])
+def test_a_saturated_score_is_told_apart_by_the_validation_loss(losses, best_epoch, epochs_run):
+    """Validation ROC AUC 1.000 from the first epoch on (a few dozen easy images): the epoch kept,
+    and the patience, follow the validation loss instead of the head that first reached 1.000."""
+    torch.manual_seed(0)
+    model = Tiny()
+    x = torch.randn(32, 4)
+    batches = [(x[i:i + 16], (x[i:i + 16, 0] > 0).long()) for i in range(0, 32, 16)]
+    seen = iter(losses)
+    result = fit(model, [Stage("all", len(losses), 0.1, -1)], train_loader=batches,
+                 evaluate_val=lambda: (next(seen), {}, 1.0), loss_fn=torch.nn.CrossEntropyLoss(),
+                 execution=choose_execution(torch.device("cpu"), model, "fp32", False),
+                 optimisation=plain_sgd(patience=2))
+    assert result.best_epoch == best_epoch and len(result.history) == epochs_run

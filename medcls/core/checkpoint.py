@@ -32,6 +32,8 @@ class FitState:
     best_score: float
     best_epoch: int
     stage_best: float = -math.inf  # the best monitored score within the stage (its patience counts from it)
+    best_loss: float = math.inf  # the validation loss at the best epoch (it breaks ties of the score)
+    stage_best_loss: float = math.inf  # the same within the stage
     history: list = field(default_factory=list)  # EpochResult as dicts
     stopped_early: list = field(default_factory=list)
     model: dict | None = None

@@ -55,6 +55,7 @@ class FitResult:
     history: list[EpochResult] = field(default_factory=list)
     best_epoch: int = 0
     best_score: float = -math.inf
+    best_loss: float = math.inf  # the validation loss at the best epoch: it breaks ties of the score
     stopped_early: list[str] = field(default_factory=list)
 
 
@@ -331,6 +332,16 @@ class WeightAverage:
         return {k: v.clone() for k, v in self.averaged.items()}
 
 
+def improves(score: float, loss: float, best_score: float, best_loss: float) -> bool:
+    """Whether an epoch beats the best so far: a higher monitored score, or the same score with a
+    lower validation loss. A saturated score (validation ROC AUC 1.000 on a few dozen images) then
+    still tells a fitted model from the barely trained head that first reached it; on a tie of
+    both, the earlier (less fitted) weights stay."""
+    if score != best_score:
+        return score > best_score
+    return loss < best_loss
+
+
 def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, loss_fn, execution: Execution, optimisation,
         on_epoch=None, progress_factory=None, augment=None, frozen: FrozenFeatures | None = None,
         checkpoint=None, resume=None, distributed=SINGLE, mixer: Mixer | None = None) -> FitResult:
@@ -351,6 +362,7 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
         best_state = resume.best_model
         result.history = [EpochResult(**h) for h in resume.history]
         result.best_score, result.best_epoch = resume.best_score, resume.best_epoch
+        result.best_loss = resume.best_loss
         result.stopped_early = list(resume.stopped_early)
         epoch_number = resume.epoch_number
         first_stage = resume.stage_index + 1 if resume.stage_finished else resume.stage_index
@@ -375,12 +387,13 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
         # Patience counts from the stage's own best, as a Keras EarlyStopping per fit() does: a
         # fine-tuning stage that starts with a dip (newly unfrozen blocks) and then climbs keeps
         # going while it climbs; the weights kept are still the best of the whole run.
-        since_best, done, stage_best = 0, 0, -math.inf
+        since_best, done, stage_best, stage_best_loss = 0, 0, -math.inf, math.inf
         if resume is not None and stage_index == resume.stage_index and not resume.stage_finished:
             optimizer.load_state_dict(resume.optimizer)
             if schedule is not None and resume.schedule is not None:
                 schedule.load_state_dict(resume.schedule)
             since_best, done, stage_best = resume.since_best, resume.stage_epoch, resume.stage_best
+            stage_best_loss = resume.stage_best_loss
         step_model, loader, evaluate = ((model.head, frozen.train_loader, frozen.evaluate_val) if on_features
                                         else (model, train_loader, evaluate_val))
         trained = step_model
@@ -419,12 +432,13 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
                                 roc_auc(train_labels, train_scores, None), val_loss, val_metrics, lr,
                                 time.perf_counter() - started)
             result.history.append(epoch)
-            # Strictly better only: on ties the earlier (less fitted) weights are kept.
-            if score > result.best_score:
-                result.best_score, result.best_epoch = score, epoch_number
+            if improves(score, val_loss, result.best_score, result.best_loss):
+                result.best_score, result.best_loss, result.best_epoch = score, val_loss, epoch_number
                 best_state = copy.deepcopy(model.state_dict())
-            since_best = 0 if score > stage_best else since_best + 1
-            stage_best = max(stage_best, score)
+            if improves(score, val_loss, stage_best, stage_best_loss):
+                since_best, stage_best, stage_best_loss = 0, score, val_loss
+            else:
+                since_best += 1
             if raw_weights is not None:
                 trained.load_state_dict(raw_weights)  # training continues from the raw weights
             if on_epoch is not None:
@@ -437,7 +451,7 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
                     stage_index=stage_index, stage_epoch=stage_epoch + 1,
                     stage_finished=stops or stage_epoch + 1 == stage.epochs, epoch_number=epoch_number,
                     since_best=since_best, best_score=result.best_score, best_epoch=result.best_epoch,
-                    stage_best=stage_best,
+                    best_loss=result.best_loss, stage_best=stage_best, stage_best_loss=stage_best_loss,
                     history=[dataclasses.asdict(h) for h in result.history], stopped_early=list(result.stopped_early),
                     model=model.state_dict(), best_model=best_state, optimizer=optimizer.state_dict(),
                     schedule=None if schedule is None else schedule.state_dict(),

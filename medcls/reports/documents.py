@@ -227,7 +227,7 @@ def training_document(config: TrainConfig, data: PreparedData, summary: dict, sc
         f"Stage 1 (frozen backbone) up to {config.epochs} epochs at lr {config.lr:g}; stage 2 (top "
         f"{config.unfreeze_blocks} blocks) up to {config.finetune_epochs} epochs at lr "
         f"{config.lr * config.finetune_lr_factor:g}; {summary['epochs_run']} epochs run, best epoch "
-        f"{summary['best_epoch']} by validation {config.monitor}.",
+        f"{summary['best_epoch']} by validation {config.monitor} (ties broken by the lower validation loss).",
         "Operating point: " + (f"one per finding, chosen on validation by `{config.threshold_rule}`, applied "
                                "unchanged to test (the finding tables below)" if data.multi_label else
                                "most probable class (multi-class)" if threshold is None else
