@@ -162,7 +162,8 @@ def create_classifier(backbone: str, num_classes: int, *, in_chans: int = 3, pre
 
 
 def train(data: str | os.PathLike | None = None, *, images=None, labels=None, patients=None, split=None,
-          config: TrainConfig | str | os.PathLike | None = None, progress=None, **keys: Any) -> "Run | None":
+          config: TrainConfig | str | os.PathLike | None = None, progress=None, default_folder: bool = False,
+          **keys: Any) -> "Run | None":
     """Train a run and return it.
 
     `data`: a folder (a sub-folder per class), a CSV manifest, an .npz, or "synthetic"; or, instead,
@@ -171,7 +172,8 @@ def train(data: str | os.PathLike | None = None, *, images=None, labels=None, pa
     `patients` (grouped into one split each) and `split` (train/val/test per image). `config`: a YAML
     or TOML file, or a TrainConfig; every config key can be given as a keyword (`backbone="resnet18",
     epochs=3`) and is checked as the CLI checks it. Without `out` the run lives in a temporary folder
-    that disappears with the Run object; give `out=` to keep it. `progress(stage, epoch)` may return
+    that disappears with the Run object; give `out=` to keep it, or `default_folder=True` for a new
+    folder runs/<backbone>-<date>-<time> (what `medcls train` does without --out). `progress(stage, epoch)` may return
     a per-epoch progress callback (the CLI's bars). Under torchrun, processes other than rank 0
     return None (rank 0 writes the run).
     """
@@ -186,7 +188,8 @@ def train(data: str | os.PathLike | None = None, *, images=None, labels=None, pa
     if data is not None:
         overrides["data"] = str(data)
     scratch = None
-    if overrides.get("out") is None and (not isinstance(config, TrainConfig) or config.out is None):
+    no_folder = overrides.get("out") is None and (not isinstance(config, TrainConfig) or config.out is None)
+    if no_folder and not default_folder:
         scratch = tempfile.TemporaryDirectory(prefix="medcls-run-")
         overrides["out"] = str(Path(scratch.name) / "run")
     chosen = configure(config, overrides, where="medcls.train")

@@ -213,7 +213,7 @@ def train(config_file, settings, aug, backbone_args, format_, resume_run, device
         result = api.cross_validate(config=config, progress=progress)
         click.echo((Path(result["out"]) / "report.md").read_text("utf-8"))
         return
-    run = api.train(config=config, progress=progress)
+    run = api.train(config=config, progress=progress, default_folder=True)  # a run the user can open afterwards
     print_run(run)
     if run is not None and config.ensemble:
         spread = run.metrics_json.get("members", {}).get("spread", {}).get("roc_auc", {})

@@ -110,3 +110,15 @@ def test_experiment_rejects_bad_vary():
     assert_one_line_error(run("experiment", "--vary", "policy=none"), "at least two values")
     assert_one_line_error(run("experiment", "--vary", "colour=red,blue"), "not a configuration key")
     assert_one_line_error(run("experiment", "--vary", "finetune=scratch,half"), "unknown value 'half'")
+
+
+def test_train_without_out_keeps_its_run_in_runs(tmp_path):
+    """`medcls train` without --out writes runs/<backbone>-<date>-<time> and the folder outlives the
+    process (the notebook API's temporary folder must not be what the CLI user gets)."""
+    done = subprocess.run([sys.executable, "-m", "medcls", "train", "--backbone", "test_resnet", "--no-pretrained",
+                           "--image-size", "32", "--epochs", "1", "--finetune-epochs", "0", "--set", "bootstrap=50"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    kept = list((tmp_path / "runs").glob("test_resnet-*/model.safetensors"))
+    assert len(kept) == 1 and f"Run folder: runs/{kept[0].parent.name} " in done.stdout
+    assert "ResourceWarning" not in done.stderr
