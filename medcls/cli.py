@@ -154,7 +154,7 @@ def yaml_value(text: str):
               help="A keyword argument for the backbone's constructor, e.g. drop_path_rate=0.1 (repeatable).")
 @click.option("--aug", multiple=True, metavar="KEY=VALUE", help="Override a policy parameter (repeatable).")
 @click.option("--epochs", type=int, help="Stage-1 epochs (frozen backbone, new head).")
-@click.option("--finetune-epochs", type=int, help="Stage-2 epochs (top blocks unfrozen); 0 turns it off.")
+@click.option("--finetune-epochs", type=int, help="Stage-2 epochs (blocks unfrozen: --unfreeze-blocks); 0 turns it off.")
 @click.option("--unfreeze-blocks", type=int, help="Blocks stage 2 unfreezes (-1: all).")
 @click.option("--lr", type=float, help="Stage-1 learning rate.")
 @click.option("--batch-size", type=int, help="Images per training step.")
@@ -186,7 +186,7 @@ def yaml_value(text: str):
 @click.option("--resume", "resume_run", type=click.Path(file_okay=False),
               help="Continue an interrupted run (its folder) from its last checkpoint, with its own settings.")
 def train(config_file, settings, aug, backbone_args, format_, resume_run, devices, **flags):
-    """Fine-tune a backbone: frozen stage, then top blocks; print the train/val/test gap report.
+    """Fine-tune a backbone: frozen stage, then unfrozen blocks; print the train/val/test gap report.
     Any config key can be set with --set KEY=VALUE: `medcls config` lists them all."""
     from medcls import api
 

@@ -140,7 +140,9 @@ def test_multiclass_npz_trains_and_reports_macro_metrics(tmp_path):
     assert metrics["threshold"] is None and metrics["test"]["n"] == 24
     per_class = metrics["per_class"]["test"]
     assert len(per_class["classes"]) == 3 and 0 <= per_class["micro_roc_auc"] <= 1
-    assert "one-vs-rest per class" in (tmp_path / "run" / "report.md").read_text().lower()
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "one-vs-rest per class" in report.lower()
+    assert "stage 2 (every block)" in report  # the default depth, in words (not "top -1 blocks")
     assert 0 <= metrics["test"]["roc_auc"] <= 1 and 0 <= metrics["test"]["sensitivity"] <= 1
 
 

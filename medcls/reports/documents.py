@@ -224,8 +224,9 @@ def training_document(config: TrainConfig, data: PreparedData, summary: dict, sc
         f"Backbone `{config.backbone}`, weights: {summary['weights_origin']}; input {data.cache.channels} "
         f"channel(s) at {config.image_size} px; dropout {config.dropout} before the head.",
         f"Policy `{config.policy}` on training batches only: {summary['policy_params']}.",
-        f"Stage 1 (frozen backbone) up to {config.epochs} epochs at lr {config.lr:g}; stage 2 (top "
-        f"{config.unfreeze_blocks} blocks) up to {config.finetune_epochs} epochs at lr "
+        f"Stage 1 (frozen backbone) up to {config.epochs} epochs at lr {config.lr:g}; stage 2 ("
+        f"{'every block' if config.unfreeze_blocks < 0 else f'top {config.unfreeze_blocks} blocks'}) up to "
+        f"{config.finetune_epochs} epochs at lr "
         f"{config.lr * config.finetune_lr_factor:g}; {summary['epochs_run']} epochs run, best epoch "
         f"{summary['best_epoch']} by validation {config.monitor} (ties broken by the lower validation loss).",
         "Operating point: " + (f"one per finding, chosen on validation by `{config.threshold_rule}`, applied "
