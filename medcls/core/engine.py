@@ -384,6 +384,10 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
         schedule = make_schedule(optimisation["schedule"], optimizer, stage.epochs,
                                  optimisation.get("warmup_epochs", 0))
         scaler = execution.grad_scaler()
+        step_model, loader, evaluate = ((model.head, frozen.train_loader, frozen.evaluate_val) if on_features
+                                        else (model, train_loader, evaluate_val))
+        trained = step_model
+        ema = WeightAverage(trained, optimisation["ema"]) if optimisation.get("ema") else None
         # Patience counts from the stage's own best, as a Keras EarlyStopping per fit() does: a
         # fine-tuning stage that starts with a dip (newly unfrozen blocks) and then climbs keeps
         # going while it climbs; the weights kept are still the best of the whole run.
@@ -392,15 +396,10 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
             optimizer.load_state_dict(resume.optimizer)
             if schedule is not None and resume.schedule is not None:
                 schedule.load_state_dict(resume.schedule)
-            since_best, done, stage_best = resume.since_best, resume.stage_epoch, resume.stage_best
-            stage_best_loss = resume.stage_best_loss
-        step_model, loader, evaluate = ((model.head, frozen.train_loader, frozen.evaluate_val) if on_features
-                                        else (model, train_loader, evaluate_val))
-        trained = step_model
-        ema = WeightAverage(trained, optimisation["ema"]) if optimisation.get("ema") else None
-        if ema is not None and resume is not None and stage_index == resume.stage_index and resume.ema:
-            # the average goes on where it was, not afresh from the resumed raw weights
-            ema.averaged = {k: resume.ema[k].to(v.device, v.dtype) for k, v in ema.averaged.items()}
+            since_best, done = resume.since_best, resume.stage_epoch
+            stage_best, stage_best_loss = resume.stage_best, resume.stage_best_loss
+            if ema is not None and resume.ema:  # the average goes on where it was, not afresh
+                ema.averaged = {k: resume.ema[k].to(v.device, v.dtype) for k, v in ema.averaged.items()}
         # DDP is built over the parameters that train now, so it is wrapped again for every stage.
         step_model = wrap(step_model, distributed, execution.device)
         for stage_epoch in range(done, stage.epochs):
