@@ -445,7 +445,8 @@ class Run:
         """The run's config.yaml, read once (a shared Hugging Face folder has none: the defaults with
         the model's own settings)."""
         if not (self.path / "config.yaml").is_file():
-            keys = {k: self.info[k] for k in ("backbone", "image_size", "slices", "window") if k in self.info}
+            keys = {k: self.info[k] for k in ("backbone", "image_size", "slices", "window", "crop_foreground")
+                    if k in self.info}
             return make_config({}, keys, where=f"model folder '{self.path}'")
         return make_config(read_config_file(self.path / "config.yaml"), where=f"run config '{self.path}'")
 

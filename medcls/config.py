@@ -57,6 +57,7 @@ class TrainConfig:
     strict: bool = option(False, 'fail on the first unreadable image instead of skipping and listing it', 'data')
     window: str = option("header", "DICOM intensity window: header, a preset (brain, lung, soft_tissue, ...) or 'centre,width'", 'data')
     image_size: int | str = option(224, "images are resized to image_size x image_size; 'auto': from the source images' size (medcls.data.loading.auto_image_size)", 'data')
+    crop_foreground: bool = option(False, "2D: cut each image to the box around its object (pixels above a tenth of its range) before resizing, so black borders and the air around a head take no pixels; kept with the model, so evaluate, predict and export crop alike", 'data')
     volume_size: str = option("64", '3D backbones: the training grid in voxels, one number (a cube) or z,y,x', 'data')
     slices: int = option(0, '2.5D: a 2D backbone reads volumes slice by slice with this many adjacent slices as channels (odd, e.g. 3); 0: off', 'data')
     slice_pooling: str = option("mean", '2.5D: per-slice features to one per volume: mean, max or attention', 'data')
@@ -245,6 +246,9 @@ def validate(config: TrainConfig, where: str = "config") -> None:
     if config.slices and config.acs:
         raise ConfigError(f"{where}: slices (2.5D) and acs (3D convolutions) are two ways to read volumes with a 2D "
                           "backbone: choose one")
+    if config.crop_foreground and (config.slices or config.acs):
+        raise ConfigError(f"{where}: crop_foreground cuts 2D images; volumes read by slices or acs are cropped by "
+                          "volume_spacing: drop crop_foreground")
     if config.folds == 1:
         fail("folds", config.folds, "cross-validation needs at least 2 folds (0 turns it off)")
     if config.ensemble == 1:

@@ -79,6 +79,7 @@ def test_unparsable_file(tmp_path):
     ({"epochs": 0, "finetune_epochs": 0}, "train nothing"),  # cross-field
     ({"folds": 1}, "at least 2 folds"),
     ({"folds": 3, "ensemble": 2}, "cannot be combined"),
+    ({"crop_foreground": True, "slices": 3}, "crop_foreground cuts 2D images.*drop crop_foreground"),
 ])
 def test_every_field_kind_refuses_a_bad_value(values, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -169,3 +169,55 @@ def test_compressed_dicom_decodes_in_worker_processes_like_in_threads(readers, t
     assert pooled.kept.tolist() == threaded.kept.tolist() == list(range(16))
     assert pooled.failures[0][0] == "16.dcm" and "no pixel data" in pooled.failures[0][1]
     assert torch.equal(pooled.images, threaded.images)
+
+
+def bordered(height=80, width=100, box=(20, 50, 30, 90), level=0.7):
+    """A (1, H, W) image: black but for a textured object in `box` (top, bottom, left, right)."""
+    image = np.zeros((1, height, width), dtype=np.float32)
+    top, bottom, left, right = box
+    image[0, top:bottom, left:right] = level + 0.2 * np.random.default_rng(0).random((bottom - top, right - left))
+    return image
+
+
+def test_the_foreground_box_holds_the_object_with_a_small_margin():
+    from medcls.data.images import foreground_box
+
+    image = bordered()
+    assert foreground_box(torch.from_numpy(image)) == [18, 52, 28, 92]  # 2 % of 80 and of 100 around it
+    image[0, 2, 2] = 1.0  # a burnt-in marker in a corner does not widen the box
+    image[0, 75:77, 3:6] = 1.0
+    assert foreground_box(torch.from_numpy(image)) == [18, 52, 28, 92]
+    scripted = torch.jit.script(foreground_box)  # the exported bundle crops with the same function
+    assert scripted(torch.from_numpy(image)) == [18, 52, 28, 92]
+
+
+@pytest.mark.parametrize("image", [np.zeros((1, 40, 40), np.float32),  # blank
+                                   np.random.default_rng(0).random((3, 40, 40)).astype(np.float32),  # fills the frame
+                                   bordered(box=(20, 23, 30, 90))],  # a sliver: not trusted
+                         ids=["blank", "filled", "sliver"])
+def test_an_image_without_a_clear_object_is_left_whole(image):
+    from medcls.data.images import foreground_box
+
+    assert foreground_box(torch.from_numpy(image)) == [0, image.shape[1], 0, image.shape[2]]
+
+
+def test_crop_foreground_lets_the_object_fill_the_training_grid():
+    from medcls.data.images import prepare_one
+
+    image = bordered()
+    whole, cropped = prepare_one(image, 32), prepare_one(image, 32, crop_foreground=True)
+    assert float((whole > 0.5).float().mean()) < 0.3  # the object is a quarter of the frame
+    assert float((cropped > 0.5).float().mean()) > 0.8  # cut to its box it fills the frame
+
+
+def test_cropped_and_whole_images_never_share_a_store_entry(registries, tmp_path):
+    from medcls.config import TrainConfig
+    from medcls.data.loading import load_cases
+    from medcls.data.prepared import image_store
+
+    keys = set()
+    for crop in (False, True):
+        config = TrainConfig(backbone="test_resnet", crop_foreground=crop, cache_dir=str(tmp_path))
+        _, _, readers = load_cases(config, registries)
+        keys.add(image_store(config, readers, registries).key)
+    assert len(keys) == 2

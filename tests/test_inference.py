@@ -92,3 +92,30 @@ def test_explain_reports_the_probability_predict_gives_in_a_bf16_run(calibrated,
     explained = run.explain(files, tmp_path / "cams", target_class="yes")
     np.testing.assert_allclose([r["probability"] for r in explained.rows], run.predict(files)[:, 1], atol=1e-9)
     assert [r["predicted"] for r in explained.rows] == list(run.decide(files))
+
+
+def test_a_crop_foreground_run_reads_files_for_predict_and_evaluate_as_training_did(tmp_path):
+    """Training (the decoded-image cache), predict and evaluate each cut an image to its object's
+    box: the object lies at a different place on a black frame in each file, so a path that
+    forgot the crop would see other pixels and give other probabilities."""
+    from tests.conftest import save_png
+
+    rng = np.random.default_rng(2)
+    for label in ("no", "yes"):
+        for i in range(16):
+            image = np.zeros((60, 70), dtype=np.uint8)
+            top, left = (int(v) for v in rng.integers(0, 25, size=2))
+            image[top:top + 30, left:left + 40] = (60 + rng.random((30, 40)) * 80).astype(np.uint8)
+            if label == "yes":
+                image[top + 10:top + 20, left + 15:left + 25] = 250
+            save_png(tmp_path / "data" / label / f"{label}{i}.png", image)
+    run = medcls.train(tmp_path / "data", backbone="test_resnet", pretrained=False, image_size=32, epochs=2,
+                       finetune_epochs=0, bootstrap=50, patience=0, precision="fp32", crop_foreground=True,
+                       out=str(tmp_path / "run"))
+    assert run.info["crop_foreground"] is True and "crop_foreground" in run.info["preprocessing"]
+    trained = {r["key"]: float(r["p_yes"]) for r in rows_of(run.path / "predictions.csv")}
+    files = [Path(key) for key in sorted(trained)]
+    np.testing.assert_allclose(run.predict(files)[:, 1], [trained[str(f)] for f in files], atol=1e-6)
+    evaluation = run.evaluate(tmp_path / "data", split="all", out=tmp_path / "eval", bootstrap=50)
+    evaluated = {r["key"]: float(r["p_yes"]) for r in rows_of(evaluation.path / "predictions.csv")}
+    np.testing.assert_allclose([evaluated[str(f)] for f in files], [trained[str(f)] for f in files], atol=1e-6)

@@ -73,17 +73,25 @@ def test_a_3d_or_plugin_backbone_is_refused_for_hf_with_the_fix(tmp_path):
         timm_architecture({"backbone": "monai:resnet10", "spatial_dims": 3}, Registries(get_plugin_manager()))
 
 
-def test_monai_bundle_carries_the_schema_fields_and_monai_runs_it_to_medcls_probabilities(run, tmp_path):
+@pytest.mark.parametrize("crop", [False, True], ids=["whole", "crop_foreground"])
+def test_monai_bundle_carries_the_schema_fields_and_monai_runs_it_to_medcls_probabilities(run, tmp_path, crop):
     """MONAI's own runner, in a separate process, on three PNGs (two sizes, one in colour for a
-    greyscale model) gives the probabilities `medcls predict` gives."""
+    greyscale model, one an object on a black border) gives the probabilities `medcls predict`
+    gives; for a run trained with crop_foreground, the bundle cuts each image to its object too."""
     import csv
     import os
+    import shutil
     import subprocess
     import sys
 
     from medcls.workflows.bundle import REQUIRED_METADATA, REQUIRED_TENSOR
     from tests.conftest import save_png
 
+    if crop:  # the same weights, read as a crop_foreground run reads its images
+        shutil.copytree(run, tmp_path / "run")
+        uncropped, run = run, tmp_path / "run"
+        info = json.loads((run / "model.json").read_text())
+        (run / "model.json").write_text(json.dumps({**info, "crop_foreground": True}))
     bundle = tmp_path / "bundle"
     result = CliRunner().invoke(cli, ["export", str(run), "--format", "monai-bundle", "--out", str(bundle)])
     assert result.exit_code == 0, result.output
@@ -95,7 +103,9 @@ def test_monai_bundle_carries_the_schema_fields_and_monai_runs_it_to_medcls_prob
     assert (bundle / "models" / "model.ts").is_file() and (bundle / "docs" / "README.md").is_file()
     rng = np.random.default_rng(3)
     images = tmp_path / "images"
-    save_png(images / "a.png", (rng.random((96, 96)) * 255).astype(np.uint8))
+    framed = np.zeros((96, 96), dtype=np.uint8)
+    framed[10:60, 30:90] = 80 + (rng.random((50, 60)) * 175).astype(np.uint8)
+    save_png(images / "a.png", framed)
     save_png(images / "b.png", (rng.random((50, 70)) * 255).astype(np.uint8))
     save_png(images / "c.png", (rng.random((64, 64, 3)) * 255).astype(np.uint8))
     ran = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(bundle),
@@ -110,3 +120,6 @@ def test_monai_bundle_carries_the_schema_fields_and_monai_runs_it_to_medcls_prob
     assert sorted(theirs) == ["a.png", "b.png", "c.png"]
     for name, probs in zip(ours.inputs, ours.probabilities):
         np.testing.assert_allclose(theirs[os.path.basename(name)], probs, atol=1e-4)
+    if crop:  # the crop reached the framed image: not the probabilities the whole image gives
+        whole = medcls.load_run(uncropped, device="cpu").predict(str(images / "a.png"))
+        assert np.abs(whole - ours.probabilities[[os.path.basename(n) for n in ours.inputs].index("a.png")]).max() > 1e-3

@@ -317,3 +317,14 @@ def test_a_3d_backbone_on_a_folder_of_2d_images_says_why(image_folder, tmp_path)
     result = CliRunner().invoke(cli, ["train", "--data", str(image_folder), "--backbone", "example_tiny_cnn3d",
                                       "--out", str(tmp_path / "run")])
     assert_one_line_error(result, "has no readable volumes (NIfTI files or DICOM series folders): the backbone is 3D")
+
+
+def test_crop_foreground_on_a_volume_backbone_is_refused_with_the_fix(registries):
+    from medcls.config import TrainConfig
+    from medcls.data.loading import load_cases
+    from medcls.errors import ConfigError
+
+    pytest.importorskip("medcls_example", reason="the example plugin (a 3D backbone) is not installed")
+    config = TrainConfig(data="synthetic3d", backbone="example_tiny_cnn3d", crop_foreground=True)
+    with pytest.raises(ConfigError, match="crop_foreground cuts 2D images.*drop crop_foreground"):
+        load_cases(config, registries)

@@ -167,7 +167,8 @@ class ReadInputs:
 def input_readers(info: dict, registries) -> ReaderTable:
     dims = int(info.get("spatial_dims", 2))
     return ReaderTable(registries["readers"], {"window": info.get("window"), "size": info["image_size"],
-                                               "interpolation": info.get("interpolation", "bilinear")}, dims=dims)
+                                               "interpolation": info.get("interpolation", "bilinear"),
+                                               "crop_foreground": bool(info.get("crop_foreground", False))}, dims=dims)
 
 
 def run_grid(info: dict):
@@ -203,7 +204,8 @@ def read_cases(info: dict, cases: list[Case], registries, progress=None) -> Read
         try:
             if case.array is None and not case.path.exists():
                 raise DataError(f"file '{case.path}' does not exist")
-            image = prepare_one(readers.read(case), grid, readers.settings["interpolation"])
+            image = prepare_one(readers.read(case), grid, readers.settings["interpolation"],
+                                readers.settings["crop_foreground"])
             result.images.append(as_stored(image, info["in_chans"]))
             result.positions.append(len(result.rows))
         except DataError as exc:

@@ -345,7 +345,8 @@ def decode_one(i: int, job: tuple | None = None):
     """(i, uint16 image, None, greyscale content?) or (i, None, one-line error, False), in a worker."""
     cases, readers, size = job or _JOB
     try:
-        stored = to_uint16(prepare_one(readers.read(cases[i]), size, readers.settings.get("interpolation", "bilinear")))
+        stored = to_uint16(prepare_one(readers.read(cases[i]), size, readers.settings.get("interpolation", "bilinear"),
+                                       readers.settings.get("crop_foreground", False)))
     except DataError as exc:
         return i, None, str(exc), False
     return i, stored, None, stored_grey(stored)

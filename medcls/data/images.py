@@ -143,14 +143,50 @@ def available_memory() -> int:
         return 8 << 30
 
 
+def foreground_box(image: torch.Tensor, level: float = 0.1, line: float = 0.1, margin: float = 0.02,
+                   smallest: float = 0.125) -> list[int]:
+    """[top, bottom, left, right] of the object in a (C, H, W) image in [0, 1], for crop_foreground.
+    A pixel is foreground above `level` of the image's range (channels averaged); a row or column
+    belongs to the object when its share of foreground pixels is at least `line` of the fullest
+    row's (column's), so a burnt-in marker or a few noisy background pixels do not widen the box
+    (and an oval object loses only its outermost rim, which the margin restores); `margin` of each
+    side is kept around the box. The whole image when nothing stands out: a blank image, an
+    object filling the frame, or a box narrower than `smallest` of a side (not trusted).
+    TorchScript-compatible: exported bundles crop with this same function."""
+    grey = image.float().mean(dim=0)
+    height, width = grey.shape[0], grey.shape[1]
+    whole = [0, height, 0, width]
+    low, high = float(grey.min()), float(grey.max())
+    if high - low <= 1e-6:
+        return whole
+    mask = (grey > low + level * (high - low)).float()
+    row_share, column_share = mask.mean(dim=1), mask.mean(dim=0)
+    rows = torch.nonzero(row_share >= line * row_share.max()).flatten()
+    columns = torch.nonzero(column_share >= line * column_share.max()).flatten()
+    top, bottom = int(rows[0]), int(rows[-1]) + 1
+    left, right = int(columns[0]), int(columns[-1]) + 1
+    if bottom - top < smallest * height or right - left < smallest * width:
+        return whole
+    pad_y, pad_x = int(round(margin * height)), int(round(margin * width))
+    return [max(0, top - pad_y), min(height, bottom + pad_y), max(0, left - pad_x), min(width, right + pad_x)]
+
+
+def crop_to_foreground(image: torch.Tensor) -> torch.Tensor:
+    """A (C, H, W) image cut to its foreground_box (a view, no copy)."""
+    box = foreground_box(image)
+    return image[:, box[0]:box[1], box[2]:box[3]]
+
+
 INTERPOLATIONS = ("bilinear", "bicubic")
 
 
-def resize(image: np.ndarray, size: int, interpolation: str = "bilinear") -> torch.Tensor:
+def resize(image: np.ndarray, size: int, interpolation: str = "bilinear", crop_foreground: bool = False) -> torch.Tensor:
     """(C, H, W) float32 -> (C, size, size), antialiased so large radiographs do not alias, by the
-    interpolation the backbone was pretrained with (timm's `pretrained_cfg`); clamped to [0, 1]."""
+    interpolation the backbone was pretrained with (timm's `pretrained_cfg`); clamped to [0, 1].
+    With `crop_foreground` the image is first cut to its foreground_box."""
     # Channels-first views of (H, W, C) pixels are read in place: the same numbers as a copy.
-    tensor = torch.from_numpy(image if min(image.strides) >= 0 else np.ascontiguousarray(image))[None]
+    tensor = torch.from_numpy(image if min(image.strides) >= 0 else np.ascontiguousarray(image))
+    tensor = (crop_to_foreground(tensor) if crop_foreground else tensor)[None]
     if tensor.shape[-2:] != (size, size):
         mode = interpolation if interpolation in INTERPOLATIONS else "bilinear"
         tensor = torch.nn.functional.interpolate(tensor, size=(size, size), mode=mode,
@@ -158,11 +194,12 @@ def resize(image: np.ndarray, size: int, interpolation: str = "bilinear") -> tor
     return tensor[0].clamp_(0.0, 1.0)
 
 
-def prepare_one(image, size, interpolation: str = "bilinear") -> torch.Tensor:
-    """A reader's output on the training grid: a 2D image resized to `size` pixels square, or a
-    volume (`size` a volumes.VolumeGrid) cropped, resampled and scaled to its grid."""
+def prepare_one(image, size, interpolation: str = "bilinear", crop_foreground: bool = False) -> torch.Tensor:
+    """A reader's output on the training grid: a 2D image (cut to its foreground first with
+    `crop_foreground`) resized to `size` pixels square, or a volume (`size` a volumes.VolumeGrid)
+    cropped, resampled and scaled to its grid."""
     if isinstance(size, int):
-        return resize(image, size, interpolation)
+        return resize(image, size, interpolation, crop_foreground)
     from medcls.data.volumes import to_grid
 
     return to_grid(image, size)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from medcls.data.cases import Case, DataOptions, ReaderTable
-from medcls.errors import DataError
+from medcls.errors import ConfigError, DataError
 
 
 def detect_format(source: str, datasets) -> str:
@@ -103,9 +103,13 @@ def data_options(config, readers=None) -> DataOptions:
 
 def load_cases(config, registries) -> tuple[list[Case], str, ReaderTable]:
     """The cases of `config.data` with their layout's name, and the reader table used for files."""
+    dims = spatial_dims(config, registries)
+    if config.crop_foreground and dims == 3:
+        raise ConfigError(f"crop_foreground cuts 2D images; backbone '{config.backbone}' reads volumes, which "
+                          "volume_spacing crops: drop crop_foreground")
     readers = ReaderTable(registries["readers"], {"window": config.window, "size": config.image_size,
-                                                  "interpolation": backbone_interpolation(config.backbone)},
-                          dims=spatial_dims(config, registries))
+                                                  "interpolation": backbone_interpolation(config.backbone),
+                                                  "crop_foreground": config.crop_foreground}, dims=dims)
     source = str(config.data)
     name = detect_format(source, registries["datasets"]) if config.format == "auto" else config.format
     options = data_options(config, readers)

@@ -6,9 +6,10 @@ that MONAI's own runner executes on a folder of images without medcls:
         --meta_file BUNDLE/configs/metadata.json --dataset_dir IMAGES
 
 MONAI only loads the files and scales 8-bit pixels to [0, 1]; the TorchScript network does the
-rest exactly as medcls's inference path does (antialiased resize by the run's interpolation,
-16-bit quantisation, the run's channels, normalisation, temperature, softmax or sigmoid), so the
-bundle's probabilities are medcls predict's.
+rest exactly as medcls's inference path does (the cut to the object's box when the run used
+crop_foreground, antialiased resize by the run's interpolation, 16-bit quantisation, the run's
+channels, normalisation, temperature, softmax or sigmoid), so the bundle's probabilities are
+medcls predict's.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from medcls.data.images import crop_to_foreground
 from medcls.errors import ConfigError, DataError
 from medcls.workflows.sharing import package_version
 
@@ -37,18 +39,26 @@ class BundleNetwork(nn.Module):
     the preprocessing of medcls.core.inference.read_cases inside the network."""
 
     def __init__(self, model: nn.Module, size: int, interpolation: str, in_chans: int, n_classes: int,
-                 temperature: float, multi_label: bool) -> None:
+                 temperature: float, multi_label: bool, crop_foreground: bool = False) -> None:
         super().__init__()
         self.model = model
         self.size, self.in_chans, self.n_classes = size, in_chans, n_classes
         self.mode = interpolation if interpolation in ("bilinear", "bicubic") else "bilinear"
         self.temperature, self.multi_label = temperature, multi_label
+        self.crop_foreground = crop_foreground
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.float()
+    def resized(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[-2] != self.size or images.shape[-1] != self.size:
             images = nn.functional.interpolate(images, size=[self.size, self.size], mode=self.mode, antialias=True,
                                                align_corners=False)
+        return images
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.float()
+        if self.crop_foreground:  # each image cut to its own object's box, as medcls's reading path does
+            images = torch.cat([self.resized(crop_to_foreground(image)[None]) for image in images.unbind(0)])
+        else:
+            images = self.resized(images)
         levels = torch.round(images.clamp(0.0, 1.0) * 65535.0)  # the image cache's 16-bit grid
         if levels.shape[1] != self.in_chans:  # grey copied into colour slots, colour averaged into grey
             levels = levels.expand(-1, 3, -1, -1) if self.in_chans == 3 else \
@@ -147,7 +157,8 @@ def export_bundle(model: nn.Module, info: dict, out: Path, *, run: Path, check_b
         traced = torch.jit.trace(model, check_batch)
     network = torch.jit.script(BundleNetwork(traced, int(info["image_size"]), info.get("interpolation", "bilinear"),
                                              int(info["in_chans"]), len(info["classes"]),
-                                             float(info.get("temperature") or 1.0), bool(info.get("multi_label"))))
+                                             float(info.get("temperature") or 1.0), bool(info.get("multi_label")),
+                                             bool(info.get("crop_foreground"))))
     with torch.no_grad():
         difference = float((network(check_batch) - expected).abs().max())
     if difference > tolerance:

@@ -113,7 +113,8 @@ def export_model(model: nn.Module, info: dict, fmt: str, out: Path, *, run=None)
         "input": {"name": "images", "shape": ["batch", *example.shape[1:]], "dtype": "float32", "range": [0, 1]},
         "output": {"name": "probabilities", "shape": ["batch", len(info["classes"])]},
         "preprocessing": info.get("preprocessing"), "window": info.get("window"),
-        "image_size": info.get("image_size"), "volume_size": info.get("volume_size"),
+        "image_size": info.get("image_size"), "crop_foreground": bool(info.get("crop_foreground")),
+        "volume_size": info.get("volume_size"),
         "volume_spacing": info.get("volume_spacing"), "slices": info.get("slices", 0),
         "multi_label": bool(info.get("multi_label")),
         "decision": "multi-label: each finding present when its probability >= its threshold (threshold lists "

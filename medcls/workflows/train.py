@@ -371,7 +371,7 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
         "threshold_rule": config.threshold_rule, "target": config.target, "window": config.window,
         "temperature": scoring["temperature"], "backbone_args": config.backbone_args,
         "conformal": scoring["conformal"], "input_shape": list(data.cache.images.shape[2:]),
-        "interpolation": backbone_interpolation(config.backbone),
+        "interpolation": backbone_interpolation(config.backbone), "crop_foreground": config.crop_foreground,
         "normalisation": normalisation(model),
         "plugins": {"backbone": registries.provenance(registries["backbones"].get(config.backbone))},
         "positive_class": data.classes[1] if len(data.classes) == 2 and not data.multi_label else None,
@@ -379,7 +379,8 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
         **({"tasks": [{**task.to_dict(), "threshold": scoring["tasks"]["val"][task.name]["threshold"]}
                       for task in tasks], "task_weighting": config.task_weighting} if tasks else {}),
         **({"uncertain": config.uncertain, "blank_findings": config.blank_findings} if data.multi_label else {}),
-        "preprocessing": "decode (readers), resize to image_size (antialiased, by `interpolation`) or, for volumes, reorient "
+        "preprocessing": "decode (readers), " + ("cut to the object's box (crop_foreground), " if config.crop_foreground else "")
+                         + "resize to image_size (antialiased, by `interpolation`) or, for volumes, reorient "
                          "to RAS, crop/resample to volume_size (trilinear), window or percentiles; values in [0, 1]; "
                          "the model normalises internally", "weights_origin": facts["weights_origin"],
         **(extra_info or {}),
