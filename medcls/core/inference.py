@@ -20,7 +20,7 @@ from torch import nn
 from medcls.core.execution import Execution, choose_execution, resolve_device
 from medcls.core.tta import views
 from medcls.data.cases import Case, DataOptions, ReaderTable
-from medcls.data.images import as_stored, prepare_one
+from medcls.data.images import as_stored
 from medcls.data.tasks import from_info
 from medcls.data.layouts import candidate_files
 from medcls.data.volumes import make_grid
@@ -204,8 +204,7 @@ def read_cases(info: dict, cases: list[Case], registries, progress=None) -> Read
         try:
             if case.array is None and not case.path.exists():
                 raise DataError(f"file '{case.path}' does not exist")
-            image = prepare_one(readers.read(case), grid, readers.settings["interpolation"],
-                                readers.settings["crop_foreground"])
+            image = readers.prepared(case, grid)
             result.images.append(as_stored(image, info["in_chans"]))
             result.positions.append(len(result.rows))
         except DataError as exc:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medcls.data.images import prepare_one
 from medcls.errors import DataError, PluginError
 
 SPLIT_ALIASES = {
@@ -130,6 +131,12 @@ class ReaderTable:
             return check_volume(image, case.key)
         check_reader_output(image, case.path, entry)
         return check_image(image, case.key)
+
+    def prepared(self, case: Case, size):
+        """`case` read and put on the training grid `size` with this table's preprocessing
+        settings (interpolation, crop_foreground): the one path training, predict and evaluate share."""
+        return prepare_one(self.read(case), size, self.settings.get("interpolation", "bilinear"),
+                           bool(self.settings.get("crop_foreground", False)))
 
     def header_greyscale(self, case: Case) -> bool:
         """True when `case` will read as one channel, known without decoding: an in-memory

@@ -15,7 +15,7 @@ import torch
 
 from medcls.data.cases import Case, ReaderTable
 from medcls.data.images import (SCALE, ImageCache, ImageStore, allocate, fit_width, grey_average, is_grey,
-                                mean_channel, prepare_one, spatial_shape, to_uint16)
+                                mean_channel, spatial_shape, to_uint16)
 from medcls.errors import DataError
 
 
@@ -345,8 +345,7 @@ def decode_one(i: int, job: tuple | None = None):
     """(i, uint16 image, None, greyscale content?) or (i, None, one-line error, False), in a worker."""
     cases, readers, size = job or _JOB
     try:
-        stored = to_uint16(prepare_one(readers.read(cases[i]), size, readers.settings.get("interpolation", "bilinear"),
-                                       readers.settings.get("crop_foreground", False)))
+        stored = to_uint16(readers.prepared(cases[i], size))
     except DataError as exc:
         return i, None, str(exc), False
     return i, stored, None, stored_grey(stored)
