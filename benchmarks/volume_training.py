@@ -1,8 +1,8 @@
 """3D training speed at a MedMNIST-3D grid: volumes per second of a real training step (forward,
 backward, AdamW step) of MONAI's ResNet-10 with medcls's stem for the grid versus MONAI's default
-stem, contiguous and channels_last_3d, and of 2D backbones reading volumes through ACS
-convolutions (`acs=true`) or slice by slice (`slices=3`, 2.5D), measured side by side in one run
-(median of repeats).
+stem, contiguous and channels_last_3d, at half width (the VesselMNIST3D preset's members), and of
+2D backbones reading volumes through ACS convolutions (`acs=true`) or slice by slice (`slices=3`,
+2.5D), measured side by side in one run (median of repeats).
 
     .venv/bin/python benchmarks/volume_training.py [--grid 28] [--batch 32] [--repeats 5] [--acs resnet18]
 """
@@ -58,6 +58,10 @@ def main():
             model = create_classifier(args.backbone, 2, in_chans=1, input_shape=shape)
             rows.append((args.backbone, stem, "channels_last_3d" if channels_last else "contiguous",
                          step_rate(model, args.grid, args.batch, args.repeats, channels_last, args.device)))
+    if args.backbone.startswith("monai:resnet"):  # the VesselMNIST3D preset's members (examples/vesselmnist3d.yaml)
+        model = create_classifier(args.backbone, 2, in_chans=1, input_shape=(args.grid,) * 3, widen_factor=0.5)
+        rows.append((f"{args.backbone}, widen_factor=0.5", "medcls (fitted to the grid)", "contiguous",
+                     step_rate(model, args.grid, args.batch, args.repeats, False, args.device)))
     for name in filter(None, args.acs.split(",")):
         for how, options in (("acs=true", {"acs": True}), ("slices=3 (2.5D)", {"slices": 3})):
             model = create_classifier(name, 2, in_chans=1, **options)

@@ -1,5 +1,7 @@
 """Configuration: files and flags fill one typed object; unknown keys and bad values fail loudly."""
 
+from pathlib import Path
+
 import pytest
 
 from medcls.config import TrainConfig, make_config, read_config_file
@@ -136,3 +138,20 @@ def test_engine_factories_refuse_unknown_names():
     with pytest.raises(ConfigError, match="schedule 'cosin'"):
         make_schedule("cosin", optimizer, 3)
     assert make_schedule("none", optimizer, 3) is None
+
+
+EXAMPLES = sorted(p for p in (Path(__file__).resolve().parent.parent / "examples").iterdir()
+                  if p.suffix in (".yaml", ".toml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_configs_are_valid_and_listed(path):
+    config = make_config(read_config_file(path), where=str(path))  # unknown keys or bad values fail here
+    assert config.out.startswith("runs/")  # runs land in a runs/ folder, not beside the examples
+    assert f"`{path.name}`" in (path.parent / "README.md").read_text()
+
+
+def test_vesselmnist3d_preset_is_the_measured_ensemble():
+    config = make_config(read_config_file(next(p for p in EXAMPLES if p.name == "vesselmnist3d.yaml")))
+    assert (config.backbone, str(config.volume_size), config.backbone_args) == ("monai:resnet10", "28", {"widen_factor": 0.5})
+    assert (config.ensemble, config.bagging, config.epochs, config.finetune_epochs) == (3, False, 30, 0)
