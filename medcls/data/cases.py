@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from medcls.data.images import prepare_one
 from medcls.errors import DataError, PluginError
 
 SPLIT_ALIASES = {
@@ -135,6 +134,8 @@ class ReaderTable:
     def prepared(self, case: Case, size):
         """`case` read and put on the training grid `size` with this table's preprocessing
         settings (interpolation, crop_foreground): the one path training, predict and evaluate share."""
+        from medcls.data.images import prepare_one  # imports torch: not at import time (`medcls --help`)
+
         return prepare_one(self.read(case), size, self.settings.get("interpolation", "bilinear"),
                            bool(self.settings.get("crop_foreground", False)))
 
