@@ -17,7 +17,7 @@ import functools
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -310,21 +310,27 @@ class Scores:
         return next(iter(self.splits.values()))
 
 
-def score(predictions: str | os.PathLike, *, out: str | os.PathLike | None = None, label_column: str = "label",
+def score(predictions: str | os.PathLike | Sequence[str | os.PathLike], *, out: str | os.PathLike | None = None,
+          label_column: str = "label",
           score_column: str | None = None, split_column: str = "split", patient_column: str | None = None,
           positive_class: str | None = None, threshold: float | None = None, threshold_rule: str = "youden",
           target: float = 0.95, by: str | None = None, prevalence: float | None = None, bootstrap: int = 2000,
           seed: int = 0) -> Scores:
     """The whole evaluation for predictions from any tool: a CSV with a label column and p_<class>
-    columns (or `score_column` with P(positive)), optional split, patient and subgroup columns.
-    The threshold comes from the validation rows by `threshold_rule`, or is given. Writes
-    metrics.json, report.md and report.html into `out` (default: a new folder beside the file)."""
+    (or prob_<class>) columns (or `score_column` with P(positive)), optional key, split, patient and
+    subgroup columns. Several files for the same cases (matched by key) are scored as the mean of
+    their probabilities: an ensemble of runs already trained. The threshold comes from the
+    validation rows by `threshold_rule`, or is given. Writes metrics.json, report.md and report.html
+    into `out` (default: a new folder beside the first file)."""
     from medcls.workflows.score import score_predictions
     from medcls.workflows.train import reserve_folder
 
-    source = Path(predictions)
-    folder = Path(out) if out is not None else reserve_folder(source.with_name(f"{source.stem}-scores"))
-    result = score_predictions(source, make_registries(), out=folder, label_column=label_column,
+    sources = [Path(predictions)] if isinstance(predictions, (str, os.PathLike)) else [Path(p) for p in predictions]
+    if not sources:
+        raise ConfigError("medcls.score needs at least one predictions file")
+    name = f"{sources[0].stem}-scores" if len(sources) == 1 else f"mean-of-{len(sources)}-scores"
+    folder = Path(out) if out is not None else reserve_folder(sources[0].with_name(name))
+    result = score_predictions(sources, make_registries(), out=folder, label_column=label_column,
                                score_column=score_column, split_column=split_column, patient_column=patient_column,
                                positive_class=positive_class, threshold=threshold, threshold_rule=threshold_rule,
                                target=target, by=by, prevalence=prevalence, n_resamples=bootstrap, seed=seed)

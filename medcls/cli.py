@@ -313,9 +313,10 @@ def prediction_columns(command):
 
 
 @cli.command()
-@click.argument("predictions", type=click.Path(dir_okay=False))
+@click.argument("predictions", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--out", "-o", type=click.Path(file_okay=False),
-              help="New folder for metrics.json, report.md, report.html (default: PREDICTIONS-scores beside it).")
+              help="New folder for metrics.json, report.md, report.html (default: PREDICTIONS-scores beside it, "
+                   "or mean-of-N-scores for N files).")
 @prediction_columns
 @click.option("--threshold", type=click.FloatRange(0, 1), help="A given operating point instead of one chosen on val.")
 @click.option("--by", help="Column for a subgroup table (site, sex, scanner, ...).")
@@ -324,7 +325,8 @@ def prediction_columns(command):
 @click.option("--bootstrap", type=click.IntRange(100), default=2000, show_default=True, help="Bootstrap resamples.")
 def score(predictions, out, label_column, score_column, patient_column, positive_class, threshold_rule, target,
           threshold, by, prevalence, bootstrap):
-    """Score predictions from any tool (a CSV of labels and probabilities) as a medcls run is scored."""
+    """Score predictions from any tool (a CSV of labels and probabilities) as a medcls run is scored;
+    several files for the same cases are scored as their mean (an ensemble of trained runs)."""
     from medcls import api
 
     result = api.score(predictions, out=out, label_column=label_column, score_column=score_column,

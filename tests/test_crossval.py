@@ -3,7 +3,10 @@
 import csv
 import json
 
+import pytest
 from click.testing import CliRunner
+
+import medcls
 
 from medcls.cli import cli
 from tests.test_cli import assert_one_line_error
@@ -31,6 +34,10 @@ def test_three_folds_score_every_case_once_with_patients_kept_together(tmp_path)
     for fold in (1, 2, 3):
         assert (tmp_path / "cv" / f"fold-{fold}" / "model.safetensors").exists()
     assert "| pooled | 400 |" in result.output and "mean ± sd" in result.output
+    # the out-of-fold file (case, prob_<class> columns, no split) is scored by `medcls score` as pooled
+    scores = medcls.score(tmp_path / "cv" / "oof_predictions.csv", threshold_rule="fixed", bootstrap=100)
+    assert list(scores.splits) == ["all"] and scores.test.n == 400
+    assert scores.test["roc_auc"].value == pytest.approx(metrics["pooled"]["roc_auc"], abs=1e-6)
 
 
 def test_more_folds_than_patients_is_a_clear_error(tmp_path):

@@ -114,6 +114,65 @@ def test_a_missing_file_and_an_occupied_out_folder(tmp_path):
     assert (tmp_path / "out" / "mine.txt").read_text() == "keep"
 
 
+def two_tools(tmp_path, n=160):
+    """Two binary prediction files for the same cases: the second in another row order, with
+    medcls's cross-validation column names (case, prob_<class>)."""
+    rng = np.random.default_rng(5)
+    y = (rng.random(n) < 0.4).astype(int)
+    p = [np.clip(0.5 + (y - 0.5) * 0.3 + rng.normal(0, 0.25, n), 0, 1) for _ in range(2)]
+    split = np.where(np.arange(n) < 60, "val", "test")
+    a = write_csv(tmp_path / "a.csv", ["key", "split", "label", "p_benign", "p_malignant"],
+                  [[f"k{i}", split[i], "benign malignant".split()[y[i]], 1 - p[0][i], p[0][i]] for i in range(n)])
+    order = rng.permutation(n)
+    b = write_csv(tmp_path / "b.csv", ["case", "split", "label", "prob_benign", "prob_malignant"],
+                  [[f"k{i}", split[i], "benign malignant".split()[y[i]], 1 - p[1][i], p[1][i]] for i in order])
+    return a, b, y, p, split
+
+
+def test_several_files_are_scored_as_the_mean_of_their_probabilities(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    a, b, y, p, split = two_tools(tmp_path)
+    mean = (p[0] + p[1]) / 2
+    by_hand = write_csv(tmp_path / "mean.csv", ["key", "split", "label", "p_benign", "p_malignant"],
+                        [[f"k{i}", split[i], "benign malignant".split()[y[i]], 1 - mean[i], mean[i]]
+                         for i in range(len(y))])
+    result = run("score", a, b, "--bootstrap", "200")
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "mean-of-2-scores"
+    written = json.loads((folder / "metrics.json").read_text())
+    test = split == "test"
+    assert written["test"]["roc_auc"] == pytest.approx(roc_auc_score(y[test], mean[test]))
+    assert written["test"]["roc_auc"] != pytest.approx(roc_auc_score(y[test], p[0][test]))
+    assert written["source"] == [str(a), str(b)]
+    expected = medcls.score(by_hand, out=tmp_path / "by-hand", bootstrap=200)
+    assert written["threshold"] == pytest.approx(expected.threshold)
+    for name in ("sensitivity", "specificity", "roc_auc"):
+        assert written["test"][name] == pytest.approx(expected.test[name].value)
+    rows = list(csv.DictReader((folder / "predictions.csv").open()))  # the mean, scoreable again
+    assert [r["key"] for r in rows] == [f"k{i}" for i in range(len(y))]
+    assert float(rows[7]["p_malignant"]) == pytest.approx(mean[7], rel=1e-6)
+    assert "mean of the class probabilities (soft voting)" in (folder / "report.md").read_text()
+
+
+@pytest.mark.parametrize("change, fragments", [
+    (lambda r: r[:-1], ["hold different sets of cases", "matched by the key column"]),
+    (lambda r: [[*r[0][:2], "benign" if r[0][2] == "malignant" else "malignant", *r[0][3:]], *r[1:]],
+     ["different labels for the same keys"]),
+    (lambda r: [[r[0][0], "test" if r[0][1] == "val" else "val", *r[0][2:]], *r[1:]], ["different splits"]),
+    (lambda r: [r[0], [r[0][0], *r[1][1:]], *r[2:]], ["names a case twice", "unique key"]),
+])
+def test_files_that_do_not_hold_the_same_cases_are_not_averaged(tmp_path, change, fragments):
+    a, b, *_ = two_tools(tmp_path)
+    with open(b, newline="") as fh:
+        header, *rows = list(csv.reader(fh))
+    write_csv(b, header, change(rows))
+    assert_one_line_error(run("score", a, b, "--out", tmp_path / "out"), *fragments)
+    assert not (tmp_path / "out").exists()
+    other = write_csv(tmp_path / "c.csv", ["key", "label", "p_benign", "p_cancer"], [["k0", "benign", 0.5, 0.5]])
+    assert_one_line_error(run("score", a, other, "--threshold", "0.5"), "different classes")
+
+
 def test_compare_two_prediction_files_pairs_cases_by_key(tmp_path):
     from medcls.stats.intervals import paired_delong
 

@@ -1,18 +1,20 @@
 """Scoring predictions from any tool (R, MONAI, a vendor's CAD output, another medcls run): the
 evaluation a medcls run gets, from a CSV file of labels and probabilities.
 
-The file has a label column and either a probability column per class (`p_<class>`, as medcls's
-own predictions.csv) or one column with P(positive) for a binary task (`--score COLUMN`);
-optionally a split column (train/val/test), a patient column and subgroup columns. The operating
+The file has a label column and either a probability column per class (`p_<class>` as medcls's
+predictions.csv, or `prob_<class>` as its cross-validation and predict files) or one column with
+P(positive) for a binary task (`--score COLUMN`); optionally a key column (`key`, `case` or
+`file`), a split column (train/val/test), a patient column and subgroup columns. The operating
 point is chosen on the validation rows by the same rules as a training run (never on test), or
-given; every split present is scored with intervals, the test split first.
+given; every split present is scored with intervals, the test split first. Several files for the
+same cases are scored as their mean (soft voting): an ensemble of runs already trained.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,8 @@ from medcls.stats.subgroups import compare_subgroups
 from medcls.stats.intervals import compare_predictions
 
 SPLIT_ORDER = ("test", "val", "train", "all")
+KEY_COLUMNS = ("key", "case", "file")  # medcls's predictions.csv, cross-validation, predict
+PROBABILITY_PREFIXES = ("p_", "prob_")
 
 
 @dataclass
@@ -50,9 +54,10 @@ class PredictionFile:
 
 
 def read_prediction_file(path, *, label_column: str = "label", score_column: str | None = None,
-                         key_column: str = "key", split_column: str = "split", patient_column: str | None = None,
+                         key_column: str | None = None, split_column: str = "split", patient_column: str | None = None,
                          positive_class: str | None = None) -> PredictionFile:
-    """Read and check a predictions CSV; every problem is a one-line DataError naming the file."""
+    """Read and check a predictions CSV; every problem is a one-line DataError naming the file. The
+    key column is the first of KEY_COLUMNS present unless given (row numbers without one)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"predictions file '{path}' does not exist")
@@ -72,8 +77,9 @@ def read_prediction_file(path, *, label_column: str = "label", score_column: str
     empty = [i for i, label in enumerate(labels_text) if not label]
     if empty:
         raise DataError(f"predictions file '{path}', row {empty[0] + 2}: the label is empty")
-    prob_columns = [c for c in header if c.startswith("p_")]
-    named = sorted(set(labels_text) | {c[2:] for c in prob_columns} if score_column is None else set(labels_text))
+    prefix = next((p for p in PROBABILITY_PREFIXES if any(c.startswith(p) for c in header)), "p_")
+    named = sorted(set(labels_text) | {c[len(prefix):] for c in header if c.startswith(prefix)}
+                   if score_column is None else set(labels_text))
     classes = class_names([Case(key=n, label=n) for n in named], positive_class, str(path),
                           flag="--positive-class ")
     if score_column is not None:
@@ -83,12 +89,12 @@ def read_prediction_file(path, *, label_column: str = "label", score_column: str
         p1 = numbers(rows, score_column, path)
         probs = np.stack([1 - p1, p1], 1)
     else:
-        missing = [c for c in classes if f"p_{c}" not in header]
+        missing = [c for c in classes if f"{prefix}{c}" not in header]
         if missing:
             raise DataError(f"predictions file '{path}' has no probability column for class(es) "
                             f"{', '.join(missing)}: give p_<class> columns (as medcls's predictions.csv) or, for a "
                             "binary task, --score COLUMN with P(positive)")
-        probs = np.stack([numbers(rows, f"p_{c}", path) for c in classes], 1)
+        probs = np.stack([numbers(rows, f"{prefix}{c}", path) for c in classes], 1)
         if len(classes) > 2 and np.abs(probs.sum(1) - 1).max() > 1e-3:
             bad = int(np.argmax(np.abs(probs.sum(1) - 1)))
             raise DataError(f"predictions file '{path}', row {bad + 2}: the class probabilities sum to "
@@ -107,6 +113,7 @@ def read_prediction_file(path, *, label_column: str = "label", score_column: str
             raise DataError(f"predictions file '{path}', row {unknown[0] + 2}: split {rows[unknown[0]][split_column]!r} "
                             "is not train, val or test")
         splits = np.array(named_splits, dtype=object)
+    key_column = key_column or next((c for c in KEY_COLUMNS if c in header), None)
     keys = [row[key_column] for row in rows] if key_column in header else [str(i + 2) for i in range(len(rows))]
     patients = np.array([row[patient_column] for row in rows]) if patient_column else None
     return PredictionFile(path, keys, classes, np.array([classes.index(label) for label in labels_text]),
@@ -144,16 +151,64 @@ def operating_point(file: PredictionFile, threshold: float | None, rule: str, ta
     return chosen, f"{chosen:.4f}, chosen on {len(val)} validation rows by `{rule}`"
 
 
-def score_predictions(path, registries, *, out, label_column: str = "label", score_column: str | None = None,
+def matching_rows(a: PredictionFile, rows_a: np.ndarray, b: PredictionFile, split: str | None = None) -> np.ndarray:
+    """The rows of `b` that hold the cases of `a`'s `rows_a`, matched by key (within `split`, else
+    in the same split as in `a`); a DataError when the files do not hold the same cases and labels."""
+    candidates = [i for i, s in enumerate(b.splits) if split is None or s == split]
+    index_b = {b.keys[i]: i for i in candidates}
+    for file, keys in ((a, [a.keys[i] for i in rows_a]), (b, [b.keys[i] for i in candidates])):
+        if len(set(keys)) != len(keys):
+            raise DataError(f"'{file.path}' names a case twice in its key column: give each row a unique key "
+                            f"({', '.join(KEY_COLUMNS)}) so that its cases can be matched")
+    missing = [a.keys[i] for i in rows_a if a.keys[i] not in index_b]
+    if missing or len(index_b) != len(rows_a):
+        raise DataError(f"'{a.path}' and '{b.path}' hold different {split or 'sets of'} cases ({len(missing)} of "
+                        f"{len(rows_a)} keys in the first are not in the second, e.g. {missing[:1]}): give "
+                        "predictions for the same cases, matched by the key column")
+    rows_b = np.array([index_b[a.keys[i]] for i in rows_a], dtype=int)
+    if not np.array_equal(a.labels[rows_a], b.labels[rows_b]):
+        raise DataError(f"'{a.path}' and '{b.path}' give different labels for the same keys")
+    if not np.array_equal(a.splits[rows_a], b.splits[rows_b]):
+        raise DataError(f"'{a.path}' and '{b.path}' put the same keys in different splits: give predictions of "
+                        "models trained and validated on the same split")
+    return rows_b
+
+
+def mean_prediction_file(files: list[PredictionFile]) -> PredictionFile:
+    """Soft voting: the class probabilities of several files for the same cases (matched by key),
+    averaged; the rows, splits, patients and other columns are the first file's."""
+    first, *others = files
+    probs = first.probs.copy()
+    for other in others:
+        if other.classes != first.classes:
+            raise DataError(f"'{first.path}' and '{other.path}' have different classes: {first.classes} vs "
+                            f"{other.classes}")
+        probs += other.probs[matching_rows(first, np.arange(len(first.keys)), other)]
+    return replace(first, probs=probs / len(files))
+
+
+def write_prediction_file(file: PredictionFile, path: Path) -> None:
+    """The rows as medcls's predictions.csv lays them out: key, split, label, p_<class>..."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["key", "split", "label", *[f"p_{c}" for c in file.classes]])
+        for key, split, label, p in zip(file.keys, file.splits, file.labels, file.probs):
+            writer.writerow([key, split, file.classes[label], *[f"{v:.8g}" for v in p]])
+
+
+def score_predictions(paths, registries, *, out, label_column: str = "label", score_column: str | None = None,
                       split_column: str = "split", patient_column: str | None = None, positive_class: str | None = None,
                       threshold: float | None = None, threshold_rule: str = "youden", target: float = 0.95,
                       by: str | None = None, prevalence: float | None = None, n_resamples: int = 2000,
                       seed: int = 0) -> dict:
-    """Every split of a predictions file scored as a medcls run scores its splits; writes
-    metrics.json, report.md and report.html into `out` (a new or empty folder)."""
-    file = read_prediction_file(path, label_column=label_column, score_column=score_column,
-                                split_column=split_column, patient_column=patient_column,
-                                positive_class=positive_class)
+    """Every split of a predictions file, or of the mean of several for the same cases, scored as a
+    medcls run scores its splits; writes metrics.json, report.md and report.html (and, for a mean,
+    its predictions.csv) into `out` (a new or empty folder)."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    files = [read_prediction_file(path, label_column=label_column, score_column=score_column,
+                                  split_column=split_column, patient_column=patient_column,
+                                  positive_class=positive_class) for path in paths]
+    file = files[0] if len(files) == 1 else mean_prediction_file(files)
     if by is not None and by not in file.columns:
         raise DataError(f"predictions file '{file.path}' has no column {by!r} for --by "
                         f"(columns: {', '.join(file.columns)})")
@@ -179,6 +234,8 @@ def score_predictions(path, registries, *, out, label_column: str = "label", sco
             differences = compare_subgroups(file.probs[rows], file.labels[rows], chosen, file.columns[by][rows],
                                             patients=patients, n_resamples=n_resamples, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
+    if len(files) > 1:
+        write_prediction_file(file, out / "predictions.csv")
     main = splits[0]
     rows = file.rows(main)
     plots.plot_roc({main: (file.probs[rows], file.labels[rows], chosen)}, file.classes, out / "roc.png",
@@ -186,7 +243,7 @@ def score_predictions(path, registries, *, out, label_column: str = "label", sco
     if len(file.classes) == 2:
         plots.plot_calibration(file.probs[rows], file.labels[rows], out / "calibration.png")
     result = {
-        "source": str(file.path), "classes": file.classes, "threshold": chosen, "operating_point": how,
+        "source": [str(f.path) for f in files] if len(files) > 1 else str(file.path), "classes": file.classes, "threshold": chosen, "operating_point": how,
         **{s: assessed[s]["values"] for s in splits},
         "intervals": {s: assessed[s]["intervals"] for s in splits},
         "operating": {s: assessed[s]["operating"] for s in splits},
@@ -195,19 +252,24 @@ def score_predictions(path, registries, *, out, label_column: str = "label", sco
         "calibration": calibration, "subgroups": subgroups, "subgroup_differences": differences, "splits": splits,
     }
     write_metrics_json(out / "metrics.json", result)
-    score_document(file, result, assessed, by, out).write(out)
+    score_document(file, result, assessed, by, out, [f.path for f in files]).write(out)
     result["out"] = str(out)
     return result
 
 
-def score_document(file: PredictionFile, result: dict, assessed: dict, by: str | None, out: Path) -> Document:
-    doc = Document(f"Scores of '{file.path.name}'")
+def score_document(file: PredictionFile, result: dict, assessed: dict, by: str | None, out: Path,
+                   sources: list[Path]) -> Document:
+    doc = Document(f"Scores of '{file.path.name}'" if len(sources) == 1 else
+                   f"Scores of the mean of {len(sources)} prediction files")
     doc.heading("Cases")
     counts = [[s, str(len(file.rows(s))), "-" if file.patients is None else str(len(set(file.patients[file.rows(s)]))),
                ", ".join(f"{c} {int((file.labels[file.rows(s)] == i).sum())}" for i, c in enumerate(file.classes))]
               for s in result["splits"]]
     doc.table(["split", "rows", "patients", "per class"], counts)
-    doc.bullets([f"Source: `{file.path}`; classes {', '.join(file.classes)}"
+    source = f"`{file.path}`" if len(sources) == 1 else (
+        "the mean of the class probabilities (soft voting) of " + ", ".join(f"`{p}`" for p in sources)
+        + ", matched by key (predictions.csv here)")
+    doc.bullets([f"Source: {source}; classes {', '.join(file.classes)}"
                  + (f" (positive: {file.classes[1]})." if len(file.classes) == 2 else "."),
                  f"Operating point: {result['operating_point']}."])
     for split in result["splits"]:
@@ -238,15 +300,7 @@ def compare_prediction_files(path_a, path_b, *, split: str | None = None, thresh
     chosen_split = split or next(s for s in SPLIT_ORDER if len(a.rows(s)))
     thresholds = [operating_point(f, None, threshold_rule, target)[0] for f in (a, b)]
     rows_a = a.rows(chosen_split)
-    index_b = {key: i for i, key in enumerate(b.keys) if b.splits[i] == chosen_split}
-    missing = [a.keys[i] for i in rows_a if a.keys[i] not in index_b]
-    if missing or len(index_b) != len(rows_a):
-        raise DataError(f"'{a.path}' and '{b.path}' hold different {chosen_split} cases ({len(missing)} of "
-                        f"{len(rows_a)} keys in the first are not in the second, e.g. {missing[:1]}): compare "
-                        "predictions for the same cases, matched by the key column")
-    rows_b = np.array([index_b[a.keys[i]] for i in rows_a])
-    if not np.array_equal(a.labels[rows_a], b.labels[rows_b]):
-        raise DataError(f"'{a.path}' and '{b.path}' give different labels for the same keys")
+    rows_b = matching_rows(a, rows_a, b, chosen_split)
     result = compare_predictions(a.labels[rows_a], a.probs[rows_a], b.probs[rows_b], *thresholds)
     result["split"] = chosen_split
     return result
