@@ -34,6 +34,22 @@ def test_three_folds_score_every_case_once_with_patients_kept_together(tmp_path)
     for fold in (1, 2, 3):
         assert (tmp_path / "cv" / f"fold-{fold}" / "model.safetensors").exists()
     assert "| pooled | 400 |" in result.output and "mean ± sd" in result.output
+    # the cases at odds with their labels: the lowest out-of-fold P(label) first, with the AUC of the rest
+    from sklearn.metrics import roc_auc_score
+
+    by_case = {r["case"]: r for r in rows}
+    own = {c: float(r[f"prob_{r['label']}"]) for c, r in by_case.items()}
+    review = metrics["review"]
+    assert len(review) == 10 and [r["p_label"] for r in review] == sorted(r["p_label"] for r in review)
+    assert review[0]["p_label"] == pytest.approx(min(own.values()), abs=1e-6)
+    for found in review[:3]:
+        assert found["p_label"] == pytest.approx(own[found["case"]], abs=1e-6)
+        assert found["fold"] == int(by_case[found["case"]]["fold"]) and found["label"] == by_case[found["case"]]["label"]
+        others = [r for c, r in by_case.items() if c != found["case"]]
+        labels = [r["label"] == "tumour" for r in others]
+        assert found["auc_without"] == pytest.approx(roc_auc_score(labels, [float(r["prob_tumour"]) for r in others]),
+                                                     abs=1e-5)
+    assert "## Cases to look at again" in result.output and f"`{review[0]['case']}`" in result.output
     # the out-of-fold file (case, prob_<class> columns, no split) is scored by `medcls score` as pooled
     scores = medcls.score(tmp_path / "cv" / "oof_predictions.csv", threshold_rule="fixed", bootstrap=100)
     assert list(scores.splits) == ["all"] and scores.test.n == 400

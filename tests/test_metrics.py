@@ -138,3 +138,24 @@ def test_interval_coverage_of_prevalence_dependent_figures(kind):
     for name in ("ppv", "npv", "accuracy"):
         assert 0.93 <= table[name]["coverage"] <= 0.97, (name, table[name])
     assert table["ece"]["coverage"] >= 0.90, table["ece"]
+
+
+def test_auc_without_each_case_is_the_leave_one_out_auc_ties_included():
+    from sklearn.metrics import roc_auc_score
+
+    from medcls.stats.review import auc_without_each, cases_at_odds
+
+    rng = np.random.default_rng(4)
+    y = (rng.random(70) < 0.4).astype(int)
+    scores = np.round(rng.random(70) * 0.7 + 0.3 * y, 1)  # one decimal: many ties across the classes
+    expected = [roc_auc_score(np.delete(y, i), np.delete(scores, i)) for i in range(70)]
+    assert auc_without_each(y, scores) == pytest.approx(expected, abs=1e-12)
+    assert np.isnan(auc_without_each(np.array([0, 1, 0]), np.array([0.2, 0.9, 0.4]))[1])  # no positive left
+    probs = np.stack([1 - scores, scores], 1)
+    found = cases_at_odds(y, probs, 5)
+    own = probs[np.arange(70), y]
+    assert [f["index"] for f in found] == list(np.argsort(own, kind="stable")[:5])
+    assert found[0]["auc_without"] == pytest.approx(expected[found[0]["index"]])
+    three = cases_at_odds(np.array([0, 1, 2, 2]), np.array([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.2, 0.2, 0.6],
+                                                             [0.5, 0.4, 0.1]]), 2)
+    assert [(f["index"], f["auc_without"]) for f in three] == [(3, None), (1, None)]

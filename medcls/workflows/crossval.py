@@ -18,6 +18,7 @@ from medcls.reports.documents import add_findings
 from medcls.reports.report import Document, format_value, spread
 from medcls.stats import multilabel
 from medcls.stats.assess import assess
+from medcls.stats.review import cases_at_odds
 from medcls.workflows.tracking import close_trackers, open_trackers
 from medcls.workflows.train import open_run, train
 
@@ -122,12 +123,21 @@ def cross_validate(config, registries, *, progress_factory=None) -> dict:
                                                              oof_fold, oof_decision)
     result = {"folds": config.folds, "per_fold": per_fold, "pooled": pooled_values,
               "pooled_intervals": pooled["intervals"], "spread": spread(per_fold), "n": int(len(scored)),
-              **({"pooled_findings": findings} if findings is not None else {})}
+              **({"pooled_findings": findings} if findings is not None else {"review": review(data, scored, probs,
+                                                                                              oof_fold)})}
     (out / "cv_metrics.json").write_text(json.dumps(result, indent=2, default=float), encoding="utf-8")
     cv_document(config, result).write(out)
     close_trackers(trackers, tracked_values(result), out)
     result["out"] = str(out)
     return result
+
+
+def review(data, scored: np.ndarray, probs: np.ndarray, folds: np.ndarray, count: int = 10) -> list[dict]:
+    """The out-of-fold cases given the lowest probability for their own label (file keys only, no
+    patient ids): where to look for a wrong label or a look-alike of the other class."""
+    return [{"case": data.cases[scored[found["index"]]].key, "label": data.classes[data.labels[scored[found["index"]]]],
+             "fold": int(folds[scored[found["index"]]]), **{k: v for k, v in found.items() if k != "index"}}
+            for found in cases_at_odds(data.labels[scored], probs, count)]
 
 
 def write_oof(path: Path, data, scored: np.ndarray, probs: np.ndarray, folds: np.ndarray, decided: np.ndarray) -> None:
@@ -186,5 +196,16 @@ def cv_document(config, result: dict):
         doc.paragraph("Multi-label: the figures above are macro averages over findings; pooled out of fold per "
                       "finding, each case at its own fold's operating point:")
         add_findings(doc, result["pooled_findings"], "out-of-fold predictions")
+    if result.get("review"):
+        binary = result["review"][0]["auc_without"] is not None
+        doc.heading("Cases to look at again")
+        doc.paragraph("The cases given the lowest probability for their own label by the fold's model, which never "
+                      "saw them: a wrong label, a look-alike of the other class, or an image the models cannot read yet. "
+                      "Relabelling or removing cases after seeing these figures biases every figure above; "
+                      "review them blind to the prediction."
+                      + (" The last column is the pooled ROC AUC of all the other cases." if binary else ""))
+        doc.table(["case", "label", "fold", "P(label)", *(["ROC AUC without it"] if binary else [])],
+                  [[f"`{r['case']}`", r["label"], str(r["fold"]), f"{r['p_label']:.3f}",
+                    *([f"{r['auc_without']:.3f}"] if binary else [])] for r in result["review"]])
     doc.paragraph("Out-of-fold predictions: oof_predictions.csv; each fold's full report: fold-N/report.md.")
     return doc
