@@ -44,7 +44,8 @@ def test_three_folds_score_every_case_once_with_patients_kept_together(tmp_path)
     assert review[0]["p_label"] == pytest.approx(min(own.values()), abs=1e-6)
     for found in review[:3]:
         assert found["p_label"] == pytest.approx(own[found["case"]], abs=1e-6)
-        assert found["fold"] == int(by_case[found["case"]]["fold"]) and found["label"] == by_case[found["case"]]["label"]
+        row = by_case[found["case"]]
+        assert found["fold"] == int(row["fold"]) and found["label"] == row["label"]
         others = [r for c, r in by_case.items() if c != found["case"]]
         labels = [r["label"] == "tumour" for r in others]
         assert found["auc_without"] == pytest.approx(roc_auc_score(labels, [float(r["prob_tumour"]) for r in others]),

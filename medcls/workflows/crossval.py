@@ -199,8 +199,9 @@ def cv_document(config, result: dict):
     if result.get("review"):
         binary = result["review"][0]["auc_without"] is not None
         doc.heading("Cases to look at again")
-        doc.paragraph("The cases given the lowest probability for their own label by the fold's model, which never "
-                      "saw them: a wrong label, a look-alike of the other class, or an image the models cannot read yet. "
+        doc.paragraph("The cases given the lowest probability for their own label by the fold's model, which "
+                      "never saw them: a wrong label, a look-alike of the other class, or an image the models cannot "
+                      "read yet. "
                       "Relabelling or removing cases after seeing these figures biases every figure above; "
                       "review them blind to the prediction."
                       + (" The last column is the pooled ROC AUC of all the other cases." if binary else ""))

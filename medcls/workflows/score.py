@@ -243,7 +243,8 @@ def score_predictions(paths, registries, *, out, label_column: str = "label", sc
     if len(file.classes) == 2:
         plots.plot_calibration(file.probs[rows], file.labels[rows], out / "calibration.png")
     result = {
-        "source": [str(f.path) for f in files] if len(files) > 1 else str(file.path), "classes": file.classes, "threshold": chosen, "operating_point": how,
+        "source": [str(f.path) for f in files] if len(files) > 1 else str(file.path), "classes": file.classes,
+        "threshold": chosen, "operating_point": how,
         **{s: assessed[s]["values"] for s in splits},
         "intervals": {s: assessed[s]["intervals"] for s in splits},
         "operating": {s: assessed[s]["operating"] for s in splits},
