@@ -323,17 +323,18 @@ def score(predictions: str | os.PathLike | Sequence[str | os.PathLike], *, out: 
     validation rows by `threshold_rule`, or is given. Writes metrics.json, report.md and report.html
     into `out` (default: a new folder beside the first file)."""
     from medcls.workflows.score import score_predictions
-    from medcls.workflows.train import reserve_folder
+    from medcls.workflows.train import removed_if_left_empty, reserve_folder
 
     sources = [Path(predictions)] if isinstance(predictions, (str, os.PathLike)) else [Path(p) for p in predictions]
     if not sources:
         raise ConfigError("medcls.score needs at least one predictions file")
     name = f"{sources[0].stem}-scores" if len(sources) == 1 else f"mean-of-{len(sources)}-scores"
     folder = Path(out) if out is not None else reserve_folder(sources[0].with_name(name))
-    result = score_predictions(sources, make_registries(), out=folder, label_column=label_column,
-                               score_column=score_column, split_column=split_column, patient_column=patient_column,
-                               positive_class=positive_class, threshold=threshold, threshold_rule=threshold_rule,
-                               target=target, by=by, prevalence=prevalence, n_resamples=bootstrap, seed=seed)
+    with removed_if_left_empty(folder if out is None else None):
+        result = score_predictions(sources, make_registries(), out=folder, label_column=label_column,
+                                   score_column=score_column, split_column=split_column, patient_column=patient_column,
+                                   positive_class=positive_class, threshold=threshold, threshold_rule=threshold_rule,
+                                   target=target, by=by, prevalence=prevalence, n_resamples=bootstrap, seed=seed)
     return Scores(result["classes"], result["threshold"], result["operating_point"],
                   {s: SplitMetrics(result[s], result["intervals"][s]) for s in result["splits"]}, folder)
 

@@ -74,13 +74,15 @@ def test_csv_without_needed_columns(tmp_path):
                           "no column 'path'", "path_column")
 
 
-def test_cuda_asked_for_but_absent():
+def test_cuda_asked_for_but_absent(tmp_path, monkeypatch):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
+    monkeypatch.chdir(tmp_path)
     assert_one_line_error(run("train", "--device", "cuda", "--no-pretrained", "--backbone", "test_resnet"),
                           "no CUDA GPU is available", "--device cpu")
+    assert not list((tmp_path / "runs").iterdir())  # the refused run leaves no empty runs/<name> behind
 
 
 def test_pretrained_unreachable_offline_names_sources_and_fix(monkeypatch):

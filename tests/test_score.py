@@ -107,6 +107,7 @@ def test_bad_prediction_files_are_one_line(tmp_path, header, rows, args, fragmen
 
 def test_a_missing_file_and_an_occupied_out_folder(tmp_path):
     assert_one_line_error(run("score", tmp_path / "none.csv"), "does not exist")
+    assert not (tmp_path / "none-scores").exists()  # the folder reserved for the report is removed again
     path = write_csv(tmp_path / "p.csv", ["label", "p_no", "p_yes"], [["yes", "0.2", "0.8"], ["no", "0.7", "0.3"]])
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "mine.txt").write_text("keep")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
@@ -124,27 +125,29 @@ def train(config: TrainConfig, registries, *, progress_factory=None,
     if not distributed.writes:
         logger.setLevel(logging.ERROR)  # rank 0 speaks for all
         progress_factory = None
-    start = RunStart(config, registries, run_folder(config, reserve=distributed.writes), device_for(distributed, resolve_device(config.device)),
-                     distributed, progress_factory, started, parent_trackers)
-    if data is None:
-        transform, _ = make_policy(config, registries)  # a bad policy setting stops before any data is read
-        # Training starts once the images of its first batches are decoded and the rest decode
-        # meanwhile (see the config's comment); not for loader workers or DDP processes, which
-        # would each need a filled cache.
-        overlap = start.device.type != "cpu" if config.decode_while_training is None else config.decode_while_training
-        background = overlap and loader_workers(config, transform) == 0 and not distributed.active
-        data = prepare_data(config, registries, background=background)
-        for warning in data.warnings:
-            logger.warning(f"{warning}")
-    try:
-        return train_on(start, data, train_rows)
-    except StartAgain as exc:
-        # Decoding in the background found an unreadable image that training needed, or colour
-        # where the first images were grey: start again, as if every image had been decoded first.
-        logger.warning(f"{exc}")
-        for warning in data.complete():
-            logger.warning(f"{warning}")
-        return train_on(start, data, train_rows)
+    out = run_folder(config, reserve=distributed.writes)
+    with removed_if_left_empty(out if config.out is None and distributed.writes else None):
+        start = RunStart(config, registries, out, device_for(distributed, resolve_device(config.device)),
+                         distributed, progress_factory, started, parent_trackers)
+        if data is None:
+            transform, _ = make_policy(config, registries)  # a bad policy setting stops before any data is read
+            # Training starts once the images of its first batches are decoded and the rest decode
+            # meanwhile (see the config's comment); not for loader workers or DDP processes, which
+            # would each need a filled cache.
+            overlap = start.device.type != "cpu" if config.decode_while_training is None else config.decode_while_training
+            background = overlap and loader_workers(config, transform) == 0 and not distributed.active
+            data = prepare_data(config, registries, background=background)
+            for warning in data.warnings:
+                logger.warning(f"{warning}")
+        try:
+            return train_on(start, data, train_rows)
+        except StartAgain as exc:
+            # Decoding in the background found an unreadable image that training needed, or colour
+            # where the first images were grey: start again, as if every image had been decoded first.
+            logger.warning(f"{exc}")
+            for warning in data.complete():
+                logger.warning(f"{warning}")
+            return train_on(start, data, train_rows)
 
 
 def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
@@ -522,6 +525,19 @@ def run_folder(config: TrainConfig, *, reserve: bool = True) -> Path:
                           + (f"continue it with --resume {out}, " if interrupted else "")
                           + "choose another --out or pass --set overwrite=true")
     return out
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(folder: Path | None):
+    """A folder reserved for this job (not one the user named) is removed again when the job stops
+    before writing anything into it: a refused run leaves no empty runs/<name> behind."""
+    try:
+        yield
+    except BaseException:
+        if folder is not None:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only succeeds on an empty folder: nothing written is lost
+        raise
 
 
 def reserve_folder(base: Path) -> Path:
