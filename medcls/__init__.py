@@ -31,6 +31,8 @@ from medcls.version import __version__
 _LAZY = {
     "train": "medcls.api",
     "cross_validate": "medcls.api",
+    "CrossValidation": "medcls.api",
+    "CaseToReview": "medcls.api",
     "load_run": "medcls.api",
     "Run": "medcls.api",
     "RunMetrics": "medcls.api",

@@ -120,6 +120,40 @@ class Evaluation:
         return self.metrics.n
 
 
+@dataclass(frozen=True)
+class CaseToReview:
+    """A case given a low out-of-fold probability for its own label (a wrong label, a look-alike of
+    the other class, or an image the models cannot read yet)."""
+
+    case: str
+    label: str
+    fold: int
+    p_label: float  # the probability its fold's model gave its own label
+    auc_without: float | None  # the pooled ROC AUC of every other case (binary tasks)
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    """`medcls.cross_validate`: the pooled out-of-fold figures with intervals, each fold's test
+    figures, their mean and sd, the cases to look at again, and the folder (fold-N/ runs,
+    oof_predictions.csv, cv_metrics.json, report.md)."""
+
+    pooled: SplitMetrics
+    folds: list[SplitMetrics]  # fold k at index k - 1
+    thresholds: list  # each fold's operating point, chosen on its own validation split
+    spread: dict  # per metric: mean and sd over folds
+    to_review: list[CaseToReview]
+    path: Path
+
+    @classmethod
+    def from_json(cls, payload: dict, path: Path) -> "CrossValidation":
+        folds = [SplitMetrics({k: v for k, v in fold.items() if k not in ("fold", "threshold")},
+                              {"roc_auc": fold.get("roc_auc_interval")}) for fold in payload["per_fold"]]
+        return cls(SplitMetrics({**payload["pooled"], "n": payload["n"]}, payload["pooled_intervals"]), folds,
+                   [fold["threshold"] for fold in payload["per_fold"]], dict(payload["spread"]),
+                   [CaseToReview(**found) for found in payload.get("to_review", [])], Path(path))
+
+
 # --- plugins and registries ------------------------------------------------------------------
 
 
@@ -246,9 +280,11 @@ def configure(config: TrainConfig | str | os.PathLike | None, overrides: dict, *
 
 
 def cross_validate(data: str | os.PathLike | None = None, *, images=None, labels=None, patients=None,
-                   config: TrainConfig | str | os.PathLike | None = None, progress=None, **keys: Any) -> dict:
-    """K-fold cross-validation grouped by patient (`folds`, default 5): a run per fold under `out`,
-    and a dict with each fold's figures and the pooled out-of-fold figures with intervals."""
+                   config: TrainConfig | str | os.PathLike | None = None, progress=None,
+                   **keys: Any) -> CrossValidation:
+    """K-fold cross-validation grouped by patient (`folds`, default 5): a run per fold under `out`;
+    returns each fold's figures, the pooled out-of-fold figures with intervals and the cases to
+    look at again."""
     from medcls.workflows.crossval import cross_validate as run_folds
 
     overrides = dict(keys)
@@ -260,7 +296,8 @@ def cross_validate(data: str | os.PathLike | None = None, *, images=None, labels
     found = make_registries()
     if images is not None:
         chosen = with_arrays(chosen, found, images, labels, patients=patients)
-    return run_folds(chosen, found, progress_factory=progress)
+    result = run_folds(chosen, found, progress_factory=progress)
+    return CrossValidation.from_json(result, result["out"])
 
 
 def experiment(vary: str, seeds: list[int], *, out: str | os.PathLike = "runs/experiment",

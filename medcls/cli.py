@@ -211,7 +211,7 @@ def train(config_file, settings, aug, backbone_args, format_, resume_run, device
     config = api.make_config(file_values, overrides, where=f"config file '{config_file}'")
     if config.folds:
         result = api.cross_validate(config=config, progress=progress)
-        click.echo((Path(result["out"]) / "report.md").read_text("utf-8"))
+        click.echo((result.path / "report.md").read_text("utf-8"))
         return
     run = api.train(config=config, progress=progress, default_folder=True)  # a run the user can open afterwards
     print_run(run)

@@ -198,3 +198,22 @@ def test_the_notebook_example_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "identical probabilities" in result.stdout
     assert json.loads((tmp_path / "nb" / "metrics.json").read_text())["test"]["roc_auc"] >= 0.8
+
+
+def test_cross_validate_returns_typed_folds_pooled_figures_and_cases_to_review(tmp_path):
+    images, labels, patients = phantoms(90)
+    cv = medcls.cross_validate(images=images, labels=labels, patients=patients, folds=3, out=str(tmp_path / "cv"),
+                               **{**SMALL, "epochs": 2})
+    assert isinstance(cv, medcls.CrossValidation) and cv.path == tmp_path / "cv"
+    written = json.loads((cv.path / "cv_metrics.json").read_text())
+    assert cv.pooled.n == 90 and isinstance(cv.pooled.roc_auc, medcls.Estimate)
+    assert cv.pooled.roc_auc.value == pytest.approx(written["pooled"]["roc_auc"])
+    assert cv.pooled.roc_auc.low == pytest.approx(written["pooled_intervals"]["roc_auc"]["low"])
+    assert len(cv.folds) == len(cv.thresholds) == 3 and sum(fold.n for fold in cv.folds) == 90
+    assert cv.folds[1].roc_auc.value == pytest.approx(written["per_fold"][1]["roc_auc"])
+    assert "fold" not in cv.folds[0] and "threshold" not in cv.folds[0]
+    assert cv.spread["roc_auc"]["mean"] == pytest.approx(np.mean([f.roc_auc.value for f in cv.folds]))
+    first = cv.to_review[0]
+    assert isinstance(first, medcls.CaseToReview) and len(cv.to_review) == 10
+    assert first.label in ("normal", "tumour") and 1 <= first.fold <= 3 and 0 <= first.p_label <= 1
+    assert first.p_label <= cv.to_review[-1].p_label and first.auc_without is not None

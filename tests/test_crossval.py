@@ -39,7 +39,7 @@ def test_three_folds_score_every_case_once_with_patients_kept_together(tmp_path)
 
     by_case = {r["case"]: r for r in rows}
     own = {c: float(r[f"prob_{r['label']}"]) for c, r in by_case.items()}
-    review = metrics["review"]
+    review = metrics["to_review"]
     assert len(review) == 10 and [r["p_label"] for r in review] == sorted(r["p_label"] for r in review)
     assert review[0]["p_label"] == pytest.approx(min(own.values()), abs=1e-6)
     for found in review[:3]:

@@ -121,10 +121,10 @@ def cross_validate(config, registries, *, progress_factory=None) -> dict:
 
     (write_oof_findings if data.multi_label else write_oof)(out / "oof_predictions.csv", data, scored, oof_probs,
                                                              oof_fold, oof_decision)
+    extra = {"pooled_findings": findings} if findings is not None else {"to_review": review(data, scored, probs,
+                                                                                             oof_fold)}
     result = {"folds": config.folds, "per_fold": per_fold, "pooled": pooled_values,
-              "pooled_intervals": pooled["intervals"], "spread": spread(per_fold), "n": int(len(scored)),
-              **({"pooled_findings": findings} if findings is not None else {"review": review(data, scored, probs,
-                                                                                              oof_fold)})}
+              "pooled_intervals": pooled["intervals"], "spread": spread(per_fold), "n": int(len(scored)), **extra}
     (out / "cv_metrics.json").write_text(json.dumps(result, indent=2, default=float), encoding="utf-8")
     cv_document(config, result).write(out)
     close_trackers(trackers, tracked_values(result), out)
@@ -196,8 +196,8 @@ def cv_document(config, result: dict):
         doc.paragraph("Multi-label: the figures above are macro averages over findings; pooled out of fold per "
                       "finding, each case at its own fold's operating point:")
         add_findings(doc, result["pooled_findings"], "out-of-fold predictions")
-    if result.get("review"):
-        binary = result["review"][0]["auc_without"] is not None
+    if result.get("to_review"):
+        binary = result["to_review"][0]["auc_without"] is not None
         doc.heading("Cases to look at again")
         doc.paragraph("The cases given the lowest probability for their own label by the fold's model, which "
                       "never saw them: a wrong label, a look-alike of the other class, or an image the models cannot "
@@ -207,6 +207,6 @@ def cv_document(config, result: dict):
                       + (" The last column is the pooled ROC AUC of all the other cases." if binary else ""))
         doc.table(["case", "label", "fold", "P(label)", *(["ROC AUC without it"] if binary else [])],
                   [[f"`{r['case']}`", r["label"], str(r["fold"]), f"{r['p_label']:.3f}",
-                    *([f"{r['auc_without']:.3f}"] if binary else [])] for r in result["review"]])
+                    *([f"{r['auc_without']:.3f}"] if binary else [])] for r in result["to_review"]])
     doc.paragraph("Out-of-fold predictions: oof_predictions.csv; each fold's full report: fold-N/report.md.")
     return doc
