@@ -156,6 +156,20 @@ def test_several_files_are_scored_as_the_mean_of_their_probabilities(tmp_path):
     assert "mean of the class probabilities (soft voting)" in (folder / "report.md").read_text()
 
 
+def test_the_mean_of_out_of_fold_files_without_splits_is_scored_again(tmp_path):
+    a, b, y, p, _ = two_tools(tmp_path)
+    for path in (a, b):  # as cross-validation writes them: no split column
+        with open(path, newline="") as fh:
+            header, *rows = list(csv.reader(fh))
+        write_csv(path, [c for c in header if c != "split"], [[v for c, v in zip(header, r) if c != "split"]
+                                                               for r in rows])
+    mean = medcls.score([a, b], out=tmp_path / "mean", threshold_rule="fixed", bootstrap=200)
+    assert list(mean.splits) == ["all"] and mean.test.n == len(y)
+    again = medcls.score(tmp_path / "mean" / "predictions.csv", out=tmp_path / "again", threshold_rule="fixed",
+                         bootstrap=200)
+    assert again.test["roc_auc"].value == pytest.approx(mean.test["roc_auc"].value)
+
+
 @pytest.mark.parametrize("change, fragments", [
     (lambda r: r[:-1], ["hold different sets of cases", "matched by the key column"]),
     (lambda r: [[*r[0][:2], "benign" if r[0][2] == "malignant" else "malignant", *r[0][3:]], *r[1:]],

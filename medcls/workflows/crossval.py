@@ -135,9 +135,12 @@ def cross_validate(config, registries, *, progress_factory=None) -> dict:
 def review(data, scored: np.ndarray, probs: np.ndarray, folds: np.ndarray, count: int = 10) -> list[dict]:
     """The out-of-fold cases given the lowest probability for their own label (file keys only, no
     patient ids): where to look for a wrong label or a look-alike of the other class."""
-    return [{"case": data.cases[scored[found["index"]]].key, "label": data.classes[data.labels[scored[found["index"]]]],
-             "fold": int(folds[scored[found["index"]]]), **{k: v for k, v in found.items() if k != "index"}}
-            for found in cases_at_odds(data.labels[scored], probs, count)]
+    cases = []
+    for found in cases_at_odds(data.labels[scored], probs, count):
+        i = scored[found["index"]]
+        cases.append({"case": data.cases[i].key, "label": data.classes[data.labels[i]], "fold": int(folds[i]),
+                      "p_label": found["p_label"], "auc_without": found["auc_without"]})
+    return cases
 
 
 def write_oof(path: Path, data, scored: np.ndarray, probs: np.ndarray, folds: np.ndarray, decided: np.ndarray) -> None:

@@ -188,12 +188,14 @@ def mean_prediction_file(files: list[PredictionFile]) -> PredictionFile:
 
 
 def write_prediction_file(file: PredictionFile, path: Path) -> None:
-    """The rows as medcls's predictions.csv lays them out: key, split, label, p_<class>..."""
+    """The rows as medcls's predictions.csv lays them out: key, split (when the source had one),
+    label, p_<class>..."""
+    split = [] if (file.splits == "all").all() else ["split"]
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["key", "split", "label", *[f"p_{c}" for c in file.classes]])
-        for key, split, label, p in zip(file.keys, file.splits, file.labels, file.probs):
-            writer.writerow([key, split, file.classes[label], *[f"{v:.8g}" for v in p]])
+        writer.writerow(["key", *split, "label", *[f"p_{c}" for c in file.classes]])
+        for key, named, label, p in zip(file.keys, file.splits, file.labels, file.probs):
+            writer.writerow([key, *([named] if split else []), file.classes[label], *[f"{v:.8g}" for v in p]])
 
 
 def score_predictions(paths, registries, *, out, label_column: str = "label", score_column: str | None = None,
