@@ -44,8 +44,8 @@ class Estimate:
     def __float__(self) -> float:
         return float(self.value)
 
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec or ".3f")
+    def __format__(self, spec: str) -> str:  # f"{e}" is str(e), with the interval; f"{e:.2f}" the value
+        return format(self.value, spec) if spec else str(self)
 
     def __str__(self) -> str:
         if self.low is None or self.high is None:

@@ -54,6 +54,13 @@ def test_train_from_arrays_returns_a_typed_run(trained):
     assert isinstance(run.model, torch.nn.Module) and run.config.backbone == "test_efficientnet"
 
 
+def test_an_estimate_formats_with_its_interval_unless_given_a_spec():
+    estimate = medcls.Estimate(0.9312, 0.9004, 0.9634, "DeLong")
+    assert f"{estimate}" == str(estimate) == "0.931 (0.900-0.963)"
+    assert f"{estimate:.2f}" == "0.93" and float(estimate) == 0.9312
+    assert f"{medcls.Estimate(0.5)}" == "0.500"  # no interval computed
+
+
 def test_predict_decide_and_reload_give_identical_probabilities(trained):
     run, images, labels = trained
     probs = run.predict(images[:8])

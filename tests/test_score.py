@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -75,7 +76,8 @@ def test_score_from_the_cli_with_a_single_score_column_and_patients(tmp_path):
                  "--by", "site", "--bootstrap", "200")
     assert result.exit_code == 0, result.output
     assert "chosen on 60 validation rows by `youden`" in result.output
-    assert result.output.splitlines()[1].startswith("test (60 rows): roc_auc ")
+    assert re.match(r"test \(60 rows\): roc_auc 0\.\d{3} \(0\.\d{3}-[01]\.\d{3}\); sensitivity ",
+                    result.output.splitlines()[1]), result.output  # each figure with its interval
     written = json.loads((tmp_path / "cad-scores" / "metrics.json").read_text())
     assert written["classes"] == ["benign", "malignant"]
     assert written["intervals"]["test"]["ppv"]["method"] == "cluster bootstrap (patients, unstratified)"
