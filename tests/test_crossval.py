@@ -60,3 +60,16 @@ def test_three_folds_score_every_case_once_with_patients_kept_together(tmp_path)
 def test_more_folds_than_patients_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(cli, ["train", *FAST, "--folds", "500", "--out", str(tmp_path / "cv")])
     assert_one_line_error(result, "fewer than 500 folds: use at most")
+
+
+def test_the_report_lists_cases_to_review_without_an_auc_column_for_more_classes(tmp_path):
+    from medcls.config import make_config
+    from medcls.workflows.crossval import cv_document
+
+    config = make_config({}, {"folds": 3, "data": "retina.npz"}, where="test")
+    result = {"folds": 3, "n": 3, "per_fold": [], "spread": {}, "pooled": {}, "pooled_intervals": {},
+              "to_review": [{"case": "a.png", "label": "2", "fold": 1, "p_label": 0.04, "auc_without": None}]}
+    cv_document(config, result).write(tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "| case | label | fold | P(label) |\n" in text and "| `a.png` | 2 | 1 | 0.040 |" in text
+    assert "ROC AUC without it" not in text
