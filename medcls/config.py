@@ -73,6 +73,7 @@ class TrainConfig:
     # --- augmentation: what training batches look like ---
     policy: str = option("interpretable", 'augmentation policy for training batches (`medcls list policies`)', 'augmentation')
     aug: dict = option(None, "overrides of the policy's parameters, e.g. {rotate_deg: 5}", 'augmentation', factory=dict)
+    stage1_augment: bool = option(True, 'stage 1 (frozen backbone, new head) sees augmented images; false: a linear probe on features computed once (LP-FT, Kumar et al. 2022), stage 2 augments as set', 'augmentation')
     laterality_sensitive: bool = option(False, 'left and right differ (chest X-ray): policies that flip left-right are refused', 'augmentation')
     allow_lr_flip: bool = option(False, 'override that refusal, knowingly', 'augmentation')
     # --- optimisation: the two-stage recipe and its optimiser ---

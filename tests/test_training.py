@@ -226,6 +226,7 @@ def test_features_are_not_cached_when_augmenting_or_stochastic(registries):
     augmenting, _ = make_policy(make_config({"policy": "interpretable"}), registries)
     assert can_cache_features(make_config({"policy": "none", "pretrained": True}), model, none)
     assert not can_cache_features(make_config(), model, augmenting)
+    assert can_cache_features(make_config({"stage1_augment": False, "pretrained": True}), model, augmenting)
     assert not can_cache_features(make_config({"pretrained": False}), model, none)
     assert not can_cache_features(make_config({"feature_cache": False, "pretrained": True}), model, none)
     model.backbone.add_module("extra_dropout", __import__("torch").nn.Dropout(0.2))

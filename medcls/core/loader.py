@@ -130,9 +130,11 @@ def make_loader(dataset, labels: np.ndarray, config: TrainConfig, n_classes: int
 
 def can_cache_features(config: TrainConfig, model, transform) -> bool:
     """Stage 1 can train on features computed once when the backbone is frozen (pretrained), no
-    augmentation changes the images and the backbone has no dropout of its own."""
+    augmentation changes its images (the policy is `none`, or `stage1_augment` is off) and the
+    backbone has no dropout of its own."""
     return (config.feature_cache and (config.pretrained or bool(config.weights)) and config.epochs > 0
-            and getattr(transform, "identity", False) and not model.stochastic_backbone() and not model.head_modules())
+            and (getattr(transform, "identity", False) or not config.stage1_augment)
+            and not model.stochastic_backbone() and not model.head_modules())
 
 
 def frozen_features(model, data: PreparedData, train_rows, val_rows, train_labels, config: TrainConfig,
