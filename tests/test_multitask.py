@@ -183,12 +183,14 @@ def test_export_holds_the_main_task_and_hf_is_refused(run, tmp_path, registries)
     assert_one_line_error(refused, "has auxiliary heads (tasks), which a timm-style folder cannot hold")
 
 
-def test_tasks_with_an_ensemble_are_refused(tmp_path):
+def test_tasks_with_an_ensemble_are_refused(tmp_path, monkeypatch):
     manifest = write_manifest(tmp_path, n_patients=30)
+    monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli, ["train", "--data", str(manifest), "--backbone", "test_resnet", "--no-pretrained",
                                       "--image-size", "32", "--epochs", "1", "--finetune-epochs", "0", "--ensemble", "2",
                                       "--set", "tasks=Size:regression"])
     assert_one_line_error(result, "tasks (multi-task heads) cannot be combined with ensembles yet")
+    assert not list((tmp_path / "runs").iterdir())  # no runs/<name> with a config.yaml of a run that never ran
 
 
 def test_evaluate_scores_every_head_as_training_did(run, tmp_path):

@@ -478,13 +478,14 @@ def open_run(config: TrainConfig, registries, *, split: bool) -> tuple[TrainConf
     its config.yaml, and the data prepared once for every run inside it."""
     config = checked_config(config, registries)
     out = run_folder(config)
+    with removed_if_left_empty(out if config.out is None else None):  # config.yaml only once the data is checked
+        data = prepare_data(config, registries, split=split)
+        if data.multi_label:
+            check_multilabel(config)
+        if data.tasks and config.ensemble:
+            raise ConfigError("tasks (multi-task heads) cannot be combined with ensembles yet: train one model")
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
-    data = prepare_data(config, registries, split=split)
-    if data.multi_label:
-        check_multilabel(config)
-    if data.tasks and config.ensemble:
-        raise ConfigError("tasks (multi-task heads) cannot be combined with ensembles yet: train one model")
     for warning in data.warnings:
         logger.warning(f"{warning}")
     return config, out, data
