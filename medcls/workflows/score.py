@@ -198,7 +198,7 @@ def write_prediction_file(file: PredictionFile, path: Path) -> None:
             writer.writerow([key, *([named] if split else []), file.classes[label], *[f"{v:.8g}" for v in p]])
 
 
-def score_predictions(paths, registries, *, out, label_column: str = "label", score_column: str | None = None,
+def score_predictions(paths: list[Path], registries, *, out, label_column: str = "label", score_column: str | None = None,
                       split_column: str = "split", patient_column: str | None = None, positive_class: str | None = None,
                       threshold: float | None = None, threshold_rule: str = "youden", target: float = 0.95,
                       by: str | None = None, prevalence: float | None = None, n_resamples: int = 2000,
@@ -206,7 +206,6 @@ def score_predictions(paths, registries, *, out, label_column: str = "label", sc
     """Every split of a predictions file, or of the mean of several for the same cases, scored as a
     medcls run scores its splits; writes metrics.json, report.md and report.html (and, for a mean,
     its predictions.csv) into `out` (a new or empty folder)."""
-    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     files = [read_prediction_file(path, label_column=label_column, score_column=score_column,
                                   split_column=split_column, patient_column=patient_column,
                                   positive_class=positive_class) for path in paths]
