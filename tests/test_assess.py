@@ -1,6 +1,8 @@
 """Evaluation machinery: bootstrap (vectorised = loop, patients kept whole, stratified), interval
 methods, operating-point rules, calibration, decision curves, and bad input."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -201,6 +203,19 @@ def test_calibration_slope_and_temperature():
     overconfident = apply_temperature(probs, 0.5)  # sharpened: slope well below 1
     assert calibration_slope_intercept(y, overconfident[:, 1])["slope"] < 0.7
     assert fit_temperature(overconfident, y) == pytest.approx(2.0, rel=0.1)
+
+
+@pytest.mark.parametrize("y, p1", [
+    ([1, 1, 1, 0, 0, 0], [0.1, 0.2, 0.3, 0.7, 0.8, 0.9]),  # inverted: every negative above every positive
+    ([0, 0, 1, 0, 1, 1], [0.2, 0.5, 0.5, 0.5, 0.6, 0.9]),  # quasi-separated: the classes touch at a tie
+    ([1, 1, 1, 0, 0, 0], [0.4] * 6),                         # constant scores
+])
+def test_calibration_slope_not_computable_when_unbounded(y, p1):
+    # Newton on these diverges (overflow warnings, then a meaningless slope): say why instead.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = calibration_slope_intercept(np.array(y), np.array(p1))
+    assert np.isnan(fit["slope"]) and "unbounded" in fit["not_computable"]
 
 
 def test_net_benefit():

@@ -4,6 +4,7 @@ correction of a class-balanced model's probabilities back to the training prior.
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit
 
 from medcls.stats.metrics import logit  # noqa: F401  (imported from here by callers)
 
@@ -14,7 +15,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, offset: np.ndarray | None = None,
     design = np.column_stack([np.ones_like(x), x]) if slope else np.ones((len(x), 1))
     beta = np.zeros(design.shape[1])
     for _ in range(50):
-        p = 1 / (1 + np.exp(-(design @ beta + offset)))
+        p = expit(design @ beta + offset)
         gradient = design.T @ (y - p)
         hessian = design.T @ (design * (p * (1 - p))[:, None]) + 1e-9 * np.eye(len(beta))
         step = np.linalg.solve(hessian, gradient)
@@ -32,10 +33,12 @@ def calibration_slope_intercept(y: np.ndarray, p1: np.ndarray, *, groups=None, n
     percentile bootstrap: calibration depends on prevalence, so the class sizes must vary."""
     if len(np.unique(y)) < 2:
         return {"slope": float("nan"), "intercept": float("nan"), "not_computable": "only one class"}
-    if p1[y == 1].min() > p1[y != 1].max():
-        # Perfect separation: the logistic slope has no finite maximum-likelihood estimate.
+    positive, negative = p1[y == 1], p1[y != 1]
+    if positive.min() >= negative.max() or positive.max() <= negative.min():
+        # Complete or quasi-complete separation, either way round (a test split whose scores are
+        # inverted, or constant): the logistic slope has no finite maximum-likelihood estimate.
         return {"slope": float("nan"), "intercept": float("nan"),
-                "not_computable": "the scores separate the classes perfectly, so the slope is unbounded"}
+                "not_computable": "the scores separate the classes (or do not vary), so the slope is unbounded"}
     z = logit(p1)
     (_, slope) = fit_logistic(z, y.astype(np.float64))
     (intercept,) = fit_logistic(np.zeros_like(z), y.astype(np.float64), offset=z, slope=False)
