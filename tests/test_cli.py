@@ -68,6 +68,24 @@ def test_one_class_and_empty_class(image_folder):
                           "only one class")
 
 
+def test_class_too_small_to_split_is_named_with_its_data_source(image_folder):
+    for extra in sorted((image_folder / "yes").iterdir())[2:]:
+        extra.unlink()
+    assert_one_line_error(run("train", "--data", str(image_folder), "--backbone", "test_resnet", "--no-pretrained"),
+                          f"data source '{image_folder}'", "class 'yes' has only 2 patient/image group(s)",
+                          "test set of 15%")
+
+
+def test_a_copy_filed_under_both_classes_is_warned_about(image_folder, tmp_path):
+    shutil.copy(image_folder / "yes" / "yes0.png", image_folder / "no" / "copy.png")
+    result = run("train", "--data", str(image_folder), "--backbone", "test_resnet", "--no-pretrained", "--epochs", "1",
+                 "--finetune-epochs", "0", "--image-size", "32", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    expected = "1 copy of an image carries a different label from its first copy"
+    assert expected in result.output and expected in (tmp_path / "run" / "report.md").read_text()
+    assert "no/copy.png' (no) = '" in result.output and "yes0.png' (yes)" in result.output
+
+
 def test_csv_without_needed_columns(tmp_path):
     (tmp_path / "m.csv").write_text("file,finding\na.png,x\n")
     assert_one_line_error(run("train", "--data", str(tmp_path / "m.csv"), "--no-pretrained"),

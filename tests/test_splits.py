@@ -3,7 +3,8 @@
 import numpy as np
 
 from medcls.data.cases import Case
-from medcls.data.splits import assign_splits, duplicate_sets, leakage_warnings, linked_groups
+from medcls.data.splits import (assign_splits, conflicting_copies, duplicate_sets, leakage_warnings,
+                                linked_groups)
 
 
 def make_cases(n=100, patients=None):
@@ -17,6 +18,22 @@ def test_duplicates_and_patients_are_linked():
     groups = linked_groups(cases, hashes)
     assert groups[0] == groups[1] and groups[2] == groups[3] and len(set(groups)) == 3
     assert duplicate_sets(cases, hashes) == [["c2", "c3"]]
+
+
+def test_copies_with_different_labels_are_named():
+    cases = make_cases(5)
+    hashes = ["h0", "h1", "h0", "h1", "h4"]  # c0 = c2 (labels a, a: fine); c1 = c3 (b, b)
+    assert conflicting_copies(cases, hashes, np.array([0, 1, 0, 1, 0]), ["a", "b"]) == []
+    labels = np.array([0, 1, 1, 0, 0])  # now both pairs disagree
+    (warning,) = conflicting_copies(cases, hashes, labels, ["normal", "tumour"])
+    assert warning.startswith("2 copies of images carry a different label")
+    assert "'c0' (normal) = 'c2' (tumour)" in warning and "correct the label or remove the copy" in warning
+    # one file listed twice in a manifest; multi-label rows (NaN: not mentioned) compared whole
+    twice = [Case(key="x.png", label=None), Case(key="x.png", label=None)]
+    findings = np.array([[1.0, np.nan], [1.0, 0.0]])
+    (warning,) = conflicting_copies(twice, ["h", "h"], findings, ["effusion", "oedema"])
+    assert "'x.png' is listed twice, as effusion=1, oedema=blank and as effusion=1, oedema=0" in warning
+    assert conflicting_copies(twice, ["h", "h"], findings[[0, 0]], ["effusion", "oedema"]) == []
 
 
 def test_split_keeps_groups_together_and_stratifies():
@@ -78,5 +95,7 @@ def test_too_few_groups_in_a_class_is_a_clear_error():
     # 12 cases, 9 of one class and 3 of the other: a 1-in-7 stratified holdout cannot be made.
     cases = make_cases(12)
     labels = np.array([0] * 9 + [1] * 3)
-    with pytest.raises(DataError, match="a class has only 3 patients/image groups left.*test set of 15%"):
+    with pytest.raises(DataError, match="a class has only 3 patient/image group.*test set of 15% .at least 7"):
         assign_splits(cases, labels, np.arange(12), 0.15, 0.15, seed=0)
+    with pytest.raises(DataError, match="class 'tumour' has only 3 patient/image group"):
+        assign_splits(cases, labels, np.arange(12), 0.15, 0.15, seed=0, classes=["normal", "tumour"])

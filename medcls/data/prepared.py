@@ -130,7 +130,8 @@ def prepare_data(config: TrainConfig, registries, *, split: bool = True, backgro
     (with `background`, training images first, while the caller trains: see decode_all)."""
     from medcls.data.decoding import decode_all
     from medcls.data.loading import class_names, load_cases, training_grid
-    from medcls.data.splits import assign_splits, duplicate_sets, leakage_warnings, linked_groups
+    from medcls.data.splits import (assign_splits, conflicting_copies, duplicate_sets, leakage_warnings,
+                                     linked_groups)
 
     cases, format_name, readers = load_cases(config, registries)
     multi_label = any(case.findings is not None for case in cases)
@@ -149,11 +150,15 @@ def prepare_data(config: TrainConfig, registries, *, split: bool = True, backgro
     hashes = hash_all(cases)
     duplicates = duplicate_sets(cases, hashes)
     splits = np.array([""] * len(cases), dtype=object)
-    warnings = []
+    warnings = conflicting_copies(cases, hashes, labels, classes)
     if split:
         groups = linked_groups(cases, hashes)
         split_seed = config.seed if config.split_seed is None else config.split_seed
-        splits = assign_splits(cases, labels, groups, config.val_fraction, config.test_fraction, split_seed)
+        try:
+            splits = assign_splits(cases, labels, groups, config.val_fraction, config.test_fraction, split_seed,
+                                   None if multi_label else classes)
+        except DataError as error:
+            raise DataError(f"data source '{config.data}': {error}") from None
         if any(case.split for case in cases) and not any(case.split == "test" for case in cases):
             warnings.append(f"the data set's own split has no test cases: {int((splits == 'test').sum())} training "
                             f"images (whole patients) were held out as the test split (test_fraction "

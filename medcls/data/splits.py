@@ -42,9 +42,37 @@ def duplicate_sets(cases: list[Case], hashes: list[str]) -> list[list[str]]:
     return sorted((keys for keys in by_hash.values() if len(keys) > 1), key=len, reverse=True)
 
 
+def conflicting_copies(cases: list[Case], hashes: list[str], labels: np.ndarray, classes: list[str]) -> list[str]:
+    """A warning when byte-identical images carry different labels (one image cannot be both; a
+    label error or a file filed twice), naming the first such pair by file and label."""
+    first: dict[str, int] = {}
+    conflicts = []
+    for i, digest in enumerate(hashes):
+        j = first.setdefault(digest, i)
+        if j != i and not np.array_equal(labels[i], labels[j], equal_nan=True):
+            conflicts.append((j, i))
+    if not conflicts:
+        return []
+    j, i = conflicts[0]
+
+    def label(k: int) -> str:
+        if labels.ndim == 1:
+            return classes[labels[k]]
+        return ", ".join(f"{c}={'blank' if np.isnan(v) else int(v)}" for c, v in zip(classes, labels[k]))
+
+    if cases[i].key == cases[j].key:
+        example = f"'{cases[i].key}' is listed twice, as {label(j)} and as {label(i)}"
+    else:
+        example = f"'{cases[j].key}' ({label(j)}) = '{cases[i].key}' ({label(i)})"
+    copies = "1 copy of an image carries" if len(conflicts) == 1 else f"{len(conflicts)} copies of images carry"
+    return [f"{copies} a different label from its first copy, e.g. {example}: an image cannot be both; correct "
+            "the label or remove the copy"]
+
+
 def holdout(indices: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int,
-            what: str) -> tuple[np.ndarray, np.ndarray]:
-    """Split `indices` into (kept, held out ~fraction), stratified by label, whole groups only."""
+            what: str, classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Split `indices` into (kept, held out ~fraction), stratified by label, whole groups only;
+    `classes` names the labels in errors."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     if fraction <= 0:
@@ -62,9 +90,11 @@ def holdout(indices: np.ndarray, labels: np.ndarray, groups: np.ndarray, fractio
     for label in np.unique(labels[indices]):
         in_class = len(np.unique(groups[indices][labels[indices] == label]))
         if in_class < n_splits:
+            name = f"class {classes[label]!r}" if classes else "a class"
             raise DataError(
-                f"a class has only {in_class} patients/image groups left, too few to hold out a stratified {what} "
-                f"set of {fraction:.0%}: add data or give explicit splits (a larger {what}_fraction needs fewer groups)"
+                f"{name} has only {in_class} patient/image group(s) left, too few to hold out a stratified {what} "
+                f"set of {fraction:.0%} (at least {n_splits} needed): add data or give explicit splits (a larger "
+                f"{what}_fraction needs fewer groups)"
             )
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     kept, held = next(folds.split(indices, labels[indices], groups[indices]))
@@ -89,7 +119,7 @@ def multilabel_group_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int
 
 
 def assign_splits(cases: list[Case], labels: np.ndarray, groups: np.ndarray, val_fraction: float,
-                  test_fraction: float, seed: int) -> np.ndarray:
+                  test_fraction: float, seed: int, classes: list[str] | None = None) -> np.ndarray:
     """'train'/'val'/'test' per case: the data set's own splits where given, else grouped holdouts."""
     splits = np.array([case.split or "" for case in cases], dtype=object)
     given = splits != ""
@@ -99,7 +129,7 @@ def assign_splits(cases: list[Case], labels: np.ndarray, groups: np.ndarray, val
         )
     everything = np.arange(len(cases))
     if not given.any():
-        rest, test = holdout(everything, labels, groups, test_fraction, seed, "test")
+        rest, test = holdout(everything, labels, groups, test_fraction, seed, "test", classes)
         splits[test] = "test"
         splits[rest] = "train"
     if given.any() and not (splits == "test").any() and test_fraction > 0:
@@ -107,13 +137,14 @@ def assign_splits(cases: list[Case], labels: np.ndarray, groups: np.ndarray, val
         train = np.flatnonzero(splits == "train")
         if not len(train):
             raise DataError("the data set's own split has no training cases")
-        kept, test = holdout(train, labels, groups, test_fraction, seed + 2, "test")
+        kept, test = holdout(train, labels, groups, test_fraction, seed + 2, "test", classes)
         splits[test] = "test"
     if not (splits == "val").any():
         train = np.flatnonzero(splits == "train")
         if not len(train):
             raise DataError("the data set's own split has no training cases")
-        kept, val = holdout(train, labels, groups, val_fraction / max(1e-9, 1 - test_fraction), seed + 1, "val")
+        kept, val = holdout(train, labels, groups, val_fraction / max(1e-9, 1 - test_fraction), seed + 1, "val",
+                            classes)
         splits[val] = "val"
     for name, key in (("test", "test_fraction"), ("val", "val_fraction"), ("train", None)):
         if not (splits == name).any():

@@ -34,7 +34,8 @@ def fold_assignments(data, k: int, val_fraction: float, seed: int) -> list[np.nd
     for fold, (rest, test) in enumerate(fold_splits(data, groups, k, seed)):
         splits = np.full(len(data.cases), "train", dtype=object)
         splits[test] = "test"
-        _, val = holdout(rest, data.labels, groups, val_fraction / max(1e-9, 1 - 1 / k), seed + 1 + fold, "val")
+        _, val = holdout(rest, data.labels, groups, val_fraction / max(1e-9, 1 - 1 / k), seed + 1 + fold, "val",
+                         None if data.multi_label else data.classes)
         splits[val] = "val"
         assignments.append(splits.astype(str))
     return assignments
