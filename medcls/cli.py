@@ -54,6 +54,13 @@ def library_warnings_as_medcls_warnings():
         yield
 
 
+def refuse_existing(out: str | None, overwrite: bool) -> None:
+    """An --out file that exists may be the user's own (a label manifest, another run's
+    predictions): it is replaced only when asked, and the check comes before any work."""
+    if out not in (None, "-") and Path(out).exists() and not overwrite:
+        raise ConfigError(f"--out '{out}' exists: give a new file name or pass --overwrite (nothing was overwritten)")
+
+
 def log(message: str) -> None:
     click.echo(message, err=True)
 
@@ -347,13 +354,15 @@ def score(predictions, out, label_column, score_column, patient_column, positive
 @click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default=None,
               help="Which cases (default: test of the runs' own data, all of new data).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Also write the result as JSON here.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists (otherwise refused).")
 @prediction_columns
-def compare(run_a, run_b, data, split, out, label_column, score_column, patient_column, positive_class,
+def compare(run_a, run_b, data, split, out, overwrite, label_column, score_column, patient_column, positive_class,
             threshold_rule, target):
     """Compare two runs, or two prediction CSV files, on the same cases: paired DeLong (ROC AUC),
     McNemar (sensitivity, specificity)."""
     from medcls import api
 
+    refuse_existing(out, overwrite)
     result = api.compare(run_a, run_b, data=data, split=split, threshold_rule=threshold_rule, target=target,
                          label_column=label_column, score_column=score_column, patient_column=patient_column,
                          positive_class=positive_class)
@@ -378,12 +387,14 @@ def compare(run_a, run_b, data, split, out, label_column, score_column, patient_
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default="-", show_default=True,
               help="CSV file to write ('-' for standard output).")
-def predict(run, inputs, out):
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists (otherwise refused).")
+def predict(run, inputs, out, overwrite):
     """Write a CSV of calibrated class probabilities and decisions for image files or folders."""
     import csv
 
     from medcls import api
 
+    refuse_existing(out, overwrite)
     bar = progress_bars(sys.stderr.isatty())
     progress = bar("reading", 0) if bar else None
     try:

@@ -250,6 +250,18 @@ def test_predict_exits_non_zero_when_nothing_could_be_read(trained, tmp_path):
     assert "cannot be decoded" in out.read_text()
 
 
+def test_predict_and_compare_never_replace_an_existing_file_unasked(trained, tmp_path):
+    image = next((trained / "data").rglob("*.png"))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\na.png,yes\n")  # the user's own file, named by mistake
+    for args in (("predict", trained / "run", image), ("compare", trained / "run", trained / "run")):
+        refused = run(*args, "-o", labels)
+        assert refused.exit_code == 3 and "exists: give a new file name or pass --overwrite" in refused.stderr
+        assert labels.read_text() == "path,label\na.png,yes\n"
+    replaced = run("predict", trained / "run", image, "-o", labels, "--overwrite")
+    assert replaced.exit_code == 0 and labels.read_text().startswith("file,prob_")
+
+
 def test_exit_statuses_are_documented():
     from medcls import errors
 
