@@ -69,6 +69,20 @@ def test_csv_with_mapped_columns(registries, image_folder, tmp_path):
     assert cases[0].patient_id == "p0" and cases[0].split == "test" and cases[0].path.exists()
 
 
+def test_semicolon_and_tab_separated_manifests_read_as_the_comma_one(registries, image_folder, tmp_path):
+    # Spreadsheet programs in comma-decimal locales save "CSV" with ';' between cells.
+    rows = [("path", "label", "patient_id")] + [(str(p), p.parent.name, f"p;{i // 2}" if i == 3 else f"p{i // 2}")
+                                                for i, p in enumerate(sorted(image_folder.rglob("*.png")))]
+    read = {}
+    for name, separator in (("comma.csv", ","), ("semicolon.csv", ";"), ("tab.tsv", "\t")):
+        quoted = [[f'"{cell}"' if separator in cell else cell for cell in row] for row in rows]
+        (tmp_path / name).write_text("\n".join(separator.join(row) for row in quoted) + "\n")
+        cases, _ = load(registries, data=str(tmp_path / name))
+        read[name] = [(c.key, c.label, c.patient_id) for c in cases]
+    assert read["comma.csv"] == read["semicolon.csv"] == read["tab.tsv"] and len(read["comma.csv"]) == 24
+    assert read["comma.csv"][3][2] == "p;1"
+
+
 def test_csv_missing_column_names_the_fix(registries, tmp_path):
     (tmp_path / "m.csv").write_text("dicom_name,Contrast\na.dcm,True\n")
     with pytest.raises(DataError, match=r"no column 'path' \(columns: dicom_name, Contrast\): set path_column"):

@@ -96,6 +96,8 @@ def test_score_from_the_cli_with_a_single_score_column_and_patients(tmp_path):
      ["row 2", "outside [0, 1]", "not logits"]),
     (["label", "p_cat"], [["cat", "0.2"], ["dog", "0.8"]], [], ["neither name says", "--positive-class dog"]),
     (["label", "p_no"], [["yes", "0.2"], ["no", "0.8"]], [], ["no probability column for class(es) yes", "--score"]),
+    (["image", "label", "prob"], [["a", "1", "0.2"], ["b", "0", "0.1"]], [], ["no probability column", "--score prob with P(positive)"]),
+    (["label", "prob"], [["1", "0,2"], ["0", "0,8"]], ["--score", "prob"], ["row 2", "'0,2'", "write a decimal point"]),
     (["truth", "p_no", "p_yes"], [["yes", "0.2", "0.8"]], [], ["no column 'label'", "columns: truth, p_no, p_yes"]),
     (["label", "p_no", "p_yes"], [["yes", "0.2", "0.8"], ["no", "0.7", "0.3"]], [],
      ["no validation rows", "--threshold", "never choose it on the test rows"]),
@@ -105,6 +107,18 @@ def test_bad_prediction_files_are_one_line(tmp_path, header, rows, args, fragmen
     path = write_csv(tmp_path / "p.csv", header, rows)
     assert_one_line_error(run("score", path, "--out", tmp_path / "out", *args), str(path), *fragments)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_semicolon_separated_file_scores_as_the_comma_one(tmp_path):
+    rng = np.random.default_rng(3)
+    rows = [[f"c{i}", "val" if i < 40 else "test", str(i % 2), f"{np.clip(0.3 + 0.4 * (i % 2) + rng.normal(0, 0.2), 0, 1):.4f}"]
+            for i in range(100)]
+    header = ["case", "split", "label", "prob"]
+    comma = write_csv(tmp_path / "comma.csv", header, rows)
+    (tmp_path / "semicolon.csv").write_text("\n".join(";".join(r) for r in [header, *rows]) + "\n")
+    a = medcls.score(comma, score_column="prob", bootstrap=100)
+    b = medcls.score(tmp_path / "semicolon.csv", score_column="prob", bootstrap=100)
+    assert a.test.roc_auc == b.test.roc_auc and a.test.n == b.test.n == 60
 
 
 def test_a_missing_file_and_an_occupied_out_folder(tmp_path):
@@ -255,7 +269,7 @@ def test_compare_of_two_prediction_files_equals_proc_roc_test(tmp_path):
             files.append(write_csv(tmp_path / f"{marker}.csv", header,
                                    [[r["patient"], r["outcome"], 1 - s, s] for r, s in zip(rows, scores)]))
         result = run("compare", *files, "--positive-class", "Poor", "--threshold-rule", "fixed",
-                     "--out", tmp_path / "c.json")
+                     "--out", tmp_path / "c.json", "--overwrite")
         assert result.exit_code == 0, result.output
         auc = json.loads((tmp_path / "c.json").read_text())["auc"]
         assert (auc["z"], auc["p_value"]) == pytest.approx((z, p), rel=1e-9)

@@ -84,13 +84,23 @@ def load_folder(source: str, options: DataOptions) -> list[Case]:
     return cases
 
 
+def table_rows(fh, path: Path) -> csv.DictReader:
+    """A CSV reader for a table as spreadsheets save it: tab-separated for .tsv; otherwise the
+    header line's separator, ',' or the ';' that spreadsheet programs write in locales whose
+    decimal mark is a comma."""
+    header = fh.readline()
+    fh.seek(0)
+    if path.suffix.lower() == ".tsv":
+        return csv.DictReader(fh, dialect=csv.excel_tab)
+    return csv.DictReader(fh, delimiter=";" if header.count(";") > header.count(",") else ",")
+
+
 def load_csv(source: str, options: DataOptions) -> list[Case]:
     """A manifest with one row per image; column names are mappable in the configuration."""
     manifest = Path(source)
     try:
         with open(manifest, newline="", encoding="utf-8-sig") as fh:
-            dialect = csv.excel_tab if manifest.suffix.lower() == ".tsv" else csv.excel
-            rows = list(csv.DictReader(fh, dialect=dialect))
+            rows = list(table_rows(fh, manifest))
     except UnicodeDecodeError as exc:
         raise DataError(f"manifest '{manifest}' is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
                         f"{exc.start}): save it as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet program)") from None

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from medcls.data.cases import SPLIT_ALIASES, Case
+from medcls.data.layouts import table_rows
 from medcls.data.loading import class_names
 from medcls.errors import ConfigError, DataError
 from medcls.reports import plots
@@ -63,7 +65,7 @@ def read_prediction_file(path, *, label_column: str = "label", score_column: str
         raise DataError(f"predictions file '{path}' does not exist")
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
+            reader = table_rows(fh, path)
             header = list(reader.fieldnames or [])
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -91,9 +93,12 @@ def read_prediction_file(path, *, label_column: str = "label", score_column: str
     else:
         missing = [c for c in classes if f"{prefix}{c}" not in header]
         if missing:
+            candidates = [c for c in header if c not in (label_column, split_column, patient_column)
+                          and all(is_probability(row[c]) for row in rows)]
+            example = candidates[0] if len(classes) == 2 and len(candidates) == 1 else "COLUMN"
             raise DataError(f"predictions file '{path}' has no probability column for class(es) "
-                            f"{', '.join(missing)}: give p_<class> columns (as medcls's predictions.csv) or, for a "
-                            "binary task, --score COLUMN with P(positive)")
+                            f"{', '.join(missing)}: give p_<class> or prob_<class> columns (as medcls writes) or, "
+                            f"for a binary task, --score {example} with P(positive)")
         probs = np.stack([numbers(rows, f"{prefix}{c}", path) for c in classes], 1)
         if len(classes) > 2 and np.abs(probs.sum(1) - 1).max() > 1e-3:
             bad = int(np.argmax(np.abs(probs.sum(1) - 1)))
@@ -121,14 +126,23 @@ def read_prediction_file(path, *, label_column: str = "label", score_column: str
                           {c: np.array([row[c] for row in rows]) for c in header})
 
 
+def is_probability(text) -> bool:
+    try:
+        return 0 <= float(text) <= 1
+    except (TypeError, ValueError):
+        return False
+
+
 def numbers(rows: list[dict], column: str, path: Path) -> np.ndarray:
     values = np.empty(len(rows))
     for i, row in enumerate(rows):
         try:
             values[i] = float(row[column])
         except (TypeError, ValueError):
+            comma = isinstance(row[column], str) and re.fullmatch(r"\s*-?\d*,\d+\s*", row[column])
+            fix = ": write a decimal point (0.5, not 0,5), e.g. save as 'CSV' in an English locale" if comma else ""
             raise DataError(f"predictions file '{path}', row {i + 2}: {row[column]!r} in column {column!r} is not a "
-                            "number") from None
+                            f"number{fix}") from None
         if not math.isfinite(values[i]):
             raise DataError(f"predictions file '{path}', row {i + 2}: column {column!r} is {row[column]}")
     return values
