@@ -3,6 +3,7 @@ Run, reload, in-process plugins, and errors that name the problem."""
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,21 @@ def test_predict_decide_and_reload_give_identical_probabilities(trained):
     np.testing.assert_allclose(run.predict(as_float), probs, atol=1e-6)
     np.testing.assert_allclose(run.predict(as_float[..., None]), probs, atol=1e-6)
     np.testing.assert_allclose(run.predict(torch.from_numpy(as_float[:, None])), probs, atol=1e-6)
+    with pytest.raises(medcls.DataError, match="hold no image"):  # an empty selection, not numpy's ValueError
+        run.predict(as_float[:0])
+
+
+def test_a_folder_without_a_model_says_what_to_load_instead(trained, tmp_path):
+    run = trained[0]
+    with pytest.raises(medcls.DataError, match="give the --out folder of `medcls train`"):
+        medcls.load_run(tmp_path)
+    for fold in ("fold-1", "fold-2"):
+        shutil.copytree(run.path, tmp_path / "cv" / fold)
+    with pytest.raises(medcls.DataError, match=f"holds 2 runs \\(fold-1, fold-2\\).*'{tmp_path / 'cv' / 'fold-1'}'"):
+        medcls.load_run(tmp_path / "cv")
+    (tmp_path / "checkpoint.safetensors").write_bytes(b"")
+    with pytest.raises(medcls.DataError, match="interrupted: finish it with `medcls train --resume"):
+        medcls.load_run(tmp_path)
 
 
 def test_predictions_csv_lets_anyone_recompute_the_figures(trained):
@@ -129,6 +145,7 @@ def test_unknown_keys_and_bad_values_raise_as_the_cli_does():
     (np.zeros((4, 8), np.uint8), [0, 1, 0, 1], "give \\(N, H, W\\)"),
     (np.zeros((4, 8, 8), np.uint8), [0, 1, 0], "labels has 3 entries for 4 images"),
     (np.zeros((4, 8, 8), np.uint8), [0.5, 1, 0, 1], "not a class"),
+    (np.zeros((0, 8, 8), np.float32), [], r"shape \(0, 8, 8\) hold no image"),
 ])
 def test_bad_arrays_are_one_line_errors(images, labels, message):
     with pytest.raises(medcls.DataError, match=message):

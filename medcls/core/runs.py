@@ -70,6 +70,18 @@ def hf_state(run: Path, info: dict) -> dict:
     return state
 
 
+def missing_model_fix(run: Path) -> str:
+    """What to give instead of a folder without a model: one of the runs inside it (a
+    cross-validation's folds), or the interrupted run resumed."""
+    if (run / "checkpoint.safetensors").is_file():
+        return f"its training was interrupted: finish it with `medcls train --resume {run}`"
+    inside = sorted(p.name for p in run.iterdir() if (p / MODEL_FILE).is_file()) if run.is_dir() else []
+    if inside:
+        return (f"it holds {len(inside)} runs ({', '.join(inside[:3])}{', ...' if len(inside) > 3 else ''}), e.g. "
+                f"a cross-validation's folds: give one of them, such as '{run / inside[0]}'")
+    return "give the --out folder of `medcls train`"
+
+
 def read_model_info(run: Path) -> dict:
     """model.json checked: present, JSON, with the keys a model is rebuilt from, and consistent
     with the weights file it describes (backbone in the safetensors header, content hash)."""
@@ -79,7 +91,7 @@ def read_model_info(run: Path) -> dict:
     if shared is not None and (run / MODEL_FILE).is_file():
         return {k: v for k, v in shared.items() if k != "weights_sha256"}
     if not (run / MODEL_FILE).is_file() or not (run / MODEL_INFO).is_file():
-        raise DataError(f"run folder '{run}' has no {MODEL_FILE} and {MODEL_INFO}: give the --out folder of `medcls train`")
+        raise DataError(f"run folder '{run}' has no {MODEL_FILE} and {MODEL_INFO}: {missing_model_fix(run)}")
     try:
         info = json.loads((run / MODEL_INFO).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

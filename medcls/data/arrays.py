@@ -56,6 +56,8 @@ def image_arrays(images, volumes: bool) -> list:
     from medcls.data.volumes import Volume
 
     array = as_numpy(images, "images")
+    if array.ndim and not len(array):
+        raise DataError(f"images of shape {array.shape} hold no image: give at least one")
     if volumes:
         if array.ndim == 5 and array.shape[1] == 1:
             array = array[:, 0]
