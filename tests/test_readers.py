@@ -158,6 +158,50 @@ def test_multiframe_dicom_is_refused():
     pytest.skip("no multi-frame file in pydicom-data")
 
 
+def test_a_voi_lut_is_looked_up_at_whole_stored_values():
+    import warnings
+
+    import pydicom
+    from pydicom.pixels import apply_voi_lut
+
+    path = data_store_file("vlut_04.dcm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pydicom warns when the table is indexed by floats
+        image = read_dicom(path)
+    ds = pydicom.dcmread(path)
+    expected = apply_voi_lut(ds.pixel_array, ds, index=0).astype(np.float64)
+    expected = (expected - expected.min()) / (expected.max() - expected.min())
+    np.testing.assert_allclose(image[0], expected, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:End of file reached before delimiter")
+def test_a_truncated_dicom_says_so(tmp_path):
+    whole = data_store_file("MR2_UNCR.dcm").read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataError, match="cut.dcm' is truncated: its pixel data ends early"):
+        read_dicom(tmp_path / "cut.dcm")
+    with pytest.raises(DataError, match="truncated"):  # a real one: JPEG 2000 fragments cut short
+        read_dicom(data_store_file("emri_small_jpeg_2k_lossless_too_short.dcm"))
+
+
+@pytest.mark.parametrize("installed, message", [
+    (False, "JPEG 2000 Image Compression .Lossless Only. compressed and no working decoder is installed"),
+    (True, "pixel data cannot be decoded .broken stream.: replace or remove it"),
+])
+def test_an_undecodable_compressed_dicom_names_the_fix(monkeypatch, installed, message):
+    import pydicom
+
+    from medcls.data import readers
+
+    def broken(self):
+        raise RuntimeError("broken stream")
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(broken))
+    monkeypatch.setattr(readers, "decoder_available", lambda syntax: installed)
+    with pytest.raises(DataError, match=message):  # a decoder that is there and fails is not "install one"
+        read_dicom(data_store_file("MR2_J2KR.dcm"))
+
+
 def test_not_dicom_is_a_clear_error(tmp_path):
     (tmp_path / "x.dcm").write_bytes(b"nonsense" * 20)
     with pytest.raises(DataError, match="x.dcm' cannot be read"):

@@ -131,6 +131,9 @@ def read_dicom(path: Path, window: str | None = None) -> np.ndarray:
     except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as exc:
         raise DataError(f"DICOM file '{path}' cannot be read ({exc}): replace or remove it") from None
     if "PixelData" not in ds:
+        if pixel_data_tag_in(path):  # the element starts in the file but pydicom hit its end first
+            raise DataError(f"DICOM file '{path}' is truncated: its pixel data ends early (an interrupted copy or "
+                            "download?): copy it again from the source")
         raise DataError(f"DICOM file '{path}' has no pixel data (is it a report or a DICOMDIR?): remove it")
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if frames > 1:
@@ -142,18 +145,36 @@ def read_dicom(path: Path, window: str | None = None) -> np.ndarray:
     return dicom_to_unit_range(ds, pixels, parse_window(window))
 
 
+def pixel_data_tag_in(path: Path) -> bool:
+    """Whether the bytes of the Pixel Data tag (7FE0,0010), in either byte order, occur in the file."""
+    data = path.read_bytes()
+    return b"\xe0\x7f\x10\x00" in data or b"\x7f\xe0\x00\x10" in data
+
+
 def decode_dicom_pixels(ds, path: Path) -> np.ndarray:
     try:
         return ds.pixel_array
     except Exception as exc:  # missing decoder plugins raise RuntimeError/NotImplementedError
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = syntax.name if syntax is not None else "unknown transfer syntax"
-        if syntax is not None and syntax.is_compressed:
+        if syntax is not None and syntax.is_compressed and not decoder_available(syntax):
             raise DataError(
                 f"DICOM file '{path}' is {name} compressed and no working decoder is installed: "
                 'pip install "medcls[dicom]"'
             ) from None
-        raise DataError(f"DICOM file '{path}' pixel data cannot be decoded ({exc})") from None
+        if "less than expected" in str(exc):  # pydicom's words for pixel data cut short
+            raise DataError(f"DICOM file '{path}' is truncated: its pixel data ends early (an interrupted copy or "
+                            "download?): copy it again from the source") from None
+        raise DataError(f"DICOM file '{path}' pixel data cannot be decoded ({exc}): replace or remove it") from None
+
+
+def decoder_available(syntax) -> bool:
+    try:
+        from pydicom.pixels import get_decoder
+
+        return get_decoder(syntax).is_available
+    except Exception:  # a syntax pydicom has no decoder for at all
+        return False
 
 
 def dicom_to_unit_range(ds, pixels: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
@@ -181,7 +202,9 @@ def dicom_to_unit_range(ds, pixels: np.ndarray, window: tuple[float, float] | No
         lo, hi = center - width / 2.0, center + width / 2.0
         arr = np.clip((values - lo) / (hi - lo), 0.0, 1.0)
     elif "VOILUTSequence" in ds:
-        arr = min_max(apply_voi_lut(values, ds, index=0).astype(np.float32))
+        # A VOI LUT is a table indexed by whole stored (modality-mapped) values: look it up at the
+        # nearest integers, as pydicom expects, instead of handing it floats.
+        arr = min_max(apply_voi_lut(np.rint(values).astype(np.int64), ds, index=0).astype(np.float32))
     else:
         arr = min_max(values.astype(np.float32))
     if photometric == "MONOCHROME1":
