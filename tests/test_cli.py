@@ -86,6 +86,21 @@ def test_a_copy_filed_under_both_classes_is_warned_about(image_folder, tmp_path)
     assert "no/copy.png' (no) = '" in result.output and "yes0.png' (yes)" in result.output
 
 
+def test_a_val_split_without_one_class_is_refused_before_training(image_folder, tmp_path):
+    # The data's own split, whose val folder holds tumours only: nothing to choose a threshold on.
+    for split, label, names in (("train", "no", range(0, 8)), ("train", "yes", range(0, 8)),
+                                ("val", "yes", range(8, 10)), ("test", "no", range(8, 12)),
+                                ("test", "yes", range(10, 12))):
+        for i in names:
+            target = tmp_path / "data" / split / label / f"{label}{i}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(image_folder / label / f"{label}{i}.png", target)
+    result = run("train", "--data", str(tmp_path / "data"), "--backbone", "test_resnet", "--no-pretrained",
+                 "--out", str(tmp_path / "run"))
+    assert_one_line_error(result, "the val split (2 images) has no case of class 'no'", "add data, raise val_fraction")
+    assert "epoch" not in result.output and not (tmp_path / "run").exists()
+
+
 def test_csv_without_needed_columns(tmp_path):
     (tmp_path / "m.csv").write_text("file,finding\na.png,x\n")
     assert_one_line_error(run("train", "--data", str(tmp_path / "m.csv"), "--no-pretrained"),

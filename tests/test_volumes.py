@@ -62,6 +62,17 @@ def test_a_4d_file_with_one_volume_is_read_as_3d(head, tmp_path):
     assert read_nifti_volume(tmp_path / "one.nii").voxels.shape == (32, 32, 16)[::-1]
 
 
+def test_a_2d_or_4d_nifti_given_as_a_volume_names_the_fix(tmp_path):
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((8, 8), np.float32), np.eye(4)), str(tmp_path / "slice.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 3), np.float32), np.eye(4)), str(tmp_path / "dwi.nii.gz"))
+    with pytest.raises(DataError, match="slice.nii.gz' has shape \\(8, 8\\), a 2D image: .*choose a 2D backbone"):
+        read_nifti_volume(tmp_path / "slice.nii.gz")
+    with pytest.raises(DataError, match="dwi.nii.gz' has shape \\(8, 8, 8, 3\\).*split a 4D series"):
+        read_nifti_volume(tmp_path / "dwi.nii.gz")
+
+
 @pytest.mark.parametrize("problem, message", [
     ("missing", "has a missing slice (a gap of 6.00 mm where slices are 3.00 mm apart)"),
     ("duplicate", "two slices at the same position (a duplicated slice)"),

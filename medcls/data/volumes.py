@@ -57,6 +57,9 @@ def read_nifti_volume(path: Path) -> Volume:
         raise DataError(f"NIfTI file '{path}' cannot be read ({exc}): replace or remove it") from None
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
+    if len(shape) < 3:
+        raise DataError(f"NIfTI file '{path}' has shape {image.shape}, a 2D image: a 3D backbone reads volumes; "
+                        "choose a 2D backbone for slices, or remove it")
     if len(shape) != 3:
         raise DataError(
             f"NIfTI file '{path}' has shape {image.shape}: medcls classifies 3D volumes; "

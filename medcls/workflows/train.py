@@ -48,7 +48,7 @@ from medcls.data.loading import AUTO_LARGEST, auto_image_size, backbone_interpol
 from medcls.data.prepared import PreparedData, prepare_data
 from medcls.data.readers import parse_window
 from medcls.data.tasks import parse_tasks, standardised
-from medcls.errors import ConfigError
+from medcls.errors import ConfigError, DataError
 from medcls.logs import logger
 from medcls.reports import plots, report
 from medcls.reports.documents import training_document
@@ -150,6 +150,26 @@ def train(config: TrainConfig, registries, *, progress_factory=None,
             return train_on(start, data, train_rows)
 
 
+def check_split_classes(data: PreparedData, rows_of: dict[str, np.ndarray]) -> None:
+    """Warn of a split without some class (or finding); refuse, before any training, a binary task
+    whose validation split lacks a class: its early stopping and operating point would be chosen
+    on nothing, and the run would fail only after training."""
+    for name, rows in rows_of.items():
+        if data.multi_label:
+            absent = [n for j, n in enumerate(data.classes) if not (data.cache_labels(rows)[:, j] == 1).any()]
+            if absent:
+                logger.warning(f"the {name} split ({len(rows)} images) has no case with finding(s) {', '.join(absent)}")
+            continue
+        present = set(np.unique(data.cache_labels(rows)).tolist())
+        absent = ", ".join(repr(c) for i, c in enumerate(data.classes) if i not in present)
+        if absent and name == "val" and len(data.classes) == 2:
+            raise DataError(f"the val split ({len(rows)} images) has no case of class {absent}, so neither early "
+                            "stopping nor the operating point can be chosen on it: add data, raise val_fraction, "
+                            "or give the data's own split")
+        if absent:
+            logger.warning(f"the {name} split ({len(rows)} images) lacks class(es) {absent}")
+
+
 def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
     """Build the model, fit it in two stages and write the run (one attempt of `train`)."""
     import torch
@@ -162,16 +182,7 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
     train_rows = data.rows("train") if train_rows is None else train_rows
     if data.multi_label:
         check_multilabel(config)
-    for name, rows in (("train", train_rows), ("val", val_rows), ("test", test_rows)):
-        if data.multi_label:
-            absent = [n for j, n in enumerate(data.classes) if not (data.cache_labels(rows)[:, j] == 1).any()]
-            if absent:
-                logger.warning(f"the {name} split ({len(rows)} images) has no case with finding(s) {', '.join(absent)}")
-            continue
-        present = np.unique(data.cache_labels(rows))
-        if len(present) < len(data.classes):
-            logger.warning(f"the {name} split ({len(rows)} images) lacks class(es) "
-                f"{', '.join(data.classes[i] for i in set(range(len(data.classes))) - set(present))}")
+    check_split_classes(data, {"train": train_rows, "val": val_rows, "test": test_rows})
     unit = "volumes" if data.cache.images.dim() == 5 else "images"
     logger.info(f"data: {len(data.cache.kept)} {unit} ({data.format_name}), classes {data.classes}, "
         f"train/val/test = {len(train_rows)}/{len(val_rows)}/{len(test_rows)}, channels {data.cache.channels}, "
