@@ -374,11 +374,18 @@ def coerce(key: str, value: Any, source: str) -> Any:
                 raise ValueError("expected a whole number")
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError("expected a whole number")
-            return int(value)
+            try:
+                return int(value)
+            except ValueError:  # int()'s own words name Python's literal syntax, not the fix
+                auto = " or 'auto'" if hint.startswith("int | str") else ""
+                raise ValueError(f"expected a whole number{auto}") from None
         if hint.startswith("float"):
             if isinstance(value, bool):
                 raise ValueError("expected a number")
-            number = float(value)
+            try:
+                number = float(value)
+            except ValueError:
+                raise ValueError("expected a number (e.g. 0.001 or 1e-3)") from None
             if not math.isfinite(number):
                 raise ValueError("expected a finite number")
             return number

@@ -59,6 +59,17 @@ def test_unknown_config_key(tmp_path):
     assert_one_line_error(run("train", "--config", str(tmp_path / "c.yaml")), "unknown key 'learning_rate'", "c.yaml")
 
 
+@pytest.mark.parametrize("setting, message", [
+    ("seed=abc", "seed = 'abc' is invalid: expected a whole number"),  # not int()'s "invalid literal"
+    ("image_size=big", "image_size = 'big' is invalid: expected a whole number or 'auto'"),
+    ("lr=fast", "lr = 'fast' is invalid: expected a number (e.g. 0.001 or 1e-3)"),
+])
+def test_text_that_is_no_number_says_what_is_expected(setting, message):
+    result = run("train", "--set", setting)
+    assert_one_line_error(result, message)
+    assert "literal" not in result.output and "convert" not in result.output
+
+
 def test_one_class_and_empty_class(image_folder):
     (image_folder / "empty").mkdir()
     assert_one_line_error(run("train", "--data", str(image_folder), "--no-pretrained"), "has no readable images")

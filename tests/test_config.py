@@ -61,6 +61,7 @@ def test_unparsable_file(tmp_path):
     ({"image_size": 0}, "image_size = 0 is invalid"),  # int range
     ({"epochs": 2.5}, "epochs = 2.5 is invalid: expected a whole number"),  # int type
     ({"epochs": True}, "epochs = True is invalid: expected a whole number"),  # bool is no int
+    ({"image_size": "big"}, "image_size = 'big' is invalid: expected a whole number or 'auto'"),
     ({"lr": -1.0}, "lr = -1.0 is invalid: must be above 0"),  # float range
     ({"lr": float("nan")}, "lr = nan is invalid: expected a finite number"),  # float finite
     ({"lr": "fast"}, "lr = 'fast' is invalid: expected a number"),  # float type
