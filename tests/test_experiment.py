@@ -3,10 +3,12 @@
 import csv
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from medcls.cli import cli
 from medcls.workflows.experiment import FINETUNE, exceeds_spread, settings_for
+from tests.test_cli import assert_one_line_error
 
 
 def test_finetune_settings():
@@ -53,3 +55,17 @@ def test_experiment_holds_the_split_fixed(tmp_path):
         writer.writeheader()
         writer.writerows(old)
     assert set(rewrite_from_csv(out, "policy")) == {"none", "aggressive"}
+
+
+@pytest.mark.parametrize("vary, seeds, message", [
+    ("lrr=0.1,0.2", "0", "--vary 'lrr' is not a configuration key (nor one of finetune): did you mean 'lr'?"),
+    ("lr=0.1,0.1", "0", "--vary lr: '0.1' is given twice"),
+    ("policy=none,agressive", "0", "unknown policy 'agressive'"),  # the last value, checked before the first run
+    ("lr=0.1,0.2", "", "give at least one seed"),
+    ("lr=0.1,0.2", "1,1", "experiment seeds [1, 1]: give at least one seed, each once"),
+])
+def test_bad_experiments_are_refused_before_any_run(tmp_path, vary, seeds, message):
+    out = tmp_path / "experiment"
+    result = CliRunner().invoke(cli, ["experiment", "--vary", vary, "--seeds", seeds, "--out", str(out)])
+    assert_one_line_error(result, message)
+    assert not out.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import difflib
 import math
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from medcls.errors import ConfigError
 from medcls.logs import logger, quiet, stage
 from medcls.reports.plots import plain, subplots
 from medcls.workflows.tracking import close_trackers, open_trackers
-from medcls.workflows.train import train
+from medcls.workflows.train import check_names, train
 
 # Virtual settings: one name standing for a combination of real keys.
 FINETUNE = {
@@ -36,7 +37,12 @@ def parse_vary(text: str) -> tuple[str, list[str]]:
     if not sep or len(options) < 2:
         raise ConfigError(f"--vary {text!r}: give KEY=VALUE1,VALUE2[,...] with at least two values")
     if key not in FIELDS and key not in VIRTUAL:
-        raise ConfigError(f"--vary {key!r} is not a configuration key (nor one of {', '.join(VIRTUAL)})")
+        close = difflib.get_close_matches(key, [*FIELDS, *VIRTUAL], n=1)
+        hint = f": did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"--vary {key!r} is not a configuration key (nor one of {', '.join(VIRTUAL)}){hint}")
+    repeated = sorted({v for v in options if options.count(v) > 1})
+    if repeated:
+        raise ConfigError(f"--vary {key}: {repeated[0]!r} is given twice: list each value once")
     if key in VIRTUAL:
         unknown = [v for v in options if v not in VIRTUAL[key]]
         if unknown:
@@ -64,8 +70,13 @@ def exceeds_spread(a: np.ndarray, b: np.ndarray) -> bool | None:
 
 
 def run_experiment(base: TrainConfig, key: str, values: list[str], seeds: list[int], registries, *, out: Path) -> dict:
-    """Train every (value, seed) with the split fixed by the base seed; tabulate and plot test results."""
-
+    """Train every (value, seed) with the split fixed by the base seed; tabulate and plot test results.
+    Every value and seed is checked before the first run trains, so a misspelled last value does
+    not stop the experiment hours in."""
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"experiment seeds {list(seeds)}: give at least one seed, each once (e.g. 0,1,2)")
+    for value in values:
+        check_names(dataclasses.replace(base, **settings_for(key, value)), registries)
     out.mkdir(parents=True, exist_ok=True)
     split_seed = base.split_seed if base.split_seed is not None else base.seed
     trackers = open_trackers(base, registries, out)  # the experiment's runs are logged as its nested runs
