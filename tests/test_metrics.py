@@ -54,6 +54,17 @@ def test_wilson_textbook_value():
     assert (round(low, 4), round(high, 4)) == (0.2553, 0.3662)
 
 
+def test_wilson_bounds_never_cross_the_estimate_at_0_or_n():
+    # Newcombe (1998) table I also lists 0/10 -> 0 to 0.2775 and 10/10 -> 0.7225 to 1; computed
+    # naively the lower bound at 0 comes out ~1e-17, above the estimate it should contain.
+    for total in range(1, 200):
+        low, high = wilson(0, total)
+        assert low == 0.0 <= high
+        low, high = wilson(total, total)
+        assert low <= 1.0 == high
+    assert round(wilson(0, 10)[1], 4) == 0.2775 and round(wilson(10, 10)[0], 4) == 0.7225
+
+
 def delong_reference(y, s):
     """Straight from DeLong et al. (1988): placement values by all pairwise comparisons."""
     pos, neg = s[y == 1], s[y == 0]

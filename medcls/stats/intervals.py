@@ -19,7 +19,8 @@ def wilson(successes: int, total: int, level: float = 0.95) -> tuple[float, floa
     p = successes / total
     centre = (p + z * z / (2 * total)) / (1 + z * z / total)
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 or n successes a bound equals p exactly; rounding must not put it on the wrong side.
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
 
 
 def delong_components(y_true: np.ndarray, scores: np.ndarray):
