@@ -168,6 +168,25 @@ def test_evaluate_writes_html_subgroups_patient_level_and_refuses_missing_column
     assert missing.exit_code == 4 and "--by column 'scanner' does not exist in the data (available: site)" in missing.stderr
 
 
+def test_evaluate_on_new_data_of_one_class_reports_its_sensitivity(run_dir, image_folder, tmp_path):
+    # A set of confirmed tumours only: sensitivity is the question, ROC AUC is not computable.
+    out, _ = run_dir
+    tumours = sorted((image_folder / "yes").glob("*.png"))
+    (tmp_path / "only.csv").write_text("path,label\n" + "".join(f"{p},tumour\n" for p in tumours))
+    result = CliRunner().invoke(cli, ["evaluate", str(out), "--data", str(tmp_path / "only.csv"), "--bootstrap", "100",
+                                      "--out", str(tmp_path / "e")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["all"]["n"] == len(tumours) and 0 <= metrics["all"]["sensitivity"] <= 1
+    assert metrics["intervals"]["all"]["sensitivity"]["low"] <= metrics["all"]["sensitivity"]
+    assert "not computable" in (tmp_path / "e" / "report.md").read_text()
+    (tmp_path / "caps.csv").write_text("path,label\n" + "".join(f"{p},Tumour\n" for p in tumours))
+    spelled = CliRunner().invoke(cli, ["evaluate", str(out), "--data", str(tmp_path / "caps.csv")])
+    assert spelled.exit_code == 4
+    assert "has class 'Tumour', which the run was not trained on (normal, tumour) (the run spells it 'tumour'" \
+        in spelled.stderr
+
+
 def test_evaluate_works_from_another_folder(image_folder, tmp_path, monkeypatch):
     monkeypatch.chdir(image_folder.parent)
     out = tmp_path / "run"

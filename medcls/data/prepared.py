@@ -125,9 +125,12 @@ def image_store(config: TrainConfig, readers, registries):
     return ImageStore(config.cache_dir or default_store_root(), settings)
 
 
-def prepare_data(config: TrainConfig, registries, *, split: bool = True, background: bool = False) -> PreparedData:
+def prepare_data(config: TrainConfig, registries, *, split: bool = True, background: bool = False,
+                 known_classes: list[str] | None = None) -> PreparedData:
     """Load cases, find duplicates, split by patient/content group, decode every image once
-    (with `background`, training images first, while the caller trains: see decode_all)."""
+    (with `background`, training images first, while the caller trains: see decode_all).
+    `known_classes`: a trained run's classes, which single-label cases must come from; new data
+    may hold only some of them (a set of confirmed tumours scores sensitivity)."""
     from medcls.data.decoding import decode_all
     from medcls.data.loading import class_names, load_cases, training_grid
     from medcls.data.splits import (assign_splits, conflicting_copies, duplicate_sets, leakage_warnings,
@@ -137,6 +140,9 @@ def prepare_data(config: TrainConfig, registries, *, split: bool = True, backgro
     multi_label = any(case.findings is not None for case in cases)
     if multi_label:
         classes, labels = finding_targets(cases, config)
+    elif known_classes is not None:
+        classes = list(known_classes)
+        labels = np.array([index_of_known(c.label, classes, config.data) for c in cases], dtype=np.int64)
     else:
         classes = class_names(cases, config.positive_class, config.data)
         labels = np.array([classes.index(c.label) for c in cases], dtype=np.int64)
@@ -178,6 +184,14 @@ def prepare_data(config: TrainConfig, registries, *, split: bool = True, backgro
         warnings.append(skipped_warning(cache.failures))
     return PreparedData(cases, classes, labels, np.asarray(splits, dtype=str), hashes, cache, format_name,
                         duplicates, warnings, multi_label, tasks, targets)
+
+
+def index_of_known(label: str, classes: list[str], source: str) -> int:
+    if label in classes:
+        return classes.index(label)
+    spelled = [c for c in classes if c.lower() == label.lower()]
+    hint = f" (the run spells it {spelled[0]!r}: rename it so)" if spelled else ""
+    raise DataError(f"data '{source}' has class {label!r}, which the run was not trained on ({', '.join(classes)}){hint}")
 
 
 def finding_targets(cases, config: TrainConfig) -> tuple[list[str], np.ndarray]:

@@ -92,7 +92,8 @@ def run_predictions(run, registries, *, data: str | None = None, split: str | No
     config = dataclasses.replace(config, data=config.data if data is None else data, image_size=info["image_size"],
                                  channels=str(info["in_chans"]), positive_class=info.get("positive_class"))
     split = split or ("test" if own_data else "all")
-    prepared = prepare_data(config, registries, split=False)
+    prepared = prepare_data(config, registries, split=False,
+                            known_classes=None if info.get("multi_label") else info["classes"])
     if bool(info.get("multi_label")) != prepared.multi_label:
         raise DataError(f"run '{run}' was trained on {'multi-label' if info.get('multi_label') else 'single-label'} "
                         f"data and '{config.data}' is {'multi-label' if prepared.multi_label else 'single-label'}: "
@@ -102,11 +103,6 @@ def run_predictions(run, registries, *, data: str | None = None, split: str | No
         if missing:
             raise DataError(f"data '{config.data}' lacks finding(s) {', '.join(missing)} that run '{run}' predicts")
         prepared.labels = prepared.labels[:, [prepared.classes.index(name) for name in info["classes"]]]
-    else:
-        unknown = sorted(set(c.label for c in prepared.cases) - set(info["classes"]))
-        if unknown:
-            raise DataError(f"data '{config.data}' has classes {unknown} that run '{run}' was not trained on ({info['classes']})")
-        prepared.labels = np.array([info["classes"].index(c.label) for c in prepared.cases])
     prepared.classes = info["classes"]
     rows = prepared.rows()
     if split != "all":
