@@ -4,10 +4,12 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from medcls.cli import cli
+from tests.conftest import save_png
 
 
 def run(*args):
@@ -97,18 +99,28 @@ def test_a_copy_filed_under_both_classes_is_warned_about(image_folder, tmp_path)
     assert "no/copy.png' (no) = '" in result.output and "yes0.png' (yes)" in result.output
 
 
-def test_a_val_split_without_one_class_is_refused_before_training(image_folder, tmp_path):
-    # The data's own split, whose val folder holds tumours only: nothing to choose a threshold on.
-    for split, label, names in (("train", "no", range(0, 8)), ("train", "yes", range(0, 8)),
-                                ("val", "yes", range(8, 10)), ("test", "no", range(8, 12)),
-                                ("test", "yes", range(10, 12))):
+@pytest.mark.parametrize("third_class", [False, True])
+def test_a_val_split_without_one_class_is_refused_before_training(image_folder, tmp_path, third_class):
+    # The data's own split, whose val folder lacks 'no' (binary: no threshold to choose; with a third
+    # class: no ROC AUC to stop early on).
+    layout = [("train", "no", range(0, 8)), ("train", "yes", range(0, 8)), ("val", "yes", range(8, 10)),
+              ("test", "no", range(8, 12)), ("test", "yes", range(10, 12))]
+    if third_class:
+        layout += [("train", "maybe", range(0, 4)), ("val", "maybe", range(4, 6)), ("test", "maybe", range(6, 8))]
+    rng = np.random.default_rng(0)
+    for split, label, names in layout:
         for i in names:
             target = tmp_path / "data" / split / label / f"{label}{i}.png"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(image_folder / label / f"{label}{i}.png", target)
+            if label == "maybe":
+                save_png(target, rng.integers(0, 255, (40, 40), dtype=np.uint8))
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(image_folder / label / f"{label}{i}.png", target)
     result = run("train", "--data", str(tmp_path / "data"), "--backbone", "test_resnet", "--no-pretrained",
                  "--out", str(tmp_path / "run"))
-    assert_one_line_error(result, "the val split (2 images) has no case of class 'no'", "add data, raise val_fraction")
+    images = 4 if third_class else 2
+    assert_one_line_error(result, f"the val split ({images} images) has no case of class 'no'",
+                          "add data, raise val_fraction")
     assert "epoch" not in result.output and not (tmp_path / "run").exists()
 
 

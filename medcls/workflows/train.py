@@ -151,9 +151,9 @@ def train(config: TrainConfig, registries, *, progress_factory=None,
 
 
 def check_split_classes(data: PreparedData, rows_of: dict[str, np.ndarray]) -> None:
-    """Warn of a split without some class (or finding); refuse, before any training, a binary task
-    whose validation split lacks a class: its early stopping and operating point would be chosen
-    on nothing, and the run would fail only after training."""
+    """Warn of a split without some class (or finding); refuse, before any training, a validation
+    split that lacks a class: early stopping would follow an undefined ROC AUC, a binary operating
+    point would be chosen on nothing, and the run would fail only after training."""
     for name, rows in rows_of.items():
         if data.multi_label:
             absent = [n for j, n in enumerate(data.classes) if not (data.cache_labels(rows)[:, j] == 1).any()]
@@ -162,10 +162,10 @@ def check_split_classes(data: PreparedData, rows_of: dict[str, np.ndarray]) -> N
             continue
         present = set(np.unique(data.cache_labels(rows)).tolist())
         absent = ", ".join(repr(c) for i, c in enumerate(data.classes) if i not in present)
-        if absent and name == "val" and len(data.classes) == 2:
+        if absent and name == "val":
             raise DataError(f"the val split ({len(rows)} images) has no case of class {absent}, so neither early "
-                            "stopping nor the operating point can be chosen on it: add data, raise val_fraction, "
-                            "or give the data's own split")
+                            "stopping nor the operating point can be chosen on it (its ROC AUC is undefined): add "
+                            "data, raise val_fraction, or move cases of that class into the val split")
         if absent:
             logger.warning(f"the {name} split ({len(rows)} images) lacks class(es) {absent}")
 
