@@ -138,7 +138,7 @@ def read_dicom(path: Path, window: str | None = None) -> np.ndarray:
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if frames > 1:
         raise DataError(
-            f"DICOM file '{path}' holds {frames} frames; 2D training reads single images: "
+            f"DICOM file '{path}' holds {frames} frames; a 2D model reads single images: "
             "export one frame per file or use a 3D backbone"
         )
     pixels = decode_dicom_pixels(ds, path)
