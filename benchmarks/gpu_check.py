@@ -44,6 +44,16 @@ def run(command: list[str], limit: int, log: Path) -> tuple[int, float, str]:
     return status, time.perf_counter() - started, (lines[-1] if lines else "")[:120]
 
 
+def run_figure(folder: Path) -> str:
+    """A training run's time, device and test ROC AUC, from the files it wrote (or why there are none)."""
+    if not (folder / "manifest.json").is_file() or not (folder / "metrics.json").is_file():
+        return f"no finished run in {folder.name}/"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return (f"{manifest.get('seconds')} s on {manifest.get('device')}, test ROC AUC "
+            f"{metrics['test'].get('roc_auc', float('nan')):.3f}")
+
+
 def install(wheels: str | None, log: Path) -> int:
     pip = [sys.executable, "-m", "pip", "install", "-q"]
     if wheels:
@@ -71,32 +81,27 @@ def main() -> int:
         status = install(args.wheels, out / "install.log")
         rows.append(("install medcls + plugins", "ok" if status == 0 else f"failed ({status})", 0.0, "install.log"))
     medcls = [sys.executable, "-m", "medcls.cli"]
+    # (name, command, time limit in seconds, the run folder whose figures the table shows, if any)
     steps = [
         ("tests (execution, inference, training, TTA)", [sys.executable, "-m", "pytest", "-q", "-x",
                                                         "tests/test_execution.py", "tests/test_inference.py",
-                                                        "tests/test_tta.py", "tests/test_training.py"], 200),
+                                                        "tests/test_tta.py", "tests/test_training.py"], 200, None),
         ("train resnet50 224 px bf16", medcls + ["train", "--device", "cuda", "--backbone", "resnet50",
                                                  "--no-pretrained", "--image-size", "224", "--set", "precision=bf16",
                                                  "--epochs", "2", "--finetune-epochs", "1", "--set", "bootstrap=200",
-                                                 "--out", str(out / "train-2d")], 120),
+                                                 "--out", str(out / "train-2d")], 120, out / "train-2d"),
         ("bench harness on the GPU", [sys.executable, "benchmarks/harness.py", "--device", "cuda", "--backbone",
-                                      "resnet50", "--rounds", "2", "--json", str(out / "bench.json")], 120),
+                                      "resnet50", "--rounds", "2", "--json", str(out / "bench.json")], 120, None),
         ("train monai:resnet10 3D", medcls + ["train", "--device", "cuda", "--backbone", "monai:resnet10",
                                               "--set", "volume_size=32", "--epochs", "3", "--finetune-epochs", "0",
-                                              "--set", "bootstrap=200", "--out", str(out / "train-3d")], 90),
-        ("3D training step (stem, memory format)", [sys.executable, "benchmarks/volume_training.py"], 60),
+                                              "--set", "bootstrap=200", "--out", str(out / "train-3d")], 90,
+         out / "train-3d"),
+        ("3D training step (stem, memory format)", [sys.executable, "benchmarks/volume_training.py"], 60, None),
     ]
-    for name, command, limit in steps:
+    for name, command, limit, run_folder in steps:
         status, seconds, last = run(command, limit, out / f"{name.split()[0]}-{len(rows)}.log")
         verdict = "ok" if status == 0 else ("time limit" if status == 124 else f"failed ({status})")
-        figure = last
-        summary = out / ("train-2d" if "resnet50 224" in name else "train-3d") / "manifest.json"
-        if "train" in name and summary.is_file():
-            manifest = json.loads(summary.read_text())
-            metrics = json.loads((summary.parent / "metrics.json").read_text())
-            figure = (f"{manifest.get('seconds')} s on {manifest.get('device')}, test ROC AUC "
-                      f"{metrics['test'].get('roc_auc', float('nan')):.3f}")
-        rows.append((name, verdict, seconds, figure))
+        rows.append((name, verdict, seconds, run_figure(run_folder) if run_folder else last))
     print("| check | result | seconds | figure |\n|---|---|---|---|")
     for name, verdict, seconds, figure in rows:
         print(f"| {name} | {verdict} | {seconds:.0f} | {figure.replace('|', '/')} |")

@@ -28,3 +28,26 @@ def test_bench_writes_every_figure_and_the_table(tmp_path):
 
 def test_bench_compresses_only_dicom(tmp_path):
     assert_one_line_error(run("--limit", "2", "--compress", "rle"), "--compress applies to DICOM")
+
+
+def test_gpu_check_says_why_it_cannot_run_and_reads_each_run_s_own_figures(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from benchmarks.gpu_check import run_figure
+
+    if not torch.cuda.is_available():  # CI: one line, status 3, nothing installed or written
+        done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--out", str(tmp_path / "g")],
+                              capture_output=True, text=True, timeout=120,
+                              cwd=Path(__file__).resolve().parents[1])
+        assert done.returncode == 3 and "no CUDA GPU is visible" in done.stdout and not (tmp_path / "g").exists()
+    # The table's figure for a training step comes from that step's own run folder only.
+    run = tmp_path / "train-3d"
+    assert run_figure(run) == "no finished run in train-3d/"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"seconds": 12.5, "device": "cuda:0"}))
+    (run / "metrics.json").write_text(json.dumps({"test": {"roc_auc": 0.91234}}))
+    assert run_figure(run) == "12.5 s on cuda:0, test ROC AUC 0.912"
