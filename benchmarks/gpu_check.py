@@ -10,7 +10,7 @@ own time limit, and prints one Markdown table:
    visible, so `device=auto` picks it;
 2. `medcls train --device cuda` of resnet50 at 224 px in bf16 on the synthetic set;
 3. the benchmark harness on the GPU (end-to-end vs model-only images/s, data wait share);
-4. a 3D run (`monai:resnet10` on the synthetic volumes) on the GPU;
+4. a 3D run (`monai:resnet10` on the built-in synthetic volumes, `--data synthetic3d`) on the GPU;
 5. the 3D training-step benchmark (stem and memory format) on the GPU.
 
 Without CUDA it says so and exits with status 3; nothing is installed then.
@@ -92,9 +92,10 @@ def main() -> int:
                                                  "--out", str(out / "train-2d")], 120, out / "train-2d"),
         ("bench harness on the GPU", [sys.executable, "benchmarks/harness.py", "--device", "cuda", "--backbone",
                                       "resnet50", "--rounds", "2", "--json", str(out / "bench.json")], 120, None),
-        ("train monai:resnet10 3D", medcls + ["train", "--device", "cuda", "--backbone", "monai:resnet10",
-                                              "--set", "volume_size=32", "--epochs", "3", "--finetune-epochs", "0",
-                                              "--set", "bootstrap=200", "--out", str(out / "train-3d")], 90,
+        ("train monai:resnet10 3D", medcls + ["train", "--device", "cuda", "--data", "synthetic3d", "--backbone",
+                                              "monai:resnet10", "--set", "volume_size=32", "--epochs", "3",
+                                              "--finetune-epochs", "0", "--set", "bootstrap=200",
+                                              "--out", str(out / "train-3d")], 90,
          out / "train-3d"),
         ("3D training step (stem, memory format)", [sys.executable, "benchmarks/volume_training.py"], 60, None),
     ]
