@@ -3,8 +3,9 @@
     python benchmarks/gpu_check.py [--wheels DIR] [--out DIR]
 
 It installs medcls and its first-party plugins into the running Python (`--wheels DIR`: offline, from
-wheels carried there, e.g. MONAI, pydicom, nibabel; see the device README), then runs, each with its
-own time limit, and prints one Markdown table:
+the wheels `bash benchmarks/gpu_wheels.sh DIR` gathers: medcls and its plugins built, MONAI, pydicom,
+nibabel and the rest a PyTorch image lacks), then runs, each with its own time limit, and prints one
+Markdown table:
 
 1. the test modules that exercise devices (execution, inference, training, TTA) with the GPU
    visible, so `device=auto` picks it;
@@ -55,11 +56,14 @@ def run_figure(folder: Path) -> str:
 
 
 def install(wheels: str | None, log: Path) -> int:
+    """medcls and its plugins: from the wheels benchmarks/gpu_wheels.sh built (offline: nothing is
+    built there, and what the machine already has, torch and timm above all, stays), or else
+    editable from this checkout with the package index."""
     pip = [sys.executable, "-m", "pip", "install", "-q"]
     if wheels:
-        pip += ["--no-index", "--find-links", wheels]
-    command = pip + ["-e", "."] + [arg for plugin in PLUGINS for arg in ("-e", plugin)]
-    return run(command, 300, log)[0]
+        names = ["medcls"] + [Path(plugin).name for plugin in PLUGINS]
+        return run(pip + ["--no-index", "--find-links", wheels, *names], 300, log)[0]
+    return run(pip + ["-e", "."] + [arg for plugin in PLUGINS for arg in ("-e", plugin)], 300, log)[0]
 
 
 def main() -> int:
