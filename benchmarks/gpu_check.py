@@ -10,7 +10,8 @@ Markdown table:
 1. the test modules that exercise devices (execution, inference, training, TTA) with the GPU
    visible, so `device=auto` picks it;
 2. `medcls train --device cuda` of resnet50 at 224 px in bf16 on the synthetic set;
-3. the benchmark harness on the GPU (end-to-end vs model-only images/s, data wait share);
+3. the benchmark harness on the GPU (end-to-end vs model-only images/s, GPU-busy share), and with
+   `--timm-benchmark PATH` timm's own benchmark.py beside it (same model, batch 256, 224 px, bf16);
 4. a 3D run (`monai:resnet10` on the built-in synthetic volumes, `--data synthetic3d`) on the GPU;
 5. the 3D training-step benchmark (stem and memory format) on the GPU.
 
@@ -55,6 +56,31 @@ def run_figure(folder: Path) -> str:
             f"{metrics['test'].get('roc_auc', float('nan')):.3f}")
 
 
+def harness_figure(out: Path, last: str) -> str:
+    """Training images/s end to end and of the model alone, and the GPU-busy share, from bench.json."""
+    try:
+        model = json.loads((out / "bench.json").read_text())["model"]
+    except (OSError, ValueError, KeyError):
+        return last
+    busy = model.get("gpu_busy_fraction")
+    return (f"train img/s end to end {model['img_s']['end_to_end']:.0f}, model alone {model['img_s']['default']:.0f}; "
+            f"GPU busy {'n/a' if busy is None else f'{busy:.2f}'}")
+
+
+def timm_figure(out: Path, last: str) -> str:
+    """timm's own training samples/s for the same model, batch and size."""
+    try:
+        results = json.loads((out / "timm.json").read_text())
+        results = results[0] if isinstance(results, list) else results
+        return f"train img/s {results['train_samples_per_sec']:.0f} (timm benchmark.py)"
+    except (OSError, ValueError, KeyError, IndexError):
+        return last
+
+
+FIGURES = {"bench": harness_figure, "timm": timm_figure}  # by a step name's first word
+BATCH = 256  # resnet50 at 224 px in bf16: what timm's benchmark uses on a large GPU
+
+
 def install(wheels: str | None, log: Path) -> int:
     """medcls and its plugins: from the wheels benchmarks/gpu_wheels.sh built (offline: nothing is
     built there, and what the machine already has, torch and timm above all, stays), or else
@@ -71,6 +97,8 @@ def main() -> int:
     parser.add_argument("--wheels", help="Install offline from the wheels in this folder.")
     parser.add_argument("--out", default="gpu-check", help="Folder for the runs and logs.")
     parser.add_argument("--skip-install", action="store_true")
+    parser.add_argument("--timm-benchmark", help="timm's benchmark.py (from its repository; not in the package), "
+                                                 "run beside the harness with the same model, batch and size.")
     args = parser.parse_args()
     import torch
 
@@ -95,7 +123,13 @@ def main() -> int:
                                                  "--epochs", "2", "--finetune-epochs", "1", "--set", "bootstrap=200",
                                                  "--out", str(out / "train-2d")], 120, out / "train-2d"),
         ("bench harness on the GPU", [sys.executable, "benchmarks/harness.py", "--device", "cuda", "--backbone",
-                                      "resnet50", "--rounds", "2", "--json", str(out / "bench.json")], 120, None),
+                                      "resnet50", "--batch-size", str(BATCH), "--image-size", "224", "--rounds", "2",
+                                      "--json", str(out / "bench.json")], 150, None),
+        *([("timm benchmark.py, same model", [sys.executable, args.timm_benchmark, "--model", "resnet50", "--bench",
+                                             "train", "-b", str(BATCH), "--img-size", "224", "--channels-last",
+                                             "--amp", "--amp-dtype", "bfloat16", "--results-file",
+                                             str(out / "timm.json"), "--results-format", "json"], 120, None)]
+          if args.timm_benchmark else []),
         ("train monai:resnet10 3D", medcls + ["train", "--device", "cuda", "--data", "synthetic3d", "--backbone",
                                               "monai:resnet10", "--set", "volume_size=32", "--epochs", "3",
                                               "--finetune-epochs", "0", "--set", "bootstrap=200",
@@ -106,7 +140,8 @@ def main() -> int:
     for name, command, limit, run_folder in steps:
         status, seconds, last = run(command, limit, out / f"{name.split()[0]}-{len(rows)}.log")
         verdict = "ok" if status == 0 else ("time limit" if status == 124 else f"failed ({status})")
-        rows.append((name, verdict, seconds, run_figure(run_folder) if run_folder else last))
+        figure = run_figure(run_folder) if run_folder else FIGURES.get(name.split()[0], lambda o, last: last)(out, last)
+        rows.append((name, verdict, seconds, figure))
     print("| check | result | seconds | figure |\n|---|---|---|---|")
     for name, verdict, seconds, figure in rows:
         print(f"| {name} | {verdict} | {seconds:.0f} | {figure.replace('|', '/')} |")
