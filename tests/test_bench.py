@@ -37,7 +37,7 @@ def test_gpu_check_says_why_it_cannot_run_and_reads_each_run_s_own_figures(tmp_p
 
     import torch
 
-    from benchmarks.gpu_check import run_figure
+    from benchmarks.gpu_check import harness_figure, run_figure, timm_figure
 
     if not torch.cuda.is_available():  # CI: one line, status 3, nothing installed or written
         done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--out", str(tmp_path / "g")],
@@ -51,3 +51,10 @@ def test_gpu_check_says_why_it_cannot_run_and_reads_each_run_s_own_figures(tmp_p
     (run / "manifest.json").write_text(json.dumps({"seconds": 12.5, "device": "cuda:0"}))
     (run / "metrics.json").write_text(json.dumps({"test": {"roc_auc": 0.91234}}))
     assert run_figure(run) == "12.5 s on cuda:0, test ROC AUC 0.912"
+    # The harness and timm rows read their own JSON; without it the step's last output line stands.
+    assert harness_figure(tmp_path, "last line") == timm_figure(tmp_path, "last line") == "last line"
+    (tmp_path / "bench.json").write_text(json.dumps({"model": {"img_s": {"end_to_end": 2710.4, "default": 2890.0},
+                                                               "gpu_busy_fraction": 0.934}}))
+    (tmp_path / "timm.json").write_text(json.dumps({"model": "resnet50", "train_samples_per_sec": 2950.2}))
+    assert harness_figure(tmp_path, "") == "train img/s end to end 2710, model alone 2890; GPU busy 0.93"
+    assert timm_figure(tmp_path, "") == "train img/s 2950 (timm benchmark.py)"
