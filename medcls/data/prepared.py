@@ -190,7 +190,7 @@ def index_of_known(label: str, classes: list[str], source: str) -> int:
     if label in classes:
         return classes.index(label)
     spelled = [c for c in classes if c.lower() == label.lower()]
-    hint = f" (the run spells it {spelled[0]!r}: rename it so)" if spelled else ""
+    hint = f" (the run spells it {spelled[0]!r}: rename the class to match)" if spelled else ""
     raise DataError(f"data '{source}' has class {label!r}, which the run was not trained on ({', '.join(classes)}){hint}")
 
 
