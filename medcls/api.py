@@ -15,6 +15,7 @@ import csv
 import dataclasses
 import functools
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -24,7 +25,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from medcls.config import TrainConfig, make_config, read_config_file  # noqa: F401  (public)
+from medcls.config import TrainConfig, make_config, read_config_file, save_config  # noqa: F401  (public)
 from medcls.errors import ConfigError, DataError
 from medcls.plugins.manager import get_plugin_manager, register_in_process
 from medcls.plugins.registry import Registries
@@ -452,6 +453,26 @@ class Run:
         self._scratch = scratch  # a temporary run folder lives as long as the Run
         self._predictor = None
 
+    def save(self, out: str | os.PathLike) -> "Run":
+        """Keep a run trained without `out=` (it lives in a temporary folder, removed with the Run):
+        copy it into `out`, a new or empty folder, and work from there."""
+        import shutil
+
+        out = Path(out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ConfigError(f"'{out}' exists and is not an empty folder: give a new one (nothing is overwritten)")
+        shutil.copytree(self.path, out, dirs_exist_ok=True)
+        save_config(dataclasses.replace(self.config, out=str(out)), out / "config.yaml")  # where it lives now
+        self.path, self._scratch = out, None  # the temporary folder goes with its last reference
+        return self
+
+    def require_lasting(self, out, what: str) -> None:
+        """`what` (export, explain) writes into the run's folder unless given `out`: a temporary run
+        asks for a folder of its own rather than write files that vanish with it."""
+        if out is None and self._scratch is not None:
+            raise ConfigError(f"this run lives in a temporary folder, removed with the Run: give {what} an out= "
+                              "folder, or keep the run first with run.save('runs/NAME')")
+
     def __repr__(self) -> str:
         test = self.metrics.test
         shown = f", test ROC AUC {test['roc_auc']}" if "roc_auc" in test else ""
@@ -614,6 +635,10 @@ class Run:
             if data is not None:
                 raise ConfigError("give either data or images with labels, not both")
             data = remember(array_cases(images, labels, patients=patients, volumes=self.reads_volumes, name="evaluate"))
+        if out is None and self._scratch is not None:
+            logging.getLogger("medcls").warning(
+                "the evaluation report is written into this run's temporary folder, removed with the Run: give "
+                "out= to keep it, or keep the run with run.save('runs/NAME')")
         result = evaluate_run(self.path, self.registries, data=None if data is None else str(data), split=split,
                               out=out, by=by, patient_level=patient_level, prevalence=prevalence,
                               n_resamples=bootstrap, tta=tta, device=self.device, allow_changed=allow_changed)
@@ -626,6 +651,7 @@ class Run:
         folder timm and medcls both load (medcls.workflows.export.Exported)."""
         from medcls.workflows.export import export_run
 
+        self.require_lasting(out, "export")
         return export_run(self.path, self.registries, format, out)
 
     def explain(self, inputs, out: str | os.PathLike | None = None, target_class: str | None = None):
@@ -635,5 +661,6 @@ class Run:
         from medcls.workflows.explain import explain_read
 
         model, _ = load_model(self.path, self.registries)
+        self.require_lasting(out, "explain")
         return explain_read(model, self.info, self.read(inputs), Path(out) if out else self.path / "explain",
                             target_class, predictor=self.predictor)

@@ -215,6 +215,31 @@ def test_without_out_the_run_lives_in_a_temporary_folder():
     assert not folder.exists()
 
 
+def test_a_temporary_run_writes_nothing_that_vanishes_and_can_be_kept(tmp_path, caplog):
+    images, labels, patients = phantoms(40, 24)
+    run = medcls.train(images=images, labels=labels, patients=patients, **{**SMALL, "image_size": 24, "epochs": 1})
+    scratch = run.path
+    for write in (lambda: run.export("onnx"), lambda: run.explain(images[:2])):
+        with pytest.raises(medcls.ConfigError, match="temporary folder, removed with the Run: give .* an out= folder"):
+            write()
+    with caplog.at_level("WARNING", logger="medcls"):
+        run.evaluate(images=images, labels=labels, bootstrap=50)
+    assert "give out= to keep it" in caplog.text
+    probs = run.predict(images[:4])
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("mine")
+    with pytest.raises(medcls.ConfigError, match="exists and is not an empty folder"):
+        run.save(tmp_path / "full")
+    assert run.save(tmp_path / "kept") is run and run.path == tmp_path / "kept"
+    exported = run.export("onnx")  # now into the kept folder
+    import gc
+
+    gc.collect()
+    assert not scratch.exists() and Path(exported.path).is_file()
+    again = medcls.load_run(tmp_path / "kept")
+    assert np.array_equal(again.predict(images[:4]), probs) and again.config.out == str(tmp_path / "kept")
+
+
 def test_the_notebook_example_runs(tmp_path):
     """examples/notebook.py: arrays in, figures, predict, reload with identical probabilities."""
     result = subprocess.run([sys.executable, str(ROOT / "examples" / "notebook.py"), "--out", str(tmp_path / "nb")],
