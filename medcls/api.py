@@ -627,7 +627,8 @@ class Run:
                  tta: str = "none", allow_changed: bool = False) -> Evaluation:
         """Score at the stored operating point, with intervals: the run's own test split by default,
         or new data (a path, or images with labels: every case). Writes metrics.json,
-        predictions.csv, report.md and report.html into `out` (default RUN/evaluation)."""
+        predictions.csv, report.md and report.html into `out` (a new or empty folder; default
+        RUN/evaluation, then RUN/evaluation-2, ...)."""
         from medcls.data.arrays import array_cases, remember
         from medcls.workflows.evaluate import evaluate_run
 

@@ -278,7 +278,8 @@ def print_run(run) -> None:
 @click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default=None,
               help="Which cases: a split of the run's own data (default test) or all (default for new data).")
 @click.option("--out", "-o", type=click.Path(file_okay=False),
-              help="Folder for metrics.json, report.md and report.html (default RUN/evaluation).")
+              help="New folder for metrics.json, report.md and report.html (default RUN/evaluation, then "
+                   "RUN/evaluation-2, ...).")
 @click.option("--by", help="Manifest column for a subgroup table (site, sex, scanner, ...).")
 @click.option("--patient-level", type=click.Choice(["mean", "max"]), help="Also score per patient.")
 @click.option("--prevalence", type=click.FloatRange(0, 1, min_open=True, max_open=True),

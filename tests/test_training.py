@@ -4,6 +4,7 @@ then evaluate and predict on the saved run."""
 import csv
 import json
 import re
+import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -164,7 +165,10 @@ def test_evaluate_writes_html_subgroups_patient_level_and_refuses_missing_column
     assert page.startswith("<!doctype html>") and page.count("data:image/png;base64,") >= 4
     assert "Subgroups of the all cases by <code>site</code>" in page
     assert set(metrics["subgroup_differences"]) == {"site0", "site1"}  # each site against the rest
-    missing = CliRunner().invoke(cli, [*args, "--by", "scanner"])
+    again = CliRunner().invoke(cli, [*args, "--by", "site"])  # the same --out: its report is kept
+    assert again.exit_code == 3 and "--out" in again.stderr and "exists and is not an empty folder" in again.stderr
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text()) == metrics
+    missing = CliRunner().invoke(cli, [*args[:-1], str(tmp_path / "e2"), "--by", "scanner"])
     assert missing.exit_code == 4 and "--by column 'scanner' does not exist in the data (available: site)" in missing.stderr
 
 
@@ -185,6 +189,22 @@ def test_evaluate_on_new_data_of_one_class_reports_its_sensitivity(run_dir, imag
     assert spelled.exit_code == 4
     assert "has class 'Tumour', which the run was not trained on (normal, tumour) (the run spells it 'tumour'" \
         in spelled.stderr
+
+
+def test_a_second_evaluation_never_replaces_the_first(run_dir, image_folder, tmp_path):
+    # Site A's data, then site B's, both with the default folder: two reports side by side.
+    run = tmp_path / "run"
+    shutil.copytree(run_dir[0], run, ignore=shutil.ignore_patterns("evaluation*"))
+    for site, label_of in (("a", {"no": "normal", "yes": "tumour"}), ("b", {"yes": "tumour"})):
+        rows = "".join(f"{p},{label_of[p.parent.name]}\n" for p in sorted(image_folder.rglob("*.png"))
+                       if p.parent.name in label_of)
+        (tmp_path / f"{site}.csv").write_text("path,label\n" + rows)
+        result = CliRunner().invoke(cli, ["evaluate", str(run), "--data", str(tmp_path / f"{site}.csv"),
+                                          "--bootstrap", "100"])
+        assert result.exit_code == 0, result.output
+    first = json.loads((run / "evaluation" / "metrics.json").read_text())
+    second = json.loads((run / "evaluation-2" / "metrics.json").read_text())
+    assert first["all"]["n"] == 24 and second["all"]["n"] == 12
 
 
 def test_evaluate_works_from_another_folder(image_folder, tmp_path, monkeypatch):

@@ -33,6 +33,7 @@ from medcls.stats.multitask import assess_tasks
 from medcls.stats.subgroups import compare_subgroups
 from medcls.stats.calibration import calibration_slope_intercept
 from medcls.stats.intervals import paired_delong
+from medcls.workflows.train import reserve_folder
 
 logger = logging.getLogger("medcls")
 
@@ -145,12 +146,26 @@ def add_tta_comparison(doc, tta, labels, plain, probs, without, with_tta) -> Non
                       f"({test['low']:+.3f} to {test['high']:+.3f}), paired DeLong p = {test['p_value']:.3f}.")
 
 
+def evaluation_folder(run: Path, out) -> Path:
+    """`out`, or else RUN/evaluation, RUN/evaluation-2, ...: a second evaluation (another site's
+    data, another split) never replaces the report of the first."""
+    from medcls.workflows.train import reserve_folder
+
+    if out is None:
+        return reserve_folder(run / "evaluation")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return Path(out)
+
+
 def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, patient_level=None,
                  prevalence=None, n_resamples=2000, tta="none", device="auto", allow_changed=False) -> dict:
     """Score a finished run at its stored operating point; writes metrics.json, predictions.csv,
-    report.md and report.html into `out` (default RUN/evaluation)."""
+    report.md and report.html into `out` (a new or empty folder; default RUN/evaluation, then
+    RUN/evaluation-2, ...)."""
 
     run = Path(run)
+    if out is not None and Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
+        raise ConfigError(f"--out '{out}' exists and is not an empty folder: give a new one (nothing is overwritten)")
     scored = run_predictions(run, registries, data=data, split=split, tta=tta, device=device,
                              allow_changed=allow_changed)
     if scored.data.multi_label:
@@ -179,8 +194,7 @@ def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, p
     without_tta = None if plain is None else assess(plain, labels, threshold, metrics, patients=patients,
                                                     where=f"{split} cases", **options)
 
-    out = Path(out) if out else run / "evaluation"
-    out.mkdir(parents=True, exist_ok=True)
+    out = evaluation_folder(run, out)
     classes = info["classes"]
     plots.plot_roc({split: (probs, labels, threshold)}, classes, out / "roc.png", groups=patients, highlight=split)
     plots.plot_confusion(probs, labels, threshold, classes, out / "confusion_matrix.png")
@@ -254,8 +268,7 @@ def evaluate_findings(run: Path, scored: ScoredCases, registries, *, out=None, p
     with stage(f"figures and {n_resamples}-resample intervals of {len(scored.labels)} {split} cases, per finding"):
         found = assessed_for(scored.probs)
     without = None if scored.single_view is None else assessed_for(scored.single_view)
-    out = Path(out) if out else run / "evaluation"
-    out.mkdir(parents=True, exist_ok=True)
+    out = evaluation_folder(run, out)
     plots.plot_finding_rocs(scored.probs, scored.labels, classes, thresholds, out / "roc.png")
     write_finding_predictions(out / "predictions.csv", classes, {split: (scored.keys, scored.labels, scored.probs)},
                               scored.predictor.decide)
