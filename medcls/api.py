@@ -466,7 +466,7 @@ class Run:
         self.path, self._scratch = out, None  # the temporary folder goes with its last reference
         return self
 
-    def require_lasting(self, out, what: str) -> None:
+    def _require_lasting(self, out, what: str) -> None:
         """`what` (export, explain) writes into the run's folder unless given `out`: a temporary run
         asks for a folder of its own rather than write files that vanish with it."""
         if out is None and self._scratch is not None:
@@ -652,7 +652,7 @@ class Run:
         folder timm and medcls both load (medcls.workflows.export.Exported)."""
         from medcls.workflows.export import export_run
 
-        self.require_lasting(out, "export")
+        self._require_lasting(out, "export")
         return export_run(self.path, self.registries, format, out)
 
     def explain(self, inputs, out: str | os.PathLike | None = None, target_class: str | None = None):
@@ -662,6 +662,6 @@ class Run:
         from medcls.workflows.explain import explain_read
 
         model, _ = load_model(self.path, self.registries)
-        self.require_lasting(out, "explain")
+        self._require_lasting(out, "explain")
         return explain_read(model, self.info, self.read(inputs), Path(out) if out else self.path / "explain",
                             target_class, predictor=self.predictor)
