@@ -657,11 +657,15 @@ class Run:
 
     def explain(self, inputs, out: str | os.PathLike | None = None, target_class: str | None = None):
         """Grad-CAM heatmaps (PNG per input and a grid) with the calibrated probability and the
-        decision `predict` gives (medcls.workflows.explain.Explanation)."""
+        decision `predict` gives (medcls.workflows.explain.Explanation); into `out`, or else a new
+        RUN/explain[-N] folder."""
         from medcls.core.runs import load_model
         from medcls.workflows.explain import explain_read
 
         model, _ = load_model(self.path, self.registries)
+        from medcls.workflows.train import removed_if_left_empty, reserve_folder
+
         self._require_lasting(out, "explain")
-        return explain_read(model, self.info, self.read(inputs), Path(out) if out else self.path / "explain",
-                            target_class, predictor=self.predictor)
+        folder = Path(out) if out else reserve_folder(self.path / "explain")  # explain, explain-2, ...: none replaced
+        with removed_if_left_empty(None if out else folder):
+            return explain_read(model, self.info, self.read(inputs), folder, target_class, predictor=self.predictor)

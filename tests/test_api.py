@@ -232,6 +232,9 @@ def test_a_temporary_run_writes_nothing_that_vanishes_and_can_be_kept(tmp_path, 
         run.save(tmp_path / "full")
     assert run.save(tmp_path / "kept") is run and run.path == tmp_path / "kept"
     exported = run.export("onnx")  # now into the kept folder
+    first, second = run.explain(images[:2]), run.explain(images[2:4])  # each into a folder of its own
+    assert Path(first.grid).parent == tmp_path / "kept" / "explain" and Path(first.grid).is_file()
+    assert Path(second.grid).parent == tmp_path / "kept" / "explain-2"
     import gc
 
     gc.collect()
