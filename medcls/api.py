@@ -458,9 +458,10 @@ class Run:
         copy it into `out`, a new or empty folder, and work from there."""
         import shutil
 
+        from medcls.reports.report import require_new_folder
+
         out = Path(out)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise ConfigError(f"'{out}' exists and is not an empty folder: give a new one (nothing is overwritten)")
+        require_new_folder(out, "out")
         shutil.copytree(self.path, out, dirs_exist_ok=True)
         save_config(dataclasses.replace(self.config, out=str(out)), out / "config.yaml")  # where it lives now
         self.path, self._scratch = out, None  # the temporary folder goes with its last reference

@@ -130,7 +130,8 @@ def prepare_data(config: TrainConfig, registries, *, split: bool = True, backgro
     """Load cases, find duplicates, split by patient/content group, decode every image once
     (with `background`, training images first, while the caller trains: see decode_all).
     `known_classes`: a trained run's classes, which single-label cases must come from; new data
-    may hold only some of them (a set of confirmed tumours scores sensitivity)."""
+    may hold only some of them (a set of confirmed tumours scores sensitivity). Multi-label data
+    keeps its own findings (the caller orders them)."""
     from medcls.data.decoding import decode_all
     from medcls.data.loading import class_names, load_cases, training_grid
     from medcls.data.splits import (assign_splits, conflicting_copies, duplicate_sets, leakage_warnings,
@@ -162,7 +163,7 @@ def prepare_data(config: TrainConfig, registries, *, split: bool = True, backgro
         split_seed = config.seed if config.split_seed is None else config.split_seed
         try:
             splits = assign_splits(cases, labels, groups, config.val_fraction, config.test_fraction, split_seed,
-                                   None if multi_label else classes)
+                                   classes)
         except DataError as error:
             raise DataError(f"data source '{config.data}': {error}") from None
         if any(case.split for case in cases) and not any(case.split == "test" for case in cases):

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medcls.errors import ConfigError
+
 GAP_METRICS = ("loss", "accuracy", "roc_auc", "sensitivity", "specificity")
 
 
@@ -234,6 +236,13 @@ code {{ background: #f3f3f3; padding: 0 0.2rem; }}
 {body}
 </body></html>
 """
+
+
+def require_new_folder(out: Path, name: str = "--out") -> None:
+    """Reports (and kept runs) go into a new or empty folder only: nothing written there before is
+    replaced."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{name} '{out}' exists and is not an empty folder: give a new one (nothing is overwritten)")
 
 
 def write_metrics_json(path: Path, payload: dict) -> None:

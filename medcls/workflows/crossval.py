@@ -35,7 +35,7 @@ def fold_assignments(data, k: int, val_fraction: float, seed: int) -> list[np.nd
         splits = np.full(len(data.cases), "train", dtype=object)
         splits[test] = "test"
         _, val = holdout(rest, data.labels, groups, val_fraction / max(1e-9, 1 - 1 / k), seed + 1 + fold, "val",
-                         None if data.multi_label else data.classes)
+                         data.classes)
         splits[val] = "val"
         assignments.append(splits.astype(str))
     return assignments

@@ -25,6 +25,7 @@ from medcls.reports.report import (
     add_assessment,
     format_value,
     gap_rows,
+    require_new_folder,
     write_metrics_json,
 )
 from medcls.stats import multilabel
@@ -93,8 +94,7 @@ def run_predictions(run, registries, *, data: str | None = None, split: str | No
     config = dataclasses.replace(config, data=config.data if data is None else data, image_size=info["image_size"],
                                  channels=str(info["in_chans"]), positive_class=info.get("positive_class"))
     split = split or ("test" if own_data else "all")
-    prepared = prepare_data(config, registries, split=False,
-                            known_classes=None if info.get("multi_label") else info["classes"])
+    prepared = prepare_data(config, registries, split=False, known_classes=info["classes"])
     if bool(info.get("multi_label")) != prepared.multi_label:
         raise DataError(f"run '{run}' was trained on {'multi-label' if info.get('multi_label') else 'single-label'} "
                         f"data and '{config.data}' is {'multi-label' if prepared.multi_label else 'single-label'}: "
@@ -164,8 +164,8 @@ def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, p
     RUN/evaluation-2, ...)."""
 
     run = Path(run)
-    if out is not None and Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
-        raise ConfigError(f"--out '{out}' exists and is not an empty folder: give a new one (nothing is overwritten)")
+    if out is not None:
+        require_new_folder(Path(out))
     scored = run_predictions(run, registries, data=data, split=split, tta=tta, device=device,
                              allow_changed=allow_changed)
     if scored.data.multi_label:

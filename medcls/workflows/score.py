@@ -26,7 +26,7 @@ from medcls.data.loading import class_names
 from medcls.errors import ConfigError, DataError
 from medcls.reports import plots
 from medcls.reports.documents import add_subgroups
-from medcls.reports.report import Document, add_assessment, format_value, write_metrics_json
+from medcls.reports.report import Document, add_assessment, format_value, require_new_folder, write_metrics_json
 from medcls.stats.assess import assess, assess_subgroups
 from medcls.stats.calibration import calibration_slope_intercept
 from medcls.stats.operating_points import choose_threshold
@@ -228,8 +228,7 @@ def score_predictions(paths: list[Path], registries, *, out, label_column: str =
         raise DataError(f"predictions file '{file.path}' has no column {by!r} for --by "
                         f"(columns: {', '.join(file.columns)})")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"--out '{out}' exists and is not an empty folder: give a new one (nothing is overwritten)")
+    require_new_folder(out)
     chosen, how = operating_point(file, threshold, threshold_rule, target)
     metrics = list(registries["metrics"])
     splits = [s for s in SPLIT_ORDER if len(file.rows(s))]
