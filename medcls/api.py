@@ -19,7 +19,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -123,13 +123,13 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class CaseToReview:
-    """A case given a low out-of-fold probability for its own label (a wrong label, a look-alike of
-    the other class, or an image the models cannot read yet)."""
+    """A case given a low probability for its own label by a model that never saw it (a wrong
+    label, a look-alike of the other class, or an image the models cannot read yet)."""
 
     case: str
     label: str
-    fold: int
-    p_label: float  # the probability its fold's model gave its own label
+    fold: int | str | None  # its cross-validation fold; None for scored predictions without a fold column
+    p_label: float  # the probability the model gave its own label
     auc_without: float | None  # the pooled ROC AUC of every other case (binary tasks)
 
 
@@ -341,6 +341,7 @@ class Scores:
     operating_point: str
     splits: dict[str, SplitMetrics]
     path: Path
+    to_review: list[CaseToReview] = field(default_factory=list)  # of the main split, lowest P(label) first
 
     @property
     def test(self) -> SplitMetrics:
@@ -374,7 +375,8 @@ def score(predictions: str | os.PathLike | Sequence[str | os.PathLike], *, out: 
                                    positive_class=positive_class, threshold=threshold, threshold_rule=threshold_rule,
                                    target=target, by=by, prevalence=prevalence, n_resamples=bootstrap, seed=seed)
     return Scores(result["classes"], result["threshold"], result["operating_point"],
-                  {s: SplitMetrics(result[s], result["intervals"][s]) for s in result["splits"]}, folder)
+                  {s: SplitMetrics(result[s], result["intervals"][s]) for s in result["splits"]}, folder,
+                  [CaseToReview(**found) for found in result["to_review"]])
 
 
 def preview_policy(policy: str, out: str | os.PathLike, *, data: str = "synthetic", count: int = 8, views: int = 6,

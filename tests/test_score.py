@@ -274,3 +274,29 @@ def test_compare_of_two_prediction_files_equals_proc_roc_test(tmp_path):
         auc = json.loads((tmp_path / "c.json").read_text())["auc"]
         assert (auc["z"], auc["p_value"]) == pytest.approx((z, p), rel=1e-9)
         assert (auc["low"], auc["high"]) == pytest.approx((low, high), abs=1e-8)  # qnorm's last digits
+
+
+def test_scored_test_rows_list_the_cases_to_look_at_again(tmp_path):
+    """The test rows given the lowest probability for their own label, by key, with the ROC AUC of
+    the others (checked against scikit-learn with the case removed); the fold where the file has one."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.array([0] * 6 + [1] * 6)
+    p = np.array([0.1, 0.2, 0.3, 0.9, 0.15, 0.25, 0.9, 0.8, 0.05, 0.7, 0.85, 0.6])  # n3 and y8 at odds
+    path = write_csv(tmp_path / "oof.csv", ["case", "fold", "label", "p_no", "p_yes"],
+                     [[f"{'ny'[y[i]]}{i}", i % 3 + 1, "no yes".split()[y[i]], 1 - p[i], p[i]] for i in range(12)])
+    scores = medcls.score(path, out=tmp_path / "scores", threshold_rule="fixed", bootstrap=200)
+    first, second = scores.to_review[:2]
+    assert (first.case, first.label, first.fold) == ("y8", "yes", 3) and first.p_label == pytest.approx(0.05)
+    assert (second.case, second.label) == ("n3", "no") and second.p_label == pytest.approx(0.1)
+    keep = np.arange(12) != 8
+    assert first.auc_without == pytest.approx(roc_auc_score(y[keep], p[keep]))
+    assert len(scores.to_review) == 10
+    report = (tmp_path / "scores" / "report.md").read_text()
+    assert "Cases to look at again" in report and "`y8`" in report and "ROC AUC without it" in report
+    # Without a fold column there is none in the table either.
+    plain = write_csv(tmp_path / "plain.csv", ["key", "label", "p_yes"],
+                      [[f"k{i}", "no yes".split()[y[i]], p[i]] for i in range(12)])
+    unfolded = medcls.score(plain, out=tmp_path / "plain", score_column="p_yes", threshold_rule="fixed", bootstrap=200)
+    assert unfolded.to_review[0].fold is None
+    assert "| fold |" not in (tmp_path / "plain" / "report.md").read_text()

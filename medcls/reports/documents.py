@@ -84,6 +84,23 @@ def add_subgroups(doc: Document, column: str, subgroups: dict, differences: dict
         doc.image(out / "subgroups_forest.png", "Subgroup differences from the rest")
 
 
+def add_cases_to_review(doc: Document, cases: list[dict], scored_by: str) -> None:
+    """The cases given the lowest probability for their own label, with (binary) the ROC AUC of all
+    the others; a fold column where the cases came from cross-validation."""
+    if not cases:
+        return
+    binary = cases[0]["auc_without"] is not None
+    folds = any(c.get("fold") is not None for c in cases)
+    doc.heading("Cases to look at again")
+    doc.paragraph(f"The cases given the lowest probability for their own label by {scored_by}: a wrong label, a "
+                  "look-alike of the other class, or an image the model cannot read yet. Relabelling or removing "
+                  "cases after seeing these figures biases every figure above; review them blind to the prediction."
+                  + (" The last column is the ROC AUC of all the other cases." if binary else ""))
+    doc.table(["case", "label", *(["fold"] if folds else []), "P(label)", *(["ROC AUC without it"] if binary else [])],
+              [[f"`{c['case']}`", c["label"], *([str(c.get("fold", "-"))] if folds else []), f"{c['p_label']:.3f}",
+                *([f"{c['auc_without']:.3f}"] if binary else [])] for c in cases])
+
+
 def add_abstention(doc: Document, report: dict, classes: list[str]) -> None:
     """Split-conformal referral on the test split: coverage achieved, referral rate, and the
     figures on the cases kept."""

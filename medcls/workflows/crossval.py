@@ -14,7 +14,7 @@ import numpy as np
 from medcls.data.splits import holdout, linked_groups, multilabel_group_folds
 from medcls.errors import ConfigError, DataError
 from medcls.logs import logger, stage
-from medcls.reports.documents import add_findings
+from medcls.reports.documents import add_cases_to_review, add_findings
 from medcls.reports.report import Document, format_value, spread
 from medcls.stats import multilabel
 from medcls.stats.assess import assess
@@ -200,17 +200,6 @@ def cv_document(config, result: dict):
         doc.paragraph("Multi-label: the figures above are macro averages over findings; pooled out of fold per "
                       "finding, each case at its own fold's operating point:")
         add_findings(doc, result["pooled_findings"], "out-of-fold predictions")
-    if result.get("to_review"):
-        binary = result["to_review"][0]["auc_without"] is not None
-        doc.heading("Cases to look at again")
-        doc.paragraph("The cases given the lowest probability for their own label by the fold's model, which "
-                      "never saw them: a wrong label, a look-alike of the other class, or an image the models cannot "
-                      "read yet. "
-                      "Relabelling or removing cases after seeing these figures biases every figure above; "
-                      "review them blind to the prediction."
-                      + (" The last column is the pooled ROC AUC of all the other cases." if binary else ""))
-        doc.table(["case", "label", "fold", "P(label)", *(["ROC AUC without it"] if binary else [])],
-                  [[f"`{r['case']}`", r["label"], str(r["fold"]), f"{r['p_label']:.3f}",
-                    *([f"{r['auc_without']:.3f}"] if binary else [])] for r in result["to_review"]])
+    add_cases_to_review(doc, result.get("to_review") or [], "the fold's model, which never saw them")
     doc.paragraph("Out-of-fold predictions: oof_predictions.csv; each fold's full report: fold-N/report.md.")
     return doc

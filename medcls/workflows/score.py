@@ -25,11 +25,12 @@ from medcls.data.layouts import table_rows
 from medcls.data.loading import class_names
 from medcls.errors import ConfigError, DataError
 from medcls.reports import plots
-from medcls.reports.documents import add_subgroups
+from medcls.reports.documents import add_cases_to_review, add_subgroups
 from medcls.reports.report import Document, add_assessment, format_value, require_new_folder, write_metrics_json
 from medcls.stats.assess import assess, assess_subgroups
 from medcls.stats.calibration import calibration_slope_intercept
 from medcls.stats.operating_points import choose_threshold
+from medcls.stats.review import cases_at_odds
 from medcls.stats.subgroups import compare_subgroups
 from medcls.stats.intervals import compare_predictions
 
@@ -265,11 +266,27 @@ def score_predictions(paths: list[Path], registries, *, out, label_column: str =
         "level": {s: assessed[s]["level"] for s in splits}, "notes": {s: assessed[s]["notes"] for s in splits},
         "per_class": {s: assessed[s]["per_class"] for s in splits},
         "calibration": calibration, "subgroups": subgroups, "subgroup_differences": differences, "splits": splits,
+        "to_review": to_review(file, rows),
     }
     write_metrics_json(out / "metrics.json", result)
     score_document(file, result, assessed, by, out, [f.path for f in files]).write(out)
     result["out"] = str(out)
     return result
+
+
+def to_review(file: PredictionFile, rows: np.ndarray, count: int = 10) -> list[dict]:
+    """The rows (of the main split) given the lowest probability for their own label, by key; with
+    their fold where the file has a fold column (medcls's oof_predictions.csv)."""
+    if len(set(file.labels[rows].tolist())) < 2:
+        return []
+    folds = file.columns.get("fold")
+    cases = []
+    for found in cases_at_odds(file.labels[rows], file.probs[rows], count):
+        i = rows[found["index"]]
+        fold = None if folds is None else (int(folds[i]) if str(folds[i]).strip().isdigit() else str(folds[i]))
+        cases.append({"case": file.keys[i], "label": file.classes[file.labels[i]], "fold": fold,
+                      "p_label": found["p_label"], "auc_without": found["auc_without"]})
+    return cases
 
 
 def score_document(file: PredictionFile, result: dict, assessed: dict, by: str | None, out: Path,
@@ -300,6 +317,7 @@ def score_document(file: PredictionFile, result: dict, assessed: dict, by: str |
         doc.image(out / "calibration.png", "Calibration")
     if result["subgroups"]:
         add_subgroups(doc, by, result["subgroups"], result["subgroup_differences"], out, f"{result['splits'][0]} rows")
+    add_cases_to_review(doc, result["to_review"], f"the predictions (of the {result['splits'][0]} rows)")
     return doc
 
 
