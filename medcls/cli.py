@@ -467,7 +467,7 @@ def preview(policy, data, count, views, aug, image_size, seed, settings, out):
                    "that timm loads as local-dir:PATH and medcls.load_run loads back; monai-bundle: a MONAI "
                    "bundle that `python -m monai.bundle run` executes on a folder of images.")
 @click.option("-o", "--out", type=click.Path(file_okay=False),
-              help="Folder (default RUN/export, for hf RUN/hf, for monai-bundle RUN/monai-bundle).")
+              help="Folder (default RUN/FORMAT: RUN/onnx, RUN/torchscript, RUN/hf, RUN/monai-bundle).")
 def export(run, fmt, out):
     """Export a run's model (preprocessed images in, probabilities out) with its threshold and preprocessing."""
     from medcls import api

@@ -62,3 +62,16 @@ def test_torchscript_matches_pytorch(runs, registries, tmp_path):
 
 def test_export_of_a_folder_without_a_model_is_a_one_line_error(tmp_path):
     assert_one_line_error(CliRunner().invoke(cli, ["export", str(tmp_path)]), "has no model.safetensors")
+
+
+def test_each_format_gets_its_own_default_folder_and_description(runs, tmp_path):
+    """Exporting ONNX and then TorchScript without -o keeps both, each export.json naming its own
+    file (one shared RUN/export folder left model.onnx described by the TorchScript's export.json)."""
+    import shutil
+
+    run = shutil.copytree(runs["2d"], tmp_path / "run")
+    for fmt in ("onnx", "torchscript"):
+        result = CliRunner().invoke(cli, ["export", str(run), "--format", fmt])
+        assert result.exit_code == 0, result.output
+    assert json.loads((run / "onnx" / "export.json").read_text())["file"] == "model.onnx"
+    assert json.loads((run / "torchscript" / "export.json").read_text())["file"] == "model.ts"

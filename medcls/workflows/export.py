@@ -64,8 +64,9 @@ class Exported:
 
 
 def export_run(run, registries, fmt: str, out: str | Path | None = None) -> Exported:
-    """Write `model.onnx` or `model.ts` and `export.json` into `out` (default RUN/export), or for
-    `hf` a Hugging Face-style folder (default RUN/hf), or a MONAI bundle (default RUN/monai-bundle)."""
+    """Write `model.onnx` or `model.ts` and `export.json` into `out` (default RUN/onnx or
+    RUN/torchscript: one folder per format, so each export.json describes its own file), or for `hf`
+    a Hugging Face-style folder (default RUN/hf), or a MONAI bundle (default RUN/monai-bundle)."""
     with stage(f"export of '{run}' as {fmt}, checked against medcls's probabilities"):
         return export_as(run, registries, fmt, out)
 
@@ -87,7 +88,7 @@ def export_as(run, registries, fmt: str, out: str | Path | None = None) -> Expor
         difference = export_hf(model, info, folder, run=Path(run), registries=registries,
                                check_batch=example_input(info), tolerance=TOLERANCE)
         return Exported(str(folder / "model.safetensors"), str(folder / "config.json"), difference)
-    return export_model(model, info, fmt, Path(out) if out else Path(run) / "export", run=run)
+    return export_model(model, info, fmt, Path(out) if out else Path(run) / fmt, run=run)
 
 
 def export_model(model: nn.Module, info: dict, fmt: str, out: Path, *, run=None) -> Exported:
