@@ -272,3 +272,26 @@ def test_large_jpeg_decodes_at_reduced_scale_but_never_below_twice_the_size(tmp_
     assert full.shape == (1, 1600, 1200) and min(reduced.shape[1:]) >= 256 and reduced.shape[1] < 1600
     difference = (resize(full, 128) - resize(reduced, 128)).abs()
     assert float(difference.mean()) < 0.01 and isinstance(difference, torch.Tensor)
+
+
+@pytest.mark.parametrize("orientation, turn", [(1, lambda a: a), (3, lambda a: np.rot90(a, 2)),
+                                               (6, lambda a: np.rot90(a, -1)), (8, lambda a: np.rot90(a, 1))])
+def test_exif_orientation_is_applied(tmp_path, orientation, turn):
+    """A photograph stored sideways with an EXIF orientation tag is read as viewers show it."""
+    from PIL import Image
+
+    stored = np.zeros((20, 40), dtype=np.uint8)
+    stored[:5, :10] = 255  # a bright corner marks which way is up
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(tmp_path / "photo.png", exif=exif.tobytes())
+    np.testing.assert_array_equal(read_pil(tmp_path / "photo.png")[0], turn(stored) / 255.0)
+
+
+def test_a_multi_page_tiff_is_refused_not_read_as_its_first_page(tmp_path):
+    from PIL import Image
+
+    pages = [Image.fromarray(np.full((8, 8), v, dtype=np.uint8)) for v in (10, 200)]
+    pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
+    with pytest.raises(DataError, match="'.*stack.tif' holds 2 pages or frames.*save each page as its own file"):
+        read_pil(tmp_path / "stack.tif")

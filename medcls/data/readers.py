@@ -14,19 +14,38 @@ NIFTI_EXTENSIONS = (".nii", ".nii.gz")
 
 
 def read_pil(path: Path, size: int | None = None) -> np.ndarray:
-    """PNG/JPEG/TIFF via Pillow: L, LA, RGB, RGBA, P, 1, CMYK, 16- and 32-bit greyscale. With
-    `size` (the training resolution), a large JPEG is decoded at a reduced DCT scale that stays at
-    least twice `size` on each side, so the antialiased resize that follows still sets the pixels."""
+    """PNG/JPEG/TIFF via Pillow: L, LA, RGB, RGBA, P, 1, CMYK, 16- and 32-bit greyscale, upright
+    as a viewer shows it (EXIF orientation applied). With `size` (the training resolution), a large
+    JPEG is decoded at a reduced DCT scale that stays at least twice `size` on each side, so the
+    antialiased resize that follows still sets the pixels. A file of several pages or frames (a
+    multi-page TIFF, an animated GIF) is refused rather than read as its first page."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
+            frames = getattr(img, "n_frames", 1)
+            if frames > 1:
+                raise DataError(f"image file '{path}' holds {frames} pages or frames and medcls reads one image "
+                                "per file: save each page as its own file (or a volume as NIfTI or a DICOM series)")
             if size and img.format == "JPEG" and min(img.size) >= 4 * size:  # else no smaller scale fits
                 img.draft(img.mode, (2 * size, 2 * size))
             img.load()
-            return pil_to_array(img)
+            return pil_to_array(upright(img))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"image file '{path}' cannot be decoded ({exc}): replace or remove it") from None
+
+
+EXIF_ORIENTATION = 0x0112
+
+
+def upright(img):
+    """The image turned as its EXIF orientation says (photographs from a phone or camera, stored
+    sideways with a tag): labels, heatmaps and previews then match what a viewer showed the reader."""
+    if img.getexif().get(EXIF_ORIENTATION, 1) in (1, None):
+        return img
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(img)
 
 
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
