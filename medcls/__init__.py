@@ -42,6 +42,7 @@ _LAZY = {
     "create_classifier": "medcls.api",
     "list_backbones": "medcls.api",
     "register_plugin": "medcls.api",
+    "unregister_plugin": "medcls.api",
     "score": "medcls.api",
     "Scores": "medcls.api",
     "compare": "medcls.api",

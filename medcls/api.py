@@ -26,8 +26,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from medcls.config import TrainConfig, make_config, read_config_file, save_config  # noqa: F401  (public)
-from medcls.errors import ConfigError, DataError
-from medcls.plugins.manager import get_plugin_manager, register_in_process
+from medcls.errors import ConfigError, DataError, PluginError
+from medcls.plugins.manager import IN_PROCESS, get_plugin_manager, register_in_process, unregister_in_process
 from medcls.plugins.registry import Registries
 
 # --- typed results ---------------------------------------------------------------------------
@@ -163,10 +163,19 @@ def make_registries() -> Registries:
     return Registries(get_plugin_manager())
 
 
-def register_plugin(plugin: object, name: str | None = None) -> None:
+def register_plugin(plugin: object, name: str | None = None) -> str:
     """Register an in-process plugin (a module or object with `@medcls.hookimpl` functions), e.g. a
-    backbone defined in a notebook; every later call of medcls in this process sees it."""
-    register_in_process(plugin, name)
+    backbone defined in a notebook; every later call of medcls in this process sees it. The name
+    (default: the module's or class's) is returned; registering that name again replaces the
+    plugin, as running a notebook cell again expects."""
+    return register_in_process(plugin, name)
+
+
+def unregister_plugin(name: str) -> None:
+    """Forget a plugin registered with `register_plugin`; later calls no longer see its parts."""
+    if not unregister_in_process(name):
+        known = ", ".join(repr(n) for n, _ in IN_PROCESS) or "none"
+        raise PluginError(f"no plugin named {name!r} was registered in this process (registered: {known})")
 
 
 def list_backbones(pattern: str | None = None, *, pretrained: bool = False) -> list[str]:

@@ -189,8 +189,6 @@ def test_an_in_process_plugin_registers_a_backbone_for_training(tmp_path):
         run = medcls.train(images=images, labels=labels, patients=patients, **{**SMALL, "backbone": "notebook_tiny",
                                                                               "image_size": 24, "epochs": 1})
         assert run.info["backbone"] == "notebook_tiny"
-        with pytest.raises(medcls.PluginError, match="already registered"):
-            medcls.register_plugin(NotebookPlugin(), name="notebook")
     finally:
         unregister_in_process("notebook")
 
@@ -201,6 +199,32 @@ def test_an_in_process_plugin_registers_a_backbone_for_training(tmp_path):
 
     with pytest.raises(medcls.PluginError, match="unknown hook"):
         medcls.register_plugin(Misspelled(), name="typo")
+
+
+def test_running_a_notebook_cell_again_replaces_its_plugin():
+    """A cell that defines and registers a plugin, run twice: the second definition replaces the
+    first (before, both stayed registered and every later call failed on their clashing names)."""
+    from medcls.api import make_registries
+
+    def cell(value):
+        class CellPlugin:
+            @medcls.hookimpl
+            def medcls_register_metrics(self, register):
+                register("cell_metric", lambda y, p: value, higher_is_better=True)
+
+        return medcls.register_plugin(CellPlugin())
+
+    assert cell(0.5) == "CellPlugin"
+    try:
+        assert cell(0.7) == "CellPlugin"
+        assert make_registries()["metrics"].get("cell_metric").obj(None, None) == 0.7
+    finally:
+        medcls.unregister_plugin("CellPlugin")
+    assert "cell_metric" not in make_registries()["metrics"]
+    with pytest.raises(medcls.PluginError, match="no plugin named 'CellPlugin' was registered"):
+        medcls.unregister_plugin("CellPlugin")
+    with pytest.raises(medcls.PluginError, match="built in or installed"):
+        medcls.register_plugin(object(), name="efficientnet_lite")
 
 
 def test_without_out_the_run_lives_in_a_temporary_folder():

@@ -51,20 +51,34 @@ def get_plugin_manager(*, entry_points: bool = True) -> MedclsPluginManager:
     return pm
 
 
-def register_in_process(plugin: object, name: str | None = None) -> None:
+def register_in_process(plugin: object, name: str | None = None) -> str:
     """Add a plugin object for every plugin manager made from now on in this process; a
-    misspelled hook is an error at once, not at the next command."""
-    name = name or getattr(plugin, "__name__", None) or f"in-process-{len(IN_PROCESS) + 1}"
-    if any(existing == name for existing, _ in IN_PROCESS) or name in DEFAULT_PLUGINS:
-        raise PluginError(f"a plugin named {name!r} is already registered in this process: give another name")
+    misspelled hook is an error at once, not at the next command. Its name defaults to the
+    module's or class's name, so running a notebook cell again replaces the plugin it registered
+    before instead of adding a second one whose names would clash. Returns the name."""
+    if name is None:
+        name = getattr(plugin, "__name__", None) or getattr(type(plugin), "__name__", None) \
+            or f"in-process-{len(IN_PROCESS) + 1}"
+    if name in DEFAULT_PLUGINS or name in installed_plugin_names():
+        raise PluginError(f"a plugin named {name!r} is built in or installed: give your plugin another name")
     check = MedclsPluginManager()
     check.add_hookspecs(hookspecs)
     register_plugin(check, plugin, name)  # raises PluginError on an unknown hook
+    if unregister_in_process(name):
+        logger.info(f"plugin {name!r} registered again: the new definition replaces the earlier one")
     IN_PROCESS.append((name, plugin))
+    return name
 
 
-def unregister_in_process(name: str) -> None:
+def installed_plugin_names() -> set[str]:
+    return {entry.name for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def unregister_in_process(name: str) -> bool:
+    """Forget an in-process plugin; False when none has that name."""
+    before = len(IN_PROCESS)
     IN_PROCESS[:] = [(n, p) for n, p in IN_PROCESS if n != name]
+    return len(IN_PROCESS) < before
 
 
 def register_plugin(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
