@@ -146,10 +146,27 @@ def test_unknown_keys_and_bad_values_raise_as_the_cli_does():
     (np.zeros((4, 8, 8), np.uint8), [0, 1, 0], "labels has 3 entries for 4 images"),
     (np.zeros((4, 8, 8), np.uint8), [0.5, 1, 0, 1], "not a class"),
     (np.zeros((0, 8, 8), np.float32), [], r"shape \(0, 8, 8\) hold no image"),
+    ([np.zeros((8, 8), np.uint8), np.full((9, 7), 1.5, np.float32)], [0, 1],
+     r"images\[1\] \(shape \(9, 7\)\): float images must lie in \[0, 1\]"),
 ])
 def test_bad_arrays_are_one_line_errors(images, labels, message):
     with pytest.raises(medcls.DataError, match=message):
         medcls.train(images=images, labels=labels, **SMALL)
+
+
+def test_a_list_of_images_of_different_sizes_is_read_one_by_one(trained):
+    """Images read one by one from files rarely share a size; a list of them is read image by image
+    (before: numpy's "inhomogeneous shape" ValueError)."""
+    from medcls.data.arrays import image_arrays
+
+    grey, colour = np.zeros((32, 32), np.uint8), np.zeros((40, 48, 3), np.uint8)
+    assert [a.shape for a in image_arrays([grey, colour], volumes=False)] == [(1, 32, 32), (3, 40, 48)]
+    run, images, _ = trained
+    wider = np.pad(images[1], ((0, 0), (0, 16)))  # 48 x 64
+    probabilities = run.predict([images[0], wider])
+    assert probabilities.shape == (2, 2)
+    np.testing.assert_allclose(probabilities[0], run.predict(images[:1])[0], atol=1e-6)
+    np.testing.assert_allclose(probabilities[1], run.predict(wider[None])[0], atol=1e-6)
 
 
 def test_create_classifier_and_list_backbones():

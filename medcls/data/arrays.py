@@ -52,9 +52,15 @@ def to_unit(images: np.ndarray) -> np.ndarray:
 
 
 def image_arrays(images, volumes: bool) -> list:
-    """Each image as medcls reads it: float32 (C, H, W) in [0, 1], or a Volume for 3D backbones."""
+    """Each image as medcls reads it: float32 (C, H, W) in [0, 1], or a Volume for 3D backbones.
+    A list (or tuple) may hold images of different sizes (each is resized later), as images read
+    one by one from files or volumes from NIfTI files usually are."""
     from medcls.data.volumes import Volume
 
+    if isinstance(images, (list, tuple)) and images:
+        items = [as_numpy(item, f"images[{i}]") for i, item in enumerate(images)]
+        if len({item.shape for item in items}) > 1:
+            return [one_image(item, volumes, i) for i, item in enumerate(items)]
     array = as_numpy(images, "images")
     if array.ndim and not len(array):
         raise DataError(f"images of shape {array.shape} hold no image: give at least one")
@@ -80,6 +86,14 @@ def image_arrays(images, volumes: bool) -> list:
         array = array[:, :3]  # RGBA: the alpha channel carries no anatomy
     array = to_unit(array)
     return [np.ascontiguousarray(image) for image in array]
+
+
+def one_image(item: np.ndarray, volumes: bool, index: int):
+    """One image of a list whose sizes differ, read as a batch of one; errors name its position."""
+    try:
+        return image_arrays(item[None], volumes)[0]
+    except DataError as exc:
+        raise DataError(f"images[{index}] (shape {item.shape}): {exc}") from None
 
 
 def array_cases(images, labels=None, *, patients=None, split=None, volumes: bool = False,
