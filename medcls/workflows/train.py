@@ -150,6 +150,70 @@ def train(config: TrainConfig, registries, *, progress_factory=None,
             return train_on(start, data, train_rows)
 
 
+def build_model(start: RunStart, data: PreparedData, tasks: list, transform, train_rows):
+    """The classifier (main outputs, then auxiliary heads) checked against its plugin's contract and
+    prepared for the device: returns it with its execution, where its weights came from and the
+    loader's worker count."""
+    import torch
+
+    config, registries, distributed, device = start.config, start.registries, start.distributed, start.device
+    model, weights_origin = build_classifier(registries, config.backbone,
+                                             len(data.classes) + sum(task.outputs for task in tasks), data.cache.channels,
+                                             config.dropout, config.pretrained, config.weights, config.slices,
+                                             config.slice_pooling, config.backbone_args,
+                                             input_shape=tuple(data.cache.images.shape[2:]), acs=config.acs)
+    backbone_entry, policy_entry = registries["backbones"].get(config.backbone), registries["policies"].get(config.policy)
+    check_backbone_output(model, data.cache.channels, tuple(data.cache.images.shape[2:]), backbone_entry.name,
+                          backbone_entry.plugin)
+    check_policy_output(transform, data.cache.batch(train_rows[:2]), policy_entry.name, policy_entry.plugin)
+    workers = loader_workers(config, transform)
+    tune_process(workers, processes_per_machine=distributed.world)
+    execution = choose_execution(device, model, config.precision, config.channels_last)
+    if distributed.active and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # statistics over the global batch
+    model = execution.prepare(model)
+    if device.type == "cuda" and not config.deterministic:
+        torch.backends.cudnn.benchmark = True
+    acs_note = ", read in 3D through ACS convolutions" if config.acs else ""
+    logger.info(f"model: {config.backbone} ({weights_origin}{acs_note}), {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
+        f"parameters, on {execution.describe()}")
+    return model, execution, weights_origin, workers
+
+
+def loss_and_offsets(config: TrainConfig, data: PreparedData, tasks: list, train_labels, device):
+    """The training loss (class-weighted when `class_balance` says so; multi-label, multi-task) and
+    the logit offsets that move a balanced model back to the training prior (None without)."""
+    import torch
+
+    balance = positive_weights(train_labels) if data.multi_label else class_weights(train_labels, len(data.classes))
+    weight = torch.as_tensor(balance, dtype=torch.float32, device=device) \
+        if config.class_balance == "weighted_loss" else None
+    # The balanced model's logits, moved back to the training prior for every score (see config).
+    offsets = balanced_offsets(balance) if config.prior_correction and config.class_balance != "none" else None
+    if data.multi_label:
+        loss_fn = MultiLabelLoss(weight, config.label_smoothing)
+    else:
+        loss_fn = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
+    if tasks:
+        loss_fn = MultiTaskLoss(loss_fn, len(data.classes), tasks, config.task_weighting == "uncertainty").to(device)
+    return loss_fn, offsets
+
+
+def open_for_resume(config: TrainConfig, out: Path, distributed, generator, transform):
+    """The run folder and its config exist from the first epoch on, so that a killed run can
+    resume; with `resume`, the checkpoint's state (None when there is none)."""
+    if distributed.writes:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(dataclasses.replace(config, resume=False), out / "config.yaml")
+    resumed = load_checkpoint(out / CHECKPOINT, generator, transform) if config.resume else None
+    if resumed is not None:
+        logger.info(f"resuming after epoch {resumed.epoch_number} from {out / CHECKPOINT}")
+        for epoch in resumed.history:
+            logger.info(f"[{epoch['stage']}] epoch {epoch['epoch']}: (restored) val {config.monitor} "
+                f"{epoch['val_metrics'].get(config.monitor, float('nan')):.4f}")
+    return resumed
+
+
 def check_split_classes(data: PreparedData, rows_of: dict[str, np.ndarray]) -> None:
     """Warn of a split without some class (or finding); refuse, before any training, a validation
     split that lacks a class: early stopping would follow an undefined ROC AUC, a binary operating
@@ -190,41 +254,10 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
 
     # Multi-task: auxiliary heads after the main outputs, regression targets standardised on training cases.
     tasks = standardised(data.tasks, data.task_targets, data.cache.kept[train_rows]) if data.tasks else []
-    model, weights_origin = build_classifier(registries, config.backbone,
-                                             len(data.classes) + sum(task.outputs for task in tasks), data.cache.channels,
-                                             config.dropout, config.pretrained, config.weights, config.slices,
-                                             config.slice_pooling, config.backbone_args,
-                                             input_shape=tuple(data.cache.images.shape[2:]), acs=config.acs)
-    backbone_entry, policy_entry = registries["backbones"].get(config.backbone), registries["policies"].get(config.policy)
-    check_backbone_output(model, data.cache.channels, tuple(data.cache.images.shape[2:]), backbone_entry.name,
-                          backbone_entry.plugin)
-    check_policy_output(transform, data.cache.batch(train_rows[:2]), policy_entry.name, policy_entry.plugin)
-    workers = loader_workers(config, transform)
-    tune_process(workers, processes_per_machine=distributed.world)
-    execution = choose_execution(device, model, config.precision, config.channels_last)
-    if distributed.active and device.type == "cuda":
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # statistics over the global batch
-    model = execution.prepare(model)
-    if device.type == "cuda" and not config.deterministic:
-        torch.backends.cudnn.benchmark = True
-    acs_note = ", read in 3D through ACS convolutions" if config.acs else ""
-    logger.info(f"model: {config.backbone} ({weights_origin}{acs_note}), {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
-        f"parameters, on {execution.describe()}")
+    model, execution, weights_origin, workers = build_model(start, data, tasks, transform, train_rows)
 
     train_labels = data.cache_labels(train_rows)
-    balance = positive_weights(train_labels) if data.multi_label else class_weights(train_labels, len(data.classes))
-    balanced = config.class_balance == "weighted_loss"
-    weights = balance if balanced else None
-    # The balanced model's logits, moved back to the training prior for every score (see config).
-    offsets = balanced_offsets(balance) if config.prior_correction and config.class_balance != "none" else None
-    if data.multi_label:
-        loss_fn = MultiLabelLoss(None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device),
-                                 config.label_smoothing)
-    else:
-        loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device),
-                                            label_smoothing=config.label_smoothing)
-    if tasks:
-        loss_fn = MultiTaskLoss(loss_fn, len(data.classes), tasks, config.task_weighting == "uncertainty").to(device)
+    loss_fn, offsets = loss_and_offsets(config, data, tasks, train_labels, device)
     train_targets = data.training_targets(train_rows, tasks)
     generator = torch.Generator().manual_seed(config.seed)
     loader = make_loader(TrainingImages(data.cache, train_rows, train_targets, transform), train_labels, config,
@@ -273,18 +306,7 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
             f"{epoch.val_loss:.4f}, val {config.monitor} {epoch.val_metrics.get(config.monitor, float('nan')):.4f}, "
             f"lr {epoch.lr:.2e}, {epoch.seconds:.1f}s{' *best' if is_best else ''}")
 
-    # The run folder and its config exist from the first epoch on, so that a killed run can resume.
-
-    if distributed.writes:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(dataclasses.replace(config, resume=False), out / "config.yaml")
-    resumed = load_checkpoint(out / CHECKPOINT, generator, transform) if config.resume else None
-    if resumed is not None:
-        logger.info(f"resuming after epoch {resumed.epoch_number} from {out / CHECKPOINT}")
-        for epoch in resumed.history:
-            logger.info(f"[{epoch['stage']}] epoch {epoch['epoch']}: (restored) val {config.monitor} "
-                f"{epoch['val_metrics'].get(config.monitor, float('nan')):.4f}")
-
+    resumed = open_for_resume(config, out, distributed, generator, transform)
     fitted = fit(model, stages_for(config), train_loader=loader, evaluate_val=evaluate_val, loss_fn=loss_fn,
                  execution=execution, optimisation=config.section("optimisation"), on_epoch=on_epoch,
                  progress_factory=start.progress_factory,
