@@ -218,7 +218,7 @@ def test_an_in_process_plugin_registers_a_backbone_for_training(tmp_path):
         medcls.register_plugin(Misspelled(), name="typo")
 
 
-def test_running_a_notebook_cell_again_replaces_its_plugin():
+def test_running_a_notebook_cell_again_replaces_its_plugin(caplog):
     """A cell that defines and registers a plugin, run twice: the second definition replaces the
     first (before, both stayed registered and every later call failed on their clashing names)."""
     from medcls.api import make_registries
@@ -234,6 +234,7 @@ def test_running_a_notebook_cell_again_replaces_its_plugin():
     assert cell(0.5) == "CellPlugin"
     try:
         assert cell(0.7) == "CellPlugin"
+        assert "plugin 'CellPlugin' registered again in this process" in caplog.text  # said, not silent
         assert make_registries()["metrics"].get("cell_metric").obj(None, None) == 0.7
     finally:
         medcls.unregister_plugin("CellPlugin")

@@ -65,7 +65,7 @@ def register_in_process(plugin: object, name: str | None = None) -> str:
     check.add_hookspecs(hookspecs)
     register_plugin(check, plugin, name)  # raises PluginError on an unknown hook
     if unregister_in_process(name):
-        logger.info(f"plugin {name!r} registered again: the new definition replaces the earlier one")
+        logger.warning(f"plugin {name!r} registered again in this process: the new definition replaces the earlier one")
     IN_PROCESS.append((name, plugin))
     return name
 
