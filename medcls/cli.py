@@ -230,7 +230,8 @@ def train(config_file, settings, aug, backbone_args, format_, resume_run, device
 
 @cli.command()
 @click.option("--vary", required=True, metavar="KEY=V1,V2,...",
-              help="The one setting to vary: any config key, or finetune=scratch,frozen,top,all.")
+              help="The one setting to vary: any config key, or finetune=scratch,frozen,top,all; one value gives "
+                   "that setting's seed spread.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Training seeds per value (the split stays fixed).")
 @click.option("--data", help="Data, as for train.")
 @click.option("--backbone", help="Backbone, as for train.")

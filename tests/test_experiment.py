@@ -57,7 +57,21 @@ def test_experiment_holds_the_split_fixed(tmp_path):
     assert set(rewrite_from_csv(out, "policy")) == {"none", "aggressive"}
 
 
+def test_one_value_gives_the_seed_spread_of_that_setting(tmp_path):
+    """`--vary KEY=VALUE` with several seeds: one setting's mean and seed spread (before: refused)."""
+    out = tmp_path / "exp"
+    result = CliRunner().invoke(cli, ["experiment", "--vary", "policy=none", "--seeds", "0,1",
+                                      "--backbone", "test_resnet", "--out", str(out), "--set", "pretrained=false",
+                                      "--set", "epochs=1", "--set", "finetune_epochs=0", "--set", "image_size=32",
+                                      "--set", "bootstrap=100"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out / "experiment.csv")))
+    assert [(r["value"], r["seed"]) for r in rows] == [("none", "0"), ("none", "1")]
+    assert "| none |" in (out / "experiment.md").read_text()
+
+
 @pytest.mark.parametrize("vary, seeds, message", [
+    ("policy=", "0", "--vary 'policy=': give KEY=VALUE1[,VALUE2,...]"),
     ("lrr=0.1,0.2", "0", "--vary 'lrr' is not a configuration key (nor one of finetune): did you mean 'lr'?"),
     ("lr=0.1,0.1", "0", "--vary lr: '0.1' is given twice"),
     ("policy=none,agressive", "0", "unknown policy 'agressive'"),  # the last value, checked before the first run

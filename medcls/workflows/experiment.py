@@ -34,8 +34,8 @@ def parse_vary(text: str) -> tuple[str, list[str]]:
     key, sep, values = text.partition("=")
     key = key.strip().replace("-", "_")
     options = [v.strip() for v in values.split(",") if v.strip()]
-    if not sep or len(options) < 2:
-        raise ConfigError(f"--vary {text!r}: give KEY=VALUE1,VALUE2[,...] with at least two values")
+    if not sep or not options:  # one value: the seed spread of a single setting
+        raise ConfigError(f"--vary {text!r}: give KEY=VALUE1[,VALUE2,...]")
     if key not in FIELDS and key not in VIRTUAL:
         close = difflib.get_close_matches(key, [*FIELDS, *VIRTUAL], n=1)
         hint = f": did you mean {close[0]!r}?" if close else ""
