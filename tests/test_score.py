@@ -300,3 +300,11 @@ def test_scored_test_rows_list_the_cases_to_look_at_again(tmp_path):
     unfolded = medcls.score(plain, out=tmp_path / "plain", score_column="p_yes", threshold_rule="fixed", bootstrap=200)
     assert unfolded.to_review[0].fold is None
     assert "| fold |" not in (tmp_path / "plain" / "report.md").read_text()
+
+
+def test_one_class_predictions_list_the_missed_cases(tmp_path):
+    path = write_csv(tmp_path / "tumours.csv", ["key", "label", "p_no", "p_yes"],
+                     [["a", "yes", 0.1, 0.9], ["b", "yes", 0.8, 0.2], ["c", "yes", 0.4, 0.6]])
+    scores = medcls.score(path, out=tmp_path / "s", threshold=0.5, positive_class="yes", bootstrap=100)
+    assert [c.case for c in scores.to_review] == ["b", "c", "a"] and scores.to_review[0].auc_without is None
+    assert "ROC AUC without it" not in (tmp_path / "s" / "report.md").read_text()

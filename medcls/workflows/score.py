@@ -276,9 +276,8 @@ def score_predictions(paths: list[Path], registries, *, out, label_column: str =
 
 def to_review(file: PredictionFile, rows: np.ndarray, count: int = 10) -> list[dict]:
     """The rows (of the main split) given the lowest probability for their own label, by key; with
-    their fold where the file has a fold column (medcls's oof_predictions.csv)."""
-    if len(set(file.labels[rows].tolist())) < 2:
-        return []
+    their fold where the file has a fold column (medcls's oof_predictions.csv). With one class
+    present (confirmed tumours only) these are the cases the model missed."""
     folds = file.columns.get("fold")
     cases = []
     for found in cases_at_odds(file.labels[rows], file.probs[rows], count):
