@@ -165,7 +165,7 @@ def test_existing_run_is_never_overwritten(tmp_path):
 
 
 def test_experiment_rejects_bad_vary():
-    assert_one_line_error(run("experiment", "--vary", "policy=none"), "at least two values")
+    assert_one_line_error(run("experiment", "--vary", "policy"), "give KEY=VALUE1[,VALUE2,...]")
     assert_one_line_error(run("experiment", "--vary", "colour=red,blue"), "not a configuration key")
     assert_one_line_error(run("experiment", "--vary", "finetune=scratch,half"), "unknown value 'half'")
 
