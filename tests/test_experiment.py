@@ -26,13 +26,19 @@ def test_exceeds_spread():
     assert exceeds_spread(np.array([0.9]), np.array([0.8])) is None
 
 
-def test_experiment_holds_the_split_fixed(tmp_path):
-    out = tmp_path / "exp"
-    result = CliRunner().invoke(cli, ["experiment", "--vary", "policy=none,aggressive", "--seeds", "0,1",
+def tiny_experiment(out, vary: str, seeds: str = "0,1"):
+    """`medcls experiment` of one-epoch runs of a tiny model on the synthetic set."""
+    result = CliRunner().invoke(cli, ["experiment", "--vary", vary, "--seeds", seeds,
                                       "--backbone", "test_resnet", "--out", str(out), "--set", "pretrained=false",
                                       "--set", "epochs=1", "--set", "finetune_epochs=0", "--set", "image_size=32",
                                       "--set", "bootstrap=100"])
     assert result.exit_code == 0, result.output
+    return result
+
+
+def test_experiment_holds_the_split_fixed(tmp_path):
+    out = tmp_path / "exp"
+    result = tiny_experiment(out, "policy=none,aggressive")
     rows = list(csv.DictReader(open(out / "experiment.csv")))
     assert [(r["value"], r["seed"]) for r in rows] == [("none", "0"), ("none", "1"), ("aggressive", "0"), ("aggressive", "1")]
     split_files = [(out / f"policy={r['value']}" / f"seed{r['seed']}" / "splits.csv").read_text() for r in rows]
@@ -60,11 +66,7 @@ def test_experiment_holds_the_split_fixed(tmp_path):
 def test_one_value_gives_the_seed_spread_of_that_setting(tmp_path):
     """`--vary KEY=VALUE` with several seeds: one setting's mean and seed spread (before: refused)."""
     out = tmp_path / "exp"
-    result = CliRunner().invoke(cli, ["experiment", "--vary", "policy=none", "--seeds", "0,1",
-                                      "--backbone", "test_resnet", "--out", str(out), "--set", "pretrained=false",
-                                      "--set", "epochs=1", "--set", "finetune_epochs=0", "--set", "image_size=32",
-                                      "--set", "bootstrap=100"])
-    assert result.exit_code == 0, result.output
+    tiny_experiment(out, "policy=none")
     rows = list(csv.DictReader(open(out / "experiment.csv")))
     assert [(r["value"], r["seed"]) for r in rows] == [("none", "0"), ("none", "1")]
     assert "| none |" in (out / "experiment.md").read_text()
