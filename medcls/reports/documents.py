@@ -97,7 +97,7 @@ def add_cases_to_review(doc: Document, cases: list[dict], scored_by: str) -> Non
                   "cases after seeing these figures biases every figure above; review them blind to the prediction."
                   + (" The last column is the ROC AUC of all the other cases." if binary else ""))
     doc.table(["case", "label", *(["fold"] if folds else []), "P(label)", *(["ROC AUC without it"] if binary else [])],
-              [[f"`{c['case']}`", c["label"], *([str(c.get("fold", "-"))] if folds else []), f"{c['p_label']:.3f}",
+              [[f"`{c['case']}`", c["label"], *(["-" if c.get("fold") is None else str(c["fold"])] if folds else []), f"{c['p_label']:.3f}",
                 *([f"{c['auc_without']:.3f}"] if binary else [])] for c in cases])
 
 
