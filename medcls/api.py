@@ -673,11 +673,10 @@ class Run:
         RUN/explain[-N] folder."""
         from medcls.core.runs import load_model
         from medcls.workflows.explain import explain_read
-
-        model, _ = load_model(self.path, self.registries)
         from medcls.workflows.train import removed_if_left_empty, reserve_folder
 
-        self._require_lasting(out, "explain")
+        self._require_lasting(out, "explain")  # before any work
+        model, _ = load_model(self.path, self.registries)
         folder = Path(out) if out else reserve_folder(self.path / "explain")  # explain, explain-2, ...: none replaced
         with removed_if_left_empty(None if out else folder):
             return explain_read(model, self.info, self.read(inputs), folder, target_class, predictor=self.predictor)

@@ -149,8 +149,6 @@ def add_tta_comparison(doc, tta, labels, plain, probs, without, with_tta) -> Non
 def evaluation_folder(run: Path, out) -> Path:
     """`out`, or else RUN/evaluation, RUN/evaluation-2, ...: a second evaluation (another site's
     data, another split) never replaces the report of the first."""
-    from medcls.workflows.train import reserve_folder
-
     if out is None:
         return reserve_folder(run / "evaluation")
     Path(out).mkdir(parents=True, exist_ok=True)
