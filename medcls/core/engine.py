@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -342,6 +343,80 @@ def improves(score: float, loss: float, best_score: float, best_loss: float) -> 
     return loss < best_loss
 
 
+@dataclass
+class StageProgress:
+    """Where a stage stands: epochs done and its own best. Patience counts from the stage's own
+    best, as a Keras EarlyStopping per fit() does: a fine-tuning stage that starts with a dip (newly
+    unfrozen blocks) and then climbs keeps going while it climbs; the weights kept are still the
+    best of the whole run."""
+
+    done: int = 0
+    since_best: int = 0
+    best: float = -math.inf
+    best_loss: float = math.inf
+
+    def record(self, score: float, loss: float) -> None:
+        if improves(score, loss, self.best, self.best_loss):
+            self.since_best, self.best, self.best_loss = 0, score, loss
+        else:
+            self.since_best += 1
+
+
+def resumed(model: nn.Module, loss_fn, resume: FitState | None) -> tuple[FitResult, dict, int, int]:
+    """(result so far, best weights so far, epochs done, first stage to run): a fresh start, or
+    where the checkpoint `resume` left off, with the model's and the loss's state restored."""
+    if resume is None:
+        return FitResult(), copy.deepcopy(model.state_dict()), 0, 0
+    model.load_state_dict(resume.model)
+    result = FitResult(history=[EpochResult(**h) for h in resume.history], best_epoch=resume.best_epoch,
+                       best_score=resume.best_score, best_loss=resume.best_loss,
+                       stopped_early=list(resume.stopped_early))
+    if resume.stage_finished:
+        model.load_state_dict(resume.best_model)  # the next stage starts from the best weights
+    if resume.loss and isinstance(loss_fn, nn.Module):
+        loss_fn.load_state_dict(resume.loss)  # learned task weights continue where they were
+    first_stage = resume.stage_index + 1 if resume.stage_finished else resume.stage_index
+    return result, resume.best_model, resume.epoch_number, first_stage
+
+
+def stage_optimiser(model: nn.Module, stage: Stage, loss_fn, optimisation, on_features: bool):
+    """(optimizer, schedule) for the parameters that train in `stage`, with layer-wise decay
+    unless only the head trains on cached features."""
+    params = parameter_groups(model, stage.lr, 1.0 if on_features else optimisation.get("lr_decay", 1.0))
+    learned = [p for p in loss_fn.parameters() if p.requires_grad] if isinstance(loss_fn, nn.Module) else []
+    if learned:  # the loss's own parameters (learned task weights) train with the head
+        params.append({"params": learned, "lr": stage.lr, "name": "loss"})
+    optimizer = make_optimizer(optimisation["optimizer"], params, stage.lr, optimisation["momentum"],
+                               optimisation["weight_decay"])
+    return optimizer, make_schedule(optimisation["schedule"], optimizer, stage.epochs,
+                                    optimisation.get("warmup_epochs", 0))
+
+
+def continued_stage(resume: FitState, optimizer, schedule, ema: WeightAverage | None) -> StageProgress:
+    """The interrupted stage's progress, with its optimiser, schedule and weight average restored."""
+    optimizer.load_state_dict(resume.optimizer)
+    if schedule is not None and resume.schedule is not None:
+        schedule.load_state_dict(resume.schedule)
+    if ema is not None and resume.ema:  # the average goes on where it was, not afresh
+        ema.averaged = {k: resume.ema[k].to(v.device, v.dtype) for k, v in ema.averaged.items()}
+    return StageProgress(resume.stage_epoch, resume.since_best, resume.stage_best, resume.stage_best_loss)
+
+
+@contextlib.contextmanager
+def averaged_weights(module: nn.Module, ema: WeightAverage | None):
+    """Inside, `module` holds the averaged weights (they are the ones evaluated, kept and saved);
+    after, the raw ones again, which training continues from."""
+    if ema is None:
+        yield
+        return
+    raw = copy.deepcopy(module.state_dict())
+    module.load_state_dict(ema.state_dict())
+    try:
+        yield
+    finally:
+        module.load_state_dict(raw)
+
+
 def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, loss_fn, execution: Execution, optimisation,
         on_epoch=None, progress_factory=None, augment=None, frozen: FrozenFeatures | None = None,
         checkpoint=None, resume=None, distributed=SINGLE, mixer: Mixer | None = None) -> FitResult:
@@ -354,103 +429,61 @@ def fit(model: nn.Module, stages: list[Stage], *, train_loader, evaluate_val, lo
     """
     import time
 
-    result = FitResult()
-    best_state = copy.deepcopy(model.state_dict())
-    epoch_number, first_stage = 0, 0
-    if resume is not None:
-        model.load_state_dict(resume.model)
-        best_state = resume.best_model
-        result.history = [EpochResult(**h) for h in resume.history]
-        result.best_score, result.best_epoch = resume.best_score, resume.best_epoch
-        result.best_loss = resume.best_loss
-        result.stopped_early = list(resume.stopped_early)
-        epoch_number = resume.epoch_number
-        first_stage = resume.stage_index + 1 if resume.stage_finished else resume.stage_index
-        if resume.stage_finished:
-            model.load_state_dict(best_state)
-        if resume.loss and isinstance(loss_fn, nn.Module):
-            loss_fn.load_state_dict(resume.loss)  # learned task weights continue where they were
+    result, best_state, epoch_number, first_stage = resumed(model, loss_fn, resume)
     for stage_index, stage in enumerate(stages):
         if stage.epochs <= 0 or stage_index < first_stage:
             continue
         model.set_trainable(stage.top_blocks)
         on_features = frozen is not None and stage.top_blocks == 0
-        params = parameter_groups(model, stage.lr, 1.0 if on_features else optimisation.get("lr_decay", 1.0))
-        learned = [p for p in loss_fn.parameters() if p.requires_grad] if isinstance(loss_fn, nn.Module) else []
-        if learned:  # the loss's own parameters (learned task weights) train with the head
-            params.append({"params": learned, "lr": stage.lr, "name": "loss"})
-        optimizer = make_optimizer(optimisation["optimizer"], params, stage.lr, optimisation["momentum"],
-                                   optimisation["weight_decay"])
-        schedule = make_schedule(optimisation["schedule"], optimizer, stage.epochs,
-                                 optimisation.get("warmup_epochs", 0))
+        optimizer, schedule = stage_optimiser(model, stage, loss_fn, optimisation, on_features)
         scaler = execution.grad_scaler()
-        step_model, loader, evaluate = ((model.head, frozen.train_loader, frozen.evaluate_val) if on_features
-                                        else (model, train_loader, evaluate_val))
-        trained = step_model
+        trained, loader, evaluate = ((model.head, frozen.train_loader, frozen.evaluate_val) if on_features
+                                     else (model, train_loader, evaluate_val))
         ema = WeightAverage(trained, optimisation["ema"]) if optimisation.get("ema") else None
-        # Patience counts from the stage's own best, as a Keras EarlyStopping per fit() does: a
-        # fine-tuning stage that starts with a dip (newly unfrozen blocks) and then climbs keeps
-        # going while it climbs; the weights kept are still the best of the whole run.
-        since_best, done, stage_best, stage_best_loss = 0, 0, -math.inf, math.inf
+        progress = StageProgress()
         if resume is not None and stage_index == resume.stage_index and not resume.stage_finished:
-            optimizer.load_state_dict(resume.optimizer)
-            if schedule is not None and resume.schedule is not None:
-                schedule.load_state_dict(resume.schedule)
-            since_best, done = resume.since_best, resume.stage_epoch
-            stage_best, stage_best_loss = resume.stage_best, resume.stage_best_loss
-            if ema is not None and resume.ema:  # the average goes on where it was, not afresh
-                ema.averaged = {k: resume.ema[k].to(v.device, v.dtype) for k, v in ema.averaged.items()}
+            progress = continued_stage(resume, optimizer, schedule, ema)
         # DDP is built over the parameters that train now, so it is wrapped again for every stage.
-        step_model = wrap(step_model, distributed, execution.device)
-        for stage_epoch in range(done, stage.epochs):
+        step_model = wrap(trained, distributed, execution.device)
+        for stage_epoch in range(progress.done, stage.epochs):
             epoch_number += 1
             if hasattr(getattr(loader, "sampler", None), "set_epoch"):
                 loader.sampler.set_epoch(epoch_number)  # a new shuffle of the shards every epoch
             started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            progress = progress_factory(stage.name, epoch_number) if progress_factory else None
+            bar = progress_factory(stage.name, epoch_number) if progress_factory else None
             train_loss, train_scores, train_labels = train_one_epoch(
-                step_model, loader, loss_fn, optimizer, execution, scaler, progress, None if on_features else augment,
+                step_model, loader, loss_fn, optimizer, execution, scaler, bar, None if on_features else augment,
                 distributed, None if on_features else mixer, None if ema is None else ema.update)
-            if progress is not None:
-                progress.close()
+            if bar is not None:
+                bar.close()
             if not math.isfinite(train_loss):
                 raise TrainingDiverged(
                     f"training diverged: the loss is {train_loss} in epoch {epoch_number} ({stage.name}); "
                     f"lower the learning rate (now {lr:.1e}) or train in fp32 (--set precision=fp32)")
-            raw_weights = None
-            if ema is not None:  # the averaged weights are the ones evaluated, kept and saved
-                raw_weights = copy.deepcopy(trained.state_dict())
-                trained.load_state_dict(ema.state_dict())
-            val_loss, val_metrics, score = evaluate()
-            score = -val_loss if math.isnan(score) else score  # e.g. AUC undefined: fall back to loss
+            with averaged_weights(trained, ema):
+                val_loss, val_metrics, score = evaluate()
+                score = -val_loss if math.isnan(score) else score  # e.g. AUC undefined: fall back to loss
+                if improves(score, val_loss, result.best_score, result.best_loss):
+                    result.best_score, result.best_loss, result.best_epoch = score, val_loss, epoch_number
+                    best_state = copy.deepcopy(model.state_dict())
             if schedule is not None:
                 schedule.step(score) if optimisation["schedule"] == "plateau" else schedule.step()
-
-            epoch = EpochResult(stage.name, epoch_number, train_loss,
-                                roc_auc(train_labels, train_scores, None), val_loss, val_metrics, lr,
-                                time.perf_counter() - started)
+            progress.record(score, val_loss)
+            epoch = EpochResult(stage.name, epoch_number, train_loss, roc_auc(train_labels, train_scores, None),
+                                val_loss, val_metrics, lr, time.perf_counter() - started)
             result.history.append(epoch)
-            if improves(score, val_loss, result.best_score, result.best_loss):
-                result.best_score, result.best_loss, result.best_epoch = score, val_loss, epoch_number
-                best_state = copy.deepcopy(model.state_dict())
-            if improves(score, val_loss, stage_best, stage_best_loss):
-                since_best, stage_best, stage_best_loss = 0, score, val_loss
-            else:
-                since_best += 1
-            if raw_weights is not None:
-                trained.load_state_dict(raw_weights)  # training continues from the raw weights
             if on_epoch is not None:
                 on_epoch(epoch, epoch_number == result.best_epoch)
-            stops = bool(optimisation["patience"] and since_best >= optimisation["patience"])
+            stops = bool(optimisation["patience"] and progress.since_best >= optimisation["patience"])
             if stops:
                 result.stopped_early.append(stage.name)
             if checkpoint is not None:
                 checkpoint(FitState(
                     stage_index=stage_index, stage_epoch=stage_epoch + 1,
                     stage_finished=stops or stage_epoch + 1 == stage.epochs, epoch_number=epoch_number,
-                    since_best=since_best, best_score=result.best_score, best_epoch=result.best_epoch,
-                    best_loss=result.best_loss, stage_best=stage_best, stage_best_loss=stage_best_loss,
+                    since_best=progress.since_best, best_score=result.best_score, best_epoch=result.best_epoch,
+                    best_loss=result.best_loss, stage_best=progress.best, stage_best_loss=progress.best_loss,
                     history=[dataclasses.asdict(h) for h in result.history], stopped_early=list(result.stopped_early),
                     model=model.state_dict(), best_model=best_state, optimizer=optimizer.state_dict(),
                     schedule=None if schedule is None else schedule.state_dict(),
