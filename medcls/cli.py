@@ -132,6 +132,11 @@ def stage_bars(description: str, total: int | None, unit: str):
     return tqdm(desc=description, total=total, unit=unit, leave=False, file=sys.stderr)
 
 
+def size_or_auto(value: str | None):
+    """--image-size: a number of pixels, or a word the config checks ('auto')."""
+    return int(value) if value and value.isdigit() else value
+
+
 def parse_pairs(values, flag: str) -> dict:
     pairs = {}
     for item in values:
@@ -165,8 +170,8 @@ def yaml_value(text: str):
 @click.option("--unfreeze-blocks", type=int, help="Blocks stage 2 unfreezes (-1: all).")
 @click.option("--lr", type=float, help="Stage-1 learning rate.")
 @click.option("--batch-size", type=int, help="Images per training step.")
-@click.option("--image-size", callback=lambda ctx, param, value: int(value) if value and value.isdigit() else value,
-              help="Images are resized to this many pixels square; 'auto': from the source size.")
+@click.option("--image-size", callback=lambda ctx, param, value: size_or_auto(value),
+              help="Images are resized to this many pixels square; 'auto' (default): from the source size.")
 @click.option("--window", help="DICOM window: header (default), brain, lung, soft_tissue, bone, ... or 'centre,width'.")
 @click.option("--format", "format_", help="Dataset layout (default: detect; see `medcls list datasets`).")
 @click.option("--path-column", help="Manifest column with the image file.")
@@ -447,7 +452,9 @@ def augment():
 @click.option("-n", "count", type=click.IntRange(1, 64), default=8, show_default=True, help="Images (rows).")
 @click.option("-k", "views", type=click.IntRange(1, 16), default=6, show_default=True, help="Augmented views per image.")
 @click.option("--aug", multiple=True, metavar="KEY=VALUE", help="Override a policy parameter (repeatable).")
-@click.option("--image-size", type=int, default=224, show_default=True)
+@click.option("--image-size", default="auto", show_default=True,
+              callback=lambda ctx, param, value: size_or_auto(value),
+              help="Pixels square, or 'auto' (from the source size, as train).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Set any config key (repeatable).")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), default="augment-preview.png", show_default=True)

@@ -56,9 +56,9 @@ class TrainConfig:
     test_fraction: float = option(0.15, 'share of patients held out for testing when the data has no split', 'data')
     strict: bool = option(False, 'fail on the first unreadable image instead of skipping and listing it', 'data')
     window: str = option("header", "DICOM intensity window: header, a preset (brain, lung, soft_tissue, ...) or 'centre,width'", 'data')
-    image_size: int | str = option(224, "images are resized to image_size x image_size; 'auto': from the source images' size (medcls.data.loading.auto_image_size)", 'data')
+    image_size: int | str = option("auto", "images are resized to image_size x image_size; 'auto': the source images' shorter side, at least 64 and at most 224 px (medcls.data.loading.auto_image_size; 224 for brain MRI and CT, 64 for 28 px MedMNIST, which gave the same test ROC AUC as 224 in a sixth of the time: examples/README.md)", 'data')
     crop_foreground: bool = option(False, "2D: cut each image to the box around its object (pixels above a tenth of its range) before resizing, so black borders and the air around a head take no pixels; kept with the model, so evaluate, predict and export crop alike", 'data')
-    volume_size: str = option("64", '3D backbones: the training grid in voxels, one number (a cube) or z,y,x', 'data')
+    volume_size: str = option("auto", "3D backbones: the training grid in voxels, one number (a cube) or z,y,x; 'auto': from the source volumes' grid, never upsampled, at most 64 (medcls.data.loading.auto_volume_size)", 'data')
     slices: int = option(0, '2.5D: a 2D backbone reads volumes slice by slice with this many adjacent slices as channels (odd, e.g. 3); 0: off', 'data')
     slice_pooling: str = option("mean", '2.5D: per-slice features to one per volume: mean, max or attention', 'data')
     acs: bool = option(False, 'ACS: a 2D backbone reads volumes in 3D, each 2D kernel split across axial, coronal and sagittal views, its 2D (ImageNet) weights kept (medcls.core.acs)', 'data')
@@ -260,7 +260,7 @@ def validate(config: TrainConfig, where: str = "config") -> None:
         fail("device", config.device, "use auto, cpu, cuda, cuda:N or mps")
     for key in ("volume_size", "volume_spacing"):
         value = getattr(config, key)
-        if value is None:
+        if value is None or (key == "volume_size" and value == "auto"):
             continue
         parts = [p.strip() for p in str(value).split(",")]
         try:
@@ -268,7 +268,8 @@ def validate(config: TrainConfig, where: str = "config") -> None:
         except ValueError:
             numbers = []
         if len(parts) not in (1, 3) or len(numbers) != len(parts) or not all(math.isfinite(n) and n > 0 for n in numbers):
-            fail(key, value, "give one positive number or three (z,y,x), e.g. 64 or 32,128,128")
+            fail(key, value, "give one positive number or three (z,y,x), e.g. 64 or 32,128,128"
+                 + (", or auto" if key == "volume_size" else ""))
         if key == "volume_size" and not all(n.is_integer() for n in numbers):
             fail(key, value, "voxel counts are whole numbers")
     if config.label_columns is not None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from medcls.data.cases import Case, DataOptions, ReaderTable
 from medcls.errors import ConfigError, DataError
+
+logger = logging.getLogger("medcls")
 
 
 def detect_format(source: str, datasets) -> str:
@@ -29,14 +33,16 @@ def spatial_dims(config, registries) -> int:
     return 3 if config.slices or config.acs else int(registries["backbones"].get(config.backbone).metadata.get("spatial_dims", 2))
 
 
-AUTO_SMALLEST, AUTO_LARGEST = 64, 224
+AUTO_SMALLEST, AUTO_LARGEST = 64, 224  # image_size='auto', pixels
+AUTO_GRID_SMALLEST, AUTO_GRID_LARGEST = 16, 64  # volume_size='auto', voxels per axis
 
 
 def auto_image_size(cases: list[Case], sample: int = 256) -> int:
     """`image_size='auto'`: the source images' median shorter side, never upsampled beyond the
     least a pretrained CNN needs (64 px: 2 x 2 features after its 32x downsampling) and never above
-    224 px, rounded to a multiple of 16. Measured on RetinaMNIST (examples/defaults.md): its 28 px
-    images gain nothing from 224 px but cost 12x the time."""
+    224 px, rounded to a multiple of 16. The default: on RetinaMNIST (28 px) the current recipe
+    tested at 0.759 at 64 px in 105 s and 0.768 at 224 px in 663 s (inside each other's intervals
+    and the seed spread, 0.009), and 224 px ran past the set's 10-minute budget (examples/README.md)."""
     sides = []
     for case in cases[:: max(1, len(cases) // sample)][:sample]:
         side = source_side(case)
@@ -46,6 +52,29 @@ def auto_image_size(cases: list[Case], sample: int = 256) -> int:
         return AUTO_LARGEST
     side = float(np.median(sides))
     return int(min(AUTO_LARGEST, max(AUTO_SMALLEST, int(side / 16 + 0.5) * 16)))
+
+
+def sizes_from_sources(config, registries):
+    """`image_size` and `volume_size` 'auto' turned into numbers from the source images' own sizes
+    (array shapes and file headers), before any image is decoded."""
+    if "auto" not in (config.image_size, config.volume_size):
+        return config
+    cases, _, _ = load_cases(dataclasses.replace(  # sizes need no patient ids from every DICOM header
+        config, image_size=AUTO_LARGEST if config.image_size == "auto" else config.image_size,
+        volume_size=str(AUTO_GRID_LARGEST) if config.volume_size == "auto" else config.volume_size,
+        patient_from_dicom=False), registries)
+    volumes = spatial_dims(config, registries) == 3
+    if config.image_size == "auto":
+        config = dataclasses.replace(config, image_size=auto_image_size(cases))
+        if not volumes:
+            logger.info(f"image_size auto: {config.image_size} px from the source images")
+    if config.volume_size == "auto":
+        if not volumes or config.volume_spacing is not None:  # no grid, or one cut at a spacing
+            return dataclasses.replace(config, volume_size=str(AUTO_GRID_LARGEST))
+        size = auto_volume_size(cases, reads_in_2d=bool(config.slices or config.acs))
+        config = dataclasses.replace(config, volume_size=size)
+        logger.info(f"volume_size auto: {size} voxels (z,y,x) from the source volumes")
+    return config
 
 
 def source_side(case: Case) -> int | None:
@@ -65,6 +94,51 @@ def source_side(case: Case) -> int | None:
 
         header = pydicom.dcmread(case.path, stop_before_pixels=True)
         return int(min(header.Rows, header.Columns))
+    except Exception:  # unreadable here: decoding reports it
+        return None
+
+
+def auto_volume_size(cases: list[Case], *, reads_in_2d: bool, sample: int = 256) -> str:
+    """`volume_size='auto'`: per axis the source volumes' median voxel count, never upsampled
+    (a grid larger than the source adds voxels, not information: VesselMNIST3D's 28^3 volumes at
+    64^3 train 12x the voxels) and never above 64, rounded to a multiple of 4 and at least 16. A 2D
+    backbone reading volumes (2.5D, ACS) keeps 64 x 64 in-plane, the least its ImageNet features
+    need (at 28 x 28 they are 99.7 % zero after its 32x downsampling). Returns 'z,y,x', or '64'
+    when no source grid can be read from the arrays or file headers."""
+    grids = [grid for case in cases[:: max(1, len(cases) // sample)][:sample]
+             if (grid := source_grid(case)) is not None]
+    if not grids:
+        return str(AUTO_GRID_LARGEST)
+    sides = [int(min(AUTO_GRID_LARGEST, max(AUTO_GRID_SMALLEST, int(side / 4 + 0.5) * 4)))
+             for side in np.median(np.asarray(grids, float), axis=0)]
+    if reads_in_2d:
+        sides[1:] = [AUTO_GRID_LARGEST, AUTO_GRID_LARGEST]
+    return str(sides[0]) if len(set(sides)) == 1 else ",".join(map(str, sides))
+
+
+def source_grid(case: Case) -> tuple[int, int, int] | None:
+    """A volume's voxels (z, y, x) as medcls orients it (RAS), from its array or its file's header
+    (no voxels read); a DICOM series as its slice count x Rows x Columns."""
+    voxels = getattr(case.array, "voxels", None)
+    if voxels is not None:
+        shape = np.shape(voxels)
+        return tuple(int(n) for n in shape[-3:]) if len(shape) >= 3 else None
+    if case.path is None:
+        return None
+    try:
+        if case.path.is_dir():
+            import pydicom
+
+            files = [f for f in case.path.iterdir() if f.is_file()]
+            header = pydicom.dcmread(files[0], stop_before_pixels=True)
+            return len(files), int(header.Rows), int(header.Columns)
+        import nibabel as nib
+
+        image = nib.load(str(case.path))
+        ras = [0, 0, 0]
+        for axis, (target, _) in enumerate(nib.orientations.io_orientation(image.affine)):
+            ras[int(target)] = int(image.shape[axis])
+        return ras[2], ras[1], ras[0]
     except Exception:  # unreadable here: decoding reports it
         return None
 
@@ -107,7 +181,10 @@ def load_cases(config, registries) -> tuple[list[Case], str, ReaderTable]:
     if config.crop_foreground and dims == 3:
         raise ConfigError(f"crop_foreground cuts 2D images; backbone '{config.backbone}' reads volumes, which "
                           "volume_spacing crops: drop crop_foreground")
-    readers = ReaderTable(registries["readers"], {"window": config.window, "size": config.image_size,
+    # The size is a decoding hint (a JPEG decoded at a fraction of its size); unresolved 'auto'
+    # hints the largest size the rule can choose.
+    size = AUTO_LARGEST if config.image_size == "auto" else config.image_size
+    readers = ReaderTable(registries["readers"], {"window": config.window, "size": size,
                                                   "interpolation": backbone_interpolation(config.backbone),
                                                   "crop_foreground": config.crop_foreground}, dims=dims)
     source = str(config.data)

@@ -133,10 +133,11 @@ def prepare_data(config: TrainConfig, registries, *, split: bool = True, backgro
     may hold only some of them (a set of confirmed tumours scores sensitivity). Multi-label data
     keeps its own findings (the caller orders them)."""
     from medcls.data.decoding import decode_all
-    from medcls.data.loading import class_names, load_cases, training_grid
+    from medcls.data.loading import class_names, load_cases, sizes_from_sources, training_grid
     from medcls.data.splits import (assign_splits, conflicting_copies, duplicate_sets, leakage_warnings,
                                      linked_groups)
 
+    config = sizes_from_sources(config, registries)  # 'auto' sizes as numbers (already, from a run)
     cases, format_name, readers = load_cases(config, registries)
     multi_label = any(case.findings is not None for case in cases)
     if multi_label:

@@ -44,7 +44,7 @@ from medcls.core.runs import (
     write_task_predictions,
 )
 from medcls.data.decoding import StartAgain
-from medcls.data.loading import AUTO_LARGEST, auto_image_size, backbone_interpolation, load_cases
+from medcls.data.loading import backbone_interpolation, sizes_from_sources
 from medcls.data.prepared import PreparedData, prepare_data
 from medcls.data.readers import parse_window
 from medcls.data.tasks import parse_tasks, standardised
@@ -499,11 +499,7 @@ def checked_config(config: TrainConfig, registries) -> TrainConfig:
     check_names(config, registries)
     if Path(config.data).exists():
         config = dataclasses.replace(config, data=str(Path(config.data).resolve()))
-    if config.image_size == "auto":
-        cases, _, _ = load_cases(dataclasses.replace(config, image_size=AUTO_LARGEST), registries)
-        config = dataclasses.replace(config, image_size=auto_image_size(cases))
-        logger.info(f"image_size auto: {config.image_size} px from the source images")
-    return config
+    return sizes_from_sources(config, registries)
 
 
 def open_run(config: TrainConfig, registries, *, split: bool) -> tuple[TrainConfig, Path, PreparedData]:
