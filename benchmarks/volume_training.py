@@ -5,6 +5,7 @@ stem, contiguous and channels_last_3d, at half width (the VesselMNIST3D preset's
 2.5D), measured side by side in one run (median of repeats).
 
     .venv/bin/python benchmarks/volume_training.py [--grid 28] [--batch 32] [--repeats 5] [--acs resnet18]
+    .venv/bin/python benchmarks/volume_training.py --grid 64 --batch 8 --repeats 3 --acs ""   # a 64^3 grid
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ def main():
             model = create_classifier(args.backbone, 2, in_chans=1, input_shape=shape)
             rows.append((args.backbone, stem, "channels_last_3d" if channels_last else "contiguous",
                          step_rate(model, args.grid, args.batch, args.repeats, channels_last, args.device)))
+    if args.backbone.startswith("monai:resnet") and args.grid > 32:  # medcls keeps MONAI's stem on larger grids
+        model = create_classifier(args.backbone, 2, in_chans=1, input_shape=(args.grid,) * 3, conv1_t_stride=2)
+        rows.append((f"{args.backbone}, conv1_t_stride=2", "7^3 kernel, stride 2 (MedicalNet's)", "contiguous",
+                     step_rate(model, args.grid, args.batch, args.repeats, False, args.device)))
     if args.backbone.startswith("monai:resnet"):  # the VesselMNIST3D preset's members (examples/vesselmnist3d.yaml)
         model = create_classifier(args.backbone, 2, in_chans=1, input_shape=(args.grid,) * 3, widen_factor=0.5)
         rows.append((f"{args.backbone}, widen_factor=0.5", "medcls (fitted to the grid)", "contiguous",

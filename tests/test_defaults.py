@@ -126,3 +126,14 @@ def test_stage_two_defaults_to_every_block():
     # RetinaMNIST (three seeds) and by 5-fold CV on the brain and CT sets once ties of a saturated
     # validation score were broken by the loss.
     assert make_config({}).unfreeze_blocks == -1
+
+
+def test_a_library_caller_of_prepare_data_gets_the_auto_sizes_as_numbers(registries):
+    from medcls.data.prepared import prepare_data
+
+    images = prepare_data(make_config({}, {"backbone": "test_resnet", "pretrained": False}, where="test"), registries,
+                          split=False).cache.images
+    assert images.shape[-2:] == (96, 96)  # the synthetic phantoms' own size, not 'auto' passed to the readers
+    volumes = prepare_data(make_config({}, {"data": "synthetic3d", "backbone": "example_tiny_cnn3d"}, where="test"),
+                           registries, split=False).cache.images
+    assert volumes.shape[-3:] == (16, 32, 32)
