@@ -41,8 +41,9 @@ def auto_image_size(cases: list[Case], sample: int = 256) -> int:
     """`image_size='auto'`: the source images' median shorter side, never upsampled beyond the
     least a pretrained CNN needs (64 px: 2 x 2 features after its 32x downsampling) and never above
     224 px, rounded to a multiple of 16. The default: on RetinaMNIST (28 px) the current recipe
-    tested at 0.759 at 64 px in 105 s and 0.768 at 224 px in 663 s (inside each other's intervals
-    and the seed spread, 0.009), and 224 px ran past the set's 10-minute budget (examples/README.md)."""
+    tested at 0.767 at 64 px in about 105 s and 0.768 at 224 px in 663-773 s (means of two seeds,
+    each run inside the others' intervals), and 224 px ran past the set's 10-minute budget
+    (examples/README.md)."""
     sides = []
     for case in cases[:: max(1, len(cases) // sample)][:sample]:
         side = source_side(case)
