@@ -339,3 +339,23 @@ def test_crop_foreground_on_a_volume_backbone_is_refused_with_the_fix(registries
     config = TrainConfig(data="synthetic3d", backbone="example_tiny_cnn3d", crop_foreground=True)
     with pytest.raises(ConfigError, match="crop_foreground cuts 2D images.*drop crop_foreground"):
         load_cases(config, registries)
+
+
+def test_auto_grid_comes_from_dicom_series_headers_and_is_kept_with_the_run(tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from medcls.cli import cli
+    from medcls.data.cases import Case
+    from medcls.data.loading import source_grid
+
+    data = write_synthetic_volumes(tmp_path / "dicom", 24, 20, fmt="dicom")
+    series = next((data / "tumour").iterdir())
+    assert source_grid(Case(key="s", label="tumour", path=series)) == read_dicom_series(series).voxels.shape
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", "--data", str(data), "--backbone", "example_tiny_cnn3d", "--epochs", "1",
+                                      "--finetune-epochs", "0", "--out", str(run), "--set", "bootstrap=50"])
+    assert result.exit_code == 0, result.output
+    assert "volume_size auto: 16,20,20 voxels" in result.output
+    assert yaml.safe_load((run / "config.yaml").read_text())["volume_size"] == "16,20,20"  # evaluate reads this
+    assert CliRunner().invoke(cli, ["evaluate", str(run)]).exit_code == 0
