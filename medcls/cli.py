@@ -132,8 +132,8 @@ def stage_bars(description: str, total: int | None, unit: str):
     return tqdm(desc=description, total=total, unit=unit, leave=False, file=sys.stderr)
 
 
-def size_or_auto(value: str | None):
-    """--image-size: a number of pixels, or a word the config checks ('auto')."""
+def size_or_auto(ctx, param, value: str | None):
+    """--image-size (a click callback): a number of pixels, or a word the config checks ('auto')."""
     return int(value) if value and value.isdigit() else value
 
 
@@ -170,7 +170,7 @@ def yaml_value(text: str):
 @click.option("--unfreeze-blocks", type=int, help="Blocks stage 2 unfreezes (-1: all).")
 @click.option("--lr", type=float, help="Stage-1 learning rate.")
 @click.option("--batch-size", type=int, help="Images per training step.")
-@click.option("--image-size", callback=lambda ctx, param, value: size_or_auto(value),
+@click.option("--image-size", callback=size_or_auto,
               help="Images are resized to this many pixels square; 'auto' (default): from the source size.")
 @click.option("--window", help="DICOM window: header (default), brain, lung, soft_tissue, bone, ... or 'centre,width'.")
 @click.option("--format", "format_", help="Dataset layout (default: detect; see `medcls list datasets`).")
@@ -453,7 +453,7 @@ def augment():
 @click.option("-k", "views", type=click.IntRange(1, 16), default=6, show_default=True, help="Augmented views per image.")
 @click.option("--aug", multiple=True, metavar="KEY=VALUE", help="Override a policy parameter (repeatable).")
 @click.option("--image-size", default="auto", show_default=True,
-              callback=lambda ctx, param, value: size_or_auto(value),
+              callback=size_or_auto,
               help="Pixels square, or 'auto' (from the source size, as train).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Set any config key (repeatable).")

@@ -137,3 +137,18 @@ def test_a_library_caller_of_prepare_data_gets_the_auto_sizes_as_numbers(registr
     volumes = prepare_data(make_config({}, {"data": "synthetic3d", "backbone": "example_tiny_cnn3d"}, where="test"),
                            registries, split=False).cache.images
     assert volumes.shape[-3:] == (16, 32, 32)
+
+
+def test_sizes_given_or_unused_are_settled_without_reading_the_data(registries, monkeypatch):
+    import medcls.data.loading as loading
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the data was read to settle a size that needed no reading")
+
+    monkeypatch.setattr(loading, "load_cases", refuse)
+    images = loading.sizes_from_sources(make_config({}, {"backbone": "test_resnet", "image_size": 128}, where="t"),
+                                        registries)
+    assert (images.image_size, images.volume_size) == (128, "64")  # 2D: the grid is never used
+    volumes = loading.sizes_from_sources(make_config({}, {"data": "synthetic3d", "backbone": "example_tiny_cnn3d",
+                                                          "volume_size": "32"}, where="t"), registries)
+    assert (volumes.image_size, volumes.volume_size) == (224, "32")  # 3D: no image size to look up

@@ -44,34 +44,37 @@ def auto_image_size(cases: list[Case], sample: int = 256) -> int:
     tested at 0.767 at 64 px in about 105 s and 0.768 at 224 px in 663-773 s (means of two seeds,
     each run inside the others' intervals), and 224 px ran past the set's 10-minute budget
     (examples/README.md)."""
-    sides = []
-    for case in cases[:: max(1, len(cases) // sample)][:sample]:
-        side = source_side(case)
-        if side:
-            sides.append(side)
+    sides = [side for case in sampled(cases, sample) if (side := source_side(case))]
     if not sides:
         return AUTO_LARGEST
     side = float(np.median(sides))
     return int(min(AUTO_LARGEST, max(AUTO_SMALLEST, int(side / 16 + 0.5) * 16)))
 
 
+def sampled(cases: list[Case], count: int) -> list[Case]:
+    """At most `count` cases spread evenly over the list: enough headers to take a median from."""
+    return cases[:: max(1, len(cases) // count)][:count]
+
+
 def sizes_from_sources(config, registries):
     """`image_size` and `volume_size` 'auto' turned into numbers from the source images' own sizes
-    (array shapes and file headers), before any image is decoded."""
+    (array shapes and file headers), before any image is decoded. Only the size the backbone
+    reads is looked up; the other keeps its old default without reading anything."""
+    volumes = spatial_dims(config, registries) == 3
+    if volumes and config.image_size == "auto":  # volumes are brought to the grid
+        config = dataclasses.replace(config, image_size=AUTO_LARGEST)
+    if config.volume_size == "auto" and (not volumes or config.volume_spacing is not None):
+        config = dataclasses.replace(config, volume_size=str(AUTO_GRID_LARGEST))  # no grid, or one cut at a spacing
     if "auto" not in (config.image_size, config.volume_size):
         return config
     cases, _, _ = load_cases(dataclasses.replace(  # sizes need no patient ids from every DICOM header
         config, image_size=AUTO_LARGEST if config.image_size == "auto" else config.image_size,
         volume_size=str(AUTO_GRID_LARGEST) if config.volume_size == "auto" else config.volume_size,
         patient_from_dicom=False), registries)
-    volumes = spatial_dims(config, registries) == 3
     if config.image_size == "auto":
         config = dataclasses.replace(config, image_size=auto_image_size(cases))
-        if not volumes:
-            logger.info(f"image_size auto: {config.image_size} px from the source images")
-    if config.volume_size == "auto":
-        if not volumes or config.volume_spacing is not None:  # no grid, or one cut at a spacing
-            return dataclasses.replace(config, volume_size=str(AUTO_GRID_LARGEST))
+        logger.info(f"image_size auto: {config.image_size} px from the source images")
+    else:
         size = auto_volume_size(cases, reads_in_2d=bool(config.slices or config.acs))
         config = dataclasses.replace(config, volume_size=size)
         logger.info(f"volume_size auto: {size} voxels (z,y,x) from the source volumes")
@@ -106,8 +109,7 @@ def auto_volume_size(cases: list[Case], *, reads_in_2d: bool, sample: int = 256)
     backbone reading volumes (2.5D, ACS) keeps 64 x 64 in-plane, the least its ImageNet features
     need (at 28 x 28 they are 99.7 % zero after its 32x downsampling). Returns 'z,y,x', or '64'
     when no source grid can be read from the arrays or file headers."""
-    grids = [grid for case in cases[:: max(1, len(cases) // sample)][:sample]
-             if (grid := source_grid(case)) is not None]
+    grids = [grid for case in sampled(cases, sample) if (grid := source_grid(case)) is not None]
     if not grids:
         return str(AUTO_GRID_LARGEST)
     sides = [int(min(AUTO_GRID_LARGEST, max(AUTO_GRID_SMALLEST, int(side / 4 + 0.5) * 4)))
