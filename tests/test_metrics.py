@@ -170,3 +170,34 @@ def test_auc_without_each_case_is_the_leave_one_out_auc_ties_included():
     three = cases_at_odds(np.array([0, 1, 2, 2]), np.array([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.2, 0.2, 0.6],
                                                              [0.5, 0.4, 0.1]]), 2)
     assert [(f["index"], f["auc_without"]) for f in three] == [(3, None), (1, None)]
+
+
+def epochs_of(stages: dict):
+    """History records: {stage: [val roc_auc per epoch]}, numbered on across stages."""
+    from types import SimpleNamespace
+
+    history = []
+    for stage, scores in stages.items():
+        for score in scores:
+            history.append(SimpleNamespace(stage=stage, epoch=len(history) + 1, val_metrics={"roc_auc": score}))
+    return history
+
+
+def test_the_reading_says_when_fine_tuning_collapsed_and_went_unused():
+    """The vessel-slice run of examples/README.md: stage 2's validation ROC AUC sat at chance."""
+    from medcls.reports.report import read_stages
+
+    history = epochs_of({"frozen": [0.63, 0.65, 0.68, 0.66], "finetune": [0.4995, 0.5, 0.4862, 0.5]})
+    reading = read_stages(history, "roc_auc", best_epoch=3)
+    assert "did not beat the new head" in reading and "0.500 at best" in reading and "0.680" in reading
+    assert "collapsed" in reading and "finetune_batchnorm=train" in reading
+
+
+def test_the_reading_tells_an_unused_stage_from_a_collapse_and_from_a_kept_one():
+    from medcls.reports.report import read_stages
+
+    unused = read_stages(epochs_of({"frozen": [0.80, 0.82], "finetune": [0.70, 0.79]}), "roc_auc", best_epoch=2)
+    assert "did not beat" in unused and "collapsed" not in unused
+    tie_kept = epochs_of({"frozen": [0.9, 1.0], "finetune": [0.95, 1.0]})  # a tie the loss broke for stage 2
+    assert read_stages(tie_kept, "roc_auc", best_epoch=4) == ""
+    assert read_stages(epochs_of({"all": [0.6, 0.7]}), "roc_auc", best_epoch=2) == ""  # one stage: nothing to say

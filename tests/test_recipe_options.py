@@ -225,3 +225,100 @@ def test_a_saturated_score_is_told_apart_by_the_validation_loss(losses, best_epo
                  execution=choose_execution(torch.device("cpu"), model, "fp32", False),
                  optimisation=plain_sgd(patience=2))
     assert result.best_epoch == best_epoch and len(result.history) == epochs_run
+
+
+def epoch_orders(epochs: int = 3, n: int = 100, distributed=None, **settings):
+    """The indices each epoch of a training loader draws over `n` images."""
+    from medcls.config import TrainConfig
+    from medcls.core.loader import make_loader
+
+    config = TrainConfig(batch_size=8, **settings)
+    dataset = torch.utils.data.TensorDataset(torch.arange(n))
+    labels = (torch.arange(n) % 5 == 0).long().numpy()
+    loader = make_loader(dataset, labels, config, 2, 0, torch.Generator().manual_seed(0), distributed)
+    orders = []
+    for epoch in range(epochs):
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        orders.append([int(i) for (batch,) in loader for i in batch])
+    return loader, orders
+
+
+def test_epoch_size_gives_each_epoch_a_fresh_share_of_a_larger_set():
+    loader, orders = epoch_orders(epoch_size=40)
+    assert len(loader) == 5 and all(len(order) == 40 for order in orders)
+    assert all(len(set(order)) == 40 for order in orders)  # shuffled: no image twice in an epoch
+    assert orders[0] != orders[1] and len(set().union(*orders)) > 60  # a fresh share each epoch
+
+
+def test_epoch_size_at_or_above_the_set_changes_nothing():
+    _, whole = epoch_orders(epoch_size=0)
+    _, same = epoch_orders(epoch_size=100)
+    _, larger = epoch_orders(epoch_size=500)
+    assert whole == same == larger and len(set(whole[0])) == 96  # the last part-batch dropped, as before
+
+
+def test_epoch_size_smaller_than_a_batch_still_trains():
+    loader, orders = epoch_orders(epoch_size=5)
+    assert len(loader) == 1 and [len(order) for order in orders] == [5, 5, 5]
+
+
+def test_epoch_size_caps_the_class_balancing_sampler():
+    loader, orders = epoch_orders(epoch_size=48, class_balance="sampler")
+    assert len(loader) == 6 and all(len(order) == 48 for order in orders)
+    minority = sum(i % 5 == 0 for order in orders for i in order) / (3 * 48)
+    assert 0.3 < minority < 0.7  # still balanced: a fifth of the images, about half of the draws
+
+
+def test_epoch_size_under_ddp_gives_each_process_its_share_and_reshuffles():
+    from types import SimpleNamespace
+
+    shares = [epoch_orders(distributed=SimpleNamespace(active=True, world=2, rank=rank), epoch_size=48)[1]
+              for rank in (0, 1)]
+    assert all(len(order) == 24 for orders in shares for order in orders)
+    assert not set(shares[0][0]) & set(shares[1][0])  # the two processes draw different images
+    assert shares[0][0] != shares[0][1]  # set_epoch reaches the shuffle through the cap
+
+
+def test_epoch_size_reaches_a_training_run(tmp_path):
+    """The same seed and data: a capped epoch takes fewer steps, so the first epoch's weights differ."""
+    import medcls
+
+    runs = [medcls.train(backbone="test_resnet", pretrained=False, epochs=1, finetune_epochs=0, image_size=32,
+                         batch_size=4, bootstrap=50, epoch_size=size, out=tmp_path / f"e{size}") for size in (0, 8)]
+    assert runs[0].history[0]["train_loss"] != runs[1].history[0]["train_loss"]
+    assert runs[1].config.epoch_size == 8
+
+
+def test_a_negative_epoch_size_is_refused():
+    from medcls.config import TrainConfig
+    from medcls.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="epoch_size"):
+        TrainConfig(epoch_size=-1)
+
+
+def test_an_unknown_finetune_batchnorm_names_the_choices():
+    from medcls.config import TrainConfig
+    from medcls.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="finetune_batchnorm.*frozen.*train"):
+        TrainConfig(finetune_batchnorm="sometimes")
+
+
+@pytest.mark.parametrize("mode", ["frozen", "train"])
+def test_finetune_batchnorm_keeps_or_trains_the_pretrained_statistics(tmp_path, registries, mode):
+    """Stage 2 with `frozen` keeps the ImageNet running statistics of every batch norm; with `train`
+    the unfrozen blocks' statistics come from the training images (batch statistics, then precise BN)."""
+    pytest.importorskip("medcls_efficientnet_lite", reason="plugins/medcls-efficientnet-lite is not installed")
+    import medcls
+    from medcls.core.models import build_classifier
+
+    run = medcls.train(backbone="efficientnet_lite0", epochs=1, finetune_epochs=1, image_size=32, policy="none",
+                       bootstrap=50, finetune_batchnorm=mode, out=tmp_path / mode)
+    pretrained, _ = build_classifier(registries, "efficientnet_lite0", 2, run.model.backbone.conv_stem.in_channels,
+                                     0.0, pretrained=True)
+    start, end = pretrained.state_dict(), run.model.state_dict()
+    statistics = [key for key in start if key.endswith("running_mean")]
+    changed = [key for key in statistics if not torch.allclose(start[key], end[key])]
+    assert changed == [] if mode == "frozen" else len(changed) == len(statistics)

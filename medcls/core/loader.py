@@ -5,6 +5,7 @@ bottleneck-feature loader for stage 1 on a frozen backbone."""
 from __future__ import annotations
 
 from functools import partial
+from itertools import islice
 
 import numpy as np
 
@@ -62,6 +63,26 @@ class AnnouncedOrder:
         return len(self.sampler)
 
 
+class FirstDraws:
+    """The first `count` indices of a sampler's epoch order: a fresh random share of a shuffled
+    set every epoch (`epoch_size`). Other attributes are the sampler's (a DistributedSampler's
+    `set_epoch`, so that each epoch is reshuffled)."""
+
+    def __init__(self, sampler, count: int) -> None:
+        self.sampler, self.count = sampler, min(count, len(sampler))
+
+    def __iter__(self):
+        return islice(iter(self.sampler), self.count)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getattr__(self, name: str):
+        if name == "sampler":  # not set yet (unpickling): no attribute to pass through
+            raise AttributeError(name)
+        return getattr(self.sampler, name)
+
+
 def is_batched(transform) -> bool:
     return callable(getattr(transform, "batch", None))
 
@@ -104,26 +125,30 @@ def make_loader(dataset, labels: np.ndarray, config: TrainConfig, n_classes: int
                 distributed=None):
     """Training batches: shuffled (or class-balanced by a sampler) from `generator`, so that two
     loaders sharing one generator, one on images and one on features, draw the same batches;
-    under DDP each process gets its shard (DistributedSampler, reshuffled every epoch)."""
+    under DDP each process gets its shard (DistributedSampler, reshuffled every epoch). With
+    `epoch_size` smaller than the set, an epoch is the first `epoch_size` draws of that order
+    (each process its share)."""
     import torch
     from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
     from torch.utils.data.distributed import DistributedSampler
 
-    sampler = None
-    if distributed is not None and distributed.active:
+    sharded = distributed is not None and distributed.active
+    if sharded:
         sampler = DistributedSampler(dataset, num_replicas=distributed.world, rank=distributed.rank, shuffle=True,
                                      seed=config.seed)
     elif config.class_balance == "sampler":
         weights = class_weights(labels, n_classes)[labels]
         sampler = WeightedRandomSampler(torch.as_tensor(weights), len(weights), generator=generator)
-    if sampler is None:
+    else:
         sampler = RandomSampler(dataset, generator=generator)  # what shuffle=True builds
-    if hasattr(dataset, "prioritise") and not isinstance(sampler, DistributedSampler):
+    if 0 < config.epoch_size < len(dataset):
+        sampler = FirstDraws(sampler, -(-config.epoch_size // (distributed.world if sharded else 1)))
+    if hasattr(dataset, "prioritise") and not sharded:
         sampler = AnnouncedOrder(sampler, dataset.prioritise)
     return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
                       collate_fn=getattr(dataset, "collate", None),
                       generator=generator, num_workers=workers,
-                      drop_last=len(dataset) > config.batch_size * (distributed.world if distributed else 1),
+                      drop_last=len(sampler) > config.batch_size,  # per process: a share of the set under DDP
                       worker_init_fn=partial(seed_worker, seed=config.seed) if workers else None,
                       persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 

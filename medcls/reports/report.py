@@ -54,6 +54,28 @@ def read_gap(train: dict, val: dict, test: dict) -> str:
     return reading
 
 
+def read_stages(history, monitor: str, best_epoch: int) -> str:
+    """A sentence when the weights kept (`best_epoch`) are the new head's (the first stage) although
+    fine-tuning (the last stage) ran, so its epochs went unused; "" otherwise. `history` holds the
+    epochs (objects with `stage`, `epoch` and `val_metrics`). A validation ROC AUC that stays at
+    chance through fine-tuning means the unfrozen network's outputs collapsed to one value (seen
+    with frozen batch norm on binary vessel-mask slices: examples/README.md)."""
+    stages = list(dict.fromkeys(epoch.stage for epoch in history))
+    if len(stages) < 2:
+        return ""
+    first, last = ([epoch for epoch in history if epoch.stage == name] for name in (stages[0], stages[-1]))
+    values = [[epoch.val_metrics.get(monitor, math.nan) for epoch in epochs] for epochs in (first, last)]
+    if best_epoch not in {epoch.epoch for epoch in first} or any(math.isnan(v) for part in values for v in part):
+        return ""
+    head, tuned = max(values[0]), max(values[1])
+    reading = (f" Fine-tuning did not beat the new head on validation ({monitor} {tuned:.3f} at best in stage "
+               f"'{stages[-1]}' against {head:.3f} in stage '{stages[0]}'), so the head-only weights were kept.")
+    if monitor == "roc_auc" and all(abs(v - 0.5) < 0.02 for v in values[1]):
+        reading += (" Its validation ROC AUC stayed at chance: the unfrozen network's outputs collapsed to one "
+                    "value. Try --set finetune_batchnorm=train or --set finetune_lr_factor=0.01, judged on validation.")
+    return reading
+
+
 SPREAD_METRICS = ("roc_auc", "sensitivity", "specificity", "accuracy")
 
 

@@ -162,6 +162,7 @@ def build_model(start: RunStart, data: PreparedData, tasks: list, transform, tra
                                              config.dropout, config.pretrained, config.weights, config.slices,
                                              config.slice_pooling, config.backbone_args,
                                              input_shape=tuple(data.cache.images.shape[2:]), acs=config.acs)
+    model.frozen_batchnorm = model.frozen_batchnorm and config.finetune_batchnorm == "frozen"
     backbone_entry, policy_entry = registries["backbones"].get(config.backbone), registries["policies"].get(config.policy)
     check_backbone_output(model, data.cache.channels, tuple(data.cache.images.shape[2:]), backbone_entry.name,
                           backbone_entry.plugin)
@@ -389,6 +390,7 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
     scores = {s: (scorer.probabilities(data.batches(r), calibrated=False), data.cache_labels(r))
               for s, r in rows.items()}
     scoring = (score_finding_splits if data.multi_label else score_splits)(config, registries, data, rows, scores, scorer)
+    scoring["reading"] += report.read_stages(fitted.history, config.monitor, fitted.best_epoch)
     if tasks:
         task_outputs = {s: scorer.task_outputs(data.batches(r)) for s, r in rows.items()}
         scoring["tasks"] = assess_tasks(
