@@ -65,8 +65,7 @@ class AnnouncedOrder:
 
 class FirstDraws:
     """The first `count` indices of a sampler's epoch order: a fresh random share of a shuffled
-    set every epoch (`epoch_size`). Other attributes are the sampler's (a DistributedSampler's
-    `set_epoch`, so that each epoch is reshuffled)."""
+    set every epoch (`epoch_size`)."""
 
     def __init__(self, sampler, count: int) -> None:
         self.sampler, self.count = sampler, min(count, len(sampler))
@@ -77,10 +76,10 @@ class FirstDraws:
     def __len__(self) -> int:
         return self.count
 
-    def __getattr__(self, name: str):
-        if name == "sampler":  # not set yet (unpickling): no attribute to pass through
-            raise AttributeError(name)
-        return getattr(self.sampler, name)
+    def set_epoch(self, epoch: int) -> None:
+        """A DistributedSampler reshuffles by epoch; the others draw from their generator."""
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
 
 
 def is_batched(transform) -> bool:
