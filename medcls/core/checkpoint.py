@@ -34,8 +34,10 @@ class FitState:
     stage_best: float = -math.inf  # the best monitored score within the stage (its patience counts from it)
     best_loss: float = math.inf  # the validation loss at the best epoch (it breaks ties of the score)
     stage_best_loss: float = math.inf  # the same within the stage
+    stage_restarts: int = 0  # times the stage started again after a collapse (its rate is lr x 0.1 ** this)
     history: list = field(default_factory=list)  # EpochResult as dicts
     stopped_early: list = field(default_factory=list)
+    restarts: list = field(default_factory=list)  # FitResult.restarts
     model: dict | None = None
     best_model: dict | None = None
     optimizer: dict | None = None

@@ -391,6 +391,7 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
               for s, r in rows.items()}
     scoring = (score_finding_splits if data.multi_label else score_splits)(config, registries, data, rows, scores, scorer)
     scoring["reading"] += report.read_stages(fitted.history, config.monitor, fitted.best_epoch)
+    scoring["reading"] += "".join(f" {restart[0].upper()}{restart[1:]}." for restart in fitted.restarts)
     if tasks:
         task_outputs = {s: scorer.task_outputs(data.batches(r)) for s, r in rows.items()}
         scoring["tasks"] = assess_tasks(
@@ -438,7 +439,7 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     report.write_metrics_json(out / "metrics.json", {
         **results, "intervals": scoring["intervals"], "threshold": threshold, "reading": scoring["reading"],
-        "best_epoch": fitted.best_epoch, "temperature": scoring["temperature"],
+        "best_epoch": fitted.best_epoch, "restarts": fitted.restarts, "temperature": scoring["temperature"],
         "operating": {s: a["operating"] for s, a in scoring["assessed"].items()},
         "per_class": {s: a["per_class"] for s, a in scoring["assessed"].items()},
         "calibration": scoring["calibration"], "level": {s: a["level"] for s, a in scoring["assessed"].items()},
@@ -455,6 +456,7 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
     summary = {
         "out": str(out), "results": results, "intervals": scoring["intervals"], "reading": scoring["reading"],
         "threshold": threshold, "best_epoch": fitted.best_epoch, "stopped_early": fitted.stopped_early,
+        "restarts": fitted.restarts,
         "weights_origin": facts["weights_origin"], "device": facts["device"],
         "seconds": time.perf_counter() - facts["started"], "policy_params": facts["policy_params"],
         "warnings": data.warnings, "epochs_run": len(fitted.history),
