@@ -54,6 +54,25 @@ def test_fp32_is_honoured_and_fp16_on_cpu_is_refused():
         choose_execution(CPU, plain_cnn(), "half")
 
 
+def test_fp32_on_a_gpu_turns_tf32_off_inside_the_pass_and_restores_it():
+    """cuDNN runs fp32 convolutions in TF32 by default on Ampere and later: on an H200 that moved
+    probabilities by 4e-4 against the CPU and the ONNX export (gpu_check, test_inference)."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        exact = Execution(torch.device("cuda"), None)
+        for context in (exact.autocast, exact.exact):
+            with context():
+                assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+            assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        with Execution(torch.device("cuda"), torch.bfloat16).exact():  # autocast runs: TF32 is not the question
+            assert torch.backends.cudnn.allow_tf32
+        with Execution(torch.device("cpu"), None).autocast():
+            assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def test_a_bf16_channels_last_step_trains_like_fp32():
     torch.manual_seed(0)
     x, y = torch.rand(8, 3, 12, 12), torch.tensor([0, 1] * 4)

@@ -210,7 +210,8 @@ def train_one_epoch(model, loader, loss_fn, optimizer, execution: Execution, sca
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
+            with execution.exact():  # fp32 gradients stay fp32 on a GPU (no TF32)
+                loss.backward()
             optimizer.step()
         if after_step is not None:
             after_step()

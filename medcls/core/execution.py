@@ -59,9 +59,18 @@ class Execution:
     channels_last: bool = False
 
     def autocast(self):
+        """The forward pass's context: autocast to the run's dtype, or exact fp32 (see `exact`)."""
         if self.dtype is None:
-            return contextlib.nullcontext()
+            return self.exact()
         return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def exact(self):
+        """fp32 means fp32 on a GPU too: cuDNN runs fp32 convolutions in TF32 (a 10-bit mantissa) on
+        Ampere and later unless told not to, which moved probabilities by 4e-4 against the CPU and the
+        exported ONNX model on an H200. Training wraps its backward pass in this as well."""
+        if self.dtype is not None or self.device.type != "cuda":
+            return contextlib.nullcontext()
+        return without_tf32()
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         """A batch on the device, in the model's memory format."""
@@ -81,6 +90,17 @@ class Execution:
     def describe(self) -> str:
         precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[self.dtype]
         return f"{self.device}, {precision}, {'channels_last' if self.channels_last else 'contiguous'}"
+
+
+@contextlib.contextmanager
+def without_tf32():
+    """TF32 off for cuDNN convolutions and cuBLAS matrix products, restored on leaving."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def has_depthwise_convolutions(model: nn.Module) -> bool:
