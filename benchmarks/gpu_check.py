@@ -137,15 +137,20 @@ def main() -> int:
          out / "train-3d"),
         ("3D training step (stem, memory format)", [sys.executable, "benchmarks/volume_training.py"], 60, None),
     ]
+    print("| check | result | seconds | figure |\n|---|---|---|---|", flush=True)
+    for row in rows:
+        print_row(*row)
     for name, command, limit, run_folder in steps:
         status, seconds, last = run(command, limit, out / f"{name.split()[0]}-{len(rows)}.log")
         verdict = "ok" if status == 0 else ("time limit" if status == 124 else f"failed ({status})")
         figure = run_figure(run_folder) if run_folder else FIGURES.get(name.split()[0], lambda o, last: last)(out, last)
         rows.append((name, verdict, seconds, figure))
-    print("| check | result | seconds | figure |\n|---|---|---|---|")
-    for name, verdict, seconds, figure in rows:
-        print(f"| {name} | {verdict} | {seconds:.0f} | {figure.replace('|', '/')} |")
+        print_row(*rows[-1])  # row by row, so a run cut short still shows what it finished
     return 0 if all(r[1] == "ok" for r in rows) else 1
+
+
+def print_row(name: str, verdict: str, seconds: float, figure: str) -> None:
+    print(f"| {name} | {verdict} | {seconds:.0f} | {figure.replace('|', '/')} |", flush=True)
 
 
 if __name__ == "__main__":
