@@ -93,3 +93,22 @@ def test_a_run_resumed_after_a_restart_keeps_the_lower_rate(tmp_path):
     resumed, _ = scripted(aucs, [2, 3], restarts=1, resume=load_checkpoint(path, torch.Generator(), None))
     assert [h.lr for h in resumed.history] == pytest.approx([h.lr for h in whole.history])
     assert resumed.restarts == whole.restarts and resumed.best_epoch == whole.best_epoch == 5
+
+
+def test_a_training_run_reports_its_restart(tmp_path, monkeypatch):
+    """The run's reading and metrics.json say which stage started again, from which epoch and at
+    what rate (the collapse itself is forced: a tiny model on synthetic data does not collapse)."""
+    import json
+    import re
+
+    import medcls
+    from medcls.core import engine
+
+    monkeypatch.setattr(engine, "collapsed", lambda metrics, history: len(history) == 1)  # stage 2's first epoch
+    run = medcls.train(backbone="test_resnet", pretrained=False, epochs=1, finetune_epochs=2, image_size=32,
+                       bootstrap=50, out=tmp_path / "run")
+    restarts = json.loads((tmp_path / "run" / "metrics.json").read_text())["restarts"]
+    assert len(restarts) == 1 and restarts[0].startswith("stage 'finetune' collapsed in epoch 2 ")
+    assert re.search(r"from epoch [12]'s weights at lr \d", restarts[0])  # the best before the collapse
+    assert "Stage 'finetune' collapsed in epoch 2" in run.metrics_json["reading"]
+    assert len(run.history) == 4  # 1 + the collapsed epoch + 2 again
