@@ -172,9 +172,8 @@ def frozen_features(model, data: PreparedData, train_rows, val_rows, train_label
     def features(rows):
         model.set_trainable(0)
         model.train()  # as in stage 1: frozen batch norm in inference mode, nothing stochastic
-        with execution.autocast():
-            return torch.cat([model.features(execution.inputs(batch)).float()
-                              for batch in data.batches(rows)(config.batch_size)])
+        with execution.autocast():  # kept in the pass's dtype: the head then sees what a full pass gives it
+            return torch.cat([model.features(execution.inputs(batch)) for batch in data.batches(rows)(config.batch_size)])
 
     train_features, val_features = features(train_rows), features(val_rows)
     dataset = TensorDataset(train_features.cpu(), torch.as_tensor(train_labels if train_targets is None else train_targets))
@@ -183,7 +182,8 @@ def frozen_features(model, data: PreparedData, train_rows, val_rows, train_label
     @torch.no_grad()
     def evaluate_val():
         model.eval()
-        logits = model.head(val_features).float()[:, :len(data.classes)]  # the main task's outputs
+        with execution.autocast():  # as the full model is scored
+            logits = model.head(val_features).float()[:, :len(data.classes)]  # the main task's outputs
         probs = logits.sigmoid() if data.multi_label else logits.softmax(1)
         return score_val(probs.cpu().numpy().astype(np.float64))
 
