@@ -10,7 +10,8 @@ Markdown table:
 1. the test modules that exercise devices (execution, inference, training, TTA) with the GPU
    visible, so `device=auto` picks it;
 2. `medcls train --device cuda` of resnet50 at 224 px in bf16 on the synthetic set;
-3. the benchmark harness on the GPU (end-to-end vs model-only images/s, GPU-busy share), and with
+3. the benchmark harness on the GPU (end-to-end vs model-only images/s, GPU-busy share), the
+   built-in augmentation policies alone on a GPU batch against the step they feed, and with
    `--timm-benchmark PATH` timm's own benchmark.py beside it (same model, batch 256, 224 px, bf16);
 4. a 3D run (`monai:resnet10` on the built-in synthetic volumes, `--data synthetic3d`) on the GPU;
 5. the 3D training-step benchmark (stem and memory format) on the GPU.
@@ -77,7 +78,19 @@ def timm_figure(out: Path, last: str) -> str:
         return last
 
 
-FIGURES = {"bench": harness_figure, "timm": timm_figure}  # by a step name's first word
+def augment_figure(out: Path, last: str) -> str:
+    """Images/s of each built-in policy on a GPU batch, against the training step it feeds."""
+    try:
+        figures = json.loads((out / "augment.json").read_text())
+        rates, ratios = figures["images_per_second"], figures["ratios"]
+    except (OSError, ValueError, KeyError):
+        return last
+    policies = [name for name in rates if name.startswith("policy") and name.endswith("batched")]
+    return "; ".join(f"{name.split()[1].rstrip(',')} {rates[name]:.0f} img/s "
+                     f"({ratios[name]['vs_stage2']:.1f}x a top-2-blocks step)" for name in policies)
+
+
+FIGURES = {"bench": harness_figure, "timm": timm_figure, "augmentation": augment_figure}  # by a step name's first word
 BATCH = 256  # resnet50 at 224 px in bf16: what timm's benchmark uses on a large GPU
 
 
@@ -117,7 +130,9 @@ def main() -> int:
     steps = [
         ("tests (execution, inference, training, TTA)", [sys.executable, "-m", "pytest", "-q", "-x",
                                                         "tests/test_execution.py", "tests/test_inference.py",
-                                                        "tests/test_tta.py", "tests/test_training.py"], 200, None),
+                                                        "tests/test_tta.py", "tests/test_training.py",
+                                                        "tests/test_policies.py::test_a_policy_augments_a_gpu_batch_on_the_gpu"],
+         200, None),
         ("train resnet50 224 px bf16", medcls + ["train", "--device", "cuda", "--backbone", "resnet50",
                                                  "--no-pretrained", "--image-size", "224", "--set", "precision=bf16",
                                                  "--epochs", "2", "--finetune-epochs", "1", "--set", "bootstrap=200",
@@ -125,6 +140,10 @@ def main() -> int:
         ("bench harness on the GPU", [sys.executable, "benchmarks/harness.py", "--device", "cuda", "--backbone",
                                       "resnet50", "--batch-size", str(BATCH), "--image-size", "224", "--rounds", "2",
                                       "--json", str(out / "bench.json")], 150, None),
+        ("augmentation alone on the GPU", [sys.executable, "benchmarks/augmentation_throughput.py", "--device",
+                                           "cuda", "--backbone", "resnet50", "--batch", str(BATCH), "--channels", "3",
+                                           "--size", "224", "--rounds", "5", "--json", str(out / "augment.json")],
+         120, None),
         *([("timm benchmark.py, same model", [sys.executable, args.timm_benchmark, "--model", "resnet50", "--bench",
                                              "train", "-b", str(BATCH), "--img-size", "224", "--channels-last",
                                              "--amp", "--amp-dtype", "bfloat16", "--results-file",

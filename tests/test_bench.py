@@ -37,7 +37,7 @@ def test_gpu_check_says_why_it_cannot_run_and_reads_each_run_s_own_figures(tmp_p
 
     import torch
 
-    from benchmarks.gpu_check import harness_figure, run_figure, timm_figure
+    from benchmarks.gpu_check import augment_figure, harness_figure, run_figure, timm_figure
 
     if not torch.cuda.is_available():  # CI: one line, status 3, nothing installed or written
         done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--out", str(tmp_path / "g")],
@@ -58,3 +58,8 @@ def test_gpu_check_says_why_it_cannot_run_and_reads_each_run_s_own_figures(tmp_p
     (tmp_path / "timm.json").write_text(json.dumps({"model": "resnet50", "train_samples_per_sec": 2950.2}))
     assert harness_figure(tmp_path, "") == "train img/s end to end 2710, model alone 2890; GPU busy 0.93"
     assert timm_figure(tmp_path, "") == "train img/s 2950 (timm benchmark.py)"
+    assert augment_figure(tmp_path, "last line") == "last line"
+    name = "policy interpretable, batched"
+    (tmp_path / "augment.json").write_text(json.dumps({"images_per_second": {name: 9100.4, "train step, top 2": 3000.0},
+                                                       "ratios": {name: {"vs_stage1": 1.5, "vs_stage2": 3.03}}}))
+    assert augment_figure(tmp_path, "") == "interpretable 9100 img/s (3.0x a top-2-blocks step)"

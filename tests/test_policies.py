@@ -171,3 +171,62 @@ def test_batched_policies_run_in_the_loop_and_per_image_ones_in_a_worker(registr
     assert torch.equal(TrainingImages(data.cache, rows, data.cache_labels(rows), per_image)[0][0], 1 - data.cache.batch(rows[:1])[0])
     assert loader_workers(config, per_image) == 1
     assert loader_workers(make_config({"workers": 3}), per_image) == 3
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_batched_affine_matrices_are_monais_composition_image_by_image(dims):
+    """The matrices built for a whole batch at once equal MONAI's rotate @ shear @ translate @ scale,
+    built one image at a time from the same draws (the per-image loop they replaced)."""
+    import math
+
+    import numpy as np
+    from monai.transforms.utils import create_rotate, create_scale, create_shear, create_translate
+
+    from medcls.core.affine_augment import GeometryIntensityPolicy
+
+    params = dict(rotate_deg=30.0, shift=0.1, shear=0.2, zoom=0.2)
+    spatial = (20, 24, 28)[-dims:]
+    batched = GeometryIntensityPolicy(**params)
+    batched.set_random_state(seed=7)
+    reference = GeometryIntensityPolicy(**params)
+    reference.set_random_state(seed=7)
+    matrices = batched.random_affines(6, dims, spatial)
+    for matrix in matrices:
+        u = lambda bound, n: reference.R.uniform(-bound, bound, n)  # noqa: E731
+        angles = [math.radians(a) for a in u(30.0, 1 if dims == 2 else 3)]
+        shear = list(u(0.2, 2 if dims == 2 else 6))
+        shifts = [f * s for f, s in zip(u(0.1, dims), spatial)]
+        scale = [1.0 + float(u(0.2, 1)[0])] * dims
+        expected = (create_rotate(dims, angles) @ create_shear(dims, shear) @ create_translate(dims, shifts)
+                    @ create_scale(dims, scale))
+        np.testing.assert_allclose(matrix, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["interpretable", "aggressive"])
+def test_a_batched_policy_leaves_the_callers_batch_as_it_was(registries, name):
+    images = torch.rand(4, 1, 32, 32)
+    given = images.clone()
+    out = policy(registries, name).batch(images)
+    assert torch.equal(images, given) and not torch.equal(out, given)
+
+
+def test_scoring_and_unaugmented_training_start_without_monai():
+    """MONAI takes seconds to import; only the geometry policy (and 3D backbones, Grad-CAM) need it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, medcls.api, medcls.workflows.train, medcls.workflows.score, medcls.workflows.evaluate\n"
+            "from medcls.core.augment import make_policy\nfrom medcls.config import make_config\n"
+            "from medcls.plugins.manager import get_plugin_manager\nfrom medcls.plugins.registry import Registries\n"
+            "make_policy(make_config({'policy': 'none'}), Registries(get_plugin_manager()))\n"
+            "print('monai' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_policy_augments_a_gpu_batch_on_the_gpu(registries):
+    images = torch.rand(8, 3, 64, 64, device="cuda")
+    out = policy(registries, "interpretable").batch(images)
+    assert out.device.type == "cuda" and out.shape == images.shape

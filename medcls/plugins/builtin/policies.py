@@ -18,9 +18,9 @@ def create_none():
 
 
 def create_policy(**params):
-    from medcls.core.augment import build_policy
+    from medcls.core.affine_augment import GeometryIntensityPolicy
 
-    return build_policy(**params)
+    return GeometryIntensityPolicy(**params)
 
 
 def flips_lr(params: dict) -> bool:
