@@ -1,7 +1,8 @@
 """The built-in augmentation policy: random rotation, shift, shear, zoom, flips and intensity, drawn
 per image and applied to a whole batch on its device as one MONAI affine resample.
 
-A MONAI `RandomizableTransform`; `medcls.core.augment` builds it and holds the policy contract.
+A MONAI `RandomizableTransform`, registered by the built-in policies plugin; `medcls.core.augment`
+makes policies from the registry and holds their contract.
 Shifts are fractions of the image size (as in Keras's ImageDataGenerator), so one policy works at
 any resolution; pixels from outside the field of view are zero (no invented anatomy).
 """
