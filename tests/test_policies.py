@@ -226,7 +226,17 @@ def test_scoring_and_unaugmented_training_start_without_monai():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_a_policy_augments_a_gpu_batch_on_the_gpu(registries):
+@pytest.mark.parametrize("name", ["interpretable", "aggressive"])
+def test_a_policy_augments_a_gpu_batch_on_the_gpu_without_stopping_the_host(registries, name):
+    """Everything per pixel on the GPU, and no synchronisation: the host queues the next step while
+    the GPU works (PyTorch's sync debug mode raises on any blocking call)."""
+    transform = policy(registries, name)
     images = torch.rand(8, 3, 64, 64, device="cuda")
-    out = policy(registries, "interpretable").batch(images)
+    transform.batch(images)  # first use: lazy CUDA initialisation may synchronise
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = transform.batch(images)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
     assert out.device.type == "cuda" and out.shape == images.shape

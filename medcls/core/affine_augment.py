@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from monai.networks.layers import AffineTransform
+from monai.networks.utils import to_norm_affine
 from monai.transforms import RandomizableTransform
 
 from medcls.core.augment import to_unit_float
@@ -27,7 +28,9 @@ class GeometryIntensityPolicy(RandomizableTransform):
         self.rotate_deg, self.shift, self.shear, self.zoom = rotate_deg, shift, shear, zoom
         self.lr_flip, self.ud_flip = lr_flip, ud_flip
         self.brightness, self.gamma, self.noise_std = brightness, gamma, noise_std
-        self.resample = AffineTransform(normalized=False, zero_centered=True, padding_mode="zeros", mode="bilinear")
+        # The matrices reach it normalised and in grid_sample's axis order (see `grid_matrices`).
+        self.resample = AffineTransform(normalized=True, reverse_indexing=False, align_corners=True,
+                                        padding_mode="zeros", mode="bilinear")
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         return self.batch(to_unit_float(image)[None])[0]
@@ -36,12 +39,14 @@ class GeometryIntensityPolicy(RandomizableTransform):
         """Augment a (B, C, H, W) or (B, C, D, H, W) float batch in [0, 1] where it lies.
 
         Everything per pixel runs on the batch's device (the noise too), and the intensity steps
-        work in place on the resampled copy: on a GPU the host only draws a few numbers per image."""
+        work in place on the resampled copy: on a GPU the host only draws a few numbers per image, and
+        hands them over without waiting for the GPU (no synchronisation, so the host can queue the
+        next step while the GPU works)."""
         images = to_unit_float(images)  # a copy: the caller's batch is never changed
         count, dims, device = images.shape[0], images.ndim - 2, images.device
         if self.rotate_deg or self.shift or self.shear or self.zoom:
-            theta = torch.from_numpy(self.random_affines(count, dims, images.shape[2:])).float()
-            images = self.resample(images, theta.to(device))
+            theta = self.grid_matrices(self.random_affines(count, dims, images.shape[2:]), images.shape[2:])
+            images = self.resample(images, theta.to(device, non_blocking=True))
         for probability, axis in ((self.lr_flip, -1), (self.ud_flip, -2)):
             if probability:
                 flip = self.per_image(torch.as_tensor(self.R.random(count) < probability), dims, device)
@@ -61,7 +66,22 @@ class GeometryIntensityPolicy(RandomizableTransform):
 
     @staticmethod
     def per_image(values: torch.Tensor, dims: int, device) -> torch.Tensor:
-        return values.view(-1, *([1] * (dims + 1))).to(device)
+        """One value per image, shaped to broadcast over a batch; copied without a synchronisation
+        (from pageable memory the copy is staged at once, so the host may drop its tensor)."""
+        return values.view(-1, *([1] * (dims + 1))).to(device, non_blocking=True)
+
+    @staticmethod
+    def grid_matrices(matrices: np.ndarray, spatial) -> torch.Tensor:
+        """Voxel-space matrices as `grid_sample` reads them: normalised to [-1, 1] about the centre
+        and with the axes reversed, which is what MONAI's AffineTransform does inside; done here, on
+        the host in float32, because on a GPU those steps stop the host (a boolean-mask assignment
+        and two blocking copies per batch)."""
+        theta = to_norm_affine(torch.from_numpy(matrices).float(), src_size=tuple(spatial), dst_size=tuple(spatial),
+                               align_corners=True, zero_centered=True)
+        axes = torch.arange(len(spatial) - 1, -1, -1)
+        theta[:, :len(spatial)] = theta[:, axes]
+        theta[:, :, :len(spatial)] = theta[:, :, axes]
+        return theta
 
     def random_affines(self, count: int, dims: int, spatial) -> np.ndarray:
         """`count` (dims+1) x (dims+1) matrices, float64, composed in MONAI Affine's order (rotate,
