@@ -84,7 +84,7 @@ class TrainConfig:
     unfreeze_blocks: int = option(-1, 'how many top blocks stage 2 unfreezes (-1: all, which beat the top 2 on RetinaMNIST and by 5-fold CV on the brain and CT sets: examples/README.md)', 'optimisation')
     finetune_batchnorm: str = option("frozen", "stage 2: a pretrained backbone's batch norm in the unfrozen blocks: frozen (its ImageNet running statistics, inference mode) or train (batch statistics while training; precise_bn recomputes the running ones before each validation)", 'optimisation')
     finetune_lr_factor: float = option(0.1, 'stage-2 learning rate = lr x this', 'optimisation')
-    collapse_restarts: int = option(1, "times a stage whose validation ROC AUC falls to chance (within 0.03 of 0.5, after 0.65 or more) starts again from the best weights at a tenth of its rate: fine-tuning with frozen batch norm collapsed so on 2 of 3 runs on 18,226 vessel slices (examples/README.md); 0: never", 'optimisation')
+    collapse_restarts: int = option(2, "times a stage whose validation ROC AUC falls to chance (within 0.03 of 0.5, after 0.65 or more) starts again from the best weights, at 0.3 of its rate (0.09 the second time): fine-tuning with frozen batch norm collapsed so on 2 of 3 runs on 18,226 vessel slices (examples/README.md); 0: never", 'optimisation')
     optimizer: str = option("adamw", 'adamw, sgd (momentum, Nesterov) or rmsprop', 'optimisation')
     momentum: float = option(0.9, 'for sgd and rmsprop', 'optimisation')
     weight_decay: float = option(1e-4, 'AdamW/SGD/RMSprop weight decay', 'optimisation')

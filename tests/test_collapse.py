@@ -1,5 +1,5 @@
-"""A stage whose validation ROC AUC collapses to chance starts again from the best weights at a
-tenth of its rate (fine-tuning with frozen batch norm on 18,226 vessel slices: examples/README.md)."""
+"""A stage whose validation ROC AUC collapses to chance starts again from the best weights at 0.3
+of its rate (fine-tuning with frozen batch norm on 18,226 vessel slices: examples/README.md)."""
 
 import copy
 
@@ -58,14 +58,14 @@ def scripted(aucs: list[float], stages: list[int], restarts: int, resume=None, s
     return result, started_from
 
 
-def test_a_collapsed_stage_starts_again_from_the_best_weights_at_a_tenth_of_the_rate():
+def test_a_collapsed_stage_starts_again_from_the_best_weights_at_0_3_of_the_rate():
     result, started_from = scripted([0.6, 0.8, 0.5, 0.7, 0.85, 0.84], [2, 3], restarts=1)
     assert [h.epoch for h in result.history] == [1, 2, 3, 4, 5, 6]  # the restarted stage has its 3 epochs again
-    assert [h.lr for h in result.history] == pytest.approx([0.01, 0.01, 0.01, 0.001, 0.001, 0.001])
+    assert [h.lr for h in result.history] == pytest.approx([0.01, 0.01, 0.01, 0.003, 0.003, 0.003])
     assert started_from[3] == 2  # epoch 4 trained on from epoch 2's weights (the best), not epoch 3's
     assert result.best_epoch == 5
     assert result.restarts == ["stage 'stage1' collapsed in epoch 3 (validation ROC AUC 0.500, at chance) and "
-                               "started again from epoch 2's weights at lr 1.0e-03"]
+                               "started again from epoch 2's weights at lr 3.0e-03"]
 
 
 def test_collapse_restarts_0_lets_the_collapsed_stage_run_on():
@@ -78,6 +78,17 @@ def test_a_stage_restarts_at_most_collapse_restarts_times():
     result, _ = scripted([0.6, 0.8, 0.5, 0.5, 0.5, 0.5, 0.5], [2, 5], restarts=1)
     assert len(result.restarts) == 1 and result.stopped_early == ["stage1"]  # then patience ends it
     assert result.best_epoch == 2
+
+
+def test_by_default_a_stage_that_collapses_again_starts_a_third_time_more_gently():
+    from medcls.config import make_config
+
+    restarts = make_config({}).collapse_restarts
+    assert restarts == 2
+    result, started_from = scripted([0.6, 0.8, 0.5, 0.5, 0.7, 0.85, 0.84], [2, 3], restarts=restarts)
+    assert [h.lr for h in result.history] == pytest.approx([0.01, 0.01, 0.01, 0.003, 0.0009, 0.0009, 0.0009])
+    assert started_from[3] == started_from[4] == 2  # both restarts from the best weights, epoch 2's
+    assert len(result.restarts) == 2 and result.restarts[1].endswith("at lr 9.0e-04")
 
 
 def test_a_run_resumed_after_a_restart_keeps_the_lower_rate(tmp_path):
