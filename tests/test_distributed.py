@@ -20,7 +20,6 @@ ARGS = ["--backbone", "efficientnet_lite0", "--pretrained", "--image-size", "32"
 
 def test_two_gloo_processes_match_one_process(tmp_path):
     pytest.importorskip("medcls_efficientnet_lite", reason="the offline ImageNet weights plugin is not installed")
-    runs = {}
     one = CliRunner().invoke(cli, ["train", *ARGS, "--out", str(tmp_path / "one")])  # in this process: no start-up
     assert one.exit_code == 0, one.output
     two = tmp_path / "two"
