@@ -1,6 +1,8 @@
 """How fast are medcls's intervals? 2,000 stratified bootstrap resamples of every built-in binary
 metric on 10,000 predictions (vectorised), DeLong on 10,000 and 1,000,000, against scikit-learn
-called once per resample (the naive way), measured side by side in one run.
+called once per resample (the naive way), measured side by side in one run; and the multi-label
+summary (macro and micro ROC AUC, sensitivity, specificity: 1,000 resamples of 2,000 cases x 14
+findings, ChestMNIST's shape) vectorised against summary_figures called once per resample.
 
     .venv/bin/python benchmarks/bootstrap_speed.py [--repeats 5]
 """
@@ -27,6 +29,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--resamples", type=int, default=2000)
+    parser.add_argument("--multilabel-n", type=int, default=2000)
+    parser.add_argument("--findings", type=int, default=14)
     args = parser.parse_args()
 
     from sklearn.metrics import roc_auc_score
@@ -58,11 +62,27 @@ def main():
     s_big = rng.normal(0, 1, big_n) + y_big
     delong_small = timed(lambda: delong_interval(y, p1), args.repeats)
     delong_big = timed(lambda: delong_interval(y_big, s_big), max(1, args.repeats // 2))
+    from medcls.stats import multilabel
+    from medcls.stats.bootstrap import bootstrap_figures
+
+    targets = (rng.random((args.multilabel_n, args.findings)) < 0.1).astype(np.float64)
+    scores = np.clip(0.3 * targets + rng.random(targets.shape) * 0.7, 0, 1).astype(np.float32)
+    targets[rng.random(targets.shape) < 0.05] = np.nan  # uncertain entries, left out
+    decided = multilabel.decisions(scores, [0.4] * args.findings)
+    summary_vectorised = timed(lambda: multilabel.summary_intervals(scores, targets, decided, n_resamples=1000),
+                               args.repeats)
+    summary_loop = timed(lambda: bootstrap_figures(  # one summary_figures call per resample; 50 timed, scaled
+        lambda rows: multilabel.summary_figures(scores[rows], targets[rows], decided[rows]), len(targets),
+        n_resamples=50), max(1, args.repeats // 2)) * 1000 / 50
     result = {
         "n": args.n, "resamples": args.resamples, "metrics_bootstrapped": sorted(statistics_),
         "seconds_all_metrics_vectorised": all_metrics, "seconds_roc_auc_vectorised": auc_only,
         "seconds_roc_auc_sklearn_per_resample": naive, "speedup_roc_auc": naive / auc_only,
         "seconds_delong_10k": delong_small, "seconds_delong_1M": delong_big,
+        "multilabel_cases": args.multilabel_n, "multilabel_findings": args.findings,
+        "seconds_multilabel_summary_vectorised": summary_vectorised,
+        "seconds_multilabel_summary_per_resample": summary_loop,
+        "speedup_multilabel_summary": summary_loop / summary_vectorised,
     }
     print(json.dumps(result, indent=2))
     print(f"\n{args.resamples} resamples x {args.n} predictions, median of {args.repeats}:")
@@ -70,6 +90,9 @@ def main():
     print(f"  ROC AUC, vectorised              {auc_only:6.2f} s")
     print(f"  ROC AUC, sklearn per resample    {naive:6.2f} s  ({naive / auc_only:.0f}x slower)")
     print(f"  DeLong interval: 10k {delong_small * 1e3:.1f} ms, 1M {delong_big:.2f} s (O(n log n))")
+    print(f"multi-label summary, 1000 resamples x {args.multilabel_n} cases x {args.findings} findings:")
+    print(f"  vectorised                       {summary_vectorised:6.2f} s")
+    print(f"  summary_figures per resample     {summary_loop:6.2f} s  ({summary_loop / summary_vectorised:.0f}x slower)")
 
 
 if __name__ == "__main__":

@@ -180,6 +180,40 @@ def test_per_finding_auc_and_intervals_equal_the_binary_code_label_by_label(regi
     assert low < found["summary"]["macro_roc_auc"] < high
 
 
+@pytest.mark.parametrize("groups", [None, "patients"])
+def test_summary_intervals_equal_the_summary_figures_of_every_resample(groups, monkeypatch):
+    """The vectorised macro/micro bootstrap gives the intervals of summary_figures computed on each
+    resample's repeated cases (the definition), with uncertain entries, a finding known in no case,
+    one with a single class, patient resampling and the micro AUC taken in blocks."""
+    from medcls.stats import multilabel
+    from medcls.stats.bootstrap import bootstrap_figures
+
+    rng = np.random.default_rng(5)
+    y = (rng.random((90, 5)) < [0.5, 0.3, 0.2, 0.4, 0.3]).astype(np.float64)
+    probs = np.clip(0.3 * y + rng.random((90, 5)) * 0.7, 0, 1).astype(np.float32)
+    y[rng.random((90, 5)) < 0.15] = np.nan
+    y[:, 3], y[:, 4] = np.nan, np.where(np.isnan(y[:, 4]), np.nan, 0.0)
+    patients = rng.integers(0, 30, 90) if groups else None
+    predicted = multilabel.decisions(probs, [0.4, 0.5, 0.45, 0.5, 0.5])
+    monkeypatch.setattr(multilabel, "POOLED_WEIGHTS", 1000)  # micro AUC over several blocks of resamples
+    found = multilabel.summary_intervals(probs, y, predicted, groups=patients, n_resamples=300, seed=7)
+    expected = bootstrap_figures(lambda rows: multilabel.summary_figures(probs[rows], y[rows], predicted[rows]), 90,
+                                 groups=patients, n_resamples=300, seed=7)
+    assert set(found) == set(expected) == set(multilabel.SUMMARY_FIGURES)
+    for name, interval in expected.items():
+        assert found[name]["low"] == pytest.approx(interval["low"], abs=1e-6)
+        assert found[name]["high"] == pytest.approx(interval["high"], abs=1e-6)
+        assert found[name]["method"] == interval["method"]
+
+
+def test_summary_intervals_of_findings_never_known_are_left_out():
+    from medcls.stats import multilabel
+
+    y = np.full((20, 2), np.nan)
+    probs = np.full((20, 2), 0.5)
+    assert multilabel.summary_intervals(probs, y, multilabel.decisions(probs, [0.5, 0.5]), n_resamples=50) == {}
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("multilabel") / "run"

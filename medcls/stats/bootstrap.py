@@ -262,6 +262,26 @@ def bootstrap_figures(figures, n: int, *, groups=None, n_resamples: int = 1000, 
         for row in W.astype(np.int64):
             for name, value in figures(np.repeat(np.arange(n), row)).items():
                 draws.setdefault(name, []).append(value)
+    return figure_intervals(draws, groups, n_resamples, level)
+
+
+def bootstrap_weighted_figures(figures, n: int, *, groups=None, n_resamples: int = 1000, seed: int = 0,
+                               level: float = 0.95) -> dict[str, dict]:
+    """`bootstrap_figures` for summaries computed on a whole (b, n) matrix of case weights at once
+    (`figures(W)` returns a dict of (b,) arrays): the same resamples and intervals, without a Python
+    call per resample."""
+    draws: dict[str, list] = {}
+    if n < 2 or n_resamples < 1:
+        return {}
+    for W in resample_weights(np.zeros(n, dtype=np.int64), groups, n_resamples, seed, stratified=False):
+        for name, values in figures(W).items():
+            draws.setdefault(name, []).extend(np.asarray(values, dtype=np.float64).tolist())
+    return figure_intervals(draws, groups, n_resamples, level)
+
+
+def figure_intervals(draws: dict[str, list], groups, n_resamples: int, level: float) -> dict[str, dict]:
+    """Percentile intervals of the resampled figures; one undefined in more than a tenth of the
+    resamples gets none."""
     unit = "patients" if groups is not None else "cases"
     intervals = {}
     for name, values in draws.items():
