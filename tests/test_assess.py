@@ -57,20 +57,53 @@ def test_vectorised_calibration_slope_equals_the_fitted_one():
     assert slopes[1] == pytest.approx(calibration_slope_intercept(y[index], p1[index])["slope"], abs=1e-6)
 
 
-def test_vectorised_multiclass_equals_the_loop(registries):
+@pytest.mark.parametrize("stratified", [True, False])
+def test_vectorised_multiclass_equals_the_loop(registries, stratified):
+    """Every built-in metric's multi-class bootstrap (one-vs-rest combinations and the figures of
+    the whole K x K table) equals the metric called on each resample's repeated cases."""
     rng = np.random.default_rng(1)
     y = np.arange(90) % 3
     probs = rng.dirichlet([1, 1, 1], 90)
     probs[np.arange(90), y] += 0.5
     probs /= probs.sum(1, keepdims=True)
     yhat = probs.argmax(1)
-    chosen = [e for e in registries["metrics"] if e.metadata.get("multiclass")]
-    assert {e.name for e in chosen} >= {"roc_auc", "sensitivity", "specificity", "brier"}
-    fast = bootstrap_multiclass(y, probs, yhat, {e.name: (e.metadata["vectorised"], e.metadata["multiclass"])
-                                                 for e in chosen}, n_resamples=40, seed=2)
-    slow = bootstrap_loop(y, probs, yhat, {e.name: e.obj for e in chosen}, n_resamples=40, seed=2, stratified=True)
+    yhat[:6] = (yhat[:6] + 1) % 3  # decisions that are not all the top class
+    statistics = {}
+    for e in registries["metrics"]:
+        if e.metadata.get("vectorised_multiclass"):
+            statistics[e.name] = e.metadata["vectorised_multiclass"]
+        elif e.metadata.get("multiclass"):
+            statistics[e.name] = lambda s, e=e: s.one_vs_rest(e.metadata["vectorised"], e.metadata["multiclass"])
+    assert set(statistics) >= {"roc_auc", "sensitivity", "specificity", "brier", "accuracy", "balanced_accuracy",
+                               "mcc", "ece"}
+    fast = bootstrap_multiclass(y, probs, yhat, statistics, n_resamples=40, seed=2, stratified=stratified)
+    slow = bootstrap_loop(y, probs, yhat, {e.name: e.obj for e in registries["metrics"] if e.name in statistics},
+                          n_resamples=40, seed=2, stratified=stratified)
     for name in fast:
         np.testing.assert_allclose(fast[name], slow[name], atol=1e-5, err_msg=name)
+
+
+def test_multiclass_mcc_of_one_class_tables_follows_the_metric():
+    from medcls.stats.bootstrap import WeightedMulticlass
+    from medcls.stats.metrics import mcc
+
+    probs = np.full((4, 3), 1 / 3)
+    for y, yhat in (([0, 0, 0, 0], [0, 0, 0, 0]), ([0, 1, 2, 0], [0, 0, 0, 0]), ([0, 1, 2, 2], [0, 1, 2, 1])):
+        y, yhat = np.array(y), np.array(yhat)
+        found = WeightedMulticlass.build(np.ones((1, 4), np.float32), y, probs, yhat).mcc()[0]
+        np.testing.assert_allclose(found, mcc(y, probs, yhat), atol=1e-12)
+
+
+def test_multiclass_intervals_are_all_vectorised_and_skewed_ones_bca(registries):
+    y = np.arange(120) % 4
+    probs = np.random.default_rng(3).dirichlet([1, 1, 1, 1], 120)
+    probs[np.arange(120), y] += 0.4
+    probs /= probs.sum(1, keepdims=True)
+    found = assess(probs, y, None, list(registries["metrics"]), n_resamples=300)["intervals"]
+    builtin = ("accuracy", "balanced_accuracy", "mcc", "ece", "f1", "brier", "pr_auc")
+    assert all(found[name]["resamples"] == 300 for name in builtin)  # none capped by the per-resample loop
+    assert all(("BCa" in found[name]["method"]) == (name in ("balanced_accuracy", "mcc", "f1", "brier", "pr_auc"))
+               for name in builtin)
 
 
 def test_resampling_is_stratified_and_keeps_patients_whole():

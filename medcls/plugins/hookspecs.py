@@ -157,7 +157,10 @@ def medcls_register_metrics(register):
     use only ``probs``. Optional metadata: ``vectorised=fn(stats)`` computes the metric for a block
     of bootstrap resamples at once from a ``medcls.stats.bootstrap.WeightedBinary`` (else
     intervals come from one call per resample, capped at 1,000), and ``multiclass="macro"`` or
-    ``"sum"`` says how its one-vs-rest binary values combine for more than two classes. The positive class of a binary task is index 1. A metric that is
+    ``"sum"`` says how its one-vs-rest binary values combine for more than two classes; a metric
+    that is no such combination gives ``vectorised_multiclass=fn(stats)`` instead, computed from a
+    ``medcls.stats.bootstrap.WeightedMulticlass`` (its ``table``: (b, K, K) weighted counts, true
+    class x decision). The positive class of a binary task is index 1. A metric that is
     undefined for the input (one class only) returns ``float('nan')``.
 
     Multi-label tasks (several findings per case) call ``fn`` once per finding, as a binary task

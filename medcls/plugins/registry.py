@@ -32,7 +32,7 @@ METADATA = {
     "weights": {"offline": bool},
     "policies": {"params": dict, "flips_lr": CALLABLE},
     "metrics": {"needs_threshold": bool, "higher_is_better": bool, "multiclass": str, "vectorised": CALLABLE,
-                "per_label": bool},
+                "vectorised_multiclass": CALLABLE, "per_label": bool},
     "readers": {"extensions": TEXTS, "dims": int, "sniff": CALLABLE, "settings": TEXTS, "greyscale": CALLABLE,
                 "folders": CALLABLE, "patient_id": CALLABLE},
     "datasets": {"detect": CALLABLE},

@@ -107,8 +107,11 @@ def intervals(probs, labels, threshold, metrics, *, groups=None, level=LEVEL, n_
             out[entry.name] = {"low": low, "high": high, "method": "DeLong", "level": level}
         elif binary and entry.metadata.get("vectorised") is not None:
             vectorised[entry.name] = entry.metadata["vectorised"]
+        elif not binary and entry.metadata.get("vectorised_multiclass") is not None:
+            one_vs_rest[entry.name] = entry.metadata["vectorised_multiclass"]
         elif entry.metadata.get("vectorised") is not None and entry.metadata.get("multiclass") in ("macro", "sum"):
-            one_vs_rest[entry.name] = (entry.metadata["vectorised"], entry.metadata["multiclass"])
+            one_vs_rest[entry.name] = (lambda stats, fn=entry.metadata["vectorised"], how=entry.metadata["multiclass"]:
+                                       stats.one_vs_rest(fn, how))
         else:
             looped[entry.name] = entry.obj
     options = dict(groups=groups if clustered else None, n_resamples=n_resamples, level=level, seed=seed)
@@ -130,7 +133,9 @@ def intervals(probs, labels, threshold, metrics, *, groups=None, level=LEVEL, n_
                    stratified, n_resamples)
         chosen = {k: v for k, v in one_vs_rest.items() if (k in PREVALENCE_FREE) == stratified}
         if chosen:
-            record(bootstrap_multiclass(labels, probs, y_pred, chosen, stratified=stratified, **options),
+            record(bootstrap_multiclass(labels, probs, y_pred, chosen, stratified=stratified,
+                                        basic=tuple(k for k in chosen if k in BASIC_INTERVAL),
+                                        bca=tuple(k for k in chosen if k in BCA_INTERVAL), **options),
                    stratified, n_resamples)
     if looped:
         # One Python call per resample: capped, and the count used is recorded beside the interval.

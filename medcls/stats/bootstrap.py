@@ -1,12 +1,13 @@
 """Stratified bootstrap, resampling images or whole patients, vectorised over resamples.
 
-A resample is a row of case weights (how often each case was drawn), so every built-in binary
-metric is a few matrix products over a (resamples x cases) weight matrix instead of 2,000 calls
-into scikit-learn. Metrics without a vectorised form fall back to a loop over resamples.
+A resample is a row of case weights (how often each case was drawn), so every built-in metric,
+binary or multi-class, is a few matrix products over a (resamples x cases) weight matrix instead of
+2,000 calls into scikit-learn. Metrics without a vectorised form fall back to a loop over resamples.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -172,6 +173,64 @@ class WeightedBinary:
         return 1 - np.where(tpr >= target - 1e-12, fpr, 1.0).min(1)
 
 
+@dataclass
+class WeightedMulticlass:
+    """Per-resample figures of a K-class task under weights `W`: each class's one-vs-rest
+    `WeightedBinary`, and the K x K table (true class x decision) for the figures of the whole
+    table (accuracy, balanced accuracy, MCC) and the top-class calibration error."""
+
+    classes: list  # WeightedBinary of class k against the rest, k = 0..K-1
+    table: np.ndarray  # (b, K, K) weighted counts, true class x decided class
+    total: np.ndarray
+    ece_sum: np.ndarray
+
+    @classmethod
+    def build(cls, W: np.ndarray, y: np.ndarray, probs: np.ndarray, yhat: np.ndarray) -> "WeightedMulticlass":
+        k = probs.shape[1]
+        cells = np.zeros((len(y), k * k), dtype=np.float32)
+        cells[np.arange(len(y)), y * k + yhat] = 1
+        confidence = probs.max(1)  # top-class calibration, as metrics.ece (Guo et al. 2017)
+        bins = np.minimum((confidence * ECE_BINS).astype(int), ECE_BINS - 1)
+        calibration = np.zeros((len(y), ECE_BINS), dtype=np.float32)
+        calibration[np.arange(len(y)), bins] = (probs.argmax(1) == y) - confidence
+        return cls([WeightedBinary.build(W, (y == c).astype(np.int64), probs[:, c], (yhat == c).astype(np.int64))
+                    for c in range(k)],
+                   (W @ cells).reshape(len(W), k, k), W.sum(1), np.abs(W @ calibration).sum(1))
+
+    def one_vs_rest(self, fn, combine: str):
+        """A binary figure of each class against the rest, macro-averaged (over the classes where
+        it is defined) or summed."""
+        values = np.stack([np.asarray(fn(stats), dtype=np.float64) for stats in self.classes])
+        with warnings.catch_warnings():  # a resample where the figure is undefined for every class: NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(values, 0) if combine == "macro" else values.sum(0)
+
+    def accuracy(self):
+        return WeightedBinary.divide(np.trace(self.table, axis1=1, axis2=2), self.total)
+
+    def balanced_accuracy(self):
+        recall = WeightedBinary.divide(np.diagonal(self.table, axis1=1, axis2=2), self.table.sum(2))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(recall, 1)
+
+    def mcc(self):
+        """Gorodkin's K-class MCC (as scikit-learn computes it: 0 where it is 0/0), NaN where the
+        resample's truth and decisions each hold a single class (metrics.mcc)."""
+        table = self.table.astype(np.float64)
+        true, decided = table.sum(2), table.sum(1)
+        n, correct = true.sum(1), np.trace(table, axis1=1, axis2=2)
+        covariance = correct * n - (true * decided).sum(1)
+        spread = (n ** 2 - (decided ** 2).sum(1)) * (n ** 2 - (true ** 2).sum(1))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            value = np.where(spread > 0, covariance / np.sqrt(np.where(spread > 0, spread, 1)), 0.0)
+        single = ((true > 0).sum(1) < 2) & ((decided > 0).sum(1) < 2)
+        return np.where(single, np.nan, value)
+
+    def ece(self):
+        return WeightedBinary.divide(self.ece_sum, self.total)
+
+
 def percentile_interval(samples: np.ndarray, level: float) -> tuple[float, float]:
     samples = samples[np.isfinite(samples)]
     if not len(samples):
@@ -227,14 +286,34 @@ def bootstrap_binary(y, p1, yhat, statistics: dict, *, groups=None, n_resamples=
                      bca: tuple = ()) -> dict[str, tuple[float, float]]:
     """Percentile intervals of `statistics` (name -> fn(WeightedBinary) -> (b,) array); for the
     names in `basic`, basic bootstrap intervals (never below 0); for those in `bca`, BCa ones."""
+    return bootstrap_statistics(lambda W: WeightedBinary.build(W, y, p1, yhat), y, statistics, groups=groups,
+                                n_resamples=n_resamples, level=level, seed=seed, stratified=stratified, basic=basic,
+                                bca=bca)
+
+
+def bootstrap_multiclass(y, probs, yhat, statistics: dict, *, groups=None, n_resamples=DEFAULT_RESAMPLES,
+                         level=0.95, seed=0, stratified: bool = True, basic: tuple = (),
+                         bca: tuple = ()) -> dict[str, tuple[float, float]]:
+    """The same for a K-class task: `statistics` maps a name to fn(WeightedMulticlass) -> (b,)
+    (a one-vs-rest combination, `WeightedMulticlass.one_vs_rest`, or a figure of the K x K table)."""
+    return bootstrap_statistics(lambda W: WeightedMulticlass.build(W, y, probs, yhat), y, statistics, groups=groups,
+                                n_resamples=n_resamples, level=level, seed=seed, stratified=stratified, basic=basic,
+                                bca=bca)
+
+
+def bootstrap_statistics(build, labels, statistics: dict, *, groups=None, n_resamples=DEFAULT_RESAMPLES,
+                         level=0.95, seed=0, stratified: bool = True, basic: tuple = (),
+                         bca: tuple = ()) -> dict[str, tuple[float, float]]:
+    """Intervals of every statistic computed on `build(W)` for blocks of resample weights W (the
+    point estimate from unit weights, BCa's acceleration from jackknife weights)."""
     collected = {name: [] for name in statistics}
-    for W in resample_weights(y, groups, n_resamples, seed, stratified):
-        stats = WeightedBinary.build(W, y, p1, yhat)
+    for W in resample_weights(labels, groups, n_resamples, seed, stratified):
+        stats = build(W)
         for name, fn in statistics.items():
             collected[name].append(np.asarray(fn(stats), dtype=np.float64))
     out = {}
-    point = WeightedBinary.build(np.ones((1, len(y)), np.float32), y, p1, yhat) if basic or bca else None
-    jackknife = WeightedBinary.build(jackknife_weights(len(y), groups), y, p1, yhat) if bca else None
+    point = build(np.ones((1, len(labels)), np.float32)) if basic or bca else None
+    jackknife = build(jackknife_weights(len(labels), groups)) if bca else None
     for name, values in collected.items():
         samples = np.concatenate(values)
         if name in bca:
@@ -307,19 +386,3 @@ def bootstrap_loop(y, probs, yhat, functions: dict, *, groups=None, n_resamples=
                 except Exception:  # a resample where the metric is undefined
                     collected[name].append(float("nan"))
     return {name: percentile_interval(np.asarray(values), level) for name, values in collected.items()}
-
-
-def bootstrap_multiclass(y, probs, yhat, statistics: dict, *, groups=None, n_resamples=DEFAULT_RESAMPLES,
-                         level=0.95, seed=0, stratified: bool = True) -> dict[str, tuple[float, float]]:
-    """Intervals of one-vs-rest metrics of a K-class task: `statistics` maps a name to
-    (fn(WeightedBinary) -> (b,), 'macro' or 'sum'), combined over the K binary problems."""
-    collected = {name: [] for name in statistics}
-    classes = range(probs.shape[1])
-    for W in resample_weights(y, groups, n_resamples, seed, stratified):
-        per_class = [WeightedBinary.build(W, (y == c).astype(np.int64), probs[:, c], (yhat == c).astype(np.int64))
-                     for c in classes]
-        for name, (fn, combine) in statistics.items():
-            values = np.stack([np.asarray(fn(stats), dtype=np.float64) for stats in per_class])
-            with np.errstate(invalid="ignore"):
-                collected[name].append(np.nanmean(values, 0) if combine == "macro" else values.sum(0))
-    return {name: percentile_interval(np.concatenate(values), level) for name, values in collected.items()}

@@ -2,19 +2,23 @@
 
 Each binary metric also registers its vectorised bootstrap form (`vectorised`), which computes the
 metric for a whole block of resamples at once, and how its multi-class value combines the
-one-vs-rest binary values (`multiclass`: macro mean or sum); see `medcls.stats.bootstrap`.
+one-vs-rest binary values (`multiclass`: macro mean or sum), or, for the figures of the whole K x K
+table (accuracy, balanced accuracy, MCC, top-class ECE), its multi-class form
+(`vectorised_multiclass`); see `medcls.stats.bootstrap`.
 """
 
 from medcls.plugins.hookspecs import hookimpl
 from medcls.stats import metrics as m
 from medcls.stats.bootstrap import WeightedBinary as W
+from medcls.stats.bootstrap import WeightedMulticlass as M
 
 
 @hookimpl
 def medcls_register_metrics(register):
     def add(name, fn, description, needs_threshold, higher_is_better=True, multiclass=None):
+        table = {} if multiclass else {"vectorised_multiclass": getattr(M, name)}  # a figure of the K x K table
         register(name, fn, description=description, needs_threshold=needs_threshold,
-                 higher_is_better=higher_is_better, vectorised=getattr(W, name), multiclass=multiclass)
+                 higher_is_better=higher_is_better, vectorised=getattr(W, name), multiclass=multiclass, **table)
 
     add("roc_auc", m.roc_auc, "Area under the ROC curve", False, multiclass="macro")
     add("sensitivity", m.sensitivity, "True-positive rate (recall)", True, multiclass="macro")
