@@ -173,6 +173,14 @@ class WeightedBinary:
         return 1 - np.where(tpr >= target - 1e-12, fpr, 1.0).min(1)
 
 
+def mean_where_defined(values, axis: int) -> np.ndarray:
+    """The mean over `axis` of the defined (non-NaN) values; NaN, without a warning, where none is
+    (a resample in which a figure is undefined for every class or finding)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(values, axis)
+
+
 @dataclass
 class WeightedMulticlass:
     """Per-resample figures of a K-class task under weights `W`: each class's one-vs-rest
@@ -201,18 +209,14 @@ class WeightedMulticlass:
         """A binary figure of each class against the rest, macro-averaged (over the classes where
         it is defined) or summed."""
         values = np.stack([np.asarray(fn(stats), dtype=np.float64) for stats in self.classes])
-        with warnings.catch_warnings():  # a resample where the figure is undefined for every class: NaN
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanmean(values, 0) if combine == "macro" else values.sum(0)
+        return mean_where_defined(values, 0) if combine == "macro" else values.sum(0)
 
     def accuracy(self):
         return WeightedBinary.divide(np.trace(self.table, axis1=1, axis2=2), self.total)
 
     def balanced_accuracy(self):
         recall = WeightedBinary.divide(np.diagonal(self.table, axis1=1, axis2=2), self.table.sum(2))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanmean(recall, 1)
+        return mean_where_defined(recall, 1)
 
     def mcc(self):
         """Gorodkin's K-class MCC (as scikit-learn computes it: 0 where it is 0/0), NaN where the
@@ -334,14 +338,11 @@ def bootstrap_figures(figures, n: int, *, groups=None, n_resamples: int = 1000, 
     unstratified resamples of whole patients (or cases): for summaries no single metric function
     computes (multi-label macro/micro figures, regression heads). A figure undefined in more than
     a tenth of the resamples gets no interval."""
-    draws: dict[str, list] = {}
-    if n < 2 or n_resamples < 1:
-        return {}
-    for W in resample_weights(np.zeros(n, dtype=np.int64), groups, n_resamples, seed, stratified=False):
-        for row in W.astype(np.int64):
-            for name, value in figures(np.repeat(np.arange(n), row)).items():
-                draws.setdefault(name, []).append(value)
-    return figure_intervals(draws, groups, n_resamples, level)
+    def per_resample(W):  # figures of each resample's repeated cases, one call each
+        found = [figures(np.repeat(np.arange(n), row)) for row in W.astype(np.int64)]
+        return {name: [values[name] for values in found] for name in found[0]}
+
+    return bootstrap_weighted_figures(per_resample, n, groups=groups, n_resamples=n_resamples, seed=seed, level=level)
 
 
 def bootstrap_weighted_figures(figures, n: int, *, groups=None, n_resamples: int = 1000, seed: int = 0,
@@ -355,12 +356,6 @@ def bootstrap_weighted_figures(figures, n: int, *, groups=None, n_resamples: int
     for W in resample_weights(np.zeros(n, dtype=np.int64), groups, n_resamples, seed, stratified=False):
         for name, values in figures(W).items():
             draws.setdefault(name, []).extend(np.asarray(values, dtype=np.float64).tolist())
-    return figure_intervals(draws, groups, n_resamples, level)
-
-
-def figure_intervals(draws: dict[str, list], groups, n_resamples: int, level: float) -> dict[str, dict]:
-    """Percentile intervals of the resampled figures; one undefined in more than a tenth of the
-    resamples gets none."""
     unit = "patients" if groups is not None else "cases"
     intervals = {}
     for name, values in draws.items():

@@ -5,12 +5,10 @@ case-finding pair pooled), each with a bootstrap interval over patients."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from medcls.stats.assess import LEVEL, assess, split_results
-from medcls.stats.bootstrap import WeightedBinary, bootstrap_weighted_figures
+from medcls.stats.bootstrap import WeightedBinary, bootstrap_weighted_figures, mean_where_defined
 from medcls.stats.operating_points import choose_threshold
 
 SUMMARISED = ("roc_auc", "sensitivity", "specificity")  # the figures that get macro and micro intervals
@@ -111,13 +109,11 @@ def weighted_summary_figures(W: np.ndarray, probs: np.ndarray, targets: np.ndarr
     step = max(1, POOLED_WEIGHTS // max(len(cases), 1))
     micro_auc = np.concatenate([WeightedBinary.build(W[start:start + step][:, cases], y, p, decided).roc_auc()
                                 for start in range(0, len(W), step)])
-    with warnings.catch_warnings():  # a resample in which no finding has both classes: NaN, as summary_figures
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return {"macro_roc_auc": np.nanmean([f.roc_auc() for f in per], 0),
-                "macro_sensitivity": np.nanmean([f.sensitivity() for f in per], 0),
-                "macro_specificity": np.nanmean([f.specificity() for f in per], 0),
-                "micro_roc_auc": micro_auc,
-                "micro_sensitivity": tp / np.maximum(tp + fn, 1), "micro_specificity": tn / np.maximum(tn + fp, 1)}
+    return {"macro_roc_auc": mean_where_defined([f.roc_auc() for f in per], 0),
+            "macro_sensitivity": mean_where_defined([f.sensitivity() for f in per], 0),
+            "macro_specificity": mean_where_defined([f.specificity() for f in per], 0),
+            "micro_roc_auc": micro_auc,
+            "micro_sensitivity": tp / np.maximum(tp + fn, 1), "micro_specificity": tn / np.maximum(tn + fp, 1)}
 
 
 def summary_intervals(probs: np.ndarray, targets: np.ndarray, predicted: np.ndarray, *, groups=None,
