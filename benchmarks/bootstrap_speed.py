@@ -2,7 +2,11 @@
 metric on 10,000 predictions (vectorised), DeLong on 10,000 and 1,000,000, against scikit-learn
 called once per resample (the naive way), measured side by side in one run; and the multi-label
 summary (macro and micro ROC AUC, sensitivity, specificity: 1,000 resamples of 2,000 cases x 14
-findings, ChestMNIST's shape) vectorised against summary_figures called once per resample.
+findings, ChestMNIST's shape) vectorised against summary_figures called once per resample; and on
+a large split (78,000 cases, ChestMNIST's training split) the score levels of 250 resamples (with the
+2x2 tables) by one sparse product against gathering the weights in score order and summing runs of
+ties (the levels alone), the ROC read at fixed specificities by a binary search per resample against
+a pass over every threshold, and a whole split assessed (every built-in metric and the operating figures, as a run scores its splits).
 
     .venv/bin/python benchmarks/bootstrap_speed.py [--repeats 5]
 """
@@ -31,6 +35,7 @@ def main():
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--multilabel-n", type=int, default=2000)
     parser.add_argument("--findings", type=int, default=14)
+    parser.add_argument("--large-n", type=int, default=78_000)
     args = parser.parse_args()
 
     from sklearn.metrics import roc_auc_score
@@ -74,7 +79,9 @@ def main():
     summary_loop = timed(lambda: bootstrap_figures(  # one summary_figures call per resample; 50 timed, scaled
         lambda rows: multilabel.summary_figures(scores[rows], targets[rows], decided[rows]), len(targets),
         n_resamples=50), max(1, args.repeats // 2)) * 1000 / 50
+    large = large_split(args.large_n, args.repeats)
     result = {
+        **large,
         "n": args.n, "resamples": args.resamples, "metrics_bootstrapped": sorted(statistics_),
         "seconds_all_metrics_vectorised": all_metrics, "seconds_roc_auc_vectorised": auc_only,
         "seconds_roc_auc_sklearn_per_resample": naive, "speedup_roc_auc": naive / auc_only,
@@ -93,6 +100,52 @@ def main():
     print(f"multi-label summary, 1000 resamples x {args.multilabel_n} cases x {args.findings} findings:")
     print(f"  vectorised                       {summary_vectorised:6.2f} s")
     print(f"  summary_figures per resample     {summary_loop:6.2f} s  ({summary_loop / summary_vectorised:.0f}x slower)")
+    print(f"large split, {args.large_n} cases, 250 resamples:")
+    print(f"  levels and 2x2 tables, sparse    {large['seconds_levels_sparse']:6.2f} s")
+    print(f"  levels alone, gather + reduceat  {large['seconds_levels_reduceat']:6.2f} s  "
+          f"({large['seconds_levels_reduceat'] / large['seconds_levels_sparse']:.1f}x slower)")
+    print(f"  2 fixed points, binary search    {large['seconds_fixed_points_search']:6.3f} s")
+    print(f"  2 fixed points, pass per point   {large['seconds_fixed_points_pass']:6.3f} s  "
+          f"({large['seconds_fixed_points_pass'] / large['seconds_fixed_points_search']:.0f}x slower)")
+    print(f"  whole split assessed (2,000 resamples, every built-in metric): {large['seconds_assess_split']:.1f} s")
+
+
+def large_split(n: int, repeats: int) -> dict:
+    """The costs that grow with a large split: the per-resample score levels and fixed points, and
+    one whole `assess` (timed once: it is the sum of the parts)."""
+    from medcls.plugins.manager import get_plugin_manager
+    from medcls.plugins.registry import Registries
+    from medcls.stats.assess import assess
+    from medcls.stats.bootstrap import WeightedBinary, resample_weights
+
+    rng = np.random.default_rng(1)
+    y = (rng.random(n) < 0.1).astype(np.int64)
+    p1 = 1 / (1 + np.exp(-(rng.normal(0, 1, n) + 1.5 * y)))
+    W = next(resample_weights(y, None, 250, 0))
+
+    def gather_and_reduceat():  # the straightforward way, as medcls did until 2026-12-06
+        order = np.argsort(-p1, kind="stable")
+        ordered = p1[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        in_order = W[:, order]
+        return (np.add.reduceat(in_order * (y[order] == 1), starts, axis=1),
+                np.add.reduceat(in_order * (y[order] == 0), starts, axis=1))
+
+    stats = WeightedBinary.build(W, y, p1, (p1 >= 0.5).astype(np.int64))
+    tpr, fpr = stats.roc
+    targets = (0.90, 0.95)
+    metrics = list(Registries(get_plugin_manager())["metrics"])
+    start = time.perf_counter()
+    assess(np.stack([1 - p1, p1], 1), y, 0.5, metrics)
+    return {
+        "large_n": n,
+        "seconds_levels_sparse": timed(lambda: WeightedBinary.build(W, y, p1, y), repeats),
+        "seconds_levels_reduceat": timed(gather_and_reduceat, repeats),
+        "seconds_fixed_points_search": timed(lambda: [stats.sensitivity_at_specificity(t) for t in targets], repeats),
+        "seconds_fixed_points_pass": timed(lambda: [np.where(fpr <= 1 - t + 1e-12, tpr, 0.0).max(1) for t in targets],
+                                           repeats),
+        "seconds_assess_split": time.perf_counter() - start,
+    }
 
 
 if __name__ == "__main__":

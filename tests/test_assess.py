@@ -57,6 +57,40 @@ def test_vectorised_calibration_slope_equals_the_fitted_one():
     assert slopes[1] == pytest.approx(calibration_slope_intercept(y[index], p1[index])["slope"], abs=1e-6)
 
 
+def test_fixed_point_figures_equal_a_pass_over_every_threshold():
+    """Sensitivity at fixed specificity (and the reverse) by a binary search per resample equals the
+    plain reading of every ROC point, ties and resamples without positives or negatives included."""
+    from medcls.stats.bootstrap import WeightedBinary
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 400)
+    p1 = np.round(np.clip(0.3 * y + 0.7 * rng.random(400), 0, 1), 2)
+    W = rng.poisson(1.0, (40, 400)).astype(np.float32)
+    W[1, y == 0] = 0  # no negatives: FPR undefined
+    W[2, y == 1] = 0  # no positives: TPR undefined
+    stats = WeightedBinary.build(W, y, p1, (p1 >= 0.5).astype(int))
+    tpr, fpr = stats.roc
+    with np.errstate(invalid="ignore"):
+        for target in (0.5, 0.9, 0.95, 1.0):
+            np.testing.assert_array_equal(stats.sensitivity_at_specificity(target),
+                                          np.where(fpr <= 1 - target + 1e-12, tpr, 0.0).max(1))
+            np.testing.assert_array_equal(stats.specificity_at_sensitivity(target),
+                                          1 - np.where(tpr >= target - 1e-12, fpr, 1.0).min(1))
+
+
+def test_a_roc_point_exactly_at_the_limit_counts():
+    """FPR 1/5 is 0.2 exactly; in float32 it is a hair above the float64 0.2, so a float64 comparison
+    would drop the point (sensitivity 0.5 instead of 1.0 at FPR <= 0.2, the ROC band's grid)."""
+    from medcls.stats.bootstrap import WeightedBinary
+
+    y = np.array([1, 0, 1, 0, 0, 0, 0])
+    p1 = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
+    stats = WeightedBinary.build(np.ones((1, 7), np.float32), y, p1, y)
+    grid = np.linspace(0, 1, 51) + 1e-12
+    assert stats.sensitivity_where_fpr_at_most(grid)[0, 10] == 1.0
+    assert stats.sensitivity_at_specificity(0.8)[0] == 1.0
+
+
 @pytest.mark.parametrize("stratified", [True, False])
 def test_vectorised_multiclass_equals_the_loop(registries, stratified):
     """Every built-in metric's multi-class bootstrap (one-vs-rest combinations and the figures of

@@ -65,8 +65,7 @@ def roc_band(y: np.ndarray, p1: np.ndarray, groups=None, n_resamples: int = 500,
     grid = np.linspace(0, 1, 51)
     samples = []
     for W in resample_weights(y, groups, n_resamples, seed):
-        tpr, fpr = WeightedBinary.build(W, y, p1, np.zeros_like(y)).roc_points()
-        samples.append(np.stack([np.where(fpr <= g + 1e-12, tpr, 0.0).max(1) for g in grid], 1))
+        samples.append(WeightedBinary.build(W, y, p1, np.zeros_like(y)).sensitivity_where_fpr_at_most(grid + 1e-12))
     stacked = np.concatenate(samples)
     low, high = np.nanpercentile(stacked, [50 * (1 - level), 50 * (1 + level)], axis=0)
     return grid, low, high

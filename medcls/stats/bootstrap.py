@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
+from scipy import sparse
 from scipy.special import expit
 
 from medcls.stats.metrics import ECE_BINS, logit
@@ -47,9 +49,13 @@ def resample_weights(labels: np.ndarray, groups: np.ndarray | None, n_resamples:
         unit_counts = np.zeros((b, n_units), dtype=np.float32)
         for members in strata:
             k = len(members)
-            draws = rng.integers(0, k, size=(b, k)) + (np.arange(b) * k)[:, None]
+            # int32 draws are the same numbers as int64 ones (NumPy draws both 32 bits at a time), in
+            # half the memory; the offsets make one bincount count every resample's draws at once
+            kind = np.int32 if b * k < 2 ** 31 else np.int64
+            draws = rng.integers(0, k, size=(b, k), dtype=kind)
+            draws += (np.arange(b, dtype=kind) * k)[:, None]
             unit_counts[:, members] = np.bincount(draws.ravel(), minlength=b * k).reshape(b, k)
-        yield unit_counts[:, units]
+        yield unit_counts if groups is None else unit_counts[:, units]
         done += b
 
 
@@ -73,22 +79,35 @@ class WeightedBinary:
     @classmethod
     def build(cls, W: np.ndarray, y: np.ndarray, p1: np.ndarray, yhat: np.ndarray) -> "WeightedBinary":
         pos, flagged = (y == 1), (yhat == 1)
-        as_float = lambda mask: mask.astype(np.float32)  # noqa: E731
+        n = len(y)
         order = np.argsort(-p1, kind="stable")
         sorted_scores = p1[order]
-        starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-        W_sorted = W[:, order]
+        level = np.empty(n, dtype=np.int64)  # each case's distinct score, 0 = the highest
+        level[order] = np.cumsum(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]]) - 1
+        n_levels = int(level.max()) + 1 if n else 0
+        # Each case's weight goes to its score level, positives in the first n_levels columns and
+        # negatives in the rest: one sparse product, many times faster on large sets than gathering
+        # W's columns in score order and summing runs of ties (and exact: the weights are counts).
+        to_level = sparse.csc_matrix((np.ones(n, dtype=np.float32), (np.arange(n), np.where(pos, level, n_levels + level))),
+                                     shape=(n, 2 * n_levels))  # CSC: dense @ CSC is 3x dense @ CSR in SciPy
+        levels = np.asarray(W @ to_level)
+        # The 2x2 cells, the Brier terms and the calibration bins: one dense product.
         bins = np.minimum((p1 * ECE_BINS).astype(int), ECE_BINS - 1)
-        calibration = np.zeros((len(y), ECE_BINS), dtype=np.float32)
-        calibration[np.arange(len(y)), bins] = pos - p1
-        return cls(
-            tp=W @ as_float(pos & flagged), fp=W @ as_float(~pos & flagged),
-            tn=W @ as_float(~pos & ~flagged), fn=W @ as_float(pos & ~flagged),
-            pos_level=np.add.reduceat(W_sorted * pos[order], starts, axis=1),
-            neg_level=np.add.reduceat(W_sorted * ~pos[order], starts, axis=1),
-            total=W.sum(1), brier_sum=W @ ((p1 - pos) ** 2).astype(np.float32),
-            ece_sum=np.abs(W @ calibration).sum(1), W=W, y=y, p1=p1,
-        )
+        per_case = np.zeros((n, 5 + ECE_BINS), dtype=np.float32)
+        per_case[:, 0], per_case[:, 1] = pos & flagged, ~pos & flagged
+        per_case[:, 2], per_case[:, 3] = ~pos & ~flagged, pos & ~flagged
+        per_case[:, 4] = (p1 - pos) ** 2
+        per_case[np.arange(n), 5 + bins] = pos - p1
+        sums = W @ per_case
+        return cls(tp=sums[:, 0], fp=sums[:, 1], tn=sums[:, 2], fn=sums[:, 3],
+                   pos_level=levels[:, :n_levels], neg_level=levels[:, n_levels:],
+                   total=W.sum(1), brier_sum=sums[:, 4], ece_sum=np.abs(sums[:, 5:]).sum(1), W=W, y=y, p1=p1)
+
+    @cached_property
+    def cumulative(self) -> tuple[np.ndarray, np.ndarray]:
+        """Positive and negative weight at or above each distinct score (computed once: the ROC
+        figures and the fixed-point figures all read it)."""
+        return np.cumsum(self.pos_level, 1), np.cumsum(self.neg_level, 1)
 
     @staticmethod
     def divide(a, b):
@@ -148,29 +167,57 @@ class WeightedBinary:
         separated = (W * (y[None] == 1)).sum(1) * (W * (y[None] == 0)).sum(1) == 0
         return np.where(separated | (np.abs(beta[:, 1]) > 50), np.nan, beta[:, 1])
 
-    def roc_points(self):
+    @cached_property
+    def roc(self) -> tuple[np.ndarray, np.ndarray]:
         """TPR and FPR at each distinct threshold, highest first."""
-        positives, negatives = self.pos_level.sum(1, keepdims=True), self.neg_level.sum(1, keepdims=True)
-        return self.divide(np.cumsum(self.pos_level, 1), positives), self.divide(np.cumsum(self.neg_level, 1), negatives)
+        true_pos, false_pos = self.cumulative
+        return self.divide(true_pos, true_pos[:, -1:]), self.divide(false_pos, false_pos[:, -1:])
 
     def roc_auc(self):
         positives, negatives = self.pos_level.sum(1), self.neg_level.sum(1)
-        negatives_below = negatives[:, None] - np.cumsum(self.neg_level, 1)
+        negatives_below = negatives[:, None] - self.cumulative[1]
         wins = (self.pos_level * (negatives_below + 0.5 * self.neg_level)).sum(1)
         return self.divide(wins, positives * negatives)
 
     def pr_auc(self):
-        true_pos, false_pos = np.cumsum(self.pos_level, 1), np.cumsum(self.neg_level, 1)
-        precision = self.divide(true_pos, true_pos + false_pos)
-        return self.divide((self.pos_level * np.nan_to_num(precision)).sum(1), self.pos_level.sum(1))
+        """Average precision: the precision at each positive's score, weighted by the positives there
+        (where nothing is flagged there are no true positives either, so no 0/0 enters the sum)."""
+        true_pos, false_pos = self.cumulative
+        precision = true_pos / np.maximum(true_pos + false_pos, np.finfo(np.float32).tiny)
+        return self.divide((self.pos_level * precision).sum(1), self.pos_level.sum(1))
 
     def sensitivity_at_specificity(self, target: float):
-        tpr, fpr = self.roc_points()
-        return np.where(fpr <= 1 - target + 1e-12, tpr, 0.0).max(1)
+        return self.sensitivity_where_fpr_at_most([1 - target + 1e-12])[:, 0]
 
     def specificity_at_sensitivity(self, target: float):
-        tpr, fpr = self.roc_points()
-        return 1 - np.where(tpr >= target - 1e-12, fpr, 1.0).min(1)
+        """1 - the lowest FPR among thresholds whose sensitivity reaches `target` (0 where none does)."""
+        tpr, fpr = self.roc
+        first = count_per_row(tpr, [target - 1e-12], side="left")  # the first point reaching the target
+        reached = first < tpr.shape[1]
+        return 1 - np.where(reached, np.take_along_axis(fpr, np.minimum(first, tpr.shape[1] - 1), 1), 1.0)[:, 0]
+
+    def sensitivity_where_fpr_at_most(self, limits) -> np.ndarray:
+        """(b, len(limits)): the highest sensitivity among thresholds whose false-positive rate is at
+        most each limit (0 where none is): the ROC curve read at fixed specificities."""
+        tpr, fpr = self.roc
+        within = count_per_row(fpr, limits, side="right")
+        return np.where(within > 0, np.take_along_axis(tpr, np.maximum(within - 1, 0), 1), 0.0)
+
+
+def count_per_row(rates: np.ndarray, limits, side: str) -> np.ndarray:
+    """(b, len(limits)): how many entries of each row of `rates` lie below (side="left") or at most
+    (side="right") each limit. A row of ROC rates never decreases, so a binary search per row answers
+    this instead of a pass over the whole (b, L) matrix per limit. Limits are compared in the rates'
+    float32, so a rate of exactly 0.05 is at most a limit of 0.05. A row with an undefined rate (a
+    resample without positives or negatives) has no entry below or at most any limit."""
+    limits = np.asarray(limits, dtype=rates.dtype)
+    b, width = rates.shape
+    counts = np.zeros((b, len(limits)), dtype=np.int64)
+    if not width:
+        return counts
+    for r in np.flatnonzero(~np.isnan(rates[:, -1])):
+        counts[r] = np.searchsorted(rates[r], limits, side=side)
+    return counts if side == "right" else np.where(np.isnan(rates[:, -1])[:, None], width, counts)
 
 
 def mean_where_defined(values, axis: int) -> np.ndarray:
