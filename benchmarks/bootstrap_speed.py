@@ -6,7 +6,8 @@ findings, ChestMNIST's shape) vectorised against summary_figures called once per
 a large split (78,000 cases, ChestMNIST's training split) the score levels of 250 resamples (with the
 2x2 tables) by one sparse product against gathering the weights in score order and summing runs of
 ties (the levels alone), the ROC read at fixed specificities by a binary search per resample against
-a pass over every threshold, and a whole split assessed (every built-in metric and the operating figures, as a run scores its splits).
+a pass over every threshold, the calibration slopes from the mean fit against Newton from 0, and a
+whole split assessed (every built-in metric and the operating figures, as a run scores its splits).
 
     .venv/bin/python benchmarks/bootstrap_speed.py [--repeats 5]
 """
@@ -107,6 +108,9 @@ def main():
     print(f"  2 fixed points, binary search    {large['seconds_fixed_points_search']:6.3f} s")
     print(f"  2 fixed points, pass per point   {large['seconds_fixed_points_pass']:6.3f} s  "
           f"({large['seconds_fixed_points_pass'] / large['seconds_fixed_points_search']:.0f}x slower)")
+    print(f"  calibration slopes, from the mean fit {large['seconds_calibration_slope_warm']:6.2f} s")
+    print(f"  calibration slopes, from 0            {large['seconds_calibration_slope_from_zero']:6.2f} s  "
+          f"({large['seconds_calibration_slope_from_zero'] / large['seconds_calibration_slope_warm']:.1f}x slower)")
     print(f"  whole split assessed (2,000 resamples, every built-in metric): {large['seconds_assess_split']:.1f} s")
 
 
@@ -116,7 +120,8 @@ def large_split(n: int, repeats: int) -> dict:
     from medcls.plugins.manager import get_plugin_manager
     from medcls.plugins.registry import Registries
     from medcls.stats.assess import assess
-    from medcls.stats.bootstrap import WeightedBinary, resample_weights
+    from medcls.stats.bootstrap import WeightedBinary, newton_logistic, resample_weights
+    from medcls.stats.metrics import logit
 
     rng = np.random.default_rng(1)
     y = (rng.random(n) < 0.1).astype(np.int64)
@@ -134,6 +139,8 @@ def large_split(n: int, repeats: int) -> dict:
     stats = WeightedBinary.build(W, y, p1, (p1 >= 0.5).astype(np.int64))
     tpr, fpr = stats.roc
     targets = (0.90, 0.95)
+    z, y_float = logit(p1), y.astype(np.float64)
+    from_zero = np.zeros((len(W), 2))
     metrics = list(Registries(get_plugin_manager())["metrics"])
     start = time.perf_counter()
     assess(np.stack([1 - p1, p1], 1), y, 0.5, metrics)
@@ -144,6 +151,9 @@ def large_split(n: int, repeats: int) -> dict:
         "seconds_fixed_points_search": timed(lambda: [stats.sensitivity_at_specificity(t) for t in targets], repeats),
         "seconds_fixed_points_pass": timed(lambda: [np.where(fpr <= 1 - t + 1e-12, tpr, 0.0).max(1) for t in targets],
                                            repeats),
+        "seconds_calibration_slope_warm": timed(stats.calibration_slope, repeats),
+        "seconds_calibration_slope_from_zero": timed(
+            lambda: newton_logistic(W.astype(np.float64), z, y_float, from_zero), repeats),
         "seconds_assess_split": time.perf_counter() - start,
     }
 

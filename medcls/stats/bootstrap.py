@@ -150,21 +150,16 @@ class WeightedBinary:
         Newton steps on the weighted log-likelihood of y ~ a + b logit(p), a 2x2 system each."""
         z, y = logit(self.p1.astype(np.float64)), self.y.astype(np.float64)
         W = self.W.astype(np.float64)
-        beta = np.zeros((len(W), 2))
-        for _ in range(25):
-            p = expit(beta[:, :1] + beta[:, 1:] * z[None])
-            r, v = W * (y[None] - p), W * p * (1 - p)
-            g = np.stack([r.sum(1), r @ z], 1)
-            h00, h01, h11 = v.sum(1) + 1e-9, v @ z, v @ (z * z) + 1e-9
-            det = h00 * h11 - h01 * h01
-            with np.errstate(divide="ignore", invalid="ignore"):
-                step = np.stack([(h11 * g[:, 0] - h01 * g[:, 1]) / det, (h00 * g[:, 1] - h01 * g[:, 0]) / det], 1)
-            step = np.nan_to_num(np.clip(step, -5, 5))
-            beta += step
-            if np.abs(step).max() < 1e-8:
-                break
+        # Every resample starts from the fit to the mean weights, close to its own, so a few steps
+        # converge (from 0, twice as many). Newton's method can overshoot from a start where the
+        # curvature is small (a small resample far from the mean); a resample still moving after
+        # the last step starts again from 0, the standard start, as all did before.
+        start, _ = newton_logistic(W.mean(0, keepdims=True), z, y, np.zeros((1, 2)))
+        beta, moving = newton_logistic(W, z, y, np.repeat(np.nan_to_num(start), len(W), axis=0))
+        if moving.any():
+            beta[moving] = newton_logistic(W[moving], z, y, np.zeros((int(moving.sum()), 2)))[0]
         # perfect separation in a resample: no finite slope
-        separated = (W * (y[None] == 1)).sum(1) * (W * (y[None] == 0)).sum(1) == 0
+        separated = (W @ (y == 1)) * (W @ (y == 0)) == 0
         return np.where(separated | (np.abs(beta[:, 1]) > 50), np.nan, beta[:, 1])
 
     @cached_property
@@ -202,6 +197,36 @@ class WeightedBinary:
         tpr, fpr = self.roc
         within = count_per_row(fpr, limits, side="right")
         return np.where(within > 0, np.take_along_axis(tpr, np.maximum(within - 1, 0), 1), 0.0)
+
+
+def newton_logistic(W: np.ndarray, z: np.ndarray, y: np.ndarray, beta: np.ndarray, steps: int = 25):
+    """(b, 2) intercept and slope of y ~ a + b z under each row of case weights `W`, by Newton steps
+    from `beta` (clipped to 5 per step; a singular system, as under separation, steps 0), and which
+    rows had not converged (a last step of 1e-8 or more) when the steps ran out."""
+    beta = beta.copy()
+    step = np.full_like(beta, np.inf)
+    design = np.stack([np.ones_like(z), z, z * z], 1)  # sums of v, v z, v z^2 in one product
+    p, v = np.empty_like(W), np.empty_like(W)
+    for _ in range(steps):
+        np.multiply(beta[:, 1:], z[None], out=p)
+        p += beta[:, :1]
+        expit(p, out=p)
+        np.subtract(1.0, p, out=v)
+        v *= p
+        v *= W  # the weighted variances p (1 - p)
+        np.subtract(y[None], p, out=p)
+        p *= W  # the weighted residuals y - p
+        g = p @ design[:, :2]
+        h00, h01, h11 = (v @ design).T
+        h00, h11 = h00 + 1e-9, h11 + 1e-9
+        det = h00 * h11 - h01 * h01
+        with np.errstate(divide="ignore", invalid="ignore"):
+            step = np.stack([(h11 * g[:, 0] - h01 * g[:, 1]) / det, (h00 * g[:, 1] - h01 * g[:, 0]) / det], 1)
+        step = np.nan_to_num(np.clip(step, -5, 5))
+        beta += step
+        if np.abs(step).max() < 1e-8:
+            break
+    return beta, np.abs(step).max(1) >= 1e-8
 
 
 def count_per_row(rates: np.ndarray, limits, side: str) -> np.ndarray:
