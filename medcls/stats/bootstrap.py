@@ -60,6 +60,58 @@ def resample_weights(labels: np.ndarray, groups: np.ndarray | None, n_resamples:
 
 
 @dataclass
+class ScoredCases:
+    """What the weighted figures of a binary task need from its cases, computed once and applied to
+    every block of resample weights (`weigh`): a sparse map from each case's weight to the positive
+    or negative weight of its score level (distinct scores, highest first), and each case's 2x2
+    cell, Brier term and calibration bin. With `case_of` (an index per entry into `n_cases` cases),
+    the entries are findings of cases that weights resample whole (multi-label figures): a case's
+    weight counts once for each of its entries, and no (b, entries) matrix is ever gathered."""
+
+    y: np.ndarray
+    p1: np.ndarray
+    to_level: sparse.csc_matrix  # (cases, 2 x levels): positives' levels first, then negatives'
+    per_case: np.ndarray  # (cases, 6 + ECE_BINS): tp, fp, tn, fn, Brier term, entries, bins
+    n_levels: int
+    pooled: bool = False
+
+    @classmethod
+    def of(cls, y: np.ndarray, p1: np.ndarray, yhat: np.ndarray, case_of: np.ndarray | None = None,
+           n_cases: int | None = None) -> "ScoredCases":
+        pos, flagged = (y == 1), (yhat == 1)
+        n = len(y)
+        case = np.arange(n) if case_of is None else case_of
+        n_cases = n if case_of is None else n_cases
+        order = np.argsort(-p1, kind="stable")
+        sorted_scores = p1[order]
+        level = np.empty(n, dtype=np.int64)  # each entry's distinct score, 0 = the highest
+        level[order] = np.cumsum(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]]) - 1
+        n_levels = int(level.max()) + 1 if n else 0
+        # One sparse product then gives every resample's weight per level, many times faster on
+        # large sets than gathering W's columns in score order and summing runs of ties (and exact:
+        # the weights are counts). CSC: dense @ CSC is 3x dense @ CSR in SciPy.
+        to_level = sparse.csc_matrix((np.ones(n, dtype=np.float32), (case, np.where(pos, level, n_levels + level))),
+                                     shape=(n_cases, 2 * n_levels))
+        bins = np.minimum((p1 * ECE_BINS).astype(int), ECE_BINS - 1)
+        per_entry = np.zeros((n, 6 + ECE_BINS), dtype=np.float32)
+        per_entry[:, 0], per_entry[:, 1] = pos & flagged, ~pos & flagged
+        per_entry[:, 2], per_entry[:, 3] = ~pos & ~flagged, pos & ~flagged
+        per_entry[:, 4], per_entry[:, 5] = (p1 - pos) ** 2, 1
+        per_entry[np.arange(n), 6 + bins] = pos - p1
+        per_case = per_entry if case_of is None else np.asarray(
+            sparse.csr_matrix((np.ones(n, dtype=np.float32), (case, np.arange(n))), shape=(n_cases, n)) @ per_entry)
+        return cls(y, p1, to_level, per_case, n_levels, pooled=case_of is not None)
+
+    def weigh(self, W: np.ndarray) -> "WeightedBinary":
+        levels = np.asarray(W @ self.to_level)
+        sums = W @ self.per_case  # the 2x2 cells, Brier terms, entry counts and calibration bins at once
+        return WeightedBinary(tp=sums[:, 0], fp=sums[:, 1], tn=sums[:, 2], fn=sums[:, 3],
+                              pos_level=levels[:, :self.n_levels], neg_level=levels[:, self.n_levels:],
+                              total=sums[:, 5], brier_sum=sums[:, 4], ece_sum=np.abs(sums[:, 6:]).sum(1),
+                              W=None if self.pooled else W, y=self.y, p1=self.p1)
+
+
+@dataclass
 class WeightedBinary:
     """Per-resample 2x2 tables and ROC/PR step functions of a binary task under weights `W`."""
 
@@ -78,36 +130,18 @@ class WeightedBinary:
 
     @classmethod
     def build(cls, W: np.ndarray, y: np.ndarray, p1: np.ndarray, yhat: np.ndarray) -> "WeightedBinary":
-        pos, flagged = (y == 1), (yhat == 1)
-        n = len(y)
-        order = np.argsort(-p1, kind="stable")
-        sorted_scores = p1[order]
-        level = np.empty(n, dtype=np.int64)  # each case's distinct score, 0 = the highest
-        level[order] = np.cumsum(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]]) - 1
-        n_levels = int(level.max()) + 1 if n else 0
-        # Each case's weight goes to its score level, positives in the first n_levels columns and
-        # negatives in the rest: one sparse product, many times faster on large sets than gathering
-        # W's columns in score order and summing runs of ties (and exact: the weights are counts).
-        to_level = sparse.csc_matrix((np.ones(n, dtype=np.float32), (np.arange(n), np.where(pos, level, n_levels + level))),
-                                     shape=(n, 2 * n_levels))  # CSC: dense @ CSC is 3x dense @ CSR in SciPy
-        levels = np.asarray(W @ to_level)
-        # The 2x2 cells, the Brier terms and the calibration bins: one dense product.
-        bins = np.minimum((p1 * ECE_BINS).astype(int), ECE_BINS - 1)
-        per_case = np.zeros((n, 5 + ECE_BINS), dtype=np.float32)
-        per_case[:, 0], per_case[:, 1] = pos & flagged, ~pos & flagged
-        per_case[:, 2], per_case[:, 3] = ~pos & ~flagged, pos & ~flagged
-        per_case[:, 4] = (p1 - pos) ** 2
-        per_case[np.arange(n), 5 + bins] = pos - p1
-        sums = W @ per_case
-        return cls(tp=sums[:, 0], fp=sums[:, 1], tn=sums[:, 2], fn=sums[:, 3],
-                   pos_level=levels[:, :n_levels], neg_level=levels[:, n_levels:],
-                   total=W.sum(1), brier_sum=sums[:, 4], ece_sum=np.abs(sums[:, 5:]).sum(1), W=W, y=y, p1=p1)
+        """The figures of one block of weights (for many blocks, `ScoredCases.of` once, then `weigh`)."""
+        return ScoredCases.of(y, p1, yhat).weigh(W)
 
     @cached_property
-    def cumulative(self) -> tuple[np.ndarray, np.ndarray]:
-        """Positive and negative weight at or above each distinct score (computed once: the ROC
-        figures and the fixed-point figures all read it)."""
-        return np.cumsum(self.pos_level, 1), np.cumsum(self.neg_level, 1)
+    def positives_above(self) -> np.ndarray:
+        """Positive weight at or above each distinct score (computed once: the ROC and the
+        fixed-point figures all read it)."""
+        return np.cumsum(self.pos_level, 1)
+
+    @cached_property
+    def negatives_above(self) -> np.ndarray:
+        return np.cumsum(self.neg_level, 1)
 
     @staticmethod
     def divide(a, b):
@@ -165,19 +199,23 @@ class WeightedBinary:
     @cached_property
     def roc(self) -> tuple[np.ndarray, np.ndarray]:
         """TPR and FPR at each distinct threshold, highest first."""
-        true_pos, false_pos = self.cumulative
+        true_pos, false_pos = self.positives_above, self.negatives_above
         return self.divide(true_pos, true_pos[:, -1:]), self.divide(false_pos, false_pos[:, -1:])
 
     def roc_auc(self):
-        positives, negatives = self.pos_level.sum(1), self.neg_level.sum(1)
-        negatives_below = negatives[:, None] - self.cumulative[1]
-        wins = (self.pos_level * (negatives_below + 0.5 * self.neg_level)).sum(1)
-        return self.divide(wins, positives * negatives)
+        """Mann-Whitney: the share of (positive, negative) pairs the positive outranks, ties counting
+        half: all pairs, less those whose negative scores at or above the positive, plus half the
+        tied ones. Row sums in float64 (exact for counts), without a (b, L) temporary."""
+        positives = self.pos_level.sum(1, dtype=np.float64)
+        pairs = positives * self.neg_level.sum(1, dtype=np.float64)
+        outranked = np.einsum("ij,ij->i", self.pos_level, self.negatives_above, dtype=np.float64)
+        tied = np.einsum("ij,ij->i", self.pos_level, self.neg_level, dtype=np.float64)
+        return self.divide(pairs - outranked + 0.5 * tied, pairs)
 
     def pr_auc(self):
         """Average precision: the precision at each positive's score, weighted by the positives there
         (where nothing is flagged there are no true positives either, so no 0/0 enters the sum)."""
-        true_pos, false_pos = self.cumulative
+        true_pos, false_pos = self.positives_above, self.negatives_above
         precision = true_pos / np.maximum(true_pos + false_pos, np.finfo(np.float32).tiny)
         return self.divide((self.pos_level * precision).sum(1), self.pos_level.sum(1))
 
@@ -266,16 +304,7 @@ class WeightedMulticlass:
 
     @classmethod
     def build(cls, W: np.ndarray, y: np.ndarray, probs: np.ndarray, yhat: np.ndarray) -> "WeightedMulticlass":
-        k = probs.shape[1]
-        cells = np.zeros((len(y), k * k), dtype=np.float32)
-        cells[np.arange(len(y)), y * k + yhat] = 1
-        confidence = probs.max(1)  # top-class calibration, as metrics.ece (Guo et al. 2017)
-        bins = np.minimum((confidence * ECE_BINS).astype(int), ECE_BINS - 1)
-        calibration = np.zeros((len(y), ECE_BINS), dtype=np.float32)
-        calibration[np.arange(len(y)), bins] = (probs.argmax(1) == y) - confidence
-        return cls([WeightedBinary.build(W, (y == c).astype(np.int64), probs[:, c], (yhat == c).astype(np.int64))
-                    for c in range(k)],
-                   (W @ cells).reshape(len(W), k, k), W.sum(1), np.abs(W @ calibration).sum(1))
+        return MulticlassCases.of(y, probs, yhat).weigh(W)
 
     def one_vs_rest(self, fn, combine: str):
         """A binary figure of each class against the rest, macro-averaged (over the classes where
@@ -305,6 +334,34 @@ class WeightedMulticlass:
 
     def ece(self):
         return WeightedBinary.divide(self.ece_sum, self.total)
+
+
+@dataclass
+class MulticlassCases:
+    """`ScoredCases` of each class against the rest, and each case's cell of the K x K table and
+    top-class calibration bin, computed once for every block of resample weights."""
+
+    classes: list
+    cells: np.ndarray  # (cases, K x K), true class x decided class
+    calibration: np.ndarray  # (cases, ECE_BINS)
+    k: int
+
+    @classmethod
+    def of(cls, y: np.ndarray, probs: np.ndarray, yhat: np.ndarray) -> "MulticlassCases":
+        k = probs.shape[1]
+        cells = np.zeros((len(y), k * k), dtype=np.float32)
+        cells[np.arange(len(y)), y * k + yhat] = 1
+        confidence = probs.max(1)  # top-class calibration, as metrics.ece (Guo et al. 2017)
+        bins = np.minimum((confidence * ECE_BINS).astype(int), ECE_BINS - 1)
+        calibration = np.zeros((len(y), ECE_BINS), dtype=np.float32)
+        calibration[np.arange(len(y)), bins] = (probs.argmax(1) == y) - confidence
+        return cls([ScoredCases.of((y == c).astype(np.int64), probs[:, c], (yhat == c).astype(np.int64))
+                    for c in range(k)], cells, calibration, k)
+
+    def weigh(self, W: np.ndarray) -> WeightedMulticlass:
+        return WeightedMulticlass([cases.weigh(W) for cases in self.classes],
+                                  (W @ self.cells).reshape(len(W), self.k, self.k), W.sum(1),
+                                  np.abs(W @ self.calibration).sum(1))
 
 
 def percentile_interval(samples: np.ndarray, level: float) -> tuple[float, float]:
@@ -362,7 +419,7 @@ def bootstrap_binary(y, p1, yhat, statistics: dict, *, groups=None, n_resamples=
                      bca: tuple = ()) -> dict[str, tuple[float, float]]:
     """Percentile intervals of `statistics` (name -> fn(WeightedBinary) -> (b,) array); for the
     names in `basic`, basic bootstrap intervals (never below 0); for those in `bca`, BCa ones."""
-    return bootstrap_statistics(lambda W: WeightedBinary.build(W, y, p1, yhat), y, statistics, groups=groups,
+    return bootstrap_statistics(ScoredCases.of(y, p1, yhat).weigh, y, statistics, groups=groups,
                                 n_resamples=n_resamples, level=level, seed=seed, stratified=stratified, basic=basic,
                                 bca=bca)
 
@@ -372,7 +429,7 @@ def bootstrap_multiclass(y, probs, yhat, statistics: dict, *, groups=None, n_res
                          bca: tuple = ()) -> dict[str, tuple[float, float]]:
     """The same for a K-class task: `statistics` maps a name to fn(WeightedMulticlass) -> (b,)
     (a one-vs-rest combination, `WeightedMulticlass.one_vs_rest`, or a figure of the K x K table)."""
-    return bootstrap_statistics(lambda W: WeightedMulticlass.build(W, y, probs, yhat), y, statistics, groups=groups,
+    return bootstrap_statistics(MulticlassCases.of(y, probs, yhat).weigh, y, statistics, groups=groups,
                                 n_resamples=n_resamples, level=level, seed=seed, stratified=stratified, basic=basic,
                                 bca=bca)
 

@@ -5,10 +5,12 @@ case-finding pair pooled), each with a bootstrap interval over patients."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from medcls.stats.assess import LEVEL, assess, split_results
-from medcls.stats.bootstrap import WeightedBinary, bootstrap_weighted_figures, mean_where_defined
+from medcls.stats.bootstrap import ScoredCases, bootstrap_weighted_figures, mean_where_defined
 from medcls.stats.operating_points import choose_threshold
 
 SUMMARISED = ("roc_auc", "sensitivity", "specificity")  # the figures that get macro and micro intervals
@@ -87,28 +89,46 @@ def pooled_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else float("nan")
 
 
-POOLED_WEIGHTS = 20_000_000  # weights per micro-AUC block: 80 MB of float32, whatever the set's size
+POOLED_WEIGHTS = 20_000_000  # level weights per micro-AUC block: 80 MB of float32, whatever the set's size
 
 
-def weighted_summary_figures(W: np.ndarray, probs: np.ndarray, targets: np.ndarray, predicted: np.ndarray) -> dict:
+@dataclass
+class SummaryCases:
+    """What the summary figures need from the cases, computed once for every block of resample
+    weights: each finding's `ScoredCases` over its known cases, and all known (case, finding)
+    entries pooled for the micro ROC AUC, each carrying its case's weight."""
+
+    findings: list  # ScoredCases of each finding known in some case
+    pooled: ScoredCases
+    entries: int
+
+    @classmethod
+    def of(cls, probs: np.ndarray, targets: np.ndarray, predicted: np.ndarray) -> "SummaryCases":
+        known = ~np.isnan(targets)
+        n = len(targets)
+        findings = []
+        for j in np.flatnonzero(known.any(0)):  # a finding known in no case has no figures (NaN, left out)
+            rows = np.flatnonzero(known[:, j])
+            findings.append(ScoredCases.of(targets[rows, j].astype(np.int64), probs[rows, j], predicted[rows, j],
+                                           case_of=rows, n_cases=n))
+        case_of = np.nonzero(known)[0]  # the case of each known entry, in the order of targets[known]
+        pooled = ScoredCases.of(targets[known].astype(np.int64), probs[known], predicted[known], case_of=case_of,
+                                n_cases=n)
+        return cls(findings, pooled, int(known.sum()))
+
+
+def weighted_summary_figures(W: np.ndarray, cases: SummaryCases) -> dict:
     """`summary_figures` of every resample at once, a resample being a row of case weights in the
     (b, N) matrix `W`: each finding's weighted 2x2 table and ROC AUC (medcls.stats.bootstrap), so
     a bootstrap costs a few matrix products per finding instead of a scikit-learn call per finding
     and resample (1,000 resamples of 14 findings: minutes that way)."""
-    known = ~np.isnan(targets)
-    if not known.any():
+    if not cases.entries:
         return {name: np.full(len(W), np.nan) for name in SUMMARY_FIGURES}
-    per = []
-    for j in np.flatnonzero(known.any(0)):  # a finding known in no case has no figures (NaN, left out)
-        rows = np.flatnonzero(known[:, j])
-        per.append(WeightedBinary.build(W[:, rows], targets[rows, j].astype(np.int64), probs[rows, j], predicted[rows, j]))
+    per = [finding.weigh(W) for finding in cases.findings]
     tp, fn = sum(f.tp for f in per), sum(f.fn for f in per)
     tn, fp = sum(f.tn for f in per), sum(f.fp for f in per)
-    cases = np.nonzero(known)[0]  # the case of each known entry, in the order of targets[known]
-    y, p, decided = targets[known].astype(np.int64), probs[known], predicted[known]
-    step = max(1, POOLED_WEIGHTS // max(len(cases), 1))
-    micro_auc = np.concatenate([WeightedBinary.build(W[start:start + step][:, cases], y, p, decided).roc_auc()
-                                for start in range(0, len(W), step)])
+    step = max(1, POOLED_WEIGHTS // max(2 * cases.pooled.n_levels, 1))
+    micro_auc = np.concatenate([cases.pooled.weigh(W[start:start + step]).roc_auc() for start in range(0, len(W), step)])
     return {"macro_roc_auc": mean_where_defined([f.roc_auc() for f in per], 0),
             "macro_sensitivity": mean_where_defined([f.sensitivity() for f in per], 0),
             "macro_specificity": mean_where_defined([f.specificity() for f in per], 0),
@@ -119,7 +139,8 @@ def weighted_summary_figures(W: np.ndarray, probs: np.ndarray, targets: np.ndarr
 def summary_intervals(probs: np.ndarray, targets: np.ndarray, predicted: np.ndarray, *, groups=None,
                       n_resamples: int = 1000, seed: int = 0, level: float = LEVEL) -> dict:
     """Percentile bootstrap intervals of the summary figures, resampling patients (or cases)."""
-    return bootstrap_weighted_figures(lambda W: weighted_summary_figures(W, probs, targets, predicted), len(targets),
+    cases = SummaryCases.of(probs, targets, predicted)
+    return bootstrap_weighted_figures(lambda W: weighted_summary_figures(W, cases), len(targets),
                                       groups=groups, n_resamples=n_resamples, seed=seed, level=level)
 
 
