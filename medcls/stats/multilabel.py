@@ -128,7 +128,8 @@ def weighted_summary_figures(W: np.ndarray, cases: SummaryCases) -> dict:
     tp, fn = sum(f.tp for f in per), sum(f.fn for f in per)
     tn, fp = sum(f.tn for f in per), sum(f.fp for f in per)
     step = max(1, POOLED_WEIGHTS // max(2 * cases.pooled.n_levels, 1))
-    micro_auc = np.concatenate([cases.pooled.weigh(W[start:start + step]).roc_auc() for start in range(0, len(W), step)])
+    micro_auc = np.concatenate([cases.pooled.weigh(W[start:start + step]).roc_auc()
+                                for start in range(0, len(W), step)])
     return {"macro_roc_auc": mean_where_defined([f.roc_auc() for f in per], 0),
             "macro_sensitivity": mean_where_defined([f.sensitivity() for f in per], 0),
             "macro_specificity": mean_where_defined([f.specificity() for f in per], 0),
