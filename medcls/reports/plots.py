@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from medcls.stats.assess import decisions
-from medcls.stats.bootstrap import WeightedBinary, resample_weights
+from medcls.stats.bootstrap import ScoredCases, resample_weights
 from medcls.stats.calibration import reliability_curve
 from medcls.stats.metrics import confusion_counts
 from medcls.stats.operating_points import net_benefit
@@ -63,9 +63,9 @@ def roc_band(y: np.ndarray, p1: np.ndarray, groups=None, n_resamples: int = 500,
     """Pointwise bootstrap band of sensitivity over a grid of 1 - specificity."""
 
     grid = np.linspace(0, 1, 51)
-    samples = []
-    for W in resample_weights(y, groups, n_resamples, seed):
-        samples.append(WeightedBinary.build(W, y, p1, np.zeros_like(y)).sensitivity_where_fpr_at_most(grid + 1e-12))
+    cases = ScoredCases.of(y, p1, np.zeros_like(y))
+    samples = [cases.weigh(W).sensitivity_where_fpr_at_most(grid + 1e-12)
+               for W in resample_weights(y, groups, n_resamples, seed)]
     stacked = np.concatenate(samples)
     low, high = np.nanpercentile(stacked, [50 * (1 - level), 50 * (1 + level)], axis=0)
     return grid, low, high

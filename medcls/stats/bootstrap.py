@@ -124,7 +124,8 @@ class WeightedBinary:
     total: np.ndarray
     brier_sum: np.ndarray
     ece_sum: np.ndarray
-    W: np.ndarray | None = None  # the weights, for statistics that need the cases (calibration slope)
+    W: np.ndarray | None = None  # the weights, for statistics that need the cases (calibration slope);
+    # None where the weights are cases' and the figures entries' (ScoredCases.mapped)
     y: np.ndarray | None = None
     p1: np.ndarray | None = None
 
@@ -272,16 +273,19 @@ def count_per_row(rates: np.ndarray, limits, side: str) -> np.ndarray:
     """(b, len(limits)): how many entries of each row of `rates` lie below (side="left") or at most
     (side="right") each limit. A row of ROC rates never decreases, so a binary search per row answers
     this instead of a pass over the whole (b, L) matrix per limit. Limits are compared in the rates'
-    float32, so a rate of exactly 0.05 is at most a limit of 0.05. A row with an undefined rate (a
-    resample without positives or negatives) has no entry below or at most any limit."""
+    float32, so a rate of exactly 0.05 is at most a limit of 0.05. A row with undefined rates (a
+    resample without positives or negatives) never meets a limit, as NaN compares: none of its
+    entries is at most the limit, and all of them count as below it."""
     limits = np.asarray(limits, dtype=rates.dtype)
     b, width = rates.shape
     counts = np.zeros((b, len(limits)), dtype=np.int64)
     if not width:
         return counts
-    for r in np.flatnonzero(~np.isnan(rates[:, -1])):
+    undefined = np.isnan(rates[:, -1])
+    for r in np.flatnonzero(~undefined):
         counts[r] = np.searchsorted(rates[r], limits, side=side)
-    return counts if side == "right" else np.where(np.isnan(rates[:, -1])[:, None], width, counts)
+    counts[undefined] = 0 if side == "right" else width
+    return counts
 
 
 def mean_where_defined(values, axis: int) -> np.ndarray:

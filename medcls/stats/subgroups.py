@@ -16,7 +16,7 @@ import math
 import numpy as np
 from scipy.stats import fisher_exact, norm
 
-from medcls.stats.bootstrap import WeightedBinary, resample_weights
+from medcls.stats.bootstrap import ScoredCases, resample_weights
 from medcls.stats.intervals import delong_auc_variance, wilson
 
 FIGURES = ("sensitivity", "specificity", "roc_auc")
@@ -69,14 +69,13 @@ def clustered_differences(labels, p1, y_pred, member, groups, level, n_resamples
     """Differences of every figure under one patient bootstrap, drawn within (subgroup x class)."""
     strata = labels + 2 * member.astype(np.int64)  # resampling stratified by class and membership
     samples = {name: [] for name in FIGURES}
+    cases = ScoredCases.of(labels, p1, y_pred)
     for W in resample_weights(strata, groups, n_resamples, seed):
-        inside = WeightedBinary.build(W * member, labels, p1, y_pred)
-        outside = WeightedBinary.build(W * ~member, labels, p1, y_pred)
+        inside, outside = cases.weigh(W * member), cases.weigh(W * ~member)
         for name in FIGURES:
             samples[name].append(getattr(inside, name)() - getattr(outside, name)())
     ones = np.ones((1, len(labels)), np.float32)
-    point_in = WeightedBinary.build(ones * member, labels, p1, y_pred)
-    point_out = WeightedBinary.build(ones * ~member, labels, p1, y_pred)
+    point_in, point_out = cases.weigh(ones * member), cases.weigh(ones * ~member)
     out = {}
     for name in FIGURES:
         values = np.concatenate(samples[name])
