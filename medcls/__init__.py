@@ -46,6 +46,7 @@ _LAZY = {
     "score": "medcls.api",
     "Scores": "medcls.api",
     "compare": "medcls.api",
+    "assess": "medcls.api",
     "TrainConfig": "medcls.config",
 }
 

@@ -41,6 +41,7 @@ class Estimate:
     low: float | None = None
     high: float | None = None
     method: str | None = None
+    refused: str | None = None  # why there is no interval (too few patients, ...), when low is None
 
     def __float__(self) -> float:
         return float(self.value)
@@ -49,6 +50,8 @@ class Estimate:
         return format(self.value, spec) if spec else str(self)
 
     def __str__(self) -> str:
+        if self.refused:
+            return f"{self.value:.3f} (no interval: {self.refused})"
         if self.low is None or self.high is None:
             return f"{self.value:.3f}"
         return f"{self.value:.3f} ({self.low:.3f}-{self.high:.3f})"
@@ -57,16 +60,17 @@ class Estimate:
 class SplitMetrics(Mapping):
     """One split's figures by name (`m["roc_auc"]` or `m.roc_auc`), each an Estimate; `n` cases."""
 
-    def __init__(self, values: dict, intervals: dict | None = None) -> None:
+    def __init__(self, values: dict, intervals: dict | None = None, notes: Sequence[str] = ()) -> None:
         intervals = intervals or {}
         self.n = int(values.get("n", 0))
+        self.notes = list(notes)  # what to read the figures with (small sample, perfect separation, ...)
         self._figures = {}
         for name, value in values.items():
             if name == "n" or not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
             interval = intervals.get(name) or {}
             self._figures[name] = Estimate(float(value), interval.get("low"), interval.get("high"),
-                                           interval.get("method"))
+                                           interval.get("method"), interval.get("refused"))
 
     def __getitem__(self, name: str) -> Estimate:
         return self._figures[name]
@@ -156,6 +160,35 @@ class CrossValidation:
 
 
 # --- plugins and registries ------------------------------------------------------------------
+
+
+def assess(labels, probabilities, *, patients=None, threshold: float | None = 0.5, resamples: int = 2000,
+           seed: int = 0) -> SplitMetrics:
+    """Every registered metric of one split with its interval, from arrays: integer labels (N,) and
+    probabilities, (N,) of the positive class or (N, K) per class; `patients` (N,) ids make every
+    interval count patients, not images. The same function training, evaluate, score and
+    cross-validation call per split (medcls.stats.assess.assess); pure: no files, no figures.
+    A figure whose data cannot support an interval has `low is None` and the reason in `refused`."""
+    from medcls.stats.assess import assess as assess_split
+
+    labels = np.asarray(labels)
+    probs = np.asarray(probabilities, dtype=np.float64)
+    if probs.ndim == 1:
+        probs = np.stack([1 - probs, probs], 1)
+    if labels.ndim != 1 or len(labels) != len(probs):
+        raise DataError(f"assess: labels of shape {labels.shape} do not match probabilities of shape {probs.shape}: "
+                        "give one integer label per case")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= probs.shape[1]:
+        raise DataError(f"assess: labels must be integers 0..{probs.shape[1] - 1} (class indices of the probability "
+                        "columns)")
+    if patients is not None and len(patients) != len(labels):
+        raise DataError(f"assess: {len(patients)} patient ids for {len(labels)} cases: give one per case")
+    found = assess_split(probs, labels.astype(np.int64), threshold, list(make_registries()["metrics"]),
+                         patients=None if patients is None else np.asarray(patients), n_resamples=resamples,
+                         seed=seed, where="assess")
+    operating = found["operating"].get("values", {})
+    values = {**found["values"], **{name: v["value"] for name, v in operating.items()}}
+    return SplitMetrics(values, {**found["intervals"], **operating}, found["notes"])
 
 
 def make_registries() -> Registries:

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import click
 
+from medcls.config import CHOICES
 from medcls.errors import DATA, FILE_SYSTEM, INTERRUPTED, ConfigError, MedclsError
 from medcls.version import __version__
+
+THRESHOLD_RULES = list(CHOICES["threshold_rule"])
 
 LIST_KINDS = ("backbones", "policies", "metrics", "datasets", "readers", "weights", "loggers")
 
@@ -180,7 +183,7 @@ def yaml_value(text: str):
 @click.option("--patient-column", help="Manifest column with the patient id.")
 @click.option("--image-root", help="Folder that manifest paths are relative to.")
 @click.option("--patient-from-dicom", is_flag=True, default=None, help="Group by the DICOM header's PatientID.")
-@click.option("--threshold-rule", type=click.Choice(["youden", "target_sensitivity", "target_specificity", "fixed"]),
+@click.option("--threshold-rule", type=click.Choice(THRESHOLD_RULES),
               help="How validation picks the operating point.")
 @click.option("--target", type=float, help="Sensitivity or specificity the target_* rules must reach (e.g. 0.95).")
 @click.option("--by", help="Manifest column for a subgroup table of the test split.")
@@ -313,7 +316,7 @@ PREDICTION_COLUMNS = [
                                                  "columns, one per class, as medcls's predictions.csv)."),
     click.option("--patient-column", help="Column with patient ids: intervals resample patients."),
     click.option("--positive-class", help="The positive class when the names do not say it."),
-    click.option("--threshold-rule", type=click.Choice(["youden", "target_sensitivity", "target_specificity", "fixed"]),
+    click.option("--threshold-rule", type=click.Choice(THRESHOLD_RULES),
                  default="youden", show_default=True, help="How the operating point is chosen on the val rows."),
     click.option("--target", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
                  help="Target sensitivity or specificity for the target_* rules."),

@@ -103,7 +103,7 @@ class TrainConfig:
     cutmix: float = option(0.0, 'cutmix: a box of another training image pasted in, Beta(alpha, alpha) area (e.g. 1.0; 0: off); with mixup, each batch uses one of the two', 'optimisation')
     # --- evaluation: early stopping, the operating point, calibration and reporting ---
     monitor: str = option("roc_auc", 'validation metric for early stopping and the best checkpoint (ties: the lower validation loss wins)', 'evaluation')
-    threshold_rule: str = option("youden", 'operating point chosen on validation: youden, target_sensitivity, target_specificity, fixed', 'evaluation')
+    threshold_rule: str = option("youden", 'operating point chosen on validation: youden, target_sensitivity, target_specificity, confident_sensitivity (reaches the target with 95 % confidence), confident_specificity, fixed', 'evaluation')
     target: float = option(0.95, 'the sensitivity or specificity that target_* rules must reach on validation', 'evaluation')
     threshold: float = option(0.5, "the operating point when threshold_rule is 'fixed'", 'evaluation')
     prior_correction: bool = option(True, "class-balanced training (weighted_loss or sampler): the model's probabilities are moved back to the training prior (logits minus log class weight, folded into the head), so they are calibrated and the most probable class is the accurate choice; false: keep the balanced model's probabilities", 'evaluation')
@@ -154,7 +154,8 @@ CHOICES = {
     "finetune_batchnorm": ("frozen", "train"),
     "schedule": ("cosine", "step", "plateau", "none"),
     "class_balance": ("weighted_loss", "sampler", "none"),
-    "threshold_rule": ("youden", "target_sensitivity", "target_specificity", "fixed"),
+    "threshold_rule": ("youden", "target_sensitivity", "target_specificity", "confident_sensitivity",
+                       "confident_specificity", "fixed"),
     "calibration": ("none", "temperature"),
     "task_weighting": ("fixed", "uncertainty"),
     "patient_level": ("mean", "max"),

@@ -152,7 +152,8 @@ def test_multiclass_intervals_are_all_vectorised_and_skewed_ones_bca(registries)
     probs[np.arange(120), y] += 0.4
     probs /= probs.sum(1, keepdims=True)
     found = assess(probs, y, None, list(registries["metrics"]), n_resamples=300)["intervals"]
-    builtin = ("accuracy", "balanced_accuracy", "mcc", "ece", "f1", "brier", "pr_auc")
+    builtin = ("accuracy", "balanced_accuracy", "mcc", "f1", "brier", "pr_auc")
+    assert found["ece"]["low"] is None and "biased" in found["ece"]["refused"]
     assert all(found[name]["resamples"] == 300 for name in builtin)  # none capped by the per-resample loop
     assert all(("BCa" in found[name]["method"]) == (name in ("balanced_accuracy", "mcc", "f1", "brier", "pr_auc"))
                for name in builtin)
@@ -178,20 +179,23 @@ def test_interval_methods_follow_the_data(registries):
     # prevalence-dependent figures resample without fixing the class sizes; skewed ones get BCa
     assert methods["f1"] == methods["brier"] == methods["pr_auc"] == "bootstrap (unstratified, BCa)"
     assert methods["balanced_accuracy"] == "bootstrap (stratified by class, BCa)"
-    assert methods["ece"] == "bootstrap (unstratified, basic interval; cannot cover an ECE near 0, see docs/intervals.md)"
+    assert independent["intervals"]["ece"]["low"] is None  # no interval covered a biased plug-in ECE
     patients = np.repeat(np.arange(100), 2)
     clustered = assess(probs, y, 0.5, metrics, patients=patients, n_resamples=200)
     methods = {k: v["method"] for k, v in clustered["intervals"].items()}
-    assert methods["sensitivity"] == methods["roc_auc"] == "cluster bootstrap (patients, stratified by class)"
-    assert methods["ppv"] == methods["npv"] == methods["accuracy"] == "cluster bootstrap (patients, unstratified)"
-    assert all(m.startswith("cluster bootstrap (patients, ") for m in methods.values())
+    assert methods["sensitivity"].startswith("Wilson, clustered (design effect over ")
+    assert methods["roc_auc"] == "Obuchowski clustered DeLong (100 patients)"
+    assert methods["f1"] == "cluster bootstrap (patients, unstratified, BCa)"
+    assert all(methods[m].startswith("Wilson, clustered (design effect over ") for m in ("ppv", "npv", "accuracy"))
+    assert all(m.startswith(("cluster bootstrap (patients, ", "Wilson, clustered", "Obuchowski", "none"))
+               for m in methods.values())
     # Resampling patients (pairs of correlated images) is not narrower than pretending independence.
     width = lambda a, m: a["intervals"][m]["high"] - a["intervals"][m]["low"]  # noqa: E731
     assert width(clustered, "roc_auc") > 0.5 * width(independent, "roc_auc")
     for name, value in independent["values"].items():
         if isinstance(value, float) and name in independent["intervals"] and name != "loss":
             interval = independent["intervals"][name]
-            assert interval["low"] - 1e-9 <= value <= interval["high"] + 1e-9 or name == "ece", name
+            assert interval["low"] is None or interval["low"] - 1e-9 <= value <= interval["high"] + 1e-9, name
 
 
 def test_patient_level_aggregation():
@@ -320,5 +324,26 @@ def test_perfect_separation_with_patient_clusters_never_claims_certainty(registr
     result = assess(probs, labels, 0.5, list(registries["metrics"]), patients=patients, n_resamples=200)
     auc, sensitivity = result["intervals"]["roc_auc"], result["intervals"]["sensitivity"]
     assert result["values"]["roc_auc"] == 1.0 and auc["high"] == 1.0 and auc["low"] < 0.9
-    assert auc["method"] == "Wilson over 5 patients (the bootstrap collapsed to a point)"
-    assert sensitivity["low"] < 0.9 and "5 patients" in sensitivity["method"]
+    assert auc["method"].startswith("Wilson over 5 patients of the smaller class")
+    assert sensitivity["high"] == 1.0 and sensitivity["low"] < 0.9 and "5 patients" in sensitivity["method"]
+    # Bootstrap figures on 5 patients a class, or collapsed to a point: refused, never zero-width.
+    for name, interval in result["intervals"].items():
+        assert interval["low"] is None or interval["low"] < interval["high"], (name, interval)
+    assert result["intervals"]["f1"]["refused"] == "5 patients of class 0, under the 20 a bootstrap needs to cover"
+
+
+def test_confident_sensitivity_keeps_enough_positives_for_a_lower_bound_at_the_target():
+    from scipy.stats import beta
+
+    y = np.r_[np.ones(100, np.int64), np.zeros(100, np.int64)]
+    p1 = np.r_[np.linspace(0.99, 0.30, 100), np.linspace(0.60, 0.01, 100)]
+    threshold = choose_threshold("confident_sensitivity", y, p1, target=0.9)
+    kept = int((p1[y == 1] >= threshold).sum())
+    assert beta.ppf(0.05, kept, 100 - kept + 1) >= 0.9 > beta.ppf(0.05, kept - 1, 100 - kept + 2)
+    assert threshold < choose_threshold("target_sensitivity", y, p1, target=0.9)  # stricter than matching 0.9
+    threshold = choose_threshold("confident_specificity", y, p1, target=0.9)
+    cleared = int((p1[y == 0] < threshold).sum())
+    assert beta.ppf(0.05, cleared, 100 - cleared + 1) >= 0.9 > beta.ppf(0.05, cleared - 1, 100 - cleared + 2)
+    with pytest.raises(DataError, match="20 positive cases cannot show a sensitivity of 0.95 with 95% confidence.*"
+                                        "it takes at least 59"):
+        choose_threshold("confident_sensitivity", y[80:], p1[80:], target=0.95)

@@ -80,9 +80,10 @@ def test_score_from_the_cli_with_a_single_score_column_and_patients(tmp_path):
                     result.output.splitlines()[1]), result.output  # each figure with its interval
     written = json.loads((tmp_path / "cad-scores" / "metrics.json").read_text())
     assert written["classes"] == ["benign", "malignant"]
-    assert written["intervals"]["test"]["ppv"]["method"] == "cluster bootstrap (patients, unstratified)"
+    assert written["intervals"]["test"]["ppv"]["method"].startswith("Wilson, clustered (design effect over")
     assert set(written["subgroups"]) == set(written["subgroup_differences"]) == {"a", "b"}
-    assert written["subgroup_differences"]["a"]["roc_auc"]["method"] == "cluster bootstrap (patients)"
+    assert (written["subgroup_differences"]["a"]["roc_auc"]["method"]
+            == "Obuchowski clustered DeLong (independent groups of patients)")
     assert (tmp_path / "cad-scores" / "subgroups_forest.png").is_file()
     assert "Holm-adjusted" in (tmp_path / "cad-scores" / "report.md").read_text()
     again = run("score", path, "--label-column", "truth", "--score", "prob", "--bootstrap", "200")

@@ -63,6 +63,25 @@ def test_patients_are_resampled_whole_and_tiny_groups_are_not_compared():
     site = site.astype("U10")
     site[:4] = "tiny"
     result = compare_subgroups(probs, y, 0.5, site, patients=patients, n_resamples=200)
-    assert result["b"]["roc_auc"]["method"] == "cluster bootstrap (patients)"
+    assert result["b"]["roc_auc"]["method"] == "Obuchowski clustered DeLong (independent groups of patients)"
     assert "not_compared" in result["tiny"]
+
+
+def test_tripled_images_compare_subgroups_as_their_patients_do():
+    probs, y, site = data(300)
+    tripled = compare_subgroups(np.repeat(probs, 3, 0), np.repeat(y, 3), 0.5, np.repeat(site, 3),
+                                patients=np.repeat(np.arange(300), 3))
+    once = compare_subgroups(probs, y, 0.5, site)
+    for value in once:
+        assert tripled[value]["roc_auc"]["p_value"] == pytest.approx(once[value]["roc_auc"]["p_value"], rel=1e-9)
+        for name in ("sensitivity", "specificity"):  # a design effect of 3 takes the copies back out
+            assert tripled[value][name]["difference"] == pytest.approx(once[value][name]["difference"])
+            assert tripled[value][name]["p_value"] == pytest.approx(once[value][name]["p_value"], abs=0.05)
+
+
+def test_flags_follow_the_holm_adjusted_p_value():
+    probs, y, site = data(400)
+    for value in compare_subgroups(probs, y, 0.5, site).values():
+        for row in value.values():
+            assert row["flagged"] == (row["p_holm"] < 0.05)
     assert compare_subgroups(probs, y, None, site) == {}  # multi-class / no operating point: nothing

@@ -172,13 +172,14 @@ def write_history(history, path: Path) -> None:
 
 def write_predictions(path: Path, classes: list[str], by_split: dict, decide) -> None:
     """One row per case and split: key, split, label, a probability per class and the decision at
-    the stored operating point, so that every figure can be recomputed with other tools."""
+    the stored operating point, so that every figure can be recomputed with other tools. Probabilities are written as the
+    shortest text that reads back to the same float (repr), so a case at the threshold stays on its side."""
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["key", "split", "label", *[f"p_{c}" for c in classes], "decision"])
         for split, (keys, labels, probs) in by_split.items():
             for key, label, p, decided in zip(keys, labels, probs, decide(probs)):
-                writer.writerow([key, split, classes[int(label)], *[f"{v:.8g}" for v in p], classes[int(decided)]])
+                writer.writerow([key, split, classes[int(label)], *[repr(float(v)) for v in p], classes[int(decided)]])
 
 
 def write_finding_predictions(path: Path, findings: list[str], by_split: dict, decide) -> None:
@@ -193,7 +194,7 @@ def write_finding_predictions(path: Path, findings: list[str], by_split: dict, d
         for split, (keys, targets, probs) in by_split.items():
             for key, target, p, decided in zip(keys, targets, probs, decide(probs)):
                 writer.writerow([key, split, *["" if math.isnan(v) else str(int(v)) for v in target],
-                                 *[f"{v:.8g}" for v in p], *[str(int(d)) for d in decided]])
+                                 *[repr(float(v)) for v in p], *[str(int(d)) for d in decided]])
 
 
 def write_task_predictions(path: Path, tasks: list, by_split: dict) -> None:
@@ -216,7 +217,7 @@ def write_task_predictions(path: Path, tasks: list, by_split: dict) -> None:
                     row.append("" if math.isnan(target) else (f"{target:.8g}" if task.kind == "regression"
                                                               else task.classes[int(target)]))
                     out = outputs[task.name][i]
-                    row += [f"{out:.8g}"] if task.kind == "regression" else [f"{v:.8g}" for v in out]
+                    row += [repr(float(out))] if task.kind == "regression" else [repr(float(v)) for v in out]
                 writer.writerow(row)
 
 

@@ -62,7 +62,7 @@ def difference_rows(differences: dict) -> list[list[str]]:
             r = figures[name]
             rows.append([value, name, f"{r['value_in']:.3f} vs {r['value_out']:.3f}",
                          f"{r['difference']:+.3f} ({r['low']:+.3f} to {r['high']:+.3f})"
-                         + (" **interval excludes 0**" if r["flagged"] else ""),
+                         + (" **differs (Holm p < 0.05)**" if r["flagged"] else ""),
                          f"{r['p_value']:.3g} / {r['p_holm']:.3g}"])
     return rows
 
@@ -76,8 +76,9 @@ def add_subgroups(doc: Document, column: str, subgroups: dict, differences: dict
     methods = sorted({f[n]["method"] for f in differences.values() if "not_compared" not in f for n in f})
     compared = sum(1 for f in differences.values() if "not_compared" not in f)
     doc.paragraph(f"Each subgroup against the rest of the {where} ({'; '.join(methods)}); p-values raw and "
-                  f"Holm-adjusted over all {3 * compared} comparisons. A difference whose interval excludes 0 "
-                  "is marked; with many subgroups, read the adjusted p-value before concluding.")
+                  f"Holm-adjusted over all {3 * compared} comparisons. A difference is marked only when its "
+                  "Holm-adjusted p-value is below 0.05 (an unadjusted interval that excludes 0 is expected "
+                  "in one comparison of twenty when nothing differs).")
     doc.table([column, "figure", "subgroup vs rest", "difference (95% interval)", "p (raw / Holm)"],
               difference_rows(differences))
     if plots.plot_forest(differences, column, out / "subgroups_forest.png"):

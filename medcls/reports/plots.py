@@ -254,7 +254,7 @@ def save_grid(panels, path: Path, columns: int = 4) -> None:
 
 def plot_forest(differences: dict, column: str, path: Path) -> bool:
     """Forest plot of each subgroup's difference from the rest (sensitivity, specificity, ROC AUC)
-    with its interval; flagged differences (interval excludes 0) in red. False when nothing to plot."""
+    with its interval; flagged differences (Holm-adjusted p < 0.05) in red. False when nothing to plot."""
     from medcls.stats.subgroups import FIGURES
 
     rows = [(value, name, figures[name]) for value, figures in differences.items() if "not_compared" not in figures

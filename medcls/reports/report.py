@@ -91,12 +91,19 @@ def spread(runs: list[dict], names=SPREAD_METRICS) -> dict:
     return figures
 
 
-def format_value(value, interval=None) -> str:
+def format_value(value, interval=None, reason: bool = False) -> str:
+    """`0.912 (0.850-0.951)`; a refused interval shows as `0.912 (no interval)`, with its reason
+    when `reason` is set (the report's metric table); an undefined value as `n/a`."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     text = f"{value:.3f}"
-    if interval and not math.isnan(interval.get("low", math.nan)):
-        text += f" ({interval['low']:.3f}-{interval['high']:.3f})"
+    if not interval:
+        return text
+    if interval.get("refused"):
+        return text + (f" (no interval: {interval['refused']})" if reason else " (no interval)")
+    low, high = interval.get("low"), interval.get("high")
+    if low is not None and high is not None and not (math.isnan(low) or math.isnan(high)):
+        text += f" ({low:.3f}-{high:.3f})"
     return text
 
 
@@ -125,12 +132,12 @@ def metric_rows(assessed: dict) -> list[list[str]]:
         interval = assessed["intervals"].get(name)
         method = f"{interval['method']}, {interval['level']:.0%}" if interval else "-"
         why = " (not computable)" if math.isnan(value) else ""
-        rows.append([name, format_value(value, interval) + why, method])
+        rows.append([name, format_value(value, interval, reason=True) + why, method])
     return rows
 
 
 def operating_rows(operating: dict) -> list[list[str]]:
-    return [[name.replace("_", " "), format_value(v["value"], v), f"{v['method']}, {v['level']:.0%}"]
+    return [[name.replace("_", " "), format_value(v["value"], v, reason=True), f"{v['method']}, {v['level']:.0%}"]
             for name, v in operating.get("values", {}).items()]
 
 

@@ -9,7 +9,8 @@ import numpy as np
 from medcls.errors import DataError
 from medcls.stats.metrics import cross_entropy
 from medcls.stats.bootstrap import bootstrap_binary, bootstrap_loop, bootstrap_multiclass
-from medcls.stats.intervals import delong_interval, wilson
+from medcls.stats.clustered import (MIN_UNITS_BOOTSTRAP, auc_interval, is_clustered, proportion_interval, refusal,
+                                     too_few_for_bootstrap)
 from medcls.stats.metrics import confusion_counts
 from medcls.stats.metrics import roc_auc
 from medcls.stats.bootstrap import WeightedBinary
@@ -20,9 +21,8 @@ PROPORTIONS = ("sensitivity", "specificity", "ppv", "npv", "accuracy")
 # Figures that condition on the true class: a bootstrap stratified by class is right for them. Every
 # other figure depends on the prevalence, which must vary between resamples as between samples.
 PREVALENCE_FREE = ("sensitivity", "specificity", "roc_auc", "balanced_accuracy")
-# Plug-in estimates the bootstrap pushes further from the truth (ECE is biased upwards): basic
-# (reverse-percentile) intervals, which correct for that, instead of percentile ones.
-BASIC_INTERVAL = ("ece",)
+# Figures printed without an interval, and why (docs/intervals.md has the coverage that says so).
+NO_INTERVAL = {"ece": "the plug-in ECE is biased upwards and no bootstrap interval covered it (docs/intervals.md)"}
 # Skewed statistics whose percentile intervals under-cover: bias-corrected and accelerated (BCa).
 BCA_INTERVAL = ("pr_auc", "f1", "mcc", "balanced_accuracy", "brier")
 FIXED_POINTS = (0.90, 0.95)
@@ -84,27 +84,34 @@ def aggregate_patients(probs: np.ndarray, labels: np.ndarray, patients: np.ndarr
 def intervals(probs, labels, threshold, metrics, *, groups=None, level=LEVEL, n_resamples=2000, seed=0,
               y_pred=None) -> dict:
     """An interval for every metric, by the method that covered 95 % in medcls's coverage study
-    (benchmarks/interval_coverage.py, docs/intervals.md). Independent cases: Wilson for the
-    proportions, DeLong for ROC AUC. Otherwise a bootstrap, over patients when they have several
-    images (image-level formulas would be too narrow): stratified by class for figures conditional
-    on the class (PREVALENCE_FREE), unstratified for those that depend on prevalence; BCa for
-    skewed statistics, the basic interval for ECE."""
+    (benchmarks/interval_coverage.py, docs/intervals.md), or `low` None with the reason it refuses.
+    Binary proportions: Wilson, on the design-effect sample size when patients have several images;
+    ROC AUC: DeLong, Obuchowski's clustered form for several images a patient (medcls.stats.clustered).
+    Every other figure: a bootstrap, over patients when they have several images, stratified by
+    class for figures conditional on the class (PREVALENCE_FREE), unstratified for those that depend
+    on prevalence, BCa for skewed statistics; refused below MIN_UNITS_BOOTSTRAP patients (or images)
+    of a class, where it under-covered, and where it collapses to a point. ECE gets no interval: its
+    plug-in estimate is biased and no bootstrap interval covered it (docs/intervals.md)."""
 
     y_pred = decisions(probs, threshold) if y_pred is None else y_pred
-    clustered = groups is not None and len(np.unique(groups)) < len(groups)
+    clustered = is_clustered(groups)
     binary = probs.shape[1] == 2
     out, vectorised, one_vs_rest, looped = {}, {}, {}, {}
-    tp, fp, tn, fn = confusion_counts(labels, y_pred, 1) if binary else (0, 0, 0, 0)
-    counts = {"sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp), "ppv": (tp, tp + fp),
-              "npv": (tn, tn + fn), "accuracy": (tp + tn, len(labels))}
+    members = {"sensitivity": (y_pred == 1, labels == 1), "specificity": (y_pred == 0, labels == 0),
+               "ppv": (labels == 1, y_pred == 1), "npv": (labels == 0, y_pred == 0),
+               "accuracy": (y_pred == labels, np.ones(len(labels), dtype=bool))}
+    too_few = too_few_for_bootstrap(labels, groups)
     for entry in metrics:
-        if binary and not clustered and entry.name in PROPORTIONS:
-            k, n = counts[entry.name]
-            low, high = wilson(k, n, level)
-            out[entry.name] = {"low": low, "high": high, "method": "Wilson", "level": level, "count": f"{k}/{n}"}
-        elif binary and not clustered and entry.name == "roc_auc":
-            low, high = delong_interval(labels, probs[:, 1], level)
-            out[entry.name] = {"low": low, "high": high, "method": "DeLong", "level": level}
+        if binary and entry.name in PROPORTIONS:
+            hits, within = members[entry.name]
+            found = proportion_interval(hits, within, groups, level)
+            out[entry.name] = {**found.as_dict(level), "count": f"{int((hits & within).sum())}/{int(within.sum())}"}
+        elif binary and entry.name == "roc_auc":
+            out[entry.name] = auc_interval(labels, probs[:, 1], groups, level).as_dict(level)
+        elif entry.name in NO_INTERVAL:
+            out[entry.name] = refusal(NO_INTERVAL[entry.name]).as_dict(level)
+        elif too_few:
+            out[entry.name] = refusal(too_few, "bootstrap").as_dict(level)
         elif binary and entry.metadata.get("vectorised") is not None:
             vectorised[entry.name] = entry.metadata["vectorised"]
         elif not binary and entry.metadata.get("vectorised_multiclass") is not None:
@@ -119,22 +126,22 @@ def intervals(probs, labels, threshold, metrics, *, groups=None, level=LEVEL, n_
     def record(found: dict, stratified: bool, resamples: int) -> None:
         for name, (low, high) in found.items():
             kind = "stratified by class" if stratified else "unstratified"
-            how = (", basic interval; cannot cover an ECE near 0, see docs/intervals.md" if name in BASIC_INTERVAL
-                   else ", BCa" if name in BCA_INTERVAL else "")
+            how = ", BCa" if name in BCA_INTERVAL else ""
             method = f"cluster bootstrap (patients, {kind}{how})" if clustered else f"bootstrap ({kind}{how})"
             out[name] = {"low": low, "high": high, "method": method, "level": level, "resamples": resamples}
+            if low == high:  # every resample gave the same value: that is no evidence of certainty
+                out[name].update(low=None, high=None, refused="the bootstrap collapsed to a point "
+                                 "(the scores separate the classes on these cases)")
 
     for stratified in (True, False):
         chosen = {k: v for k, v in vectorised.items() if (k in PREVALENCE_FREE) == stratified}
         if chosen:
             record(bootstrap_binary(labels, probs[:, 1], y_pred, chosen, stratified=stratified,
-                                    basic=tuple(k for k in chosen if k in BASIC_INTERVAL),
                                     bca=tuple(k for k in chosen if k in BCA_INTERVAL), **options),
                    stratified, n_resamples)
         chosen = {k: v for k, v in one_vs_rest.items() if (k in PREVALENCE_FREE) == stratified}
         if chosen:
             record(bootstrap_multiclass(labels, probs, y_pred, chosen, stratified=stratified,
-                                        basic=tuple(k for k in chosen if k in BASIC_INTERVAL),
                                         bca=tuple(k for k in chosen if k in BCA_INTERVAL), **options),
                    stratified, n_resamples)
     if looped:
@@ -142,46 +149,19 @@ def intervals(probs, labels, threshold, metrics, *, groups=None, level=LEVEL, n_
         options["n_resamples"] = min(n_resamples, LOOP_RESAMPLES)
         record(bootstrap_loop(labels, probs, y_pred, looped, stratified=False, **options), False,
                options["n_resamples"])
-    if binary and clustered:
-        bound_collapsed(out, labels, y_pred, groups, probs[:, 1], level)
     return out
 
 
-def bound_collapsed(out: dict, labels, y_pred, groups, p1, level) -> None:
-    """A bootstrap interval collapses to a point when a figure is 0 or 1 in every resample (perfect
-    separation, no false negatives): that would claim certainty. Bound it instead by Wilson over
-    the independent units, the patients (for ROC AUC, those of the smaller class)."""
-
-    def patients(mask) -> int:
-        return len(np.unique(groups[mask]))
-
-    units = {"sensitivity": labels == 1, "specificity": labels == 0, "ppv": y_pred == 1, "npv": y_pred == 0,
-             "accuracy": np.ones(len(labels), dtype=bool)}
-    for name, interval in out.items():
-        if interval.get("low") != interval.get("high") or interval.get("low") not in (0.0, 1.0):
-            continue
-        if name == "roc_auc":
-            trials = min(patients(labels == 1), patients(labels == 0))
-            auc = roc_auc(labels, np.stack([1 - p1, p1], 1), None)
-            k = round(auc * trials)
-        elif name in units:
-            trials = patients(units[name])
-            k = trials if interval["low"] == 1.0 else 0
-        else:
-            continue
-        low, high = wilson(k, trials, level)
-        out[name] = {"low": low, "high": high, "level": level,
-                     "method": f"Wilson over {trials} patients (the bootstrap collapsed to a point)"}
-
-
 def operating_figures(probs, labels, threshold, *, groups=None, prevalence=None, level=LEVEL,
-                      n_resamples=2000, seed=0) -> dict:
+                      n_resamples=2000, seed=0, y_pred=None) -> dict:
     """The 2x2 table at the operating point, sensitivity at fixed specificity and the reverse,
-    and PPV/NPV at a deployment prevalence, each with a bootstrap interval (binary tasks)."""
+    and PPV/NPV at a deployment prevalence, each with a bootstrap interval (binary tasks) or the
+    reason it has none. `y_pred` overrides the decisions at `threshold` (cross-validation: each
+    fold's own threshold), so the table agrees with the figures beside it."""
 
     if probs.shape[1] != 2:
         return {}
-    y_pred = decisions(probs, threshold)
+    y_pred = decisions(probs, threshold) if y_pred is None else y_pred
     tp, fp, tn, fn = confusion_counts(labels, y_pred, 1)
     figures = {"threshold": threshold, "table": {"tp": tp, "fp": fp, "tn": tn, "fn": fn}, "values": {}}
     statistics = {}
@@ -199,7 +179,13 @@ def operating_figures(probs, labels, threshold, *, groups=None, prevalence=None,
         figures["not_computable"] = "the split has only one class, so ROC-based figures are undefined"
         return figures
     point = WeightedBinary.build(np.ones((1, len(labels)), np.float32), labels, probs[:, 1], y_pred)
-    clustered = groups is not None and len(np.unique(groups)) < len(groups)
+    clustered = is_clustered(groups)
+    too_few = too_few_for_bootstrap(labels, groups)
+    if too_few:
+        for name, fn in statistics.items():
+            figures["values"][name] = {"value": float(np.asarray(fn(point))[0]),
+                                       **refusal(too_few, "bootstrap").as_dict(level)}
+        return figures
     # Figures at a fixed point condition on the class (PPV/NPV at a stated prevalence too). They are
     # quantiles of the ROC curve, for which the jackknife (and so BCa) is unreliable: percentile.
     bounds = bootstrap_binary(labels, probs[:, 1], y_pred, statistics, groups=groups if clustered else None,
@@ -209,6 +195,8 @@ def operating_figures(probs, labels, threshold, *, groups=None, prevalence=None,
         low, high = bounds[name]
         figures["values"][name] = {"value": float(np.asarray(fn(point))[0]), "low": low, "high": high,
                                    "method": method, "level": level}
+        if low == high:
+            figures["values"][name].update(low=None, high=None, refused="the bootstrap collapsed to a point")
     return figures
 
 
@@ -233,36 +221,33 @@ def assess(probs, labels, threshold, metrics, *, patients=None, patient_level=No
         notes += filter(None, [small_sample(labels, groups)])
     if len(np.unique(labels)) == 2 and probs.shape[1] == 2 and values.get("roc_auc") in (0.0, 1.0):
         notes.append(f"the scores separate the classes perfectly on {len(labels)} cases: bootstrap intervals "
-                     "would collapse to a point, so those figures carry Wilson or DeLong bounds over the "
-                     "independent cases or patients instead; read them with the sample size")
+                     "would collapse to a point, so those figures have none; sensitivity, specificity and ROC "
+                     "AUC carry Wilson bounds over the independent cases or patients; read them with the sample size")
     return {
         "level": level_name,
-        "per_class": per_class_figures(probs, labels, threshold),
+        "per_class": per_class_figures(probs, labels, threshold, groups),
         "values": values,
         "intervals": intervals(probs, labels, threshold, metrics, groups=groups, n_resamples=n_resamples, seed=seed,
                                y_pred=y_pred),
         "operating": operating_figures(probs, labels, threshold, groups=groups, prevalence=prevalence,
-                                       n_resamples=n_resamples, seed=seed),
+                                       n_resamples=n_resamples, seed=seed, y_pred=y_pred),
         "notes": notes,
         "patients": None if patients is None else int(len(np.unique(patients))),
     }
 
 
-SMALL_SAMPLE = 20  # fewer units (images, or patients) of a class than this: bootstrap intervals under-cover
-
-
 def small_sample(labels: np.ndarray, groups) -> str | None:
-    """The warning printed beside the intervals when the smaller class has too few independent
-    units for bootstrap intervals to reach 95 % (measured in docs/intervals.md), else None."""
-    clustered = groups is not None and len(np.unique(groups)) < len(groups)
+    """The note printed beside the intervals when the smaller class has too few independent units
+    for bootstrap intervals to cover (docs/intervals.md), so those figures are printed without, else None."""
+    clustered = is_clustered(groups)
     unit = "patients" if clustered else "images"
     counts = [len(np.unique(groups[labels == c])) if clustered else int((labels == c).sum()) for c in (0, 1)]
-    if min(counts) >= SMALL_SAMPLE:
+    if min(counts) >= MIN_UNITS_BOOTSTRAP:
         return None
-    return (f"small sample ({counts[1]} positive and {counts[0]} negative {unit}): bootstrap intervals (F1, MCC, "
-            "PR AUC, Brier, balanced accuracy, calibration slope, figures at a fixed sensitivity or specificity) "
-            "covered only about 85-94 % instead of 95 % at this size in medcls's coverage study "
-            "(docs/intervals.md); Wilson and DeLong intervals held")
+    return (f"small sample ({counts[1]} positive and {counts[0]} negative {unit}): F1, MCC, PR AUC, Brier, "
+            "balanced accuracy, the calibration slope and the figures at a fixed sensitivity or specificity are "
+            f"printed without an interval (a bootstrap on fewer than {MIN_UNITS_BOOTSTRAP} {unit} of a class did not "
+            "cover in medcls's coverage study, docs/intervals.md); sensitivity, specificity and ROC AUC keep theirs")
 
 
 def assess_subgroups(probs, labels, threshold, metrics, column: np.ndarray, name: str, *, patients=None,
@@ -277,9 +262,10 @@ def assess_subgroups(probs, labels, threshold, metrics, column: np.ndarray, name
     return subgroups
 
 
-def per_class_figures(probs: np.ndarray, labels: np.ndarray, threshold) -> dict:
-    """Multi-class tasks: one-vs-rest values per class (Wilson / DeLong intervals) and the
-    micro-averaged ROC AUC beside the macro averages of the main table."""
+def per_class_figures(probs: np.ndarray, labels: np.ndarray, threshold, groups=None) -> dict:
+    """Multi-class tasks: one-vs-rest values per class (Wilson / DeLong intervals, over patients when
+    `groups` gives several images a patient) and the micro-averaged ROC AUC beside the macro
+    averages of the main table."""
     from sklearn.metrics import roc_auc_score
 
     if probs.shape[1] == 2:
@@ -290,13 +276,17 @@ def per_class_figures(probs: np.ndarray, labels: np.ndarray, threshold) -> dict:
         tp, fp, tn, fn = confusion_counts(labels, y_pred, c)
         truth = (labels == c).astype(np.int64)
         auc = float(roc_auc_score(truth, probs[:, c])) if 0 < truth.sum() < len(truth) else float("nan")
-        rows[c] = {
-            "n": int(truth.sum()),
-            "sensitivity": {"value": tp / (tp + fn) if tp + fn else float("nan"), **dict(zip(("low", "high"), wilson(tp, tp + fn)))},
-            "specificity": {"value": tn / (tn + fp) if tn + fp else float("nan"), **dict(zip(("low", "high"), wilson(tn, tn + fp)))},
-            "roc_auc": {"value": auc, **dict(zip(("low", "high"), delong_interval(truth, probs[:, c])))},
-        }
+        bounds = {"sensitivity": proportion_interval(y_pred == c, truth == 1, groups),
+                  "specificity": proportion_interval(y_pred != c, truth == 0, groups),
+                  "roc_auc": auc_interval(truth, probs[:, c], groups)}
+        values = {"sensitivity": tp / (tp + fn) if tp + fn else float("nan"),
+                  "specificity": tn / (tn + fp) if tn + fp else float("nan"), "roc_auc": auc}
+        rows[c] = {"n": int(truth.sum()), **{name: {"value": values[name], "low": found.low, "high": found.high,
+                                                    **({"refused": found.refused} if found.refused else {})}
+                                             for name, found in bounds.items()}}
     onehot = np.eye(probs.shape[1])[labels]
     micro = float(roc_auc_score(onehot, probs, average="micro")) if len(np.unique(labels)) > 1 else float("nan")
-    return {"classes": rows, "micro_roc_auc": micro, "methods": "Wilson (sensitivity, specificity), DeLong (ROC AUC), 95%"}
+    methods = ("Wilson on the design-effect sample size (sensitivity, specificity), Obuchowski's clustered DeLong "
+               "(ROC AUC), 95%" if is_clustered(groups) else "Wilson (sensitivity, specificity), DeLong (ROC AUC), 95%")
+    return {"classes": rows, "micro_roc_auc": micro, "methods": methods}
 

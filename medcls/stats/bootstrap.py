@@ -193,10 +193,12 @@ class WeightedBinary:
         start, _ = newton_logistic(W.mean(0, keepdims=True), z, y, np.zeros((1, 2)))
         beta, moving = newton_logistic(W, z, y, np.repeat(np.nan_to_num(start), len(W), axis=0))
         if moving.any():
-            beta[moving] = newton_logistic(W[moving], z, y, np.zeros((int(moving.sum()), 2)))[0]
-        # perfect separation in a resample: no finite slope
+            beta[moving], still = newton_logistic(W[moving], z, y, np.zeros((int(moving.sum()), 2)))
+            moving[moving] = still
+        # Perfect separation in a resample, or Newton still moving from the standard start too: no
+        # slope (an unconverged iterate is no estimate; the interval counts it as undefined).
         separated = (W @ (y == 1)) * (W @ (y == 0)) == 0
-        return np.where(separated | (np.abs(beta[:, 1]) > 50), np.nan, beta[:, 1])
+        return np.where(separated | moving | (np.abs(beta[:, 1]) > 50), np.nan, beta[:, 1])
 
     @cached_property
     def roc(self) -> tuple[np.ndarray, np.ndarray]:

@@ -44,9 +44,14 @@ def calibration_slope_intercept(y: np.ndarray, p1: np.ndarray, *, groups=None, n
     (intercept,) = fit_logistic(np.zeros_like(z), y.astype(np.float64), offset=z, slope=False)
     out = {"slope": float(slope), "intercept": float(intercept)}
     if n_resamples:
+        from medcls.stats.clustered import too_few_for_bootstrap
         from medcls.stats.bootstrap import WeightedBinary, bootstrap_binary
 
         clustered = groups is not None and len(np.unique(groups)) < len(groups)
+        too_few = too_few_for_bootstrap(y, groups)
+        if too_few:
+            out.update(slope_low=None, slope_high=None, level=level, method="bootstrap", refused=too_few)
+            return out
         (low, high), = bootstrap_binary(y, p1, (p1 >= 0.5).astype(np.int64),
                                         {"slope": WeightedBinary.calibration_slope}, groups=groups if clustered else None,
                                         n_resamples=n_resamples, level=level, seed=seed, stratified=False,

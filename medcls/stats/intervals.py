@@ -9,6 +9,7 @@ import numpy as np
 from scipy.stats import binom, norm, rankdata
 
 from medcls.errors import DataError
+from medcls.stats.clustered import paired_auc_test
 
 
 def wilson(successes: int, total: int, level: float = 0.95) -> tuple[float, float]:
@@ -66,26 +67,10 @@ def delong_interval(y_true: np.ndarray, scores: np.ndarray, level: float = 0.95)
     return expit(logit - half), expit(logit + half)
 
 
-def paired_delong(y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) -> dict:
-    """Difference of two correlated ROC AUCs and its two-sided p-value (DeLong et al. 1988)."""
-    a, b = delong_components(y, scores_a), delong_components(y, scores_b)
-    if a is None or b is None:
-        raise DataError("paired DeLong test is not computable: the cases hold only one class")
-    (auc_a, pos_a, neg_a), (auc_b, pos_b, neg_b) = a, b
-    cov_pos = np.cov(np.stack([pos_a, pos_b])) / len(pos_a)
-    cov_neg = np.cov(np.stack([neg_a, neg_b])) / len(neg_a)
-    cov = cov_pos + cov_neg
-    variance = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
-    difference = auc_a - auc_b
-    if variance <= 0:
-        p_value = 1.0 if difference == 0 else 0.0
-        z = math.copysign(math.inf, difference) if difference else 0.0
-    else:
-        z = difference / math.sqrt(variance)
-        p_value = float(2 * norm.sf(abs(z)))
-    low, high = difference - 1.959964 * math.sqrt(max(variance, 0)), difference + 1.959964 * math.sqrt(max(variance, 0))
-    return {"auc_a": auc_a, "auc_b": auc_b, "difference": difference, "low": low, "high": high, "z": z,
-            "p_value": p_value, "method": "paired DeLong"}
+def paired_delong(y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, groups=None) -> dict:
+    """Difference of two correlated ROC AUCs and its two-sided p-value (DeLong et al. 1988); with
+    `groups` (patient ids), over patients (Obuchowski 1997: medcls.stats.clustered)."""
+    return paired_auc_test(y, scores_a, scores_b, groups)
 
 
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
@@ -97,13 +82,16 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     return {"a_only_correct": only_a, "b_only_correct": only_b, "p_value": p_value, "method": "exact McNemar"}
 
 
-def compare_predictions(y, probs_a, probs_b, threshold_a, threshold_b) -> dict:
-    """AUC, sensitivity and specificity of two binary models on the same cases, with paired tests."""
+def compare_predictions(y, probs_a, probs_b, threshold_a, threshold_b, groups=None) -> dict:
+    """AUC, sensitivity and specificity of two binary models on the same cases, with paired tests;
+    `groups` (patient ids) makes the AUC test count patients, not images."""
     if probs_a.shape[1] != 2 or probs_b.shape[1] != 2:
         raise DataError("compare handles binary tasks: both runs must have two classes")
     decided_a, decided_b = probs_a[:, 1] >= threshold_a, probs_b[:, 1] >= threshold_b
     positives, negatives = y == 1, y != 1
-    result = {"n": int(len(y)), "auc": paired_delong(y, probs_a[:, 1], probs_b[:, 1])}
+    result = {"n": int(len(y)), "auc": paired_delong(y, probs_a[:, 1], probs_b[:, 1], groups)}
+    if groups is not None:
+        result["patients"] = int(len(np.unique(groups)))
     for name, members, truth in (("sensitivity", positives, True), ("specificity", negatives, False)):
         correct_a, correct_b = decided_a[members] == truth, decided_b[members] == truth
         result[name] = {"a": float(correct_a.mean()) if members.any() else float("nan"),

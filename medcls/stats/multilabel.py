@@ -177,7 +177,7 @@ def assess_findings(probs: np.ndarray, targets: np.ndarray, thresholds, metrics,
 
 
 def compare_findings(targets: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, thresholds_a, thresholds_b,
-                     names: list[str]) -> dict:
+                     names: list[str], groups=None) -> dict:
     """Two multi-label models on the same cases, finding by finding with the binary tests (paired
     DeLong for ROC AUC, McNemar at each model's operating points), the AUC p-values also
     Holm-adjusted over the findings."""
@@ -188,7 +188,8 @@ def compare_findings(targets: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarr
     for j, name in enumerate(names):
         p_a, y, known = finding(probs_a, targets, j)
         p_b = finding(probs_b, targets, j)[0]
-        per[name] = compare_predictions(y, p_a, p_b, thresholds_a[j], thresholds_b[j])
+        per[name] = compare_predictions(y, p_a, p_b, thresholds_a[j], thresholds_b[j],
+                                        groups=None if groups is None else groups[known])
     for name, adjusted in zip(per, holm([r["auc"]["p_value"] for r in per.values()])):
         per[name]["auc"]["p_holm"] = adjusted
     return {"n": int(len(targets)), "findings": per}

@@ -1,5 +1,6 @@
-"""Comparing two models on the same cases: paired DeLong test for ROC AUC, exact McNemar tests for
-sensitivity and specificity at each model's stored operating point."""
+"""Comparing two models on the same cases: paired DeLong test for ROC AUC (over patients when the
+data has patient ids: Obuchowski 1997), exact McNemar tests for sensitivity and specificity at each
+model's stored operating point."""
 
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ def compare_runs(run_a, run_b, registries, *, data=None, split=None) -> dict:
     if a.info["classes"] != b.info["classes"]:
         raise DataError(f"runs '{run_a}' and '{run_b}' have different classes: {a.info['classes']} vs {b.info['classes']}")
     if a.data.multi_label:
-        result = compare_findings(a.labels, a.probs, b.probs, a.info["threshold"], b.info["threshold"], a.info["classes"])
+        result = compare_findings(a.labels, a.probs, b.probs, a.info["threshold"], b.info["threshold"], a.info["classes"],
+                                  groups=a.data.patients(a.rows))
     else:
-        result = compare_predictions(a.labels, a.probs, b.probs, a.info["threshold"], b.info["threshold"])
+        result = compare_predictions(a.labels, a.probs, b.probs, a.info["threshold"], b.info["threshold"],
+                                     groups=a.data.patients(a.rows))
     result["split"] = a.split
     return result

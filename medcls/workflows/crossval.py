@@ -151,7 +151,7 @@ def write_oof(path: Path, data, scored: np.ndarray, probs: np.ndarray, folds: np
         writer.writerow(["case", "fold", "label", *[f"prob_{c}" for c in data.classes], "predicted"])
         for i in scored:
             writer.writerow([data.cases[i].key, int(folds[i]), data.classes[data.labels[i]],
-                             *[f"{p:.6f}" for p in probs[i]], data.classes[decided[i]]])
+                             *[repr(float(p)) for p in probs[i]], data.classes[decided[i]]])
 
 
 def tracked_values(result: dict) -> dict:
@@ -179,7 +179,7 @@ def write_oof_findings(path: Path, data, scored: np.ndarray, probs: np.ndarray, 
         for i in scored:
             writer.writerow([data.cases[i].key, int(folds[i]),
                              *["" if np.isnan(v) else str(int(v)) for v in data.labels[i]],
-                             *[f"{p:.6f}" for p in probs[i]], *[str(int(d)) for d in decided[i]]])
+                             *[repr(float(p)) for p in probs[i]], *[str(int(d)) for d in decided[i]]])
 
 
 def cv_document(config, result: dict):

@@ -210,7 +210,7 @@ def write_prediction_file(file: PredictionFile, path: Path) -> None:
         writer = csv.writer(fh)
         writer.writerow(["key", *split, "label", *[f"p_{c}" for c in file.classes]])
         for key, named, label, p in zip(file.keys, file.splits, file.labels, file.probs):
-            writer.writerow([key, *([named] if split else []), file.classes[label], *[f"{v:.8g}" for v in p]])
+            writer.writerow([key, *([named] if split else []), file.classes[label], *[repr(float(v)) for v in p]])
 
 
 def score_predictions(paths: list[Path], registries, *, out, label_column: str = "label", score_column: str | None = None,
@@ -322,8 +322,9 @@ def score_document(file: PredictionFile, result: dict, assessed: dict, by: str |
 
 def compare_prediction_files(path_a, path_b, *, split: str | None = None, threshold_rule: str = "youden",
                              target: float = 0.95, **columns) -> dict:
-    """Two prediction files for the same cases (matched by key): paired DeLong for ROC AUC, exact
-    McNemar for sensitivity and specificity, each at its own operating point from its validation rows."""
+    """Two prediction files for the same cases (matched by key): paired DeLong for ROC AUC (over
+    patients when the first file has a patient column), exact McNemar for sensitivity and
+    specificity, each at its own operating point from its validation rows."""
     a, b = (read_prediction_file(p, **columns) for p in (path_a, path_b))
     if a.classes != b.classes:
         raise DataError(f"'{a.path}' and '{b.path}' have different classes: {a.classes} vs {b.classes}")
@@ -333,6 +334,7 @@ def compare_prediction_files(path_a, path_b, *, split: str | None = None, thresh
     thresholds = [operating_point(f, None, threshold_rule, target)[0] for f in (a, b)]
     rows_a = a.rows(chosen_split)
     rows_b = matching_rows(a, rows_a, b, chosen_split)
-    result = compare_predictions(a.labels[rows_a], a.probs[rows_a], b.probs[rows_b], *thresholds)
+    patients = None if a.patients is None else a.patients[rows_a]
+    result = compare_predictions(a.labels[rows_a], a.probs[rows_a], b.probs[rows_b], *thresholds, groups=patients)
     result["split"] = chosen_split
     return result

@@ -152,7 +152,7 @@ def model_card(run: Path, info: dict) -> str:
         "",
         "## Operating point",
         f"- {threshold:.4f} on P({info.get('positive_class')}), chosen on the validation split by "
-        f"`{info.get('threshold_rule')}`" + (f" (target {info.get('target')})" if str(info.get('threshold_rule', '')).startswith('target') else "")
+        f"`{info.get('threshold_rule')}`" + (f" (target {info.get('target')})" if str(info.get('threshold_rule', '')).startswith(('target', 'confident')) else "")
         + ", applied unchanged to test." if binary and threshold is not None else
         "- One per finding (table below), chosen on the validation split by "
         f"`{info.get('threshold_rule')}`, applied unchanged to test." if info.get("multi_label") else
