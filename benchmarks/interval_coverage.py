@@ -151,10 +151,9 @@ def coverage_cell(cell: dict) -> dict:
     start = time.perf_counter()
     for rep in range(cell["repetitions"]):
         y, p1, patients = draw(rng, cell["images"], cell["kind"] == "clustered", cell["prevalence"], cell["model"])
-        found = {} if len(np.unique(y)) < 2 else medcls_intervals(y, p1, patients, cell["kind"] == "clustered",
-                                                                 cell["resamples"], rep)
+        found = medcls_intervals(y, p1, patients, cell["kind"] == "clustered", cell["resamples"], rep)
         for name in ALL:
-            low, high, method = found.get(name, (None, None, "a split with one class"))
+            low, high, method = found.get(name, (None, None, "not reported"))
             if low is None or high is None:
                 counts[name]["refused"] += 1
                 outcome = "refused"

@@ -2,6 +2,7 @@
 Run, reload, in-process plugins, and errors that name the problem."""
 
 import csv
+import math
 import json
 import runpy
 import shutil
@@ -50,7 +51,10 @@ def test_train_from_arrays_returns_a_typed_run(trained):
     assert 0 < run.threshold < 1 and run.temperature is None
     test = run.metrics.test
     assert test.n > 0 and isinstance(test.roc_auc, medcls.Estimate)
-    assert test.roc_auc.low <= test.roc_auc.value <= test.roc_auc.high and test.roc_auc.method
+    if test.roc_auc.low is None:  # a test split of a few patients: refused with its reason, never narrow
+        assert "positive and" in test.roc_auc.refused and "no interval" in str(test.roc_auc)
+    else:
+        assert test.roc_auc.low <= test.roc_auc.value <= test.roc_auc.high and test.roc_auc.method
     assert run.metrics.gap["roc_auc"] == pytest.approx(run.metrics.train.roc_auc.value - test.roc_auc.value)
     assert run.history and run.history[0]["epoch"] == 1 and "val_roc_auc" in run.history[0]
     assert isinstance(run.model, torch.nn.Module) and run.config.backbone == "test_efficientnet"
@@ -105,6 +109,22 @@ def test_predictions_csv_lets_anyone_recompute_the_figures(trained):
     auc = roc_auc_score([r["label"] == "tumour" for r in test], [float(r["p_tumour"]) for r in test])
     assert auc == pytest.approx(run.metrics.test.roc_auc.value, abs=1e-9)
     assert all(r["decision"] == ("tumour" if float(r["p_tumour"]) >= run.threshold else "normal") for r in test)
+    # Every figure of metrics.json, recomputed from the file alone, to the last digit (the file's
+    # probabilities read back to the floats the run scored, so no case crosses the threshold).
+    written = json.loads((run.path / "metrics.json").read_text())
+    with open(run.path / "predictions.csv", newline="") as fh:
+        everything = list(csv.DictReader(fh))
+    for split in ("train", "val", "test"):
+        mine = [r for r in everything if r["split"] == split]
+        again = medcls.assess(np.array([r["label"] == "tumour" for r in mine], dtype=np.int64),
+                              np.array([float(r["p_tumour"]) for r in mine]), threshold=run.threshold, resamples=100)
+        for name, value in written[split].items():
+            if name not in again or (isinstance(value, float) and math.isnan(value)):
+                continue
+            if name in ("loss", "brier", "ece"):  # sums of floats: the run summed float32 probabilities
+                assert again[name].value == pytest.approx(value, rel=1e-6), (split, name)
+            else:  # counts at the threshold and ranks: exactly
+                assert again[name].value == value, (split, name)
 
 
 def test_evaluate_on_new_arrays_and_on_the_own_test_split(trained, tmp_path):
@@ -312,3 +332,15 @@ def test_cross_validate_returns_typed_folds_pooled_figures_and_cases_to_review(t
     assert isinstance(first, medcls.CaseToReview) and len(cv.to_review) == 10
     assert first.label in ("normal", "tumour") and 1 <= first.fold <= 3 and 0 <= first.p_label <= 1
     assert first.p_label <= cv.to_review[-1].p_label and first.auc_without is not None
+
+
+def test_predictions_csv_keeps_a_case_at_the_threshold_on_its_side(tmp_path):
+    from medcls.core.runs import write_predictions
+
+    threshold = 0.1234567849  # eight significant digits would write 0.12345678, below the threshold
+    probs = np.array([[1 - threshold, threshold], [0.9, 0.1]])
+    decide = lambda p: (p[:, 1] >= threshold).astype(int)  # noqa: E731
+    write_predictions(tmp_path / "p.csv", ["no", "yes"], {"val": (["a", "b"], np.array([1, 0]), probs)}, decide)
+    rows = list(csv.DictReader(open(tmp_path / "p.csv", newline="")))
+    assert [float(r["p_yes"]) for r in rows] == list(probs[:, 1])
+    assert [r["decision"] for r in rows] == ["yes" if float(r["p_yes"]) >= threshold else "no" for r in rows]

@@ -347,3 +347,26 @@ def test_confident_sensitivity_keeps_enough_positives_for_a_lower_bound_at_the_t
     with pytest.raises(DataError, match="20 positive cases cannot show a sensitivity of 0.95 with 95% confidence.*"
                                         "it takes at least 59"):
         choose_threshold("confident_sensitivity", y[80:], p1[80:], target=0.95)
+
+
+def test_multiclass_figures_over_an_absent_class_or_undefined_get_no_interval(registries):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)  # four classes, the last absent from the split
+    probs = rng.dirichlet([1, 1, 1, 1], 200)
+    probs[np.arange(200), y] += 0.3
+    probs /= probs.sum(1, keepdims=True)
+    found = assess(probs, y, None, list(registries["metrics"]), n_resamples=200)
+    assert np.isnan(found["values"]["roc_auc"]) and found["intervals"]["roc_auc"]["low"] is None
+    for name in ("pr_auc", "sensitivity"):  # the estimate averages in the absent class, resamples could not
+        assert found["intervals"][name]["refused"] == "class 3 has no case in this split"
+    assert found["intervals"]["accuracy"]["low"] < found["values"]["accuracy"] < found["intervals"]["accuracy"]["high"]
+
+
+def test_operating_figures_tabulate_the_decisions_given():
+    from medcls.stats.assess import operating_figures
+
+    y, probs = binary_data(200)
+    own = (np.arange(200) % 3 == 0).astype(np.int64)  # e.g. each fold's own threshold in cross-validation
+    table = operating_figures(probs, y, 0.5, y_pred=own, n_resamples=50)["table"]
+    assert table == {"tp": int(((own == 1) & (y == 1)).sum()), "fp": int(((own == 1) & (y == 0)).sum()),
+                     "tn": int(((own == 0) & (y == 0)).sum()), "fn": int(((own == 0) & (y == 1)).sum())}

@@ -28,9 +28,10 @@ def test_three_folds_score_every_case_once_with_patients_kept_together(tmp_path)
     metrics = json.loads((tmp_path / "cv" / "cv_metrics.json").read_text())
     assert metrics["n"] == 400 and len(metrics["per_fold"]) == 3 and sum(f["n"] for f in metrics["per_fold"]) == 400
     # two slices per patient: every pooled interval resamples patients, as a single run's would
-    assert metrics["pooled_intervals"]["roc_auc"]["method"] == "cluster bootstrap (patients, stratified by class)"
-    assert metrics["pooled_intervals"]["sensitivity"]["method"] == "cluster bootstrap (patients, stratified by class)"
-    assert metrics["pooled_intervals"]["ppv"]["method"] == "cluster bootstrap (patients, unstratified)"
+    assert metrics["pooled_intervals"]["roc_auc"]["method"] == "Obuchowski clustered DeLong (200 patients)"
+    for name in ("sensitivity", "ppv"):
+        assert metrics["pooled_intervals"][name]["method"].startswith("Wilson, clustered (design effect over ")
+    assert metrics["pooled_intervals"]["f1"]["method"] == "cluster bootstrap (patients, unstratified, BCa)"
     for fold in (1, 2, 3):
         assert (tmp_path / "cv" / f"fold-{fold}" / "model.safetensors").exists()
     assert "| pooled | 400 |" in result.output and "mean ± sd" in result.output

@@ -156,6 +156,25 @@ def test_a_nifti_with_nan_voxels_is_skipped_and_named(tmp_path):
     assert_one_line_error(result, victim.name, "NaN or infinite", code=DATA)
 
 
+
+@pytest.mark.parametrize("kind", ["nifti", "tiff"])
+def test_non_finite_2d_pixels_are_refused_before_scaling(tmp_path, kind):
+    import nibabel
+    from PIL import Image
+
+    from medcls.data.readers import read_nifti, read_pil
+    from medcls.errors import DataError
+
+    pixels = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    pixels[2, 3] = np.nan if kind == "nifti" else np.inf  # the percentiles of this were NaN: a black image
+    path = tmp_path / ("slice.nii.gz" if kind == "nifti" else "slice.tiff")
+    if kind == "nifti":
+        nibabel.save(nibabel.Nifti1Image(pixels, np.eye(4)), path)
+    else:
+        Image.fromarray(pixels, mode="F").save(path)
+    with pytest.raises(DataError, match=r"slice\.(nii\.gz|tiff)' has 1 NaN or infinite pixel\(s\) of 64"):
+        (read_nifti if kind == "nifti" else read_pil)(path)
+
 # 6 and 7. Manifests: other encodings and binary files, missing and inconsistent labels.
 @pytest.mark.parametrize("content, message", [
     ("path,label\nnö.png,yes\n".encode("latin-1"), "is not UTF-8 text"),

@@ -103,6 +103,14 @@ def test_score_from_the_cli_with_a_single_score_column_and_patients(tmp_path):
     (["label", "p_no", "p_yes"], [["yes", "0.2", "0.8"], ["no", "0.7", "0.3"]], [],
      ["no validation rows", "--threshold", "never choose it on the test rows"]),
     (["label", "split", "p_no", "p_yes"], [["yes", "holdout2", "0.2", "0.8"]], [], ["row 2", "'holdout2'"]),
+    (["key", "label", "p_no", "p_yes"], [["a", "yes", "0.2", "0.8"], ["b", "no", "0.6", "0.4"], ["a", "yes", "0.2", "0.8"]],
+     [], ["rows 2 and 4", "case 'a' appears twice (the same row again)", "--patient-column"]),
+    (["key", "label", "p_no", "p_yes"], [["a", "yes", "0.2", "0.8"], ["a", "no", "0.6", "0.4"]], [],
+     ["rows 2 and 3", "case 'a' appears twice (a different row)"]),
+    (["label", "p_no", "p_yes"], [["yes", "0.5", "0.8"], ["no", "0.9", "0.1"]], [],
+     ["row 2", "sum to 1.3, not 1"]),
+    (["label", "p_no", "p_yes"], [["yes", "7", "0.8"], ["no", "0.9", "0.1"]], [],
+     ["row 2", "outside [0, 1] (7)"]),
 ])
 def test_bad_prediction_files_are_one_line(tmp_path, header, rows, args, fragments):
     path = write_csv(tmp_path / "p.csv", header, rows)
@@ -192,7 +200,8 @@ def test_the_mean_of_out_of_fold_files_without_splits_is_scored_again(tmp_path):
     (lambda r: [[*r[0][:2], "benign" if r[0][2] == "malignant" else "malignant", *r[0][3:]], *r[1:]],
      ["different labels for the same keys"]),
     (lambda r: [[r[0][0], "test" if r[0][1] == "val" else "val", *r[0][2:]], *r[1:]], ["different splits"]),
-    (lambda r: [r[0], [r[0][0], *r[1][1:]], *r[2:]], ["names a case twice", "unique key"]),
+    (lambda r: [r[0], [r[0][0], *r[1][1:]], *r[2:]], ["rows 2 and 3", "appears twice (a different row)",
+                                                       "one row per case"]),
 ])
 def test_files_that_do_not_hold_the_same_cases_are_not_averaged(tmp_path, change, fragments):
     a, b, *_ = two_tools(tmp_path)

@@ -30,7 +30,7 @@ def read_pil(path: Path, size: int | None = None) -> np.ndarray:
             if size and img.format == "JPEG" and min(img.size) >= 4 * size:  # else no smaller scale fits
                 img.draft(img.mode, (2 * size, 2 * size))
             img.load()
-            return pil_to_array(upright(img))
+            return pil_to_array(upright(img), path)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"image file '{path}' cannot be decoded ({exc}): replace or remove it") from None
 
@@ -67,7 +67,7 @@ def pil_greyscale(path: Path) -> bool:
         return False
 
 
-def pil_to_array(img) -> np.ndarray:
+def pil_to_array(img, path: Path) -> np.ndarray:
     mode = img.mode
     if mode == "P":
         # Palette images: expand the palette; a grey palette gives identical channels.
@@ -88,9 +88,9 @@ def pil_to_array(img) -> np.ndarray:
     elif mode == "I":
         # 32-bit integer: Pillow's representation of most 16-bit PNGs.
         top = 65535.0 if arr.max(initial=0) <= 65535 and arr.min(initial=0) >= 0 else None
-        arr = min_max(arr.astype(np.float32)) if top is None else arr.astype(np.float32) / top
+        arr = min_max(arr.astype(np.float32), path) if top is None else arr.astype(np.float32) / top
     elif mode == "F":
-        arr = min_max(arr.astype(np.float32))
+        arr = min_max(arr.astype(np.float32), path)
     else:
         # 8-bit: scaled in Pillow's (H, W, C) order, one contiguous pass; channels first as a view
         # (the resize reads it in that layout, no copy).
@@ -103,7 +103,19 @@ def pil_to_array(img) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def min_max(arr: np.ndarray) -> np.ndarray:
+def finite_pixels(values: np.ndarray, path: Path) -> np.ndarray:
+    """Every built-in reader's raw intensities pass here before they are scaled: a NaN or infinite
+    pixel would turn the percentiles or the minimum into NaN and the image black, silently. (Plugin
+    readers' outputs are checked again in medcls.data.cases.check_image.)"""
+    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+        bad = int((~np.isfinite(values)).sum())
+        raise DataError(f"file '{path}' has {bad} NaN or infinite pixel(s) of {values.size}: fix the image "
+                        "(or mask them to a number) or leave the file out")
+    return values
+
+
+def min_max(arr: np.ndarray, path: Path) -> np.ndarray:
+    finite_pixels(arr, path)
     lo, hi = float(np.min(arr)), float(np.max(arr))
     return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr, dtype=np.float32)
 
@@ -224,16 +236,16 @@ def dicom_to_unit_range(ds, pixels: np.ndarray, window: tuple[float, float] | No
         if photometric == "MONOCHROME1":
             np.subtract(1.0, arr, out=arr)
         return arr[None]
-    values = apply_modality_lut(pixels, ds).astype(np.float64)
+    values = finite_pixels(apply_modality_lut(pixels, ds).astype(np.float64), path)
     if center is not None:
         lo, hi = center - width / 2.0, center + width / 2.0
         arr = np.clip((values - lo) / (hi - lo), 0.0, 1.0)
     elif "VOILUTSequence" in ds:
         # A VOI LUT is a table indexed by whole stored (modality-mapped) values: look it up at the
         # nearest integers, as pydicom expects, instead of handing it floats.
-        arr = min_max(apply_voi_lut(np.rint(values).astype(np.int64), ds, index=0).astype(np.float32))
+        arr = min_max(apply_voi_lut(np.rint(values).astype(np.int64), ds, index=0).astype(np.float32), path)
     else:
-        arr = min_max(values.astype(np.float32))
+        arr = min_max(values.astype(np.float32), path)
     if photometric == "MONOCHROME1":
         arr = 1.0 - arr
     return np.ascontiguousarray(arr[None], dtype=np.float32)
@@ -292,7 +304,7 @@ def read_nifti(path: Path) -> np.ndarray:
             f"NIfTI file '{path}' has shape {data.shape}, not a single 2D slice: "
             "use a 3D backbone for volumes or export one slice per file"
         )
-    values = squeezed.astype(np.float32)
+    values = finite_pixels(squeezed.astype(np.float32), path)
     lo, hi = np.percentile(values, [0.5, 99.5])
     arr = np.clip((values - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(values)
     # NIfTI stores (x, y) with x along columns of the displayed image: transpose to (row, col).

@@ -10,7 +10,7 @@ from medcls.errors import DataError
 from medcls.stats.metrics import cross_entropy
 from medcls.stats.bootstrap import bootstrap_binary, bootstrap_loop, bootstrap_multiclass
 from medcls.stats.clustered import (MIN_UNITS_BOOTSTRAP, auc_interval, is_clustered, proportion_interval, refusal,
-                                     too_few_for_bootstrap)
+                                     too_few_for_bootstrap, too_few_in_the_tail)
 from medcls.stats.metrics import confusion_counts
 from medcls.stats.metrics import roc_auc
 from medcls.stats.bootstrap import WeightedBinary
@@ -26,6 +26,8 @@ NO_INTERVAL = {"ece": "the plug-in ECE is biased upwards and no bootstrap interv
 # Skewed statistics whose percentile intervals under-cover: bias-corrected and accelerated (BCa).
 BCA_INTERVAL = ("pr_auc", "f1", "mcc", "balanced_accuracy", "brier")
 FIXED_POINTS = (0.90, 0.95)
+# Multi-class figures averaged over the classes' one-vs-rest values (the built-in `multiclass="macro"`).
+MACRO_OVER_CLASSES = ("roc_auc", "sensitivity", "specificity", "ppv", "npv", "f1", "pr_auc", "balanced_accuracy")
 LOOP_RESAMPLES = 1000  # for metrics without a vectorised form
 
 
@@ -164,8 +166,10 @@ def operating_figures(probs, labels, threshold, *, groups=None, prevalence=None,
     y_pred = decisions(probs, threshold) if y_pred is None else y_pred
     tp, fp, tn, fn = confusion_counts(labels, y_pred, 1)
     figures = {"threshold": threshold, "table": {"tp": tp, "fp": fp, "tn": tn, "fn": fn}, "values": {}}
-    statistics = {}
+    statistics, tails = {}, {}
     for target in FIXED_POINTS:
+        for figure in (f"sensitivity_at_specificity_{target:.2f}", f"specificity_at_sensitivity_{target:.2f}"):
+            tails[figure] = too_few_in_the_tail(labels, groups, figure, target)
         statistics[f"sensitivity_at_specificity_{target:.2f}"] = (
             lambda s, t=target: WeightedBinary.sensitivity_at_specificity(s, t))
         statistics[f"specificity_at_sensitivity_{target:.2f}"] = (
@@ -195,8 +199,9 @@ def operating_figures(probs, labels, threshold, *, groups=None, prevalence=None,
         low, high = bounds[name]
         figures["values"][name] = {"value": float(np.asarray(fn(point))[0]), "low": low, "high": high,
                                    "method": method, "level": level}
-        if low == high:
-            figures["values"][name].update(low=None, high=None, refused="the bootstrap collapsed to a point")
+        if low == high or tails.get(name):
+            figures["values"][name].update(low=None, high=None,
+                                           refused=tails.get(name) or "the bootstrap collapsed to a point")
     return figures
 
 
@@ -223,12 +228,21 @@ def assess(probs, labels, threshold, metrics, *, patients=None, patient_level=No
         notes.append(f"the scores separate the classes perfectly on {len(labels)} cases: bootstrap intervals "
                      "would collapse to a point, so those figures have none; sensitivity, specificity and ROC "
                      "AUC carry Wilson bounds over the independent cases or patients; read them with the sample size")
+    found = intervals(probs, labels, threshold, metrics, groups=groups, n_resamples=n_resamples, seed=seed,
+                      y_pred=y_pred)
+    absent = sorted(set(range(probs.shape[1])) - set(np.unique(labels).tolist()))
+    for name, interval in found.items():
+        value = values.get(name)
+        if isinstance(value, float) and np.isnan(value):
+            found[name] = refusal("the figure is not computable on this split", interval["method"]).as_dict(LEVEL)
+        elif absent and probs.shape[1] > 2 and name in MACRO_OVER_CLASSES and interval.get("low") is not None:
+            # The resamples average over the classes present, the estimate counts the absent one too.
+            found[name] = refusal(f"class {absent[0]} has no case in this split", interval["method"]).as_dict(LEVEL)
     return {
         "level": level_name,
         "per_class": per_class_figures(probs, labels, threshold, groups),
         "values": values,
-        "intervals": intervals(probs, labels, threshold, metrics, groups=groups, n_resamples=n_resamples, seed=seed,
-                               y_pred=y_pred),
+        "intervals": found,
         "operating": operating_figures(probs, labels, threshold, groups=groups, prevalence=prevalence,
                                        n_resamples=n_resamples, seed=seed, y_pred=y_pred),
         "notes": notes,

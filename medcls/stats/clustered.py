@@ -16,9 +16,12 @@ from medcls.errors import DataError
 # The fewest independent units (patients, or images when each is its own patient) of each class below
 # which medcls prints no interval for a figure, from the coverage study (benchmarks/interval_coverage.py,
 # docs/intervals.md): below these, no method here reached 93 % in the simulation grid.
-MIN_UNITS_PROPORTION = 2   # the variance of a proportion over fewer than 2 patients is undefined
-MIN_UNITS_AUC = 5          # ROC AUC: fewer positive or negative patients than this and DeLong under-covers
-MIN_UNITS_BOOTSTRAP = 20   # bootstrap figures (F1, MCC, PR AUC, Brier, fixed points, calibration slope)
+MIN_PATIENTS_PROPORTION = 5  # a design effect estimated from fewer patients is no estimate
+MIN_UNITS_AUC = 5            # ROC AUC: fewer positive or negative units than this and DeLong under-covers
+MIN_UNITS_BOOTSTRAP = 20     # bootstrap figures (F1, MCC, PR AUC, Brier, fixed points, calibration slope)
+# A figure read at a fixed point of the ROC curve (specificity at 95 % sensitivity) rests on the
+# (1 - 0.95) share of the positives beyond that point: fewer than this many units there, no interval.
+MIN_TAIL_UNITS = 5
 
 
 @dataclass(frozen=True)
@@ -58,11 +61,26 @@ def too_few_for_bootstrap(labels: np.ndarray, groups) -> str | None:
     clustered = is_clustered(groups)
     counts = {c: len(np.unique(groups[labels == c])) if clustered else int((labels == c).sum())
               for c in np.unique(labels)}
-    if len(counts) < 2 or min(counts.values()) >= MIN_UNITS_BOOTSTRAP:
+    if len(counts) < 2:
+        return "only one class in this split"
+    if min(counts.values()) >= MIN_UNITS_BOOTSTRAP:
         return None
     unit = "patients" if clustered else "images"
     fewest = min(counts, key=counts.get)
     return f"{counts[fewest]} {unit} of class {fewest}, under the {MIN_UNITS_BOOTSTRAP} a bootstrap needs to cover"
+
+
+def too_few_in_the_tail(labels: np.ndarray, groups, figure: str, target: float) -> str | None:
+    """The reason a fixed-point figure (`sensitivity_at_specificity` at `target`, or the reverse) gets
+    no interval: fewer than MIN_TAIL_UNITS units of the conditioning class beyond the point, else None."""
+    cls = 0 if figure.startswith("sensitivity") else 1  # sensitivity at a specificity: the negatives
+    clustered = is_clustered(groups)
+    units = len(np.unique(groups[labels == cls])) if clustered else int((labels == cls).sum())
+    if (1 - target) * units + 1e-9 >= MIN_TAIL_UNITS:
+        return None
+    needed = math.ceil(MIN_TAIL_UNITS / (1 - target) - 1e-9)
+    kind = "negative" if cls == 0 else "positive"
+    return f"{units} {kind} {'patients' if clustered else 'images'}; a point this far out needs {needed}"
 
 
 def wilson_bounds(p: float, n: float, z: float) -> tuple[float, float]:
@@ -98,7 +116,7 @@ def proportion_interval(hits: np.ndarray, members: np.ndarray, groups=None, leve
     present = m > 0
     m, x = m[present], x[present]
     clusters = len(m)
-    if clusters < MIN_UNITS_PROPORTION:
+    if clusters < MIN_PATIENTS_PROPORTION:
         return refusal(f"{clusters} {unit} in the denominator")
     total, p = m.sum(), x.sum() / m.sum()
     if 0 < p < 1:
@@ -216,7 +234,9 @@ def auc_interval(labels: np.ndarray, scores: np.ndarray, groups=None, level: flo
     if min(positives, negatives) < MIN_UNITS_AUC:
         return refusal(f"{positives} positive and {negatives} negative {unit}", "DeLong")
     name = f"Obuchowski clustered DeLong ({len(found.m)} patients)" if clustered else "DeLong"
-    z = norm.ppf(0.5 + level / 2)
+    # Student's t on the smaller class's units less one: DeLong's variance is itself an estimate from
+    # few units, and z under-covered at ten positives (docs/intervals.md); at large n it is z again.
+    z = student_t.ppf(0.5 + level / 2, min(positives, negatives) - 1)
     variance = clustered_variance(*found.centred(), found.m, found.n)
     auc = found.auc
     if auc in (0.0, 1.0) or variance <= 0:

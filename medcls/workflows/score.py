@@ -101,16 +101,14 @@ def read_prediction_file(path, *, label_column: str = "label", score_column: str
                             f"{', '.join(missing)}: give p_<class> or prob_<class> columns (as medcls writes) or, "
                             f"for a binary task, --score {example} with P(positive)")
         probs = np.stack([numbers(rows, f"{prefix}{c}", path) for c in classes], 1)
-        if len(classes) > 2 and np.abs(probs.sum(1) - 1).max() > 1e-3:
+        in_range(probs, path)  # every column, before a binary file is reduced to P(positive)
+        if np.abs(probs.sum(1) - 1).max() > 1e-3:
             bad = int(np.argmax(np.abs(probs.sum(1) - 1)))
             raise DataError(f"predictions file '{path}', row {bad + 2}: the class probabilities sum to "
                             f"{probs[bad].sum():.4g}, not 1: write softmax outputs")
         if len(classes) == 2:
             probs = np.stack([1 - probs[:, 1], probs[:, 1]], 1)  # P(positive) decides, as in a run
-    outside = np.flatnonzero((probs < 0).any(1) | (probs > 1).any(1))
-    if len(outside):
-        raise DataError(f"predictions file '{path}', row {outside[0] + 2}: a probability outside [0, 1] "
-                        f"({probs[outside[0]].max():.4g}): write probabilities, not logits or scores")
+    in_range(probs, path)
     splits = np.array(["all"] * len(rows), dtype=object)
     if split_column in header:
         named_splits = [SPLIT_ALIASES.get(row[split_column].strip().lower()) for row in rows]
@@ -121,10 +119,25 @@ def read_prediction_file(path, *, label_column: str = "label", score_column: str
         splits = np.array(named_splits, dtype=object)
     key_column = key_column or next((c for c in KEY_COLUMNS if c in header), None)
     keys = [row[key_column] for row in rows] if key_column in header else [str(i + 2) for i in range(len(rows))]
+    first = {}
+    for i, key in enumerate(keys):  # a repeated case would count twice and narrow every interval
+        if first.setdefault(key, i) != i:
+            same = "the same row again" if rows[first[key]] == rows[i] else "a different row"
+            raise DataError(f"predictions file '{path}', rows {first[key] + 2} and {i + 2}: case {key!r} appears twice "
+                            f"({same}): keep one row per case (several images of a patient: a row per image, "
+                            "each its own key, and --patient-column)")
     patients = np.array([row[patient_column] for row in rows]) if patient_column else None
     return PredictionFile(path, keys, classes, np.array([classes.index(label) for label in labels_text]),
                           probs, splits.astype(str), patients,
                           {c: np.array([row[c] for row in rows]) for c in header})
+
+
+def in_range(probs: np.ndarray, path: Path) -> None:
+    outside = np.flatnonzero((probs < 0).any(1) | (probs > 1).any(1))
+    if len(outside):
+        row = probs[outside[0]]
+        raise DataError(f"predictions file '{path}', row {outside[0] + 2}: a probability outside [0, 1] "
+                        f"({row[np.argmax(np.abs(row - 0.5))]:.4g}): write probabilities, not logits or scores")
 
 
 def is_probability(text) -> bool:
