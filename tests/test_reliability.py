@@ -75,9 +75,17 @@ def test_numbers_are_checked_before_training(args, message, tmp_path, image_fold
      "not the file this run wrote"),
     (lambda run: (run / "model.json").write_text("{not json"), "is not valid JSON"),
     (lambda run: edit_info(run, classes=None), "lacks classes"),
-    (lambda run: edit_info(run, in_chans=3), "does not fit the model"),
-    (lambda run: edit_info(run, classes=["a", "b", "c"]), "does not fit the model"),
-    (lambda run: edit_info(run, backbone="test_efficientnet"), "were saved from 'test_resnet'"),
+    (lambda run: edit_info(run, in_chans=3), "was edited after the run wrote it"),
+    (lambda run: edit_info(run, classes=["a", "b", "c"]), "was edited after the run wrote it"),
+    (lambda run: edit_info(run, classes=["yes", "no"]), "was edited after the run wrote it"),  # decisions inverted
+    (lambda run: edit_info(run, backbone="test_efficientnet"), "was edited after the run wrote it"),
+    (lambda run: edit_info(run, weights_sha256=None), "has no weights_sha256"),
+    (lambda run: edit_info(run, info_sha256=None), "has no info_sha256"),
+    (lambda run: edit_info(run, rehash=True, threshold=1.5), "threshold 1.5 is not a probability in [0, 1]"),
+    (lambda run: edit_info(run, rehash=True, temperature=-1), "temperature -1 is not a positive number"),
+    (lambda run: edit_info(run, rehash=True, classes=["no", "no"]), "name a class twice"),
+    (lambda run: edit_info(run, rehash=True, in_chans=3), "does not fit the model"),
+    (lambda run: edit_info(run, rehash=True, backbone="test_efficientnet"), "were saved from 'test_resnet'"),
 ])
 @pytest.mark.parametrize("command", ["predict", "evaluate", "export", "explain"])
 def test_a_damaged_run_folder_is_a_one_line_error(trained, tmp_path, damage, message, command):
@@ -92,8 +100,11 @@ def test_a_damaged_run_folder_is_a_one_line_error(trained, tmp_path, damage, mes
     assert snapshot(run_copy) == before
 
 
-def edit_info(run: Path, **changes) -> None:
+def edit_info(run: Path, rehash: bool = False, **changes) -> None:
+    """Change model.json's fields; `rehash` also updates its own hash, as a careful forger would."""
     import json
+
+    from medcls.core.runs import info_digest
 
     info = json.loads((run / "model.json").read_text())
     for key, value in changes.items():
@@ -101,7 +112,42 @@ def edit_info(run: Path, **changes) -> None:
             info.pop(key)
         else:
             info[key] = value
+    if rehash:
+        info["info_sha256"] = info_digest(info)
     (run / "model.json").write_text(json.dumps(info))
+
+
+def test_any_one_edited_field_of_model_json_is_named_never_used(trained, tmp_path):
+    import json
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from medcls.core.runs import read_model_info
+    from medcls.errors import DataError
+
+    run_copy = tmp_path / "run"
+    shutil.copytree(trained / "run", run_copy)
+    original = (run_copy / "model.json").read_text()
+    fields = sorted(json.loads(original))
+    values = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False), st.text(max_size=5),
+                       st.lists(st.text(max_size=3), max_size=3))
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(field=st.sampled_from(fields), value=values)
+    def edited(field, value):
+        info = json.loads(original)
+        if info[field] == value:
+            return
+        info[field] = value
+        (run_copy / "model.json").write_text(json.dumps(info))
+        with pytest.raises(DataError) as error:
+            read_model_info(run_copy)
+        assert "\n" not in str(error.value) and "model.json" in str(error.value)
+
+    edited()
+    (run_copy / "model.json").write_text(original)
+    assert read_model_info(run_copy)["classes"] == ["no", "yes"]
 
 
 # 3. A data set whose own split has no test cases gets a held-out test split, said in a warning.

@@ -90,8 +90,10 @@ def test_monai_bundle_carries_the_schema_fields_and_monai_runs_it_to_medcls_prob
     if crop:  # the same weights, read as a crop_foreground run reads its images
         shutil.copytree(run, tmp_path / "run")
         uncropped, run = run, tmp_path / "run"
-        info = json.loads((run / "model.json").read_text())
-        (run / "model.json").write_text(json.dumps({**info, "crop_foreground": True}))
+        from medcls.core.runs import info_digest
+
+        info = {**json.loads((run / "model.json").read_text()), "crop_foreground": True}
+        (run / "model.json").write_text(json.dumps({**info, "info_sha256": info_digest(info)}))
     bundle = tmp_path / "bundle"
     result = CliRunner().invoke(cli, ["export", str(run), "--format", "monai-bundle", "--out", str(bundle)])
     assert result.exit_code == 0, result.output

@@ -21,6 +21,40 @@ HF_MARKER = "medcls"  # the key of a Hugging Face folder's config.json that hold
 
 
 REQUIRED_INFO = ("backbone", "classes", "in_chans", "image_size", "dropout")
+INFO_HASH = "info_sha256"  # model.json's own SHA-256 (of its other fields): an edited file is named, never used
+
+
+def info_digest(info: dict) -> str:
+    """SHA-256 of model.json's fields other than its own hash, in one canonical JSON form."""
+    canonical = json.dumps({k: v for k, v in info.items() if k != INFO_HASH}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def check_info_fields(info: dict, where: Path) -> None:
+    """Every field a prediction depends on, of the type and in the range medcls wrote it: a run
+    folder is data from outside (a class list reversed by hand would invert every decision)."""
+    def fail(problem: str):
+        raise DataError(f"'{where}': {problem}: the file is damaged or was edited; restore the run's own file")
+
+    classes = info["classes"]
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) and c for c in classes):
+        fail("classes must list at least two class names")
+    if len(set(classes)) != len(classes):
+        fail(f"classes {classes} name a class twice")
+    if info["in_chans"] not in (1, 3):
+        fail(f"in_chans {info['in_chans']!r} is not 1 or 3")
+    if not isinstance(info["dropout"], (int, float)) or not 0 <= info["dropout"] < 1:
+        fail(f"dropout {info['dropout']!r} is not in [0, 1)")
+    thresholds = info.get("threshold")
+    for t in thresholds if isinstance(thresholds, list) else [thresholds]:
+        if t is not None and (not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 <= t <= 1):
+            fail(f"threshold {t!r} is not a probability in [0, 1]")
+    temperature = info.get("temperature")
+    if temperature is not None and (not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf")):
+        fail(f"temperature {temperature!r} is not a positive number")
+    positive = info.get("positive_class")
+    if positive is not None and positive not in classes:
+        fail(f"positive_class {positive!r} is not one of the classes {classes}")
 
 
 def file_sha256(path: Path) -> str:
@@ -38,6 +72,7 @@ def save_model(model, info: dict, out: Path) -> None:
 
     save_safetensors(model, str(out / MODEL_FILE), metadata={"format": "medcls", "backbone": info["backbone"]})
     info = {**info, "weights_sha256": file_sha256(out / MODEL_FILE)}
+    info[INFO_HASH] = info_digest(info)
     (out / MODEL_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
 
 
@@ -89,7 +124,8 @@ def read_model_info(run: Path) -> dict:
 
     shared = hf_info(run)
     if shared is not None and (run / MODEL_FILE).is_file():
-        return {k: v for k, v in shared.items() if k != "weights_sha256"}
+        check_info_fields(shared, run / "config.json")
+        return {k: v for k, v in shared.items() if k not in ("weights_sha256", INFO_HASH)}
     if not (run / MODEL_FILE).is_file() or not (run / MODEL_INFO).is_file():
         raise DataError(f"run folder '{run}' has no {MODEL_FILE} and {MODEL_INFO}: {missing_model_fix(run)}")
     try:
@@ -99,10 +135,16 @@ def read_model_info(run: Path) -> dict:
     missing = [key for key in REQUIRED_INFO if key not in info] if isinstance(info, dict) else list(REQUIRED_INFO)
     if missing:
         raise DataError(f"'{run / MODEL_INFO}' lacks {', '.join(missing)}: the file is damaged or not medcls's")
-    if not isinstance(info["classes"], list) or len(info["classes"]) < 2:
-        raise DataError(f"'{run / MODEL_INFO}': classes must list at least two class names")
-    expected = info.get("weights_sha256")
-    if expected and file_sha256(run / MODEL_FILE) != expected:
+    if INFO_HASH not in info or "weights_sha256" not in info:
+        raise DataError(f"'{run / MODEL_INFO}' has no {INFO_HASH if INFO_HASH not in info else 'weights_sha256'}: it "
+                        "was edited, or written by a medcls before 2026-12-07; retrain, or restore the run's own file")
+    if info_digest(info) != info[INFO_HASH]:
+        raise DataError(f"'{run / MODEL_INFO}' was edited after the run wrote it (its fields no longer match its "
+                        f"{INFO_HASH}): restore the run's own file; a new operating point is chosen with "
+                        "`medcls score` or by training again, never by editing model.json")
+    check_info_fields(info, run / MODEL_INFO)  # a forged hash still cannot bring in a value medcls never writes
+    expected = info["weights_sha256"]
+    if file_sha256(run / MODEL_FILE) != expected:
         raise DataError(f"'{run / MODEL_FILE}' is not the file this run wrote (its SHA-256 differs from "
                         f"{MODEL_INFO}): restore it; never load weights of unknown origin")
     try:
