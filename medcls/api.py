@@ -403,15 +403,18 @@ def score(predictions: str | os.PathLike | Sequence[str | os.PathLike], *, out: 
     their probabilities: an ensemble of runs already trained. The threshold comes from the
     validation rows by `threshold_rule`, or is given. Writes metrics.json, report.md and report.html
     into `out` (default: a new folder beside the first file)."""
+    from medcls.folders import claim_folder, removed_if_left_empty, reserve_folder
     from medcls.workflows.score import score_predictions
-    from medcls.workflows.train import removed_if_left_empty, reserve_folder
 
     sources = [Path(predictions)] if isinstance(predictions, (str, os.PathLike)) else [Path(p) for p in predictions]
     if not sources:
         raise ConfigError("medcls.score needs at least one predictions file")
     name = f"{sources[0].stem}-scores" if len(sources) == 1 else f"mean-of-{len(sources)}-scores"
-    folder = Path(out) if out is not None else reserve_folder(sources[0].with_name(name))
-    with removed_if_left_empty(folder if out is None else None):
+    for source in sources:  # a missing file is named before any folder is made for its report
+        if not source.is_file():
+            raise DataError(f"predictions file '{source}' does not exist")
+    folder = claim_folder(out, by="medcls score") if out is not None else reserve_folder(sources[0].with_name(name))
+    with removed_if_left_empty(folder):
         result = score_predictions(sources, make_registries(), out=folder, label_column=label_column,
                                    score_column=score_column, split_column=split_column, patient_column=patient_column,
                                    positive_class=positive_class, threshold=threshold, threshold_rule=threshold_rule,
@@ -706,10 +709,11 @@ class Run:
         RUN/explain[-N] folder."""
         from medcls.core.runs import load_model
         from medcls.workflows.explain import explain_read
-        from medcls.workflows.train import removed_if_left_empty, reserve_folder
+        from medcls.folders import claim_folder, removed_if_left_empty, reserve_folder
 
         self._require_lasting(out, "explain")  # before any work
         model, _ = load_model(self.path, self.registries)
-        folder = Path(out) if out else reserve_folder(self.path / "explain")  # explain, explain-2, ...: none replaced
-        with removed_if_left_empty(None if out else folder):
+        # A new folder: explain, explain-2, ... in the run, or `out` claimed (never a run's, never one with files)
+        folder = claim_folder(out, by="medcls explain") if out else reserve_folder(self.path / "explain")
+        with removed_if_left_empty(folder):
             return explain_read(model, self.info, self.read(inputs), folder, target_class, predictor=self.predictor)

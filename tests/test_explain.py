@@ -36,8 +36,8 @@ def test_explain_writes_a_heatmap_per_image_and_a_grid(run, image_folder, tmp_pa
 
 
 def test_explain_refuses_an_unknown_class(run, image_folder, tmp_path):
-    assert_one_line_error(CliRunner().invoke(cli, ["explain", str(run), str(image_folder), "-o", str(tmp_path),
-                                                   "--class", "maybe"]), "--class 'maybe' is not one of")
+    assert_one_line_error(CliRunner().invoke(cli, ["explain", str(run), str(image_folder), "-o",
+                                                   str(tmp_path / "cams"), "--class", "maybe"]), "--class 'maybe' is not one of")
 
 
 def test_explain_volumes_shows_the_middle_slice(tmp_path):

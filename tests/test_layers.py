@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "medcls"
 
 # Bottom to top. A module belongs to the first layer whose prefix matches its name.
 LAYERS = [
-    ("foundation", ("medcls.errors", "medcls.version", "medcls.logs", "medcls.config", "medcls.plugins.hookspecs",
+    ("foundation", ("medcls.errors", "medcls.version", "medcls.logs", "medcls.config", "medcls.folders", "medcls.plugins.hookspecs",
                     "medcls.plugins.registry")),
     ("stats", ("medcls.stats",)),
     ("data", ("medcls.data",)),

@@ -354,3 +354,35 @@ def test_library_warnings_are_one_medcls_line_each(tmp_path):
     assert result.exit_code == 0, result.output
     lines = [line for line in result.stderr.splitlines() if "DecompressionBombWarning" in line]
     assert len(lines) == 1 and lines[0].startswith("warning: DecompressionBombWarning from PIL: ")
+
+
+@pytest.mark.parametrize("command", [
+    lambda run, other, image: ["export", run, "--format", "hf", "-o", other],
+    lambda run, other, image: ["export", run, "-o", run],
+    lambda run, other, image: ["export", run, "--format", "monai-bundle", "-o", other],
+    lambda run, other, image: ["explain", run, image, "-o", other],
+    lambda run, other, image: ["evaluate", run, "--out", other],
+])
+def test_no_command_writes_into_a_run_folder(trained, tmp_path, command):
+    """Another run's folder (or the run's own) as the target of an export, explanation or
+    evaluation: one line naming it, and not a byte of either folder changes."""
+    run_copy, other = tmp_path / "run", tmp_path / "other"
+    shutil.copytree(trained / "run", run_copy)
+    shutil.copytree(trained / "run", other)
+    before = snapshot(run_copy), snapshot(other)
+    result = run(*command(run_copy, other, trained / "data" / "yes" / "yes0.png"))
+    assert_one_line_error(result, "holds a run (", "nothing in a run folder is replaced", code=CONFIG)
+    assert (snapshot(run_copy), snapshot(other)) == before
+
+
+def test_an_explicit_out_is_claimed_before_training(trained, tmp_path):
+    from medcls.config import make_config
+    from medcls.folders import CLAIM
+    from medcls.workflows.train import run_folder
+
+    config = make_config({"data": str(trained / "data"), "out": str(tmp_path / "shared")})
+    first = run_folder(config)  # what a first `medcls train --out shared` does before reading any data
+    assert (first / CLAIM).is_file()
+    result = run("train", *TINY, "--data", trained / "data", "--out", tmp_path / "shared")
+    assert_one_line_error(result, "is being written by another command", code=CONFIG)
+    assert [p.name for p in first.iterdir()] == [CLAIM]  # the second run wrote nothing there

@@ -44,11 +44,12 @@ def test_metrics_json_has_the_gap_report(run_dir):
             assert name in metrics[split], (split, name)
     assert metrics["gap"]["roc_auc"] == pytest.approx(metrics["train"]["roc_auc"] - metrics["test"]["roc_auc"])
     # Synthetic patients have two slices each: intervals resample patients, not images.
-    # (a figure of 1 collapses the bootstrap: then Wilson over the patients, said so)
-    for name in ("sensitivity", "roc_auc"):
-        method = metrics["intervals"]["test"][name]["method"]
-        assert method == "cluster bootstrap (patients, stratified by class)" or \
-            re.fullmatch(r"Wilson over \d+ patients \(the bootstrap collapsed to a point\)", method), method
+    # (an AUC of 1 has DeLong variance 0: then Wilson over the patients of the smaller class, said so)
+    test = metrics["intervals"]["test"]
+    assert re.fullmatch(r"Wilson, clustered \(design effect over \d+ patients, Korn-Graubard df\)",
+                        test["sensitivity"]["method"]), test["sensitivity"]
+    assert test["roc_auc"].get("refused") or re.match(r"(Obuchowski clustered DeLong|Wilson over \d+ patients)",
+                                                       test["roc_auc"]["method"]), test["roc_auc"]
     assert set(metrics["operating"]["test"]["table"]) == {"tp", "fp", "tn", "fn"}
 
 
@@ -166,7 +167,7 @@ def test_evaluate_writes_html_subgroups_patient_level_and_refuses_missing_column
     assert "Subgroups of the all cases by <code>site</code>" in page
     assert set(metrics["subgroup_differences"]) == {"site0", "site1"}  # each site against the rest
     again = CliRunner().invoke(cli, [*args, "--by", "site"])  # the same --out: its report is kept
-    assert again.exit_code == 3 and "--out" in again.stderr and "exists and is not an empty folder" in again.stderr
+    assert again.exit_code == 3 and "--out" in again.stderr and "holds a run (metrics.json)" in again.stderr
     assert json.loads((tmp_path / "e" / "metrics.json").read_text()) == metrics
     missing = CliRunner().invoke(cli, [*args[:-1], str(tmp_path / "e2"), "--by", "scanner"])
     assert missing.exit_code == 4 and "--by column 'scanner' does not exist in the data (available: site)" in missing.stderr

@@ -167,6 +167,13 @@ def add_checklist(doc: Document, facts: dict) -> None:
     doc.table(["topic", "status", "where in this run", "the authors must add"], tripod_ai_rows(facts))
 
 
+def slope_interval(calibration: dict) -> dict | None:
+    """The calibration slope's interval as format_value takes it (None when none was computed)."""
+    if "slope_low" not in calibration:
+        return None
+    return {"low": calibration["slope_low"], "high": calibration["slope_high"], "refused": calibration.get("refused")}
+
+
 def finding_rows(found: dict) -> list[list[str]]:
     """Multi-label: one row per finding: known cases, positives, the figures with their intervals
     and the finding's operating point."""
@@ -276,8 +283,7 @@ def training_document(config: TrainConfig, data: PreparedData, summary: dict, sc
     if scoring["calibration"]:
         doc.heading("Calibration")
         doc.table(["split", "slope (ideal 1)", "intercept (ideal 0)", "ECE"],
-                  [[s, format_value(c["slope"], {"low": c["slope_low"], "high": c["slope_high"]} if "slope_low" in c
-                                    else None), format_value(c["intercept"]),
+                  [[s, format_value(c["slope"], slope_interval(c)), format_value(c["intercept"]),
                     format_value(summary["results"][s].get("ece"), summary["intervals"][s].get("ece"))]
                    for s, c in scoring["calibration"].items()])
     if scoring.get("tasks"):

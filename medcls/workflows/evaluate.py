@@ -16,16 +16,16 @@ from medcls.core.inference import Predictor, run_predictor
 from medcls.core.runs import load_model, write_finding_predictions, write_predictions
 from medcls.data.prepared import PreparedData, prepare_data
 from medcls.errors import ConfigError, DataError
+from medcls.folders import claim_folder, removed_if_left_empty, reserve_folder
 from medcls.logs import stage
 from medcls.reports import plots
-from medcls.reports.documents import add_findings, add_subgroups, add_tasks, case_flow
+from medcls.reports.documents import add_findings, add_subgroups, add_tasks, case_flow, slope_interval
 from medcls.reports.report import (
     GAP_HEADER,
     Document,
     add_assessment,
     format_value,
     gap_rows,
-    require_new_folder,
     write_metrics_json,
 )
 from medcls.stats import multilabel
@@ -34,7 +34,6 @@ from medcls.stats.multitask import assess_tasks
 from medcls.stats.subgroups import compare_subgroups
 from medcls.stats.calibration import calibration_slope_intercept
 from medcls.stats.intervals import paired_delong
-from medcls.workflows.train import reserve_folder
 
 logger = logging.getLogger("medcls")
 
@@ -149,21 +148,20 @@ def add_tta_comparison(doc, tta, labels, plain, probs, without, with_tta) -> Non
 def evaluation_folder(run: Path, out) -> Path:
     """`out`, or else RUN/evaluation, RUN/evaluation-2, ...: a second evaluation (another site's
     data, another split) never replaces the report of the first."""
-    if out is None:
-        return reserve_folder(run / "evaluation")
-    Path(out).mkdir(parents=True, exist_ok=True)
-    return Path(out)
+    return reserve_folder(run / "evaluation") if out is None else Path(out)
 
 
-def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, patient_level=None,
-                 prevalence=None, n_resamples=2000, tta="none", device="auto", allow_changed=False) -> dict:
+def evaluate_run(run, registries, *, out=None, **options) -> dict:
     """Score a finished run at its stored operating point; writes metrics.json, predictions.csv,
-    report.md and report.html into `out` (a new or empty folder; default RUN/evaluation, then
-    RUN/evaluation-2, ...)."""
+    report.md and report.html into `out` (a new or empty folder, claimed before any work; default
+    RUN/evaluation, then RUN/evaluation-2, ...)."""
+    claimed = claim_folder(out, by="medcls evaluate") if out is not None else None
+    with removed_if_left_empty(claimed):
+        return evaluate_into(Path(run), registries, out=claimed, **options)
 
-    run = Path(run)
-    if out is not None:
-        require_new_folder(Path(out))
+
+def evaluate_into(run: Path, registries, *, data=None, split=None, out=None, by=None, patient_level=None,
+                  prevalence=None, n_resamples=2000, tta="none", device="auto", allow_changed=False) -> dict:
     scored = run_predictions(run, registries, data=data, split=split, tta=tta, device=device,
                              allow_changed=allow_changed)
     if scored.data.multi_label:
@@ -188,7 +186,8 @@ def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, p
                                         n_resamples=n_resamples, seed=config.seed)
         subgroups = assess_subgroups(probs, labels, threshold, metrics, prepared.column(rows, by), by,
                                      patients=patients, **options)
-    calibration = calibration_slope_intercept(labels, probs[:, 1]) if probs.shape[1] == 2 else None
+    calibration = (calibration_slope_intercept(labels, probs[:, 1], groups=patients, n_resamples=n_resamples,
+                                               seed=config.seed) if probs.shape[1] == 2 else None)  # as training
     without_tta = None if plain is None else assess(plain, labels, threshold, metrics, patients=patients,
                                                     where=f"{split} cases", **options)
 
@@ -226,7 +225,8 @@ def evaluate_run(run, registries, *, data=None, split=None, out=None, by=None, p
     if calibration and calibration.get("not_computable"):
         doc.paragraph(f"Calibration slope and intercept: not computable, because {calibration['not_computable']}.")
     elif calibration:
-        doc.paragraph(f"Calibration slope {calibration['slope']:.3f} (ideal 1), intercept "
+        doc.paragraph(f"Calibration slope {format_value(calibration['slope'], slope_interval(calibration), reason=True)} "
+                      f"(ideal 1; {calibration.get('method', 'no interval')}), intercept "
                       f"{calibration['intercept']:.3f} (ideal 0).")
     for name, caption in (("roc.png", "ROC with 95% band"), ("pr.png", "Precision-recall"),
                           ("calibration.png", "Calibration"), ("decision_curve.png", "Decision curve"),

@@ -17,6 +17,7 @@ from medcls.core.inference import run_predictor
 from medcls.core.runs import load_model
 from medcls.data.volumes import parse_triple
 from medcls.errors import ConfigError, DataError
+from medcls.folders import claim_folder, removed_if_left_empty, reserve_folder
 from medcls.logs import stage
 from medcls.workflows.bundle import export_bundle
 from medcls.workflows.sharing import export_hf
@@ -73,22 +74,30 @@ def export_run(run, registries, fmt: str, out: str | Path | None = None) -> Expo
 
 def export_as(run, registries, fmt: str, out: str | Path | None = None) -> Exported:
     model, info = load_model(run, registries)
+    if fmt not in FORMATS:
+        raise ConfigError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
+    # A new folder claimed before anything is written (default RUN/<format>, then RUN/<format>-2, ...),
+    # never another run's folder or a folder with files in it; removed again if the export fails.
+    folder = claim_folder(out, by="medcls export") if out else reserve_folder(Path(run) / fmt)
+    with removed_if_left_empty(folder):
+        return export_into(model, info, run, registries, fmt, folder)
+
+
+def export_into(model, info: dict, run, registries, fmt: str, folder: Path) -> Exported:
     if fmt == "hf" and info.get("tasks"):
         raise ConfigError(f"run '{run}' has auxiliary heads (tasks), which a timm-style folder cannot hold: export "
                           "it as onnx or torchscript (the main task's probabilities)")
     if fmt == "monai-bundle":
-        folder = Path(out) if out else Path(run) / "monai-bundle"
         check = torch.round(example_input(info) * 65535.0) / 65535.0  # on the image cache's 16-bit grid
         expected = run_predictor(model.float().cpu().eval(), info, device="cpu", precision="fp32").probabilities(check)
         difference = export_bundle(model, info, folder, run=Path(run), check_batch=check,
                                    expected=torch.as_tensor(expected, dtype=torch.float32), tolerance=TOLERANCE)
         return Exported(str(folder / "models" / "model.ts"), str(folder / "configs" / "metadata.json"), difference)
     if fmt == "hf":
-        folder = Path(out) if out else Path(run) / "hf"
         difference = export_hf(model, info, folder, run=Path(run), registries=registries,
                                check_batch=example_input(info), tolerance=TOLERANCE)
         return Exported(str(folder / "model.safetensors"), str(folder / "config.json"), difference)
-    return export_model(model, info, fmt, Path(out) if out else Path(run) / fmt, run=run)
+    return export_model(model, info, fmt, folder, run=run)
 
 
 def export_model(model: nn.Module, info: dict, fmt: str, out: Path, *, run=None) -> Exported:

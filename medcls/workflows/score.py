@@ -25,8 +25,8 @@ from medcls.data.layouts import table_rows
 from medcls.data.loading import class_names
 from medcls.errors import ConfigError, DataError
 from medcls.reports import plots
-from medcls.reports.documents import add_cases_to_review, add_subgroups
-from medcls.reports.report import Document, add_assessment, format_value, require_new_folder, write_metrics_json
+from medcls.reports.documents import add_cases_to_review, add_subgroups, slope_interval
+from medcls.reports.report import Document, add_assessment, format_value, write_metrics_json
 from medcls.stats.assess import assess, assess_subgroups
 from medcls.stats.calibration import calibration_slope_intercept
 from medcls.stats.operating_points import choose_threshold
@@ -242,7 +242,6 @@ def score_predictions(paths: list[Path], registries, *, out, label_column: str =
         raise DataError(f"predictions file '{file.path}' has no column {by!r} for --by "
                         f"(columns: {', '.join(file.columns)})")
     out = Path(out)
-    require_new_folder(out)
     chosen, how = operating_point(file, threshold, threshold_rule, target)
     metrics = list(registries["metrics"])
     splits = [s for s in SPLIT_ORDER if len(file.rows(s))]
@@ -321,8 +320,7 @@ def score_document(file: PredictionFile, result: dict, assessed: dict, by: str |
         add_assessment(doc, assessed[split], file.classes, f"{split} rows")
         slope = result["calibration"].get(split)
         if slope and not slope.get("not_computable"):
-            bounds = {"low": slope["slope_low"], "high": slope["slope_high"]} if "slope_low" in slope else None
-            doc.paragraph(f"Calibration slope {format_value(slope['slope'], bounds)} (ideal 1; "
+            doc.paragraph(f"Calibration slope {format_value(slope['slope'], slope_interval(slope), reason=True)} (ideal 1; "
                           f"{slope.get('method', 'no interval')}), intercept {slope['intercept']:.3f} (ideal 0).")
     doc.image(out / "roc.png", "ROC with 95% band")
     if (out / "calibration.png").exists():

@@ -49,6 +49,7 @@ from medcls.data.prepared import PreparedData, prepare_data
 from medcls.data.readers import parse_window
 from medcls.data.tasks import parse_tasks, standardised
 from medcls.errors import ConfigError, DataError
+from medcls.folders import CLAIM, RUN_MARKERS, claim_folder, removed_if_left_empty, reserve_folder
 from medcls.logs import logger
 from medcls.reports import plots, report
 from medcls.reports.documents import training_document
@@ -126,7 +127,7 @@ def train(config: TrainConfig, registries, *, progress_factory=None,
         logger.setLevel(logging.ERROR)  # rank 0 speaks for all
         progress_factory = None
     out = run_folder(config, reserve=distributed.writes)
-    with removed_if_left_empty(out if config.out is None and distributed.writes else None):
+    with removed_if_left_empty(out if (config.out is None or (out / CLAIM).is_file()) and distributed.writes else None):
         start = RunStart(config, registries, out, device_for(distributed, resolve_device(config.device)),
                          distributed, progress_factory, started, parent_trackers)
         if data is None:
@@ -511,7 +512,8 @@ def open_run(config: TrainConfig, registries, *, split: bool) -> tuple[TrainConf
     its config.yaml, and the data prepared once for every run inside it."""
     config = checked_config(config, registries)
     out = run_folder(config)
-    with removed_if_left_empty(out if config.out is None else None):  # config.yaml only once the data is checked
+    # config.yaml only once the data is checked
+    with removed_if_left_empty(out if config.out is None or (out / CLAIM).is_file() else None):
         data = prepare_data(config, registries, split=split)
         if data.multi_label:
             check_multilabel(config)
@@ -531,10 +533,6 @@ def resume_config(run) -> TrainConfig:
     if not saved.is_file():
         raise ConfigError(f"--resume: '{run}' has no config.yaml: give the --out folder of an interrupted `medcls train`")
     return make_config(read_config_file(saved), {"out": str(run), "resume": True}, where=f"run config '{saved}'")
-
-
-# Files that make a folder a run (finished, interrupted, cross-validated or an ensemble's): never overwritten.
-RUN_MARKERS = ("model.safetensors", "checkpoint.safetensors", "cv_metrics.json", "metrics.json", "config.yaml")
 
 
 def run_folder(config: TrainConfig, *, reserve: bool = True) -> Path:
@@ -558,32 +556,11 @@ def run_folder(config: TrainConfig, *, reserve: bool = True) -> Path:
         raise ConfigError(f"run folder '{out}' already holds a run ({found[0]}): "
                           + (f"continue it with --resume {out}, " if interrupted else "")
                           + "choose another --out or pass --set overwrite=true")
-    return out
-
-
-@contextlib.contextmanager
-def removed_if_left_empty(folder: Path | None):
-    """A folder reserved for this job (not one the user named) is removed again when the job stops
-    before writing anything into it: a refused run leaves no empty runs/<name> behind."""
-    try:
-        yield
-    except BaseException:
-        if folder is not None:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only succeeds on an empty folder: nothing written is lost
-        raise
-
-
-def reserve_folder(base: Path) -> Path:
-    """`base`, or `base-2`, `base-3`, ...: the first that this process creates itself (atomic mkdir)."""
-    base.parent.mkdir(parents=True, exist_ok=True)
-    for number in range(1, 10_000):
-        candidate = base if number == 1 else base.with_name(f"{base.name}-{number}")
-        try:
-            candidate.mkdir()
-        except FileExistsError:
-            continue
-        return candidate
-    raise ConfigError(f"cannot create a new run folder next to '{base}': give --out")
+    if config.overwrite or not reserve:
+        return out
+    if (out / CLAIM).exists():
+        raise ConfigError(f"run folder '{out}' is being written by another command ({CLAIM}): choose another --out")
+    # Claimed like a default folder, so that two trainings given the same --out never share it.
+    return claim_folder(out, by="medcls train") if not out.is_dir() or not any(out.iterdir()) else out
 
 
