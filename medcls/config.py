@@ -313,18 +313,53 @@ def read_config_file(path: str | Path) -> dict:
         raise ConfigError(f"config file '{path}' is not UTF-8 text: save it as UTF-8") from None
     try:
         if path.suffix.lower() == ".toml":
-            values = tomllib.loads(text)
+            values = tomllib.loads(text)  # TOML itself refuses a key given twice
         else:
-            import yaml
-
-            values = yaml.safe_load(text) or {}
+            values = yaml_without_duplicates(text, path) or {}
+    except ConfigError:
+        raise
     except Exception as exc:
         raise ConfigError(f"config file '{path}' cannot be parsed: {str(exc).splitlines()[0]}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file '{path}' must hold key: value pairs")
     if set(values) == {"train"} and isinstance(values["train"], dict):
         values = values["train"]
-    return flatten_sections(values, f"config file '{path}'")
+    flat = flatten_sections(values, f"config file '{path}'")
+    if path.suffix.lower() == ".toml":
+        quoted_numbers(flat, path)
+    return flat
+
+
+def yaml_without_duplicates(text: str, path: Path):
+    """YAML, refusing a key given twice in one mapping (PyYAML would keep the last without a word)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise ConfigError(f"config file '{path}': key {key!r} is given twice (lines {seen[key] + 1} and "
+                                      f"{key_node.start_mark.line + 1}): keep one")
+                seen[key] = key_node.start_mark.line
+            return super().construct_mapping(node, deep=deep)
+
+    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def quoted_numbers(values: dict, path: Path) -> None:
+    """TOML says what is text and what is a number: `lr = "0.001"` is text where a number belongs,
+    refused rather than read as a number (YAML, whose unquoted 1e-3 is text, is read as the CLI reads flags)."""
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in FIELDS or not isinstance(value, str):
+            continue
+        hint = str(FIELDS[name].type)
+        if hint.startswith(("int", "float", "bool")) and not (hint.startswith("int | str") and value == "auto"):
+            kind = "true or false" if hint.startswith("bool") else "a number"
+            raise ConfigError(f"config file '{path}': {name} = {value!r} is text where {kind} belongs: write it "
+                              f"without quotes ({name} = {value})")
 
 
 def flatten_sections(values: dict, where: str) -> dict:

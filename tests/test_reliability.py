@@ -386,3 +386,26 @@ def test_an_explicit_out_is_claimed_before_training(trained, tmp_path):
     result = run("train", *TINY, "--data", trained / "data", "--out", tmp_path / "shared")
     assert_one_line_error(result, "is being written by another command", code=CONFIG)
     assert [p.name for p in first.iterdir()] == [CLAIM]  # the second run wrote nothing there
+
+
+@pytest.mark.parametrize("name, content, fragments", [
+    ("run.yaml", "lr: 0.01\nepochs: 3\nlr: 0.1\n", ["key 'lr' is given twice (lines 1 and 3)", "keep one"]),
+    ("run.yaml", "optimisation:\n  lr: 0.01\n  lr: 0.02\n", ["key 'lr' is given twice (lines 2 and 3)"]),
+    ("run.toml", 'lr = "0.001"\n', ["lr = '0.001' is text where a number belongs", "lr = 0.001"]),
+    ("run.toml", 'epochs = "1"\n', ["epochs = '1' is text where a number belongs"]),
+])
+def test_config_files_are_read_strictly(tmp_path, name, content, fragments):
+    from medcls.config import read_config_file
+    from medcls.errors import ConfigError
+
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ConfigError) as error:
+        read_config_file(tmp_path / name)
+    assert all(f in str(error.value) for f in fragments) and "\n" not in str(error.value), str(error.value)
+
+
+def test_yaml_numbers_that_pyyaml_reads_as_text_still_work(tmp_path):
+    from medcls.config import make_config, read_config_file
+
+    (tmp_path / "run.yaml").write_text("lr: 1e-3\nimage_size: auto\n")  # PyYAML: '1e-3' is a string
+    assert make_config(read_config_file(tmp_path / "run.yaml")).lr == 0.001
