@@ -508,6 +508,9 @@ class Run:
         from medcls.reports.report import require_new_folder
 
         out = Path(out)
+        if not (self.path / "model.json").is_file():
+            raise DataError(f"run folder '{self.path}' is gone (its model.json with it): nothing is left to save; "
+                            "train again with out= to keep the run from the start")
         require_new_folder(out, "out")
         shutil.copytree(self.path, out, dirs_exist_ok=True)
         save_config(dataclasses.replace(self.config, out=str(out)), out / "config.yaml")  # where it lives now

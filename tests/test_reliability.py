@@ -409,3 +409,40 @@ def test_yaml_numbers_that_pyyaml_reads_as_text_still_work(tmp_path):
 
     (tmp_path / "run.yaml").write_text("lr: 1e-3\nimage_size: auto\n")  # PyYAML: '1e-3' is a string
     assert make_config(read_config_file(tmp_path / "run.yaml")).lr == 0.001
+
+
+@pytest.mark.parametrize("returned, fragment", [
+    ({"a.png": "yes"}, "it returned a dict, not a list of medcls.data.cases.Case"),
+    (["a.png"], "it returned item 0 a str, not a medcls.data.cases.Case"),
+])
+def test_a_layout_plugin_returning_the_wrong_type_is_one_line(tmp_path, returned, fragment):
+    import medcls
+    from medcls.plugins.manager import unregister_in_process
+
+    class Layout:
+        @medcls.hookimpl
+        def medcls_register_datasets(self, register):
+            register("broken_layout", lambda source, options: returned, description="returns the wrong type",
+                     detect=lambda source: source.endswith(".broken"))
+
+    medcls.register_plugin(Layout(), name="broken-layout")
+    try:
+        (tmp_path / "cases.broken").write_text("")
+        with pytest.raises(medcls.PluginError, match="layout 'broken_layout' of plugin 'broken-layout' breaks the "
+                                                     "layout contract: " + fragment.replace(".", r"\.")):
+            medcls.train(str(tmp_path / "cases.broken"), backbone="test_resnet", pretrained=False, epochs=1)
+    finally:
+        unregister_in_process("broken-layout")
+
+
+def test_saving_a_run_whose_folder_vanished_is_one_line(tmp_path):
+    import medcls
+
+    from tests.test_api import SMALL, phantoms
+
+    images, labels, patients = phantoms(40, 24)
+    trained = medcls.train(images=images, labels=labels, patients=patients, **{**SMALL, "image_size": 24, "epochs": 1})
+    shutil.rmtree(trained.path)
+    with pytest.raises(medcls.DataError, match="is gone \\(its model.json with it\\): nothing is left to save"):
+        trained.save(tmp_path / "kept")
+    assert not (tmp_path / "kept").exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from medcls.data.cases import Case, DataOptions, ReaderTable
-from medcls.errors import ConfigError, DataError
+from medcls.errors import ConfigError, DataError, PluginError
 
 logger = logging.getLogger("medcls")
 
@@ -193,7 +193,9 @@ def load_cases(config, registries) -> tuple[list[Case], str, ReaderTable]:
     source = str(config.data)
     name = detect_format(source, registries["datasets"]) if config.format == "auto" else config.format
     options = data_options(config, readers)
-    cases = registries["datasets"].get(name).obj(source, options)
+    entry = registries["datasets"].get(name)
+    cases = entry.obj(source, options)
+    check_layout_output(cases, entry)
     if not cases:
         raise DataError(f"data source '{source}' holds no images")
     if config.patient_from_dicom:
@@ -203,6 +205,26 @@ def load_cases(config, registries) -> tuple[list[Case], str, ReaderTable]:
         if all(case.patient_id is None for case in cases):
             raise DataError(f"data source '{source}': no file has a DICOM PatientID; drop --patient-from-dicom")
     return cases, name, readers
+
+
+def check_layout_output(cases, entry) -> None:
+    """A layout's side of the contract (a list of Case, each with a key and a label), checked as a
+    reader's output is: a breach is the plugin's bug, one line naming it, never an AttributeError later."""
+    problem = None
+    if not isinstance(cases, (list, tuple)):
+        problem = f"a {type(cases).__name__}, not a list of medcls.data.cases.Case"
+    else:
+        wrong = next((i for i, c in enumerate(cases) if not isinstance(c, Case)), None)
+        if wrong is not None:
+            problem = f"item {wrong} a {type(cases[wrong]).__name__}, not a medcls.data.cases.Case"
+        else:
+            bad = next((i for i, c in enumerate(cases) if not isinstance(c.key, str) or not c.key
+                        or (c.label is None and c.findings is None)), None)
+            if bad is not None:
+                problem = f"case {bad} without a key or a label ({cases[bad].key!r}, {cases[bad].label!r})"
+    if problem:
+        raise PluginError(f"layout {entry.name!r} of plugin {entry.plugin!r} breaks the layout contract: it returned "
+                          f"{problem} (see medcls.plugins.hookspecs.medcls_register_datasets)")
 
 
 # Class names that mean "the finding is absent": the other class of a binary task is the positive one.
