@@ -18,8 +18,8 @@ value of every figure follows by numerical integration over s (no medcls code): 
 probabilities are P(y = 1 | s), over-confident ones sigmoid(2 logit P - 0.5); the threshold is 0.5.
 
 Two more parts: `--part compare`, the type-I error and power of `medcls compare`'s paired AUC test
-(two models sharing the patient effect, equal AUCs or AUC 0.86 against 0.92) with and without the
-patient column; `--part subgroups`, the family-wise false-alarm rate of the subgroup comparison of
+(two models sharing half of each patient's effect, each with its own other half; equal AUCs, or
+AUC 0.86 against 0.92) with and without the patient column; `--part subgroups`, the family-wise false-alarm rate of the subgroup comparison of
 four sites (assigned per patient, no site effect: every flag is false); `--part operating`, how often
 a threshold chosen on validation reaches its target sensitivity in the population (sizes are then
 validation positives).
@@ -219,11 +219,17 @@ def compare_part(repetitions: int, sizes, seed: int = 0) -> list[dict]:
                     y, _, patients = draw(rng, images, clustered, 0.3, "calibrated")
                     if len(np.unique(y)) < 2:
                         continue
-                    # Two models share each patient's effect (the same anatomy) but not the image noise.
-                    u = rng.normal(0, math.sqrt(PATIENT_VAR), patients.max() + 1)[patients] if clustered else 0.0
+                    # The models share half of each patient's effect (the anatomy both see) and each has
+                    # its own other half (what each makes of that patient), as two real models would;
+                    # the image noise is their own too.
+                    half = math.sqrt(PATIENT_VAR / 2)
+                    count = patients.max() + 1
+                    shared = rng.normal(0, half, count)[patients] if clustered else 0.0
+                    own_a, own_b = ((rng.normal(0, half, count)[patients], rng.normal(0, half, count)[patients])
+                                    if clustered else (0.0, 0.0))
                     sd = math.sqrt(IMAGE_VAR if clustered else 1.0)
-                    a = SHIFT * y + u + rng.normal(0, sd, images)
-                    b = (SHIFT + effect) * y + u + rng.normal(0, sd, images)
+                    a = SHIFT * y + shared + own_a + rng.normal(0, sd, images)
+                    b = (SHIFT + effect) * y + shared + own_b + rng.normal(0, sd, images)
                     done += 1
                     rejected["with patients"] += paired_delong(y, a, b, patients if clustered else None)["p_value"] < 0.05
                     rejected["ignoring patients"] += paired_delong(y, a, b)["p_value"] < 0.05

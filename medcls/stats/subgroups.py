@@ -16,12 +16,13 @@ import math
 
 import numpy as np
 from scipy.stats import fisher_exact, norm
+from scipy.stats import t as student_t
 
-from medcls.stats.clustered import auc_variance, difference_of_proportions
-from medcls.stats.intervals import delong_auc_variance, wilson
+from medcls.stats.clustered import ClusteredAUC, clustered_variance, difference_of_proportions, wilson_bounds
+from medcls.stats.intervals import wilson
 
 FIGURES = ("sensitivity", "specificity", "roc_auc")
-MIN_PER_CLASS = 2  # fewer cases (or patients) of a class in a subgroup or in the rest: not compared
+MIN_PER_CLASS = 5  # fewer cases (or patients) of a class in a subgroup or in the rest: not compared (as an AUC interval)
 
 
 def newcombe(k1: int, n1: int, k2: int, n2: int, level: float = 0.95) -> tuple[float, float]:
@@ -47,15 +48,7 @@ def holm(p_values: list[float]) -> list[float]:
 def independent_difference(name, labels, p1, y_pred, member, level) -> dict:
     inside, outside = member, ~member
     if name == "roc_auc":
-        a_in, v_in = delong_auc_variance(labels[inside], p1[inside])
-        a_out, v_out = delong_auc_variance(labels[outside], p1[outside])
-        d, se = a_in - a_out, math.sqrt(v_in + v_out)
-        if se == 0:
-            return {"value_in": a_in, "value_out": a_out, "difference": d, "low": d, "high": d,
-                    "p_value": 1.0 if d == 0 else 0.0, "method": "DeLong (independent groups)"}
-        z = norm.ppf(0.5 + level / 2)
-        return {"value_in": a_in, "value_out": a_out, "difference": d, "low": d - z * se, "high": d + z * se,
-                "p_value": float(2 * norm.sf(abs(d) / se)), "method": "DeLong (independent groups)"}
+        return auc_difference(labels, p1, member, None, level)
     cls = 1 if name == "sensitivity" else 0
     hit = y_pred == cls
     k1, n1 = int((hit & inside & (labels == cls)).sum()), int((inside & (labels == cls)).sum())
@@ -75,14 +68,32 @@ def clustered_differences(labels, p1, y_pred, member, groups, level) -> dict:
         found = difference_of_proportions(y_pred == cls, member & (labels == cls), ~member & (labels == cls),
                                           groups, level)
         out[name] = {**found, "method": "Newcombe from clustered Wilson bounds, design-effect z-test (patients)"}
-    a_in, v_in = auc_variance(labels[member], p1[member], groups[member])
-    a_out, v_out = auc_variance(labels[~member], p1[~member], groups[~member])
-    d, se = a_in - a_out, math.sqrt(v_in + v_out)
-    z = norm.ppf(0.5 + level / 2)
-    out["roc_auc"] = {"value_in": a_in, "value_out": a_out, "difference": d, "low": d - z * se, "high": d + z * se,
-                      "p_value": (1.0 if d == 0 else 0.0) if se == 0 else float(2 * norm.sf(abs(d) / se)),
-                      "method": "Obuchowski clustered DeLong (independent groups of patients)"}
+    out["roc_auc"] = auc_difference(labels, p1, member, groups, level)
     return out
+
+
+def auc_difference(labels, p1, member, groups, level) -> dict:
+    """AUC inside minus outside, two independent groups: DeLong's (Obuchowski's, over patients)
+    variance on each side, Student's t on the fewest units of a class less one, as the AUC interval
+    does; a side whose AUC is 0 or 1 (variance 0) counts with the variance its Wilson bound implies,
+    so a small perfectly separated subgroup is not taken for a certain one."""
+    sides = []
+    for side in (member, ~member):
+        found = ClusteredAUC.of(labels[side], p1[side], None if groups is None else groups[side])
+        variance = clustered_variance(*found.centred(), found.m, found.n)
+        if found.auc in (0.0, 1.0) or variance <= 0:
+            trials = min(found.units)
+            low, high = wilson_bounds(found.auc, trials, norm.ppf(0.5 + level / 2))
+            variance = (max(found.auc - low, high - found.auc) / norm.ppf(0.5 + level / 2)) ** 2
+        sides.append((found.auc, variance, min(found.units)))
+    (a_in, v_in, n_in), (a_out, v_out, n_out) = sides
+    d, se = a_in - a_out, math.sqrt(v_in + v_out)
+    quantile = student_t.ppf(0.5 + level / 2, min(n_in, n_out) - 1)
+    clustered = groups is not None
+    return {"value_in": a_in, "value_out": a_out, "difference": d, "low": d - quantile * se, "high": d + quantile * se,
+            "p_value": 1.0 if d == 0 else float(2 * student_t.sf(abs(d) / se, min(n_in, n_out) - 1)),
+            "method": "Obuchowski clustered DeLong (independent groups of patients)" if clustered
+            else "DeLong (independent groups)"}
 
 
 def compare_subgroups(probs: np.ndarray, labels: np.ndarray, threshold: float | None, column: np.ndarray, *,
