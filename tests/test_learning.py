@@ -10,7 +10,8 @@ def test_a_small_model_learns_the_synthetic_set():
                        finetune_epochs=0, lr=3e-3, batch_size=16, bootstrap=200, seed=0)
     test = run.metrics.test
     assert test.roc_auc.value >= 0.9, run.metrics
-    assert test.roc_auc.low > 0.75  # a test set large enough for an interval that excludes chance comfortably
+    assert test.roc_auc.low > 0.7  # a test set large enough for an interval that excludes chance comfortably
+    # (an AUC of 1 is bounded by Wilson over the patients of the smaller class: 14 here, two images each)
     losses = [epoch["train_loss"] for epoch in run.history]
     assert losses[-1] < 0.8 * losses[0], losses  # the training loss falls
     assert run.metrics.train.roc_auc.value >= 0.9

@@ -177,7 +177,7 @@ def read_dicom(path: Path, window: str | None = None) -> np.ndarray:
             "export one frame per file or use a 3D backbone"
         )
     pixels = decode_dicom_pixels(ds, path)
-    return dicom_to_unit_range(ds, pixels, parse_window(window))
+    return dicom_to_unit_range(ds, pixels, parse_window(window), path)
 
 
 def truncated(path: Path) -> DataError:
@@ -216,7 +216,8 @@ def decoder_available(syntax) -> bool:
         return False
 
 
-def dicom_to_unit_range(ds, pixels: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
+def dicom_to_unit_range(ds, pixels: np.ndarray, window: tuple[float, float] | None = None,
+                        path: Path | str = "DICOM data") -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
