@@ -151,3 +151,17 @@ def test_csv_log_holds_every_epoch_and_the_final_figures(tracked):
     metrics = json.loads((tracked / "metrics.json").read_text())
     (final,) = [r for r in rows if r["name"] == "test_roc_auc"]
     assert final["step"] == "0" and float(final["value"]) == pytest.approx(metrics["test"]["roc_auc"], abs=1e-6)
+
+
+def test_mlflow_takes_any_folder_store_and_names_a_uri_it_refuses(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from medcls.errors import ConfigError
+    from medcls.plugins.builtin.loggers import MLflowTracker
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "team-store").as_uri())  # not medcls's default
+    tracker = MLflowTracker(tmp_path / "run")
+    assert tracker.client.get_run(tracker.run_id).info.run_id == tracker.run_id
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://nowhere")
+    with pytest.raises(ConfigError, match="MLflow cannot use the tracking URI 'nosuchscheme://nowhere'"):
+        MLflowTracker(tmp_path / "run2")

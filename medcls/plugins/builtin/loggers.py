@@ -103,14 +103,21 @@ class MLflowTracker:
         if not uri:
             store = (Path(out).resolve().parent / "mlruns")
             uri = store.as_uri()
+        if uri.startswith("file:") or "://" not in uri:  # a folder store, medcls's default or the user's own
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # see the module docstring
         self.uri, self.out = uri, Path(out)
-        self.client = MlflowClient(tracking_uri=uri)
-        if parent is None:
-            found = self.client.get_experiment_by_name(EXPERIMENT)
-            self.experiment_id = found.experiment_id if found else self.client.create_experiment(EXPERIMENT)
-        else:
-            self.experiment_id = parent.experiment_id
+        try:
+            self.client = MlflowClient(tracking_uri=uri)
+            if parent is None:
+                found = self.client.get_experiment_by_name(EXPERIMENT)
+                self.experiment_id = found.experiment_id if found else self.client.create_experiment(EXPERIMENT)
+            else:
+                self.experiment_id = parent.experiment_id
+        except Exception as exc:  # MLflow's own refusal (a bad URI, a store it cannot open): one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ConfigError(f"MLflow cannot use the tracking URI {uri!r} ({first}): set MLFLOW_TRACKING_URI to a "
+                              "server (http://...), a sqlite:///FILE.db or a folder, or leave it unset for a store "
+                              "beside the runs") from None
         # A nested run carries MLflow's own parent tag, so the UI folds it under its parent.
         tags = {"mlflow.parentRunId": parent.run_id} if parent is not None else {}
         name = self.out.name
