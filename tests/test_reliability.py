@@ -438,7 +438,7 @@ def test_a_layout_plugin_returning_the_wrong_type_is_one_line(tmp_path, returned
 def test_saving_a_run_whose_folder_vanished_is_one_line(tmp_path):
     import medcls
 
-    from tests.test_api import SMALL, phantoms
+    from tests.helpers import SMALL, phantoms
 
     images, labels, patients = phantoms(40, 24)
     trained = medcls.train(images=images, labels=labels, patients=patients, **{**SMALL, "image_size": 24, "epochs": 1})

@@ -9,8 +9,8 @@ import numpy as np
 from medcls.errors import DataError
 from medcls.stats.metrics import cross_entropy
 from medcls.stats.bootstrap import bootstrap_binary, bootstrap_loop, bootstrap_multiclass
-from medcls.stats.clustered import (MIN_UNITS_BOOTSTRAP, auc_interval, is_clustered, proportion_interval, refusal,
-                                     too_few_for_bootstrap, too_few_in_the_tail)
+from medcls.stats.clustered import (MIN_UNITS_BOOTSTRAP, auc_interval, class_units, is_clustered, proportion_interval,
+                                     refusal, too_few_for_bootstrap, too_few_in_the_tail)
 from medcls.stats.metrics import confusion_counts
 from medcls.stats.metrics import roc_auc
 from medcls.stats.bootstrap import WeightedBinary
@@ -253,9 +253,8 @@ def assess(probs, labels, threshold, metrics, *, patients=None, patient_level=No
 def small_sample(labels: np.ndarray, groups) -> str | None:
     """The note printed beside the intervals when the smaller class has too few independent units
     for bootstrap intervals to cover (docs/intervals.md), so those figures are printed without, else None."""
-    clustered = is_clustered(groups)
-    unit = "patients" if clustered else "images"
-    counts = [len(np.unique(groups[labels == c])) if clustered else int((labels == c).sum()) for c in (0, 1)]
+    by_class, unit = class_units(labels, groups)
+    counts = [by_class.get(0, 0), by_class.get(1, 0)]
     if min(counts) >= MIN_UNITS_BOOTSTRAP:
         return None
     return (f"small sample ({counts[1]} positive and {counts[0]} negative {unit}): F1, MCC, PR AUC, Brier, "

@@ -55,17 +55,23 @@ def is_clustered(groups) -> bool:
     return groups is not None and len(np.unique(groups)) < len(groups)
 
 
+def class_units(labels: np.ndarray, groups) -> tuple[dict, str]:
+    """Independent units of each class present: patients when they have several images, else
+    images; and the unit's name."""
+    clustered = is_clustered(groups)
+    counts = {int(c): len(np.unique(groups[labels == c])) if clustered else int((labels == c).sum())
+              for c in np.unique(labels)}
+    return counts, "patients" if clustered else "images"
+
+
 def too_few_for_bootstrap(labels: np.ndarray, groups) -> str | None:
     """The reason bootstrap intervals are refused on this split (fewer than MIN_UNITS_BOOTSTRAP
     patients, or images, of some class), else None."""
-    clustered = is_clustered(groups)
-    counts = {c: len(np.unique(groups[labels == c])) if clustered else int((labels == c).sum())
-              for c in np.unique(labels)}
+    counts, unit = class_units(labels, groups)
     if len(counts) < 2:
         return "only one class in this split"
     if min(counts.values()) >= MIN_UNITS_BOOTSTRAP:
         return None
-    unit = "patients" if clustered else "images"
     fewest = min(counts, key=counts.get)
     return f"{counts[fewest]} {unit} of class {fewest}, under the {MIN_UNITS_BOOTSTRAP} a bootstrap needs to cover"
 
@@ -74,13 +80,13 @@ def too_few_in_the_tail(labels: np.ndarray, groups, figure: str, target: float) 
     """The reason a fixed-point figure (`sensitivity_at_specificity` at `target`, or the reverse) gets
     no interval: fewer than MIN_TAIL_UNITS units of the conditioning class beyond the point, else None."""
     cls = 0 if figure.startswith("sensitivity") else 1  # sensitivity at a specificity: the negatives
-    clustered = is_clustered(groups)
-    units = len(np.unique(groups[labels == cls])) if clustered else int((labels == cls).sum())
+    counts, unit = class_units(labels, groups)
+    units = counts.get(cls, 0)
     if (1 - target) * units + 1e-9 >= MIN_TAIL_UNITS:
         return None
     needed = math.ceil(MIN_TAIL_UNITS / (1 - target) - 1e-9)
     kind = "negative" if cls == 0 else "positive"
-    return f"{units} {kind} {'patients' if clustered else 'images'}; a point this far out needs {needed}"
+    return f"{units} {kind} {unit}; a point this far out needs {needed}"
 
 
 def wilson_bounds(p: float, n: float, z: float) -> tuple[float, float]:
@@ -108,41 +114,31 @@ def proportion_interval(hits: np.ndarray, members: np.ndarray, groups=None, leve
         k = int((hits & members).sum())
         low, high = wilson_bounds(k / total, total, z)
         return Interval(low, high, "Wilson")
-    codes = cluster_codes(groups, len(members))[members]
-    if len(codes) == 0:
+    if not members.any():
         return refusal("no cases to count")
-    m = np.bincount(codes).astype(np.float64)
-    x = np.bincount(codes, weights=hits[members].astype(np.float64))
-    present = m > 0
-    m, x = m[present], x[present]
-    clusters = len(m)
+    p, deff, total, clusters = design_effect(hits, members, groups)
     if clusters < MIN_PATIENTS_PROPORTION:
         return refusal(f"{clusters} {unit} in the denominator")
-    total, p = m.sum(), x.sum() / m.sum()
-    if 0 < p < 1:
-        variance = clusters / (clusters - 1) * float(((x - p * m) ** 2).sum()) / total ** 2
-        effective = min(total, p * (1 - p) / variance) if variance > 0 else total
-    else:
-        effective = total ** 2 / float((m ** 2).sum())
-    effective *= (z / student_t.ppf(0.5 + level / 2, clusters - 1)) ** 2
+    effective = total / deff * (z / student_t.ppf(0.5 + level / 2, clusters - 1)) ** 2
     low, high = wilson_bounds(p, effective, z)
     return Interval(low, high, f"Wilson, clustered (design effect over {clusters} {unit}, Korn-Graubard df)")
 
 
-def design_effect(hits: np.ndarray, members: np.ndarray, groups) -> tuple[float, float, int]:
-    """(proportion, design effect, images) of `hits` among `members` over patients: the ratio-
-    estimator variance against the binomial one, at least 1; at p = 0 or 1, sum m_i^2 / M, the
-    design effect of patients whose images all agree."""
+def design_effect(hits: np.ndarray, members: np.ndarray, groups) -> tuple[float, float, int, int]:
+    """(proportion, design effect, images, patients) of `hits` among `members`: the ratio-estimator
+    variance over patients (Kish 1965) against the binomial one, at least 1; at p = 0 or 1, where
+    the ratio variance is 0, sum m_i^2 / M, the design effect of patients whose images all agree
+    (the widest the clustering allows)."""
     codes = cluster_codes(groups, len(members))[members]
     m = np.bincount(codes).astype(np.float64)
     x = np.bincount(codes, weights=hits[members].astype(np.float64))
     m, x = m[m > 0], x[m > 0]
-    total = m.sum()
+    total, clusters = m.sum(), len(m)
     p = x.sum() / total
-    if len(m) > 1 and 0 < p < 1:
-        variance = len(m) / (len(m) - 1) * float(((x - p * m) ** 2).sum()) / total ** 2
-        return p, max(1.0, variance / (p * (1 - p) / total)), int(total)
-    return p, float((m ** 2).sum() / total), int(total)
+    if clusters > 1 and 0 < p < 1:
+        variance = clusters / (clusters - 1) * float(((x - p * m) ** 2).sum()) / total ** 2
+        return p, max(1.0, variance / (p * (1 - p) / total)), int(total), clusters
+    return p, float((m ** 2).sum() / total), int(total), clusters
 
 
 def difference_of_proportions(hits: np.ndarray, inside: np.ndarray, outside: np.ndarray, groups=None,
@@ -151,8 +147,8 @@ def difference_of_proportions(hits: np.ndarray, inside: np.ndarray, outside: np.
     (clustered) Wilson interval (the MOVER of Zou & Donner 2004, for clustered data), and a two-sided
     z-test on the pooled proportion with each side's design effect (Donner & Klar 2000)."""
     a, b = proportion_interval(hits, inside, groups, level), proportion_interval(hits, outside, groups, level)
-    p1, d1, n1 = design_effect(hits, inside, groups)
-    p2, d2, n2 = design_effect(hits, outside, groups)
+    p1, d1, n1, _ = design_effect(hits, inside, groups)
+    p2, d2, n2, _ = design_effect(hits, outside, groups)
     d = p1 - p2
     low = d - math.sqrt((p1 - a.low) ** 2 + (b.high - p2) ** 2)
     high = d + math.sqrt((a.high - p1) ** 2 + (p2 - b.low) ** 2)
