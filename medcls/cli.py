@@ -14,6 +14,7 @@ import click
 
 from medcls.config import CHOICES
 from medcls.errors import DATA, FILE_SYSTEM, INTERRUPTED, ConfigError, MedclsError
+from medcls.logs import DefaultHandler
 from medcls.version import __version__
 
 THRESHOLD_RULES = list(CHOICES["threshold_rule"])
@@ -78,7 +79,7 @@ class EchoHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
-        if record.levelno >= logging.WARNING:
+        if record.levelno == logging.WARNING:
             if message in self.warned:
                 return
             self.warned.add(message)
@@ -86,13 +87,13 @@ class EchoHandler(logging.Handler):
         click.echo(message, err=True)
 
 
-def attach_log_handler() -> None:
+def attach_log_handler(level: int = logging.INFO) -> None:
     """Route the library's logger to stderr for this command (a fresh handler per command)."""
     logger = logging.getLogger("medcls")
-    for handler in [h for h in logger.handlers if isinstance(h, EchoHandler)]:
+    for handler in [h for h in logger.handlers if isinstance(h, (EchoHandler, DefaultHandler))]:
         logger.removeHandler(handler)
     logger.addHandler(EchoHandler())
-    logger.setLevel(logging.INFO)
+    logger.setLevel(level)
     logger.propagate = False
 
 
@@ -120,10 +121,11 @@ def progress_bars(enabled: bool):
 
 @click.group(cls=MedclsGroup)
 @click.version_option(__version__, prog_name="medcls")
-def cli():
+@click.option("--verbose", "-v", is_flag=True, help="Debug output too, e.g. the traceback of a plugin hook that failed.")
+def cli(verbose):
     """medcls: fine-tune pretrained backbones on medical images and report sensitivity,
     specificity and ROC honestly. Extend it with plugins (see `medcls plugins`)."""
-    attach_log_handler()
+    attach_log_handler(logging.DEBUG if verbose else logging.INFO)
     from medcls.logs import show_progress_bars
 
     show_progress_bars(stage_bars if sys.stderr.isatty() else None)  # in logs and CI: one line per stage

@@ -65,7 +65,7 @@ class TrainConfig:
     volume_spacing: str | None = option(None, '3D: resample to this spacing in mm (one number or z,y,x), then centre-crop/pad; None: resize the whole volume', 'data')
     channels: str = option("auto", "'auto' (1 if every image is greyscale, else 3), '1' or '3'", 'data')
     # --- model: the backbone and its new head ---
-    backbone: str = option("resnet50", 'any registered backbone (`medcls list backbones`)', 'model')
+    backbone: str = option("efficientnet_lite0", "any registered backbone (`medcls list backbones`); the default's ImageNet weights install with the medcls-efficientnet-lite plugin, so it trains pretrained offline", 'model')
     pretrained: bool | None = option(None, 'None: pretrained when the backbone has weights (timm: yes, MONAI 3D: none exist); True fails, never falls back, if they are unavailable', 'model')
     weights: str | None = option(None, 'a .safetensors file with backbone weights, tried before any source', 'model')
     dropout: float = option(0.3, 'dropout before the new classification head', 'model')

@@ -1,6 +1,7 @@
 """medcls logs through `logging.getLogger("medcls")` and never prints: progress at INFO, problems
-the user should see at WARNING. The CLI attaches a handler that writes them to stderr; a notebook
-sees warnings through Python's default handler and can ask for more with `logging.basicConfig`."""
+the user should see at WARNING. The CLI attaches a handler that writes them to stderr. In a notebook
+or script that configured no logging, `DefaultHandler` shows INFO and above on stderr; once the
+user configures logging (`logging.basicConfig`, a root handler), their configuration decides."""
 
 from __future__ import annotations
 
@@ -9,6 +10,42 @@ import logging
 import time
 
 logger = logging.getLogger("medcls")
+
+
+class DefaultHandler(logging.Handler):
+    """medcls's messages on stderr while nobody has configured logging (what a notebook user sees
+    without `logging.basicConfig`); once the root logger has a handler, records go to the root's
+    handlers instead, each at its own level or, where it has none, at the root's level (so
+    `basicConfig(level=WARNING)` hides medcls's INFO lines as it hides everyone's)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if any(handler is not self for handler in logger.handlers):
+            return  # handlers attached to medcls's logger itself (a test's capture, the user's) take it
+        root = logging.getLogger()
+        if root.handlers:
+            for handler in root.handlers:
+                if record.levelno >= (handler.level or root.getEffectiveLevel()):
+                    handler.handle(record)
+            return
+        import sys
+
+        prefix = "warning: " if record.levelno >= logging.WARNING else ""
+        print(prefix + record.getMessage(), file=sys.stderr, flush=True)
+
+
+def install_default_handler() -> None:
+    """Show INFO in a session without logging configuration (done once, at import): only when the
+    medcls logger has no handler and its level was not set by the user."""
+    if not logger.handlers and logger.level == logging.NOTSET:
+        logger.addHandler(DefaultHandler())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False  # DefaultHandler forwards to the root's handlers itself
+
+
+install_default_handler()
 # Set by the CLI when stderr is a terminal: bars(description, total, unit) -> an object with
 # update(n) and close(). Without it (notebooks, logs, CI) a stage is one INFO line when it ends.
 _bars = None

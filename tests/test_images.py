@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +13,7 @@ from medcls.data.cases import Case, ReaderTable
 from medcls.data.decoding import decode_all
 from medcls.data.images import ImageStore
 from medcls.data.prepared import hash_all
-from tests.conftest import save_png
+from tests.helpers import save_png
 
 
 @pytest.fixture
@@ -147,7 +150,7 @@ def test_compressed_dicom_decodes_in_worker_processes_like_in_threads(readers, t
     from pydicom.uid import RLELossless
 
     from medcls.data import decoding
-    from tests.test_readers import write_ct
+    from tests.helpers import write_ct
 
     rng = np.random.default_rng(2)
     cases = []
@@ -221,3 +224,66 @@ def test_cropped_and_whole_images_never_share_a_store_entry(registries, tmp_path
         _, _, readers = load_cases(config, registries)
         keys.add(image_store(config, readers, registries).key)
     assert len(keys) == 2
+
+
+READER_PLUGIN = """
+import numpy as np
+import medcls
+
+
+def read_fake(path, **settings):
+    return np.full((1, 8, 8), VALUE, dtype=np.float32)
+
+
+@medcls.hookimpl
+def medcls_register_readers(register):
+    register("fake", read_fake, extensions=(".fake",), description="constant images")
+"""
+
+
+@pytest.mark.parametrize("edit", ["code", "version"])
+def test_a_changed_reader_is_called_again_instead_of_its_old_pixels_being_served(make_distribution, tmp_path,
+                                                                                  edit):
+    """A plugin's reader edited (same distribution version) or released anew: the disk store is keyed by
+    the reader's identity, so the next run decodes with the new reader, never serving the old pixels."""
+    import sys
+
+    from medcls.config import TrainConfig
+    from medcls.data.prepared import prepare_data
+    from medcls.plugins.manager import get_plugin_manager
+    from medcls.plugins.registry import Registries
+
+    for label in ("no", "yes"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(6):
+            (tmp_path / "data" / label / f"{label}{i}.fake").write_bytes(f"{label}{i}".encode())
+    config = TrainConfig(backbone="test_resnet", data=str(tmp_path / "data"), image_size=8, cache="disk",
+                         cache_dir=str(tmp_path / "store"), val_fraction=0.25, test_fraction=0.25)
+
+    site = make_distribution("fake-reader", "fake_reader", READER_PLUGIN.replace("VALUE", "0.25"))
+
+    def pixels():
+        sys.modules.pop("fake_reader", None)
+        importlib.invalidate_caches()
+        data = prepare_data(config, Registries(get_plugin_manager()))
+        data.cache.complete()
+        return data.cache.batch(np.arange(len(data.cache.kept)))
+
+    def stored():
+        return len(list((tmp_path / "store").rglob("*.img")))
+
+    assert torch.allclose(pixels(), torch.tensor(0.25), atol=1e-4)
+    for _ in range(100):  # the store is written in the background
+        if stored() == 12:
+            break
+        time.sleep(0.1)
+    assert stored() == 12
+    if edit == "code":  # edited in place, same distribution version
+        (site / "fake_reader.py").write_text(READER_PLUGIN.replace("VALUE", "0.75"))
+    else:  # a new release whose reader declares what changed
+        (site / "fake_reader-1.0.dist-info").rename(site / "fake_reader-1.1.dist-info")
+        info = site / "fake_reader-1.1.dist-info" / "METADATA"
+        info.write_text(info.read_text().replace("Version: 1.0", "Version: 1.1"))
+        (site / "fake_reader.py").write_text(READER_PLUGIN.replace("VALUE", "0.75"))
+    again = pixels()
+    assert torch.allclose(again, torch.tensor(0.75), atol=1e-4)

@@ -74,7 +74,8 @@ def test_strict_mode_makes_a_broken_plugin_fatal(make_distribution, monkeypatch)
         get_plugin_manager()
     result = CliRunner().invoke(cli, ["list", "metrics"])
     assert result.exit_code == 3
-    assert result.stderr.count("\n") == 1 and "fake_broken" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # the error last, the plugin's traceback above it (strict)
+    assert last.startswith("error: ") and "fake_broken" in last and "Traceback" in result.stderr
 
 
 def test_misspelled_hook_is_an_error(make_distribution, monkeypatch):
@@ -166,6 +167,19 @@ def test_a_failing_hook_is_fatal_in_strict_mode(make_distribution, monkeypatch):
     monkeypatch.setenv("MEDCLS_STRICT_PLUGINS", "1")
     with pytest.raises(PluginError, match="hook medcls_register_metrics failed.*MEDCLS_STRICT_PLUGINS"):
         Registries(get_plugin_manager())["metrics"]
+
+
+@pytest.mark.parametrize("strict, flags", [("1", []), ("", ["-v"])])
+def test_a_failing_hook_shows_its_traceback_in_strict_mode_and_with_verbose(make_distribution, monkeypatch,
+                                                                            strict, flags):
+    """The plugin author sees where their hook raised (file and line), not only the one-line error."""
+    make_distribution("fake-raising", "fake_raising", RAISING)
+    monkeypatch.setenv("MEDCLS_STRICT_PLUGINS", strict)
+    result = CliRunner().invoke(cli, [*flags, "list", "metrics"])
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "fake_raising.py" in result.stderr and "config file of fake_raising missing" in result.stderr
+    quiet = CliRunner().invoke(cli, ["list", "metrics"]) if not strict else None
+    assert quiet is None or "Traceback" not in quiet.stderr  # without -v the user sees the one line
 
 
 PLUGIN_BACKBONE = """

@@ -60,7 +60,7 @@ def test_a_stage_drives_a_bar_and_closes_it_even_on_error(bars):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from tests.test_training import FAST
+    from tests.helpers import FAST
 
     out = tmp_path_factory.mktemp("progress") / "run"
     result = CliRunner().invoke(cli, ["train", *FAST, "--out", str(out)])
@@ -84,3 +84,34 @@ def test_decoding_and_intervals_report_progress(trained, bars, tmp_path):
     decoding = next(bar for name, bar in described.items() if name.startswith("decoding 400 images"))
     assert decoding.total == decoding.done == 400 and decoding.closed
     assert any(name.startswith("figures and 100-resample intervals of") for name in described)
+
+
+NOTEBOOK = """
+import logging, sys
+import medcls
+from medcls.logs import logger, stage
+with stage("decoding 3 images", total=3):
+    pass
+logger.info("plain info")
+if sys.argv[1] == "configured":
+    logging.basicConfig(level=logging.WARNING, format="root: %(message)s")
+    logger.info("hidden by the user's level")
+    logger.warning("through the user's handler")
+"""
+
+
+@pytest.mark.parametrize("mode", ["bare", "configured"])
+def test_a_session_without_logging_configuration_sees_info_and_a_configured_one_decides(mode):
+    """A notebook (no basicConfig) sees medcls's progress lines; once the user configures logging,
+    their level and format apply: INFO hidden at WARNING, warnings in their format, nothing twice."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", NOTEBOOK, mode], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith("decoding 3 images: ") and lines[1] == "plain info"
+    if mode == "configured":
+        assert lines[2:] == ["root: through the user's handler"]
+    else:
+        assert len(lines) == 2

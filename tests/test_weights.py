@@ -92,6 +92,7 @@ def test_a_file_for_another_architecture_is_one_line(registries, tmp_path):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_images_are_resized_as_the_backbone_was_pretrained_in_training_and_in_predict(tmp_path, image_folder):
     """timm's pretrained_cfg says bicubic for resnet18: the training cache, model.json and the
     predict path all resize that way (and test_resnet's bilinear stays bilinear)."""
@@ -111,3 +112,45 @@ def test_images_are_resized_as_the_backbone_was_pretrained_in_training_and_in_pr
     bicubic, bilinear = resize(pixels, 24, "bicubic"), resize(pixels, 24, "bilinear")
     assert not torch.allclose(bicubic, bilinear)
     assert torch.allclose(read, bicubic, atol=1 / 65535 * 2)  # the cache stores 16-bit levels
+
+
+def test_the_missions_resnet50_offline_stops_before_any_data_is_read_and_names_what_works(hub_cache, tmp_path,
+                                                                                          monkeypatch):
+    """`medcls train --backbone resnet50` on a machine without its weights: one line within seconds, before
+    the data is touched, naming the backbones whose weights are here (the lite plugin's) and the ways
+    to bring resnet50's."""
+    from click.testing import CliRunner
+
+    import medcls.workflows.train as workflow
+    from medcls.cli import cli
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was read before the weights were found")
+
+    monkeypatch.setattr(workflow, "prepare_data", no_data)
+    started = time.perf_counter()
+    result = CliRunner().invoke(cli, ["train", "--backbone", "resnet50", "--data", "synthetic", "--out",
+                                      str(tmp_path / "run")])
+    assert time.perf_counter() - started < 10
+    assert result.exit_code == 3 and "Traceback" not in result.output
+    line = result.stderr.strip().splitlines()[-1]
+    for fragment in ("no pretrained weights for 'resnet50'", "work on this machine: efficientnet_lite0",
+                     "--backbone efficientnet_lite0", "--weights FILE.safetensors", "HF_HOME", "--no-pretrained"):
+        assert fragment in line, (fragment, line)
+    assert not (tmp_path / "run").exists()  # no run folder left behind
+
+
+def test_backbones_in_the_hub_cache_are_named_as_working_offline(registries, hub_cache):
+    put_in_cache(hub_cache, {"w": torch.zeros(1)})
+    assert hub.cached_backbones() == ["test_resnet.r160_in1k"]
+    with pytest.raises(WeightsUnavailableError, match="work on this machine: .*test_resnet.r160_in1k"):
+        build_classifier(registries, "resnet18", 2, 3, 0.0, pretrained=True)
+
+
+def test_the_default_backbone_has_weights_offline(registries, hub_cache):
+    """A user who names no backbone trains a pretrained model on a machine without a network."""
+    from medcls.config import TrainConfig
+
+    default = TrainConfig().backbone
+    model, origin = build_classifier(registries, default, 2, 1, 0.0, pretrained=True)
+    assert "efficientnet-lite0-pypi" in origin

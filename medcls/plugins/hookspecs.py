@@ -92,7 +92,7 @@ def medcls_register_backbones(register):
 def medcls_register_weight_sources(register):
     """Register sources of pretrained weights for backbones.
 
-    ``register(name, source, description="...", offline=True)`` where
+    ``register(name, source, description="...", offline=True, available=None)`` where
     ``source(backbone: str)`` returns
 
     - ``None`` when this source does not serve that backbone;
@@ -106,8 +106,11 @@ def medcls_register_weight_sources(register):
     - or raises ``medcls.WeightsUnavailableError`` with the reason when it serves the backbone
       but cannot reach the weights (offline, missing file).
 
-    Sources registered with ``offline=True`` are tried before network ones. Never unpickle
-    untrusted files: use safetensors, or ``torch.load(..., weights_only=True)``.
+    Sources registered with ``offline=True`` are tried before network ones. ``available``, a
+    callable returning the backbone names this source can serve now without a network (installed
+    packages, files in a cache), lets medcls name the backbones that work on this machine when the
+    asked-for one has no weights. Never unpickle untrusted files: use safetensors, or
+    ``torch.load(..., weights_only=True)``.
 
     Example::
 
@@ -180,7 +183,7 @@ def medcls_register_readers(register):
     """Register image file readers.
 
     ``register(name, read, description="...", extensions=(".png",), sniff=None,
-    patient_id=None, settings=(), dims=2, folders=None, greyscale=None)`` where
+    patient_id=None, settings=(), dims=2, folders=None, greyscale=None, version="")`` where
 
     - ``read(path: pathlib.Path, **settings)`` returns a ``float32`` ``numpy`` array ``(C, H, W)`` with
       values in ``[0, 1]`` (C = 1 for greyscale, 3 for colour; checked on every file, a breach
@@ -202,7 +205,11 @@ def medcls_register_readers(register):
       used only to group images in splits and is never printed or written in clear;
     - ``greyscale(path)`` optionally says from the header alone (no pixels decoded) that ``read``
       will return one channel: training then starts before such files are decoded. Return False
-      when unsure; a file it calls greyscale that decodes in colour stops the run.
+      when unsure; a file it calls greyscale that decodes in colour stops the run;
+    - ``version`` optionally names the reader's own version. Decoded images are kept in a disk
+      store keyed by the reader's identity: its name, plugin, distribution and version, this
+      ``version`` and a hash of the source file that defines ``read``, so a changed reader is
+      called again instead of its old pixels being served.
 
     Example::
 

@@ -10,7 +10,7 @@ import pluggy
 from medcls.errors import PluginError
 from medcls.logs import logger
 from medcls.plugins import hookspecs
-from medcls.plugins.registry import PluginLoadError, strict_plugins
+from medcls.plugins.registry import PluginLoadError, report_traceback, strict_plugins
 
 # Built-in parts are ordinary plugins, registered exactly like installed ones.
 DEFAULT_PLUGINS = (
@@ -108,8 +108,9 @@ def load_entry_points(pm: MedclsPluginManager) -> None:
             register_plugin(pm, ep.load(), ep.name)
         except Exception as exc:  # any failure in third-party code is reported, not raised
             error = PluginLoadError(dist, ep.name, version, f"{type(exc).__name__}: {exc}")
+            report_traceback(ep.name, exc)
             if strict_plugins():
-                raise PluginError(error.one_line() + " (MEDCLS_STRICT_PLUGINS is set)") from None
+                raise PluginError(error.one_line() + " (MEDCLS_STRICT_PLUGINS is set)") from exc
             pm.load_errors.append(error)
             logger.warning(error.one_line())
         else:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import logging
 import os
+import traceback
+from pathlib import Path
 from functools import partial
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,12 +32,12 @@ CALLABLE, TEXTS = "a function", "a tuple of text"
 METADATA = {
     "backbones": {"spatial_dims": int, "pretrained": bool, "loads_weights": bool, "sized": bool, "blocks": CALLABLE, "resolves": CALLABLE,
                   "pretrained_names": CALLABLE},
-    "weights": {"offline": bool},
+    "weights": {"offline": bool, "available": CALLABLE},
     "policies": {"params": dict, "flips_lr": CALLABLE},
     "metrics": {"needs_threshold": bool, "higher_is_better": bool, "multiclass": str, "vectorised": CALLABLE,
                 "vectorised_multiclass": CALLABLE, "per_label": bool},
     "readers": {"extensions": TEXTS, "dims": int, "sniff": CALLABLE, "settings": TEXTS, "greyscale": CALLABLE,
-                "folders": CALLABLE, "patient_id": CALLABLE},
+                "folders": CALLABLE, "patient_id": CALLABLE, "version": str},
     "datasets": {"detect": CALLABLE},
     "loggers": {"extra": str},
 }
@@ -93,6 +96,15 @@ class PluginLoadError:
 
 def strict_plugins() -> bool:
     return os.environ.get("MEDCLS_STRICT_PLUGINS", "") not in ("", "0", "false", "no")
+
+
+def report_traceback(plugin_name: str, exc: BaseException) -> None:
+    """The plugin's own traceback, for its author: printed under MEDCLS_STRICT_PLUGINS (as an error)
+    and with `medcls -v` (at DEBUG); the user otherwise sees the one line."""
+    level = logging.ERROR if strict_plugins() else logging.DEBUG
+    if logger.isEnabledFor(level):
+        trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+        logger.log(level, f"plugin {plugin_name!r} raised:\n{trace}")
 
 
 @dataclass(frozen=True)
@@ -186,8 +198,9 @@ def disable(pm, plugin_name: str, hook: str, exc: Exception) -> None:
     error) and unregistered, so the rest of medcls works; fatal under MEDCLS_STRICT_PLUGINS."""
     dist, version = getattr(pm, "distributions", {}).get(plugin_name, ("?", "?"))
     error = PluginLoadError(dist, plugin_name, version, f"{type(exc).__name__}: {exc}", hook=hook)
+    report_traceback(plugin_name, exc)
     if strict_plugins():
-        raise PluginError(error.one_line() + " (MEDCLS_STRICT_PLUGINS is set)") from None
+        raise PluginError(error.one_line() + " (MEDCLS_STRICT_PLUGINS is set)") from exc
     if hasattr(pm, "load_errors") and all(e.one_line() != error.one_line() for e in pm.load_errors):
         pm.load_errors.append(error)
     logger.warning(error.one_line())
@@ -237,6 +250,21 @@ def check_hooks(pm, skip: set[str]) -> None:
                 disable(pm, impl.plugin_name, hook_name, exc)
 
 
+def source_digest(obj) -> str:
+    """SHA-256 (16 hex digits) of the file that defines `obj` (a function, a partial, a class
+    instance); '' when it has none (a built-in, code typed at a prompt)."""
+    import hashlib
+    import inspect
+
+    target = getattr(obj, "func", obj)  # functools.partial
+    target = inspect.unwrap(target) if callable(target) else target
+    try:
+        path = inspect.getsourcefile(target if inspect.isroutine(target) or inspect.isclass(target) else type(target))
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path else ""
+    except (TypeError, OSError):
+        return ""
+
+
 class Registries:
     """Every kind's registry for one plugin manager, collected on first use (backbones import timm)."""
 
@@ -250,6 +278,14 @@ class Registries:
 
         dist, version = getattr(self.pm, "distributions", {}).get(entry.plugin, ("medcls", __version__))
         return {"name": entry.name, "plugin": entry.plugin, "distribution": dist, "version": version}
+
+    def identity(self, entry: Entry) -> str:
+        """What decides the output of `entry`'s code: name, plugin, distribution and version, its
+        declared `version` and a hash of the source file defining it (an edit without a version
+        bump counts too). Caches keyed by it never serve what older code produced."""
+        provenance = self.provenance(entry)
+        return f"{entry.name}@{provenance['plugin']}:{provenance['distribution']}=={provenance['version']}" \
+            f":{entry.metadata.get('version', '')}:{source_digest(entry.obj)}"
 
     def __getitem__(self, kind: str) -> Registry:
         if kind not in self._collected:

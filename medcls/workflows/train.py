@@ -33,7 +33,7 @@ from medcls.core.loader import (
     make_loader,
     positive_weights,
 )
-from medcls.core.models import build_classifier, check_backbone_output
+from medcls.core.models import build_classifier, check_backbone_output, pretrained_weights
 from medcls.core.runs import (
     run_manifest,
     save_model,
@@ -498,10 +498,22 @@ def plugins_used(config: TrainConfig, registries, data: PreparedData) -> list[di
     return used
 
 
+def check_weights(config: TrainConfig, registries) -> None:
+    """Pretrained weights found before any data is read: a backbone whose weights are on no source
+    reachable here stops in seconds, naming the backbones that do work (not after decoding)."""
+    if not resolve_pretrained(config, registries):
+        return
+    members = config.ensemble_backbones if config.ensemble and config.ensemble_backbones else config.backbone
+    names = [b.strip() for b in members.split(",") if b.strip()]
+    for name in dict.fromkeys(names):
+        pretrained_weights(name, registries["weights"], config.weights)
+
+
 def checked_config(config: TrainConfig, registries) -> TrainConfig:
-    """Names checked before any data is read, and the data path made absolute, so that
-    `medcls evaluate RUN` finds the data (and its split) from any folder."""
+    """Names and pretrained weights checked before any data is read, and the data path made
+    absolute, so that `medcls evaluate RUN` finds the data (and its split) from any folder."""
     check_names(config, registries)
+    check_weights(config, registries)
     if Path(config.data).exists():
         config = dataclasses.replace(config, data=str(Path(config.data).resolve()))
     return sizes_from_sources(config, registries)

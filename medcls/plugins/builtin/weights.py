@@ -8,6 +8,7 @@ returns the path of the weights file; timm loads it (`pretrained_cfg_overlay=dic
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from urllib.parse import urlparse
 
 from medcls.errors import WeightsUnavailableError
@@ -43,6 +44,19 @@ def cached_file(repo: str, revision: str | None) -> str | None:
         if isinstance(path, str):
             return path
     return None
+
+
+def cached_backbones() -> list[str]:
+    """timm backbones whose weights are in the local hub cache (`timm/<model>.<tag>` repositories),
+    by the name `--backbone` takes; reads the cache folder only."""
+    from huggingface_hub import constants
+
+    root = Path(constants.HF_HUB_CACHE)
+    names = []
+    for folder in sorted(root.glob("models--timm--*")) if root.is_dir() else []:
+        if any(any(snapshot.glob(name)) for snapshot in folder.glob("snapshots/*") for name in WEIGHT_FILES):
+            names.append(folder.name[len("models--timm--"):])
+    return names
 
 
 def hub_offline_reason() -> str | None:
@@ -96,4 +110,5 @@ def medcls_register_weight_sources(register):
         timm_hub_weights,
         description="timm's ImageNet weights from the Hugging Face hub or its local cache",
         offline=False,
+        available=cached_backbones,
     )

