@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from medcls.plugins.manager import get_plugin_manager
 from medcls.plugins.registry import Registries
+from tests.helpers import save_png
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -55,14 +55,6 @@ def make_distribution(tmp_path, monkeypatch):
 
     for name in [m for m in sys.modules if m.startswith("fake_")]:
         del sys.modules[name]
-
-
-def save_png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array, mode=mode).save(path)
-    return path
 
 
 @pytest.fixture

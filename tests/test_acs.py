@@ -79,6 +79,7 @@ def test_acs_and_slices_together_are_refused():
         make_config({"backbone": "test_resnet", "acs": True, "slices": 3}, {}, where="test")
 
 
+@pytest.mark.slow
 def test_acs_trains_predicts_and_explains_end_to_end(tmp_path):
     import csv
     import json
@@ -128,6 +129,7 @@ def test_precise_bn_recomputes_the_statistics_of_batch_norm_that_trains():
     torch.testing.assert_close(model[4].running_mean, frozen_before)
 
 
+@pytest.mark.slow
 def test_precise_bn_reaches_a_run_from_scratch(tmp_path):
     """Same seed, one epoch: the weights are the same with and without precise BN; only the saved
     batch-norm statistics differ."""

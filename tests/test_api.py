@@ -268,6 +268,7 @@ def test_without_out_the_run_lives_in_a_temporary_folder():
     assert not folder.exists()
 
 
+@pytest.mark.slow
 def test_a_temporary_run_writes_nothing_that_vanishes_and_can_be_kept(tmp_path, caplog):
     images, labels, patients = phantoms(40, 24)
     run = medcls.train(images=images, labels=labels, patients=patients, **{**SMALL, "image_size": 24, "epochs": 1})
@@ -296,6 +297,7 @@ def test_a_temporary_run_writes_nothing_that_vanishes_and_can_be_kept(tmp_path, 
     assert np.array_equal(again.predict(images[:4]), probs) and again.config.out == str(tmp_path / "kept")
 
 
+@pytest.mark.slow
 def test_the_notebook_example_runs(tmp_path, monkeypatch, capsys):
     """examples/notebook.py: arrays in, figures, predict, reload with identical probabilities. Run in
     this process as a notebook would (a subprocess would spend most of its time importing)."""
@@ -305,6 +307,7 @@ def test_the_notebook_example_runs(tmp_path, monkeypatch, capsys):
     assert json.loads((tmp_path / "nb" / "metrics.json").read_text())["test"]["roc_auc"] >= 0.8
 
 
+@pytest.mark.slow
 def test_cross_validate_returns_typed_folds_pooled_figures_and_cases_to_review(tmp_path):
     images, labels, patients = phantoms(90)
     cv = medcls.cross_validate(images=images, labels=labels, patients=patients, folds=3, out=str(tmp_path / "cv"),

@@ -3,16 +3,18 @@ and refuses bad input in one line."""
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from benchmarks.harness import bench
-from tests.test_cli import assert_one_line_error
+from tests.helpers import assert_one_line_error
 
 
 def run(*args):
     return CliRunner().invoke(bench, list(args))
 
 
+@pytest.mark.slow
 def test_bench_writes_every_figure_and_the_table(tmp_path):
     out = tmp_path / "bench.json"
     result = run("--limit", "16", "--image-size", "32", "--batch-size", "8", "--rounds", "1",
@@ -30,6 +32,7 @@ def test_bench_compresses_only_dicom(tmp_path):
     assert_one_line_error(run("--limit", "2", "--compress", "rle"), "--compress applies to DICOM")
 
 
+@pytest.mark.slow
 def test_gpu_check_says_why_it_cannot_run_and_reads_each_run_s_own_figures(tmp_path):
     import subprocess
     import sys

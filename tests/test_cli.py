@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from medcls.cli import cli
-from tests.conftest import save_png
+from tests.helpers import assert_one_line_error, save_png
 
 
 def run(*args):
@@ -30,17 +30,6 @@ def test_list_with_pattern():
     assert "sensitivity" in run("list", "metrics").stdout
     verbose = run("list", "policies", "aggressive", "--verbose").stdout
     assert "shear = 0.2" in verbose and "rotate_deg = 40.0" in verbose
-
-
-def assert_one_line_error(result, *fragments, code=None):
-    """One line `error: ...` naming the problem, no traceback, and a documented exit status:
-    3 configuration, 4 data, 5 file system (medcls.errors)."""
-    assert result.exit_code in ((code,) if code else (3, 4, 5)), (result.exit_code, result.output)
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: ")
-    for fragment in fragments:
-        assert fragment in lines[-1], (fragment, lines[-1])
 
 
 def test_missing_data_path(tmp_path):
@@ -170,6 +159,7 @@ def test_experiment_rejects_bad_vary():
     assert_one_line_error(run("experiment", "--vary", "finetune=scratch,half"), "unknown value 'half'")
 
 
+@pytest.mark.slow
 def test_train_without_out_keeps_its_run_in_runs(tmp_path):
     """`medcls train` without --out writes runs/<backbone>-<date>-<time> and the folder outlives the
     process (the notebook API's temporary folder must not be what the CLI user gets)."""

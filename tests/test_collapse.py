@@ -8,7 +8,7 @@ import torch
 
 from medcls.core.engine import EpochResult, Stage, collapsed, fit
 from medcls.core.execution import choose_execution
-from tests.test_recipe_options import Tiny, plain_sgd
+from tests.helpers import Tiny, plain_sgd
 
 
 def history(*aucs):
@@ -106,6 +106,7 @@ def test_a_run_resumed_after_a_restart_keeps_the_lower_rate(tmp_path):
     assert resumed.restarts == whole.restarts and resumed.best_epoch == whole.best_epoch == 5
 
 
+@pytest.mark.slow
 def test_a_training_run_reports_its_restart(tmp_path, monkeypatch):
     """The run's reading and metrics.json say which stage started again, from which epoch and at
     what rate (the collapse itself is forced: a tiny model on synthetic data does not collapse)."""

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from medcls.cli import cli
 from medcls.stats.intervals import mcnemar, paired_delong
-from tests.test_training import FAST
+from tests.helpers import FAST
 
 
 def pairwise_paired_delong(y, a, b):
@@ -60,6 +60,7 @@ def train(tmp_path, name, seed):
     return str(out)
 
 
+@pytest.mark.slow
 def test_compare_cli(tmp_path):
     a, b = train(tmp_path, "a", 0), train(tmp_path, "b", 1)
     refused = CliRunner().invoke(cli, ["compare", a, b])

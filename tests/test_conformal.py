@@ -49,7 +49,7 @@ def test_a_class_with_too_few_validation_cases_always_enters_the_set():
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from tests.test_training import FAST
+    from tests.helpers import FAST
 
     out = tmp_path_factory.mktemp("conformal") / "run"
     result = CliRunner().invoke(cli, ["train", *FAST, "--out", str(out), "--set", "abstain_coverage=0.9"])

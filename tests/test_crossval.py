@@ -9,12 +9,13 @@ from click.testing import CliRunner
 import medcls
 
 from medcls.cli import cli
-from tests.test_cli import assert_one_line_error
+from tests.helpers import assert_one_line_error
 
 FAST = ["--backbone", "test_resnet", "--no-pretrained", "--image-size", "32", "--epochs", "1",
         "--finetune-epochs", "0", "--set", "bootstrap=100"]
 
 
+@pytest.mark.slow
 def test_three_folds_score_every_case_once_with_patients_kept_together(tmp_path):
     result = CliRunner().invoke(cli, ["train", *FAST, "--folds", "3", "--out", str(tmp_path / "cv")])
     assert result.exit_code == 0, result.output

@@ -16,7 +16,7 @@ from medcls.cli import cli
 from medcls.data.cases import Case, ReaderTable
 from medcls.data.decoding import StartAgain, decode_all
 from medcls.errors import DataError
-from tests.conftest import save_png
+from tests.helpers import save_png
 
 
 @pytest.fixture
@@ -115,7 +115,7 @@ def test_a_header_that_says_grey_for_a_colour_image_stops_the_run(registries, tm
 
 def test_reader_header_checks(tmp_path):
     from medcls.data.readers import dicom_greyscale, pil_greyscale
-    from tests.test_readers import write_ct
+    from tests.helpers import write_ct
 
     grey = save_png(tmp_path / "g.png", np.zeros((4, 4), np.uint8))
     rgb = save_png(tmp_path / "c.png", np.zeros((4, 4, 3), np.uint8))
@@ -146,6 +146,7 @@ def manifest(tmp_path, broken_split: str):
 
 
 @pytest.mark.parametrize("broken_split", ["train", "test"])
+@pytest.mark.slow
 def test_decoding_while_training_trains_exactly_as_decoding_first(tmp_path, broken_split):
     """An unreadable training image is met mid-epoch (the run starts again without it); an
     unreadable test image only once training is over. Either way: the run decoding first."""
@@ -187,6 +188,7 @@ def test_the_announced_epoch_order_is_the_one_shuffling_would_draw():
 
 
 @pytest.mark.parametrize("setting, expected", [(None, False), ("true", True), ("false", False)])
+@pytest.mark.slow
 def test_decoding_while_training_is_off_by_default_on_cpu(monkeypatch, tmp_path, setting, expected):
     """On CPU decoder and model share the cores (measured: overlapping them is slower)."""
     import medcls.workflows.train
@@ -246,6 +248,7 @@ def test_a_colour_image_after_the_guess_starts_training_again(readers, tmp_path,
     assert cache.channels == first.channels == 3 and torch.equal(cache.images, first.images)
 
 
+@pytest.mark.slow
 def test_training_on_a_wrong_channel_guess_starts_again_and_ends_as_decoding_first(tmp_path, monkeypatch):
     from medcls.data import decoding
 

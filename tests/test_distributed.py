@@ -18,6 +18,7 @@ ARGS = ["--backbone", "efficientnet_lite0", "--pretrained", "--image-size", "32"
         "--set", "bootstrap=100", "--set", "patience=0", "--set", "cache=memory"]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path):
     pytest.importorskip("medcls_efficientnet_lite", reason="the offline ImageNet weights plugin is not installed")
     one = CliRunner().invoke(cli, ["train", *ARGS, "--out", str(tmp_path / "one")])  # in this process: no start-up

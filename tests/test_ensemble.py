@@ -4,6 +4,7 @@ predicts and exports like a single model, reported beside its members."""
 import json
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 from torch import nn
@@ -31,6 +32,7 @@ def test_the_ensemble_is_the_average_of_its_members_probabilities():
     torch.testing.assert_close(Ensemble(members)(x).softmax(1), expected)
 
 
+@pytest.mark.slow
 def test_ensemble_run_reports_members_and_works_like_a_single_model(tmp_path):
     run = tmp_path / "ensemble"
     result = CliRunner().invoke(cli, ["train", "--backbone", "test_resnet", "--no-pretrained", "--image-size", "32",

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from medcls.cli import cli
 from medcls.workflows.experiment import FINETUNE, exceeds_spread, settings_for
-from tests.test_cli import assert_one_line_error
+from tests.helpers import assert_one_line_error
 
 
 def test_finetune_settings():
@@ -36,6 +36,7 @@ def tiny_experiment(out, vary: str, seeds: str = "0,1"):
     return result
 
 
+@pytest.mark.slow
 def test_experiment_holds_the_split_fixed(tmp_path):
     out = tmp_path / "exp"
     result = tiny_experiment(out, "policy=none,aggressive")
@@ -63,6 +64,7 @@ def test_experiment_holds_the_split_fixed(tmp_path):
     assert set(rewrite_from_csv(out, "policy")) == {"none", "aggressive"}
 
 
+@pytest.mark.slow
 def test_one_value_gives_the_seed_spread_of_that_setting(tmp_path):
     """`--vary KEY=VALUE` with several seeds: one setting's mean and seed spread (before: refused)."""
     out = tmp_path / "exp"

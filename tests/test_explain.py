@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from medcls.cli import cli
 from medcls.workflows.explain import unit_range
-from tests.test_cli import assert_one_line_error
+from tests.helpers import assert_one_line_error
 
 
 def test_the_most_important_region_is_hot():
@@ -26,6 +26,7 @@ def run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_explain_writes_a_heatmap_per_image_and_a_grid(run, image_folder, tmp_path):
     (image_folder / "yes" / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "cams"
@@ -40,6 +41,7 @@ def test_explain_refuses_an_unknown_class(run, image_folder, tmp_path):
                                                    str(tmp_path / "cams"), "--class", "maybe"]), "--class 'maybe' is not one of")
 
 
+@pytest.mark.slow
 def test_explain_volumes_shows_the_middle_slice(tmp_path):
     from medcls.data.synthetic import write_synthetic_volumes
 

@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from medcls.cli import cli
-from tests.test_cli import assert_one_line_error
+from tests.helpers import assert_one_line_error
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,13 @@ import pytest
 from click.testing import CliRunner
 
 from medcls.cli import cli
-from tests.test_training import FAST
+from tests.helpers import FAST
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+@pytest.mark.slow
 def test_report_html_renders_in_chromium(tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(cli, ["train", *FAST, "--out", str(out)])

@@ -15,7 +15,7 @@ from medcls.cli import cli
 
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
-    from tests.conftest import save_png
+    from tests.helpers import save_png
 
     rng = np.random.default_rng(1)
     root = tmp_path_factory.mktemp("calibrated")
@@ -36,6 +36,7 @@ def rows_of(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 def test_every_path_gives_the_same_probability_and_decision(calibrated, tmp_path):
     import onnxruntime
 
@@ -94,11 +95,12 @@ def test_explain_reports_the_probability_predict_gives_in_a_bf16_run(calibrated,
     assert [r["predicted"] for r in explained.rows] == list(run.decide(files))
 
 
+@pytest.mark.slow
 def test_a_crop_foreground_run_reads_files_for_predict_and_evaluate_as_training_did(tmp_path):
     """Training (the decoded-image cache), predict and evaluate each cut an image to its object's
     box: the object lies at a different place on a black frame in each file, so a path that
     forgot the crop would see other pixels and give other probabilities."""
-    from tests.conftest import save_png
+    from tests.helpers import save_png
 
     rng = np.random.default_rng(2)
     for label in ("no", "yes"):

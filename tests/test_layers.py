@@ -95,3 +95,17 @@ def test_no_import_loops():
         if node not in state:
             visit(node, [node])
     assert not loops, "\n".join(loops)
+
+
+def test_no_test_module_imports_another():
+    """Shared test code lives in tests/helpers.py (and fixtures in conftest.py), so each test module reads
+    on its own and moving one never breaks another."""
+    tests = Path(__file__).resolve().parent
+    offenders = []
+    for path in sorted(tests.glob("*.py")) + sorted(tests.parent.glob("plugins/*/tests/*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            offenders += [f"{path.name} imports {t}" for t in targets
+                          if t.startswith("tests.") and t not in ("tests.helpers",)]
+    assert not offenders, "\n".join(offenders)

@@ -8,7 +8,7 @@ import pytest
 from medcls.config import make_config
 from medcls.data.loading import class_names, load_cases
 from medcls.errors import DataError
-from tests.conftest import save_png
+from tests.helpers import save_png
 
 
 def load(registries, **values):

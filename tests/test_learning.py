@@ -2,9 +2,12 @@
 A sign error in the loss, a head that never trains, labels shuffled against images or a broken
 optimizer step all fail this test (the rest of the suite checks plumbing, not learning)."""
 
+import pytest
+
 import medcls
 
 
+@pytest.mark.slow
 def test_a_small_model_learns_the_synthetic_set():
     run = medcls.train("synthetic", backbone="test_efficientnet", pretrained=False, image_size=64, epochs=8,
                        finetune_epochs=0, lr=3e-3, batch_size=16, bootstrap=200, seed=0)

@@ -132,6 +132,7 @@ def test_the_advice_rests_on_validation_never_on_test(test_auc):
 
 
 @pytest.mark.parametrize("kind", ["independent", "clustered"])
+@pytest.mark.slow
 def test_interval_coverage_on_a_small_clustered_grid_cell(kind):
     """A fast cell of benchmarks/interval_coverage.py (docs/intervals.md): 150 test sets of 150 images
     (clustered: 2-4 images a patient, intra-patient correlation 0.6), prevalence 0.3, an over-confident

@@ -14,8 +14,7 @@ from click.testing import CliRunner
 from medcls.cli import cli
 from medcls.data.findings import parse_policies, targets
 from medcls.errors import ConfigError
-from tests.conftest import save_png
-from tests.test_cli import assert_one_line_error
+from tests.helpers import assert_one_line_error, save_png
 
 NAMES = ["Edema", "Effusion"]
 
@@ -181,6 +180,7 @@ def test_per_finding_auc_and_intervals_equal_the_binary_code_label_by_label(regi
 
 
 @pytest.mark.parametrize("groups", [None, "patients"])
+@pytest.mark.slow
 def test_summary_intervals_equal_the_summary_figures_of_every_resample(groups, monkeypatch):
     """The vectorised macro/micro bootstrap gives the intervals of summary_figures computed on each
     resample's repeated cases (the definition), with uncertain entries, a finding known in no case,
@@ -330,6 +330,7 @@ def test_evaluate_with_tta_reports_both(run, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["without_tta"]["findings"]["findings"]
 
 
+@pytest.mark.slow
 def test_compare_two_multilabel_runs_finding_by_finding(run, tmp_path):
     other = tmp_path / "other"
     trained = CliRunner().invoke(cli, ["train", "--data", "synthetic-multilabel", "--backbone", "test_resnet",
@@ -358,6 +359,7 @@ def test_gradcam_per_finding(run, tmp_path):
         assert list((tmp_path / finding).glob("*-gradcam.png"))
 
 
+@pytest.mark.slow
 def test_cross_validation_folds_keep_every_finding_and_pool_out_of_fold(tmp_path):
     from sklearn.metrics import roc_auc_score
 
@@ -378,6 +380,7 @@ def test_cross_validation_folds_keep_every_finding_and_pool_out_of_fold(tmp_path
     assert pooled["lesion"]["values"]["roc_auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-3)  # CSV: 6 digits
 
 
+@pytest.mark.slow
 def test_multilabel_ensemble_averages_the_members_sigmoid_probabilities(tmp_path, registries):
     from medcls.core.runs import load_model
 

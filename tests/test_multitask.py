@@ -12,8 +12,7 @@ from click.testing import CliRunner
 from medcls.cli import cli
 from medcls.data.tasks import Task, parse_tasks
 from medcls.errors import ConfigError
-from tests.conftest import save_png
-from tests.test_cli import assert_one_line_error
+from tests.helpers import assert_one_line_error, save_png
 
 
 def test_tasks_grammar():

@@ -210,6 +210,7 @@ def test_a_batched_policy_leaves_the_callers_batch_as_it_was(registries, name):
     assert torch.equal(images, given) and not torch.equal(out, given)
 
 
+@pytest.mark.slow
 def test_scoring_and_unaugmented_training_start_without_monai():
     """MONAI takes seconds to import; only the geometry policy (and 3D backbones, Grad-CAM) need it."""
     import subprocess

@@ -7,8 +7,7 @@ import pytest
 from medcls.data.cases import Case
 from medcls.data.loading import class_names
 from medcls.errors import DataError
-from tests.test_cli import assert_one_line_error
-from tests.test_reliability import TINY, run
+from tests.helpers import assert_one_line_error, run, TINY
 
 
 def cases(*labels):
@@ -39,7 +38,7 @@ def test_names_that_do_not_settle_it_are_an_error(labels, fragment):
 
 
 def test_training_stops_before_it_starts_and_positive_class_settles_it(tmp_path):
-    from tests.conftest import save_png
+    from tests.helpers import save_png
 
     rng = np.random.default_rng(0)
     for label in ("cat", "dog"):

@@ -71,6 +71,7 @@ def read_probabilities(run):
     return np.array([[float(r[k]) for k in sorted(r) if k.startswith("p_")] for r in rows])
 
 
+@pytest.mark.slow
 def test_the_saved_model_is_the_balanced_one_moved_to_the_training_prior(imbalanced_npz, tmp_path):
     runs = {}
     for corrected in (True, False):

@@ -7,7 +7,7 @@ import pytest
 
 from medcls.data.readers import read_dicom, read_nifti, read_pil
 from medcls.errors import DataError
-from tests.conftest import save_png
+from tests.helpers import save_png, write_ct
 
 
 def data_store_file(name: str) -> Path:
@@ -65,25 +65,6 @@ def test_corrupt_image_is_a_one_line_error(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(DataError, match="bad.png' cannot be decoded"):
         read_pil(tmp_path / "bad.png")
-
-
-def write_ct(path: Path, stored: np.ndarray, slope=1.0, intercept=-1024.0, window=(40.0, 400.0),
-             photometric="MONOCHROME2", patient="PAT-123"):
-    from pydicom.uid import CTImageStorage
-
-    from medcls.data.synthetic import new_dicom
-
-    ds = new_dicom(CTImageStorage)
-    ds.PatientID, ds.Modality = patient, "CT"
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = [window[0], 500.0], [window[1], 1500.0]  # multi-valued, as in the wild
-    ds.PixelData = stored.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def test_dicom_rescale_and_first_window(tmp_path):

@@ -9,6 +9,7 @@ import torch
 
 from medcls.core.engine import Mixer, Stage, fit, make_schedule, parameter_groups
 from medcls.core.execution import choose_execution
+from tests.helpers import Tiny, plain_sgd
 
 
 def test_mixup_is_a_convex_combination_with_the_shuffled_batch_and_is_seeded():
@@ -64,28 +65,6 @@ def test_warmup_ramps_from_a_tenth_then_follows_the_schedule():
     assert rates[5] < rates[3] < rates[2]
 
 
-class Tiny(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.backbone = torch.nn.Linear(4, 4)
-        self.head = torch.nn.Linear(4, 2)
-
-    def forward(self, x):
-        return self.head(torch.relu(self.backbone(x)))
-
-    def blocks(self):
-        return [self.backbone]
-
-    def set_trainable(self, top_blocks):
-        self.requires_grad_(True)
-
-
-def plain_sgd(**changes) -> dict:
-    """fit()'s optimisation settings for plain SGD without schedule, EMA or decay, with changes."""
-    return {"optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0, "schedule": "none", "patience": 0,
-            "ema": 0.0, "lr_decay": 1.0, "warmup_epochs": 0, **changes}
-
-
 def fitted_weights(ema: float):
     torch.manual_seed(0)
     model = Tiny()
@@ -115,6 +94,7 @@ def test_ema_weights_are_the_ones_evaluated_and_kept():
     assert moved(kept, seen[-1]) == 0  # what was evaluated is what is kept
 
 
+@pytest.mark.slow
 def test_label_smoothing_reaches_the_loss(tmp_path):
     """The same seed, data and batches: smoothing the targets raises the training loss of the
     first epoch (a confident correct prediction is no longer loss-free)."""
@@ -280,6 +260,7 @@ def test_epoch_size_under_ddp_gives_each_process_its_share_and_reshuffles():
     assert shares[0][0] != shares[0][1]  # set_epoch reaches the shuffle through the cap
 
 
+@pytest.mark.slow
 def test_epoch_size_reaches_a_training_run(tmp_path):
     """The same seed and data: a capped epoch takes fewer steps, so the first epoch's weights differ."""
     import medcls
@@ -307,6 +288,7 @@ def test_an_unknown_finetune_batchnorm_names_the_choices():
 
 
 @pytest.mark.parametrize("mode", ["frozen", "train"])
+@pytest.mark.slow
 def test_finetune_batchnorm_keeps_or_trains_the_pretrained_statistics(tmp_path, registries, mode):
     """Stage 2 with `frozen` keeps the ImageNet running statistics of every batch norm; with `train`
     the unfrozen blocks' statistics come from the training images (batch statistics, then precise BN)."""

@@ -11,20 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from medcls.cli import cli
 from medcls.errors import CONFIG, DATA, FILE_SYSTEM
-from tests.conftest import save_png
-from tests.test_cli import assert_one_line_error
-
-TINY = ["--backbone", "test_resnet", "--no-pretrained", "--image-size", "32", "--epochs", "1", "--finetune-epochs",
-        "0", "--set", "bootstrap=50"]
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
+from tests.helpers import assert_one_line_error, run, save_png, TINY
 
 def snapshot(folder: Path) -> dict:
     """Every file below `folder` with its content hash: what must not change."""

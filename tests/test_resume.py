@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from medcls.cli import cli
-from tests.test_cli import assert_one_line_error
+from tests.helpers import assert_one_line_error
 
 ARGS = ["--backbone", "test_resnet", "--no-pretrained", "--image-size", "32", "--epochs", "8", "--finetune-epochs",
         "4", "--set", "patience=0", "--set", "bootstrap=100", "--set", "cache=memory"]
@@ -28,6 +28,7 @@ def checkpoint_epoch(run) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_result(tmp_path):
     killed, whole = tmp_path / "killed", tmp_path / "whole"
     process = subprocess.Popen([sys.executable, "-m", "medcls", "train", *ARGS, "--out", str(killed)],
@@ -55,6 +56,7 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path):
     assert not (killed / "checkpoint.safetensors").exists()  # a finished run keeps only its model
 
 
+@pytest.mark.slow
 def test_resume_errors_are_one_line(tmp_path):
     assert_one_line_error(CliRunner().invoke(cli, ["train", "--resume", str(tmp_path), "--epochs", "3"]),
                           "give no other options")

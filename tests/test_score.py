@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import medcls
 from medcls.cli import cli
-from tests.test_cli import assert_one_line_error
+from tests.helpers import assert_one_line_error
 
 
 def run(*args):
@@ -28,7 +28,7 @@ def write_csv(path, header, rows):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, request):
     """A run on independent images (one per patient), whose predictions.csv medcls score re-reads."""
-    from tests.conftest import save_png
+    from tests.helpers import save_png
 
     root = tmp_path_factory.mktemp("score")
     rng = np.random.default_rng(1)

@@ -11,7 +11,7 @@ from medcls.data.decoding import decode_all
 from medcls.data.loading import load_cases
 from medcls.data.splits import assign_splits, duplicate_sets, leakage_warnings, linked_groups
 from medcls.data.prepared import hash_all
-from tests.conftest import SHARED_DATA
+from tests.helpers import SHARED_DATA
 
 BRAIN = SHARED_DATA / "brain-tumour-mri"
 CT = SHARED_DATA / "ct-contrast-dicom"
@@ -71,6 +71,7 @@ def test_ct_is_read_in_hounsfield_units_through_the_header_window(registries):
 
 
 @needs_ct
+@pytest.mark.slow
 def test_ct_training_never_prints_or_writes_a_patient_identifier(tmp_path):
     import pydicom
 

@@ -14,7 +14,7 @@ from medcls.cli import cli
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from tests.test_training import FAST
+    from tests.helpers import FAST
 
     out = tmp_path_factory.mktemp("sharing") / "run"
     # fp32: the exports run in fp32, and bf16 autocast (the default on CPUs with native bf16) moves
@@ -74,6 +74,7 @@ def test_a_3d_or_plugin_backbone_is_refused_for_hf_with_the_fix(tmp_path):
 
 
 @pytest.mark.parametrize("crop", [False, True], ids=["whole", "crop_foreground"])
+@pytest.mark.slow
 def test_monai_bundle_carries_the_schema_fields_and_monai_runs_it_to_medcls_probabilities(run, tmp_path, crop):
     """MONAI's own runner, in a separate process, on three PNGs (two sizes, one in colour for a
     greyscale model, one an object on a black border) gives the probabilities `medcls predict`
@@ -85,7 +86,7 @@ def test_monai_bundle_carries_the_schema_fields_and_monai_runs_it_to_medcls_prob
     import sys
 
     from medcls.workflows.bundle import REQUIRED_METADATA, REQUIRED_TENSOR
-    from tests.conftest import save_png
+    from tests.helpers import save_png
 
     if crop:  # the same weights, read as a crop_foreground run reads its images
         shutil.copytree(run, tmp_path / "run")

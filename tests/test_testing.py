@@ -9,7 +9,7 @@ from medcls.testing import check_backbone, check_layout, check_metric, check_pol
 
 
 def test_the_builtins_keep_their_contracts(registries, tmp_path):
-    from tests.conftest import save_png
+    from tests.helpers import save_png
 
     check_backbone(registries["backbones"].get("test_resnet").obj)
     for name in ("none", "interpretable", "aggressive"):

@@ -16,7 +16,7 @@ from medcls.cli import cli
 def tracked(tmp_path_factory):
     pytest.importorskip("mlflow", reason="medcls[mlflow] is not installed")
     pytest.importorskip("tensorboard", reason="medcls[tensorboard] is not installed")
-    from tests.test_training import FAST
+    from tests.helpers import FAST
 
     runs = tmp_path_factory.mktemp("tracked")
     result = CliRunner().invoke(cli, ["train", *FAST, "--out", str(runs / "run"), "--log", "tensorboard,mlflow,csv"],
@@ -76,6 +76,7 @@ class TrackerPlugin:
         register("print", PrintTracker, description="remembers what it is told")
 
 
+@pytest.mark.slow
 def test_medcls_register_loggers(tmp_path):
     from medcls.plugins.manager import unregister_in_process
 
@@ -92,7 +93,7 @@ def test_medcls_register_loggers(tmp_path):
 
 
 def test_a_missing_extra_is_one_line_naming_it(monkeypatch, tmp_path):
-    from tests.test_cli import assert_one_line_error
+    from tests.helpers import assert_one_line_error
 
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if medcls[mlflow] were not installed
     result = CliRunner().invoke(cli, ["train", "--backbone", "test_resnet", "--no-pretrained", "--epochs", "1",
@@ -102,12 +103,13 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch, tmp_path):
 
 
 def test_an_unknown_tracker_name_fails_before_any_data_is_read():
-    from tests.test_cli import assert_one_line_error
+    from tests.helpers import assert_one_line_error
 
     result = CliRunner().invoke(cli, ["train", "--backbone", "test_resnet", "--log", "tensorbord"])
     assert_one_line_error(result, "tensorbord", "tensorboard")
 
 
+@pytest.mark.slow
 def test_cross_validation_folds_and_experiment_runs_are_nested_mlflow_runs(tmp_path):
     pytest.importorskip("mlflow", reason="medcls[mlflow] is not installed")
     from mlflow import MlflowClient

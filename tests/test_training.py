@@ -10,10 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from medcls.cli import cli
-
-FAST = ["--backbone", "test_resnet", "--no-pretrained", "--epochs", "2", "--finetune-epochs", "1",
-        "--image-size", "48", "--batch-size", "32", "--set", "patience=0", "--set", "bootstrap=200"]
-
+from tests.helpers import FAST
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
@@ -59,6 +56,7 @@ def test_cli_prints_the_side_by_side_table_and_a_reading(run_dir):
     assert "Reading:" in output and "Run folder:" in output
 
 
+@pytest.mark.slow
 def test_same_seed_same_results(run_dir, tmp_path):
     result = CliRunner().invoke(cli, ["train", *FAST, "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -106,6 +104,7 @@ def test_corrupt_image_is_skipped_and_listed_or_fatal_with_strict(image_folder, 
     assert "Traceback" not in strict.output
 
 
+@pytest.mark.slow
 def test_plugin_backbone_trains(tmp_path):
     """The template plugin, pip-installed from plugins/medcls-example, trains end to end."""
     pytest.importorskip("medcls_example", reason="plugins/medcls-example is not installed")
@@ -116,6 +115,7 @@ def test_plugin_backbone_trains(tmp_path):
     assert "youden_index" in json.loads((tmp_path / "metrics.json").read_text())["test"]
 
 
+@pytest.mark.slow
 def test_monitoring_a_lower_is_better_metric_keeps_the_lowest(tmp_path):
     result = CliRunner().invoke(cli, ["train", *FAST, "--set", "monitor=brier", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -192,6 +192,7 @@ def test_evaluate_on_new_data_of_one_class_reports_its_sensitivity(run_dir, imag
         in spelled.stderr
 
 
+@pytest.mark.slow
 def test_a_second_evaluation_never_replaces_the_first(run_dir, image_folder, tmp_path):
     # Site A's data, then site B's, both with the default folder: two reports side by side.
     run = tmp_path / "run"
@@ -208,6 +209,7 @@ def test_a_second_evaluation_never_replaces_the_first(run_dir, image_folder, tmp
     assert first["all"]["n"] == 24 and second["all"]["n"] == 12
 
 
+@pytest.mark.slow
 def test_evaluate_works_from_another_folder(image_folder, tmp_path, monkeypatch):
     monkeypatch.chdir(image_folder.parent)
     out = tmp_path / "run"
@@ -220,6 +222,7 @@ def test_evaluate_works_from_another_folder(image_folder, tmp_path, monkeypatch)
     assert json.loads(result.stdout)["split"] == "test"
 
 
+@pytest.mark.slow
 def test_temperature_calibration_is_fitted_on_validation_and_stored(tmp_path):
     result = CliRunner().invoke(cli, ["train", *FAST, "--set", "calibration=temperature", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -230,6 +233,7 @@ def test_temperature_calibration_is_fitted_on_validation_and_stored(tmp_path):
     assert json.loads(evaluated.stdout)["metrics"]["brier"] == pytest.approx(trained["brier"])
 
 
+@pytest.mark.slow
 def test_stage_one_on_cached_features_gives_the_same_results(tmp_path):
     """Without augmentation the frozen backbone's features are computed once; every epoch, and
     stage 2 after it, must come out as when the backbone runs on every batch."""
@@ -255,6 +259,7 @@ def test_stage_one_on_cached_features_gives_the_same_results(tmp_path):
             assert value == pytest.approx(test_b[key], abs=1e-5), key
 
 
+@pytest.mark.slow
 def test_cached_features_keep_the_pass_dtype_so_the_head_sees_what_a_full_pass_gives_it(registries):
     """In bf16 (the GPU default) the cache holds the backbone's bf16 features, not fp32 copies, and
     validation scores the head under the same autocast as a full pass: with fp32 copies an H200 run

@@ -32,6 +32,7 @@ def test_laterality_and_volumes_refuse_what_does_not_apply():
         views(torch.rand(1, 1, 8, 8), "rotate", mirrors=True)
 
 
+@pytest.mark.slow
 def test_evaluate_reports_with_and_without_tta(tmp_path):
     run = tmp_path / "run"
     trained = CliRunner().invoke(cli, ["train", "--backbone", "test_resnet", "--no-pretrained", "--image-size", "32",

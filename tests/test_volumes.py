@@ -194,6 +194,7 @@ def test_3d_policies_augment_volume_batches(registries):
         assert out.shape == volumes.shape and not torch.equal(out, volumes)
 
 
+@pytest.mark.slow
 def test_3d_training_evaluate_and_predict_end_to_end(tmp_path):
     import csv
 
@@ -264,6 +265,7 @@ def test_bad_slice_settings_are_refused(registries, backbone, slices, message):
         build_classifier(registries, backbone, 2, 1, 0.0, False, slices=slices)
 
 
+@pytest.mark.slow
 def test_2_5d_training_and_prediction_end_to_end(tmp_path):
     import csv
 
@@ -312,7 +314,7 @@ def test_volumes_and_images_given_to_the_wrong_backbone_are_one_line_errors(tmp_
     from click.testing import CliRunner
 
     from medcls.cli import cli
-    from tests.test_cli import assert_one_line_error
+    from tests.helpers import assert_one_line_error
 
     result = CliRunner().invoke(cli, ["train", "--data", data, "--backbone", backbone, "--no-pretrained",
                                       "--out", str(tmp_path / "run")])
@@ -323,7 +325,7 @@ def test_a_3d_backbone_on_a_folder_of_2d_images_says_why(image_folder, tmp_path)
     from click.testing import CliRunner
 
     from medcls.cli import cli
-    from tests.test_cli import assert_one_line_error
+    from tests.helpers import assert_one_line_error
 
     result = CliRunner().invoke(cli, ["train", "--data", str(image_folder), "--backbone", "example_tiny_cnn3d",
                                       "--out", str(tmp_path / "run")])
@@ -341,6 +343,7 @@ def test_crop_foreground_on_a_volume_backbone_is_refused_with_the_fix(registries
         load_cases(config, registries)
 
 
+@pytest.mark.slow
 def test_auto_grid_comes_from_dicom_series_headers_and_is_kept_with_the_run(tmp_path):
     import yaml
     from click.testing import CliRunner

@@ -28,6 +28,7 @@ def test_headless_features_and_blocks(name):
     assert model.mean == (0.5, 0.5)
 
 
+@pytest.mark.slow
 def test_monai_backbone_trains_on_synthetic_volumes(tmp_path):
     from click.testing import CliRunner
 
