@@ -277,12 +277,19 @@ def train(data: str | os.PathLike | None = None, *, images=None, labels=None, pa
         raise ConfigError("cross-validation trains a model per fold, not one Run: call "
                           "medcls.cross_validate(..., folds=K) (or `medcls train --folds K`)")
     if chosen.ensemble:
-        summary = train_ensemble(chosen, found, progress_factory=progress)
+        summary = train_ensemble(chosen, found, progress_factory=epoch_progress(progress))
     else:
-        summary = train_run(chosen, found, progress_factory=progress)
+        summary = train_run(chosen, found, progress_factory=epoch_progress(progress))
     if "out" not in summary:
         return None  # a DDP process other than rank 0
     return load_run(summary["out"], registries=found, _scratch=scratch)
+
+
+def epoch_progress(progress):
+    """`progress=None`: per-epoch bars in a notebook (tqdm's widget), none elsewhere; False: none."""
+    from medcls.logs import default_epoch_bars
+
+    return default_epoch_bars() if progress is None else (progress or None)
 
 
 def resume(run: str | os.PathLike, *, progress=None) -> "Run | None":
@@ -339,7 +346,7 @@ def cross_validate(data: str | os.PathLike | None = None, *, images=None, labels
     found = make_registries()
     if images is not None:
         chosen = with_arrays(chosen, found, images, labels, patients=patients)
-    result = run_folds(chosen, found, progress_factory=progress)
+    result = run_folds(chosen, found, progress_factory=epoch_progress(progress))
     return CrossValidation.from_json(result, result["out"])
 
 
@@ -634,13 +641,15 @@ class Run:
         list of paths. Returns medcls.core.inference.ReadInputs (a row per input, with its error)."""
         from medcls.core.inference import read_cases, read_paths
         from medcls.data.arrays import array_cases
+        from medcls.logs import stage
 
         if isinstance(inputs, (str, os.PathLike)):
             inputs = [inputs]
-        if isinstance(inputs, (list, tuple)) and all(isinstance(i, (str, os.PathLike)) for i in inputs):
-            return read_paths(self.info, inputs, self.registries, progress)
-        return read_cases(self.info, array_cases(inputs, volumes=self.reads_volumes, name="input"), self.registries,
-                          progress)
+        with stage(f"reading {len(inputs)} input(s)"):
+            if isinstance(inputs, (list, tuple)) and all(isinstance(i, (str, os.PathLike)) for i in inputs):
+                return read_paths(self.info, inputs, self.registries, progress)
+            return read_cases(self.info, array_cases(inputs, volumes=self.reads_volumes, name="input"),
+                              self.registries, progress)
 
     def predict(self, inputs, *, tta: str = "none") -> np.ndarray:
         """(N, K) calibrated class probabilities (columns in `.classes` order). An input that cannot

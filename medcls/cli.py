@@ -99,24 +99,9 @@ def attach_log_handler(level: int = logging.INFO) -> None:
 
 def progress_bars(enabled: bool):
     """A tqdm bar per epoch on a terminal; nothing when output is captured (CI, logs)."""
-    if not enabled:
-        return None
+    from medcls.logs import epoch_bars
 
-    def factory(stage: str, epoch: int):
-        from tqdm import tqdm
-
-        bar = tqdm(desc=f"{stage} epoch {epoch}", unit="img", leave=False, file=sys.stderr)
-
-        class Progress:
-            def __call__(self, n):
-                bar.update(n)
-
-            def close(self):
-                bar.close()
-
-        return Progress()
-
-    return factory
+    return epoch_bars if enabled else None
 
 
 @click.group(cls=MedclsGroup)
@@ -126,15 +111,9 @@ def cli(verbose):
     """medcls: fine-tune pretrained backbones on medical images and report sensitivity,
     specificity and ROC honestly. Extend it with plugins (see `medcls plugins`)."""
     attach_log_handler(logging.DEBUG if verbose else logging.INFO)
-    from medcls.logs import show_progress_bars
+    from medcls.logs import auto_stage_bars, show_progress_bars
 
-    show_progress_bars(stage_bars if sys.stderr.isatty() else None)  # in logs and CI: one line per stage
-
-
-def stage_bars(description: str, total: int | None, unit: str):
-    from tqdm import tqdm
-
-    return tqdm(desc=description, total=total, unit=unit, leave=False, file=sys.stderr)
+    show_progress_bars(auto_stage_bars if sys.stderr.isatty() else None)  # in logs and CI: one line per stage
 
 
 def size_or_auto(ctx, param, value: str | None):

@@ -36,6 +36,41 @@ class DefaultHandler(logging.Handler):
         print(prefix + record.getMessage(), file=sys.stderr, flush=True)
 
 
+def in_notebook() -> bool:
+    """A Jupyter (IPython kernel) session: bars there are tqdm's notebook widgets."""
+    import sys
+
+    return "ipykernel" in sys.modules
+
+
+def auto_stage_bars(description: str, total: int | None, unit: str):
+    """A stage's bar as tqdm.auto draws it (a widget in a notebook, text on a terminal)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(desc=description, total=total, unit=unit, leave=False)
+
+
+def epoch_bars(stage: str, epoch: int):
+    """A per-epoch progress callback (images done) over a tqdm.auto bar: `medcls.train(progress=...)`."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc=f"{stage} epoch {epoch}", unit="img", leave=False)
+
+    class Progress:
+        def __call__(self, n):
+            bar.update(n)
+
+        def close(self):
+            bar.close()
+
+    return Progress()
+
+
+def default_epoch_bars():
+    """What `progress=None` means for training from Python: bars in a notebook, none elsewhere."""
+    return epoch_bars if in_notebook() else None
+
+
 def install_default_handler() -> None:
     """Show INFO in a session without logging configuration (done once, at import): only when the
     medcls logger has no handler and its level was not set by the user."""
@@ -43,6 +78,8 @@ def install_default_handler() -> None:
         logger.addHandler(DefaultHandler())
         logger.setLevel(logging.INFO)
         logger.propagate = False  # DefaultHandler forwards to the root's handlers itself
+    if in_notebook() and _bars is None:
+        show_progress_bars(auto_stage_bars)
 
 
 install_default_handler()

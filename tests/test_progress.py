@@ -115,3 +115,54 @@ def test_a_session_without_logging_configuration_sees_info_and_a_configured_one_
         assert lines[2:] == ["root: through the user's handler"]
     else:
         assert len(lines) == 2
+
+
+def test_the_timed_warm_up_changes_nothing_the_run_trains_with():
+    """Weights, batch-norm statistics, gradients, trainable flags and the mode are as before."""
+    import torch
+
+    from medcls.core.execution import Execution
+    from medcls.core.timing import Plan, estimate
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5),
+                                torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    model(torch.rand(2, 1, 16, 16))
+    model[0].requires_grad_(False)  # a frozen block stays frozen
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.rand(8, 1, 16, 16)
+    rng = torch.random.get_rng_state()
+    plan = Plan(train_images=100, val_images=20, scored_images=140, frozen_epochs=2, full_epochs=3,
+                cached_features=False)
+    told = estimate(model, images, Execution(torch.device("cpu")), plan)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert not model[0].weight.requires_grad and model[4].weight.requires_grad and model.training
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert told.seconds > 0 and told.train_per_s > 0 and "100 images x 5 epochs" in told.describe()
+
+
+def test_a_run_tells_its_time_before_the_first_epoch(tmp_path):
+    from tests.helpers import TINY, run
+
+    result = run("train", *TINY, "--data", "synthetic", "--out", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    told = next(i for i, line in enumerate(lines) if line.startswith("time: about "))
+    first_epoch = next(i for i, line in enumerate(lines) if "epoch 1:" in line)
+    assert told < first_epoch and "img/s training" in lines[told]
+
+
+def test_a_notebook_gets_bars_for_stages_and_epochs(monkeypatch):
+    """In a Jupyter kernel `progress=None` means tqdm's bars (widgets there); elsewhere none; False: none."""
+    import sys
+    import types
+
+    from medcls.api import epoch_progress
+
+    assert epoch_progress(None) is None and epoch_progress(False) is None
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    assert logs.in_notebook() and epoch_progress(None) is logs.epoch_bars
+    assert epoch_progress(False) is None
+    bar = logs.epoch_bars("frozen", 1)
+    bar(16)
+    bar.close()

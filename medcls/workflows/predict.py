@@ -9,6 +9,7 @@ import numpy as np
 
 from medcls.core.inference import read_paths, run_predictor
 from medcls.core.runs import load_model
+from medcls.logs import stage
 
 
 @dataclass
@@ -85,7 +86,8 @@ def predictions_for(read, predictor) -> Predictions:
     referred: list[bool | None] | None = None if predictor.conformal is None else [None] * len(read.rows)
     findings = np.full((len(read.rows), len(classes)), -1) if predictor.multi_label else None
     if read.images:
-        probs = predictor.probabilities(read.stacked())
+        with stage(f"scoring {len(read.images)} image(s)"):
+            probs = predictor.probabilities(read.stacked())
         probabilities[read.positions] = probs
         for position, decided in zip(read.positions, predictor.decide(probs)):
             if findings is not None:  # the findings called present, '|'-separated ('none')

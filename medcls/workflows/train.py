@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import re
@@ -43,6 +42,7 @@ from medcls.core.runs import (
     write_splits,
     write_task_predictions,
 )
+from medcls.core.timing import WARMUP_IMAGES, Plan, estimate
 from medcls.data.decoding import StartAgain
 from medcls.data.loading import backbone_interpolation, sizes_from_sources
 from medcls.data.prepared import PreparedData, prepare_data
@@ -257,6 +257,9 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
     # Multi-task: auxiliary heads after the main outputs, regression targets standardised on training cases.
     tasks = standardised(data.tasks, data.task_targets, data.cache.kept[train_rows]) if data.tasks else []
     model, execution, weights_origin, workers = build_model(start, data, tasks, transform, train_rows)
+    if not config.resume:
+        tell_the_time(config, model, execution, data, {"train": train_rows, "val": val_rows, "test": test_rows},
+                      can_cache_features(config, model, transform) and not distributed.active)
 
     train_labels = data.cache_labels(train_rows)
     loss_fn, offsets = loss_and_offsets(config, data, tasks, train_labels, device)
@@ -333,6 +336,17 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
                          extra_info={"prior_offsets": None if offsets is None else [round(float(v), 6) for v in offsets]})
     finish_trackers(trackers, summary, out)
     return summary
+
+
+def tell_the_time(config: TrainConfig, model, execution, data: PreparedData, rows: dict, cached_features: bool) -> None:
+    """One line before training: how long the run will take here, from a timed warm-up."""
+    stages = stages_for(config)
+    per_epoch = min(len(rows["train"]), config.epoch_size) if config.epoch_size else len(rows["train"])
+    plan = Plan(train_images=per_epoch, val_images=len(rows["val"]), scored_images=sum(len(r) for r in rows.values()),
+                frozen_epochs=sum(s.epochs for s in stages if s.name == "frozen"),
+                full_epochs=sum(s.epochs for s in stages if s.name != "frozen"), cached_features=cached_features)
+    images = data.cache.batch(rows["train"][:min(WARMUP_IMAGES, config.batch_size)])
+    logger.info(estimate(getattr(model, "module", model), images, execution, plan).describe())
 
 
 # What multi-label runs cannot do yet (issue 17): each is refused by name rather than run wrongly.
