@@ -97,7 +97,7 @@ def test_score_from_the_cli_with_a_single_score_column_and_patients(tmp_path):
      ["row 2", "outside [0, 1]", "not logits"]),
     (["label", "p_cat"], [["cat", "0.2"], ["dog", "0.8"]], [], ["neither name says", "--positive-class dog"]),
     (["label", "p_no"], [["yes", "0.2"], ["no", "0.8"]], [], ["no probability column for class(es) yes", "--score"]),
-    (["image", "label", "prob"], [["a", "1", "0.2"], ["b", "0", "0.1"]], [], ["no probability column", "--score prob with P(positive)"]),
+    (["image", "label", "prob"], [["a", "1", "0.2"], ["b", "0", "0.1"]], [], ["no probability column", "--score prob (Python: score_column='prob')"]),
     (["label", "prob"], [["1", "0,2"], ["0", "0,8"]], ["--score", "prob"], ["row 2", "'0,2'", "write a decimal point"]),
     (["truth", "p_no", "p_yes"], [["yes", "0.2", "0.8"]], [], ["no column 'label'", "columns: truth, p_no, p_yes"]),
     (["label", "p_no", "p_yes"], [["yes", "0.2", "0.8"], ["no", "0.7", "0.3"]], [],

@@ -99,7 +99,7 @@ def read_prediction_file(path, *, label_column: str = "label", score_column: str
             example = candidates[0] if len(classes) == 2 and len(candidates) == 1 else "COLUMN"
             raise DataError(f"predictions file '{path}' has no probability column for class(es) "
                             f"{', '.join(missing)}: give p_<class> or prob_<class> columns (as medcls writes) or, "
-                            f"for a binary task, --score {example} with P(positive)")
+                            f"for a binary task, the column with P(positive): --score {example} (Python: score_column={example!r})")
         probs = np.stack([numbers(rows, f"{prefix}{c}", path) for c in classes], 1)
         in_range(probs, path)  # every column, before a binary file is reduced to P(positive)
         if np.abs(probs.sum(1) - 1).max() > 1e-3:

@@ -35,7 +35,9 @@ def youden_index(y_true, probs, y_pred):
 
 @medcls.hookimpl
 def medcls_register_backbones(register):
-    register("example_tiny_cnn", tiny_cnn, description="Two-layer CNN: the plugin template's backbone")
+    # pretrained=False: no weights exist for it, so runs train it from scratch without --no-pretrained
+    register("example_tiny_cnn", tiny_cnn, description="Two-layer CNN: the plugin template's backbone",
+             pretrained=False)
     register("example_tiny_cnn3d", tiny_cnn3d, description="Two-layer 3D CNN for volumes", spatial_dims=3,
              pretrained=False)
 

@@ -25,3 +25,16 @@ def test_youden_index():
     y = np.array([0, 0, 1, 1])
     assert medcls_example.youden_index(y, None, np.array([0, 0, 1, 1])) == 1.0
     assert medcls_example.youden_index(y, None, np.array([0, 1, 1, 0])) == 0.0
+
+
+def test_the_template_trains_as_copied(tmp_path):
+    """`medcls train --backbone example_tiny_cnn` with no other flag about weights: it trains from scratch."""
+    from click.testing import CliRunner
+
+    from medcls.cli import cli
+
+    result = CliRunner().invoke(cli, ["train", "--backbone", "example_tiny_cnn", "--data", "synthetic", "--image-size",
+                                      "32", "--epochs", "1", "--finetune-epochs", "0", "--set", "bootstrap=50",
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "random initialisation" in result.stderr and (tmp_path / "run" / "model.safetensors").is_file()
