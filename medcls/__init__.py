@@ -41,6 +41,7 @@ _LAZY = {
     "Evaluation": "medcls.api",
     "create_classifier": "medcls.api",
     "list_backbones": "medcls.api",
+    "registered": "medcls.api",
     "register_plugin": "medcls.api",
     "unregister_plugin": "medcls.api",
     "score": "medcls.api",

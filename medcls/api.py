@@ -220,6 +220,18 @@ def list_backbones(pattern: str | None = None, *, pretrained: bool = False) -> l
     return [entry.name for entry in found.matching(pattern)]
 
 
+def registered(kind: str, pattern: str | None = None) -> list:
+    """What the installed plugins (built-ins included) registered of `kind` (`backbones`, `weights`,
+    `policies`, `metrics`, `readers`, `datasets`, `loggers`), optionally matching a glob or
+    substring: `Entry` objects with `name`, `obj`, `plugin`, `description` and `metadata`. A plugin's
+    tests check its registrations with it instead of medcls's internals."""
+    from medcls.plugins.registry import KINDS
+
+    if kind not in KINDS:
+        raise ConfigError(f"unknown kind {kind!r}: one of {', '.join(KINDS)}")
+    return list(make_registries()[kind].matching(pattern))
+
+
 def create_classifier(backbone: str, num_classes: int, *, in_chans: int = 3, pretrained: bool = False,
                       dropout: float = 0.0, weights: str | None = None, slices: int = 0,
                       acs: bool = False, input_shape: tuple | None = None, **backbone_args):

@@ -109,3 +109,15 @@ def test_no_test_module_imports_another():
             offenders += [f"{path.name} imports {t}" for t in targets
                           if t.startswith("tests.") and t not in ("tests.helpers",)]
     assert not offenders, "\n".join(offenders)
+
+
+def test_the_decision_rule_is_written_once():
+    """Positive at P >= threshold, else the most probable class: medcls.stats.metrics.decisions, which
+    scoring, predict, cross-validation, subgroups, compare and the figures call (no copy can drift)."""
+    import re
+
+    copies = [f"{path.relative_to(PACKAGE.parent)}:{number}" for path in sorted(PACKAGE.rglob("*.py"))
+              if path.name != "metrics.py"
+              for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+              if re.search(r"(\[:, ?1\]|\[1\]) >= \w*threshold", line) and not line.lstrip().startswith(("#", '"', "tasks"))]
+    assert not copies, "\n".join(copies)

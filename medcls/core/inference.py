@@ -27,6 +27,7 @@ from medcls.data.volumes import make_grid
 from medcls.errors import DataError
 from medcls.stats.calibration import apply_temperature
 from medcls.stats.conformal import refer as conformal_refer
+from medcls.stats.metrics import decisions
 
 Batches = Callable[[int], Iterable[torch.Tensor]]  # batch_size -> (B, C, ...) tensors in [0, 1]
 
@@ -113,13 +114,7 @@ class Predictor:
         """Class index per row: positive at or above the stored operating point (binary tasks with
         one), else the most probable class. Multi-label: (N, L) 0/1, each finding at its own
         operating point (0.5 before one is chosen)."""
-        probs = np.atleast_2d(probs)
-        if self.multi_label:
-            thresholds = np.full(probs.shape[1], 0.5) if self.threshold is None else np.asarray(self.threshold)
-            return (probs >= thresholds[None, :]).astype(np.int64)
-        if probs.shape[1] == 2 and self.threshold is not None:
-            return (probs[:, 1] >= self.threshold).astype(np.int64)
-        return probs.argmax(1)
+        return decisions(probs, self.threshold, self.multi_label)
 
     def refer(self, probs: np.ndarray) -> np.ndarray | None:
         """Per row, whether the case goes to a human reader: its conformal prediction set is not a

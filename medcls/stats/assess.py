@@ -11,7 +11,7 @@ from medcls.stats.metrics import cross_entropy
 from medcls.stats.bootstrap import bootstrap_binary, bootstrap_loop, bootstrap_multiclass
 from medcls.stats.clustered import (MIN_UNITS_BOOTSTRAP, auc_interval, class_units, is_clustered, proportion_interval,
                                      refusal, too_few_for_bootstrap, too_few_in_the_tail)
-from medcls.stats.metrics import confusion_counts
+from medcls.stats.metrics import confusion_counts, decisions  # noqa: F401  (decisions: re-exported)
 from medcls.stats.metrics import roc_auc
 from medcls.stats.bootstrap import WeightedBinary
 from medcls.stats.operating_points import predictive_values
@@ -43,13 +43,6 @@ def check_probabilities(probs: np.ndarray, where: str) -> None:
                         "pass softmax outputs, not logits")
     if np.abs(probs.sum(1) - 1).max() > 1e-3:
         raise DataError(f"{where}: class probabilities do not sum to 1: pass softmax outputs")
-
-
-def decisions(probs: np.ndarray, threshold: float | None) -> np.ndarray:
-    """Binary: positive when P(positive) >= threshold. Multi-class: the most probable class."""
-    if probs.shape[1] == 2 and threshold is not None:
-        return (probs[:, 1] >= threshold).astype(np.int64)
-    return probs.argmax(1).astype(np.int64)
 
 
 def split_results(probs: np.ndarray, labels: np.ndarray, threshold: float | None, metrics, y_pred=None) -> dict:

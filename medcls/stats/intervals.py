@@ -10,6 +10,7 @@ from scipy.stats import binom, norm, rankdata
 
 from medcls.errors import DataError
 from medcls.stats.clustered import paired_auc_test
+from medcls.stats.metrics import decisions
 
 
 def wilson(successes: int, total: int, level: float = 0.95) -> tuple[float, float]:
@@ -87,7 +88,7 @@ def compare_predictions(y, probs_a, probs_b, threshold_a, threshold_b, groups=No
     `groups` (patient ids) makes the AUC test count patients, not images."""
     if probs_a.shape[1] != 2 or probs_b.shape[1] != 2:
         raise DataError("compare handles binary tasks: both runs must have two classes")
-    decided_a, decided_b = probs_a[:, 1] >= threshold_a, probs_b[:, 1] >= threshold_b
+    decided_a, decided_b = decisions(probs_a, threshold_a) == 1, decisions(probs_b, threshold_b) == 1
     positives, negatives = y == 1, y != 1
     result = {"n": int(len(y)), "auc": paired_delong(y, probs_a[:, 1], probs_b[:, 1], groups)}
     if groups is not None:

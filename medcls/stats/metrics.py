@@ -10,6 +10,20 @@ from __future__ import annotations
 import numpy as np
 
 
+def decisions(probs: np.ndarray, threshold=None, multi_label: bool = False) -> np.ndarray:
+    """The one decision rule, every caller's (scoring, predict, cross-validation, subgroups, compare,
+    figures). Binary: positive when P(positive) >= threshold; multi-class, or no threshold yet: the
+    most probable class. Multi-label: (N, L) 0/1, each finding present when its probability reaches
+    its own threshold (0.5 before one is chosen)."""
+    probs = np.atleast_2d(probs)
+    if multi_label:
+        thresholds = np.full(probs.shape[1], 0.5) if threshold is None else np.asarray(threshold, dtype=np.float64)
+        return (probs >= thresholds[None, :]).astype(np.int64)
+    if probs.shape[1] == 2 and threshold is not None:
+        return (probs[:, 1] >= threshold).astype(np.int64)
+    return probs.argmax(1).astype(np.int64)
+
+
 def confusion_counts(y_true: np.ndarray, y_pred: np.ndarray, positive: int) -> tuple[int, int, int, int]:
     """(TP, FP, TN, FN) with `positive` as the positive class."""
     t, p = y_true == positive, y_pred == positive

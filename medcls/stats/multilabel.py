@@ -11,6 +11,7 @@ import numpy as np
 
 from medcls.stats.assess import LEVEL, assess, split_results
 from medcls.stats.bootstrap import ScoredCases, bootstrap_weighted_figures, mean_where_defined
+from medcls.stats.metrics import decisions as metrics_decisions
 from medcls.stats.operating_points import choose_threshold
 
 SUMMARISED = ("roc_auc", "sensitivity", "specificity")  # the figures that get macro and micro intervals
@@ -48,7 +49,7 @@ def choose_thresholds(rule: str, probs: np.ndarray, targets: np.ndarray, *, targ
 
 def decisions(probs: np.ndarray, thresholds) -> np.ndarray:
     """(N, L) 0/1: a finding is called present when its probability reaches its threshold."""
-    return (probs >= np.asarray(thresholds, dtype=np.float64)[None, :]).astype(np.int64)
+    return metrics_decisions(probs, thresholds, multi_label=True)
 
 
 def results(probs: np.ndarray, targets: np.ndarray, thresholds, metrics) -> dict:

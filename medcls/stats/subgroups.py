@@ -20,6 +20,7 @@ from scipy.stats import t as student_t
 
 from medcls.stats.clustered import ClusteredAUC, clustered_variance, difference_of_proportions, wilson_bounds
 from medcls.stats.intervals import wilson
+from medcls.stats.metrics import decisions
 
 FIGURES = ("sensitivity", "specificity", "roc_auc")
 MIN_PER_CLASS = 5  # fewer cases (or patients) of a class in a subgroup or in the rest: not compared (as an AUC interval)
@@ -103,7 +104,7 @@ def compare_subgroups(probs: np.ndarray, labels: np.ndarray, threshold: float | 
     if probs.shape[1] != 2 or threshold is None:
         return {}
     p1 = probs[:, 1]
-    y_pred = (p1 >= threshold).astype(np.int64)
+    y_pred = decisions(probs, threshold)
     clustered = patients is not None and len(np.unique(patients)) < len(patients)
     column = np.asarray(column).astype(str)
     result, tests = {}, []

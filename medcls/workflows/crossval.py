@@ -18,6 +18,7 @@ from medcls.reports.documents import add_cases_to_review, add_findings
 from medcls.reports.report import Document, format_value, spread
 from medcls.stats import multilabel
 from medcls.stats.assess import assess
+from medcls.stats.metrics import decisions
 from medcls.stats.review import cases_at_odds
 from medcls.workflows.tracking import close_trackers, open_trackers
 from medcls.workflows.train import open_run, train
@@ -62,14 +63,6 @@ def fold_splits(data, groups: np.ndarray, k: int, seed: int):
     return folds.split(np.arange(len(data.cases)), data.labels, groups)
 
 
-def decisions(probs: np.ndarray, threshold) -> np.ndarray:
-    if isinstance(threshold, list):  # multi-label: each finding at its own operating point
-        return multilabel.decisions(probs, threshold)
-    if probs.shape[1] == 2 and threshold is not None:
-        return (probs[:, 1] >= threshold).astype(int)
-    return probs.argmax(1)
-
-
 def cross_validate(config, registries, *, progress_factory=None) -> dict:
     """Train one run per fold under `out/fold-N`, then pool the out-of-fold predictions."""
 
@@ -94,7 +87,7 @@ def cross_validate(config, registries, *, progress_factory=None) -> dict:
             probs, _ = summary["scores"]["test"]
             cases = kept[data.rows("test")]
             oof_probs[cases], oof_fold[cases] = probs, fold
-            oof_decision[cases] = decisions(probs, summary["threshold"])
+            oof_decision[cases] = decisions(probs, summary["threshold"], multi_label=data.multi_label)
             test = summary["results"]["test"]
             per_fold.append({"fold": fold, "n": int(len(cases)), "threshold": summary["threshold"],
                              **{k: test.get(k) for k in ("roc_auc", "sensitivity", "specificity", "accuracy")},

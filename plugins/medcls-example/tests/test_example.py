@@ -4,15 +4,15 @@ checks come from `medcls.testing`, so a plugin tests what medcls will rely on.""
 import numpy as np
 
 import medcls_example
-from medcls.plugins.manager import get_plugin_manager
-from medcls.plugins.registry import Registries
+import medcls
 from medcls.testing import check_backbone, check_metric
 
 
 def test_plugin_registers_backbone_and_metric():
-    registries = Registries(get_plugin_manager())
-    assert registries["backbones"].get("example_tiny_cnn").plugin == "example"
-    assert registries["metrics"].get("youden_index").metadata["needs_threshold"] is True
+    backbone = next(e for e in medcls.registered("backbones", "example_*") if e.name == "example_tiny_cnn")
+    assert backbone.plugin == "example" and backbone.metadata["pretrained"] is False
+    [metric] = medcls.registered("metrics", "youden_index")
+    assert metric.metadata["needs_threshold"] is True
 
 
 def test_backbones_keep_the_contract():

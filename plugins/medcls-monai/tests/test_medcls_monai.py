@@ -4,14 +4,15 @@ import pytest
 import torch
 
 import medcls_monai
-from medcls.plugins.manager import get_plugin_manager
-from medcls.plugins.registry import Registries
+
+import medcls
 
 
 def test_networks_register_as_3d_backbones_without_pretrained_weights():
-    backbones = Registries(get_plugin_manager())["backbones"]
+    backbones = {entry.name: entry for entry in medcls.registered("backbones", "monai:*")}
+    assert set(backbones) == set(medcls_monai.BACKBONES)
     for name in medcls_monai.BACKBONES:
-        entry = backbones.get(name)
+        entry = backbones[name]
         assert entry.plugin == "monai" and entry.metadata["spatial_dims"] == 3 and entry.metadata["pretrained"] is False
 
 
