@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from medcls.config import TrainConfig, make_config, read_config_file, save_confi
 from medcls.errors import ConfigError, DataError, PluginError
 from medcls.plugins.manager import IN_PROCESS, get_plugin_manager, register_in_process, unregister_in_process
 from medcls.plugins.registry import Registries
+
+if TYPE_CHECKING:
+    from medcls.core.runs import RunInfo
 
 # --- typed results ---------------------------------------------------------------------------
 
@@ -218,18 +221,6 @@ def list_backbones(pattern: str | None = None, *, pretrained: bool = False) -> l
     if pretrained:
         return found.pretrained_names(pattern)
     return [entry.name for entry in found.matching(pattern)]
-
-
-def registered(kind: str, pattern: str | None = None) -> list:
-    """What the installed plugins (built-ins included) registered of `kind` (`backbones`, `weights`,
-    `policies`, `metrics`, `readers`, `datasets`, `loggers`), optionally matching a glob or
-    substring: `Entry` objects with `name`, `obj`, `plugin`, `description` and `metadata`. A plugin's
-    tests check its registrations with it instead of medcls's internals."""
-    from medcls.plugins.registry import KINDS
-
-    if kind not in KINDS:
-        raise ConfigError(f"unknown kind {kind!r}: one of {', '.join(KINDS)}")
-    return list(make_registries()[kind].matching(pattern))
 
 
 def create_classifier(backbone: str, num_classes: int, *, in_chans: int = 3, pretrained: bool = False,
@@ -512,7 +503,7 @@ class Run:
     `.metrics`, `.history`, `.config`, `.path`; and what can be done with it: `.predict`, `.decide`,
     `.evaluate`, `.export`, `.explain`."""
 
-    def __init__(self, path: Path, model, info: dict, found: Registries, *, device: str = "auto",
+    def __init__(self, path: Path, model, info: RunInfo, found: Registries, *, device: str = "auto",
                  scratch=None) -> None:
         self.path, self.model, self.info, self.registries = Path(path), model, info, found
         self.device = device
@@ -546,34 +537,34 @@ class Run:
     def __repr__(self) -> str:
         test = self.metrics.test
         shown = f", test ROC AUC {test['roc_auc']}" if "roc_auc" in test else ""
-        return f"Run({str(self.path)!r}, backbone={self.info['backbone']!r}, classes={self.classes}{shown})"
+        return f"Run({str(self.path)!r}, backbone={self.info.backbone!r}, classes={self.classes}{shown})"
 
     # what the run is
 
     @property
     def classes(self) -> list[str]:
-        return list(self.info["classes"])
+        return list(self.info.classes)
 
     @property
     def multi_label(self) -> bool:
         """Whether `.classes` are findings, each with its own sigmoid probability and threshold."""
-        return bool(self.info.get("multi_label"))
+        return bool(self.info.multi_label)
 
     @property
     def positive_class(self) -> str | None:
-        return self.info.get("positive_class")
+        return self.info.positive_class
 
     @property
     def threshold(self) -> float | None:
-        return self.info.get("threshold")
+        return self.info.threshold
 
     @property
     def temperature(self) -> float | None:
-        return self.info.get("temperature")
+        return self.info.temperature
 
     @property
     def reads_volumes(self) -> bool:
-        return int(self.info.get("spatial_dims", 2)) == 3
+        return int(self.info.spatial_dims) == 3
 
     @functools.cached_property
     def config(self) -> TrainConfig:

@@ -121,3 +121,15 @@ def test_the_decision_rule_is_written_once():
               for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
               if re.search(r"(\[:, ?1\]|\[1\]) >= \w*threshold", line) and not line.lstrip().startswith(("#", '"', "tasks"))]
     assert not copies, "\n".join(copies)
+
+
+def test_model_json_is_read_by_key_only_in_core_runs():
+    """model.json is a RunInfo (medcls.core.runs): fields by attribute, each default in one place; a
+    string-keyed read anywhere else (`info.get("spatial_dims", 2)`) would scatter the defaults again."""
+    import re
+
+    pattern = re.compile(r"""(?<![\w.])(self\.)?info(\.get\(|\[)["']""")
+    reads = [f"{path.relative_to(PACKAGE.parent)}:{number}" for path in sorted(PACKAGE.rglob("*.py"))
+             if path.relative_to(PACKAGE).as_posix() != "core/runs.py"
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    assert not reads, "\n".join(reads)

@@ -63,6 +63,7 @@ def test_the_hf_folder_loads_in_timm_and_back_in_medcls_with_the_same_outputs(ru
 
 
 def test_a_3d_or_plugin_backbone_is_refused_for_hf_with_the_fix(tmp_path):
+    from medcls.core.runs import RunInfo
     from medcls.errors import ConfigError
     from medcls.plugins.manager import get_plugin_manager
     from medcls.plugins.registry import Registries
@@ -70,7 +71,7 @@ def test_a_3d_or_plugin_backbone_is_refused_for_hf_with_the_fix(tmp_path):
 
     pytest.importorskip("medcls_monai", reason="the MONAI plugin is not installed")
     with pytest.raises(ConfigError, match="--format hf needs a 2D timm backbone.*--format onnx"):
-        timm_architecture({"backbone": "monai:resnet10", "spatial_dims": 3}, Registries(get_plugin_manager()))
+        timm_architecture(RunInfo(backbone="monai:resnet10", spatial_dims=3), Registries(get_plugin_manager()))
 
 
 @pytest.mark.parametrize("crop", [False, True], ids=["whole", "crop_foreground"])

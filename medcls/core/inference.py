@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from medcls.errors import DataError
 from medcls.stats.calibration import apply_temperature
 from medcls.stats.conformal import refer as conformal_refer
 from medcls.stats.metrics import decisions
+
+if TYPE_CHECKING:
+    from medcls.core.runs import RunInfo
 
 Batches = Callable[[int], Iterable[torch.Tensor]]  # batch_size -> (B, C, ...) tensors in [0, 1]
 
@@ -122,15 +125,15 @@ class Predictor:
         return None if self.conformal is None else conformal_refer(np.atleast_2d(probs), self.conformal)
 
 
-def run_predictor(model: nn.Module, info: dict, *, device="auto", precision: str = "auto", channels_last=None,
+def run_predictor(model: nn.Module, info: RunInfo, *, device="auto", precision: str = "auto", channels_last=None,
                   batch_size: int = 64) -> Predictor:
     """The predictor of a saved run: its model with the temperature and operating point of its model.json."""
     return Predictor.for_model(model, device=device, precision=precision, channels_last=channels_last,
-                               classes=list(info["classes"]), temperature=info.get("temperature"),
-                               threshold=info.get("threshold"), batch_size=batch_size,
-                               conformal=info.get("conformal"), multi_label=bool(info.get("multi_label")),
-                               tasks=from_info(info.get("tasks")),
-                               task_thresholds={t["name"]: t.get("threshold") for t in info.get("tasks") or []})
+                               classes=list(info.classes), temperature=info.temperature,
+                               threshold=info.threshold, batch_size=batch_size,
+                               conformal=info.conformal, multi_label=bool(info.multi_label),
+                               tasks=from_info(info.tasks),
+                               task_thresholds={t["name"]: t.get("threshold") for t in info.tasks or []})
 
 
 def as_batches(source: Batches | torch.Tensor | np.ndarray) -> Batches:
@@ -159,19 +162,19 @@ class ReadInputs:
         return torch.stack(self.images) if self.images else torch.zeros(0)
 
 
-def input_readers(info: dict, registries) -> ReaderTable:
-    dims = int(info.get("spatial_dims", 2))
-    return ReaderTable(registries["readers"], {"window": info.get("window"), "size": info["image_size"],
-                                               "interpolation": info.get("interpolation", "bilinear"),
-                                               "crop_foreground": bool(info.get("crop_foreground", False))}, dims=dims)
+def input_readers(info: RunInfo, registries) -> ReaderTable:
+    dims = int(info.spatial_dims)
+    return ReaderTable(registries["readers"], {"window": info.window, "size": info.image_size,
+                                               "interpolation": info.interpolation,
+                                               "crop_foreground": bool(info.crop_foreground)}, dims=dims)
 
 
-def run_grid(info: dict):
+def run_grid(info: RunInfo):
     """The grid a run was trained on: `image_size` pixels square, or its volume grid."""
 
-    if int(info.get("spatial_dims", 2)) == 2:
-        return info["image_size"]
-    return make_grid(info["volume_size"], info.get("volume_spacing"), info.get("window"))
+    if int(info.spatial_dims) == 2:
+        return info.image_size
+    return make_grid(info.volume_size, info.volume_spacing, info.window)
 
 
 def expand_paths(inputs, readers: ReaderTable) -> list[Path]:
@@ -189,7 +192,7 @@ def expand_paths(inputs, readers: ReaderTable) -> list[Path]:
     return files
 
 
-def read_cases(info: dict, cases: list[Case], registries, progress=None) -> ReadInputs:
+def read_cases(info: RunInfo, cases: list[Case], registries, progress=None) -> ReadInputs:
     """Each case read and preprocessed exactly as training read it (reader, grid, channels)."""
 
     readers, grid = input_readers(info, registries), run_grid(info)
@@ -200,7 +203,7 @@ def read_cases(info: dict, cases: list[Case], registries, progress=None) -> Read
             if case.array is None and not case.path.exists():
                 raise DataError(f"file '{case.path}' does not exist")
             image = readers.prepared(case, grid)
-            result.images.append(as_stored(image, info["in_chans"]))
+            result.images.append(as_stored(image, info.in_chans))
             result.positions.append(len(result.rows))
         except DataError as exc:
             row["error"] = str(exc)
@@ -210,7 +213,7 @@ def read_cases(info: dict, cases: list[Case], registries, progress=None) -> Read
     return result
 
 
-def read_paths(info: dict, inputs, registries, progress=None) -> ReadInputs:
+def read_paths(info: RunInfo, inputs, registries, progress=None) -> ReadInputs:
     """Files, folders, DICOM series folders or NIfTI volumes read as the run was trained."""
     paths = expand_paths(inputs, input_readers(info, registries))
     return read_cases(info, [Case(key=str(p), label="", path=p) for p in paths], registries, progress)

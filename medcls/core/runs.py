@@ -21,6 +21,28 @@ HF_MARKER = "medcls"  # the key of a Hugging Face folder's config.json that hold
 
 
 REQUIRED_INFO = ("backbone", "classes", "in_chans", "image_size", "dropout")
+# model.json's other fields and what an absent one means, in one place (older runs lack newer fields).
+INFO_DEFAULTS = {
+    "multi_label": None, "threshold": None, "threshold_rule": None, "temperature": None, "positive_class": None,
+    "conformal": None, "tasks": None, "task_weighting": "fixed", "spatial_dims": 2, "slices": 0,
+    "slice_pooling": "mean", "acs": None, "input_shape": None, "volume_size": None, "volume_spacing": None,
+    "window": None, "interpolation": "bilinear", "crop_foreground": None, "exif": None, "preprocessing": None,
+    "normalisation": None, "backbone_args": None, "ensemble": None, "plugins": None, "classifier": None,
+    "target": None, "uncertain": None, "blank_findings": None, "weights_origin": None,
+}
+
+
+class RunInfo(dict):
+    """model.json as read: the fields by attribute (`info.spatial_dims`), each absent field's meaning
+    from INFO_DEFAULTS, a required one missing a KeyError. Still the dict medcls wrote, so it is
+    written back, hashed and compared unchanged; nothing outside this module reads it by key."""
+
+    def __getattr__(self, name: str):
+        if name in REQUIRED_INFO:
+            return self[name]
+        if name in INFO_DEFAULTS:
+            return self.get(name, INFO_DEFAULTS[name])
+        raise AttributeError(f"model.json has no field {name!r}")
 INFO_HASH = "info_sha256"  # model.json's own SHA-256 (of its other fields): an edited file is named, never used
 
 
@@ -117,7 +139,7 @@ def missing_model_fix(run: Path) -> str:
     return "give the --out folder of `medcls train`"
 
 
-def read_model_info(run: Path) -> dict:
+def read_model_info(run: Path) -> RunInfo:
     """model.json checked: present, JSON, with the keys a model is rebuilt from, and consistent
     with the weights file it describes (backbone in the safetensors header, content hash)."""
     from safetensors import safe_open
@@ -125,7 +147,7 @@ def read_model_info(run: Path) -> dict:
     shared = hf_info(run)
     if shared is not None and (run / MODEL_FILE).is_file():
         check_info_fields(shared, run / "config.json")
-        return {k: v for k, v in shared.items() if k not in ("weights_sha256", INFO_HASH)}
+        return RunInfo({k: v for k, v in shared.items() if k not in ("weights_sha256", INFO_HASH)})
     if not (run / MODEL_FILE).is_file() or not (run / MODEL_INFO).is_file():
         raise DataError(f"run folder '{run}' has no {MODEL_FILE} and {MODEL_INFO}: {missing_model_fix(run)}")
     try:
@@ -155,7 +177,7 @@ def read_model_info(run: Path) -> dict:
     if header.get("backbone") not in (None, info["backbone"]):
         raise DataError(f"'{run / MODEL_INFO}' names backbone {info['backbone']!r} but the weights were saved from "
                         f"{header['backbone']!r}: the two files do not belong together")
-    return info
+    return RunInfo(info)
 
 
 def load_model(run: str | Path, registries, device="cpu"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import platform
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -24,6 +25,9 @@ from torch import nn
 from medcls.data.images import crop_to_foreground
 from medcls.errors import ConfigError, DataError
 from medcls.workflows.sharing import package_version
+
+if TYPE_CHECKING:
+    from medcls.core.runs import RunInfo
 
 # The schema MONAI's `verify_metadata` downloads; its required keys are checked offline in the tests.
 SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
@@ -67,13 +71,13 @@ class BundleNetwork(nn.Module):
         return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits / self.temperature, dim=1)
 
 
-def bundle_metadata(info: dict, metrics: dict) -> dict:
+def bundle_metadata(info: RunInfo, metrics: dict) -> dict:
     """configs/metadata.json: the schema's required fields and the run's classes, input and figures."""
     import numpy
 
-    classes = list(info["classes"])
+    classes = list(info.classes)
     test = metrics.get("test", {})
-    kind = "multi-label findings" if info.get("multi_label") else "classes"
+    kind = "multi-label findings" if info.multi_label else "classes"
     return {
         "schema": SCHEMA,
         "version": "1.0.0",
@@ -83,9 +87,9 @@ def bundle_metadata(info: dict, metrics: dict) -> dict:
         "numpy_version": numpy.__version__,
         "required_packages_version": {"pillow": package_version("pillow")},
         "optional_packages_version": {},
-        "name": f"medcls {info['backbone']} classifier",
+        "name": f"medcls {info.backbone} classifier",
         "task": f"Image classification into {kind}: {', '.join(classes)}",
-        "description": f"A {info['backbone']} fine-tuned by medcls ({info.get('weights_origin', 'unknown weights')}); "
+        "description": f"A {info.backbone} fine-tuned by medcls ({info.weights_origin or 'unknown weights'}); "
                        "the network takes images in [0, 1] at any size, resizes them as medcls does and "
                        "returns probabilities. See docs/README.md (the model card) before any use.",
         "authors": "medcls user (fill in)",
@@ -94,15 +98,15 @@ def bundle_metadata(info: dict, metrics: dict) -> dict:
         "data_type": "png/jpeg (8-bit)",
         "eval_metrics": {k: test[k] for k in ("roc_auc", "sensitivity", "specificity", "accuracy")
                          if isinstance(test.get(k), float)},
-        "medcls": {"threshold": info.get("threshold"), "threshold_rule": info.get("threshold_rule"),
-                   "positive_class": info.get("positive_class"), "classes": classes,
-                   "multi_label": bool(info.get("multi_label"))},
+        "medcls": {"threshold": info.threshold, "threshold_rule": info.threshold_rule,
+                   "positive_class": info.positive_class, "classes": classes,
+                   "multi_label": bool(info.multi_label)},
         "network_data_format": {
             "inputs": {"image": {
-                "type": "image", "format": "magnitude", "modality": "n/a", "num_channels": int(info["in_chans"]),
+                "type": "image", "format": "magnitude", "modality": "n/a", "num_channels": int(info.in_chans),
                 "spatial_shape": ["*", "*"], "dtype": "float32", "value_range": [0, 1], "is_patch_data": False,
-                "channel_def": {str(c): ("grey" if info["in_chans"] == 1 else "RGB"[c])
-                                for c in range(int(info["in_chans"]))}}},
+                "channel_def": {str(c): ("grey" if info.in_chans == 1 else "RGB"[c])
+                                for c in range(int(info.in_chans))}}},
             "outputs": {"pred": {
                 "type": "probabilities", "format": "classes", "modality": "n/a", "num_channels": len(classes),
                 "spatial_shape": [1], "dtype": "float32", "value_range": [0, 1], "is_patch_data": False,
@@ -145,20 +149,20 @@ def inference_config() -> dict:
     }
 
 
-def export_bundle(model: nn.Module, info: dict, out: Path, *, run: Path, check_batch: torch.Tensor,
+def export_bundle(model: nn.Module, info: RunInfo, out: Path, *, run: Path, check_batch: torch.Tensor,
                   expected: torch.Tensor, tolerance: float) -> float:
     """Write the bundle into `out`; kept only if the TorchScript network gives medcls's
     probabilities on `check_batch` (images already on the run's grid) within `tolerance`."""
-    if int(info.get("spatial_dims", 2)) != 2 or info.get("tasks"):
+    if int(info.spatial_dims) != 2 or info.tasks:
         raise ConfigError("--format monai-bundle exports 2D single-task runs (the bundle reads image files); "
                           "export volumes and multi-task runs with --format onnx or torchscript")
     model = model.float().cpu().eval()
     with torch.no_grad():
         traced = torch.jit.trace(model, check_batch)
-    network = torch.jit.script(BundleNetwork(traced, int(info["image_size"]), info.get("interpolation", "bilinear"),
-                                             int(info["in_chans"]), len(info["classes"]),
-                                             float(info.get("temperature") or 1.0), bool(info.get("multi_label")),
-                                             bool(info.get("crop_foreground"))))
+    network = torch.jit.script(BundleNetwork(traced, int(info.image_size), info.interpolation,
+                                             int(info.in_chans), len(info.classes),
+                                             float(info.temperature or 1.0), bool(info.multi_label),
+                                             bool(info.crop_foreground)))
     with torch.no_grad():
         difference = float((network(check_batch) - expected).abs().max())
     if difference > tolerance:
@@ -171,11 +175,11 @@ def export_bundle(model: nn.Module, info: dict, out: Path, *, run: Path, check_b
                                                    encoding="utf-8")
     (out / "configs" / "inference.json").write_text(json.dumps(inference_config(), indent=2), encoding="utf-8")
     card = run / "MODEL_CARD.md"
-    readme = card.read_text(encoding="utf-8") if card.is_file() else f"# medcls {info['backbone']}\n"
+    readme = card.read_text(encoding="utf-8") if card.is_file() else f"# medcls {info.backbone}\n"
     (out / "docs" / "README.md").write_text(
         readme + "\n## Running this bundle\n\n```bash\npython -m monai.bundle run --bundle_root BUNDLE "
         "--config_file BUNDLE/configs/inference.json --meta_file BUNDLE/configs/metadata.json --dataset_dir IMAGES\n"
         "```\n\nReads 8-bit PNG/JPEG files (DICOM and volumes: `medcls predict`); writes the probabilities of "
-        f"{', '.join(info['classes'])} per file to BUNDLE/eval/predictions.csv. Python {platform.python_version()}.\n",
+        f"{', '.join(info.classes)} per file to BUNDLE/eval/predictions.csv. Python {platform.python_version()}.\n",
         encoding="utf-8")
     return difference

@@ -19,13 +19,13 @@ def compare_runs(run_a, run_b, registries, *, data=None, split=None) -> dict:
         only = len(set(a.keys) ^ set(b.keys))
         raise DataError(f"runs '{run_a}' and '{run_b}' would be compared on different cases ({only} differ, "
                         "e.g. different test splits): give both the same --data with --split all")
-    if a.info["classes"] != b.info["classes"]:
-        raise DataError(f"runs '{run_a}' and '{run_b}' have different classes: {a.info['classes']} vs {b.info['classes']}")
+    if a.info.classes != b.info.classes:
+        raise DataError(f"runs '{run_a}' and '{run_b}' have different classes: {a.info.classes} vs {b.info.classes}")
     if a.data.multi_label:
-        result = compare_findings(a.labels, a.probs, b.probs, a.info["threshold"], b.info["threshold"], a.info["classes"],
+        result = compare_findings(a.labels, a.probs, b.probs, a.info.threshold, b.info.threshold, a.info.classes,
                                   groups=a.data.patients(a.rows))
     else:
-        result = compare_predictions(a.labels, a.probs, b.probs, a.info["threshold"], b.info["threshold"],
+        result = compare_predictions(a.labels, a.probs, b.probs, a.info.threshold, b.info.threshold,
                                      groups=a.data.patients(a.rows))
     result["split"] = a.split
     return result

@@ -13,7 +13,7 @@ from torch import nn
 
 from medcls.core.acs import ACSConv
 from medcls.core.inference import Predictor, ReadInputs, read_paths, run_predictor
-from medcls.core.runs import load_model
+from medcls.core.runs import RunInfo, load_model
 from medcls.errors import ConfigError, DataError
 from medcls.logs import stage
 from medcls.reports.plots import save_grid, save_overlay
@@ -59,7 +59,7 @@ def explain_inputs(run, inputs, registries, out, target_class: str | None = None
     return explain_read(model, info, read_paths(info, inputs, registries), out, target_class)
 
 
-def explain_read(model: nn.Module, info: dict, read: ReadInputs, out, target_class: str | None = None,
+def explain_read(model: nn.Module, info: RunInfo, read: ReadInputs, out, target_class: str | None = None,
                  predictor: Predictor | None = None) -> Explanation:
     """Grad-CAM over inputs already read as the run was trained. Probabilities and decisions come
     from `predictor`, the run's one inference path (calibrated, at the stored operating point, in
@@ -67,7 +67,7 @@ def explain_read(model: nn.Module, info: dict, read: ReadInputs, out, target_cla
     The maps themselves are computed in fp32."""
     from monai.visualize import GradCAM
 
-    classes = info["classes"]
+    classes = info.classes
     if target_class is not None and target_class not in classes:
         raise ConfigError(f"--class {target_class!r} is not one of the run's classes ({', '.join(classes)})")
     if not read.images:
@@ -86,7 +86,7 @@ def explain_read(model: nn.Module, info: dict, read: ReadInputs, out, target_cla
         for image, position in zip(read.images, read.positions):
             probs, decided = predictions.probabilities[position], predictions.decisions[position]
             # Multi-label: the map of the named finding, else of the most probable one (its own logit).
-            shown = target_class or (classes[int(np.argmax(probs))] if info.get("multi_label") else
+            shown = target_class or (classes[int(np.argmax(probs))] if info.multi_label else
                                      classes[1] if len(classes) == 2 else decided)
             heat = cam(x=image[None].float(), class_idx=classes.index(shown))[0, 0].detach().numpy()
             picture = image.float().mean(0).numpy()

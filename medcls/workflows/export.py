@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from medcls.core.inference import run_predictor
-from medcls.core.runs import load_model
+from medcls.core.runs import RunInfo, load_model
 from medcls.data.volumes import parse_triple
 from medcls.errors import ConfigError, DataError
 from medcls.folders import claim_folder, removed_if_left_empty, reserve_folder
@@ -45,13 +45,13 @@ class Deployable(nn.Module):
         return logits.sigmoid() if self.multi_label else (logits / self.temperature).softmax(dim=1)
 
 
-def example_input(info: dict, batch: int = 2) -> torch.Tensor:
-    if int(info.get("spatial_dims", 2)) == 3:
+def example_input(info: RunInfo, batch: int = 2) -> torch.Tensor:
+    if int(info.spatial_dims) == 3:
 
-        shape = parse_triple(info["volume_size"], "volume_size", int)
+        shape = parse_triple(info.volume_size, "volume_size", int)
     else:
-        shape = (info["image_size"], info["image_size"])
-    return torch.rand(batch, info["in_chans"], *shape, generator=torch.Generator().manual_seed(0))
+        shape = (info.image_size, info.image_size)
+    return torch.rand(batch, info.in_chans, *shape, generator=torch.Generator().manual_seed(0))
 
 
 @dataclass
@@ -83,8 +83,8 @@ def export_as(run, registries, fmt: str, out: str | Path | None = None) -> Expor
         return export_into(model, info, run, registries, fmt, folder)
 
 
-def export_into(model, info: dict, run, registries, fmt: str, folder: Path) -> Exported:
-    if fmt == "hf" and info.get("tasks"):
+def export_into(model, info: RunInfo, run, registries, fmt: str, folder: Path) -> Exported:
+    if fmt == "hf" and info.tasks:
         raise ConfigError(f"run '{run}' has auxiliary heads (tasks), which a timm-style folder cannot hold: export "
                           "it as onnx or torchscript (the main task's probabilities)")
     if fmt == "monai-bundle":
@@ -100,15 +100,15 @@ def export_into(model, info: dict, run, registries, fmt: str, folder: Path) -> E
     return export_model(model, info, fmt, folder, run=run)
 
 
-def export_model(model: nn.Module, info: dict, fmt: str, out: Path, *, run=None) -> Exported:
+def export_model(model: nn.Module, info: RunInfo, fmt: str, out: Path, *, run=None) -> Exported:
     """The exported model is kept only if it gives the probabilities medcls's own inference path
     gives (medcls.core.inference, temperature included) on a check batch, within TOLERANCE."""
     if fmt not in FORMATS:
         raise ConfigError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
     out.mkdir(parents=True, exist_ok=True)
     model = model.float().cpu().eval()
-    deployable = Deployable(model, info.get("temperature"), bool(info.get("multi_label")),
-                            len(info["classes"]) if info.get("tasks") else None).eval()
+    deployable = Deployable(model, info.temperature, bool(info.multi_label),
+                            len(info.classes) if info.tasks else None).eval()
     example = example_input(info)
     expected = run_predictor(model, info, device="cpu", precision="fp32").probabilities(example)
     with warnings.catch_warnings():  # tracer chatter; the result is checked numerically below
@@ -118,17 +118,17 @@ def export_model(model: nn.Module, info: dict, fmt: str, out: Path, *, run=None)
         else:
             path, difference = export_torchscript(deployable, example, expected, out / "model.ts")
     description = {
-        "file": path.name, "format": fmt, "classes": info["classes"], "positive_class": info.get("positive_class"),
-        "threshold": info.get("threshold"), "threshold_rule": info.get("threshold_rule"),
+        "file": path.name, "format": fmt, "classes": info.classes, "positive_class": info.positive_class,
+        "threshold": info.threshold, "threshold_rule": info.threshold_rule,
         "input": {"name": "images", "shape": ["batch", *example.shape[1:]], "dtype": "float32", "range": [0, 1]},
-        "output": {"name": "probabilities", "shape": ["batch", len(info["classes"])]},
-        "preprocessing": info.get("preprocessing"), "window": info.get("window"),
-        "image_size": info.get("image_size"), "crop_foreground": bool(info.get("crop_foreground")),
-        "volume_size": info.get("volume_size"),
-        "volume_spacing": info.get("volume_spacing"), "slices": info.get("slices", 0),
-        "multi_label": bool(info.get("multi_label")),
+        "output": {"name": "probabilities", "shape": ["batch", len(info.classes)]},
+        "preprocessing": info.preprocessing, "window": info.window,
+        "image_size": info.image_size, "crop_foreground": bool(info.crop_foreground),
+        "volume_size": info.volume_size,
+        "volume_spacing": info.volume_spacing, "slices": info.slices,
+        "multi_label": bool(info.multi_label),
         "decision": "multi-label: each finding present when its probability >= its threshold (threshold lists "
-                    "one per class, in order)" if info.get("multi_label") else
+                    "one per class, in order)" if info.multi_label else
                     "binary: positive when probability of positive_class >= threshold; otherwise the arg-max class",
         "max_abs_difference_vs_pytorch": difference, "run": None if run is None else str(Path(run).resolve()),
     }

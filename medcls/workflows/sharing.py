@@ -13,25 +13,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medcls.core.runs import HF_MARKER
+from medcls.core.runs import HF_MARKER, RunInfo
 from medcls.errors import ConfigError, DataError
 
-def timm_architecture(info: dict, registries) -> str:
+def timm_architecture(info: RunInfo, registries) -> str:
     """The timm name of a run's backbone, or a one-line error for backbones timm cannot build."""
-    entry = registries["backbones"].get(info["backbone"])
-    if not entry.metadata.get("loads_weights") or int(info.get("spatial_dims", 2)) != 2 or info.get("slices"):
-        raise ConfigError(f"--format hf needs a 2D timm backbone; {info['backbone']!r} of plugin {entry.plugin!r} "
+    entry = registries["backbones"].get(info.backbone)
+    if not entry.metadata.get("loads_weights") or int(info.spatial_dims) != 2 or info.slices:
+        raise ConfigError(f"--format hf needs a 2D timm backbone; {info.backbone!r} of plugin {entry.plugin!r} "
                           "is not one: export with --format onnx or torchscript")
-    return info["backbone"][len("hf-hub:"):] if info["backbone"].startswith("hf-hub:") else info["backbone"]
+    return info.backbone[len("hf-hub:"):] if info.backbone.startswith("hf-hub:") else info.backbone
 
 
-def as_timm_model(model, info: dict, architecture: str):
+def as_timm_model(model, info: RunInfo, architecture: str):
     """A timm model with its own classifier holding medcls's head: the same logits for the same
     normalised input."""
     import timm
 
-    timm_model = timm.create_model(architecture, pretrained=False, num_classes=len(info["classes"]),
-                                   in_chans=info["in_chans"], **(info.get("backbone_args") or {}))
+    timm_model = timm.create_model(architecture, pretrained=False, num_classes=len(info.classes),
+                                   in_chans=info.in_chans, **(info.backbone_args or {}))
     state = dict(model.backbone.state_dict())
     classifier = timm_model.get_classifier()
     prefix = next(name for name, module in timm_model.named_modules() if module is classifier)
@@ -40,7 +40,7 @@ def as_timm_model(model, info: dict, architecture: str):
     return timm_model.eval(), prefix
 
 
-def export_hf(model, info: dict, out: Path, *, run: Path, registries, check_batch: torch.Tensor,
+def export_hf(model, info: RunInfo, out: Path, *, run: Path, registries, check_batch: torch.Tensor,
               tolerance: float) -> float:
     """config.json (timm's pretrained_cfg with medcls's normalisation, input size and labels, and
     medcls's model.json under "medcls"), model.safetensors (timm's layout) and README.md (the model
@@ -51,16 +51,16 @@ def export_hf(model, info: dict, out: Path, *, run: Path, registries, check_batc
     architecture = timm_architecture(info, registries)
     model = model.float().cpu().eval()
     timm_model, classifier = as_timm_model(model, info, architecture)
-    size = int(info["image_size"])
+    size = int(info.image_size)
     mean = [float(v) for v in model.mean.flatten()]
     std = [float(v) for v in model.std.flatten()]
-    data_config = {"input_size": [info["in_chans"], size, size], "mean": mean, "std": std,
-                   "interpolation": info.get("interpolation", "bilinear"), "crop_pct": 1.0, "crop_mode": "center"}
+    data_config = {"input_size": [info.in_chans, size, size], "mean": mean, "std": std,
+                   "interpolation": info.interpolation, "crop_pct": 1.0, "crop_mode": "center"}
     out.mkdir(parents=True, exist_ok=True)
     save_for_hf(timm_model, str(out), safe_serialization=True, data_config=data_config,
-                model_config={"label_names": list(info["classes"]),
+                model_config={"label_names": list(info.classes),
                               "pretrained_cfg": {**data_config, "classifier": classifier}},
-                model_args={"in_chans": info["in_chans"], **(info.get("backbone_args") or {})})
+                model_args={"in_chans": info.in_chans, **(info.backbone_args or {})})
     config = json.loads((out / "config.json").read_text())
     for key in ("tag", "license", "hf_hub_id", "url", "origin_url", "paper_ids", "paper_name", "notes"):
         config["pretrained_cfg"].pop(key, None)  # those describe timm's ImageNet weights, not these
@@ -112,14 +112,14 @@ def figure(metrics: dict, intervals: dict, split: str, name: str) -> str:
     return f"{value:.3f}{bounds}"
 
 
-def model_card(run: Path, info: dict) -> str:
+def model_card(run: Path, info: RunInfo) -> str:
     """MODEL_CARD.md: intended use, data, splits by patient, metrics with intervals per split, the
     operating point and how it was chosen, calibration, subgroups, limitations, software versions."""
     metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
     manifest = json.loads((run / "manifest.json").read_text()) if (run / "manifest.json").is_file() else {}
     intervals = metrics.get("intervals", {})
-    classes = info["classes"]
-    binary = len(classes) == 2 and not info.get("multi_label")
+    classes = info.classes
+    binary = len(classes) == 2 and not info.multi_label
     names = ["roc_auc", "sensitivity", "specificity", "ppv", "npv", "accuracy"] if binary else \
         ["roc_auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity"]
     rows = ["| split | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
@@ -129,15 +129,15 @@ def model_card(run: Path, info: dict) -> str:
                         + " | ".join(figure(metrics, intervals, split, n) for n in names) + " |")
     test_n = metrics.get("test", {}).get("n", 0)
     calibration = (metrics.get("calibration") or {}).get("test") or {}
-    threshold = info.get("threshold")
+    threshold = info.threshold
     lines = [
-        f"# Model card: {info['backbone']} for {' vs '.join(classes)}",
+        f"# Model card: {info.backbone} for {' vs '.join(classes)}",
         "",
         "Written by medcls from the run's own files (model.json, metrics.json, manifest.json).",
         "",
         "## Intended use",
-        f"- Classifies {'volumes' if int(info.get('spatial_dims', 2)) == 3 else 'images'} into "
-        f"{', '.join(classes)}" + (f"; positive class: **{info.get('positive_class')}**." if binary else "."),
+        f"- Classifies {'volumes' if int(info.spatial_dims) == 3 else 'images'} into "
+        f"{', '.join(classes)}" + (f"; positive class: **{info.positive_class}**." if binary else "."),
         "- A research model: it supports, never replaces, a clinician's reading, and it has not been "
         "validated outside the data it was developed on (below).",
         "",
@@ -145,36 +145,36 @@ def model_card(run: Path, info: dict) -> str:
         f"- Source: `{manifest.get('data', '?')}` (SHA-256 of the data: {str(manifest.get('data_sha256', '?'))[:16]}...).",
         "- Splits by patient: every image of a patient, and every byte-identical copy of an image, "
         "is on one side of each split (splits.csv lists each file's split and hash; no patient ids).",
-        f"- Input: {info['in_chans']} channel(s); {info.get('preprocessing', '')}.",
+        f"- Input: {info.in_chans} channel(s); {info.preprocessing or ''}.",
         "",
         "## Performance (95 % intervals; the method of each is in metrics.json)",
         *rows,
         "",
         "## Operating point",
-        f"- {threshold:.4f} on P({info.get('positive_class')}), chosen on the validation split by "
-        f"`{info.get('threshold_rule')}`" + (f" (target {info.get('target')})" if str(info.get('threshold_rule', '')).startswith(('target', 'confident')) else "")
+        f"- {threshold:.4f} on P({info.positive_class}), chosen on the validation split by "
+        f"`{info.threshold_rule}`" + (f" (target {info.target})" if str(info.threshold_rule or '').startswith(('target', 'confident')) else "")
         + ", applied unchanged to test." if binary and threshold is not None else
         "- One per finding (table below), chosen on the validation split by "
-        f"`{info.get('threshold_rule')}`, applied unchanged to test." if info.get("multi_label") else
+        f"`{info.threshold_rule}`, applied unchanged to test." if info.multi_label else
         "- the most probable class.",
     ]
-    if info.get("multi_label"):
+    if info.multi_label:
         test = (metrics.get("findings") or {}).get("test", {}).get("findings", {})
         lines += ["", f"Multi-label: {len(classes)} findings, each a sigmoid output; uncertain findings: "
-                      f"`{info.get('uncertain')}`, blank: `{info.get('blank_findings')}`. Test figures per finding:", "",
+                      f"`{info.uncertain}`, blank: `{info.blank_findings}`. Test figures per finding:", "",
                   "| finding | threshold | roc_auc | sensitivity | specificity |", "|---|---|---|---|---|"]
         for name, limit in zip(classes, threshold or []):
             found = test.get(name, {})
             cell = lambda m: figure({"s": found.get("values", {})}, {"s": found.get("intervals", {})}, "s", m)  # noqa: E731
             lines.append(f"| {name} | {limit:.4f} | {cell('roc_auc')} | {cell('sensitivity')} | {cell('specificity')} |")
-    if info.get("conformal"):
-        lines.append(f"- Referral: split-conformal prediction sets at {info['conformal']['coverage']:.0%} per class; "
+    if info.conformal:
+        lines.append(f"- Referral: split-conformal prediction sets at {info.conformal['coverage']:.0%} per class; "
                      "cases whose set is not one class are referred to a reader (`medcls predict` column `refer`).")
     lines += ["", "## Calibration"]
     if calibration and "slope" in calibration and not calibration.get("not_computable"):
         lines.append(f"- Test calibration slope {calibration['slope']:.3f} (ideal 1), intercept "
                      f"{calibration['intercept']:.3f} (ideal 0); temperature "
-                     f"{info.get('temperature') or 'none'}.")
+                     f"{info.temperature or 'none'}.")
     else:
         lines.append("- Not computable on the test split.")
     subgroups = metrics.get("subgroups") or {}
@@ -201,6 +201,6 @@ def model_card(run: Path, info: dict) -> str:
     return "\n".join(lines)
 
 
-def write_model_card(run: Path, info: dict) -> None:
+def write_model_card(run: Path, info: RunInfo) -> None:
     (run / "MODEL_CARD.md").write_text(model_card(run, info), encoding="utf-8")
 

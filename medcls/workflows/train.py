@@ -34,6 +34,7 @@ from medcls.core.loader import (
 )
 from medcls.core.models import build_classifier, check_backbone_output, pretrained_weights
 from medcls.core.runs import (
+    RunInfo,
     run_manifest,
     save_model,
     write_finding_predictions,
@@ -481,7 +482,7 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
     if extend is not None:
         extend(document)
     document.write(out)
-    write_model_card(out, info)
+    write_model_card(out, RunInfo(info))
     (out / CHECKPOINT).unlink(missing_ok=True)  # the run is complete: model.safetensors holds it
     return summary
 
