@@ -21,6 +21,13 @@ if TYPE_CHECKING:
     from medcls.data.prepared import PreparedData
 
 
+
+def shown_source(source) -> str:
+    """A data source or run folder as a shared report names it: the folder's or file's own name,
+    never the absolute path of the machine it ran on (built-in sets keep their name)."""
+    text = str(source)
+    return Path(text).name if ("/" in text or "\\" in text) else text
+
 def case_flow(data: PreparedData, rows_by_split: dict | None = None) -> tuple[list[str], list[list[str]]]:
     """Images and patients found, used and excluded (with reasons), and per split and class."""
     patients = {c.patient_id for c in data.cases if c.patient_id is not None}
@@ -236,7 +243,7 @@ def add_tasks(doc: Document, assessed: dict, weighting: str, learned: list | Non
 
 
 def training_document(config: TrainConfig, data: PreparedData, summary: dict, scoring: dict):
-    doc = Document(f"medcls run: {config.backbone} on {config.data}")
+    doc = Document(f"medcls run: {config.backbone} on {shown_source(config.data)}")
     doc.heading("Case flow")
     lines, rows = case_flow(data)
     doc.bullets(lines)

@@ -1,5 +1,5 @@
 """Figures for the reports: learning curves, ROC with a bootstrap band, PR, calibration, decision
-curve and the confusion matrix. Each function writes one PNG and closes its figure."""
+curve and the confusion matrix. Each function writes one PNG (an SVG beside it) and closes its figure."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medcls.stats.assess import decisions
 from medcls.stats.bootstrap import ScoredCases, resample_weights
 from medcls.stats.calibration import reliability_curve
-from medcls.stats.metrics import confusion_counts
+from medcls.stats.clustered import auc_interval
+from medcls.stats.metrics import confusion_counts, decisions
 from medcls.stats.operating_points import net_benefit
 
 
@@ -37,11 +37,15 @@ def label_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
 
 
 def save(fig, path: Path) -> None:
+    """The figure as PNG (for the HTML report) and, beside it, as SVG (vector, for a journal)."""
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    fig.savefig(Path(path).with_suffix(".svg"))
 
 
 def plot_learning_curves(history, path: Path) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [h.epoch for h in history]
     fig, (ax_loss, ax_auc) = subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [h.train_loss for h in history], "o-", label="train (augmented)")
@@ -53,6 +57,7 @@ def plot_learning_curves(history, path: Path) -> None:
         for start in stage_starts:
             ax.axvline(start - 0.5, color="grey", linestyle="--", linewidth=1)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_title(title + (" (dashed: fine-tuning starts)" if stage_starts else ""))
         ax.legend()
         ax.grid(alpha=0.3)
@@ -74,7 +79,7 @@ def roc_band(y: np.ndarray, p1: np.ndarray, groups=None, n_resamples: int = 500,
 def plot_roc(split_scores: dict, classes: list[str], path: Path, groups=None, highlight: str = "test") -> None:
     """Binary: ROC per split, a 95% bootstrap band and the operating point on test.
     Multi-class: one-vs-rest ROC per class on test."""
-    from sklearn.metrics import roc_curve
+    from sklearn.metrics import roc_auc_score, roc_curve
 
     fig, ax = subplots(figsize=(5, 5))
     curves = []
@@ -86,7 +91,11 @@ def plot_roc(split_scores: dict, classes: list[str], path: Path, groups=None, hi
     for label, truth, scores in curves:
         if truth.any() and not truth.all():
             fpr, tpr, _ = roc_curve(truth, scores)
-            ax.plot(fpr, tpr, label=label)
+            auc = f"AUC {roc_auc_score(truth, scores):.3f}"
+            if label == highlight:  # the interval the report's table gives (patients counted)
+                interval = auc_interval(truth.astype(np.int64), scores, groups)
+                auc += f" ({interval.low:.3f}-{interval.high:.3f})" if interval.low is not None else ""
+            ax.plot(fpr, tpr, label=f"{label}, {auc}")
     probs, labels, threshold = split_scores[highlight]
     if probs.shape[1] == 2 and len(np.unique(labels)) == 2:
         grid, low, high = roc_band(labels, probs[:, 1], groups)
@@ -142,7 +151,7 @@ def plot_confusion(probs: np.ndarray, labels: np.ndarray, threshold, classes: li
     save(fig, path)
 
 
-def plot_pr(probs: np.ndarray, labels: np.ndarray, path: Path) -> None:
+def plot_pr(probs: np.ndarray, labels: np.ndarray, path: Path, split: str = "test") -> None:
     """Precision-recall curve of the positive class, with the prevalence as the no-skill line."""
     from sklearn.metrics import precision_recall_curve
 
@@ -154,7 +163,7 @@ def plot_pr(probs: np.ndarray, labels: np.ndarray, path: Path) -> None:
         ax.legend(loc="lower left")
     else:
         ax.text(0.5, 0.5, "not computable: needs both classes", ha="center")
-    label_axes(ax, "sensitivity (recall)", "PPV (precision)", "Precision-recall")
+    label_axes(ax, "sensitivity (recall)", "PPV (precision)", f"Precision-recall ({split})")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     save(fig, path)

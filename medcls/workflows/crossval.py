@@ -14,7 +14,7 @@ import numpy as np
 from medcls.data.splits import holdout, linked_groups, multilabel_group_folds
 from medcls.errors import ConfigError, DataError
 from medcls.logs import logger, stage
-from medcls.reports.documents import add_cases_to_review, add_findings
+from medcls.reports.documents import add_cases_to_review, add_findings, shown_source
 from medcls.reports.report import Document, format_value, spread
 from medcls.stats import multilabel
 from medcls.stats.assess import assess
@@ -176,7 +176,7 @@ def write_oof_findings(path: Path, data, scored: np.ndarray, probs: np.ndarray, 
 
 
 def cv_document(config, result: dict):
-    doc = Document(f"{config.folds}-fold cross-validation of {config.backbone} on {config.data}")
+    doc = Document(f"{config.folds}-fold cross-validation of {config.backbone} on {shown_source(config.data)}")
     doc.paragraph("Folds are stratified by class and grouped by patient and identical content; each fold's "
                   "operating point is chosen on a validation set carved from its own training folds. Pooled "
                   "figures use every case once, scored by the model that never saw it.")

@@ -13,13 +13,13 @@ import numpy as np
 
 from medcls.config import TrainConfig, make_config, read_config_file
 from medcls.core.inference import Predictor, run_predictor
-from medcls.core.runs import load_model, write_finding_predictions, write_predictions
+from medcls.core.runs import RunInfo, load_model, write_finding_predictions, write_predictions
 from medcls.data.prepared import PreparedData, prepare_data
 from medcls.errors import ConfigError, DataError
 from medcls.folders import claim_folder, removed_if_left_empty, reserve_folder
 from medcls.logs import stage
 from medcls.reports import plots
-from medcls.reports.documents import add_findings, add_subgroups, add_tasks, case_flow, slope_interval
+from medcls.reports.documents import add_findings, add_subgroups, add_tasks, case_flow, shown_source, slope_interval
 from medcls.reports.report import (
     GAP_HEADER,
     Document,
@@ -70,7 +70,7 @@ class ScoredCases:
     rows: np.ndarray
     probs: np.ndarray
     labels: np.ndarray
-    info: dict
+    info: RunInfo
     split: str
     config: TrainConfig
     predictor: Predictor
@@ -90,20 +90,20 @@ def run_predictions(run, registries, *, data: str | None = None, split: str | No
     config = make_config(read_config_file(run / "config.yaml"), where=f"run config '{run / 'config.yaml'}'")
     own_data = data is None or data == config.data
     # The run's preprocessing on the chosen data; replace() checks the config again.
-    config = dataclasses.replace(config, data=config.data if data is None else data, image_size=info["image_size"],
-                                 channels=str(info["in_chans"]), positive_class=info.get("positive_class"))
+    config = dataclasses.replace(config, data=config.data if data is None else data, image_size=info.image_size,
+                                 channels=str(info.in_chans), positive_class=info.positive_class)
     split = split or ("test" if own_data else "all")
-    prepared = prepare_data(config, registries, split=False, known_classes=info["classes"])
-    if bool(info.get("multi_label")) != prepared.multi_label:
-        raise DataError(f"run '{run}' was trained on {'multi-label' if info.get('multi_label') else 'single-label'} "
+    prepared = prepare_data(config, registries, split=False, known_classes=info.classes)
+    if bool(info.multi_label) != prepared.multi_label:
+        raise DataError(f"run '{run}' was trained on {'multi-label' if info.multi_label else 'single-label'} "
                         f"data and '{config.data}' is {'multi-label' if prepared.multi_label else 'single-label'}: "
                         "evaluate it on data of its own kind")
     if prepared.multi_label:  # the run's findings, in the run's order
-        missing = [name for name in info["classes"] if name not in prepared.classes]
+        missing = [name for name in info.classes if name not in prepared.classes]
         if missing:
             raise DataError(f"data '{config.data}' lacks finding(s) {', '.join(missing)} that run '{run}' predicts")
-        prepared.labels = prepared.labels[:, [prepared.classes.index(name) for name in info["classes"]]]
-    prepared.classes = info["classes"]
+        prepared.labels = prepared.labels[:, [prepared.classes.index(name) for name in info.classes]]
+    prepared.classes = info.classes
     rows = prepared.rows()
     if split != "all":
         membership = stored_splits(run)
@@ -173,7 +173,7 @@ def evaluate_into(run: Path, registries, *, data=None, split=None, out=None, by=
         scored.data, scored.rows, scored.probs, scored.labels, scored.info, scored.split, scored.config,
         scored.single_view)
     metrics = list(registries["metrics"])
-    threshold = info.get("threshold")
+    threshold = info.threshold
     patients = prepared.patients(rows)
     options = dict(prevalence=prevalence, n_resamples=n_resamples, seed=config.seed)
     with stage(f"figures and {n_resamples}-resample intervals of {len(labels)} {split} cases"):
@@ -192,11 +192,11 @@ def evaluate_into(run: Path, registries, *, data=None, split=None, out=None, by=
                                                     where=f"{split} cases", **options)
 
     out = evaluation_folder(run, out)
-    classes = info["classes"]
+    classes = info.classes
     plots.plot_roc({split: (probs, labels, threshold)}, classes, out / "roc.png", groups=patients, highlight=split)
     plots.plot_confusion(probs, labels, threshold, classes, out / "confusion_matrix.png")
     if len(classes) == 2:
-        plots.plot_pr(probs, labels, out / "pr.png")
+        plots.plot_pr(probs, labels, out / "pr.png", split)
         plots.plot_calibration(probs, labels, out / "calibration.png")
         plots.plot_decision_curve(probs, labels, out / "decision_curve.png")
     write_predictions(out / "predictions.csv", classes, {split: (scored.keys, labels, probs)}, scored.predictor.decide)
@@ -213,7 +213,7 @@ def evaluate_into(run: Path, registries, *, data=None, split=None, out=None, by=
                                                          "intervals": without_tta["intervals"]},
     })
 
-    doc = Document(f"Evaluation of {run} on {config.data} ({split})")
+    doc = Document(f"Evaluation of {shown_source(run)} on {shown_source(config.data)} ({split})")
     doc.heading("Case flow")
     lines, flow_rows = case_flow(prepared, {split: rows})
     doc.bullets(lines)
@@ -233,7 +233,7 @@ def evaluate_into(run: Path, registries, *, data=None, split=None, out=None, by=
                           ("confusion_matrix.png", "Confusion matrix")):
         doc.image(out / name, caption)
     if tasks:
-        add_tasks(doc, tasks, scored.info.get("task_weighting", "fixed"), None)
+        add_tasks(doc, tasks, scored.info.task_weighting, None)
     if per_patient:
         doc.heading(f"Patient level ({patient_level} of image scores)")
         add_assessment(doc, per_patient, classes, f"{split} cases")
@@ -255,7 +255,7 @@ def evaluate_findings(run: Path, scored: ScoredCases, registries, *, out=None, p
     """`evaluate_run` for multi-label runs: every finding at its stored operating point, assessed
     as training assessed it (medcls.stats.multilabel), with and without test-time augmentation."""
     metrics = list(registries["metrics"])
-    thresholds, split, classes = scored.info["threshold"], scored.split, scored.info["classes"]
+    thresholds, split, classes = scored.info.threshold, scored.split, scored.info.classes
     patients = scored.data.patients(scored.rows)
 
     def assessed_for(probs):
@@ -276,7 +276,7 @@ def evaluate_findings(run: Path, scored: ScoredCases, registries, *, out=None, p
         "threshold": thresholds, "data": scored.config.data, "tta": tta,
         "without_tta": None if without is None else {split: without["values"], "findings": without},
     })
-    doc = Document(f"Evaluation of {run} on {scored.config.data} ({split})")
+    doc = Document(f"Evaluation of {shown_source(run)} on {shown_source(scored.config.data)} ({split})")
     doc.heading("Case flow")
     lines, flow_rows = case_flow(scored.data, {split: scored.rows})
     doc.bullets(lines)
