@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import time
 
 logger = logging.getLogger("medcls")
@@ -30,16 +31,12 @@ class DefaultHandler(logging.Handler):
                 if record.levelno >= (handler.level or root.getEffectiveLevel()):
                     handler.handle(record)
             return
-        import sys
-
         prefix = "warning: " if record.levelno >= logging.WARNING else ""
         print(prefix + record.getMessage(), file=sys.stderr, flush=True)
 
 
 def in_notebook() -> bool:
     """A Jupyter (IPython kernel) session: bars there are tqdm's notebook widgets."""
-    import sys
-
     return "ipykernel" in sys.modules
 
 

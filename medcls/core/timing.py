@@ -27,7 +27,7 @@ class Plan:
 
 
 @dataclass(frozen=True)
-class Estimate:
+class TimeEstimate:
     seconds: float
     forward_per_s: float  # images a second, forward only
     train_per_s: float  # images a second, forward and backward through every layer
@@ -77,7 +77,7 @@ def per_image_seconds(model, images, execution) -> tuple[float, float]:
     return forward, both
 
 
-def estimate(model, images, execution, plan: Plan) -> Estimate:
+def estimate(model, images, execution, plan: Plan) -> TimeEstimate:
     """The run's time from now to its end: stage 1 (frozen: a forward pass an image, or once with
     cached features), the full-depth epochs, validation every epoch and the final scoring."""
     forward, both = per_image_seconds(model, images, execution)
@@ -85,4 +85,4 @@ def estimate(model, images, execution, plan: Plan) -> Estimate:
         plan.frozen_epochs * (plan.train_images + plan.val_images) * forward
     full = plan.full_epochs * (plan.train_images * both + plan.val_images * forward)
     seconds = OVERHEAD * (frozen + full + plan.scored_images * forward)
-    return Estimate(seconds, 1 / max(forward, 1e-9), 1 / max(both, 1e-9), plan)
+    return TimeEstimate(seconds, 1 / max(forward, 1e-9), 1 / max(both, 1e-9), plan)
