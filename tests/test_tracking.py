@@ -16,10 +16,10 @@ from medcls.cli import cli
 def tracked(tmp_path_factory):
     pytest.importorskip("mlflow", reason="medcls[mlflow] is not installed")
     pytest.importorskip("tensorboard", reason="medcls[tensorboard] is not installed")
-    from tests.helpers import FAST
+    from tests.helpers import FAST, FIGURES
 
     runs = tmp_path_factory.mktemp("tracked")
-    result = CliRunner().invoke(cli, ["train", *FAST, "--out", str(runs / "run"), "--log", "tensorboard,mlflow,csv"],
+    result = CliRunner().invoke(cli, ["train", *FAST, *FIGURES, "--out", str(runs / "run"), "--log", "tensorboard,mlflow,csv"],
                                 env={"MLFLOW_TRACKING_URI": ""})
     assert result.exit_code == 0, result.output
     return runs / "run"
@@ -167,3 +167,16 @@ def test_mlflow_takes_any_folder_store_and_names_a_uri_it_refuses(tmp_path, monk
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://nowhere")
     with pytest.raises(ConfigError, match="MLflow cannot use the tracking URI 'nosuchscheme://nowhere'"):
         MLflowTracker(tmp_path / "run2")
+
+
+def test_a_tracking_uri_mlflow_refuses_stops_training_before_any_data_is_read(tmp_path, monkeypatch):
+    """The URI is checked with the names, before the data: the data folder here does not even exist,
+    and the error names the URI, not the data; no run folder is left."""
+    pytest.importorskip("mlflow")
+    from tests.helpers import assert_one_line_error, run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://nowhere")
+    monkeypatch.chdir(tmp_path)
+    result = run("train", "--data", tmp_path / "not-read", "--no-pretrained", "--log", "mlflow")
+    assert_one_line_error(result, "MLflow cannot use the tracking URI 'nosuchscheme://nowhere'", code=3)
+    assert not (tmp_path / "runs").exists()

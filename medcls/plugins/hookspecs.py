@@ -279,7 +279,9 @@ def medcls_register_loggers(register):
 
     ``extra`` names the optional dependency group that provides the tracker's package, so a
     missing one is reported as ``pip install "medcls[EXTRA]"``; ``create`` raises
-    ``medcls.ConfigError`` with that line. A tracker never changes what is trained.
+    ``medcls.ConfigError`` with that line. An optional ``check=`` callable (no arguments) is
+    called before any data is read and raises ``medcls.ConfigError`` for what would fail later
+    (the package missing, a store that cannot be opened). A tracker never changes what is trained.
 
     Example::
 

@@ -39,7 +39,7 @@ METADATA = {
     "readers": {"extensions": TEXTS, "dims": int, "sniff": CALLABLE, "settings": TEXTS, "greyscale": CALLABLE,
                 "folders": CALLABLE, "patient_id": CALLABLE, "version": str},
     "datasets": {"detect": CALLABLE},
-    "loggers": {"extra": str},
+    "loggers": {"extra": str, "check": CALLABLE},
 }
 
 

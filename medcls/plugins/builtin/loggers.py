@@ -90,34 +90,58 @@ class TensorBoardTracker:
         self.writer.close()
 
 
+def mlflow_store(uri: str):
+    """An MLflow client on `uri` and the id of medcls's experiment there (created when absent);
+    MLflow's own refusal of the URI (a scheme it does not know, a store it cannot open) is one line."""
+    try:
+        from mlflow import MlflowClient
+    except ImportError:
+        raise missing("mlflow", "mlflow") from None
+    if uri.startswith("file:") or "://" not in uri:  # a folder store, medcls's default or the user's own
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # see the module docstring
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        found = client.get_experiment_by_name(EXPERIMENT)
+        return client, (found.experiment_id if found else client.create_experiment(EXPERIMENT))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(f"MLflow cannot use the tracking URI {uri!r} ({first}): set MLFLOW_TRACKING_URI to a "
+                          "server (http://...), a sqlite:///FILE.db or a folder, or leave it unset for a store "
+                          "beside the runs") from None
+
+
+def check_mlflow() -> None:
+    """Before any data is read: the mlflow package, and the store MLFLOW_TRACKING_URI names (the
+    default store beside the runs needs no check)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        mlflow_store(uri)
+    else:
+        try:
+            import mlflow  # noqa: F401
+        except ImportError:
+            raise missing("mlflow", "mlflow") from None
+
+
+def check_tensorboard() -> None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        raise missing("tensorboard", "tensorboard") from None
+
+
 class MLflowTracker:
     """Parameters, per-epoch metrics, final metrics with interval bounds, tags (backbone, data hash,
     medcls commit) and the run's files as artefacts, through `mlflow.MlflowClient` (no global state)."""
 
     def __init__(self, out: Path, parent: "MLflowTracker | None" = None) -> None:
-        try:
-            from mlflow import MlflowClient
-        except ImportError:
-            raise missing("mlflow", "mlflow") from None
         uri = os.environ.get("MLFLOW_TRACKING_URI") if parent is None else parent.uri
         if not uri:
             store = (Path(out).resolve().parent / "mlruns")
             uri = store.as_uri()
-        if uri.startswith("file:") or "://" not in uri:  # a folder store, medcls's default or the user's own
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # see the module docstring
         self.uri, self.out = uri, Path(out)
-        try:
-            self.client = MlflowClient(tracking_uri=uri)
-            if parent is None:
-                found = self.client.get_experiment_by_name(EXPERIMENT)
-                self.experiment_id = found.experiment_id if found else self.client.create_experiment(EXPERIMENT)
-            else:
-                self.experiment_id = parent.experiment_id
-        except Exception as exc:  # MLflow's own refusal (a bad URI, a store it cannot open): one line
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise ConfigError(f"MLflow cannot use the tracking URI {uri!r} ({first}): set MLFLOW_TRACKING_URI to a "
-                              "server (http://...), a sqlite:///FILE.db or a folder, or leave it unset for a store "
-                              "beside the runs") from None
+        self.client, experiment = mlflow_store(uri)
+        self.experiment_id = experiment if parent is None else parent.experiment_id
         # A nested run carries MLflow's own parent tag, so the UI folds it under its parent.
         tags = {"mlflow.parentRunId": parent.run_id} if parent is not None else {}
         name = self.out.name
@@ -160,6 +184,6 @@ class MLflowTracker:
 def medcls_register_loggers(register):
     register("csv", CsvTracker, description="Every epoch's and the final figures as rows of RUN/log.csv")
     register("tensorboard", TensorBoardTracker, description="TensorBoard event files in RUN/tensorboard",
-             extra="tensorboard")
+             extra="tensorboard", check=check_tensorboard)
     register("mlflow", MLflowTracker, description="MLflow: MLFLOW_TRACKING_URI, else a local store beside the runs",
-             extra="mlflow")
+             extra="mlflow", check=check_mlflow)
