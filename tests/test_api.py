@@ -337,3 +337,30 @@ def test_predictions_csv_keeps_a_case_at_the_threshold_on_its_side(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "p.csv", newline="")))
     assert [float(r["p_yes"]) for r in rows] == list(probs[:, 1])
     assert [r["decision"] for r in rows] == ["yes" if float(r["p_yes"]) >= threshold else "no" for r in rows]
+
+
+def test_runs_trained_on_arrays_compare_after_a_restart_as_they_did_before(trained, tmp_path, monkeypatch):
+    """In a later Python session the arrays are gone: compare reads the runs' stored predictions and
+    patient groups, and gives the figures the live comparison gave (over patients)."""
+    from medcls.data import arrays
+
+    run_a, images, labels = trained
+    _, _, patients = phantoms()
+    run_b = medcls.train(images=images, labels=labels, patients=patients, out=str(tmp_path / "b"),
+                         **{**SMALL, "epochs": 2, "seed": 1, "split_seed": 0})
+    live = medcls.compare(run_a.path, run_b.path)
+    monkeypatch.setattr(arrays, "SOURCES", {})  # what a new session holds
+    stored = medcls.compare(run_a.path, run_b.path)
+    assert "stored predictions" in stored.pop("source")
+    assert stored["patients"] == live["patients"] < stored["n"] == live["n"]
+    assert stored["auc"] == pytest.approx(live["auc"], abs=1e-6)
+    for name in ("sensitivity", "specificity"):
+        assert stored[name] == pytest.approx(live[name], abs=1e-9)
+    splits = Path(run_b.path) / "splits.csv"  # a run from before groups were stored
+    rows = list(csv.DictReader(splits.open(newline="")))
+    with splits.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, [k for k in rows[0] if k != "group"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(medcls.DataError, match="has no patient groups"):
+        medcls.compare(run_a.path, run_b.path)

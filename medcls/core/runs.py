@@ -286,14 +286,20 @@ def write_task_predictions(path: Path, tasks: list, by_split: dict) -> None:
 
 
 def write_splits(data: PreparedData, path: Path) -> None:
-    """Which split each image went to, with its content hash; patient identifiers are not written."""
+    """Which split each image went to, with its content hash and its patient group: images of one
+    patient share a group number (numbered in order of first appearance; an image without a patient
+    id is a group of its own), so the run's own predictions can be compared over patients later.
+    Patient identifiers are not written."""
     readable = set(data.cache.kept.tolist())
+    groups: dict = {}
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["key", "label", "split", "sha256", "status"])
+        writer.writerow(["key", "label", "split", "sha256", "status", "group"])
         for i, case in enumerate(data.cases):
+            group = groups.setdefault(("patient", case.patient_id) if case.patient_id is not None else ("image", i),
+                                      len(groups) + 1)
             writer.writerow([case.key, case.label, data.splits[i], data.hashes[i],
-                             "used" if i in readable else "skipped"])
+                             "used" if i in readable else "skipped", group])
 
 
 def run_manifest(config: TrainConfig, data: PreparedData) -> dict:

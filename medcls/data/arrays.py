@@ -148,6 +148,11 @@ def is_memory(source: str) -> bool:
     return str(source).startswith(PREFIX)
 
 
+def held(source: str) -> bool:
+    """This Python session holds the in-memory data `source` names."""
+    return source in SOURCES
+
+
 def load_memory(source: str, options: DataOptions) -> list[Case]:
     try:
         return SOURCES[source]

@@ -4,6 +4,14 @@ model's stored operating point."""
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from medcls.config import read_config_file
+from medcls.core.runs import read_model_info
+from medcls.data.arrays import held, is_memory
 from medcls.errors import DataError
 from medcls.stats.intervals import compare_predictions
 from medcls.stats.multilabel import compare_findings
@@ -11,8 +19,11 @@ from medcls.workflows.evaluate import run_predictions
 
 
 def compare_runs(run_a, run_b, registries, *, data=None, split=None) -> dict:
-    """Score both runs on the same data and split, refuse if the cases differ, then compare."""
+    """Score both runs on the same data and split, refuse if the cases differ, then compare. Runs
+    trained on in-memory arrays of an earlier Python session are compared on what they stored."""
 
+    if data is None and all(arrays_gone(Path(run)) for run in (run_a, run_b)):
+        return compare_stored(Path(run_a), Path(run_b), split=split or "test")
     a = run_predictions(run_a, registries, data=data, split=split)
     b = run_predictions(run_b, registries, data=data, split=split)
     if a.keys != b.keys:
@@ -29,3 +40,70 @@ def compare_runs(run_a, run_b, registries, *, data=None, split=None) -> dict:
                                      groups=a.data.patients(a.rows))
     result["split"] = a.split
     return result
+
+
+def arrays_gone(run: Path) -> bool:
+    """The run was trained on in-memory arrays that this Python session does not hold."""
+    saved = run / "config.yaml"
+    source = str(read_config_file(saved).get("data", "")) if saved.is_file() else ""
+    return is_memory(source) and not held(source)
+
+
+def stored_split(run: Path, split: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, object]:
+    """A run's own predictions of one split (predictions.csv: the probabilities training wrote)
+    with each case's patient group (splits.csv): keys, labels, probabilities, groups, model info."""
+    info = read_model_info(run)
+    if info.multi_label or len(info.classes) != 2:
+        raise DataError(f"run '{run}' was trained on arrays of an earlier session: comparing its stored predictions "
+                        "needs a binary task; pass the arrays again and compare in one session")
+    groups = {}
+    with open(run / "splits.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            if not row.get("group"):
+                raise DataError(f"'{run / 'splits.csv'}' has no patient groups (a run from before 2026-12-07): "
+                                "compare it in the session that holds its arrays, or train it again")
+            groups[row["key"]] = row["group"]
+    keys, labels, probs = [], [], []
+    columns = [f"p_{c}" for c in info.classes]
+    with open(run / "predictions.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["split"] == split:
+                keys.append(row["key"])
+                labels.append(info.classes.index(row["label"]))
+                probs.append([float(row[c]) for c in columns])
+    if not keys:
+        raise DataError(f"run '{run}' stored no {split!r} predictions (predictions.csv): choose a split it has")
+    missing = [k for k in keys if k not in groups]
+    if missing:
+        raise DataError(f"'{missing[0]}' of '{run / 'predictions.csv'}' is not in its splits.csv: the files do not "
+                        "belong together; restore the run's own files")
+    return keys, np.array(labels), np.array(probs, dtype=np.float64), np.array([groups[k] for k in keys]), info
+
+
+def compare_stored(run_a: Path, run_b: Path, *, split: str) -> dict:
+    """Two runs trained on the same arrays in an earlier session: their stored predictions of
+    `split`, matched by key, over patients (the groups of splits.csv, which must agree)."""
+    keys_a, labels, probs_a, groups, info_a = stored_split(run_a, split)
+    keys_b, labels_b, probs_b, groups_b, info_b = stored_split(run_b, split)
+    if sorted(keys_a) != sorted(keys_b):
+        only = len(set(keys_a) ^ set(keys_b))
+        raise DataError(f"runs '{run_a}' and '{run_b}' would be compared on different cases ({only} differ in their "
+                        f"{split} predictions): compare runs trained on the same arrays and split")
+    if info_a.classes != info_b.classes:
+        raise DataError(f"runs '{run_a}' and '{run_b}' have different classes: {info_a.classes} vs {info_b.classes}")
+    order = [{k: i for i, k in enumerate(keys_b)}[k] for k in keys_a]
+    if not np.array_equal(labels, labels_b[order]) or not same_partition(groups, groups_b[order]):
+        raise DataError(f"runs '{run_a}' and '{run_b}' hold other labels or patients for the same case keys: they were "
+                        "not trained on the same arrays")
+    shared = len(set(groups.tolist())) < len(groups)  # else every image is its own patient, as without ids
+    result = compare_predictions(labels, probs_a, probs_b[order], info_a.threshold, info_b.threshold,
+                                 groups=groups if shared else None)
+    result["split"] = split
+    result["source"] = "the runs' stored predictions (predictions.csv) and patient groups (splits.csv)"
+    return result
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """The two labellings group the cases the same way (names aside)."""
+    pairs = set(zip(a.tolist(), b.tolist()))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
