@@ -128,6 +128,7 @@ class TrainConfig:
     cache: str = option("disk", 'disk: decoded images also kept on disk by content (later runs skip decoding); memory', 'run')
     cache_dir: str | None = option(None, 'the disk cache (default $MEDCLS_CACHE_DIR or ~/.cache/medcls); safe to share', 'run')
     workers: int = option(-1, 'loader processes; -1: none for batched policies (augmented on the device), else one', 'run')
+    figures: bool = option(True, "draw the report's figures (PNG, an SVG beside each); false leaves them out of the report, for quick sweeps and checks", 'run')
     loggers: str | None = option(None, 'experiment trackers the run reports to, comma-separated: csv, tensorboard, mlflow (`medcls list loggers`)', 'run')
     out: str | None = option(None, 'run folder (default runs/<backbone>-<date>-<time>); an existing run is never overwritten', 'run')
     overwrite: bool = option(False, 'allow --out to name a folder that already holds a run', 'run')

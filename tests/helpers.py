@@ -13,11 +13,14 @@ from medcls.data.synthetic import synthetic_cases
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-# CLI settings of a tiny, fast training run: FAST trains both stages, TINY one epoch at 32 px.
+# CLI settings of a tiny, fast training run: FAST trains both stages, TINY one epoch at 32 px. Neither
+# draws the report's figures (a third of a tiny run's time): FIGURES adds them back where a test needs them.
 FAST = ["--backbone", "test_resnet", "--no-pretrained", "--epochs", "2", "--finetune-epochs", "1",
-        "--image-size", "48", "--batch-size", "32", "--set", "patience=0", "--set", "bootstrap=200"]
+        "--image-size", "48", "--batch-size", "32", "--set", "patience=0", "--set", "bootstrap=200",
+        "--set", "figures=false"]
 TINY = ["--backbone", "test_resnet", "--no-pretrained", "--image-size", "32", "--epochs", "1", "--finetune-epochs",
-        "0", "--set", "bootstrap=50"]
+        "0", "--set", "bootstrap=50", "--set", "figures=false"]
+FIGURES = ["--set", "figures=true"]
 
 
 def run(*args):
@@ -95,4 +98,4 @@ def phantoms(n=120, size=48):
 
 
 SMALL = dict(backbone="test_efficientnet", pretrained=False, image_size=48, epochs=6, finetune_epochs=0, lr=3e-3,
-             batch_size=16, bootstrap=100)
+             batch_size=16, bootstrap=100, figures=False)

@@ -69,10 +69,16 @@ def test_a_shared_report_names_its_data_without_the_machines_path():
 
 
 def test_an_evaluation_report_title_holds_no_absolute_path(image_folder, tmp_path):
+    """(TINY runs draw no figures: the training report says so and links none; evaluate draws its own.)"""
     from tests.helpers import TINY, run
 
     assert run("train", *TINY, "--data", image_folder, "--out", tmp_path / "r").exit_code == 0
     assert run("evaluate", tmp_path / "r").exit_code == 0
-    for report in (tmp_path / "r" / "report.md", next((tmp_path / "r").glob("evaluation*/report.md"))):
+    evaluation = next((tmp_path / "r").glob("evaluation*"))
+    for report in (tmp_path / "r" / "report.md", evaluation / "report.md"):
         title = report.read_text().splitlines()[0]
         assert str(tmp_path) not in title and str(image_folder) not in title, title
+    trained = (tmp_path / "r" / "report.md").read_text()
+    assert not list((tmp_path / "r").glob("*.png")) and not list((tmp_path / "r").glob("*.svg"))
+    assert "Figures were not drawn (figures: false)." in trained and "![" not in trained
+    assert (evaluation / "roc.png").is_file() and "![ROC with 95% band](roc.png)" in (evaluation / "report.md").read_text()

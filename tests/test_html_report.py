@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from medcls.cli import cli
-from tests.helpers import FAST
+from tests.helpers import FAST, FIGURES
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -17,7 +17,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.mark.slow
 def test_report_html_renders_in_chromium(tmp_path):
     out = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["train", *FAST, "--out", str(out)])
+    result = CliRunner().invoke(cli, ["train", *FAST, *FIGURES, "--out", str(out)])
     assert result.exit_code == 0, result.output
     page = out / "report.html"
     assert "src=\"data:image/png;base64," in page.read_text()  # self-contained: no external files

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from medcls.errors import CONFIG, DATA, FILE_SYSTEM
-from tests.helpers import assert_one_line_error, run, save_png, TINY
+from tests.helpers import FIGURES, TINY, assert_one_line_error, run, save_png
 
 def snapshot(folder: Path) -> dict:
     """Every file below `folder` with its content hash: what must not change."""
@@ -233,7 +233,7 @@ def test_class_names_with_dollar_signs_are_drawn_as_written(tmp_path):
             image = (rng.random((32, 32)) * 60).astype(np.uint8)
             image[8:20, 8:20] += 150 if label == "normal" else 0
             save_png(tmp_path / "data" / label / f"{i}.png", image)
-    result = run("train", *TINY, "--data", tmp_path / "data", "--out", tmp_path / "run")
+    result = run("train", *TINY, *FIGURES, "--data", tmp_path / "data", "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "confusion_matrix.png").stat().st_size > 0
 

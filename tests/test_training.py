@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from medcls.cli import cli
-from tests.helpers import FAST
+from tests.helpers import FAST, FIGURES
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    result = CliRunner().invoke(cli, ["train", *FAST, "--out", str(out)])
+    result = CliRunner().invoke(cli, ["train", *FAST, *FIGURES, "--out", str(out)])
     assert result.exit_code == 0, result.output
     return out, result
 

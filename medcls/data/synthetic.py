@@ -7,6 +7,9 @@ label, so patient-grouped splitting is exercised too.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import numpy as np
 
 from medcls.data.cases import Case, DataOptions
@@ -87,7 +90,13 @@ def lesion_mask(key: str, size: int, seed: int = 0) -> np.ndarray | None:
 
 
 def synthetic_cases(n_cases: int, size: int, seed: int = 0) -> list[Case]:
-    """`n_cases` phantoms (rounded up to whole patients), half with a lesion, patient-tagged."""
+    """`n_cases` phantoms (rounded up to whole patients), half with a lesion, patient-tagged. The
+    images are made once per process; each call gets its own copies."""
+    return [dataclasses.replace(case, array=case.array.copy()) for case in made_cases(n_cases, size, seed)]
+
+
+@functools.lru_cache(maxsize=8)
+def made_cases(n_cases: int, size: int, seed: int) -> tuple[Case, ...]:
     n_patients = max(2, -(-n_cases // SLICES_PER_PATIENT))
     cases = []
     for patient in range(n_patients):
@@ -104,7 +113,7 @@ def synthetic_cases(n_cases: int, size: int, seed: int = 0) -> list[Case]:
                     array=image[None],
                 )
             )
-    return cases
+    return tuple(cases)
 
 
 FINDINGS = {"lesion": 0.4, "calcification": 0.3, "midline_shift": 0.25}  # each finding's prevalence

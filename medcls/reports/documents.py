@@ -276,6 +276,8 @@ def training_document(config: TrainConfig, data: PreparedData, summary: dict, sc
     doc.table(GAP_HEADER, gap_rows(summary["results"], summary["intervals"]))
     doc.paragraph(f"**Reading:** {summary['reading']}")
     doc.image(Path(summary["out"]) / "learning_curves.png", "Learning curves")
+    if not config.figures:
+        doc.paragraph("Figures were not drawn (figures: false).")
     for split in ("test", "val", "train"):
         doc.heading(f"{split.capitalize()} split")
         if data.multi_label:

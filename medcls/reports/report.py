@@ -200,7 +200,9 @@ class Document:
         self.blocks.append(("table", header, rows))
 
     def image(self, path: Path, caption: str):
-        self.blocks.append(("img", Path(path), caption))
+        """A figure, when it was drawn (a run with `figures: false` has none)."""
+        if Path(path).is_file():
+            self.blocks.append(("img", Path(path), caption))
 
     def markdown(self) -> str:
         out = [f"# {self.title}", ""]

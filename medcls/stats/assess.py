@@ -12,7 +12,6 @@ from medcls.stats.bootstrap import bootstrap_binary, bootstrap_loop, bootstrap_m
 from medcls.stats.clustered import (MIN_UNITS_BOOTSTRAP, auc_interval, class_units, is_clustered, proportion_interval,
                                      refusal, too_few_for_bootstrap, too_few_in_the_tail)
 from medcls.stats.metrics import confusion_counts, decisions  # noqa: F401  (decisions: re-exported)
-from medcls.stats.metrics import roc_auc
 from medcls.stats.bootstrap import WeightedBinary
 from medcls.stats.operating_points import predictive_values
 

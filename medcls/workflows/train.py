@@ -92,7 +92,9 @@ def check_names(config: TrainConfig, registries) -> None:
     if config.monitor != "loss":
         registries["metrics"].get(config.monitor)
     for name in tracker_names(config):
-        registries["loggers"].get(name)
+        check = registries["loggers"].get(name).metadata.get("check")
+        if check is not None:
+            check()  # the tracker's package and store, before any data is read
 
     parse_window(config.window)
     parse_tasks(config.tasks)
@@ -466,9 +468,10 @@ def finish_run(config: TrainConfig, registries, data: PreparedData, model, execu
         **({"tasks": scoring["tasks"], "task_weights": scoring["task_weights"]} if tasks else {}),
         **({"members": extra_metrics} if extra_metrics else {}),
     })
-    if fitted.history:
-        plots.plot_learning_curves(fitted.history, out / "learning_curves.png")
-    draw_split_figures(scoring, data.classes, out)
+    if config.figures:
+        if fitted.history:
+            plots.plot_learning_curves(fitted.history, out / "learning_curves.png")
+        draw_split_figures(scoring, data.classes, out)
     summary = {
         "out": str(out), "results": results, "intervals": scoring["intervals"], "reading": scoring["reading"],
         "threshold": threshold, "best_epoch": fitted.best_epoch, "stopped_early": fitted.stopped_early,
