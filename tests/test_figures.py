@@ -82,3 +82,42 @@ def test_an_evaluation_report_title_holds_no_absolute_path(image_folder, tmp_pat
     assert not list((tmp_path / "r").glob("*.png")) and not list((tmp_path / "r").glob("*.svg"))
     assert "Figures were not drawn (figures: false)." in trained and "![" not in trained
     assert (evaluation / "roc.png").is_file() and "![ROC with 95% band](roc.png)" in (evaluation / "report.md").read_text()
+
+
+def test_calibration_bins_hold_at_least_the_stated_cases_with_wilson_intervals():
+    from medcls.stats.calibration import MIN_CASES_PER_BIN, calibration_bins
+    from medcls.stats.intervals import wilson
+
+    rng = np.random.default_rng(3)
+    p1 = np.concatenate([rng.uniform(0, 0.1, 60), rng.uniform(0.9, 1.0, 40), [0.45, 0.55, 0.62]])  # 3 lonely cases
+    y = (rng.random(len(p1)) < p1).astype(int)
+    bins = calibration_bins(y, p1)
+    assert bins["count"].sum() == len(p1) and (bins["count"] >= MIN_CASES_PER_BIN).all()
+    assert (bins["low"][1:] == bins["high"][:-1]).all()  # adjacent, covering every case once
+    for low, high, observed, o_low, o_high, n in zip(bins["low"], bins["high"], bins["observed"],
+                                                    bins["observed_low"], bins["observed_high"], bins["count"]):
+        inside = (p1 >= low) & ((p1 < high) | (high == 1))
+        assert inside.sum() == n and observed == y[inside].mean()
+        assert (o_low, o_high) == wilson(int(y[inside].sum()), int(n))
+    tiny = calibration_bins(np.array([0, 1, 1]), np.array([0.2, 0.5, 0.9]))
+    assert list(tiny["count"]) == [3]  # fewer cases than a bin needs: one bin, never three of one
+
+
+def test_the_calibration_figure_has_error_bars_counts_and_a_histogram(monkeypatch, tmp_path):
+    figures = captured(monkeypatch)
+    probs, labels = scores(n=200)
+    plots.plot_calibration(probs, labels, tmp_path / "calibration.png", "val")
+    reliability, histogram = figures[0].axes
+    assert reliability.get_title().startswith("Calibration (val)\nbins of at least 10 cases")
+    assert reliability.containers, "per-bin intervals are drawn as error bars"
+    assert sum(patch.get_height() for patch in histogram.patches) == 200
+
+
+def test_the_decision_curve_shows_the_thresholds_where_the_model_helps(monkeypatch, tmp_path):
+    figures = captured(monkeypatch)
+    probs, labels = scores(n=300)
+    curve = plots.plot_decision_curve(probs, labels, tmp_path / "dc.png")
+    right = figures[0].axes[0].get_xlim()[1]
+    thresholds = np.linspace(0.01, 0.99, 99)
+    last = thresholds[np.asarray(curve["model"]) > 0].max()
+    assert last < right <= max(0.3, last + 0.15) and right <= 0.99

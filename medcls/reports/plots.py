@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from medcls.stats.bootstrap import ScoredCases, resample_weights
-from medcls.stats.calibration import reliability_curve
+from medcls.stats.calibration import MIN_CASES_PER_BIN, calibration_bins
 from medcls.stats.clustered import auc_interval
 from medcls.stats.metrics import confusion_counts, decisions
 from medcls.stats.operating_points import net_benefit
@@ -169,23 +169,49 @@ def plot_pr(probs: np.ndarray, labels: np.ndarray, path: Path, split: str = "tes
     save(fig, path)
 
 
-def plot_calibration(probs: np.ndarray, labels: np.ndarray, path: Path) -> None:
-    """Reliability diagram: observed frequency against mean predicted probability, with counts."""
-
-    fig, ax = subplots(figsize=(5, 5))
+def plot_calibration(probs: np.ndarray, labels: np.ndarray, path: Path, split: str = "test") -> None:
+    """Reliability diagram: observed frequency (Wilson 95 % interval) against mean predicted
+    probability in bins of at least MIN_CASES_PER_BIN cases, with each bin's count, and below it
+    the histogram of the predictions by true class."""
+    fig, (ax, hist) = subplots(2, 1, figsize=(5, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
-    if probs.shape[1] == 2:
-        curve = reliability_curve(labels, probs[:, 1])
-        ax.plot(curve["predicted"], curve["observed"], "o-", label="model")
+    if probs.shape[1] == 2 and len(labels):
+        p1 = probs[:, 1]
+        curve = calibration_bins(labels, p1)
+        below, above = curve["observed"] - curve["observed_low"], curve["observed_high"] - curve["observed"]
+        ax.errorbar(curve["predicted"], curve["observed"], yerr=[below, above], fmt="o-", capsize=3,
+                    label="model (Wilson 95 %)")
         for x, y, n in zip(curve["predicted"], curve["observed"], curve["count"]):
-            ax.annotate(str(int(n)), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
-    label_axes(ax, "mean predicted probability", "observed frequency", "Calibration (numbers: cases per bin)")
+            ax.annotate(str(int(n)), (x, y), textcoords="offset points", xytext=(5, -11), fontsize=8)
+        edges = np.linspace(0, 1, 21)
+        hist.hist([p1[labels != 1], p1[labels == 1]], bins=edges, stacked=True, label=["negative", "positive"],
+                  color=["tab:blue", "tab:orange"])
+        hist.legend(loc="upper center", fontsize=8, ncol=2)
+    else:
+        ax.text(0.5, 0.5, "not computable: needs a binary task", ha="center")
+    ax.set_ylabel("observed frequency")
+    ax.set_title(f"Calibration ({split})\nbins of at least {MIN_CASES_PER_BIN} cases; numbers: cases per bin",
+                 fontsize=10)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.02, 1.02)
     ax.legend(loc="upper left")
+    hist.set_xlabel("predicted probability of the positive class")
+    hist.set_ylabel("cases")
     save(fig, path)
 
 
+def decision_range(curve: dict, thresholds: np.ndarray) -> float:
+    """The threshold range worth showing: up to a little past the last threshold at which the model
+    still has positive net benefit (at least 0.3, at most 0.99), not the whole of 0-1 where
+    'treat all' has long fallen away."""
+    useful = thresholds[np.asarray(curve["model"]) > 0]
+    last = float(useful.max()) if len(useful) else 0.0
+    return float(min(0.99, max(0.3, np.ceil((last + 0.05) * 10) / 10)))
+
+
 def plot_decision_curve(probs: np.ndarray, labels: np.ndarray, path: Path) -> dict:
-    """Net benefit of the model, of treating all and of treating none (decision-curve analysis)."""
+    """Net benefit of the model, of treating all and of treating none (decision-curve analysis),
+    over the threshold range where the model has any benefit."""
 
     thresholds = np.linspace(0.01, 0.99, 99)
     curve = net_benefit(labels, probs[:, 1], thresholds)
@@ -195,6 +221,7 @@ def plot_decision_curve(probs: np.ndarray, labels: np.ndarray, path: Path) -> di
     ax.plot(thresholds, curve["treat_none"], label="treat none", color="grey")
     top = max(0.05, float(np.max(curve["model"])) * 1.1)
     ax.set_ylim(-0.05, top)
+    ax.set_xlim(0, decision_range(curve, thresholds))
     label_axes(ax, "threshold probability", "net benefit", "Decision curve")
     ax.legend()
     save(fig, path)

@@ -72,6 +72,42 @@ def reliability_curve(y: np.ndarray, p1: np.ndarray, bins: int = 10) -> dict:
     return {"predicted": predicted, "observed": observed, "count": counts[keep]}
 
 
+MIN_CASES_PER_BIN = 10  # a calibration bin is never drawn from fewer cases
+
+
+def calibration_bins(y: np.ndarray, p1: np.ndarray, bins: int = 10, min_cases: int = MIN_CASES_PER_BIN) -> dict:
+    """Equal-width bins of P(positive), each merged with its neighbour until it holds at least
+    `min_cases` cases (a split with fewer cases in all is one bin): per bin its edges, the mean
+    predicted probability, the observed frequency with its Wilson 95 % interval, and the count."""
+    from medcls.stats.intervals import wilson
+
+    index = np.minimum((p1 * bins).astype(int), bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    groups, current = [], []
+    for b in range(bins):
+        current.append(b)
+        if counts[current].sum() >= min_cases:
+            groups.append(current)
+            current = []
+    if current:  # a short last run joins the bin before it
+        if groups:
+            groups[-1] += current
+        elif counts[current].sum():
+            groups.append(current)
+    rows = {"low": [], "high": [], "predicted": [], "observed": [], "observed_low": [], "observed_high": [], "count": []}
+    for group in groups:
+        members = np.isin(index, group)
+        n, positives = int(members.sum()), int((y[members] == 1).sum())
+        if not n:
+            continue
+        low, high = wilson(positives, n)
+        for key, value in (("low", group[0] / bins), ("high", (group[-1] + 1) / bins),
+                           ("predicted", float(p1[members].mean())), ("observed", positives / n),
+                           ("observed_low", low), ("observed_high", high), ("count", n)):
+            rows[key].append(value)
+    return {key: np.array(values) for key, values in rows.items()}
+
+
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     """Soften (T > 1) or sharpen (T < 1) probabilities: softmax(log p / T)."""
     scaled = np.log(np.clip(probs, 1e-12, 1.0)) / temperature

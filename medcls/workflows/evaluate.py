@@ -197,7 +197,7 @@ def evaluate_into(run: Path, registries, *, data=None, split=None, out=None, by=
     plots.plot_confusion(probs, labels, threshold, classes, out / "confusion_matrix.png")
     if len(classes) == 2:
         plots.plot_pr(probs, labels, out / "pr.png", split)
-        plots.plot_calibration(probs, labels, out / "calibration.png")
+        plots.plot_calibration(probs, labels, out / "calibration.png", split)
         plots.plot_decision_curve(probs, labels, out / "decision_curve.png")
     write_predictions(out / "predictions.csv", classes, {split: (scored.keys, labels, probs)}, scored.predictor.decide)
     tasks = evaluate_tasks(scored, metrics, n_resamples) if scored.predictor.tasks else None

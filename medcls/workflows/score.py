@@ -268,7 +268,7 @@ def score_predictions(paths: list[Path], registries, *, out, label_column: str =
     plots.plot_roc({main: (file.probs[rows], file.labels[rows], chosen)}, file.classes, out / "roc.png",
                    groups=None if file.patients is None else file.patients[rows], highlight=main)
     if len(file.classes) == 2:
-        plots.plot_calibration(file.probs[rows], file.labels[rows], out / "calibration.png")
+        plots.plot_calibration(file.probs[rows], file.labels[rows], out / "calibration.png", main)
     result = {
         "source": [str(f.path) for f in files] if len(files) > 1 else str(file.path), "classes": file.classes,
         "threshold": chosen, "operating_point": how,
