@@ -13,7 +13,7 @@ The rule for defaults (docs/benchmarks.md, "Changing a default"): a candidate re
 default only when the paired difference in test ROC AUC, candidate minus default, averaged over
 every set and seed, is above 0 with its 95 % bootstrap interval (sets resampled, then seeds within
 each set) above 0, and no set's mean difference is below minus that set's seed spread (the standard
-deviation of the default's figure over the seeds).
+deviation of the default's figure over the seeds). A run that fails counts as ROC AUC 0.5.
 """
 
 from __future__ import annotations
@@ -79,7 +79,12 @@ def run_one(devset: DevSet, seed: int, settings: dict, workdir: Path, arm: str) 
 
     started = time.perf_counter()
     out = workdir / f"{arm}-{devset.name}-seed{seed}"
-    run = medcls.train(devset.data, out=str(out), seed=seed, **devset.keys, **settings)
+    try:
+        run = medcls.train(devset.data, out=str(out), seed=seed, **devset.keys, **settings)
+    except medcls.MedclsError as exc:  # a recipe that cannot run on a set is a result, and the worst one
+        return {"set": devset.name, "seed": seed, "settings": settings, "roc_auc": None, "low": None, "high": None,
+                "accuracy": None, "balanced_accuracy": None, "n_test": 0, "error": str(exc).splitlines()[0],
+                "minutes": (time.perf_counter() - started) / 60}
     test = run.metrics.test
     auc = test["roc_auc"]
     row = {"set": devset.name, "seed": seed, "settings": settings, "roc_auc": auc.value, "low": auc.low,
@@ -87,6 +92,13 @@ def run_one(devset: DevSet, seed: int, settings: dict, workdir: Path, arm: str) 
            "balanced_accuracy": test["balanced_accuracy"].value if "balanced_accuracy" in test else None,
            "n_test": test.n, "minutes": (time.perf_counter() - started) / 60}
     return row
+
+
+FAILED = 0.5  # a run that failed scores as chance: every replicate counts, none is dropped
+
+
+def figure(row: dict) -> float:
+    return FAILED if row.get("roc_auc") is None else row["roc_auc"]
 
 
 def spread(values) -> float:
@@ -100,19 +112,19 @@ def paired(baseline: list[dict], candidate: list[dict], *, resamples: int = 10_0
     the default's seed spread, whether the set loses more than its spread), the mean over every
     set and seed with a two-level bootstrap interval (sets, then seeds within a set), the worst
     set, and whether the rule for changing a default holds."""
-    base = {(r["set"], r["seed"]): r["roc_auc"] for r in baseline}
+    base = {(r["set"], r["seed"]): figure(r) for r in baseline}
     pairs: dict[str, list[float]] = {}
     for row in candidate:
         key = (row["set"], row["seed"])
         if key not in base:
             raise click.UsageError(f"the default has no run of {row['set']} with seed {row['seed']}: run both arms "
                                    "on the same sets and seeds")
-        pairs.setdefault(row["set"], []).append(row["roc_auc"] - base[key])
+        pairs.setdefault(row["set"], []).append(figure(row) - base[key])
     if not pairs:
         raise click.UsageError("no candidate runs to compare")
     per_set = {}
     for name, diffs in pairs.items():
-        spread_here = spread([r["roc_auc"] for r in baseline if r["set"] == name])
+        spread_here = spread([figure(r) for r in baseline if r["set"] == name])
         mean = float(np.mean(diffs))
         per_set[name] = {"mean_difference": mean, "seeds": len(diffs), "seed_spread": spread_here,
                          "loses_beyond_spread": mean < -spread_here}
@@ -139,13 +151,16 @@ def set_table(rows: list[dict]) -> list[str]:
     lines = ["| set | seed | test ROC AUC (95 % interval) | accuracy | balanced accuracy | minutes |",
              "|---|---|---|---|---|---|"]
     for row in rows:
+        if row["roc_auc"] is None:
+            lines.append(f"| {row['set']} | {row['seed']} | failed: {row.get('error', '?')} | | | {row['minutes']:.1f} |")
+            continue
         interval = f" ({row['low']:.3f}-{row['high']:.3f})" if row["low"] is not None else " (no interval)"
         balanced = "" if row["balanced_accuracy"] is None else f"{row['balanced_accuracy']:.3f}"
         lines.append(f"| {row['set']} | {row['seed']} | {row['roc_auc']:.3f}{interval} | {row['accuracy']:.3f} | "
                      f"{balanced} | {row['minutes']:.1f} |")
     by_set: dict[str, list[float]] = {}
     for row in rows:
-        by_set.setdefault(row["set"], []).append(row["roc_auc"])
+        by_set.setdefault(row["set"], []).append(FAILED if row["roc_auc"] is None else row["roc_auc"])
     lines += ["", "| set | seeds | mean test ROC AUC | seed spread (SD) |", "|---|---|---|---|"]
     lines += [f"| {name} | {len(v)} | {np.mean(v):.3f} | {spread(v):.3f} |" for name, v in by_set.items()]
     return lines

@@ -30,6 +30,7 @@ from medcls.version import __version__
 # name -> module it lives in; imported on first access (PEP 562)
 _LAZY = {
     "train": "medcls.api",
+    "plan": "medcls.api",
     "cross_validate": "medcls.api",
     "CrossValidation": "medcls.api",
     "CaseToReview": "medcls.api",

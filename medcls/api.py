@@ -274,18 +274,61 @@ def train(data: str | os.PathLike | None = None, *, images=None, labels=None, pa
         overrides["out"] = str(Path(scratch.name) / "run")
     chosen = configure(config, overrides, where="medcls.train")
     found = make_registries()
+    given = chosen_keys(config, overrides)
+    chosen = planned(chosen, found, given)
     if images is not None:
         chosen = with_arrays(chosen, found, images, labels, patients=patients, split=split)
     if chosen.folds:
         raise ConfigError("cross-validation trains a model per fold, not one Run: call "
                           "medcls.cross_validate(..., folds=K) (or `medcls train --folds K`)")
     if chosen.ensemble:
-        summary = train_ensemble(chosen, found, progress_factory=epoch_progress(progress))
+        summary = train_ensemble(chosen, found, progress_factory=epoch_progress(progress), given=given)
     else:
-        summary = train_run(chosen, found, progress_factory=epoch_progress(progress))
+        summary = train_run(chosen, found, progress_factory=epoch_progress(progress), given=given)
     if "out" not in summary:
         return None  # a DDP process other than rank 0
     return load_run(summary["out"], registries=found, _scratch=scratch)
+
+
+def chosen_keys(config, overrides: dict) -> set[str]:
+    """The keys the user set: the keywords and the config file's; for a TrainConfig, those that
+    differ from their defaults."""
+    from medcls.workflows.plan import given_keys
+
+    if isinstance(config, TrainConfig):
+        return given_keys(config) | set(overrides)
+    return set(overrides) | (set(read_config_file(config)) if config is not None else set())
+
+
+def planned(config: TrainConfig, found, given: set[str]) -> TrainConfig:
+    """The plan's rules applied to the keys the user did not set, each said in one line."""
+    from medcls.workflows.plan import planned_config
+
+    config, ruled = planned_config(config, found, given)
+    if ruled:
+        shown = ", ".join(f"{key} {getattr(config, key)}" for key in ruled)
+        logging.getLogger("medcls").info(f"plan: {shown}: {next(iter(ruled.values()))}")
+    return config
+
+
+def plan(data: str | os.PathLike | None = None, *, config: TrainConfig | str | os.PathLike | None = None,
+         **keys: Any):
+    """The data's fingerprint (images, patients, classes, size, 2D or 3D, its own split) and the
+    recipe a training on it would use, each key with its reason (`medcls.workflows.plan.Plan`):
+    the keys given here or in `config` are the user's, sizes follow their rules, the rest are
+    today's defaults. Lists the data and reads file headers; decodes no image."""
+    from medcls.workflows.plan import make_plan, planned_config
+    from medcls.workflows.train import checked_config, resolve_pretrained
+
+    overrides = dict(keys)
+    if data is not None:
+        overrides["data"] = str(data)
+    chosen = configure(config, overrides, where="medcls.plan")
+    found = make_registries()
+    given = chosen_keys(config, overrides)
+    planned_here = planned_config(chosen, found, given)[0]
+    resolved = dataclasses.replace(checked_config(planned_here, found), pretrained=resolve_pretrained(planned_here, found))
+    return make_plan(chosen, found, given, resolved=resolved)
 
 
 def epoch_progress(progress):

@@ -209,9 +209,10 @@ def train(config_file, settings, aug, backbone_args, format_, resume_run, device
         result = api.cross_validate(config=config, progress=progress)
         click.echo((result.path / "report.md").read_text("utf-8"))
         return
-    run = api.train(config=config, progress=progress, default_folder=True)  # a run the user can open afterwards
+    # the file and the flags, not the merged config: the plan tells the keys the user set from the rest
+    run = api.train(config=config_file, progress=progress, default_folder=True, **overrides)
     print_run(run)
-    if run is not None and config.ensemble:
+    if run is not None and run.config.ensemble:
         spread = run.metrics_json.get("members", {}).get("spread", {}).get("roc_auc", {})
         click.echo(f"Members' test ROC AUC: {spread.get('mean', float('nan')):.3f} ± {spread.get('sd', float('nan')):.3f}"
                    f" (mean ± sd); the ensemble: {run.metrics.test['roc_auc']:.3f}")
@@ -241,6 +242,22 @@ def experiment(vary, seeds, data, backbone, out, config_file, settings):
     overrides.update(parse_pairs(settings, "--set"))
     result = api.experiment(vary, seed_list, out=out, config=config_file, **overrides)
     click.echo((Path(result["out"]) / "experiment.md").read_text().split("\n\nPer run")[0])
+
+
+@cli.command()
+@click.argument("data", required=False)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or TOML file, as for train.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Set any config key (repeatable).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the plan as JSON here.")
+def plan(data, config_file, settings, json_out):
+    """The data's fingerprint and the recipe `medcls train` would use on it, each key with its
+    reason (yours, a rule's, or today's default), and what the data warns of. Decodes no image."""
+    from medcls import api
+
+    found = api.plan(data, config=config_file, **parse_pairs(settings, "--set"))
+    click.echo("\n".join(found.lines()))
+    if json_out:
+        Path(json_out).write_text(json.dumps(found.to_json(), indent=1, default=str), encoding="utf-8")
 
 
 @cli.command(name="compare-policies")

@@ -122,7 +122,7 @@ def test_the_timed_warm_up_changes_nothing_the_run_trains_with():
     import torch
 
     from medcls.core.execution import Execution
-    from medcls.core.timing import Plan, estimate
+    from medcls.core.timing import Workload, estimate
 
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5),
                                 torch.nn.Flatten(), torch.nn.LazyLinear(2))
@@ -131,7 +131,7 @@ def test_the_timed_warm_up_changes_nothing_the_run_trains_with():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     images = torch.rand(8, 1, 16, 16)
     rng = torch.random.get_rng_state()
-    plan = Plan(train_images=100, val_images=20, scored_images=140, frozen_epochs=2, full_epochs=3,
+    plan = Workload(train_images=100, val_images=20, scored_images=140, frozen_epochs=2, full_epochs=3,
                 cached_features=False)
     told = estimate(model, images, Execution(torch.device("cpu")), plan)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

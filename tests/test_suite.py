@@ -65,3 +65,12 @@ def test_the_suite_runs_both_arms_and_pairs_them(tmp_path):
     assert again.exit_code == 0 and "| synthetic | 1 |" in again.output  # the default's rows, not run again
     unknown = CliRunner().invoke(main, ["--sets", "nosuchset"])
     assert unknown.exit_code == 2 and "unknown set 'nosuchset'" in unknown.output
+
+
+def test_a_run_that_fails_counts_as_chance_and_is_shown():
+    from benchmarks.suite import set_table
+
+    failed = {"set": "a", "seed": 0, "roc_auc": None, "error": "no 3D backbone", "minutes": 0.1}
+    result = paired([failed], rows({"a": [0.9]}))
+    assert result["mean_difference"] == pytest.approx(0.4)
+    assert "failed: no 3D backbone" in "\n".join(set_table([failed]))

@@ -1,6 +1,6 @@
 """How long a training run will take, told before it starts: a short timed warm-up of the model on
 a few real training images (a forward pass, and a forward and backward pass through every layer),
-scaled by the run's plan. The warm-up runs in eval mode and leaves no gradients behind, so it
+scaled by the run's workload. The warm-up runs in eval mode and leaves no gradients behind, so it
 changes no weight, batch-norm statistic or random stream: the run trains exactly as without it."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ OVERHEAD = 1.2
 
 
 @dataclass(frozen=True)
-class Plan:
+class Workload:
     """What a run will do: images per epoch and per split, epochs per stage, how stage 1 trains."""
 
     train_images: int  # per epoch (at most epoch_size)
@@ -31,15 +31,15 @@ class TimeEstimate:
     seconds: float
     forward_per_s: float  # images a second, forward only
     train_per_s: float  # images a second, forward and backward through every layer
-    plan: Plan
+    workload: Workload
 
     def describe(self) -> str:
         minutes = self.seconds / 60
         told = f"about {minutes:.0f} min" if minutes >= 2 else f"about {self.seconds:.0f} s"
-        plan = self.plan
-        epochs = plan.frozen_epochs + plan.full_epochs
+        workload = self.workload
+        epochs = workload.frozen_epochs + workload.full_epochs
         return (f"time: {told} on this machine at most (early stopping may end it sooner): "
-                f"{plan.train_images} images x {epochs} epochs, measured {self.train_per_s:.0f} img/s training "
+                f"{workload.train_images} images x {epochs} epochs, measured {self.train_per_s:.0f} img/s training "
                 f"and {self.forward_per_s:.0f} img/s scoring")
 
 
@@ -77,12 +77,12 @@ def per_image_seconds(model, images, execution) -> tuple[float, float]:
     return forward, both
 
 
-def estimate(model, images, execution, plan: Plan) -> TimeEstimate:
+def estimate(model, images, execution, workload: Workload) -> TimeEstimate:
     """The run's time from now to its end: stage 1 (frozen: a forward pass an image, or once with
     cached features), the full-depth epochs, validation every epoch and the final scoring."""
     forward, both = per_image_seconds(model, images, execution)
-    frozen = (plan.train_images + plan.val_images) * forward if plan.cached_features else \
-        plan.frozen_epochs * (plan.train_images + plan.val_images) * forward
-    full = plan.full_epochs * (plan.train_images * both + plan.val_images * forward)
-    seconds = OVERHEAD * (frozen + full + plan.scored_images * forward)
-    return TimeEstimate(seconds, 1 / max(forward, 1e-9), 1 / max(both, 1e-9), plan)
+    frozen = (workload.train_images + workload.val_images) * forward if workload.cached_features else \
+        workload.frozen_epochs * (workload.train_images + workload.val_images) * forward
+    full = workload.full_epochs * (workload.train_images * both + workload.val_images * forward)
+    seconds = OVERHEAD * (frozen + full + workload.scored_images * forward)
+    return TimeEstimate(seconds, 1 / max(forward, 1e-9), 1 / max(both, 1e-9), workload)

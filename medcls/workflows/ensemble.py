@@ -15,6 +15,7 @@ from medcls.core.models import Ensemble
 from medcls.core.runs import load_model
 from medcls.logs import logger
 from medcls.reports.report import format_value, spread
+from medcls.workflows.plan import make_plan, write_plan
 from medcls.workflows.tracking import finish_trackers, open_trackers
 from medcls.workflows.train import finish_run, open_run, train
 
@@ -28,14 +29,18 @@ def bootstrap_rows(rows: np.ndarray, patients: np.ndarray | None, rng: np.random
     return np.concatenate([members[unique[i]] for i in drawn])
 
 
-def train_ensemble(config, registries, *, progress_factory=None) -> dict:
+def train_ensemble(config, registries, *, progress_factory=None, given: set | None = None) -> dict:
+    """`given`: the keys the user set (the plan's record of whose each choice is)."""
     started = time.perf_counter()
+    requested = config
     backbones = [b.strip() for b in (config.ensemble_backbones or config.backbone).split(",") if b.strip()]
     for name in backbones:
         registries["backbones"].get(name)  # a misspelled member fails before any data is read
     # One split for every member: the members differ by their seeds, not by their test sets.
     config = dataclasses.replace(config, split_seed=config.seed if config.split_seed is None else config.split_seed)
     config, out, data = open_run(config, registries, split=True)
+    write_plan(make_plan(requested, registries, given, cases=data.cases, multi_label=data.multi_label,
+                         resolved=config), out)
     train_rows = data.rows("train")
     trackers = open_trackers(config, registries, out)  # each member is logged as a nested run of the ensemble
     members, member_results, member_backbones = [], [], []
@@ -48,7 +53,7 @@ def train_ensemble(config, registries, *, progress_factory=None) -> dict:
         member_config = dataclasses.replace(config, ensemble=0, seed=config.seed + index, backbone=backbone,
                                             out=str(out / f"member-{index + 1}"))
         summary = train(member_config, registries, progress_factory=progress_factory, data=data,
-                        train_rows=rows, parent_trackers=trackers)
+                        train_rows=rows, parent_trackers=trackers, given=given)
         member_backbones.append(backbone)
         member_results.append({"member": index + 1, "backbone": backbone, "test": summary["results"]["test"],
                                "intervals": summary["intervals"]["test"]})

@@ -43,7 +43,7 @@ from medcls.core.runs import (
     write_splits,
     write_task_predictions,
 )
-from medcls.core.timing import WARMUP_IMAGES, Plan, estimate
+from medcls.core.timing import WARMUP_IMAGES, Workload, estimate
 from medcls.data.decoding import StartAgain
 from medcls.data.loading import backbone_interpolation, sizes_from_sources
 from medcls.data.prepared import PreparedData, prepare_data
@@ -58,6 +58,7 @@ from medcls.stats import multilabel
 from medcls.stats.assess import split_results
 from medcls.stats.calibration import balanced_offsets, remove_offsets
 from medcls.stats.multitask import assess_tasks
+from medcls.workflows.plan import make_plan, write_plan
 from medcls.workflows.final_scoring import draw_split_figures, score_finding_splits, score_splits
 from medcls.workflows.sharing import write_model_card
 from medcls.workflows.tracking import epoch_values, finish_trackers, open_trackers, tracker_names
@@ -112,16 +113,20 @@ class RunStart:
     progress_factory: object
     started: float
     parent_trackers: list | None = None  # a cross-validation's, ensemble's or experiment's trackers
+    plan: object = None  # the recipe plan (medcls.workflows.plan), written to plan.json with the run
 
 
 def train(config: TrainConfig, registries, *, progress_factory=None,
-          data: PreparedData | None = None, train_rows=None, parent_trackers: list | None = None) -> dict:
+          data: PreparedData | None = None, train_rows=None, parent_trackers: list | None = None,
+          given: set | None = None) -> dict:
     """Run the whole workflow and write the run folder; returns the summary that the CLI prints.
     Cross-validation and ensembles pass `data` already prepared (with their splits) and, for
     bagging, `train_rows` (a resample of the training rows); they and experiments pass their own
-    trackers as `parent_trackers`, so that each run is logged as their nested run."""
+    trackers as `parent_trackers`, so that each run is logged as their nested run. `given`: the
+    keys the user set, for the plan's record (None: those that differ from their defaults)."""
 
     started = time.perf_counter()
+    requested = config
     config = dataclasses.replace(checked_config(config, registries),
                                  pretrained=resolve_pretrained(config, registries))
     distributed = from_environment(config.device)  # torchrun's process group, if launched by it
@@ -143,6 +148,9 @@ def train(config: TrainConfig, registries, *, progress_factory=None,
             data = prepare_data(config, registries, background=background)
             for warning in data.warnings:
                 logger.warning(f"{warning}")
+        if distributed.writes:
+            start.plan = make_plan(requested, registries, given, cases=data.cases, multi_label=data.multi_label,
+                                   resolved=config)
         try:
             return train_on(start, data, train_rows)
         except StartAgain as exc:
@@ -337,6 +345,8 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
                                 "policy_params": policy_params, "tasks": tasks,
                                 "task_weights": learned_task_weights(loss_fn)},
                          extra_info={"prior_offsets": None if offsets is None else [round(float(v), 6) for v in offsets]})
+    if start.plan is not None:
+        write_plan(start.plan, out)
     finish_trackers(trackers, summary, out)
     return summary
 
@@ -345,11 +355,11 @@ def tell_the_time(config: TrainConfig, model, execution, data: PreparedData, row
     """One line before training: how long the run will take here, from a timed warm-up."""
     stages = stages_for(config)
     per_epoch = min(len(rows["train"]), config.epoch_size) if config.epoch_size else len(rows["train"])
-    plan = Plan(train_images=per_epoch, val_images=len(rows["val"]), scored_images=sum(len(r) for r in rows.values()),
+    workload = Workload(train_images=per_epoch, val_images=len(rows["val"]), scored_images=sum(len(r) for r in rows.values()),
                 frozen_epochs=sum(s.epochs for s in stages if s.name == "frozen"),
                 full_epochs=sum(s.epochs for s in stages if s.name != "frozen"), cached_features=cached_features)
     images = data.cache.batch(rows["train"][:min(WARMUP_IMAGES, config.batch_size)])
-    logger.info(estimate(getattr(model, "module", model), images, execution, plan).describe())
+    logger.info(estimate(getattr(model, "module", model), images, execution, workload).describe())
 
 
 # What multi-label runs cannot do yet (issue 17): each is refused by name rather than run wrongly.

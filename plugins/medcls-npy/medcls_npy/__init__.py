@@ -5,25 +5,24 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 import medcls
 from medcls.data.cases import Case
 
 
-class SmallCNN(nn.Module):
-    """Backbone contract: (B, C, H, W) normalised floats -> (B, num_features)."""
+def small_cnn(in_chans: int, width: int = 16):
+    """Backbone contract: (B, C, H, W) normalised floats -> (B, num_features). torch is imported
+    here, not at the top: medcls loads every plugin for `medcls plugins`, which stays light."""
+    from collections import OrderedDict
 
-    def __init__(self, in_chans: int, width: int = 16):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, width, 3, 2, 1), nn.BatchNorm2d(width), nn.ReLU())
-        self.body = nn.Sequential(nn.Conv2d(width, 2 * width, 3, 2, 1), nn.BatchNorm2d(2 * width), nn.ReLU())
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.num_features = 2 * width
+    from torch import nn
 
-    def forward(self, x):
-        return self.pool(self.body(self.stem(x))).flatten(1)
+    model = nn.Sequential(OrderedDict(
+        stem=nn.Sequential(nn.Conv2d(in_chans, width, 3, 2, 1), nn.BatchNorm2d(width), nn.ReLU()),
+        body=nn.Sequential(nn.Conv2d(width, 2 * width, 3, 2, 1), nn.BatchNorm2d(2 * width), nn.ReLU()),
+        pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten()))
+    model.num_features = 2 * width
+    return model
 
 
 WEIGHTS = Path.home() / ".cache" / "medcls_npy" / "small_cnn.safetensors"
@@ -45,6 +44,8 @@ class Invert:
         self.prob = prob
 
     def __call__(self, image):
+        import torch
+
         return 1.0 - image if torch.rand(()) < self.prob else image
 
 
@@ -76,7 +77,7 @@ def load_jsonl(source: str, options):
 
 @medcls.hookimpl
 def medcls_register_backbones(register):
-    register("small_cnn", SmallCNN, description="Two-block CNN", blocks=lambda m: [m.stem, m.body])
+    register("small_cnn", small_cnn, description="Two-block CNN", blocks=lambda m: [m.stem, m.body])
 
 
 @medcls.hookimpl

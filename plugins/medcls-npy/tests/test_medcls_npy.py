@@ -14,7 +14,7 @@ from medcls.testing import check_backbone, check_metric, check_policy, check_rea
 
 
 def test_contracts(tmp_path):
-    check_backbone(medcls_npy.SmallCNN)
+    check_backbone(medcls_npy.small_cnn)
     check_policy(medcls_npy.Invert, {"prob": 1.0})
     check_metric(medcls_npy.f2_score, needs_threshold=True)
     np.save(tmp_path / "a.npy", np.arange(64.0).reshape(8, 8))
@@ -41,7 +41,7 @@ def test_a_training_uses_all_six_parts(tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
     weights = tmp_path / "small_cnn.safetensors"  # the "released" weights, where the weight source looks
-    save_file({k: v.contiguous() for k, v in medcls_npy.SmallCNN(3).state_dict().items()}, str(weights))
+    save_file({k: v.contiguous() for k, v in medcls_npy.small_cnn(3).state_dict().items()}, str(weights))
     monkeypatch.setattr(medcls_npy, "WEIGHTS", weights)
     listed = CliRunner().invoke(cli, ["plugins"])
     assert listed.exit_code == 0 and '"distribution": "medcls-npy"' in listed.output.replace("'", '"')
