@@ -164,6 +164,8 @@ def yaml_value(text: str):
 @click.option("--patient-column", help="Manifest column with the patient id.")
 @click.option("--image-root", help="Folder that manifest paths are relative to.")
 @click.option("--patient-from-dicom", is_flag=True, default=None, help="Group by the DICOM header's PatientID.")
+@click.option("--patient-pattern", help="Regular expression for the patient id in each path (its first group), "
+                                        "e.g. 'patient\\d+'.")
 @click.option("--threshold-rule", type=click.Choice(THRESHOLD_RULES),
               help="How validation picks the operating point.")
 @click.option("--target", type=float, help="Sensitivity or specificity the target_* rules must reach (e.g. 0.95).")

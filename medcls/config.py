@@ -50,6 +50,7 @@ class TrainConfig:
     patient_column: str | None = option(None, "manifest column holding the patient id ('patient_id' if present)", 'data')
     split_column: str | None = option(None, "manifest column holding train/val/test ('split' if present)", 'data')
     image_root: str | None = option(None, "folder manifest paths are relative to (default: the manifest's folder)", 'data')
+    patient_pattern: str | None = option(None, "a regular expression searched in each image's path (relative to the data, '/'-separated): its first group, else the whole match, is the patient id, e.g. 'patient\\d+' (CheXpert's patientXXXX/studyY/) or '^(\\d+)_' (NIH's 00001234_000.png); never printed", 'data')
     patient_from_dicom: bool = option(False, "group images by the DICOM header's PatientID (never printed)", 'data')
     positive_class: str | None = option(None, 'binary tasks: the class called positive (default: the other of a pair where one name means negative: normal, no, benign, ...)', 'data')
     val_fraction: float = option(0.15, 'share of patients held out for validation when the data has no split', 'data')
@@ -250,6 +251,14 @@ def validate(config: TrainConfig, where: str = "config") -> None:
                           "leaves no training data: keep their sum below 1")
     if config.epochs == 0 and config.finetune_epochs == 0:
         raise ConfigError(f"{where}: epochs = 0 and finetune_epochs = 0 train nothing: give at least one epoch")
+    if config.patient_pattern is not None:
+        try:
+            re.compile(config.patient_pattern)
+        except re.error as exc:
+            fail("patient_pattern", config.patient_pattern, f"not a regular expression ({exc})")
+        if config.patient_column or config.patient_from_dicom:
+            raise ConfigError(f"{where}: patient_pattern and {'patient_column' if config.patient_column else 'patient_from_dicom'}"
+                              " both name the patient: choose one")
     if config.slices and config.slices % 2 == 0:
         fail("slices", config.slices, "the number of adjacent slices must be odd (1, 3, 5, ...), or 0 for off")
     if config.slices and config.acs:

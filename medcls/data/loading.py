@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +199,8 @@ def load_cases(config, registries) -> tuple[list[Case], str, ReaderTable]:
     check_layout_output(cases, entry)
     if not cases:
         raise DataError(f"data source '{source}' holds no images")
+    if config.patient_pattern is not None:
+        patients_from_paths(cases, config.patient_pattern, source)
     if config.patient_from_dicom:
         for case in cases:
             if case.path is not None and case.path.exists():
@@ -205,6 +208,29 @@ def load_cases(config, registries) -> tuple[list[Case], str, ReaderTable]:
         if all(case.patient_id is None for case in cases):
             raise DataError(f"data source '{source}': no file has a DICOM PatientID; drop --patient-from-dicom")
     return cases, name, readers
+
+
+def patients_from_paths(cases: list[Case], pattern: str, source: str) -> None:
+    """Each case's patient id from its path (relative to the data's folder, '/'-separated): the
+    pattern's first group, else its whole match. A file the pattern does not match is an error:
+    a guess would let two views of one patient land on both sides of the split."""
+    found = re.compile(pattern)
+    root = Path(source) if Path(source).is_dir() else Path(source).parent
+    if not any(case.path is not None for case in cases):
+        raise ConfigError(f"patient_pattern reads patient ids from file paths; data '{source}' has no files (arrays): "
+                          "give patients with the data (a patient column, or patients= for arrays)")
+    for case in cases:
+        if case.path is None:
+            continue
+        try:
+            shown = case.path.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:  # a manifest path outside the data's folder: the path as written
+            shown = case.path.as_posix()
+        match = found.search(shown)
+        if match is None:
+            raise DataError(f"file '{shown}' does not match patient_pattern {pattern!r}: fix the pattern (it is "
+                            "searched in the path relative to the data) so that every image names its patient")
+        case.patient_id = match.group(1) if found.groups else match.group(0)
 
 
 def check_layout_output(cases, entry) -> None:
