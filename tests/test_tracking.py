@@ -180,3 +180,26 @@ def test_a_tracking_uri_mlflow_refuses_stops_training_before_any_data_is_read(tm
     result = run("train", "--data", tmp_path / "not-read", "--no-pretrained", "--log", "mlflow")
     assert_one_line_error(result, "MLflow cannot use the tracking URI 'nosuchscheme://nowhere'", code=3)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("fault, status", [(RuntimeError("disk full"), "FAILED"), (KeyboardInterrupt(), "KILLED")])
+def test_a_run_that_fails_or_is_interrupted_ends_so_in_mlflow(tmp_path, monkeypatch, fault, status):
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    from medcls.workflows import train as training
+    from tests.helpers import SMALL
+
+    store = (tmp_path / "store").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+
+    def broken(*args, **kwargs):
+        raise fault
+
+    monkeypatch.setattr(training, "finish_run", broken)
+    with pytest.raises(type(fault)):
+        medcls.train("synthetic", out=str(tmp_path / "run"), loggers="mlflow", **{**SMALL, "epochs": 1})
+    client = MlflowClient(tracking_uri=store)
+    (found,) = client.search_runs([client.get_experiment_by_name("medcls").experiment_id])
+    assert found.info.status == status
+    assert found.data.tags["mlflow.source.name"] == "medcls" and found.data.tags["mlflow.source.type"] == "LOCAL"

@@ -273,7 +273,8 @@ def medcls_register_loggers(register):
       every split (``test_roc_auc``, with ``test_roc_auc_low`` / ``_high`` for its interval) and
       the run's files (report, metrics, model card, figures); the tracker closes itself here.
 
-    Optionally ``child(out: Path)`` returns a tracker for a nested run: cross-validation folds,
+    Optionally ``fail(status: str)`` ends the tracker's run when training fails (``"FAILED"``) or
+    is interrupted (``"KILLED"``), and ``child(out: Path)`` returns a tracker for a nested run: cross-validation folds,
     ensemble members and an experiment's runs are logged under the run that holds them (MLflow's
     ``mlflow.parentRunId``); without it each is a run of its own.
 

@@ -20,7 +20,7 @@ from medcls.stats import multilabel
 from medcls.stats.assess import assess
 from medcls.stats.metrics import decisions
 from medcls.stats.review import cases_at_odds
-from medcls.workflows.tracking import close_trackers, open_trackers
+from medcls.workflows.tracking import close_trackers, ending_if_interrupted, open_trackers
 from medcls.workflows.train import open_run, train
 
 
@@ -72,56 +72,57 @@ def cross_validate(config, registries, *, progress_factory=None) -> dict:
     split_seed = config.seed if config.split_seed is None else config.split_seed
     assignments = fold_assignments(data, config.folds, config.val_fraction, split_seed)
     trackers = open_trackers(config, registries, out)  # each fold is logged as a nested run of this one
-    kept = data.cache.kept
-    oof_probs = np.full((len(data.cases), len(data.classes)), np.nan)
-    oof_fold = np.full(len(data.cases), -1)
-    oof_decision = np.full((len(data.cases), len(data.classes)) if data.multi_label else len(data.cases), -1)
-    per_fold = []
-    with stage(f"{config.folds}-fold cross-validation", total=config.folds, unit="fold") as advance:
-        for fold, splits in enumerate(assignments, start=1):
-            logger.info(f"fold {fold} of {config.folds}: {int((splits == 'train').sum())}/{int((splits == 'val').sum())}/"
-                f"{int((splits == 'test').sum())} train/val/test")
-            data.splits = splits
-            fold_config = dataclasses.replace(config, folds=0, out=str(out / f"fold-{fold}"))
-            summary = train(fold_config, registries, progress_factory=progress_factory, data=data, parent_trackers=trackers)
-            probs, _ = summary["scores"]["test"]
-            cases = kept[data.rows("test")]
-            oof_probs[cases], oof_fold[cases] = probs, fold
-            oof_decision[cases] = decisions(probs, summary["threshold"], multi_label=data.multi_label)
-            test = summary["results"]["test"]
-            per_fold.append({"fold": fold, "n": int(len(cases)), "threshold": summary["threshold"],
-                             **{k: test.get(k) for k in ("roc_auc", "sensitivity", "specificity", "accuracy")},
-                             "roc_auc_interval": summary["intervals"]["test"].get("roc_auc")})
-            advance()
+    with ending_if_interrupted(trackers):
+        kept = data.cache.kept
+        oof_probs = np.full((len(data.cases), len(data.classes)), np.nan)
+        oof_fold = np.full(len(data.cases), -1)
+        oof_decision = np.full((len(data.cases), len(data.classes)) if data.multi_label else len(data.cases), -1)
+        per_fold = []
+        with stage(f"{config.folds}-fold cross-validation", total=config.folds, unit="fold") as advance:
+            for fold, splits in enumerate(assignments, start=1):
+                logger.info(f"fold {fold} of {config.folds}: {int((splits == 'train').sum())}/{int((splits == 'val').sum())}/"
+                    f"{int((splits == 'test').sum())} train/val/test")
+                data.splits = splits
+                fold_config = dataclasses.replace(config, folds=0, out=str(out / f"fold-{fold}"))
+                summary = train(fold_config, registries, progress_factory=progress_factory, data=data, parent_trackers=trackers)
+                probs, _ = summary["scores"]["test"]
+                cases = kept[data.rows("test")]
+                oof_probs[cases], oof_fold[cases] = probs, fold
+                oof_decision[cases] = decisions(probs, summary["threshold"], multi_label=data.multi_label)
+                test = summary["results"]["test"]
+                per_fold.append({"fold": fold, "n": int(len(cases)), "threshold": summary["threshold"],
+                                 **{k: test.get(k) for k in ("roc_auc", "sensitivity", "specificity", "accuracy")},
+                                 "roc_auc_interval": summary["intervals"]["test"].get("roc_auc")})
+                advance()
 
-    scored = kept[oof_fold[kept] > 0]
-    labels, probs = data.labels[scored], oof_probs[scored]
-    patients = data.patients(np.flatnonzero(np.isin(kept, scored)))
-    # Each case's decision is its own fold's (each fold picks its threshold on its validation split);
-    # the intervals follow the single-run rules: Wilson/DeLong for independent cases, a cluster
-    # bootstrap over patients when they have several images.
-    findings = None
-    if data.multi_label:
-        findings = multilabel.assess_findings(probs, labels, [0.5] * len(data.classes), list(registries["metrics"]),
-                                              data.classes, patients=patients, where="out-of-fold predictions",
-                                              n_resamples=config.bootstrap, seed=config.seed,
-                                              predicted=oof_decision[scored])
-        pooled = {"values": findings["values"], "intervals": multilabel.macro_intervals(findings)}
-    else:
-        pooled = assess(probs, labels, 0.5 if len(data.classes) == 2 else None, list(registries["metrics"]),
-                        patients=patients, n_resamples=config.bootstrap, seed=config.seed,
-                        where="out-of-fold predictions", y_pred=oof_decision[scored])
-    pooled_values = {k: v for k, v in pooled["values"].items() if isinstance(v, float)}
+        scored = kept[oof_fold[kept] > 0]
+        labels, probs = data.labels[scored], oof_probs[scored]
+        patients = data.patients(np.flatnonzero(np.isin(kept, scored)))
+        # Each case's decision is its own fold's (each fold picks its threshold on its validation split);
+        # the intervals follow the single-run rules: Wilson/DeLong for independent cases, a cluster
+        # bootstrap over patients when they have several images.
+        findings = None
+        if data.multi_label:
+            findings = multilabel.assess_findings(probs, labels, [0.5] * len(data.classes), list(registries["metrics"]),
+                                                  data.classes, patients=patients, where="out-of-fold predictions",
+                                                  n_resamples=config.bootstrap, seed=config.seed,
+                                                  predicted=oof_decision[scored])
+            pooled = {"values": findings["values"], "intervals": multilabel.macro_intervals(findings)}
+        else:
+            pooled = assess(probs, labels, 0.5 if len(data.classes) == 2 else None, list(registries["metrics"]),
+                            patients=patients, n_resamples=config.bootstrap, seed=config.seed,
+                            where="out-of-fold predictions", y_pred=oof_decision[scored])
+        pooled_values = {k: v for k, v in pooled["values"].items() if isinstance(v, float)}
 
-    (write_oof_findings if data.multi_label else write_oof)(out / "oof_predictions.csv", data, scored, oof_probs,
-                                                             oof_fold, oof_decision)
-    extra = {"pooled_findings": findings} if findings is not None else {"to_review": review(data, scored, probs,
-                                                                                             oof_fold)}
-    result = {"folds": config.folds, "per_fold": per_fold, "pooled": pooled_values,
-              "pooled_intervals": pooled["intervals"], "spread": spread(per_fold), "n": int(len(scored)), **extra}
-    (out / "cv_metrics.json").write_text(json.dumps(result, indent=2, default=float), encoding="utf-8")
-    cv_document(config, result).write(out)
-    close_trackers(trackers, tracked_values(result), out)
+        (write_oof_findings if data.multi_label else write_oof)(out / "oof_predictions.csv", data, scored, oof_probs,
+                                                                 oof_fold, oof_decision)
+        extra = {"pooled_findings": findings} if findings is not None else {"to_review": review(data, scored, probs,
+                                                                                                 oof_fold)}
+        result = {"folds": config.folds, "per_fold": per_fold, "pooled": pooled_values,
+                  "pooled_intervals": pooled["intervals"], "spread": spread(per_fold), "n": int(len(scored)), **extra}
+        (out / "cv_metrics.json").write_text(json.dumps(result, indent=2, default=float), encoding="utf-8")
+        cv_document(config, result).write(out)
+        close_trackers(trackers, tracked_values(result), out)
     result["out"] = str(out)
     return result
 

@@ -16,7 +16,7 @@ from medcls.core.runs import load_model
 from medcls.logs import logger
 from medcls.reports.report import format_value, spread
 from medcls.workflows.plan import make_plan, write_plan
-from medcls.workflows.tracking import finish_trackers, open_trackers
+from medcls.workflows.tracking import ending_if_interrupted, finish_trackers, open_trackers
 from medcls.workflows.train import finish_run, open_run, train
 
 
@@ -43,36 +43,37 @@ def train_ensemble(config, registries, *, progress_factory=None, given: set | No
                          resolved=config), out)
     train_rows = data.rows("train")
     trackers = open_trackers(config, registries, out)  # each member is logged as a nested run of the ensemble
-    members, member_results, member_backbones = [], [], []
-    for index in range(config.ensemble):
-        backbone = backbones[index % len(backbones)]
-        rng = np.random.default_rng([config.seed, index])
-        rows = bootstrap_rows(train_rows, data.patients(train_rows), rng) if config.bagging else train_rows
-        logger.info(f"member {index + 1} of {config.ensemble}: {backbone}, seed {config.seed + index}, "
-            f"{len(rows)} training images{' (bootstrap resample of patients)' if config.bagging else ''}")
-        member_config = dataclasses.replace(config, ensemble=0, seed=config.seed + index, backbone=backbone,
-                                            out=str(out / f"member-{index + 1}"))
-        summary = train(member_config, registries, progress_factory=progress_factory, data=data,
-                        train_rows=rows, parent_trackers=trackers, given=given)
-        member_backbones.append(backbone)
-        member_results.append({"member": index + 1, "backbone": backbone, "test": summary["results"]["test"],
-                               "intervals": summary["intervals"]["test"]})
-        members.append(load_model(out / f"member-{index + 1}", registries)[0])
-    device = resolve_device(config.device)
-    ensemble = Ensemble(members, multi_label=data.multi_label).eval()
-    execution = choose_execution(device, members[0], config.precision, config.channels_last)
-    ensemble = execution.prepare(ensemble)
-    summary = finish_run(config, registries, data, ensemble, execution, FitResult(), out,
-                         rows={"train": train_rows, "val": data.rows("val"), "test": data.rows("test")},
-                         facts={"weights_origin": "ensemble of the members' runs", "device": str(device),
-                                "started": started, "policy_params": {}},
-                         extra_info={"ensemble": {"members": config.ensemble, "bagging": config.bagging,
-                                                  "backbones": member_backbones}},
-                         extend=lambda doc: members_section(doc, member_results),
-                         extra_metrics={"each": member_results, "spread": spread([m["test"] for m in member_results])})
-    summary["members"] = member_results
-    summary["spread"] = spread([m["test"] for m in member_results])
-    finish_trackers(trackers, summary, out)
+    with ending_if_interrupted(trackers):
+        members, member_results, member_backbones = [], [], []
+        for index in range(config.ensemble):
+            backbone = backbones[index % len(backbones)]
+            rng = np.random.default_rng([config.seed, index])
+            rows = bootstrap_rows(train_rows, data.patients(train_rows), rng) if config.bagging else train_rows
+            logger.info(f"member {index + 1} of {config.ensemble}: {backbone}, seed {config.seed + index}, "
+                f"{len(rows)} training images{' (bootstrap resample of patients)' if config.bagging else ''}")
+            member_config = dataclasses.replace(config, ensemble=0, seed=config.seed + index, backbone=backbone,
+                                                out=str(out / f"member-{index + 1}"))
+            summary = train(member_config, registries, progress_factory=progress_factory, data=data,
+                            train_rows=rows, parent_trackers=trackers, given=given)
+            member_backbones.append(backbone)
+            member_results.append({"member": index + 1, "backbone": backbone, "test": summary["results"]["test"],
+                                   "intervals": summary["intervals"]["test"]})
+            members.append(load_model(out / f"member-{index + 1}", registries)[0])
+        device = resolve_device(config.device)
+        ensemble = Ensemble(members, multi_label=data.multi_label).eval()
+        execution = choose_execution(device, members[0], config.precision, config.channels_last)
+        ensemble = execution.prepare(ensemble)
+        summary = finish_run(config, registries, data, ensemble, execution, FitResult(), out,
+                             rows={"train": train_rows, "val": data.rows("val"), "test": data.rows("test")},
+                             facts={"weights_origin": "ensemble of the members' runs", "device": str(device),
+                                    "started": started, "policy_params": {}},
+                             extra_info={"ensemble": {"members": config.ensemble, "bagging": config.bagging,
+                                                      "backbones": member_backbones}},
+                             extend=lambda doc: members_section(doc, member_results),
+                             extra_metrics={"each": member_results, "spread": spread([m["test"] for m in member_results])})
+        summary["members"] = member_results
+        summary["spread"] = spread([m["test"] for m in member_results])
+        finish_trackers(trackers, summary, out)
     return summary
 
 

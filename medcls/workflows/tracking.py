@@ -5,6 +5,7 @@ figures, their intervals and the run's files."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +65,23 @@ def close_trackers(trackers: list, values: dict, out: Path) -> None:
                                                                "experiment.md", "experiment.csv") if (out / n).is_file()]
     for tracker in trackers:
         tracker.finish(values, artefacts)
+
+
+@contextmanager
+def ending_if_interrupted(trackers: list):
+    """A run that fails or is interrupted (Ctrl-C) ends so in its trackers (MLflow's FAILED or
+    KILLED) instead of staying RUNNING: a tracker's optional `fail(status)` is called, then the
+    error goes on. (An attempt that starts again after a decoding surprise is a failed attempt,
+    and its retry a run of its own.)"""
+    try:
+        yield
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
+        for tracker in trackers:
+            fail = getattr(tracker, "fail", None)
+            if fail is not None:
+                try:
+                    fail(status)
+                except Exception:  # the tracker's own trouble must not hide the run's error
+                    pass
+        raise

@@ -61,7 +61,7 @@ from medcls.stats.multitask import assess_tasks
 from medcls.workflows.plan import make_plan, write_plan
 from medcls.workflows.final_scoring import draw_split_figures, score_finding_splits, score_splits
 from medcls.workflows.sharing import write_model_card
-from medcls.workflows.tracking import epoch_values, finish_trackers, open_trackers, tracker_names
+from medcls.workflows.tracking import ending_if_interrupted, epoch_values, finish_trackers, open_trackers, tracker_names
 
 
 def stages_for(config: TrainConfig) -> list:
@@ -315,39 +315,40 @@ def train_on(start: RunStart, data: PreparedData, train_rows=None) -> dict:
 
     trackers = open_trackers(config, registries, out, start.parent_trackers) if distributed.writes else []
 
-    def on_epoch(epoch, is_best):
-        for tracker in trackers:
-            tracker.epoch(epoch.epoch, epoch_values(epoch))
-        logger.info(f"[{epoch.stage}] epoch {epoch.epoch}: train loss {epoch.train_loss:.4f}, val loss "
-            f"{epoch.val_loss:.4f}, val {config.monitor} {epoch.val_metrics.get(config.monitor, float('nan')):.4f}, "
-            f"lr {epoch.lr:.2e}, {epoch.seconds:.1f}s{' *best' if is_best else ''}")
+    with ending_if_interrupted(trackers):
+        def on_epoch(epoch, is_best):
+            for tracker in trackers:
+                tracker.epoch(epoch.epoch, epoch_values(epoch))
+            logger.info(f"[{epoch.stage}] epoch {epoch.epoch}: train loss {epoch.train_loss:.4f}, val loss "
+                f"{epoch.val_loss:.4f}, val {config.monitor} {epoch.val_metrics.get(config.monitor, float('nan')):.4f}, "
+                f"lr {epoch.lr:.2e}, {epoch.seconds:.1f}s{' *best' if is_best else ''}")
 
-    resumed = open_for_resume(config, out, distributed, generator, transform)
-    fitted = fit(model, stages_for(config), train_loader=loader, evaluate_val=evaluate_val, loss_fn=loss_fn,
-                 execution=execution, optimisation=config.section("optimisation"), on_epoch=on_epoch,
-                 progress_factory=start.progress_factory,
-                 augment=transform.batch if is_batched(transform) else None, frozen=frozen,
-                 checkpoint=(lambda state: save_checkpoint(out / CHECKPOINT, state, generator, transform))
-                 if distributed.writes else None, resume=resumed, distributed=distributed,
-                 mixer=Mixer(config.mixup, config.cutmix, config.seed))
-    if not distributed.writes:
-        return {"rank": distributed.rank}  # rank 0 scores and writes the run
-    if offsets is not None:
-        getattr(model, "module", model).shift_logits(offsets)
-        logger.info(f"probabilities moved back to the training prior: logit offsets "
-                    f"{', '.join(f'{v:+.3f}' for v in offsets)} folded into the head")
-    if data.cache.filling is not None:
-        train_rows, val_rows, test_rows = completed_rows(data, train_rows, val_rows)
+        resumed = open_for_resume(config, out, distributed, generator, transform)
+        fitted = fit(model, stages_for(config), train_loader=loader, evaluate_val=evaluate_val, loss_fn=loss_fn,
+                     execution=execution, optimisation=config.section("optimisation"), on_epoch=on_epoch,
+                     progress_factory=start.progress_factory,
+                     augment=transform.batch if is_batched(transform) else None, frozen=frozen,
+                     checkpoint=(lambda state: save_checkpoint(out / CHECKPOINT, state, generator, transform))
+                     if distributed.writes else None, resume=resumed, distributed=distributed,
+                     mixer=Mixer(config.mixup, config.cutmix, config.seed))
+        if not distributed.writes:
+            return {"rank": distributed.rank}  # rank 0 scores and writes the run
+        if offsets is not None:
+            getattr(model, "module", model).shift_logits(offsets)
+            logger.info(f"probabilities moved back to the training prior: logit offsets "
+                        f"{', '.join(f'{v:+.3f}' for v in offsets)} folded into the head")
+        if data.cache.filling is not None:
+            train_rows, val_rows, test_rows = completed_rows(data, train_rows, val_rows)
 
-    summary = finish_run(config, registries, data, model, execution, fitted, out,
-                         rows={"train": train_rows, "val": val_rows, "test": test_rows},
-                         facts={"weights_origin": weights_origin, "device": str(device), "started": start.started,
-                                "policy_params": policy_params, "tasks": tasks,
-                                "task_weights": learned_task_weights(loss_fn)},
-                         extra_info={"prior_offsets": None if offsets is None else [round(float(v), 6) for v in offsets]})
-    if start.plan is not None:
-        write_plan(start.plan, out)
-    finish_trackers(trackers, summary, out)
+        summary = finish_run(config, registries, data, model, execution, fitted, out,
+                             rows={"train": train_rows, "val": val_rows, "test": test_rows},
+                             facts={"weights_origin": weights_origin, "device": str(device), "started": start.started,
+                                    "policy_params": policy_params, "tasks": tasks,
+                                    "task_weights": learned_task_weights(loss_fn)},
+                             extra_info={"prior_offsets": None if offsets is None else [round(float(v), 6) for v in offsets]})
+        if start.plan is not None:
+            write_plan(start.plan, out)
+        finish_trackers(trackers, summary, out)
     return summary
 
 

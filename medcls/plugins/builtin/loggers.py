@@ -50,6 +50,9 @@ class CsvTracker:
         self.writer.writerows([0, name, f"{value:.8g}"] for name, value in values.items())
         self.file.close()
 
+    def fail(self, status: str) -> None:
+        self.file.close()  # the epochs logged so far stay
+
 
 class TensorBoardTracker:
     """Scalars per epoch, the final figures, the run's figures as images and the hyper-parameters,
@@ -87,6 +90,9 @@ class TensorBoardTracker:
                     self.writer.add_image(path.stem, np.asarray(image.convert("RGB")), dataformats="HWC")
         hparams = {k: v for k, v in self.params.items() if isinstance(v, (int, float, str, bool))}
         self.writer.add_hparams(hparams, {f"final/{k}": v for k, v in values.items()}, run_name="hparams")
+        self.writer.close()
+
+    def fail(self, status: str) -> None:
         self.writer.close()
 
 
@@ -154,10 +160,27 @@ class MLflowTracker:
         return MLflowTracker(out, parent=self)
 
     def start(self, params: dict) -> None:
+        import getpass
+
         from mlflow.entities import Param, RunTag
 
+        from medcls.core.runs import git_commit
+
+        tags = {"backbone": str(params.get("backbone")), "tool": "medcls", "mlflow.source.name": "medcls",
+                "mlflow.source.type": "LOCAL"}
+        commit = git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        try:
+            tags["mlflow.user"] = getpass.getuser()
+        except Exception:  # no user name in this environment (a container without one)
+            pass
         self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()],
-                              tags=[RunTag("backbone", str(params.get("backbone"))), RunTag("tool", "medcls")])
+                              tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def fail(self, status: str) -> None:
+        """The run ends FAILED (an error) or KILLED (interrupted), never left RUNNING."""
+        self.client.set_terminated(self.run_id, status)
 
     def epoch(self, step: int, values: dict) -> None:
         from mlflow.entities import Metric
