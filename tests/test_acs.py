@@ -93,7 +93,7 @@ def test_acs_trains_predicts_and_explains_end_to_end(tmp_path):
     run = tmp_path / "run"
     result = CliRunner().invoke(cli, ["train", "--data", str(data), "--backbone", "test_resnet", "--no-pretrained",
                                       "--epochs", "1", "--finetune-epochs", "1", "--out", str(run), "--set", "acs=true",
-                                      "--set", "volume_size=32", "--set", "bootstrap=100"])
+                                      "--set", "volume_size=32", "--set", "bootstrap=100", "--set", "figures=false"])
     assert result.exit_code == 0, result.output
     assert "test_resnet (random initialisation, read in 3D through ACS convolutions)" in result.output
     info = json.loads((run / "model.json").read_text())
@@ -141,7 +141,7 @@ def test_precise_bn_reaches_a_run_from_scratch(tmp_path):
     for precise in (2048, 0):
         out = tmp_path / f"run{precise}"
         medcls.train("synthetic", backbone="test_resnet", pretrained=False, epochs=1, finetune_epochs=0,
-                     image_size=32, bootstrap=100, precise_bn=precise, out=out)
+                     image_size=32, bootstrap=100, figures=False, precise_bn=precise, out=out)
         saved[precise] = load_file(out / "model.safetensors")
     weights = [k for k in saved[0] if k.endswith("conv1.weight")]
     means = [k for k in saved[0] if k.endswith("running_mean")]

@@ -164,7 +164,8 @@ def test_train_without_out_keeps_its_run_in_runs(tmp_path):
     """`medcls train` without --out writes runs/<backbone>-<date>-<time> and the folder outlives the
     process (the notebook API's temporary folder must not be what the CLI user gets)."""
     done = subprocess.run([sys.executable, "-m", "medcls", "train", "--backbone", "test_resnet", "--no-pretrained",
-                           "--image-size", "32", "--epochs", "1", "--finetune-epochs", "0", "--set", "bootstrap=50"],
+                           "--image-size", "32", "--epochs", "1", "--finetune-epochs", "0", "--set", "bootstrap=50",
+                           "--set", "figures=false"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     kept = list((tmp_path / "runs").glob("test_resnet-*/model.safetensors"))

@@ -118,7 +118,7 @@ def test_a_training_run_reports_its_restart(tmp_path, monkeypatch):
 
     monkeypatch.setattr(engine, "collapsed", lambda metrics, history: len(history) == 1)  # stage 2's first epoch
     run = medcls.train(backbone="test_resnet", pretrained=False, epochs=1, finetune_epochs=2, image_size=32,
-                       bootstrap=50, out=tmp_path / "run")
+                       bootstrap=50, figures=False, out=tmp_path / "run")
     restarts = json.loads((tmp_path / "run" / "metrics.json").read_text())["restarts"]
     assert len(restarts) == 1 and restarts[0].startswith("stage 'finetune' collapsed in epoch 2 ")
     assert re.search(r"from epoch [12]'s weights at lr \d", restarts[0])  # the best before the collapse

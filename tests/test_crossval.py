@@ -12,7 +12,7 @@ from medcls.cli import cli
 from tests.helpers import assert_one_line_error
 
 FAST = ["--backbone", "test_resnet", "--no-pretrained", "--image-size", "32", "--epochs", "1",
-        "--finetune-epochs", "0", "--set", "bootstrap=100"]
+        "--finetune-epochs", "0", "--set", "bootstrap=100", "--set", "figures=false"]
 
 
 @pytest.mark.slow

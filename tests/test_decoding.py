@@ -156,7 +156,7 @@ def test_decoding_while_training_trains_exactly_as_decoding_first(tmp_path, brok
         out = tmp_path / overlap
         result = CliRunner().invoke(cli, [
             "train", "--data", str(data), "--backbone", "test_resnet", "--no-pretrained", "--epochs", "2",
-            "--finetune-epochs", "1", "--image-size", "32", "--batch-size", "4", "--set", "bootstrap=100",
+            "--finetune-epochs", "1", "--image-size", "32", "--batch-size", "4", "--set", "bootstrap=100", "--set", "figures=false",
             "--set", f"decode_while_training={overlap}", "--set", "cache=memory",
             "--out", str(out)])
         assert result.exit_code == 0, result.output
@@ -202,7 +202,7 @@ def test_decoding_while_training_is_off_by_default_on_cpu(monkeypatch, tmp_path,
 
     monkeypatch.setattr(medcls.workflows.train, "prepare_data", recording)
     args = ["train", "--backbone", "test_resnet", "--no-pretrained", "--epochs", "1", "--finetune-epochs", "0",
-            "--image-size", "32", "--device", "cpu", "--set", "bootstrap=50", "--out", str(tmp_path / "run")]
+            "--image-size", "32", "--device", "cpu", "--set", "bootstrap=50", "--set", "figures=false", "--out", str(tmp_path / "run")]
     result = CliRunner().invoke(cli, args + (["--set", f"decode_while_training={setting}"] if setting else []))
     assert result.exit_code == 0, result.output
     assert asked == [expected]
@@ -269,7 +269,7 @@ def test_training_on_a_wrong_channel_guess_starts_again_and_ends_as_decoding_fir
         out = tmp_path / overlap
         result = CliRunner().invoke(cli, [
             "train", "--data", str(tmp_path / "data"), "--backbone", "test_resnet", "--no-pretrained", "--epochs", "2",
-            "--finetune-epochs", "0", "--image-size", "32", "--batch-size", "4", "--set", "bootstrap=50",
+            "--finetune-epochs", "0", "--image-size", "32", "--batch-size", "4", "--set", "bootstrap=50", "--set", "figures=false",
             "--set", f"decode_while_training={overlap}", "--set", "cache=memory", "--set", "positive_class=b",
             "--out", str(out)])
         assert result.exit_code == 0, result.output

@@ -37,7 +37,7 @@ def test_ensemble_run_reports_members_and_works_like_a_single_model(tmp_path):
     run = tmp_path / "ensemble"
     result = CliRunner().invoke(cli, ["train", "--backbone", "test_resnet", "--no-pretrained", "--image-size", "32",
                                       "--epochs", "1", "--finetune-epochs", "0", "--ensemble", "2", "--out", str(run),
-                                      "--set", "bootstrap=100", "--set", "ensemble_backbones=test_resnet,example_tiny_cnn"])
+                                      "--set", "bootstrap=100", "--set", "figures=false", "--set", "ensemble_backbones=test_resnet,example_tiny_cnn"])
     assert result.exit_code == 0, result.output
     assert (run / "member-1" / "model.safetensors").exists() and (run / "member-2" / "model.safetensors").exists()
     assert json.loads((run / "model.json").read_text())["ensemble"] == {

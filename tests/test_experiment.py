@@ -31,7 +31,7 @@ def tiny_experiment(out, vary: str, seeds: str = "0,1"):
     result = CliRunner().invoke(cli, ["experiment", "--vary", vary, "--seeds", seeds,
                                       "--backbone", "test_resnet", "--out", str(out), "--set", "pretrained=false",
                                       "--set", "epochs=1", "--set", "finetune_epochs=0", "--set", "image_size=32",
-                                      "--set", "bootstrap=100"])
+                                      "--set", "bootstrap=100", "--set", "figures=false"])
     assert result.exit_code == 0, result.output
     return result
 

@@ -21,7 +21,7 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("explain") / "run"
     result = CliRunner().invoke(cli, ["train", "--backbone", "test_resnet", "--no-pretrained", "--image-size", "32",
                                       "--epochs", "1", "--finetune-epochs", "0", "--out", str(out),
-                                      "--set", "bootstrap=50"])
+                                      "--set", "bootstrap=50", "--set", "figures=false"])
     assert result.exit_code == 0, result.output
     return out
 
@@ -48,7 +48,7 @@ def test_explain_volumes_shows_the_middle_slice(tmp_path):
     run = tmp_path / "run3d"
     trained = CliRunner().invoke(cli, ["train", "--data", "synthetic3d", "--backbone", "example_tiny_cnn3d",
                                        "--epochs", "1", "--finetune-epochs", "0", "--out", str(run),
-                                       "--set", "volume_size=8,16,16", "--set", "bootstrap=50"])
+                                       "--set", "volume_size=8,16,16", "--set", "bootstrap=50", "--set", "figures=false"])
     assert trained.exit_code == 0, trained.output
     data = write_synthetic_volumes(tmp_path / "volumes", 4, 16, fmt="nifti")
     result = CliRunner().invoke(cli, ["explain", str(run), str(data), "-o", str(tmp_path / "cams")])

@@ -21,7 +21,7 @@ def runs(tmp_path_factory):
                        "acs": ["--data", "synthetic3d", "--backbone", "test_resnet", "--set", "acs=true",
                                "--set", "volume_size=32"]}.items():
         result = CliRunner().invoke(cli, ["train", *args, "--no-pretrained", "--epochs", "1", "--finetune-epochs", "0",
-                                          "--out", str(root / name), "--set", "bootstrap=50"])
+                                          "--out", str(root / name), "--set", "bootstrap=50", "--set", "figures=false"])
         assert result.exit_code == 0, result.output
         made[name] = root / name
     return made

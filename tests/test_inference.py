@@ -26,7 +26,7 @@ def calibrated(tmp_path_factory):
                 image[10:25, 12:28] = 150 + int(rng.integers(0, 100))
             save_png(root / "data" / label / f"{label}{i}.png", image)
     run = medcls.train(root / "data", backbone="test_resnet", pretrained=False, image_size=32, epochs=3,
-                       finetune_epochs=0, bootstrap=50, calibration="temperature", patience=0,
+                       finetune_epochs=0, bootstrap=50, figures=False, calibration="temperature", patience=0,
                        precision="fp32", out=str(root / "run"))  # exports run in fp32: compare like with like
     return run, root / "data"
 
@@ -88,7 +88,7 @@ def test_explain_reports_the_probability_predict_gives_in_a_bf16_run(calibrated,
     the run predicts under bf16 autocast (where fp32 would differ by up to about 0.02)."""
     _, data = calibrated
     run = medcls.train(data, backbone="test_resnet", pretrained=False, image_size=32, epochs=1, finetune_epochs=0,
-                       bootstrap=20, patience=0, precision="bf16", out=str(tmp_path / "run"))
+                       bootstrap=20, figures=False, patience=0, precision="bf16", out=str(tmp_path / "run"))
     files = sorted((data / "yes").glob("*.png"))[:2] + sorted((data / "no").glob("*.png"))[:2]
     explained = run.explain(files, tmp_path / "cams", target_class="yes")
     np.testing.assert_allclose([r["probability"] for r in explained.rows], run.predict(files)[:, 1], atol=1e-9)
@@ -112,7 +112,7 @@ def test_a_crop_foreground_run_reads_files_for_predict_and_evaluate_as_training_
                 image[top + 10:top + 20, left + 15:left + 25] = 250
             save_png(tmp_path / "data" / label / f"{label}{i}.png", image)
     run = medcls.train(tmp_path / "data", backbone="test_resnet", pretrained=False, image_size=32, epochs=2,
-                       finetune_epochs=0, bootstrap=50, patience=0, precision="fp32", crop_foreground=True,
+                       finetune_epochs=0, bootstrap=50, figures=False, patience=0, precision="fp32", crop_foreground=True,
                        out=str(tmp_path / "run"))
     assert run.info["crop_foreground"] is True and "crop_foreground" in run.info["preprocessing"]
     trained = {r["key"]: float(r["p_yes"]) for r in rows_of(run.path / "predictions.csv")}

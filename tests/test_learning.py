@@ -10,7 +10,7 @@ import medcls
 @pytest.mark.slow
 def test_a_small_model_learns_the_synthetic_set():
     run = medcls.train("synthetic", backbone="test_efficientnet", pretrained=False, image_size=64, epochs=8,
-                       finetune_epochs=0, lr=3e-3, batch_size=16, bootstrap=200, seed=0)
+                       finetune_epochs=0, lr=3e-3, batch_size=16, bootstrap=200, figures=False, seed=0)
     test = run.metrics.test
     assert test.roc_auc.value >= 0.9, run.metrics
     assert test.roc_auc.low > 0.7  # a test set large enough for an interval that excludes chance comfortably

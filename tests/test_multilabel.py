@@ -219,7 +219,7 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("multilabel") / "run"
     result = CliRunner().invoke(cli, ["train", "--data", "synthetic-multilabel", "--backbone", "test_resnet",
                                       "--no-pretrained", "--image-size", "32", "--epochs", "2", "--finetune-epochs", "0",
-                                      "--out", str(out), "--set", "bootstrap=50",
+                                      "--out", str(out), "--set", "bootstrap=50", "--set", "figures=false",
                                       "--set", "precision=fp32"])  # predict is compared with the model's own fp32 outputs
     assert result.exit_code == 0, result.output
     assert "Per finding (test)" in result.output and "midline_shift" in result.output
@@ -292,7 +292,7 @@ def test_multilabel_training_learns_the_manifest_findings(tmp_path):
     result = CliRunner().invoke(cli, ["train", "--data", str(manifest), "--set", "label_columns=Edema,Effusion",
                                       "--backbone", "test_resnet", "--no-pretrained", "--image-size", "32",
                                       "--epochs", "6", "--finetune-epochs", "0", "--lr", "0.01", "--out", str(out),
-                                      "--set", "bootstrap=50"])
+                                      "--set", "bootstrap=50", "--set", "figures=false"])
     assert result.exit_code == 0, result.output
     found = json.loads((out / "metrics.json").read_text())["findings"]["val"]["findings"]
     assert found["Edema"]["uncertain_ignored"] > 0  # -1 under the default 'ignore' policy
@@ -335,7 +335,7 @@ def test_compare_two_multilabel_runs_finding_by_finding(run, tmp_path):
     other = tmp_path / "other"
     trained = CliRunner().invoke(cli, ["train", "--data", "synthetic-multilabel", "--backbone", "test_resnet",
                                        "--no-pretrained", "--image-size", "32", "--epochs", "1", "--finetune-epochs", "0",
-                                       "--out", str(other), "--set", "bootstrap=50", "--seed", "1", "--set", "split_seed=0"])
+                                       "--out", str(other), "--set", "bootstrap=50", "--set", "figures=false", "--seed", "1", "--set", "split_seed=0"])
     assert trained.exit_code == 0, trained.output
     result = CliRunner().invoke(cli, ["compare", str(run), str(other), "-o", str(tmp_path / "c.json")])
     assert result.exit_code == 0, result.output
@@ -366,7 +366,7 @@ def test_cross_validation_folds_keep_every_finding_and_pool_out_of_fold(tmp_path
     out = tmp_path / "cv"
     result = CliRunner().invoke(cli, ["train", "--data", "synthetic-multilabel", "--backbone", "test_resnet",
                                       "--no-pretrained", "--image-size", "32", "--epochs", "1", "--finetune-epochs", "0",
-                                      "--folds", "3", "--out", str(out), "--set", "bootstrap=50"])
+                                      "--folds", "3", "--out", str(out), "--set", "bootstrap=50", "--set", "figures=false"])
     assert result.exit_code == 0, result.output
     with open(out / "oof_predictions.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -387,7 +387,7 @@ def test_multilabel_ensemble_averages_the_members_sigmoid_probabilities(tmp_path
     out = tmp_path / "ensemble"
     result = CliRunner().invoke(cli, ["train", "--data", "synthetic-multilabel", "--backbone", "test_resnet",
                                       "--no-pretrained", "--image-size", "32", "--epochs", "1", "--finetune-epochs", "0",
-                                      "--ensemble", "2", "--out", str(out), "--set", "bootstrap=50"])
+                                      "--ensemble", "2", "--out", str(out), "--set", "bootstrap=50", "--set", "figures=false"])
     assert result.exit_code == 0, result.output
     images = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -406,7 +406,7 @@ def test_python_api_trains_on_arrays_with_a_label_matrix(tmp_path):
     labels = {name: np.array([c.findings[name] for c in cases]) for name in ("lesion", "calcification")}
     labels["lesion"][:4] = -1  # uncertain, ignored by default
     run = medcls.train(images=images, labels=labels, patients=[c.patient_id for c in cases], backbone="test_resnet",
-                       pretrained=False, image_size=32, epochs=1, finetune_epochs=0, bootstrap=50,
+                       pretrained=False, image_size=32, epochs=1, finetune_epochs=0, bootstrap=50, figures=False,
                        out=str(tmp_path / "run"))
     assert run.multi_label and run.classes == ["lesion", "calcification"]
     assert run.predict(images[:3]).shape == (3, 2)

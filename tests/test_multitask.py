@@ -109,7 +109,7 @@ def run(tmp_path_factory):
                                       "--image-size", "32", "--epochs", "8", "--finetune-epochs", "0", "--lr", "0.01",
                                       "--set", "tasks=Size:regression:0.5, Side:binary",
                                       "--set", "task_weighting=uncertainty", "--out", str(out),
-                                      "--set", "bootstrap=100",
+                                      "--set", "bootstrap=100", "--set", "figures=false",
                                       "--set", "precision=fp32"])  # predict is compared with the model's own fp32 outputs
     assert result.exit_code == 0, result.output
     assert "Auxiliary heads" in result.output and "| Size | regression | test |" in result.output

@@ -103,7 +103,7 @@ def test_label_smoothing_reaches_the_loss(tmp_path):
     losses = []
     for smoothing in (0.0, 0.3):
         run = medcls.train(backbone="test_resnet", pretrained=False, epochs=1, finetune_epochs=0, image_size=32,
-                           bootstrap=50, label_smoothing=smoothing, out=tmp_path / f"ls{smoothing}")
+                           bootstrap=50, figures=False, label_smoothing=smoothing, out=tmp_path / f"ls{smoothing}")
         losses.append(run.history[0]["train_loss"])
     assert losses[1] > losses[0] + 0.01
 
@@ -266,7 +266,7 @@ def test_epoch_size_reaches_a_training_run(tmp_path):
     import medcls
 
     runs = [medcls.train(backbone="test_resnet", pretrained=False, epochs=1, finetune_epochs=0, image_size=32,
-                         batch_size=4, bootstrap=50, epoch_size=size, out=tmp_path / f"e{size}") for size in (0, 8)]
+                         batch_size=4, bootstrap=50, figures=False, epoch_size=size, out=tmp_path / f"e{size}") for size in (0, 8)]
     assert runs[0].history[0]["train_loss"] != runs[1].history[0]["train_loss"]
     assert runs[1].config.epoch_size == 8
 
@@ -297,7 +297,7 @@ def test_finetune_batchnorm_keeps_or_trains_the_pretrained_statistics(tmp_path, 
     from medcls.core.models import build_classifier
 
     run = medcls.train(backbone="efficientnet_lite0", epochs=1, finetune_epochs=1, image_size=32, policy="none",
-                       bootstrap=50, finetune_batchnorm=mode, out=tmp_path / mode)
+                       bootstrap=50, figures=False, finetune_batchnorm=mode, out=tmp_path / mode)
     pretrained, _ = build_classifier(registries, "efficientnet_lite0", 2, run.model.backbone.conv_stem.in_channels,
                                      0.0, pretrained=True)
     start, end = pretrained.state_dict(), run.model.state_dict()

@@ -15,7 +15,7 @@ from medcls.cli import cli
 from tests.helpers import assert_one_line_error
 
 ARGS = ["--backbone", "test_resnet", "--no-pretrained", "--image-size", "32", "--epochs", "8", "--finetune-epochs",
-        "4", "--set", "patience=0", "--set", "bootstrap=100", "--set", "cache=memory"]
+        "4", "--set", "patience=0", "--set", "bootstrap=100", "--set", "figures=false", "--set", "cache=memory"]
 
 
 def checkpoint_epoch(run) -> int:

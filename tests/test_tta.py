@@ -37,7 +37,7 @@ def test_evaluate_reports_with_and_without_tta(tmp_path):
     run = tmp_path / "run"
     trained = CliRunner().invoke(cli, ["train", "--backbone", "test_resnet", "--no-pretrained", "--image-size", "32",
                                        "--epochs", "1", "--finetune-epochs", "0", "--out", str(run),
-                                       "--set", "bootstrap=50"])
+                                       "--set", "bootstrap=50", "--set", "figures=false"])
     assert trained.exit_code == 0, trained.output
     result = CliRunner().invoke(cli, ["evaluate", str(run), "--tta", "crops", "--bootstrap", "100"])
     assert result.exit_code == 0, result.output

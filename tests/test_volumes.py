@@ -205,7 +205,7 @@ def test_3d_training_evaluate_and_predict_end_to_end(tmp_path):
     data = write_synthetic_volumes(tmp_path / "dicom", 24, 16, fmt="dicom")
     run = tmp_path / "run"
     args = ["train", "--data", str(data), "--backbone", "example_tiny_cnn3d", "--epochs", "2", "--finetune-epochs",
-            "1", "--out", str(run), "--set", "volume_size=8,16,16", "--set", "bootstrap=100", "--policy", "interpretable"]
+            "1", "--out", str(run), "--set", "volume_size=8,16,16", "--set", "bootstrap=100", "--set", "figures=false", "--policy", "interpretable"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert (run / "model.safetensors").exists() and (run / "report.html").exists()
@@ -278,7 +278,7 @@ def test_2_5d_training_and_prediction_end_to_end(tmp_path):
     result = CliRunner().invoke(cli, ["train", "--data", str(data), "--backbone", "test_resnet", "--no-pretrained",
                                       "--epochs", "1", "--finetune-epochs", "1", "--out", str(run), "--set", "slices=3",
                                       "--set", "slice_pooling=max", "--set", "volume_size=8,32,32",
-                                      "--set", "bootstrap=100"])
+                                      "--set", "bootstrap=100", "--set", "figures=false"])
     assert result.exit_code == 0, result.output
     out = tmp_path / "pred.csv"
     assert CliRunner().invoke(cli, ["predict", str(run), str(data / "normal"), "-o", str(out)]).exit_code == 0
@@ -357,7 +357,7 @@ def test_auto_grid_comes_from_dicom_series_headers_and_is_kept_with_the_run(tmp_
     assert source_grid(Case(key="s", label="tumour", path=series)) == read_dicom_series(series).voxels.shape
     run = tmp_path / "run"
     result = CliRunner().invoke(cli, ["train", "--data", str(data), "--backbone", "example_tiny_cnn3d", "--epochs", "1",
-                                      "--finetune-epochs", "0", "--out", str(run), "--set", "bootstrap=50"])
+                                      "--finetune-epochs", "0", "--out", str(run), "--set", "bootstrap=50", "--set", "figures=false"])
     assert result.exit_code == 0, result.output
     assert "volume_size auto: 16,20,20 voxels" in result.output
     assert yaml.safe_load((run / "config.yaml").read_text())["volume_size"] == "16,20,20"  # evaluate reads this

@@ -104,7 +104,7 @@ def test_images_are_resized_as_the_backbone_was_pretrained_in_training_and_in_pr
     assert backbone_interpolation("resnet18") == "bicubic" and backbone_interpolation("test_resnet") == "bilinear"
     assert backbone_interpolation("monai:resnet10") == "bilinear"  # not timm's: bilinear
     run = medcls.train(str(image_folder), backbone="resnet18", pretrained=False, epochs=1, finetune_epochs=0,
-                       image_size=24, bootstrap=50, out=tmp_path / "run")
+                       image_size=24, bootstrap=50, figures=False, out=tmp_path / "run")
     assert run.info["interpolation"] == "bicubic"
     path = next(image_folder.rglob("*.png"))
     read = run.read([path]).images[0].float()
