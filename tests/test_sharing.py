@@ -56,6 +56,18 @@ def test_the_hf_folder_loads_in_timm_and_back_in_medcls_with_the_same_outputs(ru
         theirs = plain(normalised).softmax(1).numpy()
     np.testing.assert_allclose(theirs, expected, atol=1e-5)
 
+    # timm's own transform from the folder's config resizes the whole image to the square, as medcls
+    # does (crop_mode squash), instead of cutting its middle out
+    from PIL import Image
+    from timm.data import create_transform
+
+    wide = np.zeros((48, 96), np.uint8)
+    wide[:, :12] = 255  # the left eighth is white: a centre crop would drop it
+    transform = create_transform(**resolve_data_config({}, model=plain))
+    shown = transform(Image.fromarray(wide)) * torch.tensor(data["std"]).view(-1, 1, 1) + torch.tensor(data["mean"]).view(-1, 1, 1)
+    assert config["pretrained_cfg"]["crop_mode"] == "squash" and tuple(shown.shape[-2:]) == (48, 48)
+    assert float(shown[..., :, 0].mean()) > 0.9 and float(shown[..., :, -1].mean()) < 0.1
+
     shared = medcls.load_run(folder)  # and back into medcls: the same probabilities and decisions
     np.testing.assert_allclose(shared.predict(images.numpy()[:, 0]), expected, atol=1e-6)
     assert shared.threshold == original.threshold and shared.classes == original.classes

@@ -55,7 +55,7 @@ def export_hf(model, info: RunInfo, out: Path, *, run: Path, registries, check_b
     mean = [float(v) for v in model.mean.flatten()]
     std = [float(v) for v in model.std.flatten()]
     data_config = {"input_size": [info.in_chans, size, size], "mean": mean, "std": std,
-                   "interpolation": info.interpolation, "crop_pct": 1.0, "crop_mode": "center"}
+                   "interpolation": info.interpolation, "crop_pct": 1.0, "crop_mode": "squash"}
     out.mkdir(parents=True, exist_ok=True)
     save_for_hf(timm_model, str(out), safe_serialization=True, data_config=data_config,
                 model_config={"label_names": list(info.classes),
