@@ -1,6 +1,7 @@
 """Sharing a model: the model card in every run folder, and a Hugging Face-style folder that timm
 loads without medcls and medcls loads back, both giving the run's own outputs."""
 
+import csv
 import json
 
 import numpy as np
@@ -32,6 +33,19 @@ def test_every_run_has_a_model_card_with_its_figures(run):
         assert heading in card
     assert f"| test | {metrics['test']['n']} | {metrics['test']['roc_auc']:.3f}" in card
     assert "No external validation" in card and "chosen on the validation split by `youden`" in card
+    # the Hub's metadata block, as huggingface_hub reads it, and the per-split data summary
+    from huggingface_hub import ModelCard
+
+    metadata = ModelCard.load(run / "MODEL_CARD.md").data.to_dict()
+    assert metadata["library_name"] == "timm" and "medcls" in metadata["tags"] and metadata["license"] == "other"
+    assert metadata["medcls_test_figures"][0] == {"name": "test_roc_auc", "value": round(metrics["test"]["roc_auc"], 4)}
+    with open(run / "splits.csv", newline="") as fh:
+        test = [r for r in csv.DictReader(fh) if r["split"] == "test"]
+    tumour = sum(r["label"] == "tumour" for r in test)
+    assert f"| test | {len(test)} | {len({r['group'] for r in test})} | {len(test) - tumour} | {tumour} | " \
+           f"{tumour / len(test):.3f} |" in card
+    assert "Split by patient" in card and "run = medcls.load_run(" in card and "| epochs | 2 |" in card
+    assert str(run.parent) not in card  # no absolute path of the data or the run
 
 
 def test_the_hf_folder_loads_in_timm_and_back_in_medcls_with_the_same_outputs(run, tmp_path):

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medcls.config import read_config_file
 from medcls.core.runs import HF_MARKER, RunInfo
+from medcls.reports.documents import shown_source
 from medcls.errors import ConfigError, DataError
 
 def timm_architecture(info: RunInfo, registries) -> str:
@@ -112,6 +114,53 @@ def figure(metrics: dict, intervals: dict, split: str, name: str) -> str:
     return f"{value:.3f}{bounds}"
 
 
+HYPERPARAMETERS = ("backbone", "pretrained", "image_size", "policy", "epochs", "lr", "finetune_epochs",
+                   "unfreeze_blocks", "finetune_lr_factor", "batch_size", "patience", "dropout", "ensemble", "seed")
+
+
+def split_summary(run: Path, info: RunInfo) -> tuple[list[str], str]:
+    """Per split: images, patients (the splits.csv groups), images per class and the positive
+    class's share; and how the split kept images together (by patient, or by image when the data
+    named no patients), from the run's splits.csv."""
+    import csv
+
+    path = run / "splits.csv"
+    if not path.is_file():
+        return [], "unknown (no splits.csv)"
+    with open(path, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("status", "used") == "used"]
+    groups = [r.get("group") for r in rows]
+    shared = bool(groups) and None not in groups and len(set(groups)) < len(groups)
+    lines = ["| split | images | patients | " + " | ".join(info.classes) + " | prevalence |",
+             "|---|---|---|" + "---|" * len(info.classes) + "---|"]
+    for split in ("train", "val", "test"):
+        members = [r for r in rows if r["split"] == split]
+        if not members:
+            continue
+        counts = [sum(1 for r in members if r["label"] == name) for name in info.classes]
+        patients = len({r.get("group") for r in members}) if shared else "-"
+        positive = info.positive_class
+        share = f"{counts[info.classes.index(positive)] / len(members):.3f}" if positive in info.classes else "-"
+        lines.append(f"| {split} | {len(members)} | {patients} | " + " | ".join(map(str, counts)) + f" | {share} |")
+    how = ("by patient: every image of a patient, and every byte-identical copy of an image, is on one side"
+           if shared else "by image (the data named no patients): byte-identical copies are kept on one side")
+    return lines, how
+
+
+def hub_metadata(info: RunInfo, metrics: dict) -> list[str]:
+    """The Hugging Face model card's metadata block (YAML front matter, as `huggingface_hub.ModelCard`
+    reads it): the library that loads the exported folder, tags, the licence to be set by the owner
+    and the test figures."""
+    test = metrics.get("test", {})
+    figures = [f"  - name: test_{name}\n    value: {float(test[name]):.4f}" for name in ("roc_auc", "sensitivity", "specificity")
+               if isinstance(test.get(name), (int, float)) and np.isfinite(test[name])]
+    return ["---", "library_name: timm", "pipeline_tag: image-classification",
+            "license: other  # set the licence the weights and the data allow",
+            "tags:", "  - medcls", "  - medical-imaging", f"  - {info.backbone}",
+            "metrics:", "  - roc_auc", "  - sensitivity", "  - specificity",
+            *(["medcls_test_figures:", *figures] if figures else []), "---", ""]
+
+
 def model_card(run: Path, info: RunInfo) -> str:
     """MODEL_CARD.md: intended use, data, splits by patient, metrics with intervals per split, the
     operating point and how it was chosen, calibration, subgroups, limitations, software versions."""
@@ -130,7 +179,11 @@ def model_card(run: Path, info: RunInfo) -> str:
     test_n = metrics.get("test", {}).get("n", 0)
     calibration = (metrics.get("calibration") or {}).get("test") or {}
     threshold = info.threshold
+    summary, how = split_summary(run, info)
+    config_file = run / "config.yaml"
+    settings = read_config_file(config_file) if config_file.is_file() else {}
     lines = [
+        *hub_metadata(info, metrics),
         f"# Model card: {info.backbone} for {' vs '.join(classes)}",
         "",
         "Written by medcls from the run's own files (model.json, metrics.json, manifest.json).",
@@ -142,10 +195,28 @@ def model_card(run: Path, info: RunInfo) -> str:
         "validated outside the data it was developed on (below).",
         "",
         "## Data",
-        f"- Source: `{manifest.get('data', '?')}` (SHA-256 of the data: {str(manifest.get('data_sha256', '?'))[:16]}...).",
-        "- Splits by patient: every image of a patient, and every byte-identical copy of an image, "
-        "is on one side of each split (splits.csv lists each file's split and hash; no patient ids).",
+        f"- Source: `{shown_source(manifest.get('data', '?'))}` (SHA-256 of the data: "
+        f"{str(manifest.get('data_sha256', '?'))[:16]}...).",
+        f"- Split {how} (splits.csv lists each file's split and hash; no patient ids).",
+        "- Reference standard: the labels the data came with (folder names or the label column); "
+        "how they were established is the data owner's to state.",
         f"- Input: {info.in_chans} channel(s); {info.preprocessing or ''}.",
+        "",
+        *summary,
+        "",
+        "## How to load and predict",
+        "```python",
+        "import medcls",
+        'run = medcls.load_run("THIS_FOLDER")          # the run folder, or its exported Hugging Face folder',
+        "probabilities = run.predict(images)          # arrays (N, H, W) or file paths; one row per image",
+        "decisions = run.decide(images)               # class names at the operating point below",
+        "```",
+        "or `medcls predict THIS_FOLDER images/ -o predictions.csv`.",
+        "",
+        "## Hyperparameters",
+        "| key | value |",
+        "|---|---|",
+        *[f"| {key} | {settings[key]} |" for key in HYPERPARAMETERS if key in settings],
         "",
         "## Performance (95 % intervals; the method of each is in metrics.json)",
         *rows,
