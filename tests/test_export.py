@@ -45,6 +45,8 @@ def test_onnx_runtime_matches_pytorch(runs, kind, registries, tmp_path):
     description = json.loads((out / "export.json").read_text())
     info = json.loads((runs[kind] / "model.json").read_text())
     assert description["threshold"] == info["threshold"] and description["classes"] == info["classes"]
+    assert description["run"] == runs[kind].name and description["weights_sha256"] == info["weights_sha256"]
+    assert str(runs[kind].parent) not in (out / "export.json").read_text()  # no path of this machine
     shape = [5, *description["input"]["shape"][1:]]  # a batch size the export never saw
     images = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
     session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])

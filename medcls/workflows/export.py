@@ -130,7 +130,10 @@ def export_model(model: nn.Module, info: RunInfo, fmt: str, out: Path, *, run=No
         "decision": "multi-label: each finding present when its probability >= its threshold (threshold lists "
                     "one per class, in order)" if info.multi_label else
                     "binary: positive when probability of positive_class >= threshold; otherwise the arg-max class",
-        "max_abs_difference_vs_pytorch": difference, "run": None if run is None else str(Path(run).resolve()),
+        "interpolation": info.interpolation, "in_chans": info.in_chans,
+        "max_abs_difference_vs_pytorch": difference,
+        # which run, without the machine's path: its folder name and the SHA-256 of its weights
+        "run": None if run is None else Path(run).resolve().name, "weights_sha256": info.get("weights_sha256"),
     }
     (out / "export.json").write_text(json.dumps(description, indent=2), encoding="utf-8")
     return Exported(str(path), str(out / "export.json"), difference)
