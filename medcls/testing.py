@@ -48,7 +48,9 @@ def check_backbone(create: Callable, *, in_chans: tuple[int, ...] = (1, 3), spat
 def check_policy(create: Callable, params: dict | None = None, *, channels: int = 1, spatial_dims: int = 2,
                  size: int = 32, seed: int = 0) -> None:
     """`create(**params)` returns a transform keeping a (C, H, W) (or (C, D, H, W)) float32 image in
-    [0, 1] the same shape, dtype and range; its `batch()` (if any) does the same for (B, C, ...)."""
+    [0, 1] the same shape, dtype and range; its `batch()` (if any) does the same for (B, C, ...);
+    two transforms given the same seed (`set_random_state(seed=...)`) make the same images, so a
+    run's augmentation repeats with its seed."""
     import torch
 
     transform = create(**(params or {}))
@@ -65,6 +67,14 @@ def check_policy(create: Callable, params: dict | None = None, *, channels: int 
         assert out.dtype == torch.float32, f"{what} returned {out.dtype}, not float32"
         assert torch.isfinite(out).all() and out.min() >= -1e-6 and out.max() <= 1 + 1e-6, \
             f"{what} left [0, 1]: [{float(out.min()):.3f}, {float(out.max()):.3f}]"
+    first, again = create(**(params or {})), create(**(params or {}))
+    for made in (first, again):
+        if hasattr(made, "set_random_state"):
+            made.set_random_state(seed=seed)
+    for _ in range(8):
+        assert torch.equal(torch.as_tensor(first(image.clone())), torch.as_tensor(again(image.clone()))), \
+            "two transforms with the same seed made different images: give the policy set_random_state(seed=...) " \
+            "and draw from its own generator, not the global one"
 
 
 def check_metric(fn: Callable, *, needs_threshold: bool, classes: int = 2) -> None:

@@ -339,6 +339,7 @@ def test_predictions_csv_keeps_a_case_at_the_threshold_on_its_side(tmp_path):
     assert [r["decision"] for r in rows] == ["yes" if float(r["p_yes"]) >= threshold else "no" for r in rows]
 
 
+@pytest.mark.slow
 def test_runs_trained_on_arrays_compare_after_a_restart_as_they_did_before(trained, tmp_path, monkeypatch):
     """In a later Python session the arrays are gone: compare reads the runs' stored predictions and
     patient groups, and gives the figures the live comparison gave (over patients)."""

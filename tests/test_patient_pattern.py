@@ -6,6 +6,7 @@ import csv
 import re
 
 import numpy as np
+import pytest
 
 import medcls
 from tests.helpers import TINY, assert_one_line_error, run, save_png
@@ -23,6 +24,7 @@ def chexpert_like(root, patients=30, views=2):
     return root
 
 
+@pytest.mark.slow
 def test_patients_come_from_the_path_and_stay_on_one_side(tmp_path):
     data = chexpert_like(tmp_path / "data")
     assert medcls.plan(data).fingerprint.patients is None  # without the pattern: each image its own patient

@@ -182,6 +182,7 @@ def test_a_tracking_uri_mlflow_refuses_stops_training_before_any_data_is_read(tm
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault, status", [(RuntimeError("disk full"), "FAILED"), (KeyboardInterrupt(), "KILLED")])
 def test_a_run_that_fails_or_is_interrupted_ends_so_in_mlflow(tmp_path, monkeypatch, fault, status):
     pytest.importorskip("mlflow")

@@ -28,7 +28,7 @@ INFO_DEFAULTS = {
     "slice_pooling": "mean", "acs": None, "input_shape": None, "volume_size": None, "volume_spacing": None,
     "window": None, "interpolation": "bilinear", "crop_foreground": None, "exif": None, "preprocessing": None,
     "normalisation": None, "backbone_args": None, "ensemble": None, "plugins": None, "classifier": None,
-    "target": None, "uncertain": None, "blank_findings": None, "weights_origin": None,
+    "target": None, "uncertain": None, "blank_findings": None, "weights_origin": None, "weights_sha256": None,
 }
 
 

@@ -133,7 +133,7 @@ def export_model(model: nn.Module, info: RunInfo, fmt: str, out: Path, *, run=No
         "interpolation": info.interpolation, "in_chans": info.in_chans,
         "max_abs_difference_vs_pytorch": difference,
         # which run, without the machine's path: its folder name and the SHA-256 of its weights
-        "run": None if run is None else Path(run).resolve().name, "weights_sha256": info.get("weights_sha256"),
+        "run": None if run is None else Path(run).resolve().name, "weights_sha256": info.weights_sha256,
     }
     (out / "export.json").write_text(json.dumps(description, indent=2), encoding="utf-8")
     return Exported(str(path), str(out / "export.json"), difference)

@@ -38,15 +38,19 @@ def small_cnn_weights(backbone: str):
 
 
 class Invert:
-    """Policy contract: (C, H, W) float32 in [0, 1] -> the same shape, dtype and range."""
+    """Policy contract: (C, H, W) float32 in [0, 1] -> the same shape, dtype and range; random draws
+    from its own generator, seeded by the run (`set_random_state`), so a run repeats."""
 
     def __init__(self, prob: float = 0.5):
         self.prob = prob
+        self.generator = np.random.default_rng(0)
+
+    def set_random_state(self, seed=None):
+        self.generator = np.random.default_rng(seed)
+        return self
 
     def __call__(self, image):
-        import torch
-
-        return 1.0 - image if torch.rand(()) < self.prob else image
+        return 1.0 - image if self.generator.random() < self.prob else image
 
 
 def f2_score(y_true, probs, y_pred):
