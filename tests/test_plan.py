@@ -59,6 +59,7 @@ def test_a_2d_npz_is_not_taken_for_volumes(tmp_path):
     assert data_dims(medcls.TrainConfig(data=str(tmp_path / "grey.npz"))) == 2
 
 
+@pytest.mark.slow
 def test_a_run_records_its_plan_and_the_cli_prints_one(tmp_path):
     result = run("train", *TINY, "--out", tmp_path / "r")
     assert result.exit_code == 0, result.output

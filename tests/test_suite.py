@@ -19,7 +19,7 @@ DEFAULT = {"a": [0.80, 0.82, 0.81], "b": [0.90, 0.91, 0.89]}
 
 
 def test_a_gain_on_every_set_and_seed_passes_the_rule():
-    result = paired(rows(DEFAULT), rows({k: [v + 0.02 for v in vs] for k, vs in DEFAULT.items()}))
+    result = paired(rows(DEFAULT), rows({k: [v + 0.02 for v in vs] for k, vs in DEFAULT.items()}), resamples=2000)
     assert result["mean_difference"] == pytest.approx(0.02)
     assert result["low"] == pytest.approx(0.02) and result["high"] == pytest.approx(0.02)
     assert result["rule_holds"] and result["runs"] == 6
@@ -28,7 +28,7 @@ def test_a_gain_on_every_set_and_seed_passes_the_rule():
 
 def test_a_set_that_loses_more_than_its_seed_spread_fails_the_rule_even_when_the_mean_gains():
     candidate = {"a": [v + 0.08 for v in DEFAULT["a"]], "b": [v - 0.03 for v in DEFAULT["b"]]}
-    result = paired(rows(DEFAULT), rows(candidate))
+    result = paired(rows(DEFAULT), rows(candidate), resamples=2000)
     assert result["mean_difference"] == pytest.approx(0.025)
     assert result["worst_set"] == "b" and result["worst_difference"] == pytest.approx(-0.03)
     assert result["per_set"]["b"]["loses_beyond_spread"] and not result["rule_holds"]
@@ -36,7 +36,7 @@ def test_a_set_that_loses_more_than_its_seed_spread_fails_the_rule_even_when_the
 
 def test_an_interval_reaching_zero_fails_the_rule():
     candidate = {"a": [0.85, 0.79, 0.81], "b": [0.905, 0.905, 0.90]}  # +0.05, -0.03, 0 ; +0.005, -0.005, +0.01
-    result = paired(rows(DEFAULT), rows(candidate))
+    result = paired(rows(DEFAULT), rows(candidate), resamples=2000)
     assert result["mean_difference"] > 0 and result["low"] < 0 < result["high"]
     assert not result["rule_holds"]
 
@@ -71,6 +71,6 @@ def test_a_run_that_fails_counts_as_chance_and_is_shown():
     from benchmarks.suite import set_table
 
     failed = {"set": "a", "seed": 0, "roc_auc": None, "error": "no 3D backbone", "minutes": 0.1}
-    result = paired([failed], rows({"a": [0.9]}))
+    result = paired([failed], rows({"a": [0.9]}), resamples=2000)
     assert result["mean_difference"] == pytest.approx(0.4)
     assert "failed: no 3D backbone" in "\n".join(set_table([failed]))
