@@ -16,6 +16,7 @@ from medcls.errors import DataError
 from medcls.stats.intervals import compare_predictions
 from medcls.stats.multilabel import compare_findings
 from medcls.workflows.evaluate import run_predictions
+from medcls.workflows.score import read_prediction_file
 
 
 def compare_runs(run_a, run_b, registries, *, data=None, split=None) -> dict:
@@ -63,21 +64,19 @@ def stored_split(run: Path, split: str) -> tuple[list[str], np.ndarray, np.ndarr
                 raise DataError(f"'{run / 'splits.csv'}' has no patient groups (a run from before 2026-12-07): "
                                 "compare it in the session that holds its arrays, or train it again")
             groups[row["key"]] = row["group"]
-    keys, labels, probs = [], [], []
-    columns = [f"p_{c}" for c in info.classes]
-    with open(run / "predictions.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row["split"] == split:
-                keys.append(row["key"])
-                labels.append(info.classes.index(row["label"]))
-                probs.append([float(row[c]) for c in columns])
+    stored = read_prediction_file(run / "predictions.csv", positive_class=info.positive_class)  # checked whole
+    if stored.classes != list(info.classes):
+        raise DataError(f"'{run / 'predictions.csv'}' has classes {stored.classes}, not the run's {info.classes}: "
+                        "restore the run's own file")
+    rows = stored.rows(split)
+    keys, labels, probs = [stored.keys[i] for i in rows], stored.labels[rows], stored.probs[rows]
     if not keys:
         raise DataError(f"run '{run}' stored no {split!r} predictions (predictions.csv): choose a split it has")
     missing = [k for k in keys if k not in groups]
     if missing:
         raise DataError(f"'{missing[0]}' of '{run / 'predictions.csv'}' is not in its splits.csv: the files do not "
                         "belong together; restore the run's own files")
-    return keys, np.array(labels), np.array(probs, dtype=np.float64), np.array([groups[k] for k in keys]), info
+    return keys, labels, probs.astype(np.float64), np.array([groups[k] for k in keys]), info
 
 
 def compare_stored(run_a: Path, run_b: Path, *, split: str) -> dict:
