@@ -79,8 +79,11 @@ def run_one(devset: DevSet, seed: int, settings: dict, workdir: Path, arm: str) 
 
     started = time.perf_counter()
     out = workdir / f"{arm}-{devset.name}-seed{seed}"
+    # One test split per set whatever the seed: a set's own split, else medcls's patient-grouped
+    # split drawn with split seed 0, so seeds vary training only and pairs compare the same cases.
+    fixed = {} if "split_seed" in settings else {"split_seed": 0}
     try:
-        run = medcls.train(devset.data, out=str(out), seed=seed, **devset.keys, **settings)
+        run = medcls.train(devset.data, out=str(out), seed=seed, **devset.keys, **fixed, **settings)
     except medcls.MedclsError as exc:  # a recipe that cannot run on a set is a result, and the worst one
         return {"set": devset.name, "seed": seed, "settings": settings, "roc_auc": None, "low": None, "high": None,
                 "accuracy": None, "balanced_accuracy": None, "n_test": 0, "error": str(exc).splitlines()[0],
