@@ -122,14 +122,22 @@ VOLUME_REASON = ("volumes with no backbone given: the 3D recipe (half-width MONA
 
 def data_dims(config: TrainConfig) -> int:
     """3 when the data holds volumes whatever the backbone (an .npz of (N, D, H, W) arrays), else 2;
-    read from the array shapes, no image decoded."""
+    read from the array header inside the .npz, no array loaded."""
+    import zipfile
+
     source = str(config.data)
     if not source.lower().endswith(".npz") or not Path(source).is_file():
         return 2
     try:
-        with np.load(source, allow_pickle=False) as archive:
-            name = next((f"{s}_images" for s in ("train", "val", "test") if f"{s}_images" in archive.files), None)
-            shape = archive[name].shape if name else ()
+        with zipfile.ZipFile(source) as archive:
+            member = next((f"{s}_images.npy" for s in ("train", "val", "test")
+                           if f"{s}_images.npy" in archive.namelist()), None)
+            if member is None:
+                return 2
+            with archive.open(member) as fh:
+                version = np.lib.format.read_magic(fh)
+                header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape = header(fh)[0]
     except Exception:  # loading reports what is wrong with the file
         return 2
     if len(shape) == 5:

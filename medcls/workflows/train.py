@@ -148,9 +148,9 @@ def train(config: TrainConfig, registries, *, progress_factory=None,
             data = prepare_data(config, registries, background=background)
             for warning in data.warnings:
                 logger.warning(f"{warning}")
-        if distributed.writes:
-            start.plan = make_plan(requested, registries, given, cases=data.cases, multi_label=data.multi_label,
-                                   resolved=config)
+            if distributed.writes:  # (folds and members share data prepared, and planned, by their parent)
+                start.plan = make_plan(requested, registries, given, cases=data.cases, multi_label=data.multi_label,
+                                       resolved=config)
         try:
             return train_on(start, data, train_rows)
         except StartAgain as exc:
